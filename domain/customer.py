@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -24,11 +25,14 @@ def customer_key(org_id: str, store_url: str, woo_id: int) -> UUID:
     return uuid5(CUSTOMER_NAMESPACE, f"{org_id}\x1f{store_url}\x1f{woo_id}")
 
 
-def content_hash(record: dict[str, Any]) -> str:
-    """A digest of what the customer is: equal records (key order aside) give equal digests."""
+def canonical_bytes(record: Mapping[str, Any]) -> bytes:
+    """What the customer is, as bytes: equal records (key order aside) give equal bytes."""
     relevant = {k: v for k, v in record.items() if k not in _VOLATILE_FIELDS}
-    canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return json.dumps(relevant, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def content_hash(record: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical_bytes(record)).hexdigest()
 
 
 def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -61,7 +65,7 @@ class Customer(Aggregate):
         queue_id: UUID
 
     @staticmethod
-    def create_id(org_id: str, store_url: str, woo_id: int, **_: Any) -> UUID:  # type: ignore[override]
+    def create_id(org_id: str, store_url: str, woo_id: int, **_: Any) -> UUID:
         return customer_key(org_id, store_url, woo_id)
 
     @event(Registered)
@@ -80,7 +84,9 @@ class Customer(Aggregate):
         """Bring the mirror up to date with ``record``; returns the line's result."""
         if digest == self.digest and not self.deleted:
             return "unchanged"
-        self._changed(record=record, digest=digest, fields=changed_fields(self.record, record), queue_id=queue_id)
+        self._changed(
+            record=record, digest=digest, fields=changed_fields(self.record, record), queue_id=queue_id
+        )
         return "updated"
 
     @event(Changed)

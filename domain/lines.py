@@ -83,7 +83,9 @@ class LineBook:
         self._lines[customer_id] = Line()
         self._states[DRAFT] += 1
 
-    def finish(self, customer_id: int, state: str, result: str | None = None, error: str | None = None) -> None:
+    def finish(
+        self, customer_id: int, state: str, result: str | None = None, error: str | None = None
+    ) -> None:
         line = self._lines[customer_id]
         self._states[line.state] -= 1
         self._states[state] += 1

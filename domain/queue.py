@@ -52,7 +52,9 @@ class QueueOptions:
         if not 1 <= self.max_retries <= 100:
             raise ValueError(f"max_retries must be between 1 and 100, got {self.max_retries}")
         if not 1 <= self.per_page <= 100:
-            raise ValueError(f"per_page must be between 1 and 100 (WooCommerce refuses more), got {self.per_page}")
+            raise ValueError(
+                f"per_page must be between 1 and 100 (WooCommerce refuses more), got {self.per_page}"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -97,6 +99,9 @@ class SyncQueue(Aggregate):
     class LinesAdded(Event):
         page: int | None  # the store's page number; None when lines come from a retry or a reconciliation
         records: list[dict[str, Any]]  # the customers as fetched
+
+    class LinesRefetched(Event):
+        records: list[dict[str, Any]]  # failed lines' customers fetched again for a retry
 
     class LinesDone(Event):
         results: dict[str, list[int]]  # result -> customer ids
@@ -228,6 +233,18 @@ class SyncQueue(Aggregate):
             self.lines.add(record["id"])
         if page is not None:
             self.pages_recorded = page
+
+    def refetch_lines(self, records: list[dict[str, Any]]) -> None:
+        """Record customers fetched again (for a retry) for lines that are back to draft."""
+        self._check_open()
+        for record in records:
+            self._check_unfinished(record["id"])
+        if records:
+            self._lines_refetched(records=records)
+
+    @event(LinesRefetched)
+    def _lines_refetched(self, records: list[dict[str, Any]]) -> None:
+        pass
 
     def finish_lines(self, results: Mapping[str, Iterable[int]]) -> None:
         self._check_open()

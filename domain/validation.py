@@ -73,7 +73,9 @@ def validate_customer(record: Any, encoded_size: int | None = None) -> None:
     for name in _DATE_FIELDS:
         value = record.get(name)
         if value is not None and (not isinstance(value, str) or not _DATE.match(value)):
-            raise InvalidCustomerRecord(name, f"expected YYYY-MM-DDTHH:MM:SS or null, got {_shorten(value)!r}")
+            raise InvalidCustomerRecord(
+                name, f"expected YYYY-MM-DDTHH:MM:SS or null, got {_shorten(value)!r}"
+            )
     for section in ("billing", "shipping"):
         address = record.get(section, {})
         if address is None:

@@ -1,0 +1,74 @@
+"""Syncing one batch of fetched customers: which lines end created / updated / unchanged / failed, and
+which Customer aggregates change. Pure: the caller loads the customers and saves the result."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from domain.customer import Customer, canonical_bytes, customer_key
+from domain.lines import DRAFT
+from domain.queue import SyncQueue
+from domain.validation import InvalidCustomerRecord, validate_customer
+
+
+@dataclass
+class BatchOutcome:
+    results: dict[str, list[int]] = field(
+        default_factory=lambda: {"created": [], "updated": [], "unchanged": []}
+    )
+    failures: dict[int, str] = field(default_factory=dict)
+    changed: list[Customer] = field(default_factory=list)
+
+    @property
+    def line_count(self) -> int:
+        return sum(len(ids) for ids in self.results.values()) + len(self.failures)
+
+
+def customer_keys(queue: SyncQueue, records: Iterable[Mapping[str, Any]]) -> list[UUID]:
+    return [customer_key(queue.org_id, queue.store_url, record["id"]) for record in records]
+
+
+def sync_batch(
+    queue: SyncQueue, records: Iterable[dict[str, Any]], customers: Mapping[UUID, Customer]
+) -> BatchOutcome:
+    """Apply fetched records to their lines (only lines still draft) and to the mirrored customers.
+
+    Triggers the queue's LinesDone / LinesFailed and the customers' events; returns what changed.
+    """
+    outcome = BatchOutcome()
+    for record in records:
+        cid = record["id"]
+        line = queue.lines.get(cid)
+        if line is None or line.state != DRAFT:
+            continue
+        canonical = canonical_bytes(record)
+        try:
+            validate_customer(record, encoded_size=len(canonical))
+        except InvalidCustomerRecord as error:
+            outcome.failures[cid] = f"invalid customer record: {error}"
+            continue
+        digest = hashlib.sha256(canonical).hexdigest()
+        key = customer_key(queue.org_id, queue.store_url, cid)
+        customer = customers.get(key)
+        if customer is None:
+            customer = Customer(
+                org_id=queue.org_id,
+                store_url=queue.store_url,
+                woo_id=cid,
+                record=record,
+                digest=digest,
+                queue_id=queue.id,
+            )
+            result = "created"
+        else:
+            result = customer.sync(record, digest, queue.id)
+        outcome.results[result].append(cid)
+        if customer.pending_events:
+            outcome.changed.append(customer)
+    queue.finish_lines(outcome.results)
+    queue.fail_lines(outcome.failures)
+    return outcome

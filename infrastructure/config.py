@@ -1,0 +1,154 @@
+"""One config loader: database URL, org, store URL and credentials, from flags or the environment.
+
+Every setting can come from the environment under the ``WCSYNC_`` prefix (the store's own settings keep
+WooCommerce's names: ``WOO_URL``, ``WOO_CONSUMER_KEY``, ``WOO_CONSUMER_SECRET``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from infrastructure.errors import ConfigurationError
+
+APP_NAME = "wcsync"
+
+
+def default_database_path() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "wcsync" / "wcsync.db"
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """Where events and projections live. ``url`` never leaves this object unredacted."""
+
+    url: str
+    backend: str  # "sqlite" | "postgres"
+    sqlite_path: Path | None = None
+    pg_dbname: str = ""
+    pg_host: str = ""
+    pg_port: str = "5432"
+    pg_user: str = ""
+    pg_password: str = field(default="", repr=False)
+    pg_schema: str = "public"
+
+    @classmethod
+    def from_url(cls, url: str | None) -> DatabaseConfig:
+        if not url:
+            path = default_database_path()
+            return cls(url=f"sqlite:///{path}", backend="sqlite", sqlite_path=path)
+        parts = urlsplit(url)
+        if parts.scheme == "sqlite":
+            raw = unquote(parts.path)
+            # sqlite:///relative.db -> "/relative.db" ; sqlite:////abs/x.db -> "//abs/x.db"
+            path_text = raw[1:] if raw.startswith("/") else raw
+            if not path_text or parts.netloc:
+                raise ConfigurationError(
+                    f"database URL {cls._redact(url)!r} has no file path; "
+                    "use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+                )
+            return cls(url=url, backend="sqlite", sqlite_path=Path(path_text))
+        if parts.scheme in ("postgres", "postgresql", "postgresql+psycopg"):
+            dbname = unquote(parts.path.lstrip("/"))
+            if not dbname:
+                raise ConfigurationError(
+                    f"database URL {cls._redact(url)!r} names no database; "
+                    "use postgresql://user:password@host:5432/dbname"
+                )
+            query = parse_qs(parts.query)
+            schema = query.get("schema", ["public"])[0]
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", schema):
+                raise ConfigurationError(f"schema {schema!r} is not a plain SQL identifier")
+            return cls(
+                url=url,
+                backend="postgres",
+                pg_dbname=dbname,
+                pg_host=parts.hostname or "localhost",
+                pg_port=str(parts.port or 5432),
+                pg_user=unquote(parts.username or ""),
+                pg_password=unquote(parts.password or ""),
+                pg_schema=schema,
+            )
+        raise ConfigurationError(
+            f"database URL {cls._redact(url)!r} is not supported: "
+            "use sqlite:///path.db or postgresql://user:password@host:5432/dbname"
+        )
+
+    @property
+    def display(self) -> str:
+        """The URL with any password hidden: safe for output and logs."""
+        return self._redact(self.url)
+
+    @staticmethod
+    def _redact(url: str) -> str:
+        return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+
+    def eventsourcing_env(self, create_tables: bool = True) -> dict[str, str]:
+        env = {"CREATE_TABLE": "y" if create_tables else "n"}
+        if self.backend == "sqlite":
+            assert self.sqlite_path is not None
+            env.update(
+                PERSISTENCE_MODULE="eventsourcing.sqlite",
+                SQLITE_DBNAME=str(self.sqlite_path),
+                SQLITE_LOCK_TIMEOUT="30",
+            )
+        else:
+            env.update(
+                PERSISTENCE_MODULE="eventsourcing.postgres",
+                POSTGRES_DBNAME=self.pg_dbname,
+                POSTGRES_HOST=self.pg_host,
+                POSTGRES_PORT=self.pg_port,
+                POSTGRES_USER=self.pg_user,
+                POSTGRES_PASSWORD=self.pg_password,
+                POSTGRES_SCHEMA=self.pg_schema,
+                POSTGRES_POOL_SIZE="4",
+                POSTGRES_CONNECT_TIMEOUT="10",
+                POSTGRES_LOCK_TIMEOUT="30",
+                # Long projection batches and slow stores must not be cut off by the 5 s default.
+                POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT="60",
+            )
+        # Prefixed keys win over anything of the same name in the process environment.
+        return {f"{APP_NAME.upper()}_{k}": v for k, v in env.items()}
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    url: str
+    consumer_key: str = field(repr=False)
+    consumer_secret: str = field(repr=False)
+
+    @classmethod
+    def load(cls, url: str | None) -> StoreSettings:
+        url = url or os.environ.get("WOO_URL", "")
+        if not url:
+            raise ConfigurationError("no store URL: pass --url https://shop.example.com or set WOO_URL")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigurationError(f"store URL {url!r} must start with http:// or https:// and name a host")
+        if parts.username or parts.password or parts.query:
+            raise ConfigurationError(
+                "the store URL must not carry credentials or a query string; "
+                "set WOO_CONSUMER_KEY and WOO_CONSUMER_SECRET instead"
+            )
+        key = os.environ.get("WOO_CONSUMER_KEY", "")
+        secret = os.environ.get("WOO_CONSUMER_SECRET", "")
+        missing = [
+            name for name, value in (("WOO_CONSUMER_KEY", key), ("WOO_CONSUMER_SECRET", secret)) if not value
+        ]
+        if missing:
+            raise ConfigurationError(
+                f"{' and '.join(missing)} not set: export the store's REST API key "
+                "(WooCommerce > Settings > Advanced > REST API, read access)"
+            )
+        return cls(url=normalise_store_url(url), consumer_key=key, consumer_secret=secret)
+
+
+def normalise_store_url(url: str) -> str:
+    """The site root, as events and projections key it: scheme and host lower-cased, no trailing slash."""
+    parts = urlsplit(url.strip())
+    path = parts.path.rstrip("/")
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{path}"

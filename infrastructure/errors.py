@@ -1,0 +1,27 @@
+"""The project's own errors; library errors are converted into these at the adapter boundary."""
+
+from __future__ import annotations
+
+
+class WcsyncError(Exception):
+    """wcsync could not do what was asked."""
+
+    exit_code = 2
+
+
+class ConfigurationError(WcsyncError):
+    """The configuration is incomplete or invalid; the message says which setting and how to fix it."""
+
+    exit_code = 2
+
+
+class QueueNotFoundError(WcsyncError):
+    """No such queue for this org."""
+
+    exit_code = 2
+
+
+class StorageError(WcsyncError):
+    """The database could not be reached or refused the operation."""
+
+    exit_code = 4
