@@ -1,0 +1,814 @@
+"""The WooCommerce customers client: the only code that talks to a store.
+
+It meets the API as it really behaves (see ``/work/shared/woocommerce-api.md``): id-ordered page scans that
+always end, OAuth 1.0a over plain HTTP and Basic over HTTPS, retries with backoff for what is transient,
+immediate and explained refusals for what is not, a shared rate limit and a circuit breaker.
+Nothing secret (key, secret, signature, nonce, signed URL) ever reaches an exception, a log or an activity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import re
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote, urlencode, urlsplit
+
+import aiohttp
+import structlog
+import yarl
+from oauthlib.oauth1 import SIGNATURE_HMAC_SHA256, SIGNATURE_TYPE_QUERY
+from oauthlib.oauth1 import Client as OAuth1Client
+
+from infrastructure.errors import WcsyncError
+
+log = structlog.get_logger("wcsync.woocommerce")
+
+API_PATH = "/wp-json/wc/v3/customers"
+MAX_PER_PAGE = 100
+INVALID_ID_CODES = frozenset({"wc_user_invalid_id", "woocommerce_rest_invalid_id"})
+
+ActivitySink = Callable[[str, str, str, dict[str, Any]], None]
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+class StoreError(WcsyncError):
+    """The WooCommerce store could not be read."""
+
+    exit_code = 3
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        code: str = "wcsync_store_error",
+        status: int | None = None,
+        hint: str = "",
+    ) -> None:
+        self.message = _one_line(message or (self.__doc__ or "").strip())
+        self.code = code
+        self.status = status
+        self.hint = _one_line(hint)
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        where = f"HTTP {self.status}, {self.code}" if self.status is not None else self.code
+        text = f"{self.message} [{where}]"
+        if self.hint:
+            text += f" - check: {self.hint}"
+        return text
+
+
+class StoreUnavailable(StoreError):
+    """The store kept failing (network, timeouts, server errors or garbled answers); try again later."""
+
+
+class StoreRefused(StoreError):
+    """The store refused the request; retrying will not help until the cause is fixed."""
+
+
+# -------------------------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class StoreCredentials:
+    consumer_key: str
+    consumer_secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    per_page: int = 100
+    role: str = "customer"
+    concurrency: int = 4
+    rate: float = 0.0
+    max_retries: int = 3
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 30.0
+    timeout_s: float = 60.0
+    ca_file: str | None = None
+    circuit_threshold: int = 5
+    circuit_reset_s: float = 30.0
+    max_pages: int = 100_000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.per_page <= MAX_PER_PAGE:
+            raise ValueError(
+                f"per_page must be between 1 and {MAX_PER_PAGE} (WooCommerce rejects larger values), "
+                f"got {self.per_page}"
+            )
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
+        if self.rate < 0:
+            raise ValueError(
+                f"rate must be 0 (unlimited) or a positive number of requests/s, got {self.rate}"
+            )
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be 0 or more, got {self.max_retries}")
+        if self.circuit_threshold < 1:
+            raise ValueError(f"circuit_threshold must be at least 1, got {self.circuit_threshold}")
+        if self.max_pages < 1:
+            raise ValueError(f"max_pages must be at least 1, got {self.max_pages}")
+        if not self.role:
+            raise ValueError('role must name a WordPress role, or be "all"')
+
+
+@dataclass(frozen=True)
+class Page:
+    number: int
+    records: list[dict[str, Any]]
+    total: int | None
+    total_pages: int | None
+
+
+@dataclass
+class ClientStats:
+    """What this client did to the store; cheap counters, safe to show an operator."""
+
+    requests: int = 0
+    retries: int = 0
+    responses: dict[int, int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    rate_limited: int = 0
+    bytes: int = 0
+    circuit_opened: int = 0
+
+
+# ----------------------------------------------------------------------------------- small internals
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    body: Any
+    total: int | None
+    total_pages: int | None
+
+
+class _Transient(Exception):
+    """One attempt failed in a way that a later attempt may not."""
+
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+
+
+class _RateLimiter:
+    """Shared limit on request starts: never more than ``rate`` in any one-second window.
+
+    Starts are spaced 1/rate apart and, in addition, counted over a slightly widened window, so a store
+    that counts arrivals per second never sees more than ``rate`` even with a little network jitter.
+    """
+
+    _MARGIN = 1.05
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._starts: deque[float] = deque()
+        self._next_at = 0.0
+        self._paused_until = 0.0
+        self._lowered_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> float:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                while self._starts and self._starts[0] <= now - self._MARGIN:
+                    self._starts.popleft()
+                wait = self._paused_until - now
+                if self.rate > 0:
+                    cap = max(1, int(self.rate))
+                    window = self._MARGIN if self.rate >= 1 else self._MARGIN / self.rate
+                    if len(self._starts) >= cap:
+                        wait = max(wait, self._starts[-cap] + window - now)
+                    wait = max(wait, self._next_at - now)
+                if wait <= 0:
+                    break
+                await asyncio.sleep(wait)
+            self._starts.append(now)
+            if self.rate > 0:
+                self._next_at = now + 1.0 / self.rate
+            return now
+
+    def observed_rate(self) -> float:
+        now = time.monotonic()
+        return float(sum(1 for t in self._starts if t > now - 1.0))
+
+    def throttle(self, started_at: float, retry_after: float | None) -> float | None:
+        """The store said 429: pause everyone for Retry-After and halve the rate.
+
+        Only once per burst: answers to requests started before the last lowering do not lower it again.
+        Returns the new rate when it changed.
+        """
+        if retry_after:
+            self._paused_until = max(self._paused_until, time.monotonic() + retry_after)
+        if started_at < self._lowered_at:
+            return None
+        base = self.rate if self.rate > 0 else max(1.0, self.observed_rate())
+        self.rate = max(0.5, base / 2)
+        self._lowered_at = time.monotonic()
+        return self.rate
+
+
+class _Circuit:
+    """Consecutive failed attempts open the circuit; after ``reset_s`` one trial request may go."""
+
+    def __init__(
+        self, threshold: int, reset_s: float, notify: Callable[[str, str, str, dict[str, Any]], None]
+    ):
+        self.threshold = threshold
+        self.reset_s = reset_s
+        self._notify = notify
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._trial: asyncio.Future[None] | None = None
+
+    async def before_attempt(self) -> bool:
+        """Returns True when this attempt is the half-open trial; raises while the circuit is open."""
+        while True:
+            if self._opened_at is None:
+                return False
+            if self._trial is not None:
+                # Another request is the trial: wait for its outcome, then look again.
+                await asyncio.shield(self._trial)
+                continue
+            remaining = self._opened_at + self.reset_s - time.monotonic()
+            if remaining > 0:
+                raise StoreUnavailable(
+                    f"the store failed {self._failures} times in a row, so wcsync stopped calling it "
+                    f"for {self.reset_s:g} s ({remaining:.1f} s left)",
+                    code="wcsync_circuit_open",
+                    hint="the store's health (server errors, maintenance mode, firewall); the sync resumes "
+                    "where it stopped",
+                )
+            self._trial = asyncio.get_running_loop().create_future()
+            return True
+
+    def _end_trial(self) -> None:
+        if self._trial is not None:
+            if not self._trial.done():
+                self._trial.set_result(None)
+            self._trial = None
+
+    def succeeded(self, trial: bool) -> None:
+        self._failures = 0
+        if self._opened_at is not None and (trial or self._trial is None):
+            self._opened_at = None
+            self._end_trial()
+            self._notify("circuit_closed", "info", "The store answers again; requests resume.", {})
+
+    def failed(self, trial: bool) -> None:
+        self._failures += 1
+        if trial:
+            self._opened_at = time.monotonic()
+            self._end_trial()
+            log.warning("circuit_reopened", failures=self._failures)
+        elif self._opened_at is None and self._failures >= self.threshold:
+            self._opened_at = time.monotonic()
+            self._notify(
+                "circuit_opened",
+                "error",
+                f"The store failed {self._failures} times in a row; wcsync pauses calling it for "
+                f"{self.reset_s:g} s.",
+                {"consecutive_failures": self._failures, "pause_s": self.reset_s},
+            )
+
+    def abandoned(self, trial: bool) -> None:
+        """The trial attempt was cancelled: let another request try."""
+        if trial:
+            self._end_trial()
+
+
+# ------------------------------------------------------------------------------------------- client
+
+
+class WooCommerceClient:
+    """Reads customers from one WooCommerce store. Use as ``async with WooCommerceClient(...) as client``."""
+
+    def __init__(
+        self,
+        url: str,
+        credentials: StoreCredentials,
+        options: ClientOptions = ClientOptions(),
+        on_activity: ActivitySink | None = None,
+    ) -> None:
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise StoreRefused(
+                "the store URL is not an http(s) URL",
+                code="wcsync_bad_url",
+                hint="the store URL is the site root, e.g. https://shop.example.com",
+            )
+        root = url.strip().split("?", 1)[0].split("#", 1)[0].rstrip("/")
+        root = re.sub(r"/wp-json(/.*)?$", "", root)  # tolerate a pasted API URL
+        self._endpoint = root + API_PATH
+        self._https = parts.scheme == "https"
+        self._credentials = credentials
+        self._options = options
+        self._on_activity = on_activity
+        self._oauth = OAuth1Client(
+            credentials.consumer_key,
+            client_secret=credentials.consumer_secret,
+            signature_method=SIGNATURE_HMAC_SHA256,
+            signature_type=SIGNATURE_TYPE_QUERY,
+        )
+        self._secrets = [s for s in (credentials.consumer_key, credentials.consumer_secret) if s]
+        self._session: aiohttp.ClientSession | None = None
+        self._limiter = _RateLimiter(options.rate)
+        self._circuit = _Circuit(options.circuit_threshold, options.circuit_reset_s, self._activity)
+        self.stats = ClientStats()
+
+    # -- lifecycle
+
+    async def __aenter__(self) -> Self:
+        ssl_option: ssl.SSLContext | bool = True
+        if self._https and self._options.ca_file:
+            ssl_option = ssl.create_default_context(cafile=self._options.ca_file)
+        headers = {"Accept": "application/json", "User-Agent": "wcsync/0.1"}
+        if self._https:
+            headers["Authorization"] = aiohttp.encode_basic_auth(
+                self._credentials.consumer_key, self._credentials.consumer_secret
+            )
+        connector = aiohttp.TCPConnector(limit=max(8, self._options.concurrency * 2), ssl=ssl_option)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self._options.timeout_s),
+            headers=headers,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- public operations
+
+    async def probe(self) -> int:
+        """One cheap request; returns the store's customer count (X-WP-Total) or raises StoreRefused fast."""
+        response = await self._get("", self._list_params(page=1, per_page=1), listing=True)
+        if response.total is not None:
+            return response.total
+        return len(response.body)
+
+    def pages(self, start_page: int = 1, seen_ids: set[int] | None = None) -> AsyncIterator[Page]:
+        """Yields the store's customers page by page, in page order, fetching ahead concurrently."""
+        if start_page < 1:
+            raise ValueError(f"start_page is 1-based, got {start_page}")
+        return self._scan(start_page, seen_ids if seen_ids is not None else set(), {}, self._options.per_page)
+
+    async def customers_by_id(self, ids: Iterable[int]) -> tuple[dict[int, dict[str, Any]], set[int]]:
+        """(records found by id, ids the store no longer has)."""
+        wanted = sorted(set(ids))
+        found: dict[int, dict[str, Any]] = {}
+        gate = asyncio.Semaphore(self._options.concurrency)
+
+        async def chunk(chunk_ids: list[int]) -> None:
+            params = {
+                "include": ",".join(str(i) for i in chunk_ids),
+                "per_page": str(MAX_PER_PAGE),
+                "page": "1",
+                "role": "all",
+                "orderby": "id",
+                "order": "asc",
+            }
+            async with gate:
+                response = await self._get("", params, listing=True)
+            for record in response.body:
+                if record["id"] in chunk_ids:
+                    found[record["id"]] = record
+
+        async def one(customer_id: int) -> None:
+            async with gate:
+                response = await self._get(f"/{customer_id}", {}, listing=False)
+            if response.status == 200 and isinstance(response.body, dict):
+                found[customer_id] = response.body
+
+        chunks = [wanted[i : i + MAX_PER_PAGE] for i in range(0, len(wanted), MAX_PER_PAGE)]
+        await _gather_all(chunk(c) for c in chunks)
+        # include= may miss a record whose role changed meanwhile: only a 404 by id proves a deletion.
+        await _gather_all(one(i) for i in wanted if i not in found)
+        return found, {i for i in wanted if i not in found}
+
+    async def all_ids(self) -> set[int]:
+        """Every id the store lists (for ``role``), from two quick id-only listings.
+
+        A deletion while a listing pages through shifts later records one place down, so one listing can
+        miss a record crossing a page boundary; a second listing catches it. The union may still hold ids
+        deleted meanwhile: confirm the ones that matter with ``customers_by_id``.
+        """
+        first = await self._list_ids()
+        second = await self._list_ids()
+        if first != second:
+            log.info(
+                "store_changed_while_listing", only_first=len(first - second), only_second=len(second - first)
+            )
+        return first | second
+
+    # -- scanning
+
+    async def _list_ids(self) -> set[int]:
+        ids: set[int] = set()
+        async for _ in self._scan(1, ids, {"_fields": "id"}, MAX_PER_PAGE):
+            pass
+        return ids
+
+    def _list_params(self, page: int, per_page: int) -> dict[str, str]:
+        return {
+            "orderby": "id",
+            "order": "asc",
+            "per_page": str(per_page),
+            "role": self._options.role,
+            "page": str(page),
+        }
+
+    async def _scan(
+        self, start_page: int, seen: set[int], extra: dict[str, str], per_page: int
+    ) -> AsyncIterator[Page]:
+        concurrency = self._options.concurrency
+        last_allowed = start_page + self._options.max_pages - 1
+        in_flight: dict[int, asyncio.Task[_Response]] = {}
+        next_launch = start_page
+        known_total_pages: int | None = None
+        number = start_page
+
+        async def fetch(page: int) -> _Response:
+            return await self._get("", {**self._list_params(page, per_page), **extra}, listing=True)
+
+        def launch_ahead() -> None:
+            nonlocal next_launch
+            while len(in_flight) < concurrency and next_launch <= last_allowed:
+                # Speculate freely while the page count is unknown and up to one page past it once
+                # known; beyond that a growing store is followed one full page at a time.
+                speculative = next_launch != number
+                if speculative and known_total_pages is not None and next_launch > known_total_pages + 1:
+                    return
+                in_flight[next_launch] = asyncio.create_task(fetch(next_launch))
+                next_launch += 1
+
+        try:
+            while True:
+                if number > last_allowed:
+                    self._activity(
+                        "store_page_cap_reached",
+                        "warning",
+                        f"Stopped after {self._options.max_pages} pages, the limit for one scan.",
+                        {"max_pages": self._options.max_pages, "last_page": number - 1},
+                    )
+                    return
+                launch_ahead()
+                response = await in_flight.pop(number)
+                if response.total_pages is not None:
+                    known_total_pages = response.total_pages
+                raw: list[dict[str, Any]] = response.body
+                if not raw:
+                    return
+                fresh: list[dict[str, Any]] = []
+                for record in raw:
+                    if record["id"] not in seen:
+                        seen.add(record["id"])
+                        fresh.append(record)
+                if not fresh:
+                    self._activity(
+                        "store_repeating_pages",
+                        "warning",
+                        f"The store answered page {number} with customers already received, so the scan "
+                        "stopped there. A cache that ignores the query string usually causes this.",
+                        {"page": number, "records": len(raw)},
+                    )
+                    return
+                yield Page(number, fresh, response.total, response.total_pages)
+                if len(raw) < per_page:
+                    return
+                number += 1
+        finally:
+            for task in in_flight.values():
+                task.cancel()
+            for task in in_flight.values():
+                with contextlib.suppress(BaseException):
+                    await task
+
+    # -- one request, with retries
+
+    async def _get(self, path: str, params: dict[str, str], *, listing: bool) -> _Response:
+        options = self._options
+        attempt = 0
+        throttled = 0
+        while True:
+            trial = await self._circuit.before_attempt()
+            started = await self._limiter.acquire()
+            try:
+                response = await self._attempt(path, params, listing=listing, attempt=attempt)
+            except _Transient as failure:
+                rate_limited = failure.status == 429
+                if rate_limited:
+                    self.stats.rate_limited += 1
+                    throttled += 1
+                    self._circuit.abandoned(trial)
+                    new_rate = self._limiter.throttle(started, failure.retry_after)
+                    if new_rate is not None:
+                        self._activity(
+                            "rate_limited",
+                            "warning",
+                            f"The store asked wcsync to slow down; now at most {new_rate:g} requests per "
+                            "second.",
+                            {"rate": new_rate, "retry_after_s": failure.retry_after},
+                        )
+                else:
+                    self.stats.failures[failure.reason] = self.stats.failures.get(failure.reason, 0) + 1
+                    attempt += 1
+                    self._circuit.failed(trial)
+                # A 429 is the store pacing us, not failing: it gets its own, larger budget.
+                if attempt > options.max_retries or throttled > max(10, 3 * options.max_retries):
+                    raise self._unavailable(failure, path, attempt + throttled) from None
+                delay = self._backoff(attempt + throttled)
+                if failure.retry_after is not None:
+                    delay = max(delay, min(failure.retry_after, options.backoff_max_s))
+                self.stats.retries += 1
+                log.warning(
+                    "store_request_retried",
+                    path=API_PATH + path,
+                    reason=failure.reason,
+                    status=failure.status,
+                    attempt=attempt + throttled,
+                    delay_s=round(delay, 3),
+                    detail=self._redact(failure.message),
+                )
+                self._activity(
+                    "request_retried",
+                    "warning" if not rate_limited else "info",
+                    f"The store {failure.message}; trying again in {delay:.1f} s.",
+                    {"reason": failure.reason, "status": failure.status, "attempt": attempt + throttled},
+                )
+                await asyncio.sleep(delay)
+                continue
+            except BaseException:
+                self._circuit.abandoned(trial)
+                raise
+            self._circuit.succeeded(trial)
+            return response
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self._options.backoff_max_s, self._options.backoff_base_s * 2.0 ** max(0, attempt - 1))
+        return ceiling * (0.5 + random.random() / 2)
+
+    def _unavailable(self, failure: _Transient, path: str, attempts: int) -> StoreUnavailable:
+        hint = "the store's health and network; the sync can resume from where it stopped"
+        if failure.reason == "auth_clock":
+            hint = "this computer's clock (the store refuses OAuth timestamps more than 15 minutes off)"
+        elif failure.reason == "timeout":
+            hint = (
+                f"the store's speed; raise the timeout (now {self._options.timeout_s:g} s) or lower per_page"
+            )
+        elif failure.status == 429:
+            hint = "the host's rate limit; set a lower request rate"
+        return StoreUnavailable(
+            f"the store failed {attempts} attempts at {API_PATH + path}; "
+            f"last: {self._redact(failure.message)}",
+            code=failure.code or f"wcsync_{failure.reason}",
+            status=failure.status,
+            hint=hint,
+        )
+
+    async def _attempt(self, path: str, params: dict[str, str], *, listing: bool, attempt: int) -> _Response:
+        assert self._session is not None, "use the client inside 'async with'"
+        url = self._signed_url(self._endpoint + path, params)
+        self.stats.requests += 1
+        started = time.monotonic()
+        status: int | None = None
+        try:
+            async with self._session.get(yarl.URL(url, encoded=True), allow_redirects=False) as reply:
+                status = reply.status
+                body = await reply.read()
+                headers = reply.headers
+        except TimeoutError:
+            self._log_outcome(path, params, "timeout", started, attempt)
+            raise _Transient("timeout", f"did not answer within {self._options.timeout_s:g} s") from None
+        except aiohttp.ClientError as error:
+            self._log_outcome(path, params, "connection_error", started, attempt)
+            if isinstance(error, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+                raise StoreRefused(
+                    f"the store's TLS certificate was not accepted ({type(error).__name__})",
+                    code="wcsync_tls",
+                    hint="the certificate, or give the CA file that signed it",
+                ) from None
+            raise _Transient(
+                "connection", f"could not be reached ({type(error).__name__}: {self._redact(str(error))})"
+            ) from None
+        self.stats.responses[status] = self.stats.responses.get(status, 0) + 1
+        self.stats.bytes += len(body)
+        self._log_outcome(path, params, status, started, attempt)
+        return self._interpret(status, headers, body, listing=listing)
+
+    def _signed_url(self, url: str, params: dict[str, str]) -> str:
+        query = urlencode(params, quote_via=quote, safe="")
+        full = f"{url}?{query}" if query else url
+        if self._https:
+            return full
+        signed, _, _ = self._oauth.sign(full, http_method="GET")  # fresh nonce and timestamp every call
+        return str(signed)
+
+    def _interpret(self, status: int, headers: Any, body: bytes, *, listing: bool) -> _Response:
+        if status == 200:
+            parsed = self._parse_json(body)
+            if listing:
+                if not isinstance(parsed, list) or not all(
+                    isinstance(r, dict) and isinstance(r.get("id"), int) for r in parsed
+                ):
+                    raise _Transient("malformed", "sent a list that is not a list of customers")
+            elif not isinstance(parsed, dict) or not isinstance(parsed.get("id"), int):
+                raise _Transient("malformed", "sent something that is not a customer")
+            return _Response(
+                status, parsed, _int_header(headers, "X-WP-Total"), _int_header(headers, "X-WP-TotalPages")
+            )
+        code, message, data = self._error_fields(body)
+        if status == 429:
+            raise _Transient(
+                "rate_limited",
+                "answered 429 Too Many Requests",
+                status=429,
+                code=code,
+                retry_after=_retry_after(headers.get("Retry-After")),
+            )
+        if status >= 500:
+            raise _Transient("server_error", f"answered HTTP {status}: {message}", status=status, code=code)
+        if status == 401 and re.search(r"nonce|timestamp", message, re.IGNORECASE):
+            raise _Transient(
+                "auth_clock", f"refused the request's freshness: {message}", status=status, code=code
+            )
+        if status in (401, 403):
+            raise StoreRefused(
+                f"the store refused the credentials: {message}",
+                code=code,
+                status=status,
+                hint=(
+                    "the WAF or host in front of the store (it answered with a web page, not WooCommerce)"
+                    if not code
+                    else "the consumer key and secret (WooCommerce > Settings > Advanced > REST API) "
+                    "and that the key has Read permission"
+                ),
+            )
+        if status == 400:
+            param = _invalid_param(message, data)
+            raise StoreRefused(
+                f"the store rejected the request{f' parameter {param!r}' if param else ''}: {message}",
+                code=code,
+                status=status,
+                hint="per_page must be 1..100 and role an existing role (or 'all')"
+                if param in ("per_page", "role", None)
+                else f"the value given for {param}",
+            )
+        if status == 404:
+            if not listing and code in INVALID_ID_CODES:
+                return _Response(status, None, None, None)
+            raise StoreRefused(
+                f"no WooCommerce customers API at this URL: {message}",
+                code=code,
+                status=status,
+                hint="the URL is the site root (not a page or /wp-admin), WooCommerce is active, and "
+                "permalinks are not 'Plain'",
+            )
+        if 300 <= status < 400:
+            location = str(headers.get("Location", "")).split("?", 1)[0]
+            raise StoreRefused(
+                f"the store redirects to {location or 'another address'}",
+                code=code,
+                status=status,
+                hint="use the address the store redirects to (often https:// or www.)",
+            )
+        raise StoreRefused(f"the store answered HTTP {status}: {message}", code=code, status=status)
+
+    def _parse_json(self, body: bytes) -> Any:
+        try:
+            return json.loads(body)
+        except ValueError:
+            text = body.lstrip()[:1]
+            if text == b"<":
+                raise _Transient("html", "answered with a web page instead of JSON") from None
+            raise _Transient("truncated", "sent JSON that is cut off or garbled") from None
+
+    def _error_fields(self, body: bytes) -> tuple[str, str, dict[str, Any]]:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            title = re.search(rb"<title>(.*?)</title>", body, re.IGNORECASE | re.DOTALL)
+            text = title.group(1).decode("utf-8", "replace") if title else "a non-JSON answer"
+            return "", self._redact(_one_line(text))[:200], {}
+        if not isinstance(parsed, dict):
+            return "", "an unexpected answer", {}
+        data = parsed.get("data")
+        return (
+            str(parsed.get("code", "")),
+            self._redact(_one_line(str(parsed.get("message", ""))))[:300],
+            data if isinstance(data, dict) else {},
+        )
+
+    # -- observability
+
+    def _redact(self, text: str) -> str:
+        text = re.sub(r"(oauth_[a-z_]+|consumer_(key|secret))=[^&\s]*", r"\1=***", text)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _log_outcome(
+        self, path: str, params: dict[str, str], outcome: int | str, started: float, attempt: int
+    ) -> None:
+        log.debug(
+            "store_request",
+            method="GET",
+            path=API_PATH + path,
+            params={k: v for k, v in params.items() if k != "include"}
+            | ({"include_count": len(params["include"].split(","))} if "include" in params else {}),
+            status=outcome,
+            ms=round((time.monotonic() - started) * 1000, 1),
+            attempt=attempt + 1,
+        )
+
+    def _activity(self, kind: str, status: str, message: str, details: dict[str, Any]) -> None:
+        log.info("store_activity", activity=kind, level=status, message=message, details=details)
+        if kind == "circuit_opened":
+            self.stats.circuit_opened += 1
+        if self._on_activity is not None:
+            self._on_activity(kind, status, message, details)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+async def _gather_all(coroutines: Iterable[Any]) -> None:
+    """Run all; on the first error cancel the rest and raise it."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+
+def _int_header(headers: Any, name: str) -> int | None:
+    value = headers.get(name)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return min(600.0, max(0.0, float(value)))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return min(600.0, max(0.0, when.timestamp() - time.time()))
+
+
+def _invalid_param(message: str, data: dict[str, Any]) -> str | None:
+    params = data.get("params")
+    if isinstance(params, dict) and params:
+        return str(next(iter(params)))
+    found = re.search(r"parameter\(s\):\s*([A-Za-z_]+)", message) or re.search(
+        r"\b(per_page|role|page)\b", message
+    )
+    return found.group(1) if found else None
