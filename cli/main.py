@@ -1,0 +1,618 @@
+"""The `wcsync` command: parse, call one service, render. Nothing else lives here.
+
+Exit codes: 0 done · 1 finished with failed lines or action required · 2 usage, configuration, unknown
+queue (or another org's) · 3 store unreachable or credentials refused · 4 database unavailable ·
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+from uuid import UUID
+
+from domain.errors import SyncError
+from domain.queue import QueueOptions
+from infrastructure.config import DatabaseConfig, StoreSettings
+from infrastructure.errors import ConfigurationError, QueueNotFoundError, WcsyncError
+from infrastructure.logging import configure_logging
+
+EXIT_OK = 0
+EXIT_UNFINISHED = 1
+EXIT_USAGE = 2
+EXIT_STORE = 3
+EXIT_DATABASE = 4
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(WcsyncError):
+    exit_code = EXIT_USAGE
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"wcsync: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+# ----- argument parsing --------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must not be negative")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 (no limit) or a positive number of requests per second")
+    return value
+
+
+def _queue_id(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a queue id (a UUID, as printed by `wcsync start` and `wcsync queues`)"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--database-url",
+        default=argparse.SUPPRESS,
+        help="sqlite:///path.db or postgresql://user:pass@host/db (env WCSYNC_DATABASE_URL; default: a SQLite file, see README)",
+    )
+    common.add_argument(
+        "--org", default=argparse.SUPPRESS, help="organisation id (env WCSYNC_ORG; default 'default')"
+    )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="more logs on stderr (-v info, -vv debug)",
+    )
+    common.add_argument(
+        "--log-format", choices=["console", "json"], default=argparse.SUPPRESS, help="log format on stderr"
+    )
+
+    parser = _Parser(
+        prog="wcsync",
+        description="Event-sourced, resumable, auditable sync of WooCommerce customers.",
+        parents=[common],
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, description=help_text, parents=[common])
+
+    store_options = argparse.ArgumentParser(add_help=False)
+    store_options.add_argument(
+        "--url",
+        help="the store's site root (env WOO_URL); key and secret come from WOO_CONSUMER_KEY / WOO_CONSUMER_SECRET",
+    )
+    store_options.add_argument(
+        "--concurrency", type=_positive_int, default=4, help="pages fetched at once (default 4)"
+    )
+    store_options.add_argument(
+        "--rate", type=_rate, default=0.0, help="max requests per second to the store (default 0: no limit)"
+    )
+    store_options.add_argument("--ca-file", help="trust this CA certificate (PEM) for an HTTPS store")
+    store_options.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    store_options.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
+    start = commands.add_parser(
+        "start",
+        help="create a queue and sync the store's customers to the end",
+        parents=[common, store_options],
+    )
+    start.add_argument(
+        "--batch-size", type=_positive_int, default=50, help="lines saved per transaction (default 50)"
+    )
+    start.add_argument(
+        "--batch-delay-ms", type=_positive_int, default=0, help="pause between batches (default 0)"
+    )
+    start.add_argument(
+        "--max-retries", type=_positive_int, default=3, help="attempts per line and per request (default 3)"
+    )
+    start.add_argument(
+        "--per-page", type=_positive_int, default=100, help="customers per page, at most 100 (default 100)"
+    )
+    start.add_argument(
+        "--role", default="customer", help="WordPress role to sync, or 'all' (default customer)"
+    )
+    start.add_argument("--queue-name", help="a name for the queue (default: 'customers <store url>')")
+
+    for name, text in (
+        ("resume", "continue an interrupted queue from where it stopped"),
+        ("retry", "fetch the failed lines' customers again and sync them"),
+    ):
+        sub = commands.add_parser(name, help=text, description=text, parents=[common, store_options])
+        sub.add_argument("queue_id", type=_queue_id, metavar="QUEUE_ID")
+
+    force = command("force-done", "cancel every unfinished line and mark the queue done")
+    force.add_argument("queue_id", type=_queue_id, metavar="QUEUE_ID")
+    force.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    force.add_argument("--json", action="store_true")
+
+    status = command("status", "show a queue's state and counts (the latest queue when no id is given)")
+    status.add_argument("queue_id", type=_queue_id, nargs="?", metavar="QUEUE_ID")
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--watch", action="store_true", help="refresh until the queue finishes")
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes with --watch")
+
+    queues = command("queues", "list the org's queues, newest first")
+    queues.add_argument("--json", action="store_true")
+    queues.add_argument("--limit", type=_positive_int, default=50)
+
+    failed = command("failed", "list a queue's failed lines and their errors")
+    failed.add_argument("queue_id", type=_queue_id, metavar="QUEUE_ID")
+    failed.add_argument("--json", action="store_true")
+
+    activity = command("activity", "show a queue's activity log, oldest first")
+    activity.add_argument("queue_id", type=_queue_id, metavar="QUEUE_ID")
+    activity.add_argument("--json", action="store_true")
+    activity.add_argument("--limit", type=_positive_int, default=1000)
+
+    db = command("db", "database administration")
+    db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", parser_class=_Parser)
+    db_commands.required = True
+    db_commands.add_parser("migrate", help="create every table once", parents=[common])
+
+    projections = command("projections", "read models built from the event stream")
+    p_commands = projections.add_subparsers(
+        dest="projections_command", metavar="PROJECTIONS_COMMAND", parser_class=_Parser
+    )
+    p_commands.required = True
+    p_commands.add_parser("catch-up", help="apply every new event once, then exit", parents=[common])
+    p_commands.add_parser("run", help="follow new events until stopped (Ctrl-C)", parents=[common])
+    rebuild = p_commands.add_parser(
+        "rebuild", help="replay every event into fresh tables and swap them in", parents=[common]
+    )
+    rebuild.add_argument("name", nargs="?", help="one projection (default: all)")
+    p_status = p_commands.add_parser(
+        "status", help="position, head of the log and lag of each projection", parents=[common]
+    )
+    p_status.add_argument("--json", action="store_true")
+
+    sandbox = command("sandbox", "run a WooCommerce-compatible sandbox store on this machine")
+    _sandbox_arguments(sandbox)
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=_positive_int, default=8080, help="0 picks a free port")
+
+    demo = command("demo", "start a sandbox store and sync it into the default database, end to end")
+    demo.add_argument("--customers", type=_positive_int, default=797)
+    demo.add_argument(
+        "--invalid", type=_positive_int, default=5, help="records that fail validation, fixed and retried"
+    )
+    demo.add_argument("--json", action="store_true")
+    return parser
+
+
+def _sandbox_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--customers", type=_positive_int, default=797)
+    parser.add_argument(
+        "--invalid", type=_positive_int, default=0, help="records that break a validation rule"
+    )
+    parser.add_argument(
+        "--other-roles", type=_positive_int, default=0, help="extra users that are not customers"
+    )
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--rate-limit", type=float, default=0.0, help="requests/s above which it answers 429")
+    parser.add_argument("--error-rate", type=float, default=0.0, help="share of random 5xx answers")
+    parser.add_argument("--html-rate", type=float, default=0.0, help="share of 200 answers with an HTML body")
+    parser.add_argument("--truncated-rate", type=float, default=0.0, help="share of truncated JSON answers")
+    parser.add_argument("--slow-rate", type=float, default=0.0)
+    parser.add_argument("--slow-ms", type=float, default=2000.0)
+    parser.add_argument(
+        "--repeat-last-page",
+        action="store_true",
+        help="answer pages past the end with the last page, forever",
+    )
+    parser.add_argument(
+        "--churn-every",
+        type=_positive_int,
+        default=0,
+        help="create/edit/delete a customer every N list requests",
+    )
+    parser.add_argument("--tls", action="store_true", help="serve HTTPS (self-signed CA) with Basic auth")
+
+
+# ----- settings ------------------------------------------------------------------------------------------
+
+
+def _setting(args: argparse.Namespace, name: str, env: str, default: str | None = None) -> str | None:
+    value = getattr(args, name, None)
+    if value is None:
+        value = os.environ.get(env) or default
+    return value
+
+
+def _database(args: argparse.Namespace) -> DatabaseConfig:
+    return DatabaseConfig.from_url(_setting(args, "database_url", "WCSYNC_DATABASE_URL"))
+
+
+def _org(args: argparse.Namespace) -> str:
+    org = _setting(args, "org", "WCSYNC_ORG", "default") or "default"
+    if not org.strip() or len(org) > 200:
+        raise ConfigurationError("--org must be a non-empty name of at most 200 characters")
+    return org
+
+
+def _client_options(args: argparse.Namespace) -> Any:
+    from infrastructure.woocommerce import ClientOptions
+
+    try:
+        return ClientOptions(
+            concurrency=max(1, args.concurrency),
+            rate=args.rate,
+            ca_file=args.ca_file,
+            timeout_s=args.timeout,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def _actor() -> str:
+    return os.environ.get("WCSYNC_ACTOR") or os.environ.get("USER") or "wcsync"
+
+
+# ----- rendering -----------------------------------------------------------------------------------------
+
+
+def _print_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def _render_status(status: dict[str, Any]) -> str:
+    lines = [
+        f"queue      {status['queueId']}  ({status['queueName']})",
+        f"org        {status['orgId']}",
+        f"state      {status['state']}{'  ACTION REQUIRED: ' + str(status['actionRequiredReason']) if status['isActionRequired'] else ''}",
+        f"progress   {status['progress']}%  ({status['doneCount'] + status['cancelledCount']}/{status['totalCount']} lines finished)",
+        f"lines      draft {status['draftCount']} · done {status['doneCount']} · failed {status['failedCount']} · cancelled {status['cancelledCount']}",
+        f"results    created {status['createdCount']} · updated {status['updatedCount']} · unchanged {status['unchangedCount']}",
+        f"runs       {status['processCount']} (last {status['lastProcessDate']})",
+        f"created    {status['createdAt']}",
+    ]
+    return "\n".join(lines)
+
+
+def _status_exit(status: dict[str, Any]) -> int:
+    if status["isActionRequired"] or status["state"] == "failed":
+        return EXIT_UNFINISHED
+    return EXIT_OK
+
+
+# ----- commands ------------------------------------------------------------------------------------------
+
+
+def _services(args: argparse.Namespace) -> Any:
+    from infrastructure.bootstrap import open_services
+
+    database = _database(args)
+    return open_services(database)
+
+
+def _queue_status_or_fail(services: Any, org: str, queue_id: UUID | None) -> dict[str, Any]:
+    from projections import queries
+
+    status = queries.queue_status(services.projections, org, queue_id)
+    if status is None:
+        if queue_id is None:
+            raise QueueNotFoundError(f"org {org!r} has no queues yet: run `wcsync start --url ...` first")
+        raise QueueNotFoundError(
+            f"no queue {queue_id} in org {org!r}; `wcsync queues` lists the org's queues"
+        )
+    return status
+
+
+def _run_sync(args: argparse.Namespace, action: str) -> int:
+    from cli.progress import ProgressBar
+
+    org = _org(args)
+    client_options = _client_options(args)
+    json_out = bool(getattr(args, "json", False))
+    with _services(args) as services:
+        progress = None if json_out else ProgressBar(action)
+        engine = services.engine(org, actor=_actor(), progress=progress)
+        if action == "start":
+            try:
+                options = QueueOptions(
+                    batch_size=args.batch_size,
+                    batch_delay_ms=args.batch_delay_ms,
+                    max_retries=args.max_retries,
+                    per_page=args.per_page,
+                    role=args.role,
+                )
+            except ValueError as error:
+                raise UsageError(str(error)) from None
+            store = StoreSettings.load(args.url)
+            if not json_out:
+                sys.stderr.write(f"database   {services.database.display}\n")
+
+            def announce(queue_id: UUID) -> None:
+                if not json_out:
+                    sys.stderr.write(f"queue      {queue_id}\n")
+
+            outcome = asyncio.run(
+                engine.start(store, options, client_options, args.queue_name, on_created=announce)
+            )
+        else:
+            queue = engine.get_queue(args.queue_id)
+            store = StoreSettings.load(args.url or queue.store_url)
+            run = engine.resume if action == "resume" else engine.retry
+            outcome = asyncio.run(run(args.queue_id, store, client_options))
+        status = _queue_status_or_fail(services, org, outcome.queue_id)
+        if json_out:
+            document = dict(status)
+            document["seconds"] = round(outcome.seconds, 3)
+            if outcome.store_error is not None:
+                document["error"] = str(outcome.store_error)
+            _print_json(document)
+        else:
+            print(_render_status(status))
+            print(f"took       {outcome.seconds:.2f} s")
+        if outcome.store_error is not None:
+            _error(
+                f"{outcome.store_error} — the queue is saved; continue with `wcsync resume {outcome.queue_id}`"
+            )
+            return EXIT_STORE
+        return _status_exit(status)
+
+
+def _cmd_force_done(args: argparse.Namespace) -> int:
+    org = _org(args)
+    with _services(args) as services:
+        engine = services.engine(org, actor=_actor())
+        engine.force_done(args.queue_id, args.reason)
+        status = _queue_status_or_fail(services, org, args.queue_id)
+        _print_json(status) if args.json else print(_render_status(status))
+        return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    org = _org(args)
+    with _services(args) as services:
+        while True:
+            services.catch_up()
+            status = _queue_status_or_fail(services, org, args.queue_id)
+            if args.json:
+                _print_json(status)
+            else:
+                if args.watch and sys.stdout.isatty():
+                    sys.stdout.write("\x1b[2J\x1b[H")
+                print(_render_status(status))
+            if not args.watch or status["state"] in ("done", "failed"):
+                return _status_exit(status)
+            sys.stdout.flush()
+            time.sleep(max(0.2, args.interval))
+
+
+def _cmd_queues(args: argparse.Namespace) -> int:
+    from projections import queries
+
+    org = _org(args)
+    with _services(args) as services:
+        services.catch_up()
+        rows = queries.list_queues(services.projections, org, limit=args.limit)
+        if args.json:
+            _print_json(rows)
+            return EXIT_OK
+        if not rows:
+            print(f"org {org!r} has no queues yet")
+            return EXIT_OK
+        print(
+            f"{'QUEUE ID':36}  {'STATE':10}  {'PROGRESS':>8}  {'TOTAL':>7}  {'FAILED':>6}  {'CREATED AT':25}  NAME"
+        )
+        for row in rows:
+            flag = " !" if row["isActionRequired"] else ""
+            print(
+                f"{row['queueId']:36}  {row['state'] + flag:10}  {row['progress']:>7}%  {row['totalCount']:>7}  "
+                f"{row['failedCount']:>6}  {row['createdAt']!s:25}  {row['queueName']}"
+            )
+        return EXIT_OK
+
+
+def _cmd_failed(args: argparse.Namespace) -> int:
+    from projections import queries
+
+    org = _org(args)
+    with _services(args) as services:
+        services.catch_up()
+        _queue_status_or_fail(services, org, args.queue_id)
+        rows = queries.failed_lines(services.projections, org, args.queue_id)
+        if args.json:
+            _print_json(rows)
+        elif not rows:
+            print("no failed lines")
+        else:
+            for row in rows:
+                print(
+                    f"customer {row['wooCustomerId']:>8}  attempts {row['processCount']}  "
+                    f"{row['lastErrorTimestamp']}  {row['errorMessage']}"
+                )
+        return EXIT_OK
+
+
+def _cmd_activity(args: argparse.Namespace) -> int:
+    from projections import queries
+
+    org = _org(args)
+    with _services(args) as services:
+        services.catch_up()
+        _queue_status_or_fail(services, org, args.queue_id)
+        rows = queries.activity(services.projections, org, args.queue_id, limit=args.limit)
+        if args.json:
+            _print_json(rows)
+        else:
+            for row in rows:
+                print(f"{row['createdAt']}  {row['status']:7}  {row['activityType']:24}  {row['message']}")
+        return EXIT_OK
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    from infrastructure.bootstrap import migrate
+
+    database = _database(args)
+    migrate(database)
+    print(f"tables ready in {database.display}")
+    return EXIT_OK
+
+
+def _cmd_projections(args: argparse.Namespace) -> int:
+    with _services(args) as services:
+        runner = services.projections
+        action = args.projections_command
+        if action == "catch-up":
+            started = time.monotonic()
+            count = runner.catch_up()
+            print(f"applied {count} event(s) in {time.monotonic() - started:.2f} s")
+        elif action == "rebuild":
+            names = [args.name] if args.name else None
+            started = time.monotonic()
+            try:
+                count = runner.rebuild(names)
+            except KeyError as error:
+                raise UsageError(
+                    f"no projection named {error}; `wcsync projections status` lists them"
+                ) from None
+            print(f"rebuilt from {count} event(s) in {time.monotonic() - started:.2f} s")
+        elif action == "run":
+            stop = threading.Event()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, lambda *_: stop.set())
+            sys.stderr.write("following new events; Ctrl-C to stop\n")
+            runner.follow(stop)
+        else:
+            rows = runner.status()
+            if args.json:
+                _print_json(rows)
+            else:
+                for row in rows:
+                    print(
+                        f"{row['name']:12} version {row['version']}  position {row['position']}  "
+                        f"head {row['head']}  lag {row['lag']}"
+                    )
+        return EXIT_OK
+
+
+def _sandbox_config(args: argparse.Namespace, **overrides: Any) -> Any:
+    from infrastructure.sandbox import Faults, SandboxConfig
+
+    for name in ("error_rate", "html_rate", "truncated_rate", "slow_rate"):
+        value = getattr(args, name, 0.0)
+        if not 0.0 <= value <= 1.0:
+            raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
+    faults = Faults(
+        latency_ms=args.latency_ms,
+        rate_limit=args.rate_limit,
+        error_rate=args.error_rate,
+        html_rate=args.html_rate,
+        truncated_rate=args.truncated_rate,
+        slow_rate=args.slow_rate,
+        slow_ms=args.slow_ms,
+        repeat_last_page=args.repeat_last_page,
+        churn_every=args.churn_every,
+    )
+    if args.invalid > args.customers:
+        raise UsageError("--invalid cannot exceed --customers")
+    config = SandboxConfig(
+        customers=args.customers,
+        invalid=args.invalid,
+        other_roles=args.other_roles,
+        seed=args.seed,
+        faults=faults,
+        tls=args.tls,
+        **overrides,
+    )
+    return config
+
+
+def _cmd_sandbox(args: argparse.Namespace) -> int:
+    from infrastructure.sandbox import serve_forever
+
+    serve_forever(_sandbox_config(args), args.host, args.port)
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from cli.demo import run_demo
+
+    return run_demo(
+        _database(args),
+        _org(args),
+        customers=args.customers,
+        invalid=args.invalid,
+        json_out=args.json,
+        render_status=_render_status,
+        print_json=_print_json,
+    )
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "start": lambda a: _run_sync(a, "start"),
+    "resume": lambda a: _run_sync(a, "resume"),
+    "retry": lambda a: _run_sync(a, "retry"),
+    "force-done": _cmd_force_done,
+    "status": _cmd_status,
+    "queues": _cmd_queues,
+    "failed": _cmd_failed,
+    "activity": _cmd_activity,
+    "db": _cmd_db,
+    "projections": _cmd_projections,
+    "sandbox": _cmd_sandbox,
+    "demo": _cmd_demo,
+}
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"wcsync: {message}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbose = getattr(args, "verbose", 0) or 0
+    configure_logging(
+        level={0: None, 1: "info"}.get(verbose, "debug"),
+        fmt=getattr(args, "log_format", None),
+    )
+    try:
+        return HANDLERS[args.command](args)
+    except KeyboardInterrupt:
+        _error("interrupted; every saved batch is kept — `wcsync resume QUEUE_ID` continues")
+        return EXIT_INTERRUPTED
+    except SyncError as error:
+        _error(str(error))
+        return EXIT_USAGE
+    except WcsyncError as error:
+        _error(str(error))
+        return error.exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

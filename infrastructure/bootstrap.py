@@ -1,0 +1,96 @@
+"""Wires the adapters together: event store, projections, sync engine. The one place that does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from eventsourcing.persistence import PersistenceError
+
+from infrastructure.config import DatabaseConfig
+from infrastructure.engine import Progress, SyncEngine
+from infrastructure.errors import StorageError
+from infrastructure.eventstore import SyncApplication
+from projections import ProjectionRunner
+from projections import queries as projection_queries
+
+
+@dataclass
+class Services:
+    database: DatabaseConfig
+    app: SyncApplication
+    projections: ProjectionRunner
+    closed: bool = field(default=False)
+
+    def engine(self, org_id: str, actor: str = "wcsync", progress: Progress | None = None) -> SyncEngine:
+        return SyncEngine(
+            self.app,
+            org_id,
+            actor=actor,
+            on_saved=self.catch_up,
+            known_customer_ids=lambda org, store: projection_queries.known_customer_ids(
+                self.projections, org, store
+            ),
+            progress=progress,
+        )
+
+    def catch_up(self) -> None:
+        self.projections.catch_up()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.projections.close()
+            self.app.close()
+
+    def __enter__(self) -> Services:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def migrate(database: DatabaseConfig) -> None:
+    """Create every table once: the event store's and the projections'."""
+    app = SyncApplication(database, create_tables=True)
+    try:
+        runner = ProjectionRunner(app)
+        try:
+            runner.migrate()
+        finally:
+            runner.close()
+    finally:
+        app.close()
+
+
+def open_services(database: DatabaseConfig) -> Services:
+    """Open the store for a command. SQLite (the embedded default) creates its tables on first use;
+    PostgreSQL expects `wcsync db migrate` to have run, so that workers never race on DDL."""
+    create = database.backend == "sqlite"
+    app = SyncApplication(database, create_tables=create)
+    try:
+        if database.backend == "postgres" and not _postgres_tables_exist(app):
+            raise StorageError(
+                f"the database {database.display} has no wcsync tables yet: run `wcsync db migrate` once"
+            )
+        runner = ProjectionRunner(app)
+        if create:
+            runner.migrate()
+    except PersistenceError as error:
+        app.close()
+        raise StorageError(f"the database {database.display} refused: {str(error).splitlines()[0]}") from None
+    except BaseException:
+        app.close()
+        raise
+    return Services(database=database, app=app, projections=runner)
+
+
+def _postgres_tables_exist(app: SyncApplication) -> bool:
+    recorder: Any = app.recorder
+    with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+        curs.execute(
+            "SELECT to_regclass(%s) IS NOT NULL AS present",
+            (f"{recorder.datastore.schema}.{recorder.events_table_name}",),
+        )
+        row = curs.fetchone()
+        return bool(row and row["present"])

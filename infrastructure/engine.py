@@ -1,0 +1,438 @@
+"""The sync engine: the application service that the CLI (and any HTTP front) calls.
+
+start / resume / retry / force-done of a queue. Fetching is concurrent (the WooCommerce client keeps
+several pages in flight); recording and processing are serial, in a worker thread, one page at a time in
+page order, each batch saved atomically (the queue's events and the customers' events in one transaction).
+A process killed at any instant leaves a contiguous prefix of pages recorded and every line either draft
+or finished; `resume` continues from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+from uuid import UUID
+
+import structlog
+
+from domain.customer import Customer, customer_key
+from domain.errors import SyncError
+from domain.lines import DRAFT
+from domain.queue import Q_DONE, QueueOptions, SyncQueue
+from domain.sync import customer_keys, sync_batch
+from domain.validation import customer_id_of
+from infrastructure.config import StoreSettings
+from infrastructure.errors import QueueNotFoundError
+from infrastructure.eventstore import ConcurrentWriteError, SyncApplication, chunks
+from infrastructure.woocommerce import (
+    ClientOptions,
+    StoreCredentials,
+    StoreError,
+    StoreRefused,
+    WooCommerceClient,
+)
+
+log = structlog.get_logger("wcsync.engine")
+
+# How often (at most) the in-process projections are brought up to date while a sync runs.
+PROJECTION_REFRESH_S = 0.5
+# A batch whose save loses a race with another writer is reloaded and redone at most this many times.
+MAX_CONFLICT_ATTEMPTS = 5
+
+
+class Progress(Protocol):
+    def set_total(self, total: int) -> None: ...
+    def advance(self, lines: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class NoProgress:
+    def set_total(self, total: int) -> None:
+        pass
+
+    def advance(self, lines: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class SyncOutcome:
+    queue_id: UUID
+    state: str
+    counts: dict[str, int]
+    is_action_required: bool
+    action_required_reason: str | None
+    seconds: float
+    store_error: StoreError | None = None
+
+
+@dataclass
+class _Run:
+    """What one processing run of a queue holds in memory."""
+
+    queue: SyncQueue
+    progress: Progress
+    # Filled by the client on the event loop, drained by the worker thread: a deque pops atomically.
+    incidents: deque[tuple[str, str, str, dict[str, Any]]] = field(default_factory=deque)
+    saved: bool = False  # has this run stored anything yet (a new queue is saved with its first page)
+
+
+class SyncEngine:
+    def __init__(
+        self,
+        app: SyncApplication,
+        org_id: str,
+        actor: str = "wcsync",
+        on_saved: Callable[[], None] | None = None,
+        known_customer_ids: Callable[[str, str], set[int]] | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.app = app
+        self.org_id = org_id
+        self.actor = actor
+        self.on_saved = on_saved
+        self.known_customer_ids = known_customer_ids
+        self.progress: Progress = progress or NoProgress()
+        self._last_refresh = 0.0
+
+    # ----- commands ------------------------------------------------------------------------------------
+
+    def new_queue(self, store_url: str, options: QueueOptions, queue_name: str | None = None) -> SyncQueue:
+        """A queue not saved yet: it is saved with its first page, so a store that refuses us at once
+        (wrong key, wrong URL) leaves nothing behind."""
+        return SyncQueue(
+            org_id=self.org_id,
+            queue_name=queue_name or f"customers {store_url}",
+            store_url=store_url,
+            options=options.as_dict(),
+            started_by=self.actor,
+        )
+
+    async def start(
+        self,
+        store: StoreSettings,
+        options: QueueOptions,
+        client_options: ClientOptions,
+        queue_name: str | None = None,
+        on_created: Callable[[UUID], None] | None = None,
+    ) -> SyncOutcome:
+        queue = self.new_queue(store.url, options, queue_name)
+        if on_created is not None:
+            on_created(queue.id)
+        return await self._run(queue, store, client_options, mode="start")
+
+    async def resume(
+        self, queue_id: UUID, store: StoreSettings, client_options: ClientOptions
+    ) -> SyncOutcome:
+        queue = self.get_queue(queue_id)
+        if queue.state == Q_DONE:
+            raise SyncError(f"queue {queue_id} is already done; nothing to resume")
+        self._check_store(queue, store)
+        return await self._run(queue, store, client_options, mode="resume")
+
+    async def retry(self, queue_id: UUID, store: StoreSettings, client_options: ClientOptions) -> SyncOutcome:
+        queue = self.get_queue(queue_id)
+        self._check_store(queue, store)
+        queue.request_retry(self.actor)
+        self.app.save_batch(queue)
+        return await self._run(queue, store, client_options, mode="retry")
+
+    def force_done(self, queue_id: UUID, reason: str) -> SyncOutcome:
+        started = time.monotonic()
+        queue = self.get_queue(queue_id)
+        queue.force_done(reason, self.actor)
+        self.app.save_batch(queue)
+        self._refresh(force=True)
+        return self._outcome(queue, started)
+
+    def get_queue(self, queue_id: UUID) -> SyncQueue:
+        queue = self.app.get_queue(queue_id)
+        if queue.org_id != self.org_id:
+            # Same answer as for a missing queue: another org's queues are not even confirmed to exist.
+            raise QueueNotFoundError(f"no queue {queue_id} in org {self.org_id!r}")
+        return queue
+
+    # ----- one processing run --------------------------------------------------------------------------
+
+    async def _run(
+        self, queue: SyncQueue, store: StoreSettings, client_options: ClientOptions, mode: str
+    ) -> SyncOutcome:
+        started = time.monotonic()
+        options = queue.queue_options
+        client_options = _with_queue_options(client_options, options)
+        queue.start_processing(mode)
+        if mode != "start":
+            self.app.save_batch(queue)
+        run = _Run(queue=queue, progress=self.progress, saved=mode != "start")
+        run.progress.set_total(queue.lines.total)
+        run.progress.advance(queue.lines.total - queue.lines.count(DRAFT))
+        log.info("queue.run", queue_id=str(queue.id), mode=mode, store=store.url, lines=queue.lines.total)
+        credentials = StoreCredentials(store.consumer_key, store.consumer_secret)
+        store_error: StoreError | None = None
+        try:
+            async with WooCommerceClient(
+                store.url, credentials, client_options, on_activity=lambda *a: run.incidents.append(a)
+            ) as client:
+                if mode == "retry":
+                    await self._refetch_drafts(run, client)
+                # Lines recorded but not finished before a crash: their records are in the log.
+                await asyncio.to_thread(self._process_recorded_drafts, run)
+                if not run.queue.fetch_finished:
+                    await self._fetch(run, client)
+        except StoreError as error:
+            store_error = error
+            if not run.saved and isinstance(error, StoreRefused):
+                # Refused before the first page: nothing was saved and nothing is left half-written.
+                run.progress.close()
+                raise
+            await asyncio.to_thread(self._record_fetch_failure, run, error)
+        finally:
+            run.progress.close()
+        if store_error is None:
+            await asyncio.to_thread(self._finish, run)
+        self._refresh(force=True)
+        outcome = self._outcome(run.queue, started)
+        outcome.store_error = store_error
+        return outcome
+
+    async def _fetch(self, run: _Run, client: WooCommerceClient) -> None:
+        queue = run.queue
+        seen: set[int] = {cid for cid, _ in queue.lines.items()}
+        totals: set[int] = set()
+        pages = queue.pages_recorded
+        complete = True
+        async for page in client.pages(start_page=queue.next_page, seen_ids=seen):
+            if page.total is not None:
+                totals.add(page.total)
+                run.progress.set_total(max(page.total, run.queue.lines.total))
+            await asyncio.to_thread(self._record_page, run, page.number, page.records)
+            pages = page.number
+        if any(kind == "store_repeating_pages" for kind, *_ in run.incidents):
+            complete = False
+        # A store that changed while we paged (totals moved) can have shifted a customer across a page
+        # boundary: list every id and fetch the ones the scan missed.
+        last_total = max(totals) if totals else None
+        if len(totals) > 1 or (last_total is not None and last_total != len(seen)):
+            await self._reconcile(run, client, seen)
+        await asyncio.to_thread(self._record_fetch_finished, run, pages, complete, seen)
+
+    async def _reconcile(self, run: _Run, client: WooCommerceClient, seen: set[int]) -> None:
+        store_ids = await client.all_ids()
+        missing = sorted(store_ids - seen)
+        run.incidents.append(
+            (
+                "store_changed_during_scan",
+                "warning",
+                f"The store changed while it was read; listed every id again and found {len(missing)} "
+                "customer(s) the page scan had missed",
+                {"missing": len(missing), "store_total": len(store_ids)},
+            )
+        )
+        if missing:
+            found, _gone = await client.customers_by_id(missing)
+            records = [found[cid] for cid in missing if cid in found]
+            seen.update(found)
+            await asyncio.to_thread(self._record_page, run, None, records)
+
+    async def _refetch_drafts(self, run: _Run, client: WooCommerceClient) -> None:
+        ids = list(run.queue.draft_ids())
+        if not ids:
+            return
+        found, gone = await client.customers_by_id(ids)
+
+        def record() -> None:
+            queue = run.queue
+            records = [found[cid] for cid in ids if cid in found and _is_draft(queue, cid)]
+            for chunk in chunks(records, 100):
+                queue.refetch_lines(chunk)
+            still_gone = [cid for cid in gone if _is_draft(queue, cid)]
+            if still_gone:
+                queue.cancel_lines(still_gone, "customer no longer exists in WooCommerce (deleted)")
+                run.progress.advance(len(still_gone))
+            self._drain_incidents(run)
+            self._save(run, [])
+
+        await asyncio.to_thread(record)
+
+    # ----- worker-thread steps (never run two at once for one run) ------------------------------------
+
+    def _record_page(self, run: _Run, page: int | None, records: list[dict[str, Any]]) -> None:
+        good = [r for r in records if customer_id_of(r) is not None]
+        if len(good) != len(records):
+            run.incidents.append(
+                (
+                    "records_without_id",
+                    "warning",
+                    f"{len(records) - len(good)} record(s) on page {page} had no valid customer id and were skipped",
+                    {"page": page, "count": len(records) - len(good)},
+                )
+            )
+        queue = run.queue
+        if page is not None and page <= queue.pages_recorded:
+            return  # another process recorded this page meanwhile
+        fresh = [r for r in good if r["id"] not in queue.lines]
+        if page is None and not fresh:
+            return
+        queue.add_lines(fresh, page=page)
+        self._process(run, fresh)
+
+    def _process_recorded_drafts(self, run: _Run) -> None:
+        if not run.queue.lines.count(DRAFT):
+            return
+        batch: list[dict[str, Any]] = []
+        for record in self._draft_records(run.queue):
+            batch.append(record)
+            if len(batch) >= 1000:
+                self._process(run, batch)
+                batch = []
+        if batch:
+            self._process(run, batch)
+
+    def _draft_records(self, queue: SyncQueue) -> Iterator[dict[str, Any]]:
+        """The latest fetched record of every draft line, read back from the queue's own events."""
+        drafts = set(queue.draft_ids())
+        latest: dict[int, dict[str, Any]] = {}
+        for event in self.app.queue_events(queue.id):
+            if isinstance(event, SyncQueue.LinesAdded | SyncQueue.LinesRefetched):
+                for record in event.records:
+                    if record["id"] in drafts:
+                        latest[record["id"]] = record
+        return iter(latest.values())
+
+    def _process(self, run: _Run, records: list[dict[str, Any]]) -> None:
+        batch_size = run.queue.queue_options.batch_size
+        delay_s = run.queue.queue_options.batch_delay_ms / 1000.0
+        pending_batches = list(chunks(records, batch_size)) or [[]]
+        for index, batch in enumerate(pending_batches):
+            if index and delay_s:
+                time.sleep(delay_s)
+            self._process_batch(run, batch)
+
+    def _process_batch(self, run: _Run, records: list[dict[str, Any]]) -> None:
+        for attempt in range(1, MAX_CONFLICT_ATTEMPTS + 1):
+            queue = run.queue
+            todo = [r for r in records if _is_draft(queue, r["id"])]
+            customers = self.app.load_customers(customer_keys(queue, todo))
+            outcome = sync_batch(queue, todo, customers)
+            self._drain_incidents(run)
+            try:
+                self._save(run, outcome.changed)
+            except ConcurrentWriteError:
+                log.warning("batch.conflict", queue_id=str(queue.id), attempt=attempt)
+                self._reload(run)
+                continue
+            run.progress.advance(outcome.line_count)
+            return
+        raise SyncError(
+            f"queue {run.queue.id}: another writer kept winning the same batch {MAX_CONFLICT_ATTEMPTS} times; "
+            "is another wcsync process working on this queue? Resume it later."
+        )
+
+    def _reload(self, run: _Run) -> None:
+        """After a lost race the queue in memory is ahead of the store: read it back."""
+        self.app.repository.cache = None
+        run.queue = self.app.get_queue(run.queue.id)
+
+    def _save(self, run: _Run, customers: Iterable[Customer]) -> None:
+        self.app.save_batch(run.queue, *customers)
+        run.saved = True
+        self._refresh()
+
+    def _drain_incidents(self, run: _Run) -> None:
+        while run.incidents:
+            activity_type, status, message, details = run.incidents.popleft()
+            run.queue.record_incident(activity_type, status, message, details)
+
+    def _record_fetch_failure(self, run: _Run, error: StoreError) -> None:
+        self._drain_incidents(run)
+        run.queue.fail_fetch(str(error))
+        self._save_with_reload(run)
+
+    def _record_fetch_finished(self, run: _Run, pages: int, complete: bool, seen: set[int]) -> None:
+        queue = run.queue
+        self._drain_incidents(run)
+        queue.finish_fetch(pages=pages, total=len(seen), complete=complete)
+        self._save_with_reload(run)
+        if complete and self.known_customer_ids is not None:
+            self._mark_deleted(run, seen)
+
+    def _mark_deleted(self, run: _Run, seen: set[int]) -> None:
+        """Customers mirrored earlier but absent from a complete scan were deleted in WooCommerce."""
+        assert self.known_customer_ids is not None
+        self._refresh(force=True)
+        queue = run.queue
+        gone = sorted(self.known_customer_ids(queue.org_id, queue.store_url) - seen)
+        for chunk in chunks(gone, 500):
+            keys = [customer_key(queue.org_id, queue.store_url, cid) for cid in chunk]
+            customers = self.app.load_customers(keys)
+            for customer in customers.values():
+                customer.delete("absent from a complete scan of the store", queue.id)
+            changed = [c for c in customers.values() if c.pending_events]
+            if changed:
+                self.app.save_batch(*changed)
+        if gone:
+            queue.record_incident(
+                "customers_deleted",
+                "info",
+                f"{len(gone)} customer(s) synced earlier are no longer in the store and were marked deleted",
+                {"count": len(gone), "ids": gone[:100]},
+            )
+            self._save_with_reload(run)
+
+    def _finish(self, run: _Run) -> None:
+        self._drain_incidents(run)
+        run.queue.finish()
+        self._save_with_reload(run)
+
+    def _save_with_reload(self, run: _Run) -> None:
+        try:
+            self._save(run, [])
+        except ConcurrentWriteError:
+            raise SyncError(
+                f"queue {run.queue.id} was changed by another process during this run; "
+                "check `wcsync status` and resume it if needed"
+            ) from None
+
+    # ----- helpers -------------------------------------------------------------------------------------
+
+    def _refresh(self, force: bool = False) -> None:
+        if self.on_saved is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last_refresh >= PROJECTION_REFRESH_S:
+            self._last_refresh = now
+            self.on_saved()
+
+    def _check_store(self, queue: SyncQueue, store: StoreSettings) -> None:
+        if store.url != queue.store_url:
+            raise SyncError(
+                f"queue {queue.id} syncs {queue.store_url}, not {store.url}; "
+                "pass --url with the queue's store (or leave it out)"
+            )
+
+    def _outcome(self, queue: SyncQueue, started: float) -> SyncOutcome:
+        return SyncOutcome(
+            queue_id=queue.id,
+            state=queue.state,
+            counts=queue.counts(),
+            is_action_required=queue.is_action_required,
+            action_required_reason=queue.action_required_reason,
+            seconds=time.monotonic() - started,
+        )
+
+
+def _is_draft(queue: SyncQueue, customer_id: int) -> bool:
+    line = queue.lines.get(customer_id)
+    return line is not None and line.state == DRAFT
+
+
+def _with_queue_options(client_options: ClientOptions, options: QueueOptions) -> ClientOptions:
+    return replace(
+        client_options, per_page=options.per_page, role=options.role, max_retries=options.max_retries
+    )
