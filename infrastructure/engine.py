@@ -27,6 +27,7 @@ from domain.sync import customer_keys, sync_batch
 from domain.validation import customer_id_of
 from infrastructure.config import StoreSettings
 from infrastructure.errors import QueueNotFoundError
+from infrastructure.failpoints import failpoint
 from infrastructure.eventstore import ConcurrentWriteError, SyncApplication, chunks
 from infrastructure.woocommerce import (
     ClientOptions,
@@ -211,6 +212,7 @@ class SyncEngine:
             if page.total is not None:
                 totals.add(page.total)
                 run.progress.set_total(max(page.total, run.queue.lines.total))
+            failpoint("page_fetched")
             await asyncio.to_thread(self._record_page, run, page.number, page.records)
             pages = page.number
         if any(kind == "store_repeating_pages" for kind, *_ in run.incidents):
@@ -321,8 +323,10 @@ class SyncEngine:
             customers = self.app.load_customers(customer_keys(queue, todo))
             outcome = sync_batch(queue, todo, customers)
             self._drain_incidents(run)
+            failpoint("before_batch_save")
             try:
                 self._save(run, outcome.changed)
+                failpoint("after_batch_save")
             except ConcurrentWriteError:
                 log.warning("batch.conflict", queue_id=str(queue.id), attempt=attempt)
                 self._reload(run)
@@ -386,6 +390,7 @@ class SyncEngine:
             self._save_with_reload(run)
 
     def _finish(self, run: _Run) -> None:
+        failpoint("before_finish")
         self._drain_incidents(run)
         run.queue.finish()
         self._save_with_reload(run)
