@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import oauthlib.oauth1.rfc5849 as oauth1_module
 import pytest
 from structlog.testing import capture_logs
 
@@ -197,6 +198,37 @@ def test_bad_secret_is_refused_as_a_signature_mismatch() -> None:
     run(scenario)
 
 
+def test_a_refused_nonce_is_signed_afresh_and_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = oauth1_module.generate_nonce
+    reused = iter(["same-nonce", "same-nonce"])
+    monkeypatch.setattr(oauth1_module, "generate_nonce", lambda: next(reused, None) or real())
+
+    async def scenario() -> None:
+        async with start_sandbox(SandboxConfig(customers=10)) as sb, client_for(sb) as client:
+            assert await client.probe() == 10
+            assert await client.probe() == 10  # first try reuses the nonce; the retry is signed afresh
+        assert client.stats.failures == {"auth_clock": 1}
+        assert client.stats.responses == {200: 2, 401: 1}
+
+    run(scenario)
+
+
+def test_a_nonce_refused_every_time_ends_with_a_hint_about_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(oauth1_module, "generate_nonce", lambda: "always-the-same")
+
+    async def scenario() -> None:
+        options = ClientOptions(max_retries=2, backoff_base_s=0.01)
+        async with start_sandbox(SandboxConfig(customers=10)) as sb, client_for(sb, options) as client:
+            await client.probe()
+            with pytest.raises(StoreUnavailable) as caught:
+                await client.probe()
+        assert "nonce" in str(caught.value).lower()
+        assert "clock" in caught.value.hint
+        assert "always-the-same" not in str(caught.value)
+
+    run(scenario)
+
+
 def test_https_with_basic_auth_and_the_sandbox_ca() -> None:
     async def scenario() -> None:
         async with start_sandbox(SandboxConfig(customers=250, tls=True)) as sb:
@@ -231,6 +263,20 @@ def test_wrong_url_is_refused_with_a_hint_about_the_site_root() -> None:
             assert client.stats.requests == 1
         assert caught.value.status == 404
         assert "site root" in str(caught.value)
+
+    run(scenario)
+
+
+def test_an_invalid_parameter_is_refused_at_once_and_named() -> None:
+    async def scenario() -> None:
+        options = ClientOptions(role="wizard", backoff_base_s=0.01)
+        async with start_sandbox(SandboxConfig(customers=10)) as sb, client_for(sb, options) as client:
+            with pytest.raises(StoreRefused) as caught:
+                await client.probe()
+            assert client.stats.requests == 1
+        assert caught.value.status == 400
+        assert caught.value.code == "rest_invalid_param"
+        assert "parameter 'role'" in str(caught.value)
 
     run(scenario)
 
@@ -289,6 +335,7 @@ def test_churn_reconciled_finds_every_customer_that_existed_throughout() -> None
             after = set(sb.store.customer_ids("customer"))
         assert before != after, "the store did not change during the scan"
         throughout = before & after
+        assert throughout - set(scanned), "the scan alone found everything: reconciliation went untested"
         synced = (set(scanned) | set(found)) - gone
         assert throughout <= synced
         assert not gone & after
