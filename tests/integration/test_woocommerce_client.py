@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import oauthlib.oauth1.rfc5849 as oauth1_module
@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 from infrastructure.sandbox import Faults, RunningSandbox, SandboxConfig, start_sandbox
 from infrastructure.woocommerce import (
     ClientOptions,
+    ClientStats,
     Page,
     StoreCredentials,
     StoreRefused,
@@ -36,7 +37,7 @@ class Activities(list[tuple[str, str, str, dict[str, Any]]]):
         return {kind for kind, *_ in self}
 
 
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
+def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(scenario())
 
 
@@ -96,7 +97,7 @@ def test_role_all_includes_other_roles() -> None:
     run(scenario)
 
 
-FAULTS = {
+FAULTS: dict[str, tuple[Faults, ClientOptions, Callable[[ClientStats], int]]] = {
     "server_errors": (Faults(error_rate=0.3), ClientOptions(), lambda s: s.failures.get("server_error", 0)),
     "html_pages": (Faults(html_rate=0.3), ClientOptions(), lambda s: s.failures.get("html", 0)),
     "truncated_json": (
