@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -210,6 +211,22 @@ def test_bad_per_page_is_refused_naming_the_parameter(sandbox: RunningSandbox, v
     assert "per_page" in body["data"]["params"]
 
 
+def test_offset_overrides_page_and_its_next_link_loops(sandbox: RunningSandbox) -> None:
+    ids = sandbox.store.customer_ids()
+    reply = api(sandbox, f"{CUSTOMERS}?orderby=id&per_page=5&offset=5&page=3")
+    assert ids_of(reply) == ids[5:10]
+    links = {rel: url for url, rel in re.findall(r'<([^>]+)>; rel="(\w+)"', reply.headers["Link"])}
+    next_link = links["next"]
+    assert "offset=5" in next_link and "page=4" in next_link
+    assert ids_of(api(sandbox, next_link.removeprefix(sandbox.url))) == ids[5:10]
+
+
+def test_orderby_include_keeps_the_include_order(sandbox: RunningSandbox) -> None:
+    wanted = sandbox.store.customer_ids()[10:14][::-1]
+    query = f"{CUSTOMERS}?orderby=include&include={','.join(map(str, wanted))}"
+    assert ids_of(api(sandbox, query)) == wanted
+
+
 def test_unknown_parameters_are_ignored(sandbox: RunningSandbox) -> None:
     plain = ids_of(api(sandbox, f"{CUSTOMERS}?orderby=id&per_page=20"))
     with_unknown = ids_of(
@@ -294,6 +311,13 @@ def test_oauth_signatures_in_query_and_header_are_accepted(sandbox: RunningSandb
 
 def test_without_credentials_listing_is_not_allowed(sandbox: RunningSandbox) -> None:
     reply = fetch(f"{sandbox.url}{CUSTOMERS}")
+    assert reply.status == 401
+    assert reply.json()["code"] == "woocommerce_rest_cannot_view"
+
+
+def test_basic_auth_is_not_accepted_over_plain_http(sandbox: RunningSandbox) -> None:
+    token = base64.b64encode(f"{sandbox.consumer_key}:{sandbox.consumer_secret}".encode()).decode()
+    reply = fetch(f"{sandbox.url}{CUSTOMERS}", headers={"Authorization": f"Basic {token}"})
     assert reply.status == 401
     assert reply.json()["code"] == "woocommerce_rest_cannot_view"
 
