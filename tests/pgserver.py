@@ -101,14 +101,26 @@ def remove_orphans(parent: Path, binaries: Binaries) -> None:
     for base_dir in parent.glob("wcsync-pg-*"):
         try:
             owner_pid = int((base_dir / OWNER_FILE).read_text())
-            os.kill(owner_pid, 0)
-            continue  # its run is still going
-        except ProcessLookupError:
-            pass
         except (OSError, ValueError):
             continue  # not ours to judge: no owner recorded, or another user's run
+        if _process_alive(owner_pid):
+            continue
         run_as = base_dir.owner() if os.geteuid() == 0 and base_dir.owner() != "root" else None
         PostgresServer(binaries=binaries, base_dir=base_dir, run_as=run_as).stop(mode="immediate")
+
+
+def _process_alive(pid: int) -> bool:
+    """Alive and not a zombie: a killed run's zombie lingers where nothing reaps orphans (containers)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError, IndexError):
+        # The state follows the parenthesised command name, which may itself contain spaces.
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
 
 
 def free_port() -> int:
