@@ -554,8 +554,8 @@ class SandboxStore:
         """Repair every record that breaks a validation rule; returns how many were repaired."""
         with self._lock:
             fixed = 0
-            for record in self._records.values():
-                if _repair(record):
+            for customer_id, record in self._records.items():
+                if _repair(record, len(self._encode(customer_id))):
                     self._touch(record)
                     fixed += 1
             if fixed:
@@ -587,7 +587,8 @@ class SandboxStore:
 
     def encoded_list(self, ids: Iterable[int]) -> bytes:
         with self._lock:
-            return b"[" + b",".join([self._encode(i) for i in ids]) + b"]"
+            # An id deleted since the query was answered (another thread) is left out, as a live store would.
+            return b"[" + b",".join([self._encode(i) for i in ids if i in self._records]) + b"]"
 
     def encoded_one(self, customer_id: int) -> bytes | None:
         with self._lock:
@@ -702,15 +703,16 @@ def _meta_entries(record: Mapping[str, Any], numbered: bool = True) -> list[dict
     return [e for e in meta if isinstance(e, dict) and (not numbered or isinstance(e.get("id"), int))]
 
 
-def _repair(record: dict[str, Any]) -> bool:
+def _repair(record: dict[str, Any], encoded_size: int) -> bool:
     """Make `record` pass validate_customer, field by field; True when anything changed."""
     changed = False
     for _ in range(100):
         try:
-            validate_customer(record, len(json.dumps(record)))
+            validate_customer(record, encoded_size)
             return changed
         except InvalidCustomerRecord as error:
             _repair_field(record, error.field)
+            encoded_size = len(json.dumps(record))
             changed = True
     raise RuntimeError(f"could not repair customer {record.get('id')!r}")
 

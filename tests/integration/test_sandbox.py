@@ -282,6 +282,8 @@ def test_one_customer_and_a_missing_one(sandbox: RunningSandbox) -> None:
     assert customer["_links"]["self"][0]["href"] == f"{sandbox.url}{CUSTOMERS}/{customer_id}"
     assert set(customer["billing"]) >= {"first_name", "address_1", "postcode", "country", "email", "phone"}
     assert "email" not in customer["shipping"]
+    narrowed = api(sandbox, f"{CUSTOMERS}/{customer_id}?_fields=id,billing.country").json()
+    assert narrowed == {"id": customer_id, "billing": {"country": customer["billing"]["country"]}}
     missing = api(sandbox, f"{CUSTOMERS}/999999999")
     assert missing.status == 404
     assert missing.json() == {
@@ -504,6 +506,15 @@ def test_served_requests_are_logged_without_credentials(sandbox: RunningSandbox)
     assert served and served[-1]["log_level"] == "debug" and served[-1]["status"] == 200
     text = json.dumps(logs)
     assert DEFAULT_CONSUMER_KEY not in text and DEFAULT_CONSUMER_SECRET not in text
+
+
+def test_the_sandbox_refuses_to_listen_beyond_loopback() -> None:
+    with (
+        pytest.raises(RuntimeError, match="did not start") as raised,
+        SandboxThread(SandboxConfig(), host="0.0.0.0"),  # noqa: S104 - the point: it must refuse
+    ):
+        pass
+    assert isinstance(raised.value.__cause__, ValueError)
 
 
 def test_serve_forever_prints_one_line_and_stops_on_sigterm() -> None:
