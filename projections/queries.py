@@ -1,0 +1,226 @@
+"""The read side for the CLI and the API: plain dicts of JSON-ready values (times as ISO-8601 with offset).
+
+Every function takes a ``source``: a ``ProjectionRunner`` (its connection is reused) or a
+``DatabaseConfig`` (a connection is opened for the call and closed after). Results are whatever the
+projections have applied so far; call ``runner.catch_up()`` first for read-your-writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from infrastructure.config import DatabaseConfig
+from projections.activity import ACTIVITY_TABLE
+from projections.customers import CUSTOMER_TABLE
+from projections.db import Database, iso
+from projections.queues import LINE_TABLE, QUEUE_TABLE
+from projections.runner import ProjectionRunner
+from projections.schema import BOOL, UUID_, Table
+
+Source = ProjectionRunner | DatabaseConfig
+
+_QUEUE_KEYS = (
+    ("queueId", "id"),
+    ("queueName", "queue_name"),
+    ("orgId", "org_id"),
+    ("storeUrl", "store_url"),
+    ("state", "state"),
+    ("totalCount", "total_count"),
+    ("draftCount", "draft_count"),
+    ("doneCount", "done_count"),
+    ("failedCount", "failed_count"),
+    ("cancelledCount", "cancelled_count"),
+    ("createdCount", "created_count"),
+    ("updatedCount", "updated_count"),
+    ("unchangedCount", "unchanged_count"),
+    ("processCount", "process_count"),
+    ("isActionRequired", "is_action_required"),
+    ("actionRequiredReason", "action_required_reason"),
+    ("lastProcessDate", "last_process_date"),
+    ("createdAt", "created_at"),
+)
+_QUEUE_COLUMNS = tuple(column for _, column in _QUEUE_KEYS)
+
+
+@contextmanager
+def _database(source: Source) -> Iterator[Database]:
+    if isinstance(source, ProjectionRunner):
+        with source.db.reading() as db:
+            yield db
+        return
+    db = Database(source)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, UUID):
+        return str(value)
+    return value
+
+
+def _select(
+    db: Database, table: Table, columns: tuple[str, ...], where: str, params: list[Any], tail: str = ""
+) -> list[dict[str, Any]]:
+    kinds = {c.name: c.kind for c in table.columns}
+    decode = db.decoder([kinds[c] for c in columns])
+    statement = f"SELECT {', '.join(columns)} FROM {table.name} WHERE {where} {tail}"
+    return [
+        {c: _json_ready(v) for c, v in zip(columns, decode(row), strict=True)}
+        for row in db.fetchall(statement, params)
+    ]
+
+
+def _progress(row: dict[str, Any]) -> float:
+    total = int(row["total_count"])
+    if not total:
+        return 100.0 if row["state"] == "done" else 0.0
+    finished = int(row["done_count"]) + int(row["cancelled_count"])
+    return round(finished * 100.0 / total, 2)
+
+
+def _queue_dict(row: dict[str, Any]) -> dict[str, Any]:
+    result = {key: row[column] for key, column in _QUEUE_KEYS}
+    result["progress"] = _progress(row)
+    return result
+
+
+def queue_status(source: Source, org_id: str, queue_id: UUID | None) -> dict[str, Any] | None:
+    """The queue's status (the org's latest queue when ``queue_id`` is None); None when the org has no such queue."""
+    with _database(source) as db:
+        if queue_id is None:
+            rows = _select(
+                db,
+                QUEUE_TABLE,
+                _QUEUE_COLUMNS,
+                "org_id = %s",
+                [org_id],
+                "ORDER BY created_at DESC, id DESC LIMIT 1",
+            )
+        else:
+            rows = _select(
+                db,
+                QUEUE_TABLE,
+                _QUEUE_COLUMNS,
+                "org_id = %s AND id = %s",
+                [org_id, db.value(UUID_, queue_id)],
+            )
+    return _queue_dict(rows[0]) if rows else None
+
+
+def queue_org(source: Source, queue_id: UUID) -> str | None:
+    """The org that owns a queue, or None when no such queue is known."""
+    with _database(source) as db:
+        rows = db.fetchall(
+            f"SELECT org_id FROM {QUEUE_TABLE.name} WHERE id = %s", [db.value(UUID_, queue_id)]
+        )
+    return str(rows[0][0]) if rows else None
+
+
+def list_queues(source: Source, org_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    """The org's queues, newest first, with the same keys as ``queue_status``."""
+    with _database(source) as db:
+        rows = _select(
+            db,
+            QUEUE_TABLE,
+            _QUEUE_COLUMNS,
+            "org_id = %s",
+            [org_id, int(limit)],
+            "ORDER BY created_at DESC, id DESC LIMIT %s",
+        )
+    return [_queue_dict(row) for row in rows]
+
+
+def failed_lines(source: Source, org_id: str, queue_id: UUID) -> list[dict[str, Any]]:
+    """The queue's failed lines, most recent error first."""
+    with _database(source) as db:
+        rows = _select(
+            db,
+            LINE_TABLE,
+            ("woo_customer_id", "error_message", "process_count", "last_error_timestamp"),
+            "org_id = %s AND queue_id = %s AND state = 'failed'",
+            [org_id, db.value(UUID_, queue_id)],
+            "ORDER BY last_error_timestamp DESC, woo_customer_id",
+        )
+    return [
+        {
+            "wooCustomerId": row["woo_customer_id"],
+            "errorMessage": row["error_message"],
+            "processCount": row["process_count"],
+            "lastErrorTimestamp": row["last_error_timestamp"],
+        }
+        for row in rows
+    ]
+
+
+def activity(source: Source, org_id: str, queue_id: UUID, limit: int = 1000) -> list[dict[str, Any]]:
+    """The queue's activity log, oldest first (the first ``limit`` rows)."""
+    with _database(source) as db:
+        rows = _select(
+            db,
+            ACTIVITY_TABLE,
+            ("created_at", "activity_type", "status", "message", "details"),
+            "org_id = %s AND queue_id = %s",
+            [org_id, db.value(UUID_, queue_id), int(limit)],
+            "ORDER BY created_at, id LIMIT %s",
+        )
+    return [
+        {
+            "createdAt": row["created_at"],
+            "activityType": row["activity_type"],
+            "status": row["status"],
+            "message": row["message"],
+            "details": row["details"],
+        }
+        for row in rows
+    ]
+
+
+def known_customer_ids(source: Source, org_id: str, store_url: str) -> set[int]:
+    """WooCommerce ids of the store's mirrored customers that are not deleted."""
+    with _database(source) as db:
+        rows = db.fetchall(
+            f"SELECT woo_customer_id FROM {CUSTOMER_TABLE.name} "
+            "WHERE org_id = %s AND store_url = %s AND is_deleted = %s",
+            [org_id, store_url, db.value(BOOL, False)],
+        )
+    return {int(row[0]) for row in rows}
+
+
+def customers(source: Source, org_id: str, store_url: str | None = None) -> list[dict[str, Any]]:
+    """The org's mirrored customers (of one store when ``store_url`` is given), by store and WooCommerce id.
+
+    Keys are the ``woo_customers`` column names; JSON columns come back as dicts, times as ISO-8601."""
+    where, params = "org_id = %s", [org_id]
+    if store_url is not None:
+        where += " AND store_url = %s"
+        params.append(store_url)
+    with _database(source) as db:
+        return _select(
+            db,
+            CUSTOMER_TABLE,
+            CUSTOMER_TABLE.column_names,
+            where,
+            params,
+            "ORDER BY store_url, woo_customer_id",
+        )
+
+
+__all__ = [
+    "Source",
+    "activity",
+    "customers",
+    "failed_lines",
+    "known_customer_ids",
+    "list_queues",
+    "queue_org",
+    "queue_status",
+]

@@ -1,0 +1,323 @@
+"""Keeping the read models up to date with the event log, exactly once.
+
+Every batch of notifications is applied in ONE transaction that also moves the projections' tracking
+positions, after locking their tracking rows and checking the positions are still the ones the batch was
+read from (another runner may have got there first: then the batch is dropped and read again). A crash at
+any point leaves tables and positions of the last committed batch.
+
+Projections at the same position share one read of the log (the union of their topics), and each gets
+only the events of its own topics. A position moves past every notification up to the end of what was
+read, whether or not a projection cared about it, so gaps in notification ids and unknown topics are simply
+walked over.
+
+A rebuild replays the log into fresh ``<table>__rebuild`` tables (tracked under ``<name>__rebuild``, in
+batches, so SQLite writers are never locked out for long) and swaps them in with one transaction of
+renames: readers see the old tables or the new ones, never a half-built one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from eventsourcing.persistence import InterfaceError, OperationalError
+
+from infrastructure.errors import StorageError
+from infrastructure.eventstore import SyncApplication
+from projections.activity import ActivityProjection
+from projections.base import Item, Projection
+from projections.customers import CustomersProjection
+from projections.db import CONNECTION_ERRORS, ConcurrentUpdate, Database
+from projections.queues import QueuesProjection
+from projections.schema import POSTGRES, REBUILD_SUFFIX, TRACKING, TRACKING_TABLE, TS
+
+log = structlog.get_logger("wcsync.projections")
+
+PROJECTION_CLASSES: tuple[type[Projection], ...] = (QueuesProjection, ActivityProjection, CustomersProjection)
+PROJECTION_NAMES: tuple[str, ...] = tuple(cls.name for cls in PROJECTION_CLASSES)
+
+DEFAULT_BATCH_SIZE = 1000
+REBUILD_BATCH_SIZE = 2000
+# Errors after which follow() reconnects and tries again rather than stopping.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    OperationalError,
+    InterfaceError,
+    StorageError,
+)
+_MIGRATE_LOCK_KEY = 0x77637379  # "wcsy": serialises concurrent migrations on PostgreSQL
+MAX_BACKOFF_S = 30.0
+
+
+class UnknownProjectionError(ValueError):
+    """No projection of that name."""
+
+
+@dataclass
+class _Target:
+    """A projection writing to its live tables (suffix "") or to its rebuild copy."""
+
+    projection: Projection
+    suffix: str = ""
+    topics: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.topics = frozenset(self.projection.topics)
+
+    @property
+    def tracking_name(self) -> str:
+        return self.projection.name + self.suffix
+
+
+class ProjectionRunner:
+    """Builds and follows wcsync's read models in the events' own database (see module docstring)."""
+
+    def __init__(self, app: SyncApplication) -> None:
+        self.app = app
+        self.db = Database(app.database)
+        self.projections: dict[str, Projection] = {cls.name: cls() for cls in PROJECTION_CLASSES}
+        self._migrated = False
+
+    # ----- public API ----------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Create missing tables and tracking; rebuild any projection whose table definitions changed."""
+        stale: list[str] = []
+        with self.db.transaction() as db:
+            if db.dialect == POSTGRES:
+                db.execute("SELECT pg_advisory_xact_lock(%s)", [_MIGRATE_LOCK_KEY])
+            db.execute(TRACKING.create_table(db.dialect))
+            tracked = self._tracking_rows(list(self.projections))
+            for name, projection in self.projections.items():
+                row = tracked.get(name)
+                if row is None:
+                    # Tables without a tracking row are of unknown provenance: start them afresh.
+                    self._create_tables(projection, "", drop_first=True)
+                    db.execute(
+                        f"INSERT INTO {TRACKING_TABLE} (name, position, version, updated_at) VALUES (%s, 0, %s, %s)",
+                        [name, projection.version, self._now()],
+                    )
+                elif row[1] != projection.version or not self._tables_exist(projection):
+                    stale.append(name)
+        self._migrated = True
+        if stale:
+            log.info("projections.rebuild_needed", projections=stale)
+            self.rebuild(stale)
+
+    def catch_up(self, names: Sequence[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+        """Apply every event not yet applied; returns the number of notifications applied."""
+        selected = self._select(names)
+        if not self._migrated:
+            self.migrate()
+        tracked = self._tracking_rows([p.name for p in selected])
+        stale = [p.name for p in selected if p.name not in tracked or tracked[p.name][1] != p.version]
+        applied = self.rebuild(stale) if stale else 0
+        return applied + self._run([_Target(p) for p in selected], batch_size)
+
+    def follow(self, stop: threading.Event, poll_interval: float = 0.5) -> None:
+        """Catch up in a loop until ``stop`` is set, reconnecting (with backoff) when the database goes away."""
+        delay = poll_interval
+        failing = False
+        while not stop.is_set():
+            try:
+                applied = self.catch_up()
+            except TRANSIENT_ERRORS as error:
+                log.warning(
+                    "projections.database_unavailable", error=_first_line(error), retry_in_s=round(delay, 2)
+                )
+                failing = True
+                self.db.reset()
+                if stop.wait(delay):
+                    break
+                delay = min(max(delay, 0.1) * 2, MAX_BACKOFF_S)
+                continue
+            if failing:
+                log.info("projections.database_reconnected")
+                failing = False
+            delay = poll_interval
+            if applied:
+                log.debug("projections.applied", events=applied)
+            else:
+                stop.wait(poll_interval)
+
+    def rebuild(self, names: Sequence[str] | None = None, batch_size: int = REBUILD_BATCH_SIZE) -> int:
+        """Replay the whole log into fresh tables and swap them in; returns the notifications replayed."""
+        selected = self._select(names)
+        if not self._migrated:
+            self._migrated = True  # migrate() may be what called us; it only needs the tracking table
+            with self.db.transaction() as db:
+                db.execute(TRACKING.create_table(db.dialect))
+        with self.db.transaction() as db:
+            for projection in selected:
+                self._create_tables(projection, REBUILD_SUFFIX, drop_first=True)
+                db.execute(
+                    f"DELETE FROM {TRACKING_TABLE} WHERE name = %s", [projection.name + REBUILD_SUFFIX]
+                )
+                db.execute(
+                    f"INSERT INTO {TRACKING_TABLE} (name, position, version, updated_at) VALUES (%s, 0, %s, %s)",
+                    [projection.name + REBUILD_SUFFIX, projection.version, self._now()],
+                )
+        log.info("projections.rebuild_started", projections=[p.name for p in selected])
+        targets = [_Target(p, REBUILD_SUFFIX) for p in selected]
+        applied = self._run(targets, batch_size)
+        self._swap(selected)
+        log.info("projections.rebuild_finished", projections=[p.name for p in selected], events=applied)
+        return applied
+
+    def status(self) -> list[dict[str, Any]]:
+        with self.db.reading():
+            head = self._head()
+            tracked = self._tracking_rows(
+                [*self.projections, *(n + REBUILD_SUFFIX for n in self.projections)]
+            )
+        result = []
+        for name, projection in self.projections.items():
+            position, version = tracked.get(name, (0, None))
+            result.append(
+                {
+                    "name": name,
+                    "version": version,
+                    "codeVersion": projection.version,
+                    "position": position,
+                    "head": head,
+                    "lag": max(0, head - position),
+                    "rebuilding": name + REBUILD_SUFFIX in tracked,
+                }
+            )
+        return result
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ----- the loop ------------------------------------------------------------------------------------
+
+    def _run(self, targets: list[_Target], batch_size: int) -> int:
+        applied = 0
+        recorder = self.app.recorder
+        mapper = self.app.mapper
+        while targets:
+            with self.db.reading():
+                tracked = self._tracking_rows([t.tracking_name for t in targets])
+            # A rebuild copy that disappeared was swapped in by another runner: nothing left to do for it.
+            targets = [t for t in targets if t.tracking_name in tracked]
+            head = self._head()
+            behind = [t for t in targets if tracked[t.tracking_name][0] < head]
+            if not behind:
+                break
+            start = min(tracked[t.tracking_name][0] for t in behind)
+            topics = sorted(set().union(*(t.topics for t in behind)))
+            notifications = recorder.select_notifications(
+                start, batch_size, stop=head, topics=topics, inclusive_of_start=False
+            )
+            end = notifications[-1].id if len(notifications) == batch_size else head
+            decoded = [(n.id, n.topic, mapper.to_domain_event(n)) for n in notifications]
+            try:
+                with self.db.transaction() as db:
+                    locked = self._tracking_rows([t.tracking_name for t in behind], lock=True)
+                    if any(locked.get(t.tracking_name) != tracked[t.tracking_name] for t in behind):
+                        raise ConcurrentUpdate
+                    now = self._now()
+                    for target in behind:
+                        position = tracked[target.tracking_name][0]
+                        if end <= position:
+                            continue
+                        items: list[Item] = [
+                            (nid, event)
+                            for nid, topic, event in decoded
+                            if nid > position and topic in target.topics
+                        ]
+                        if items:
+                            target.projection.apply(db, target.suffix, items)
+                        db.execute(
+                            f"UPDATE {TRACKING_TABLE} SET position = %s, updated_at = %s WHERE name = %s",
+                            [end, now, target.tracking_name],
+                        )
+            except ConcurrentUpdate:
+                log.debug("projections.concurrent_update", targets=[t.tracking_name for t in behind])
+                continue
+            applied += len(decoded)
+        return applied
+
+    def _swap(self, projections: Sequence[Projection]) -> None:
+        with self.db.transaction() as db:
+            names = [p.name for p in projections]
+            locked = self._tracking_rows([*names, *(n + REBUILD_SUFFIX for n in names)], lock=True)
+            now = self._now()
+            for projection in projections:
+                rebuilt = locked.get(projection.name + REBUILD_SUFFIX)
+                if rebuilt is None:  # another runner swapped this rebuild in already
+                    continue
+                for table in projection.tables:
+                    for statement in table.swap_in(db.dialect, REBUILD_SUFFIX):
+                        db.execute(statement)
+                db.execute(
+                    f"DELETE FROM {TRACKING_TABLE} WHERE name IN (%s, %s)",
+                    [projection.name, projection.name + REBUILD_SUFFIX],
+                )
+                db.execute(
+                    f"INSERT INTO {TRACKING_TABLE} (name, position, version, updated_at) VALUES (%s, %s, %s, %s)",
+                    [projection.name, rebuilt[0], projection.version, now],
+                )
+
+    # ----- helpers -------------------------------------------------------------------------------------
+
+    def _select(self, names: Sequence[str] | None) -> list[Projection]:
+        if names is None:
+            return list(self.projections.values())
+        unknown = [n for n in names if n not in self.projections]
+        if unknown:
+            raise UnknownProjectionError(
+                f"unknown projection(s) {', '.join(unknown)}; known: {', '.join(self.projections)}"
+            )
+        return [self.projections[n] for n in dict.fromkeys(names)]
+
+    def _head(self) -> int:
+        head = self.app.recorder.max_notification_id()
+        return int(head or 0)
+
+    def _tracking_rows(self, names: Sequence[str], lock: bool = False) -> dict[str, tuple[int, int]]:
+        """name -> (position, version) for the names that have a row (locked FOR UPDATE on PostgreSQL)."""
+        if not names:
+            return {}
+        result: dict[str, tuple[int, int]] = {}
+        for condition, params in self.db.in_clause("name", list(names), "text"):
+            statement = (
+                f"SELECT name, position, version FROM {TRACKING_TABLE} WHERE {condition} ORDER BY name"
+            )
+            if lock and self.db.dialect == POSTGRES:
+                statement += " FOR UPDATE"
+            for name, position, version in self.db.fetchall(statement, params):
+                result[name] = (int(position), int(version))
+        return result
+
+    def _create_tables(self, projection: Projection, suffix: str, drop_first: bool) -> None:
+        for table in projection.tables:
+            if drop_first:
+                self.db.execute(table.drop(suffix))
+            self.db.execute(table.create_table(self.db.dialect, suffix))
+            for statement in table.create_indexes(suffix):
+                self.db.execute(statement)
+
+    def _tables_exist(self, projection: Projection) -> bool:
+        for table in projection.tables:
+            if self.db.dialect == POSTGRES:
+                rows = self.db.fetchall("SELECT to_regclass(%s)", [table.name])
+                if rows[0][0] is None:
+                    return False
+            elif not self.db.fetchall(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = %s", [table.name]
+            ):
+                return False
+        return True
+
+    def _now(self) -> Any:
+        return self.db.value(TS, datetime.now(UTC))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

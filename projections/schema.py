@@ -1,0 +1,140 @@
+"""Table definitions of the read models: the one place that builds SQL for a projection table.
+
+A table is described once (columns with a portable kind, primary key, indexes) and rendered for PostgreSQL
+or SQLite. Kinds map to native types on PostgreSQL (uuid, timestamptz, jsonb, boolean) and to TEXT/INTEGER
+on SQLite, where times are ISO-8601 UTC text with an offset and JSON is text.
+
+A rebuild creates every table and index under a suffix (``woo_customers__rebuild``) and renames them on
+swap, so constraint and index names are always derived from the table name plus the suffix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+POSTGRES = "postgres"
+SQLITE = "sqlite"
+
+# Portable column kinds.
+TEXT = "text"
+INT = "int"
+BIGINT = "bigint"
+BOOL = "bool"
+UUID_ = "uuid"
+TS = "ts"
+JSON = "json"
+
+_PG_TYPES = {
+    TEXT: "TEXT",
+    INT: "INTEGER",
+    BIGINT: "BIGINT",
+    BOOL: "BOOLEAN",
+    UUID_: "UUID",
+    TS: "TIMESTAMPTZ",
+    JSON: "JSONB",
+}
+_SQLITE_TYPES = {
+    TEXT: "TEXT",
+    INT: "INTEGER",
+    BIGINT: "INTEGER",
+    BOOL: "BOOLEAN",
+    UUID_: "TEXT",
+    TS: "TEXT",
+    JSON: "TEXT",
+}
+
+TRACKING_TABLE = "wcsync_projection_tracking"
+REBUILD_SUFFIX = "__rebuild"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: str
+    not_null: bool = False
+    default: str | None = None  # an SQL literal valid on both backends
+
+
+@dataclass(frozen=True)
+class Index:
+    name: str  # the final name; a rebuild's copy carries the table's suffix
+    columns: str  # an SQL column list, e.g. "org_id, created_at DESC"
+    unique: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+    indexes: tuple[Index, ...] = ()
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(c.kind for c in self.columns)
+
+    def pkey_name(self, suffix: str = "") -> str:
+        return f"{self.name}{suffix}_pkey"
+
+    def create_table(self, dialect: str, suffix: str = "") -> str:
+        types = _PG_TYPES if dialect == POSTGRES else _SQLITE_TYPES
+        parts = []
+        for column in self.columns:
+            text = f"{column.name} {types[column.kind]}"
+            if column.not_null:
+                text += " NOT NULL"
+            if column.default is not None:
+                text += f" DEFAULT {column.default}"
+            parts.append(text)
+        parts.append(f"CONSTRAINT {self.pkey_name(suffix)} PRIMARY KEY ({', '.join(self.primary_key)})")
+        return f"CREATE TABLE IF NOT EXISTS {self.name}{suffix} (\n  " + ",\n  ".join(parts) + "\n)"
+
+    def create_indexes(self, suffix: str = "") -> list[str]:
+        return [
+            f"CREATE {'UNIQUE ' if index.unique else ''}INDEX IF NOT EXISTS {index.name}{suffix} "
+            f"ON {self.name}{suffix} ({index.columns})"
+            for index in self.indexes
+        ]
+
+    def drop(self, suffix: str = "") -> str:
+        return f"DROP TABLE IF EXISTS {self.name}{suffix}"
+
+    def swap_in(self, dialect: str, suffix: str) -> list[str]:
+        """Statements that replace the live table by its rebuilt copy (run in one transaction)."""
+        statements = [self.drop(), f"ALTER TABLE {self.name}{suffix} RENAME TO {self.name}"]
+        if dialect == POSTGRES:
+            statements.append(f"ALTER INDEX {self.pkey_name(suffix)} RENAME TO {self.pkey_name()}")
+            statements += [f"ALTER INDEX {i.name}{suffix} RENAME TO {i.name}" for i in self.indexes]
+        else:
+            # SQLite cannot rename an index; the primary key's own index follows the table by itself.
+            statements += [f"DROP INDEX IF EXISTS {i.name}{suffix}" for i in self.indexes]
+            statements += self.create_indexes()
+        return statements
+
+    def upsert(self, suffix: str = "") -> str:
+        """INSERT ... ON CONFLICT (pk) DO UPDATE of every other column, with %s placeholders."""
+        names = self.column_names
+        updates = ", ".join(f"{n} = EXCLUDED.{n}" for n in names if n not in self.primary_key)
+        return (
+            f"INSERT INTO {self.name}{suffix} ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))}) "
+            f"ON CONFLICT ({', '.join(self.primary_key)}) DO UPDATE SET {updates}"
+        )
+
+    def select(self, suffix: str = "") -> str:
+        return f"SELECT {', '.join(self.column_names)} FROM {self.name}{suffix}"
+
+
+TRACKING = Table(
+    TRACKING_TABLE,
+    (
+        Column("name", TEXT, not_null=True),
+        Column("position", BIGINT, not_null=True, default="0"),
+        Column("version", INT, not_null=True),
+        Column("updated_at", TS),
+    ),
+    ("name",),
+)

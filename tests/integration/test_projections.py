@@ -1,0 +1,563 @@
+"""Projections against real databases: equivalence of live and rebuilt tables, crash safety, concurrent
+followers, automatic rebuild, and the seed guide's SQL verbatim on PostgreSQL.
+
+Events are made by driving the real aggregates (SyncQueue, Customer via domain.sync.sync_batch) and saved
+through SyncApplication, exactly as the sync engine does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import pytest
+import structlog
+
+from domain.customer import customer_key
+from domain.queue import QueueOptions, SyncQueue
+from domain.sync import customer_keys, sync_batch
+from infrastructure.config import DatabaseConfig
+from infrastructure.eventstore import SyncApplication, chunks
+from projections import PROJECTION_NAMES, ProjectionRunner, queries
+from projections.db import Database
+from projections.queues import QueuesProjection
+
+ORG = "550e8400-e29b-41d4-a716-446655440000"
+OTHER_ORG = "org-other"
+STORE = "https://store.example.com"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# ----- making events with the real aggregates ------------------------------------------------------------
+
+
+def make_record(cid: int, *, bad: bool = False, revision: int = 0) -> dict[str, Any]:
+    """A WooCommerce customer as the REST API returns it (about 1 KB)."""
+    address = {
+        "first_name": f"First{cid}",
+        "last_name": f"Last{cid}",
+        "company": "",
+        "address_1": f"{cid} Main Street",
+        "address_2": "",
+        "city": "Springfield",
+        "state": "IL",
+        "postcode": "62701",
+        "country": "US",
+    }
+    return {
+        "id": cid,
+        "date_created": "2024-03-01T10:00:00",
+        "date_created_gmt": "2024-03-01T09:00:00",
+        "date_modified": "2024-05-01T10:00:00",
+        "date_modified_gmt": f"2024-05-01T09:{revision:02d}:00",
+        "email": "not-an-email" if bad else f"customer{cid}@example.com",
+        "first_name": f"First{cid}",
+        "last_name": f"Last{cid}" if not revision else f"Changed{cid}-{revision}",
+        "role": "customer",
+        "username": f"user{cid}",
+        "billing": {**address, "email": f"customer{cid}@example.com", "phone": "555-0100"},
+        "shipping": {**address, "phone": ""},
+        "is_paying_customer": cid % 3 == 0,
+        "avatar_url": f"https://secure.gravatar.com/avatar/{cid:032d}?s=96",
+        "meta_data": [{"id": cid * 10, "key": "loyalty", "value": "gold"}],
+        "_links": {"self": [{"href": f"{STORE}/wp-json/wc/v3/customers/{cid}"}]},
+    }
+
+
+class Sync:
+    """One queue being synced, step by step, as the engine would (pages of lines, batches of customers)."""
+
+    def __init__(
+        self, app: SyncApplication, org: str = ORG, store: str = STORE, batch_size: int = 50
+    ) -> None:
+        self.app = app
+        self.queue = SyncQueue(
+            org_id=org,
+            queue_name=f"customers {store}",
+            store_url=store,
+            options=QueueOptions(batch_size=batch_size, max_retries=2).as_dict(),
+            started_by="tester",
+        )
+        self.queue.start_processing("start")
+        app.save_batch(self.queue)
+        self.batch_size = batch_size
+        self.pages = 0
+
+    @property
+    def id(self) -> UUID:
+        return self.queue.id
+
+    def fetch(self, records: list[dict[str, Any]], per_page: int = 100) -> None:
+        for page in chunks(records, per_page):
+            self.pages += 1
+            self.queue.add_lines(page, page=self.pages)
+            self.app.save_batch(self.queue)
+        self.queue.finish_fetch(pages=self.pages, total=len(self.queue.lines), complete=True)
+        self.app.save_batch(self.queue)
+
+    def process(self, records: list[dict[str, Any]]) -> None:
+        for batch in chunks(records, self.batch_size):
+            known = self.app.load_customers(customer_keys(self.queue, batch))
+            outcome = sync_batch(self.queue, batch, known)
+            self.app.save_batch(self.queue, *outcome.changed)
+
+    def finish(self) -> str:
+        state = self.queue.finish()
+        self.app.save_batch(self.queue)
+        return state
+
+    def retry(self, records: list[dict[str, Any]]) -> None:
+        ids = self.queue.request_retry("operator")
+        self.queue.start_processing("retry")
+        again = [r for r in records if r["id"] in ids]
+        self.queue.refetch_lines(again)
+        self.app.save_batch(self.queue)
+        self.process(again)
+
+    def incident(self) -> None:
+        self.queue.record_incident(
+            "circuit_opened", "warning", "Store circuit breaker opened after 5 failures", {"failures": 5}
+        )
+        self.app.save_batch(self.queue)
+
+    def force_done(self) -> list[int]:
+        cancelled = self.queue.force_done("customers fixed by hand", "operator")
+        self.app.save_batch(self.queue)
+        return cancelled
+
+
+def sync_with_failures(app: SyncApplication, count: int = 250, bad: frozenset[int] = frozenset()) -> Sync:
+    """A full sync where the ``bad`` customers fail twice (max_retries=2), then the queue is forced done."""
+    bad = bad or frozenset({7, 42, 199})
+    sync = Sync(app)
+    sync.incident()
+    records = [make_record(cid, bad=cid in bad) for cid in range(1, count + 1)]
+    sync.fetch(records)
+    sync.process(records)
+    sync.finish()
+    sync.retry(records)
+    sync.finish()
+    sync.force_done()
+    return sync
+
+
+def resync_with_changes(app: SyncApplication, count: int) -> Sync:
+    """A second, clean sync of the same store where every tenth customer changed and one was deleted."""
+    sync = Sync(app)
+    records = [make_record(cid, revision=1 if cid % 10 == 0 else 0) for cid in range(1, count + 1)]
+    sync.fetch(records)
+    sync.process(records)
+    sync.finish()
+    gone = app.load_customers([customer_key(ORG, STORE, 3)])[customer_key(ORG, STORE, 3)]
+    gone.delete("not in the store any more", sync.id)
+    app.save_batch(gone)
+    return sync
+
+
+# ----- reading the tables ---------------------------------------------------------------------------------
+
+TABLES = {
+    "woo_customer_sync_queue": "id",
+    "woo_customer_sync_queue_line": "queue_id, woo_customer_id",
+    "woo_sync_activity": "id",
+    "woo_customers": "customer_id",
+}
+
+
+def dump(runner: ProjectionRunner, suffix: str = "") -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every projection table, in key order."""
+    with runner.db.reading() as db:
+        return {
+            table: [tuple(row) for row in db.fetchall(f"SELECT * FROM {table}{suffix} ORDER BY {order}")]
+            for table, order in TABLES.items()
+        }
+
+
+def assert_matches_aggregate(runner: ProjectionRunner, app: SyncApplication, queue_id: UUID) -> None:
+    """The queue row and its lines say what the aggregate itself says."""
+    queue = app.get_queue(queue_id)
+    status = queries.queue_status(runner, queue.org_id, queue_id)
+    assert status is not None
+    counts = queue.counts()
+    assert {k: status[f"{k}Count"] for k in counts} == counts
+    assert status["state"] == queue.state
+    assert status["processCount"] == queue.process_count
+    assert status["isActionRequired"] == queue.is_action_required
+    assert status["progress"] == queue.progress
+    with runner.db.reading() as db:
+        rows = db.fetchall(
+            "SELECT woo_customer_id, state, result, process_count, error_message FROM woo_customer_sync_queue_line "
+            "WHERE queue_id = %s",
+            [db.value("uuid", queue_id)],
+        )
+    lines = {row[0]: tuple(row[1:]) for row in rows}
+    expected = {
+        cid: (line.state, line.result, line.attempts, line.error) for cid, line in queue.lines.items()
+    }
+    assert lines == expected
+
+
+def assert_counts_match_lines(runner: ProjectionRunner) -> None:
+    with runner.db.reading() as db:
+        mismatched = db.fetchall(
+            """
+            SELECT q.id FROM woo_customer_sync_queue q
+            LEFT JOIN (
+              SELECT queue_id, COUNT(*) AS total,
+                SUM(CASE WHEN state = 'draft' THEN 1 ELSE 0 END) AS draft,
+                SUM(CASE WHEN state = 'done' THEN 1 ELSE 0 END) AS done,
+                SUM(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS failed,
+                SUM(CASE WHEN state = 'cancelled' THEN 1 ELSE 0 END) AS cancelled,
+                SUM(CASE WHEN result = 'created' THEN 1 ELSE 0 END) AS created
+              FROM woo_customer_sync_queue_line GROUP BY queue_id
+            ) l ON l.queue_id = q.id
+            WHERE q.total_count <> COALESCE(l.total, 0) OR q.draft_count <> COALESCE(l.draft, 0)
+               OR q.done_count <> COALESCE(l.done, 0) OR q.failed_count <> COALESCE(l.failed, 0)
+               OR q.cancelled_count <> COALESCE(l.cancelled, 0) OR q.created_count <> COALESCE(l.created, 0)
+            """
+        )
+    assert mismatched == []
+
+
+@pytest.fixture
+def app(database_url: str) -> Iterator[SyncApplication]:
+    application = SyncApplication(DatabaseConfig.from_url(database_url))
+    yield application
+    application.close()
+
+
+@pytest.fixture
+def runner(app: SyncApplication) -> Iterator[ProjectionRunner]:
+    projection_runner = ProjectionRunner(app)
+    projection_runner.migrate()
+    yield projection_runner
+    projection_runner.close()
+
+
+# ----- tests ----------------------------------------------------------------------------------------------
+
+
+def test_live_tables_equal_a_rebuild_row_for_row(app: SyncApplication, runner: ProjectionRunner) -> None:
+    # Catch up between every step, in small batches, so the live tables are built incrementally.
+    first = sync_with_failures(app, count=250)
+    runner.catch_up(batch_size=7)
+    second = resync_with_changes(app, count=120)
+    runner.catch_up(batch_size=13)
+    other = Sync(app, org=OTHER_ORG, store="https://other.example.com")
+    other.fetch([make_record(cid) for cid in range(1, 31)])  # left half-processed
+    runner.catch_up(batch_size=1)
+
+    for sync in (first, second, other):
+        assert_matches_aggregate(runner, app, sync.id)
+    assert_counts_match_lines(runner)
+    live = dump(runner)
+    assert all(live.values())
+
+    replayed = runner.rebuild()
+
+    assert replayed == app.recorder.max_notification_id()
+    assert dump(runner) == live
+    statuses = {s["name"]: s for s in runner.status()}
+    assert set(statuses) == set(PROJECTION_NAMES)
+    assert all(
+        s["lag"] == 0 and s["version"] == s["codeVersion"] and not s["rebuilding"] for s in statuses.values()
+    )
+
+
+def test_queries_answer_for_the_cli(app: SyncApplication, runner: ProjectionRunner) -> None:
+    sync = sync_with_failures(app, count=120, bad=frozenset({5, 77}))
+    resync_with_changes(app, count=120)
+    runner.catch_up()
+
+    status = queries.queue_status(runner, ORG, sync.id)
+    assert status is not None
+    assert list(status) == [
+        "queueId", "queueName", "orgId", "storeUrl", "state", "totalCount", "draftCount", "doneCount",
+        "failedCount", "cancelledCount", "createdCount", "updatedCount", "unchangedCount", "processCount",
+        "isActionRequired", "actionRequiredReason", "lastProcessDate", "createdAt", "progress",
+    ]  # fmt: skip
+    assert status["queueId"] == str(sync.id)
+    assert (status["state"], status["totalCount"], status["doneCount"], status["cancelledCount"]) == (
+        "done",
+        120,
+        118,
+        2,
+    )
+    assert status["progress"] == 100.0
+    assert datetime.fromisoformat(status["createdAt"]).tzinfo is not None
+    json.dumps(status)
+
+    latest = queries.queue_status(runner, ORG, None)
+    assert latest is not None and latest["queueId"] != str(sync.id)
+    assert queries.queue_status(runner, OTHER_ORG, sync.id) is None
+    assert queries.queue_org(runner, sync.id) == ORG
+    assert [q["queueId"] for q in queries.list_queues(runner, ORG)] == [latest["queueId"], str(sync.id)]
+
+    log = queries.activity(runner, ORG, sync.id)
+    kinds = [row["activityType"] for row in log]
+    assert kinds[:3] == ["queue_created", "processing_started", "circuit_opened"]
+    assert kinds.count("page_fetched") == 2
+    assert kinds.count("line_failed") == 4  # two customers, two attempts each
+    assert [row["message"] for row in log if row["activityType"] == "batch_processed"][:3] == [
+        "Batch processed: 49 created",
+        "Batch processed: 49 created",
+        "Batch processed: 20 created",
+    ]
+    assert kinds[-1] == "forced_done"
+    failures = [row["message"] for row in log if row["activityType"] == "line_failed"]
+    assert failures[0].startswith("Customer 5 failed (attempt 1): invalid customer record: email")
+    json.dumps(log)
+
+    # 5 and 77 failed in the first sync and were created by the second; 3 was deleted.
+    assert queries.known_customer_ids(runner, ORG, STORE) == set(range(1, 121)) - {3}
+    mirrored = {c["woo_customer_id"]: c for c in queries.customers(runner, ORG, STORE)}
+    assert mirrored[10]["last_name"] == "Changed10-1" and mirrored[11]["last_name"] == "Last11"
+    assert mirrored[3]["is_deleted"] is True
+    assert mirrored[9]["billing"]["city"] == "Springfield"
+    assert mirrored[9]["date_created_gmt"] == "2024-03-01T09:00:00.000000+00:00"
+
+    # A DatabaseConfig works as a source too.
+    assert queries.queue_org(app.database, sync.id) == ORG
+
+
+def test_catch_up_killed_mid_batch_then_restarted_gives_the_same_tables(
+    app: SyncApplication, runner: ProjectionRunner, database_url: str
+) -> None:
+    sync_with_failures(app, count=300)
+    resync_with_changes(app, count=100)
+    # The child applies batches of 50 and, in the third batch, stops with its writes done and its tracking
+    # not yet committed; it is killed there.
+    child = textwrap.dedent(
+        f"""
+        import sys
+        from infrastructure.config import DatabaseConfig
+        from infrastructure.eventstore import SyncApplication
+        from projections import ProjectionRunner
+        from projections.customers import CustomersProjection
+
+        batches = 0
+        real_apply = CustomersProjection.apply
+
+        def apply(self, db, suffix, items):
+            global batches
+            real_apply(self, db, suffix, items)
+            batches += 1
+            if batches == 3:
+                print("in-batch", flush=True)
+                sys.stdin.readline()  # wait here, transaction open, until killed
+
+        CustomersProjection.apply = apply
+        runner = ProjectionRunner(SyncApplication(DatabaseConfig.from_url({database_url!r})))
+        runner.catch_up(batch_size=50)
+        print("finished", flush=True)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "in-batch"
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    positions = {s["name"]: s["position"] for s in runner.status()}
+    assert 0 < positions["customers"] < app.recorder.max_notification_id()
+
+    runner.catch_up()
+    restarted = dump(runner)
+    runner.rebuild()
+    assert dump(runner) == restarted
+    assert_counts_match_lines(runner)
+
+
+def test_two_followers_never_apply_an_event_twice(app: SyncApplication, database_url: str) -> None:
+    sync_with_failures(app, count=200)
+    resync_with_changes(app, count=200)
+    runners = [ProjectionRunner(SyncApplication(DatabaseConfig.from_url(database_url))) for _ in range(2)]
+    runners[0].migrate()
+
+    # Both runners read a batch, then meet at the barrier before either locks: they collide on every batch.
+    barrier = threading.Barrier(2, timeout=30)
+    original_transaction = Database.transaction
+
+    def transaction(self: Database) -> Any:
+        if threading.current_thread().name.startswith("follower") and not barrier.broken:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait()
+        return original_transaction(self)
+
+    applied: dict[int, int] = {}
+    errors: list[BaseException] = []
+
+    def follow(index: int) -> None:
+        try:
+            applied[index] = runners[index].catch_up(batch_size=100)
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+        finally:
+            barrier.abort()  # the other follower goes on alone
+
+    with pytest.MonkeyPatch.context() as patch, structlog.testing.capture_logs() as logs:
+        patch.setattr(Database, "transaction", transaction)
+        threads = [threading.Thread(target=follow, args=(i,), name=f"follower-{i}") for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert not errors, errors
+    head = app.recorder.max_notification_id()
+    # Every notification applied exactly once between the two (each batch read by both, applied by one).
+    assert sum(applied.values()) == head
+    assert any(entry["event"] == "projections.concurrent_update" for entry in logs)
+
+    check = runners[0]
+    assert_counts_match_lines(check)
+    live = dump(check)
+    check.rebuild()
+    assert dump(check) == live
+    for r in runners:
+        r.close()
+
+
+def test_a_changed_table_definition_is_rebuilt_on_the_next_catch_up(
+    app: SyncApplication, runner: ProjectionRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sync = sync_with_failures(app, count=80)
+    runner.catch_up()
+    with runner.db.transaction() as db:  # a stray row that only a rebuild would remove
+        db.execute("UPDATE woo_customer_sync_queue SET queue_name = 'tampered'")
+    before = {s["name"]: s["version"] for s in runner.status()}
+
+    monkeypatch.setattr(QueuesProjection, "version", QueuesProjection.version + 1)
+    bumped = ProjectionRunner(app)
+    try:
+        bumped.catch_up()
+        after = {s["name"]: s["version"] for s in bumped.status()}
+        assert after == {**before, "queues": before["queues"] + 1}
+        status = queries.queue_status(bumped, ORG, sync.id)
+        assert status is not None and status["queueName"] == f"customers {STORE}"
+        assert_matches_aggregate(bumped, app, sync.id)
+    finally:
+        bumped.close()
+
+
+class QueueNoted(SyncQueue.Event):
+    """An event type the projections do not know (as if the aggregate gained it after they were written)."""
+
+    note: str
+
+
+def test_events_of_unknown_topics_are_walked_over(app: SyncApplication, runner: ProjectionRunner) -> None:
+    sync = Sync(app)
+    sync.fetch([make_record(cid) for cid in range(1, 11)])
+    runner.catch_up()
+    sync.queue.trigger_event(QueueNoted, note="something new")
+    app.save_batch(sync.queue)
+    head = app.recorder.max_notification_id()
+
+    assert runner.catch_up() == 0
+    assert all(s["position"] == head for s in runner.status())
+    sync.process([make_record(cid) for cid in range(1, 11)])
+    assert runner.catch_up() > 0
+    assert runner.catch_up() == 0
+    assert_matches_aggregate(runner, app, sync.id)
+
+
+# ----- the seed guide's SQL, verbatim, on PostgreSQL ------------------------------------------------------
+
+SEED = Path("/work/shared/seed/WOO_SYNC_QUICKSTART.md")
+
+
+def seed_queries() -> list[str]:
+    text = SEED.read_text() if SEED.exists() else ""
+    blocks = []
+    for section in ("## Database Queries", "## Monitoring", "## Troubleshooting"):
+        start = text.find(section)
+        end = text.find("\n## ", start + 1)
+        part = text[start:end]
+        for chunk in part.split("```sql")[1:]:
+            blocks.append(textwrap.dedent(chunk.split("```")[0]).strip())
+    return blocks
+
+
+def test_seed_queries_run_unchanged_on_postgres(postgres_url: str) -> None:
+    app = SyncApplication(DatabaseConfig.from_url(postgres_url))
+    runner = ProjectionRunner(app)
+    try:
+        sync = sync_with_failures(app, count=150, bad=frozenset({11, 12}))
+        # A second queue that ends in action-required (failed twice, not forced done).
+        stuck = Sync(app)
+        records = [make_record(cid, bad=cid == 2) for cid in range(1, 6)]
+        stuck.fetch(records)
+        stuck.process(records)
+        stuck.finish()
+        stuck.retry(records)
+        stuck.finish()
+        runner.catch_up()
+        logged = queries.activity(runner, ORG, sync.id)
+    finally:
+        runner.close()
+    statements = seed_queries()
+    assert len(statements) == 8, statements
+
+    def run(sql: str, queue_id: UUID) -> list[tuple[Any, ...]]:
+        sql = sql.replace("your-org-id", ORG).replace("queue-uuid", str(queue_id))
+        with psycopg.connect(postgres_url) as conn:
+            return conn.execute(sql).fetchall()
+
+    status, activity, failed, stuck_rows, feed, state, recent, failed_short = statements
+    rows = run(status, sync.id)
+    assert [(r[0], r[2], r[3], r[4], r[5], r[6], float(r[9])) for r in rows] == [
+        (stuck.id, "failed", 5, 0, 4, 1, 80.0),
+        (sync.id, "done", 150, 0, 148, 0, 100.0),
+    ]
+    assert [r[0] for r in run(stuck_rows, sync.id)] == [stuck.id]
+
+    rows = run(activity, sync.id)
+    assert len(logged) < 100
+    # Rows of one event share created_at, and the seed's ORDER BY leaves their order open: compare as sets.
+    assert sorted(rows) == sorted(
+        (r["activityType"], r["status"], r["message"], datetime.fromisoformat(r["createdAt"])) for r in logged
+    )
+    assert [r[3] for r in rows] == sorted((r[3] for r in rows), reverse=True)
+    assert rows[0][0] == "forced_done"
+
+    rows = run(failed, stuck.id)
+    assert [(r[0], r[2]) for r in rows] == [(2, 2)]
+    error = rows[0][1]
+    assert error.startswith("invalid customer record: email")
+    assert run(failed, sync.id) == []  # forced done: nothing failed any more
+
+    rows = run(feed, sync.id)
+    by_type: dict[tuple[str, str], int] = {}
+    for _, activity_type, activity_status, count in rows:
+        by_type[(activity_type, activity_status)] = by_type.get((activity_type, activity_status), 0) + count
+    assert by_type[("line_failed", "error")] == 4
+    assert by_type[("page_fetched", "success")] == 2
+    assert sum(by_type.values()) == len(logged)
+    assert all(isinstance(r[0], float) and 0 <= r[0] < 24 for r in rows)
+
+    assert run(state, stuck.id) == [("failed", True)]
+    assert run(recent, sync.id)[0][0].startswith("Queue forced done by operator")
+    assert run(failed_short, stuck.id) == [(2, error)]
+    app.close()
