@@ -77,7 +77,7 @@ def _queue_id(text: str) -> UUID:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--database-url",
         default=argparse.SUPPRESS,
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help_text, description=help_text, parents=[common])
 
-    store_options = argparse.ArgumentParser(add_help=False)
+    store_options = _Parser(add_help=False)
     store_options.add_argument(
         "--url",
         help="the store's site root (env WOO_URL); key and secret come from WOO_CONSUMER_KEY / WOO_CONSUMER_SECRET",

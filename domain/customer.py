@@ -18,7 +18,7 @@ from eventsourcing.domain import Aggregate, event
 CUSTOMER_NAMESPACE = UUID("0b7e7f0e-7c4a-4d0e-8a7e-3a1f2d9c6b51")
 
 # Parts of a record that change without the customer changing (hypermedia links).
-_VOLATILE_FIELDS = frozenset({"_links"})
+VOLATILE_FIELDS = frozenset({"_links"})
 
 
 def customer_key(org_id: str, store_url: str, woo_id: int) -> UUID:
@@ -27,7 +27,7 @@ def customer_key(org_id: str, store_url: str, woo_id: int) -> UUID:
 
 def canonical_bytes(record: Mapping[str, Any]) -> bytes:
     """What the customer is, as bytes: equal records (key order aside) give equal bytes."""
-    relevant = {k: v for k, v in record.items() if k not in _VOLATILE_FIELDS}
+    relevant = {k: v for k, v in record.items() if k not in VOLATILE_FIELDS}
     return json.dumps(relevant, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
@@ -36,7 +36,7 @@ def content_hash(record: Mapping[str, Any]) -> str:
 
 
 def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = (set(old) | set(new)) - _VOLATILE_FIELDS
+    keys = (set(old) | set(new)) - VOLATILE_FIELDS
     return sorted(k for k in keys if old.get(k) != new.get(k))
 
 
@@ -52,17 +52,17 @@ class Customer(Aggregate):
         woo_id: int
         record: dict[str, Any]
         digest: str
-        queue_id: UUID
+        queue_id: str  # the queue that wrote this change
 
     class Changed(Event):
         record: dict[str, Any]
         digest: str
         fields: list[str]
-        queue_id: UUID
+        queue_id: str  # the queue that wrote this change
 
     class Deleted(Event):
         reason: str
-        queue_id: UUID
+        queue_id: str  # the queue that wrote this change
 
     @staticmethod
     def create_id(org_id: str, store_url: str, woo_id: int, **_: Any) -> UUID:
@@ -70,7 +70,7 @@ class Customer(Aggregate):
 
     @event(Registered)
     def __init__(
-        self, org_id: str, store_url: str, woo_id: int, record: dict[str, Any], digest: str, queue_id: UUID
+        self, org_id: str, store_url: str, woo_id: int, record: dict[str, Any], digest: str, queue_id: str
     ) -> None:
         self.org_id = org_id
         self.store_url = store_url
@@ -80,7 +80,7 @@ class Customer(Aggregate):
         self.last_queue_id = queue_id
         self.deleted = False
 
-    def sync(self, record: dict[str, Any], digest: str, queue_id: UUID) -> str:
+    def sync(self, record: dict[str, Any], digest: str, queue_id: str) -> str:
         """Bring the mirror up to date with ``record``; returns the line's result."""
         if digest == self.digest and not self.deleted:
             return "unchanged"
@@ -90,17 +90,17 @@ class Customer(Aggregate):
         return "updated"
 
     @event(Changed)
-    def _changed(self, record: dict[str, Any], digest: str, fields: list[str], queue_id: UUID) -> None:
+    def _changed(self, record: dict[str, Any], digest: str, fields: list[str], queue_id: str) -> None:
         self.record = record
         self.digest = digest
         self.last_queue_id = queue_id
         self.deleted = False
 
-    def delete(self, reason: str, queue_id: UUID) -> None:
+    def delete(self, reason: str, queue_id: str) -> None:
         if not self.deleted:
             self._deleted(reason=reason, queue_id=queue_id)
 
     @event(Deleted)
-    def _deleted(self, reason: str, queue_id: UUID) -> None:
+    def _deleted(self, reason: str, queue_id: str) -> None:
         self.deleted = True
         self.last_queue_id = queue_id

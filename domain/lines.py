@@ -120,15 +120,26 @@ class LineBook:
     def items(self) -> Iterator[tuple[int, Line]]:
         return iter(self._lines.items())
 
-    # Snapshots: a flat list of rows (JSON has no integer keys).
+    # Snapshots: a flat list of rows of plain values (JSON has no integer keys, and no dates).
     def to_rows(self) -> list[list[Any]]:
-        return [[cid, *line.as_row()] for cid, line in self._lines.items()]
+        return [
+            [
+                cid,
+                line.state,
+                line.result,
+                line.attempts,
+                line.error,
+                line.error_at and line.error_at.isoformat(),
+            ]
+            for cid, line in self._lines.items()
+        ]
 
     @classmethod
     def from_rows(cls, rows: list[list[Any]]) -> LineBook:
         book = cls()
         for cid, state, result, attempts, error, error_at in rows:
-            book._lines[cid] = Line(state, result, attempts, error, error_at)
+            at = datetime.fromisoformat(error_at) if error_at else None
+            book._lines[cid] = Line(state, result, attempts, error, at)
             book._states[state] += 1
             if result is not None:
                 book._results[result] += 1

@@ -4,7 +4,7 @@ which Customer aggregates change. Pure: the caller loads the customers and saves
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -33,7 +33,10 @@ def customer_keys(queue: SyncQueue, records: Iterable[Mapping[str, Any]]) -> lis
 
 
 def sync_batch(
-    queue: SyncQueue, records: Iterable[dict[str, Any]], customers: Mapping[UUID, Customer]
+    queue: SyncQueue,
+    records: Iterable[dict[str, Any]],
+    customers: Mapping[UUID, Customer],
+    canonical: Callable[[Mapping[str, Any]], bytes] = canonical_bytes,
 ) -> BatchOutcome:
     """Apply fetched records to their lines (only lines still draft) and to the mirrored customers.
 
@@ -45,13 +48,13 @@ def sync_batch(
         line = queue.lines.get(cid)
         if line is None or line.state != DRAFT:
             continue
-        canonical = canonical_bytes(record)
+        encoded = canonical(record)
         try:
-            validate_customer(record, encoded_size=len(canonical))
+            validate_customer(record, encoded_size=len(encoded))
         except InvalidCustomerRecord as error:
             outcome.failures[cid] = f"invalid customer record: {error}"
             continue
-        digest = hashlib.sha256(canonical).hexdigest()
+        digest = hashlib.sha256(encoded).hexdigest()
         key = customer_key(queue.org_id, queue.store_url, cid)
         customer = customers.get(key)
         if customer is None:
@@ -61,11 +64,11 @@ def sync_batch(
                 woo_id=cid,
                 record=record,
                 digest=digest,
-                queue_id=queue.id,
+                queue_id=str(queue.id),
             )
             result = "created"
         else:
-            result = customer.sync(record, digest, queue.id)
+            result = customer.sync(record, digest, str(queue.id))
         outcome.results[result].append(cid)
         if customer.pending_events:
             outcome.changed.append(customer)

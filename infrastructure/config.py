@@ -110,6 +110,7 @@ class DatabaseConfig:
                 POSTGRES_LOCK_TIMEOUT="30",
                 # Long projection batches and slow stores must not be cut off by the 5 s default.
                 POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT="60",
+                APPLICATION_RECORDER_TOPIC="infrastructure.eventstore:BinaryInsertRecorder",
             )
         # Prefixed keys win over anything of the same name in the process environment.
         return {f"{APP_NAME.upper()}_{k}": v for k, v in env.items()}

@@ -27,8 +27,9 @@ from domain.sync import customer_keys, sync_batch
 from domain.validation import customer_id_of
 from infrastructure.config import StoreSettings
 from infrastructure.errors import QueueNotFoundError
-from infrastructure.failpoints import failpoint
 from infrastructure.eventstore import ConcurrentWriteError, SyncApplication, chunks
+from infrastructure.failpoints import failpoint
+from infrastructure.transcoder import canonical_bytes
 from infrastructure.woocommerce import (
     ClientOptions,
     StoreCredentials,
@@ -321,7 +322,7 @@ class SyncEngine:
             queue = run.queue
             todo = [r for r in records if _is_draft(queue, r["id"])]
             customers = self.app.load_customers(customer_keys(queue, todo))
-            outcome = sync_batch(queue, todo, customers)
+            outcome = sync_batch(queue, todo, customers, canonical=canonical_bytes)
             self._drain_incidents(run)
             failpoint("before_batch_save")
             try:
@@ -376,7 +377,7 @@ class SyncEngine:
             keys = [customer_key(queue.org_id, queue.store_url, cid) for cid in chunk]
             customers = self.app.load_customers(keys)
             for customer in customers.values():
-                customer.delete("absent from a complete scan of the store", queue.id)
+                customer.delete("absent from a complete scan of the store", str(queue.id))
             changed = [c for c in customers.values() if c.pending_events]
             if changed:
                 self.app.save_batch(*changed)

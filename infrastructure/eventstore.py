@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -21,14 +22,18 @@ from eventsourcing.persistence import (
     OperationalError,
     PersistenceError,
     StoredEvent,
+    Transcoder,
     Transcoding,
 )
+from eventsourcing.postgres import PostgresApplicationRecorder
+from psycopg.sql import SQL, Composed
 
 from domain.customer import Customer
 from domain.lines import LineBook
 from domain.queue import SyncQueue
 from infrastructure.config import APP_NAME, DatabaseConfig
 from infrastructure.errors import QueueNotFoundError, StorageError
+from infrastructure.transcoder import FastJSONTranscoder
 
 log = structlog.get_logger("wcsync.eventstore")
 
@@ -54,6 +59,25 @@ class LineBookAsRows(Transcoding):
         return LineBook.from_rows(data)
 
 
+class BinaryInsertRecorder(PostgresApplicationRecorder):
+    """PostgreSQL recorder whose insert sends events in psycopg's binary format.
+
+    The library sends the array of composite rows as text, which escapes every byte of every event's
+    state in Python: measured as a fifth of a 100k-customer sync. Binary sends the bytes as they are.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        statement = self.insert_events_statement
+        assert isinstance(statement, Composed)
+        self.insert_events_statement = Composed(
+            [
+                SQL(part.as_string(None).replace("%s", "%b")) if isinstance(part, SQL) else part
+                for part in statement
+            ]
+        )
+
+
 class SyncApplication(Application[UUID]):
     name = APP_NAME
     is_snapshotting_enabled = True
@@ -73,6 +97,11 @@ class SyncApplication(Application[UUID]):
             raise StorageError(
                 f"cannot open the event store at {database.display}: {_first_line(e)}"
             ) from None
+
+    def construct_transcoder(self) -> Transcoder:
+        transcoder = FastJSONTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
@@ -195,8 +224,8 @@ class SyncApplication(Application[UUID]):
         """The queue's events in order, read in slices so a big queue never sits in memory whole."""
         position = gt or 0
         while True:
-            stored = retry_storage(
-                lambda position=position: self.recorder.select_events(queue_id, gt=position, limit=200)
+            stored: Sequence[StoredEvent] = retry_storage(
+                partial(self.recorder.select_events, queue_id, gt=position, limit=200)
             )
             if not stored:
                 return

@@ -199,7 +199,9 @@ def test_line_book_round_trips_through_rows() -> None:
 
 def test_every_event_class_declares_its_version() -> None:
     event_classes = [
-        value for value in vars(SyncQueue).values() if isinstance(value, type) and issubclass(value, SyncQueue.Event)
+        value
+        for value in vars(SyncQueue).values()
+        if isinstance(value, type) and issubclass(value, SyncQueue.Event)
     ]
     assert len(event_classes) >= 14
     for cls in event_classes:

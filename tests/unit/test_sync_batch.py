@@ -33,7 +33,11 @@ def customer(cid: int, **changes: Any) -> dict[str, Any]:
 
 def queue_with(records: list[dict[str, Any]]) -> SyncQueue:
     queue = SyncQueue(
-        org_id="acme", queue_name="q", store_url="http://shop.test", options=QueueOptions().as_dict(), started_by="t"
+        org_id="acme",
+        queue_name="q",
+        store_url="http://shop.test",
+        options=QueueOptions().as_dict(),
+        started_by="t",
     )
     queue.start_processing("start")
     queue.add_lines(records, page=1)
@@ -75,7 +79,14 @@ def test_customer_ids_are_deterministic_per_org_store_and_id() -> None:
     assert customer_key("a", "http://s", 1) == customer_key("a", "http://s", 1)
     assert customer_key("a", "http://s", 1) != customer_key("b", "http://s", 1)
     assert customer_key("a", "http://s", 1) != customer_key("a", "http://t", 1)
-    created = Customer(org_id="a", store_url="http://s", woo_id=1, record={"id": 1}, digest="d", queue_id=customer_key("q", "", 0))
+    created = Customer(
+        org_id="a",
+        store_url="http://s",
+        woo_id=1,
+        record={"id": 1},
+        digest="d",
+        queue_id=customer_key("q", "", 0),
+    )
     assert created.id == customer_key("a", "http://s", 1)
 
 
