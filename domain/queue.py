@@ -97,8 +97,12 @@ class SyncQueue(Aggregate):
             aggregate.last_process_date = self.timestamp
 
     class LinesAdded(Event):
-        page: int | None  # the store's page number; None when lines come from a retry or a reconciliation
-        records: list[dict[str, Any]]  # the customers as fetched
+        page: int | None  # the store's page number; None when lines come from a reconciliation
+        records: list[dict[str, Any]]  # the customers as fetched, to be processed
+        # [customer id, digest] of customers fetched exactly as last synced: their lines are added done
+        # ("unchanged") at once. The record is not stored again: the digest names it in the customer's
+        # own history. A re-sync of an unchanged store so writes ids, not whole records.
+        unchanged: list[list[Any]]
 
     class LinesRefetched(Event):
         records: list[dict[str, Any]]  # failed lines' customers fetched again for a retry
@@ -214,23 +218,31 @@ class SyncQueue(Aggregate):
             raise QueueFinishedError(self.id, self.state)
         self.trigger_event(self.ProcessingStarted, mode=mode)
 
-    def add_lines(self, records: list[dict[str, Any]], page: int | None) -> None:
-        """Record customers as fetched. Every record must have a positive integer id (see validation)."""
+    def add_lines(
+        self, records: list[dict[str, Any]], page: int | None, unchanged: Iterable[tuple[int, str]] = ()
+    ) -> None:
+        """Record customers as fetched: ``records`` to process, and ``unchanged`` (id, digest) pairs of
+        customers identical to their last sync. Every id must be a positive integer (see validation)."""
         self._check_open()
+        unchanged_rows = [[cid, digest] for cid, digest in unchanged]
         seen: set[int] = set()
-        for record in records:
-            cid = record["id"]
+        for cid in [record["id"] for record in records] + [row[0] for row in unchanged_rows]:
             if cid in self.lines or cid in seen:
                 raise DuplicateLineError(self.id, cid)
             seen.add(cid)
         if page is not None and page != self.pages_recorded + 1:
             raise ValueError(f"page {page} recorded out of order: expected page {self.pages_recorded + 1}")
-        self._lines_added(page=page, records=records)
+        self._lines_added(page=page, records=records, unchanged=unchanged_rows)
 
     @event(LinesAdded)
-    def _lines_added(self, page: int | None, records: list[dict[str, Any]]) -> None:
+    def _lines_added(
+        self, page: int | None, records: list[dict[str, Any]], unchanged: list[list[Any]]
+    ) -> None:
         for record in records:
             self.lines.add(record["id"])
+        for cid, _digest in unchanged:
+            self.lines.add(cid)
+            self.lines.finish(cid, DONE, result="unchanged")
         if page is not None:
             self.pages_recorded = page
 

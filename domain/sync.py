@@ -32,6 +32,26 @@ def customer_keys(queue: SyncQueue, records: Iterable[Mapping[str, Any]]) -> lis
     return [customer_key(queue.org_id, queue.store_url, record["id"]) for record in records]
 
 
+def split_unchanged(
+    queue: SyncQueue,
+    records: Iterable[dict[str, Any]],
+    customers: Mapping[UUID, Customer],
+    canonical: Callable[[Mapping[str, Any]], bytes] = canonical_bytes,
+) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+    """Split fetched records into those to process and (id, digest) of those identical to the mirror."""
+    to_process: list[dict[str, Any]] = []
+    unchanged: list[tuple[int, str]] = []
+    for record in records:
+        customer = customers.get(customer_key(queue.org_id, queue.store_url, record["id"]))
+        if customer is not None and not customer.deleted:
+            digest = hashlib.sha256(canonical(record)).hexdigest()
+            if digest == customer.digest:
+                unchanged.append((record["id"], digest))
+                continue
+        to_process.append(record)
+    return to_process, unchanged
+
+
 def sync_batch(
     queue: SyncQueue,
     records: Iterable[dict[str, Any]],

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -23,7 +24,7 @@ from domain.customer import Customer, customer_key
 from domain.errors import SyncError
 from domain.lines import DRAFT
 from domain.queue import Q_DONE, QueueOptions, SyncQueue
-from domain.sync import customer_keys, sync_batch
+from domain.sync import customer_keys, split_unchanged, sync_batch
 from domain.validation import customer_id_of
 from infrastructure.config import StoreSettings
 from infrastructure.errors import QueueNotFoundError
@@ -249,7 +250,7 @@ class SyncEngine:
             return
         found, gone = await client.customers_by_id(ids)
 
-        def record() -> None:
+        def refetched() -> None:
             queue = run.queue
             records = [found[cid] for cid in ids if cid in found and _is_draft(queue, cid)]
             for chunk in chunks(records, 100):
@@ -261,7 +262,7 @@ class SyncEngine:
             self._drain_incidents(run)
             self._save(run, [])
 
-        await asyncio.to_thread(record)
+        await asyncio.to_thread(self._until_saved, run, refetched)
 
     # ----- worker-thread steps (never run two at once for one run) ------------------------------------
 
@@ -276,26 +277,29 @@ class SyncEngine:
                     {"page": page, "count": len(records) - len(good)},
                 )
             )
-        queue = run.queue
-        if page is not None and page <= queue.pages_recorded:
-            return  # another process recorded this page meanwhile
-        fresh = [r for r in good if r["id"] not in queue.lines]
-        if page is None and not fresh:
-            return
-        queue.add_lines(fresh, page=page)
-        self._process(run, fresh)
+
+        def record() -> None:
+            queue = run.queue
+            if page is not None and page <= queue.pages_recorded:
+                # Recorded already (by us before a lost race, or by another process): finish its drafts.
+                self._process(run, [r for r in good if _is_draft(queue, r["id"])])
+                return
+            fresh = [r for r in good if r["id"] not in queue.lines]
+            if page is None and not fresh:
+                return
+            customers = self.app.load_customers(customer_keys(queue, fresh))
+            to_process, unchanged = split_unchanged(queue, fresh, customers, canonical=canonical_bytes)
+            queue.add_lines(to_process, page=page, unchanged=unchanged)
+            run.progress.advance(len(unchanged))
+            self._process(run, to_process, customers)
+
+        self._until_saved(run, record)
 
     def _process_recorded_drafts(self, run: _Run) -> None:
         if not run.queue.lines.count(DRAFT):
             return
-        batch: list[dict[str, Any]] = []
-        for record in self._draft_records(run.queue):
-            batch.append(record)
-            if len(batch) >= 1000:
-                self._process(run, batch)
-                batch = []
-        if batch:
-            self._process(run, batch)
+        for batch in chunks(self._draft_records(run.queue), 1000):
+            self._until_saved(run, partial(self._process, run, batch))
 
     def _draft_records(self, queue: SyncQueue) -> Iterator[dict[str, Any]]:
         """The latest fetched record of every draft line, read back from the queue's own events."""
@@ -308,32 +312,38 @@ class SyncEngine:
                         latest[record["id"]] = record
         return iter(latest.values())
 
-    def _process(self, run: _Run, records: list[dict[str, Any]]) -> None:
-        batch_size = run.queue.queue_options.batch_size
-        delay_s = run.queue.queue_options.batch_delay_ms / 1000.0
-        pending_batches = list(chunks(records, batch_size)) or [[]]
-        for index, batch in enumerate(pending_batches):
+    def _process(
+        self, run: _Run, records: list[dict[str, Any]], customers: Mapping[UUID, Customer] | None = None
+    ) -> None:
+        """Process records whose lines are draft, in batches; each batch is one atomic save. Raises
+        ConcurrentWriteError when another writer got there first (the caller reloads and calls again)."""
+        options = run.queue.queue_options
+        delay_s = options.batch_delay_ms / 1000.0
+        # An empty page still saves once: its LinesAdded (and any incidents) must be stored.
+        for index, batch in enumerate(list(chunks(records, options.batch_size)) or [[]]):
             if index and delay_s:
                 time.sleep(delay_s)
-            self._process_batch(run, batch)
-
-    def _process_batch(self, run: _Run, records: list[dict[str, Any]]) -> None:
-        for attempt in range(1, MAX_CONFLICT_ATTEMPTS + 1):
             queue = run.queue
-            todo = [r for r in records if _is_draft(queue, r["id"])]
-            customers = self.app.load_customers(customer_keys(queue, todo))
-            outcome = sync_batch(queue, todo, customers, canonical=canonical_bytes)
+            todo = [r for r in batch if _is_draft(queue, r["id"])]
+            keys = customer_keys(queue, todo)
+            known = customers if customers is not None else self.app.load_customers(keys)
+            outcome = sync_batch(queue, todo, known, canonical=canonical_bytes)
             self._drain_incidents(run)
             failpoint("before_batch_save")
-            try:
-                self._save(run, outcome.changed)
-                failpoint("after_batch_save")
-            except ConcurrentWriteError:
-                log.warning("batch.conflict", queue_id=str(queue.id), attempt=attempt)
-                self._reload(run)
-                continue
+            self._save(run, outcome.changed)
+            failpoint("after_batch_save")
             run.progress.advance(outcome.line_count)
-            return
+
+    def _until_saved(self, run: _Run, step: Callable[[], None]) -> None:
+        """Run a step that mutates and saves the queue; when another writer won a save, the queue in
+        memory is ahead of the store: reload it and run the step again (it re-derives what is left)."""
+        for attempt in range(1, MAX_CONFLICT_ATTEMPTS + 1):
+            try:
+                step()
+                return
+            except ConcurrentWriteError:
+                log.warning("batch.conflict", queue_id=str(run.queue.id), attempt=attempt)
+                self._reload(run)
         raise SyncError(
             f"queue {run.queue.id}: another writer kept winning the same batch {MAX_CONFLICT_ATTEMPTS} times; "
             "is another wcsync process working on this queue? Resume it later."
