@@ -1,0 +1,321 @@
+"""The sync engine end to end against the sandbox store over real sockets, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from domain.customer import Customer
+from domain.errors import NothingToRetryError
+from domain.queue import QueueOptions, SyncQueue
+from infrastructure.bootstrap import Services, migrate, open_services
+from infrastructure.config import DatabaseConfig, StoreSettings
+from infrastructure.engine import SyncOutcome
+from infrastructure.errors import QueueNotFoundError
+from infrastructure.sandbox import Faults, RunningSandbox, SandboxConfig, SandboxThread
+from infrastructure.woocommerce import ClientOptions, StoreRefused
+from projections import queries
+
+FAST = ClientOptions(backoff_base_s=0.01, backoff_max_s=0.05, circuit_reset_s=0.05)
+
+
+@pytest.fixture
+def services(database_url: str) -> Iterator[Services]:
+    database = DatabaseConfig.from_url(database_url)
+    migrate(database)
+    with open_services(database) as opened:
+        yield opened
+
+
+def store_of(sandbox: RunningSandbox) -> StoreSettings:
+    return StoreSettings(
+        url=sandbox.url, consumer_key=sandbox.consumer_key, consumer_secret=sandbox.consumer_secret
+    )
+
+
+def start(services: Services, sandbox: RunningSandbox, org: str = "acme", **options: Any) -> SyncOutcome:
+    engine = services.engine(org)
+    return asyncio.run(engine.start(store_of(sandbox), QueueOptions(**options), FAST))
+
+
+def mirrored(services: Services, sandbox: RunningSandbox, org: str = "acme") -> dict[int, dict[str, Any]]:
+    services.catch_up()
+    rows = queries.customers(services.projections, org, sandbox.url)
+    return {row["woo_customer_id"]: row for row in rows if not row["is_deleted"]}
+
+
+def events_of_type(services: Services, cls: type) -> list[Any]:
+    recorder = services.app.recorder
+    found = []
+    for notification in recorder.select_notifications(start=1, limit=1_000_000):
+        event = services.app.mapper.to_domain_event(notification)
+        if isinstance(event, cls):
+            found.append(event)
+    return found
+
+
+def test_a_full_sync_mirrors_exactly_the_stores_valid_customers(services: Services) -> None:
+    with SandboxThread(SandboxConfig(customers=250, invalid=3, other_roles=5)) as sandbox:
+        outcome = start(services, sandbox, batch_size=40)
+        store_ids = set(sandbox.store.customer_ids())
+        invalid = {cid for cid in store_ids if "invalid" in str(sandbox.store.get(cid))} or None
+
+        assert outcome.store_error is None
+        assert outcome.state == "failed"  # three customers break a validation rule
+        assert outcome.counts["total"] == 250
+        assert outcome.counts["created"] == 247
+        assert outcome.counts["failed"] == 3
+        assert (
+            set(mirrored(services, sandbox))
+            | {
+                row["wooCustomerId"]
+                for row in queries.failed_lines(services.projections, "acme", outcome.queue_id)
+            }
+            == store_ids
+        )
+        status = queries.queue_status(services.projections, "acme", outcome.queue_id)
+        assert status is not None
+        assert status["createdCount"] == 247 and status["failedCount"] == 3 and status["totalCount"] == 250
+        assert invalid is None or len(invalid) <= 3
+
+
+def test_a_second_sync_of_an_unchanged_store_changes_nothing(services: Services) -> None:
+    with SandboxThread(SandboxConfig(customers=120)) as sandbox:
+        first = start(services, sandbox)
+        registered = len(events_of_type(services, Customer.Registered))
+        second = start(services, sandbox)
+
+        assert first.counts["created"] == 120
+        assert second.state == "done"
+        assert second.counts == {**second.counts, "unchanged": 120, "created": 0, "updated": 0, "done": 120}
+        assert len(events_of_type(services, Customer.Registered)) == registered == 120
+        assert events_of_type(services, Customer.Changed) == []
+        status = queries.queue_status(services.projections, "acme", second.queue_id)
+        assert status is not None and status["unchangedCount"] == 120 and status["progress"] == 100.0
+
+
+def test_an_edited_customer_is_updated_with_the_changed_fields(services: Services) -> None:
+    with SandboxThread(SandboxConfig(customers=30)) as sandbox:
+        start(services, sandbox)
+        target = sandbox.store.customer_ids()[7]
+        sandbox.store.update(target, {"last_name": "Brzęczyszczykiewicz"})
+        outcome = start(services, sandbox)
+
+        assert outcome.counts["updated"] == 1 and outcome.counts["unchanged"] == 29
+        changed = events_of_type(services, Customer.Changed)
+        assert len(changed) == 1 and "last_name" in changed[0].fields
+        assert mirrored(services, sandbox)[target]["last_name"] == "Brzęczyszczykiewicz"
+
+
+def test_retry_refetches_fixed_customers_and_cancels_deleted_ones(services: Services) -> None:
+    with SandboxThread(SandboxConfig(customers=60, invalid=4)) as sandbox:
+        first = start(services, sandbox)
+        failed = [
+            row["wooCustomerId"] for row in queries.failed_lines(services.projections, "acme", first.queue_id)
+        ]
+        assert len(failed) == 4
+
+        sandbox.store.fix_invalid()
+        sandbox.store.delete(failed[0])
+        engine = services.engine("acme")
+        retried = asyncio.run(engine.retry(first.queue_id, store_of(sandbox), FAST))
+
+        assert retried.state == "done"
+        assert (
+            retried.counts["created"] == 59
+            and retried.counts["cancelled"] == 1
+            and retried.counts["failed"] == 0
+        )
+        assert set(mirrored(services, sandbox)) == set(sandbox.store.customer_ids())
+        status = queries.queue_status(services.projections, "acme", first.queue_id)
+        assert status is not None and status["processCount"] == 2
+
+
+def test_lines_that_keep_failing_require_action_then_force_done_closes_the_queue(services: Services) -> None:
+    with SandboxThread(SandboxConfig(customers=20, invalid=2)) as sandbox:
+        engine = services.engine("acme")
+        outcome = asyncio.run(engine.start(store_of(sandbox), QueueOptions(max_retries=2), FAST))
+        outcome = asyncio.run(engine.retry(outcome.queue_id, store_of(sandbox), FAST))
+
+        assert outcome.state == "failed" and outcome.is_action_required
+        assert "failed 2 times" in (outcome.action_required_reason or "")
+        with pytest.raises(NothingToRetryError):
+            asyncio.run(engine.retry(outcome.queue_id, store_of(sandbox), FAST))
+
+        forced = engine.force_done(outcome.queue_id, "customers fixed by hand in the CRM")
+        assert forced.state == "done" and forced.counts["cancelled"] == 2 and not forced.is_action_required
+        activity = queries.activity(services.projections, "acme", outcome.queue_id)
+        assert any("customers fixed by hand" in row["message"] for row in activity)
+
+
+def test_another_orgs_queue_is_not_visible(services: Services) -> None:
+    with SandboxThread(SandboxConfig(customers=5)) as sandbox:
+        outcome = start(services, sandbox, org="acme")
+        with pytest.raises(QueueNotFoundError):
+            services.engine("globex").get_queue(outcome.queue_id)
+        assert queries.queue_status(services.projections, "globex", outcome.queue_id) is None
+        assert queries.list_queues(services.projections, "globex") == []
+
+
+def test_refused_credentials_leave_nothing_behind(services: Services) -> None:
+    with SandboxThread(SandboxConfig(customers=5)) as sandbox:
+        bad = StoreSettings(url=sandbox.url, consumer_key="ck_wrong", consumer_secret="cs_wrong")
+        with pytest.raises(StoreRefused) as error:
+            asyncio.run(services.engine("acme").start(bad, QueueOptions(), FAST))
+        assert "Consumer key is invalid" in str(error.value)
+        assert "cs_wrong" not in str(error.value)
+        assert services.app.recorder.max_notification_id() in (None, 0)
+
+
+def test_two_syncs_of_one_store_at_once_create_each_customer_once(database_url: str) -> None:
+    database = DatabaseConfig.from_url(database_url)
+    migrate(database)
+    with (
+        SandboxThread(SandboxConfig(customers=300)) as sandbox,
+        open_services(database) as one,
+        open_services(database) as two,
+    ):
+
+        async def both() -> list[SyncOutcome]:
+            return list(
+                await asyncio.gather(
+                    one.engine("acme").start(store_of(sandbox), QueueOptions(batch_size=20), FAST),
+                    two.engine("acme").start(store_of(sandbox), QueueOptions(batch_size=20), FAST),
+                )
+            )
+
+        outcomes = asyncio.run(both())
+        registered = events_of_type(one, Customer.Registered)
+        assert len(registered) == 300
+        assert len({event.originator_id for event in registered}) == 300
+        assert sum(o.counts["created"] for o in outcomes) == 300
+        assert all(o.counts["done"] == 300 and o.state == "done" for o in outcomes)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class _StopStoreAfter:
+    """A progress sink that takes the store down once some lines are saved: a store that dies mid-sync."""
+
+    def __init__(self, lines: int, stop: Any) -> None:
+        self.lines = lines
+        self.stop = stop
+        self.done = 0
+
+    def set_total(self, total: int) -> None:
+        pass
+
+    def advance(self, lines: int) -> None:
+        self.done += lines
+        if self.done >= self.lines and self.stop is not None:
+            stop, self.stop = self.stop, None
+            stop()
+
+    def close(self) -> None:
+        pass
+
+
+@contextmanager
+def sandbox_on(port: int, config: SandboxConfig) -> Iterator[tuple[RunningSandbox, Callable[[], None]]]:
+    """A sandbox on a fixed port (so a restarted one has the same URL), with an idempotent stop."""
+    thread = SandboxThread(config, port=port)
+    running = thread.__enter__()
+    stopped = threading.Event()
+
+    def stop() -> None:
+        if not stopped.is_set():
+            stopped.set()
+            thread.__exit__(None, None, None)
+
+    try:
+        yield running, stop
+    finally:
+        stop()
+
+
+def test_a_store_that_dies_mid_scan_is_resumed_from_the_first_page_not_recorded(services: Services) -> None:
+    port = _free_port()
+    config = SandboxConfig(customers=1000, faults=Faults(latency_ms=5))
+    with sandbox_on(port, config) as (sandbox, stop):
+        store = store_of(sandbox)
+        store_ids = set(sandbox.store.customer_ids())
+        engine = services.engine("acme", progress=_StopStoreAfter(300, stop))
+        options = ClientOptions(backoff_base_s=0.01, backoff_max_s=0.02, max_retries=1, concurrency=2)
+        outcome = asyncio.run(engine.start(store, QueueOptions(), options))
+
+    assert outcome.store_error is not None
+    queue = services.app.get_queue(outcome.queue_id)
+    recorded = queue.pages_recorded
+    assert 3 <= recorded < 10
+    assert queue.lines.total == recorded * 100 and queue.lines.count("draft") == 0
+
+    with sandbox_on(port, config) as (sandbox, _stop):
+        resumed = asyncio.run(services.engine("acme").resume(outcome.queue_id, store, FAST))
+        first_page_fetched = [
+            e.page for e in services.app.queue_events(outcome.queue_id) if isinstance(e, SyncQueue.LinesAdded)
+        ]
+    assert resumed.state == "done" and resumed.counts["created"] == 1000
+    assert first_page_fetched == list(
+        range(1, 11)
+    )  # every page once, in order: nothing refetched from page 1
+    assert set(mirrored(services, sandbox)) == store_ids
+
+
+class _ChurnWhileSyncing:
+    """A progress sink that changes the store after every saved batch, as shoppers do during a sync:
+    deletes an early customer (shifting later pages back by one), edits one, registers a new one."""
+
+    def __init__(self, sandbox: RunningSandbox) -> None:
+        self.store = sandbox.store
+        self.deleted: list[int] = []
+        self.created: list[int] = []
+
+    def set_total(self, total: int) -> None:
+        pass
+
+    def advance(self, lines: int) -> None:
+        if not lines:
+            return
+        ids = self.store.customer_ids()
+        victim = ids[len(self.deleted)]
+        self.store.delete(victim)
+        self.deleted.append(victim)
+        self.store.update(ids[-1], {"first_name": f"Edited {len(self.deleted)}"})
+        self.created.append(int(self.store.create()["id"]))
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_store_changing_under_the_scan_ends_equal_to_the_store_after_a_second_sync(
+    services: Services,
+) -> None:
+    with SandboxThread(SandboxConfig(customers=400)) as sandbox:
+        before = set(sandbox.store.customer_ids())
+        churn = _ChurnWhileSyncing(sandbox)
+        engine = services.engine("acme", progress=churn)
+        first = asyncio.run(engine.start(store_of(sandbox), QueueOptions(batch_size=25), FAST))
+        assert first.store_error is None and churn.deleted
+        throughout = before - set(churn.deleted)
+        # Every customer that existed throughout the scan was synced by the first run.
+        assert throughout <= set(mirrored(services, sandbox)) | set(churn.deleted)
+        synced_first = {cid for cid, _ in services.app.get_queue(first.queue_id).lines.items()}
+        assert throughout <= synced_first
+
+        second = start(services, sandbox)
+        assert second.store_error is None and second.state == "done"
+        assert set(mirrored(services, sandbox)) == set(sandbox.store.customer_ids())
+        deleted_rows = [
+            row for row in queries.customers(services.projections, "acme", sandbox.url) if row["is_deleted"]
+        ]
+        assert {row["woo_customer_id"] for row in deleted_rows} <= set(churn.deleted)
