@@ -63,20 +63,15 @@ def describe(event: Any) -> list[tuple[str, str, str, dict[str, Any] | None]]:
         words = _MODE_WORDS.get(event.mode, event.mode)
         return [("processing_started", "info", f"Processing {words}", {"mode": event.mode})]
     if isinstance(event, SyncQueue.LinesAdded):
-        ids = [record["id"] for record in event.records]
-        details: dict[str, Any] = {"page": event.page, "count": len(ids)}
+        unchanged = [row[0] for row in getattr(event, "unchanged", None) or ()]
+        ids = [record["id"] for record in event.records] + unchanged
+        details: dict[str, Any] = {"page": event.page, "count": len(ids), "unchanged": len(unchanged)}
         if ids:
             details.update(first_customer_id=min(ids), last_customer_id=max(ids))
+        text = _plural(len(ids), "customer") + (f" ({len(unchanged)} unchanged)" if unchanged else "")
         if event.page is None:
-            return [("lines_added", "info", f"{_plural(len(ids), 'customer')} added to the queue", details)]
-        return [
-            (
-                "page_fetched",
-                "success",
-                f"Page {event.page} fetched: {_plural(len(ids), 'customer')}",
-                details,
-            )
-        ]
+            return [("lines_added", "info", f"{text} added to the queue", details)]
+        return [("page_fetched", "success", f"Page {event.page} fetched: {text}", details)]
     if isinstance(event, SyncQueue.LinesRefetched):
         count = len(event.records)
         return [

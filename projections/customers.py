@@ -126,4 +126,5 @@ class CustomersProjection(Projection):
                 row["deleted_reason"] = None
             elif isinstance(event, Customer.Deleted):
                 row.update(is_deleted=True, deleted_at=at, deleted_reason=event.reason)
-        db.upsert(CUSTOMER_TABLE, suffix, rows.values())
+        db.upsert(CUSTOMER_TABLE, suffix, (row for key, row in rows.items() if key not in registered))
+        db.insert_dicts(CUSTOMER_TABLE, suffix, (row for key, row in rows.items() if key in registered))

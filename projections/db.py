@@ -8,6 +8,7 @@ code never sees a backend's representation.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -16,11 +17,13 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import orjson
 import psycopg
+from eventsourcing.persistence import Notification
 from psycopg.types.json import Jsonb
 
 from infrastructure.config import DatabaseConfig
-from projections.schema import BOOL, JSON, POSTGRES, SQLITE, TS, UUID_, Table
+from projections.schema import BIGINT, BOOL, INT, JSON, POSTGRES, SQLITE, TEXT, TS, UUID_, Table
 
 Row = tuple[Any, ...]
 
@@ -44,7 +47,10 @@ def iso(value: datetime) -> str:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode("utf-8")
+    except TypeError:  # what orjson refuses (integers past 64 bits, odd keys) the stdlib still writes
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def _identity(value: Any) -> Any:
@@ -74,6 +80,64 @@ _SQLITE_DECODE: dict[str, Callable[[Any], Any]] = {
 _PG_ENCODE: dict[str, Callable[[Any], Any]] = {JSON: _opt(Jsonb)}
 _PG_DECODE: dict[str, Callable[[Any], Any]] = {}
 
+# PostgreSQL's COPY text format, written and read here rather than through psycopg's per-value adapters:
+# for the tens of thousands of rows of a rebuild batch that is several times faster (and the same speed
+# whichever psycopg implementation is installed).
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_UNESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+_COPY_ESCAPED = re.compile(r"\\(.)")
+NULL = "\\N"
+
+
+_NEEDS_ESCAPE = re.compile(r"[\\\t\n\r]")
+
+
+def _copy_text(value: Any) -> str:
+    text = str(value)
+    return text.translate(_COPY_ESCAPES) if _NEEDS_ESCAPE.search(text) else text
+
+
+def _copy_json(value: Any) -> str:
+    return _copy_text(_dumps(value))
+
+
+def _copy_bool(value: Any) -> str:
+    return "t" if value else "f"
+
+
+def _copy_ts(value: Any) -> str:
+    return str(value.isoformat())
+
+
+# Kinds whose formatted values repeat within a batch (a queue id, an event's timestamp): formatted once.
+_MEMO_KINDS = frozenset({UUID_, TS})
+
+_COPY_FORMAT: dict[str, Callable[[Any], str]] = {
+    JSON: _copy_json,
+    BOOL: _copy_bool,
+    TS: _copy_ts,
+    INT: str,
+    BIGINT: str,
+    UUID_: str,
+}
+
+
+def _uncopy_text(text: str) -> str:
+    if "\\" not in text:
+        return text
+    return _COPY_ESCAPED.sub(lambda m: _COPY_UNESCAPES.get(m.group(1), m.group(1)), text)
+
+
+_COPY_PARSE: dict[str, Callable[[str], Any]] = {
+    TEXT: _uncopy_text,
+    INT: int,
+    BIGINT: int,
+    BOOL: lambda text: text == "t",
+    UUID_: UUID,
+    TS: datetime.fromisoformat,
+    JSON: lambda text: json.loads(_uncopy_text(text)),
+}
+
 
 class Database:
     """One connection, used under a lock (a runner may follow in one thread and answer queries in another)."""
@@ -84,6 +148,7 @@ class Database:
         self.lock = threading.RLock()
         self._sqlite: sqlite3.Connection | None = None
         self._pg: psycopg.Connection[Row] | None = None
+        self._stages: set[str] = set()
         encode = _PG_ENCODE if self.dialect == POSTGRES else _SQLITE_ENCODE
         decode = _PG_DECODE if self.dialect == POSTGRES else _SQLITE_DECODE
         self._encode = encode
@@ -125,6 +190,7 @@ class Database:
 
     def close(self) -> None:
         with self.lock:
+            self._stages.clear()
             if self._sqlite is not None:
                 self._sqlite.close()
                 self._sqlite = None
@@ -147,8 +213,12 @@ class Database:
                     raise
                 conn.execute("COMMIT")
             else:
-                with self._connect_pg().transaction():
-                    yield self
+                try:
+                    with self._connect_pg().transaction():
+                        yield self
+                except BaseException:
+                    self._stages.clear()  # a staging table created in the failed transaction is gone
+                    raise
 
     @contextmanager
     def reading(self) -> Iterator[Database]:
@@ -160,11 +230,13 @@ class Database:
     def _sql(self, statement: str) -> str:
         return statement if self.dialect == POSTGRES else statement.replace("%s", "?")
 
-    def execute(self, statement: str, params: Sequence[Any] = ()) -> None:
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; returns the number of rows it changed."""
         if self.dialect == SQLITE:
-            self._connect_sqlite().execute(self._sql(statement), params)
-        else:
-            self._connect_pg().execute(statement, params)
+            return self._connect_sqlite().execute(self._sql(statement), params).rowcount
+        with self._connect_pg().cursor() as cur:
+            cur.execute(statement, params)
+            return cur.rowcount
 
     def fetchall(self, statement: str, params: Sequence[Any] = ()) -> list[Row]:
         if self.dialect == SQLITE:
@@ -188,15 +260,46 @@ class Database:
             chunk = [encode(v) for v in values[start : start + SQLITE_MAX_VARIABLES]]
             yield f"{column} IN ({', '.join(['%s'] * len(chunk))})", chunk
 
+    def select_notifications(
+        self, events_table: str, start: int, stop: int, topics: Sequence[str], limit: int
+    ) -> list[Notification]:
+        """PostgreSQL: the application's notifications in (start, stop], as ``app.recorder.select_notifications``
+        returns them, but fetched in binary: event states travel as raw bytes instead of hex text (the
+        library's own query spends most of a catch-up's reading time decoding hex)."""
+        statement = (
+            f"SELECT notification_id, originator_id, originator_version, topic, state FROM {events_table} "
+            "WHERE notification_id > %s AND notification_id <= %s AND topic = ANY(%s) "
+            "ORDER BY notification_id LIMIT %s"
+        )
+        with self.lock, self._connect_pg().cursor(binary=True) as cur:
+            rows = cur.execute(statement, [start, stop, list(topics), limit]).fetchall()
+        return [
+            Notification(
+                id=nid, originator_id=oid, originator_version=version, topic=topic, state=bytes(state)
+            )
+            for nid, oid, version, topic, state in rows
+        ]
+
     # ----- values --------------------------------------------------------------------------------------
 
     def encoder(self, kinds: Sequence[str]) -> Callable[[Sequence[Any]], Row]:
-        funcs = [(i, self._encode[k]) for i, k in enumerate(kinds) if k in self._encode]
+        """A function converting a row of Python values for this backend (one per batch: it memoises)."""
+        funcs = [(i, self._encode[k], k in _MEMO_KINDS) for i, k in enumerate(kinds) if k in self._encode]
+        memo: dict[Any, Any] = {}
 
         def encode(values: Sequence[Any]) -> Row:
             out = list(values)
-            for i, func in funcs:
-                out[i] = func(out[i])
+            for i, func, memoised in funcs:
+                value = out[i]
+                if value is None:
+                    continue
+                if memoised:
+                    found = memo.get(value)
+                    if found is None:
+                        found = memo[value] = func(value)
+                    out[i] = found
+                else:
+                    out[i] = func(value)
             return tuple(out)
 
         return encode
@@ -230,64 +333,108 @@ class Database:
         if not keys:
             return []
         kind = next(c.kind for c in table.columns if c.name == key_column)
-        decode = self.decoder(table.kinds)
         names = table.column_names
         rows: list[dict[str, Any]] = []
         for condition, values in self.in_clause(key_column, keys, kind):
             statement = f"{table.select(suffix)} WHERE {condition}" + (f" AND {where}" if where else "")
-            for row in self.fetchall(statement, [*values, *params]):
-                rows.append(dict(zip(names, decode(row), strict=True)))
+            if self.dialect == POSTGRES:
+                found = self._copy_out(statement, [*values, *params], table.kinds)
+            else:
+                decode = self.decoder(table.kinds)
+                found = [decode(row) for row in self.fetchall(statement, [*values, *params])]
+            rows.extend(dict(zip(names, row, strict=True)) for row in found)
         return rows
+
+    def insert(self, table: Table, suffix: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Append rows (tuples in column order) that are new by construction: a duplicate key is an error."""
+        if self.dialect == POSTGRES:
+            self._copy_in(f"{table.name}{suffix}", table, rows)
+            return
+        encode = self.encoder(table.kinds)
+        values = [encode(row) for row in rows]
+        if values:
+            placeholders = ", ".join(["?"] * len(table.columns))
+            self.executemany(
+                f"INSERT INTO {table.name}{suffix} ({', '.join(table.column_names)}) VALUES ({placeholders})",
+                values,
+            )
+
+    def insert_dicts(self, table: Table, suffix: str, rows: Iterable[dict[str, Any]]) -> None:
+        names = table.column_names
+        self.insert(table, suffix, ([row[n] for n in names] for row in rows))
 
     def upsert(self, table: Table, suffix: str, rows: Iterable[dict[str, Any]]) -> None:
         """Write rows (dicts with every column) in bulk, replacing rows with the same primary key."""
         names = table.column_names
-        encode = self.encoder(table.kinds)
-        values = [encode([row[n] for n in names]) for row in rows]
-        if not values:
+        tuples = [[row[n] for n in names] for row in rows]
+        if not tuples:
             return
         if self.dialect == SQLITE:
-            self.executemany(table.upsert(suffix), values)
+            encode = self.encoder(table.kinds)
+            self.executemany(table.upsert(suffix), [encode(row) for row in tuples])
             return
-        self._copy_upsert(table, suffix, values)
-
-    def insert(self, table: Table, suffix: str, rows: Iterable[Sequence[Any]]) -> None:
-        """Append rows (tuples in column order) that are new by construction."""
-        encode = self.encoder(table.kinds)
-        values = [encode(row) for row in rows]
-        if not values:
-            return
-        names = ", ".join(table.column_names)
-        if self.dialect == SQLITE:
-            self.executemany(
-                f"INSERT INTO {table.name}{suffix} ({names}) VALUES ({', '.join(['?'] * len(table.columns))})",
-                values,
-            )
-            return
-        with (
-            self._connect_pg().cursor() as cur,
-            cur.copy(f"COPY {table.name}{suffix} ({names}) FROM STDIN") as copy,
-        ):
-            for row in values:
-                copy.write_row(row)
-
-    def _copy_upsert(self, table: Table, suffix: str, values: list[Row]) -> None:
-        # COPY into a transaction-scoped staging table, then one INSERT ... SELECT ... ON CONFLICT: an
-        # order of magnitude faster than a statement per row.
-        stage = f"_stage_{table.name}"
-        names = ", ".join(table.column_names)
-        updates = ", ".join(f"{n} = EXCLUDED.{n}" for n in table.column_names if n not in table.primary_key)
-        conn = self._connect_pg()
-        with conn.cursor() as cur:
+        # COPY into a staging table, then one INSERT ... SELECT ... ON CONFLICT.
+        stage = self._stage(table, suffix)
+        self._copy_in(stage, table, tuples)
+        columns = ", ".join(names)
+        updates = ", ".join(f"{n} = EXCLUDED.{n}" for n in names if n not in table.primary_key)
+        with self._connect_pg().cursor() as cur:
             cur.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table.name}{suffix} INCLUDING DEFAULTS) "
-                "ON COMMIT DROP"
-            )
-            with cur.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
-                for row in values:
-                    copy.write_row(row)
-            cur.execute(
-                f"INSERT INTO {table.name}{suffix} ({names}) SELECT {names} FROM {stage} "
+                f"INSERT INTO {table.name}{suffix} ({columns}) SELECT {columns} FROM {stage} "
                 f"ON CONFLICT ({', '.join(table.primary_key)}) DO UPDATE SET {updates}"
             )
-            cur.execute(f"DROP TABLE {stage}")
+            cur.execute(f"TRUNCATE {stage}")
+
+    def _stage(self, table: Table, suffix: str) -> str:
+        # One temporary staging table per target and connection, created once (its rows never outlive
+        # a transaction). Forgotten with the connection, and after a failed transaction that created it.
+        stage = f"_stage_{table.name}{suffix}"
+        if stage not in self._stages:
+            self.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table.name}{suffix} INCLUDING DEFAULTS) "
+                "ON COMMIT DELETE ROWS"
+            )
+            self._stages.add(stage)
+        return stage
+
+    def _copy_in(self, target: str, table: Table, rows: Iterable[Sequence[Any]]) -> None:
+        memo: dict[Any, str] = {}
+
+        def memoised(func: Callable[[Any], str]) -> Callable[[Any], str]:
+            def format_value(value: Any) -> str:
+                found = memo.get(value)
+                if found is None:
+                    found = memo[value] = func(value)
+                return found
+
+            return format_value
+
+        formats = [
+            memoised(_COPY_FORMAT[k]) if k in _MEMO_KINDS else _COPY_FORMAT.get(k, _copy_text)
+            for k in table.kinds
+        ]
+        lines = [
+            "\t".join(NULL if v is None else f(v) for f, v in zip(formats, row, strict=True)) for row in rows
+        ]
+        if not lines:
+            return
+        data = ("\n".join(lines) + "\n").encode("utf-8")
+        with (
+            self._connect_pg().cursor() as cur,
+            cur.copy(f"COPY {target} ({', '.join(table.column_names)}) FROM STDIN") as copy,
+        ):
+            copy.write(data)
+
+    def _copy_out(self, query: str, params: Sequence[Any], kinds: Sequence[str]) -> list[list[Any]]:
+        parsers = [_COPY_PARSE[kind] for kind in kinds]
+        conn = self._connect_pg()
+        statement = psycopg.ClientCursor(conn).mogrify(query, params)
+        chunks: list[bytes] = []
+        with conn.cursor() as cur, cur.copy(f"COPY ({statement}) TO STDOUT") as copy:
+            for chunk in copy:
+                chunks.append(bytes(chunk))
+        lines = b"".join(chunks).decode("utf-8").split("\n")[:-1]  # every row ends with a newline
+        return [
+            [None if v == NULL else p(v) for p, v in zip(parsers, line.split("\t"), strict=True)]
+            for line in lines
+        ]

@@ -7,7 +7,7 @@ Lines and counts follow the SyncQueue aggregate's own rules (domain/queue.py, do
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -73,7 +73,13 @@ LINE_TABLE = Table(
     ),
     ("queue_id", "woo_customer_id"),
     (
-        Index("woo_customer_sync_queue_line_state_idx", "queue_id, state, last_error_timestamp DESC"),
+        # The failed lines of a queue, newest error first. Partial: state changes with every line, and an
+        # index led by (queue_id, state) would also tempt planners away from the primary key in updates.
+        Index(
+            "woo_customer_sync_queue_line_failed_idx",
+            "queue_id, last_error_timestamp DESC",
+            where="state = 'failed'",
+        ),
         Index("woo_customer_sync_queue_line_org_idx", "org_id"),
     ),
 )
@@ -85,18 +91,6 @@ _STATE_COUNT = {
     CANCELLED: "cancelled_count",
 }
 _RESULT_COUNT = {result: f"{result}_count" for result in RESULTS}
-
-
-def _referenced_ids(event: Any) -> list[int]:
-    if isinstance(event, SyncQueue.LinesDone):
-        return [cid for ids in event.results.values() for cid in ids]
-    if isinstance(event, SyncQueue.LinesFailed):
-        return [entry["id"] for entry in event.failures]
-    if isinstance(event, SyncQueue.LinesCancelled | SyncQueue.RetryRequested):
-        return list(event.ids)
-    if isinstance(event, SyncQueue.ForcedDone):
-        return list(event.cancelled)
-    return []
 
 
 class QueuesProjection(Projection):
@@ -125,50 +119,21 @@ class QueuesProjection(Projection):
             row["id"]: row
             for row in db.load(QUEUE_TABLE, suffix, "id", sorted({e.originator_id for e in events} - created))
         }
-        lines: dict[tuple[UUID, int], dict[str, Any]] = {}
-        self._load_lines(db, suffix, events, lines)
-
+        batch = _Batch(db, suffix)
         for event in events:
             queue_id: UUID = event.originator_id
-            at: datetime = event.timestamp
             if isinstance(event, SyncQueue.Created):
                 queues[queue_id] = self._new_queue(event)
                 continue
             queue = queues.get(queue_id)
             if queue is None:  # an event of a queue this table never saw created: nothing to attach it to
                 continue
-            queue["updated_at"] = at
+            queue["updated_at"] = event.timestamp
             queue["version"] = event.originator_version
-            self._apply(event, queue, lines, at)
+            self._apply(event, queue, batch)
 
         db.upsert(QUEUE_TABLE, suffix, queues.values())
-        db.upsert(LINE_TABLE, suffix, lines.values())
-
-    # ----- loading -------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _load_lines(
-        db: Database, suffix: str, events: list[Any], lines: dict[tuple[UUID, int], dict[str, Any]]
-    ) -> None:
-        added: set[tuple[UUID, int]] = set()
-        wanted: dict[UUID, set[int]] = {}
-        for event in events:
-            if isinstance(event, SyncQueue.LinesAdded):
-                added.update((event.originator_id, record["id"]) for record in event.records)
-                continue
-            for cid in _referenced_ids(event):
-                if (event.originator_id, cid) not in added:
-                    wanted.setdefault(event.originator_id, set()).add(cid)
-        for queue_id, ids in wanted.items():
-            for row in db.load(
-                LINE_TABLE,
-                suffix,
-                "woo_customer_id",
-                sorted(ids),
-                "queue_id = %s",
-                [db.value(UUID_, queue_id)],
-            ):
-                lines[(queue_id, row["woo_customer_id"])] = row
+        db.insert_dicts(LINE_TABLE, suffix, batch.new_lines.values())
 
     @staticmethod
     def _new_queue(event: SyncQueue.Created) -> dict[str, Any]:
@@ -203,59 +168,35 @@ class QueuesProjection(Projection):
             "updated_at": event.timestamp,
         }
 
-    # ----- applying ------------------------------------------------------------------------------------
-
-    def _apply(
-        self, event: Any, queue: dict[str, Any], lines: dict[tuple[UUID, int], dict[str, Any]], at: datetime
-    ) -> None:
-        queue_id = queue["id"]
-
-        def line(cid: int) -> dict[str, Any] | None:
-            return lines.get((queue_id, cid))
-
+    @staticmethod
+    def _apply(event: Any, queue: dict[str, Any], batch: _Batch) -> None:
+        at: datetime = event.timestamp
         if isinstance(event, SyncQueue.ProcessingStarted):
             queue["state"] = Q_PROCESSING
             queue["process_count"] += 1
             queue["last_process_date"] = at
         elif isinstance(event, SyncQueue.LinesAdded):
             for record in event.records:
-                cid = record["id"]
-                if (queue_id, cid) in lines:
-                    continue
-                lines[(queue_id, cid)] = {
-                    "queue_id": queue_id,
-                    "woo_customer_id": cid,
-                    "org_id": queue["org_id"],
-                    "state": DRAFT,
-                    "result": None,
-                    "error_message": None,
-                    "process_count": 0,
-                    "last_error_timestamp": None,
-                    "created_at": at,
-                    "updated_at": at,
-                }
-                queue["total_count"] += 1
-                queue["draft_count"] += 1
+                batch.add(queue, record["id"], at)
+            # Customers fetched exactly as last synced are added done at once (events before this field
+            # existed have none).
+            for cid, _digest in getattr(event, "unchanged", None) or ():
+                batch.add(queue, cid, at, result="unchanged")
             if event.page is not None:
                 queue["pages_fetched"] = max(queue["pages_fetched"], event.page)
         elif isinstance(event, SyncQueue.LinesDone):
             for result, ids in event.results.items():
-                for cid in ids:
-                    if (row := line(cid)) is not None:
-                        _move(queue, row, DONE, at)
-                        _set_result(queue, row, result)
+                batch.move(queue, ids, (DRAFT,), DONE, at, {"result": result})
         elif isinstance(event, SyncQueue.LinesFailed):
             for entry in event.failures:
-                if (row := line(entry["id"])) is not None:
-                    _move(queue, row, FAILED, at)
-                    row["error_message"] = entry["error"]
-                    row["process_count"] = entry["attempt"]
-                    row["last_error_timestamp"] = at
+                changes = {
+                    "error_message": entry["error"],
+                    "process_count": entry["attempt"],
+                    "last_error_timestamp": at,
+                }
+                batch.move(queue, [entry["id"]], (DRAFT,), FAILED, at, changes)
         elif isinstance(event, SyncQueue.LinesCancelled):
-            for cid in event.ids:
-                if (row := line(cid)) is not None:
-                    _move(queue, row, CANCELLED, at)
-                    row["error_message"] = event.reason
+            batch.move(queue, event.ids, (DRAFT,), CANCELLED, at, {"error_message": event.reason})
         elif isinstance(event, SyncQueue.FetchFinished):
             queue["fetch_finished"] = True
             queue["fetch_complete"] = event.complete
@@ -263,18 +204,14 @@ class QueuesProjection(Projection):
             queue["state"] = "failed"
             queue["fetch_error"] = event.error
         elif isinstance(event, SyncQueue.RetryRequested):
-            for cid in event.ids:
-                if (row := line(cid)) is not None:
-                    _move(queue, row, DRAFT, at)
+            batch.move(queue, event.ids, (FAILED,), DRAFT, at, {})
             queue["state"] = Q_PROCESSING
         elif isinstance(event, SyncQueue.ActionRequired):
             queue["is_action_required"] = True
             queue["action_required_reason"] = event.reason
         elif isinstance(event, SyncQueue.ForcedDone):
-            for cid in event.cancelled:
-                if (row := line(cid)) is not None:
-                    _move(queue, row, CANCELLED, at)
-                    row["error_message"] = f"forced done: {event.reason}"
+            changes = {"error_message": f"forced done: {event.reason}"}
+            batch.move(queue, event.cancelled, (DRAFT, FAILED), CANCELLED, at, changes)
             queue["state"] = Q_DONE
             queue["forced_done_reason"] = event.reason
             queue["forced_by"] = event.forced_by
@@ -283,15 +220,75 @@ class QueuesProjection(Projection):
             queue["state"] = event.state
 
 
-def _move(queue: dict[str, Any], line: dict[str, Any], state: str, at: datetime) -> None:
-    queue[_STATE_COUNT[line["state"]]] -= 1
-    queue[_STATE_COUNT[state]] += 1
-    line["state"] = state
-    line["updated_at"] = at
+class _Batch:
+    """The lines a batch touches. Lines added in this batch live in memory until written once at its end;
+    lines already stored change in place with set-based UPDATEs. Either way a line moves only from the
+    states the aggregate allows, and the queue's counts move by exactly the lines that moved (for stored
+    lines: the UPDATE's row count), so counts always equal a count of the lines table."""
+
+    def __init__(self, db: Database, suffix: str) -> None:
+        self.db = db
+        self.table = f"{LINE_TABLE.name}{suffix}"
+        self.new_lines: dict[tuple[UUID, int], dict[str, Any]] = {}
+
+    def add(self, queue: dict[str, Any], cid: int, at: datetime, result: str | None = None) -> None:
+        key = (queue["id"], cid)
+        if key in self.new_lines:
+            return
+        self.new_lines[key] = {
+            "queue_id": queue["id"],
+            "woo_customer_id": cid,
+            "org_id": queue["org_id"],
+            "state": DRAFT,
+            "result": None,
+            "error_message": None,
+            "process_count": 0,
+            "last_error_timestamp": None,
+            "created_at": at,
+            "updated_at": at,
+        }
+        queue["total_count"] += 1
+        queue["draft_count"] += 1
+        if result is not None:
+            self.move(queue, [cid], (DRAFT,), DONE, at, {"result": result})
+
+    def move(
+        self,
+        queue: dict[str, Any],
+        ids: Iterable[int],
+        from_states: tuple[str, ...],
+        state: str,
+        at: datetime,
+        changes: dict[str, Any],
+    ) -> None:
+        queue_id = queue["id"]
+        stored: list[int] = []
+        for cid in ids:
+            line = self.new_lines.get((queue_id, cid))
+            if line is None:
+                stored.append(cid)
+            elif line["state"] in from_states:
+                _count(queue, line["state"], state, 1, changes.get("result"))
+                line.update(changes, state=state, updated_at=at)
+        if not stored:
+            return
+        db = self.db
+        assignments = ", ".join(f"{column} = %s" for column in ("state", "updated_at", *changes))
+        values = [state, db.value(TS, at), *(db.value(_KINDS[c], v) for c, v in changes.items())]
+        for from_state in from_states:
+            for condition, params in db.in_clause("woo_customer_id", stored, BIGINT):
+                moved = db.execute(
+                    f"UPDATE {self.table} SET {assignments} WHERE queue_id = %s AND state = %s AND {condition}",
+                    [*values, db.value(UUID_, queue_id), from_state, *params],
+                )
+                _count(queue, from_state, state, moved, changes.get("result"))
 
 
-def _set_result(queue: dict[str, Any], line: dict[str, Any], result: str) -> None:
-    if line["result"] in _RESULT_COUNT:
-        queue[_RESULT_COUNT[line["result"]]] -= 1
-    queue[_RESULT_COUNT[result]] += 1
-    line["result"] = result
+_KINDS = {column.name: column.kind for column in LINE_TABLE.columns}
+
+
+def _count(queue: dict[str, Any], from_state: str, state: str, lines: int, result: str | None) -> None:
+    queue[_STATE_COUNT[from_state]] -= lines
+    queue[_STATE_COUNT[state]] += lines
+    if result is not None:
+        queue[_RESULT_COUNT[result]] += lines

@@ -51,6 +51,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 _MIGRATE_LOCK_KEY = 0x77637379  # "wcsy": serialises concurrent migrations on PostgreSQL
 MAX_BACKOFF_S = 30.0
+# A batch stops early past this many bytes of stored events (a page of 100 customers is ~100 KB).
+MAX_BATCH_BYTES = 32 * 1024 * 1024
 
 
 class UnknownProjectionError(ValueError):
@@ -196,8 +198,12 @@ class ProjectionRunner:
     # ----- the loop ------------------------------------------------------------------------------------
 
     def _run(self, targets: list[_Target], batch_size: int) -> int:
+        return sum(self._run_group(group, batch_size) for group in _groups(targets))
+
+    def _run_group(self, targets: list[_Target], batch_size: int) -> int:
         applied = 0
-        recorder = self.app.recorder
+        min_window = window = 2 * batch_size
+        max_window = 64 * batch_size
         mapper = self.app.mapper
         while targets:
             with self.db.reading():
@@ -210,10 +216,23 @@ class ProjectionRunner:
                 break
             start = min(tracked[t.tracking_name][0] for t in behind)
             topics = sorted(set().union(*(t.topics for t in behind)))
-            notifications = recorder.select_notifications(
-                start, batch_size, stop=head, topics=topics, inclusive_of_start=False
-            )
-            end = notifications[-1].id if len(notifications) == batch_size else head
+            stop = min(head, start + window)
+            notifications = self._select_notifications(start, stop, topics, batch_size)
+            full = len(notifications) == batch_size
+            end = notifications[-1].id if full else stop
+            # Read a bounded range of ids: on an events table without statistics PostgreSQL scans the whole
+            # range before applying LIMIT. The range widens while it holds few of the group's topics.
+            if full:
+                window = max(min_window, window // 2)
+            elif len(notifications) < batch_size // 2:
+                window = min(window * 2, max_window)
+            size = 0
+            for index, notification in enumerate(notifications):
+                size += len(notification.state)
+                if size > MAX_BATCH_BYTES and index > 0:  # bound the memory of decoded events
+                    notifications = notifications[:index]
+                    end = notifications[-1].id
+                    break
             decoded = [(n.id, n.topic, mapper.to_domain_event(n)) for n in notifications]
             try:
                 with self.db.transaction() as db:
@@ -275,6 +294,17 @@ class ProjectionRunner:
             )
         return [self.projections[n] for n in dict.fromkeys(names)]
 
+    def _select_notifications(
+        self, start: int, stop: int, topics: Sequence[str], limit: int
+    ) -> Sequence[Any]:
+        if self.db.dialect == POSTGRES:
+            recorder: Any = self.app.recorder
+            table = f"{recorder.datastore.schema}.{recorder.events_table_name}"
+            return self.db.select_notifications(table, start, stop, topics, limit)
+        return self.app.recorder.select_notifications(
+            start, limit, stop=stop, topics=topics, inclusive_of_start=False
+        )
+
     def _head(self) -> int:
         head = self.app.recorder.max_notification_id()
         return int(head or 0)
@@ -299,8 +329,9 @@ class ProjectionRunner:
             if drop_first:
                 self.db.execute(table.drop(suffix))
             self.db.execute(table.create_table(self.db.dialect, suffix))
-            for statement in table.create_indexes(suffix):
-                self.db.execute(statement)
+            if not suffix:  # a rebuild's copy gets its indexes when it is swapped in
+                for statement in table.create_indexes():
+                    self.db.execute(statement)
 
     def _tables_exist(self, projection: Projection) -> bool:
         for table in projection.tables:
@@ -316,6 +347,20 @@ class ProjectionRunner:
 
     def _now(self) -> Any:
         return self.db.value(TS, datetime.now(UTC))
+
+
+def _groups(targets: list[_Target]) -> list[list[_Target]]:
+    """Targets that read some topic in common, together: each group reads the log once for all its members,
+    and no event is decoded for two groups."""
+    groups: list[list[_Target]] = []
+    for target in targets:
+        joined = [g for g in groups if any(t.topics & target.topics for t in g)]
+        merged = [target]
+        for group in joined:
+            merged = group + merged
+            groups.remove(group)
+        groups.append(merged)
+    return groups
 
 
 def _first_line(error: BaseException) -> str:

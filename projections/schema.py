@@ -60,6 +60,7 @@ class Index:
     name: str  # the final name; a rebuild's copy carries the table's suffix
     columns: str  # an SQL column list, e.g. "org_id, created_at DESC"
     unique: bool = False
+    where: str = ""  # a partial index's predicate
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class Table:
     def create_indexes(self, suffix: str = "") -> list[str]:
         return [
             f"CREATE {'UNIQUE ' if index.unique else ''}INDEX IF NOT EXISTS {index.name}{suffix} "
-            f"ON {self.name}{suffix} ({index.columns})"
+            f"ON {self.name}{suffix} ({index.columns})" + (f" WHERE {index.where}" if index.where else "")
             for index in self.indexes
         ]
 
@@ -104,16 +105,14 @@ class Table:
         return f"DROP TABLE IF EXISTS {self.name}{suffix}"
 
     def swap_in(self, dialect: str, suffix: str) -> list[str]:
-        """Statements that replace the live table by its rebuilt copy (run in one transaction)."""
+        """Statements that replace the live table by its rebuilt copy (run in one transaction).
+
+        A rebuilt copy has only its primary key while it fills (index upkeep row by row costs more than
+        building the index once); its other indexes are built here, under their final names."""
         statements = [self.drop(), f"ALTER TABLE {self.name}{suffix} RENAME TO {self.name}"]
-        if dialect == POSTGRES:
+        if dialect == POSTGRES:  # the primary key's index keeps the copy's name; SQLite renames its own
             statements.append(f"ALTER INDEX {self.pkey_name(suffix)} RENAME TO {self.pkey_name()}")
-            statements += [f"ALTER INDEX {i.name}{suffix} RENAME TO {i.name}" for i in self.indexes]
-        else:
-            # SQLite cannot rename an index; the primary key's own index follows the table by itself.
-            statements += [f"DROP INDEX IF EXISTS {i.name}{suffix}" for i in self.indexes]
-            statements += self.create_indexes()
-        return statements
+        return statements + self.create_indexes()
 
     def upsert(self, suffix: str = "") -> str:
         """INSERT ... ON CONFLICT (pk) DO UPDATE of every other column, with %s placeholders."""

@@ -1,0 +1,182 @@
+"""Benchmark: rebuild (and first catch-up) of the projections after a 100,000-customer sync.
+
+Method: the events of one sync are generated with the real aggregates (SyncQueue pages of 100 lines,
+batches of 50 customers through domain.sync.sync_batch, saved queue + customers together, ~1 KB records),
+into a fresh SQLite file and a fresh PostgreSQL database. Then, on each backend: reading and decoding the
+log alone (the floor), a first catch-up from empty tables, and a full rebuild (replay into __rebuild
+tables + swap) are timed with time.perf_counter. Prints notifications/s for each.
+
+    python bench/projections_rebuild.py [--customers 100000] [--pg-url postgresql://...] [--only sqlite|postgres]
+
+Without --pg-url a throwaway PostgreSQL server is started with the test suite's helper (tests/pgserver.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from domain.queue import QueueOptions, SyncQueue  # noqa: E402
+from domain.sync import customer_keys, sync_batch  # noqa: E402
+from infrastructure.config import DatabaseConfig  # noqa: E402
+from infrastructure.eventstore import SyncApplication, chunks  # noqa: E402
+from projections import ProjectionRunner  # noqa: E402
+from projections.runner import PROJECTION_CLASSES  # noqa: E402
+
+ORG = "bench-org"
+STORE = "https://bench.example.com"
+
+
+def record(cid: int) -> dict[str, Any]:
+    address = {
+        "first_name": f"First{cid}",
+        "last_name": f"Last{cid}",
+        "company": "Acme Widgets Ltd" if cid % 5 == 0 else "",
+        "address_1": f"{cid} Long Street Name Avenue",
+        "address_2": "Suite 100" if cid % 7 == 0 else "",
+        "city": "Springfield",
+        "state": "IL",
+        "postcode": f"{62700 + cid % 100}",
+        "country": "US",
+    }
+    return {
+        "id": cid,
+        "date_created": "2023-01-15T10:11:12",
+        "date_created_gmt": "2023-01-15T09:11:12",
+        "date_modified": "2024-06-01T08:00:00",
+        "date_modified_gmt": "2024-06-01T07:00:00",
+        "email": f"customer.{cid}@example-mail.com",
+        "first_name": f"First{cid}",
+        "last_name": f"Last{cid}",
+        "role": "customer",
+        "username": f"customer{cid}",
+        "billing": {
+            **address,
+            "email": f"customer.{cid}@example-mail.com",
+            "phone": f"+1-555-{cid % 10000:04d}",
+        },
+        "shipping": {**address, "phone": ""},
+        "is_paying_customer": cid % 3 == 0,
+        "avatar_url": f"https://secure.gravatar.com/avatar/{uuid.uuid5(uuid.NAMESPACE_DNS, str(cid)).hex}?s=96&d=mm&r=g",
+        "meta_data": [{"id": cid * 10, "key": "_wc_loyalty_tier", "value": "gold"}],
+        "_links": {
+            "self": [{"href": f"{STORE}/wp-json/wc/v3/customers/{cid}"}],
+            "collection": [{"href": f"{STORE}/wp-json/wc/v3/customers"}],
+        },
+    }
+
+
+def generate(app: SyncApplication, customers: int) -> None:
+    queue = SyncQueue(
+        org_id=ORG,
+        queue_name="bench",
+        store_url=STORE,
+        options=QueueOptions(batch_size=50).as_dict(),
+        started_by="bench",
+    )
+    queue.start_processing("start")
+    app.save_batch(queue)
+    records = [record(cid) for cid in range(1, customers + 1)]
+    for page_no, page in enumerate(chunks(records, 100), 1):
+        queue.add_lines(page, page=page_no)
+        app.save_batch(queue)
+    queue.finish_fetch(pages=(customers + 99) // 100, total=customers, complete=True)
+    app.save_batch(queue)
+    for batch in chunks(records, 50):
+        known = app.load_customers(customer_keys(queue, batch))
+        outcome = sync_batch(queue, batch, known)
+        app.save_batch(queue, *outcome.changed)
+    queue.finish()
+    app.save_batch(queue)
+
+
+def measure(url: str, customers: int) -> dict[str, float]:
+    config = DatabaseConfig.from_url(url)
+    app = SyncApplication(config)
+    started = time.perf_counter()
+    generate(app, customers)
+    generated_s = time.perf_counter() - started
+    head = int(app.recorder.max_notification_id() or 0)
+    print(f"  generated {head} events in {generated_s:.1f} s")
+
+    topics = sorted({t for cls in PROJECTION_CLASSES for t in cls.topics})
+    started = time.perf_counter()
+    position = 0
+    while position < head:
+        notes = app.recorder.select_notifications(
+            position, 2000, stop=head, topics=topics, inclusive_of_start=False
+        )
+        for n in notes:
+            app.mapper.to_domain_event(n)
+        position = notes[-1].id
+    read_s = time.perf_counter() - started
+
+    runner = ProjectionRunner(app)
+    runner.migrate()
+    started = time.perf_counter()
+    caught_up = runner.catch_up()
+    catch_up_s = time.perf_counter() - started
+    started = time.perf_counter()
+    rebuilt = runner.rebuild()
+    rebuild_s = time.perf_counter() - started
+    runner.close()
+    app.close()
+    result = {
+        "events": head,
+        "read+decode ev/s": head / read_s,
+        "catch_up ev/s": caught_up / catch_up_s,
+        "rebuild ev/s": rebuilt / rebuild_s,
+        "catch_up s": catch_up_s,
+        "rebuild s": rebuild_s,
+    }
+    for key, value in result.items():
+        print(f"  {key:>18}: {value:,.1f}")
+    return result
+
+
+@contextlib.contextmanager
+def postgres(url: str | None) -> Iterator[str]:
+    if url:
+        yield url
+        return
+    from tests import pgserver
+
+    with pgserver.running_server() as server:
+        import psycopg
+
+        name = f"bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(server.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        yield server.url(name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--pg-url", default=None, help="an EMPTY PostgreSQL database to fill")
+    parser.add_argument("--only", choices=("sqlite", "postgres"), default=None)
+    args = parser.parse_args()
+    if args.only != "postgres":
+        with tempfile.TemporaryDirectory() as tmp:
+            print(f"SQLite, {args.customers} customers")
+            measure(f"sqlite:///{tmp}/bench.db", args.customers)
+    if args.only != "sqlite":
+        with postgres(args.pg_url) as url:
+            print(f"PostgreSQL, {args.customers} customers")
+            measure(url, args.customers)
+
+
+if __name__ == "__main__":
+    main()
