@@ -19,6 +19,7 @@ from uuid import UUID
 
 import orjson
 import psycopg
+import structlog
 from eventsourcing.persistence import Notification
 from psycopg.types.json import Jsonb
 
@@ -26,6 +27,8 @@ from infrastructure.config import DatabaseConfig
 from projections.schema import BIGINT, BOOL, INT, JSON, POSTGRES, SQLITE, TEXT, TS, UUID_, Table
 
 Row = tuple[Any, ...]
+
+log = structlog.get_logger("wcsync.projections")
 
 # Errors after which the connection is thrown away and opened again (follow() backs off and retries).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -149,6 +152,7 @@ class Database:
         self._sqlite: sqlite3.Connection | None = None
         self._pg: psycopg.Connection[Row] | None = None
         self._stages: set[str] = set()
+        self._in_transaction = False
         encode = _PG_ENCODE if self.dialect == POSTGRES else _SQLITE_ENCODE
         decode = _PG_DECODE if self.dialect == POSTGRES else _SQLITE_DECODE
         self._encode = encode
@@ -170,6 +174,7 @@ class Database:
 
     def _connect_pg(self) -> psycopg.Connection[Row]:
         if self._pg is None or self._pg.closed or self._pg.broken:
+            self._stages.clear()  # temporary tables die with their connection
             c = self.config
             self._pg = psycopg.connect(
                 host=c.pg_host,
@@ -213,12 +218,15 @@ class Database:
                     raise
                 conn.execute("COMMIT")
             else:
+                self._in_transaction = True
                 try:
                     with self._connect_pg().transaction():
                         yield self
                 except BaseException:
                     self._stages.clear()  # a staging table created in the failed transaction is gone
                     raise
+                finally:
+                    self._in_transaction = False
 
     @contextmanager
     def reading(self) -> Iterator[Database]:
@@ -241,7 +249,16 @@ class Database:
     def fetchall(self, statement: str, params: Sequence[Any] = ()) -> list[Row]:
         if self.dialect == SQLITE:
             return self._connect_sqlite().execute(self._sql(statement), params).fetchall()
-        return self._connect_pg().execute(statement, params).fetchall()
+        conn = self._connect_pg()
+        try:
+            return conn.execute(statement, params).fetchall()
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            # A read outside a transaction on a connection that went away (server restart, terminated
+            # session) is simply tried once more on a new connection.
+            if not conn.broken or self._in_transaction:
+                raise
+            log.warning("projections.connection_lost", retrying=True)
+            return self._connect_pg().execute(statement, params).fetchall()
 
     def executemany(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
         if self.dialect == SQLITE:

@@ -173,9 +173,8 @@ class ProjectionRunner:
     def status(self) -> list[dict[str, Any]]:
         with self.db.reading():
             head = self._head()
-            tracked = self._tracking_rows(
-                [*self.projections, *(n + REBUILD_SUFFIX for n in self.projections)]
-            )
+            names = [*self.projections, *(n + REBUILD_SUFFIX for n in self.projections)]
+            tracked = self._tracking_rows(names) if self._table_exists(TRACKING_TABLE) else {}
         result = []
         for name, projection in self.projections.items():
             position, version = tracked.get(name, (0, None))
@@ -334,16 +333,14 @@ class ProjectionRunner:
                     self.db.execute(statement)
 
     def _tables_exist(self, projection: Projection) -> bool:
-        for table in projection.tables:
-            if self.db.dialect == POSTGRES:
-                rows = self.db.fetchall("SELECT to_regclass(%s)", [table.name])
-                if rows[0][0] is None:
-                    return False
-            elif not self.db.fetchall(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = %s", [table.name]
-            ):
-                return False
-        return True
+        return all(self._table_exists(table.name) for table in projection.tables)
+
+    def _table_exists(self, name: str) -> bool:
+        if self.db.dialect == POSTGRES:
+            return self.db.fetchall("SELECT to_regclass(%s)", [name])[0][0] is not None
+        return bool(
+            self.db.fetchall("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = %s", [name])
+        )
 
     def _now(self) -> Any:
         return self.db.value(TS, datetime.now(UTC))

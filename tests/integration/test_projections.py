@@ -27,7 +27,7 @@ import structlog
 
 from domain.customer import customer_key
 from domain.queue import QueueOptions, SyncQueue
-from domain.sync import customer_keys, sync_batch
+from domain.sync import customer_keys, split_unchanged, sync_batch
 from infrastructure.config import DatabaseConfig
 from infrastructure.eventstore import SyncApplication, chunks
 from projections import PROJECTION_NAMES, ProjectionRunner, queries
@@ -99,10 +99,15 @@ class Sync:
     def id(self) -> UUID:
         return self.queue.id
 
-    def fetch(self, records: list[dict[str, Any]], per_page: int = 100) -> None:
+    def fetch(self, records: list[dict[str, Any]], per_page: int = 100, split: bool = False) -> None:
+        """Record pages; with ``split``, customers identical to the mirror are added done ("unchanged")."""
         for page in chunks(records, per_page):
             self.pages += 1
-            self.queue.add_lines(page, page=self.pages)
+            unchanged: list[tuple[int, str]] = []
+            if split:
+                known = self.app.load_customers(customer_keys(self.queue, page))
+                page, unchanged = split_unchanged(self.queue, page, known)
+            self.queue.add_lines(page, page=self.pages, unchanged=unchanged)
             self.app.save_batch(self.queue)
         self.queue.finish_fetch(pages=self.pages, total=len(self.queue.lines), complete=True)
         self.app.save_batch(self.queue)
@@ -157,7 +162,8 @@ def resync_with_changes(app: SyncApplication, count: int) -> Sync:
     """A second, clean sync of the same store where every tenth customer changed and one was deleted."""
     sync = Sync(app)
     records = [make_record(cid, revision=1 if cid % 10 == 0 else 0) for cid in range(1, count + 1)]
-    sync.fetch(records)
+    sync.fetch(records[: count // 2], split=True)  # half the pages add unchanged customers done at once
+    sync.fetch(records[count // 2 :])
     sync.process(records)
     sync.finish()
     gone = app.load_customers([customer_key(ORG, STORE, 3)])[customer_key(ORG, STORE, 3)]
@@ -301,6 +307,10 @@ def test_queries_answer_for_the_cli(app: SyncApplication, runner: ProjectionRunn
 
     latest = queries.queue_status(runner, ORG, None)
     assert latest is not None and latest["queueId"] != str(sync.id)
+    # The re-sync: 5 and 77 created, every tenth customer updated, the rest unchanged (half of them added
+    # done straight from the page).
+    assert (latest["createdCount"], latest["updatedCount"], latest["unchangedCount"]) == (2, 12, 106)
+    assert (latest["doneCount"], latest["draftCount"], latest["progress"]) == (120, 0, 100.0)
     assert queries.queue_status(runner, OTHER_ORG, sync.id) is None
     assert queries.queue_org(runner, sync.id) == ORG
     assert [q["queueId"] for q in queries.list_queues(runner, ORG)] == [latest["queueId"], str(sync.id)]
@@ -560,4 +570,56 @@ def test_seed_queries_run_unchanged_on_postgres(postgres_url: str) -> None:
     assert run(state, stuck.id) == [("failed", True)]
     assert run(recent, sync.id)[0][0].startswith("Queue forced done by operator")
     assert run(failed_short, stuck.id) == [(2, error)]
+    app.close()
+
+
+def wait_until(condition: Any, timeout: float = 30.0) -> None:
+    """Poll a condition (on another thread's progress) until it holds, failing after ``timeout``."""
+    deadline = threading.Event()
+    timer = threading.Timer(timeout, deadline.set)
+    timer.start()
+    try:
+        while not condition():
+            assert not deadline.wait(0.02), "timed out"
+    finally:
+        timer.cancel()
+
+
+def test_follow_survives_a_lost_connection(postgres_url: str) -> None:
+    app = SyncApplication(DatabaseConfig.from_url(postgres_url))
+    runner = ProjectionRunner(app)
+    observer = ProjectionRunner(app)
+    stop = threading.Event()
+    sync = Sync(app)
+    sync.fetch([make_record(cid) for cid in range(1, 51)])
+
+    def caught_up() -> bool:
+        return all(s["lag"] == 0 for s in observer.status())
+
+    with structlog.testing.capture_logs() as logs:
+        follower = threading.Thread(target=runner.follow, args=(stop, 0.02))
+        follower.start()
+        try:
+            wait_until(caught_up)
+            # Cut every other session to the database: the follower's and the application's.
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            sync.process([make_record(cid) for cid in range(1, 51)])
+            sync.finish()
+            wait_until(
+                lambda: caught_up() and queries.queue_status(observer, ORG, sync.id)["state"] == "done"
+            )  # type: ignore[index]
+        finally:
+            stop.set()
+            follower.join(timeout=30)
+    assert not follower.is_alive()
+    events = {entry["event"] for entry in logs}
+    # Noticed and survived: a read retried on a new connection, or the loop's backoff and reconnect.
+    assert events & {"projections.connection_lost", "projections.database_unavailable"}, events
+    assert_matches_aggregate(observer, app, sync.id)
+    runner.close()
+    observer.close()
     app.close()
