@@ -10,6 +10,7 @@ or finished; `resume` continues from there.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -44,7 +45,8 @@ log = structlog.get_logger("wcsync.engine")
 # How often (at most) the in-process projections are brought up to date while a sync runs.
 PROJECTION_REFRESH_S = 0.5
 # A batch whose save loses a race with another writer is reloaded and redone at most this many times.
-MAX_CONFLICT_ATTEMPTS = 5
+MAX_CONFLICT_ATTEMPTS = 10
+CONFLICT_BACKOFF_S = 0.05
 
 
 class Progress(Protocol):
@@ -84,6 +86,9 @@ class _Run:
     # Filled by the client on the event loop, drained by the worker thread: a deque pops atomically.
     incidents: deque[tuple[str, str, str, dict[str, Any]]] = field(default_factory=deque)
     saved: bool = False  # has this run stored anything yet (a new queue is saved with its first page)
+    # A new queue's first events (Created, ProcessingStarted): what to go back to if its first save
+    # loses a race, since there is nothing in the store to reload it from.
+    initial_events: list[Any] = field(default_factory=list)
 
 
 class SyncEngine:
@@ -172,7 +177,12 @@ class SyncEngine:
         queue.start_processing(mode)
         if mode != "start":
             self.app.save_batch(queue)
-        run = _Run(queue=queue, progress=self.progress, saved=mode != "start")
+        run = _Run(
+            queue=queue,
+            progress=self.progress,
+            saved=mode != "start",
+            initial_events=list(queue.pending_events),
+        )
         run.progress.set_total(queue.lines.total)
         run.progress.advance(queue.lines.total - queue.lines.count(DRAFT))
         log.info("queue.run", queue_id=str(queue.id), mode=mode, store=store.url, lines=queue.lines.total)
@@ -344,6 +354,8 @@ class SyncEngine:
             except ConcurrentWriteError:
                 log.warning("batch.conflict", queue_id=str(run.queue.id), attempt=attempt)
                 self._reload(run)
+                # Two writers on the same customers move in lockstep; a random pause lets one get ahead.
+                time.sleep(random.uniform(0, CONFLICT_BACKOFF_S * attempt))
         raise SyncError(
             f"queue {run.queue.id}: another writer kept winning the same batch {MAX_CONFLICT_ATTEMPTS} times; "
             "is another wcsync process working on this queue? Resume it later."
@@ -351,6 +363,13 @@ class SyncEngine:
 
     def _reload(self, run: _Run) -> None:
         """After a lost race the queue in memory is ahead of the store: read it back."""
+        if not run.saved:
+            queue: Any = None
+            for initial in run.initial_events:
+                queue = initial.mutate(queue)
+            queue.pending_events.extend(run.initial_events)
+            run.queue = queue
+            return
         self.app.repository.cache = None
         run.queue = self.app.get_queue(run.queue.id)
 

@@ -1,0 +1,175 @@
+"""End-to-end sync benchmark: the `wcsync start` command against a sandbox store in another process.
+
+    .venv/bin/python bench/sync_bench.py                       # 10k and 100k into a PostgreSQL it starts
+    .venv/bin/python bench/sync_bench.py --sizes 100000 --database sqlite
+    WCSYNC_BENCH_DATABASE_URL=postgresql://... bench/sync_bench.py   # an existing server
+
+For each size: a fresh database, `wcsync db migrate`, then `wcsync start` twice (the second against the
+unchanged store), each a separate process whose wall time and peak RSS (wait4) are measured; then a cold
+load of the queue aggregate (what `resume` does first). The PostgreSQL started here keeps its durable
+defaults (fsync, synchronous_commit on), unlike the test suite's. Results go to stdout and, as JSON, to
+bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from infrastructure.sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET  # noqa: E402
+
+WCSYNC = [sys.executable, "-m", "cli.main"]
+
+
+@contextmanager
+def sandbox(customers: int, latency_ms: float = 0.0) -> Iterator[str]:
+    args = [*WCSYNC, "sandbox", "--port", "0", "--customers", str(customers), "--latency-ms", str(latency_ms)]
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        yield json.loads(line)["url"]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    external = os.environ.get("WCSYNC_BENCH_DATABASE_URL")
+    if external:
+        yield external
+        return
+    sys.path.insert(0, str(ROOT / "tests"))
+    import pgserver  # the suite's throwaway server, here with PostgreSQL's durable defaults
+
+    for name in ("fsync", "synchronous_commit", "full_page_writes"):
+        pgserver.SERVER_SETTINGS.pop(name, None)
+    server = pgserver.start()
+    try:
+        yield server.url()
+    finally:
+        server.stop()
+
+
+def fresh_database(kind: str, admin_url: str | None, workdir: Path) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{workdir / f'bench-{uuid.uuid4().hex[:8]}.db'}"
+    import psycopg
+
+    assert admin_url is not None
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def run_measured(args: list[str], env: dict[str, str]) -> dict[str, Any]:
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    assert process.stdout is not None and process.stderr is not None
+    out, err = process.stdout.read(), process.stderr.read()
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0, 1):
+        raise SystemExit(f"{' '.join(args)} exited {code}: {err.strip()[-2000:]}")
+    report = json.loads(out)
+    return {
+        "wall_s": round(wall, 2),
+        "sync_s": report.get("seconds"),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+        "state": report["state"],
+        "created": report["createdCount"],
+        "unchanged": report["unchangedCount"],
+        "queue_id": report["queueId"],
+    }
+
+
+def load_queue_seconds(database_url: str, queue_id: str) -> float:
+    code = (
+        "import sys, time, uuid\n"
+        "from infrastructure.config import DatabaseConfig\n"
+        "from infrastructure.eventstore import SyncApplication\n"
+        "app = SyncApplication(DatabaseConfig.from_url(sys.argv[1]), create_tables=False)\n"
+        "t = time.perf_counter(); q = app.get_queue(uuid.UUID(sys.argv[2])); t = time.perf_counter() - t\n"
+        "assert q.lines.total > 0\n"
+        "print(round(t, 3))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, database_url, queue_id],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(result.stdout.strip())
+
+
+def bench_size(size: int, kind: str, admin_url: str | None, workdir: Path) -> dict[str, Any]:
+    database_url = fresh_database(kind, admin_url, workdir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WCSYNC_", "WOO_"))}
+    env.update(
+        WCSYNC_DATABASE_URL=database_url,
+        WOO_CONSUMER_KEY=DEFAULT_CONSUMER_KEY,
+        WOO_CONSUMER_SECRET=DEFAULT_CONSUMER_SECRET,
+        WCSYNC_LOG_LEVEL="error",
+    )
+    subprocess.run([*WCSYNC, "db", "migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
+    with sandbox(size) as url:
+        env["WOO_URL"] = url
+        first = run_measured([*WCSYNC, "start", "--json"], env)
+        second = run_measured([*WCSYNC, "start", "--json"], env)
+    load_s = load_queue_seconds(database_url, first["queue_id"])
+    return {"customers": size, "database": kind, "first": first, "second": second, "queue_load_s": load_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    workdir = ROOT / "bench" / "results"
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = []
+    with ExitStack() as stack:
+        admin = stack.enter_context(postgres_server()) if args.database == "postgres" else None
+        for size in sizes:
+            result = bench_size(size, args.database, admin, Path("/tmp"))
+            results.append(result)
+            f, s = result["first"], result["second"]
+            print(
+                f"{size:>7} customers ({args.database}): first {f['wall_s']:>6} s wall ({f['sync_s']} s sync), "
+                f"{f['peak_rss_mb']} MB peak; second {s['wall_s']} s, {s['peak_rss_mb']} MB; "
+                f"queue load {result['queue_load_s']} s",
+                flush=True,
+            )
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = workdir / f"sync-{args.database}-{stamp}.json"
+    meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    print(f"written to {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
