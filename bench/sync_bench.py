@@ -19,6 +19,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -154,8 +155,9 @@ def main() -> None:
     results = []
     with ExitStack() as stack:
         admin = stack.enter_context(postgres_server()) if args.database == "postgres" else None
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="wcsync-bench-")))
         for size in sizes:
-            result = bench_size(size, args.database, admin, Path("/tmp"))
+            result = bench_size(size, args.database, admin, scratch)
             results.append(result)
             f, s = result["first"], result["second"]
             print(
