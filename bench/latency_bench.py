@@ -1,0 +1,96 @@
+"""A slow store: 797 customers from a sandbox answering every request in ~300 ms, default settings.
+
+    .venv/bin/python bench/latency_bench.py [--latency-ms 300] [--customers 797] [--rate 0] [--runs 3]
+
+Runs `wcsync start --json` (SQLite, default options) as a separate process against `wcsync sandbox` in
+another, and reports the sync's own time (`seconds` in the JSON: queue creation to the end), the
+process's wall time (Python start-up and imports included), and the store's busiest second (its
+/_sandbox/stats), so a `--rate` limit can be checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from infrastructure.sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET  # noqa: E402
+
+WCSYNC = [sys.executable, "-m", "cli.main"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--latency-ms", type=float, default=300)
+    parser.add_argument("--customers", type=int, default=797)
+    parser.add_argument("--rate", type=float, default=0.0)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    store_args = [
+        *WCSYNC,
+        "sandbox",
+        "--port",
+        "0",
+        "--customers",
+        str(args.customers),
+        "--latency-ms",
+        str(args.latency_ms),
+    ]
+    store = subprocess.Popen(
+        store_args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert store.stdout is not None
+        url = json.loads(store.stdout.readline())["url"]
+        syncs, walls = [], []
+        with tempfile.TemporaryDirectory(prefix="wcsync-latency-") as scratch:
+            for run in range(args.runs):
+                env = {k: v for k, v in os.environ.items() if not k.startswith(("WCSYNC_", "WOO_"))}
+                env.update(
+                    WCSYNC_DATABASE_URL=f"sqlite:///{scratch}/run{run}.db",
+                    WOO_URL=url,
+                    WOO_CONSUMER_KEY=DEFAULT_CONSUMER_KEY,
+                    WOO_CONSUMER_SECRET=DEFAULT_CONSUMER_SECRET,
+                    WCSYNC_LOG_LEVEL="error",
+                )
+                command = [*WCSYNC, "start", "--json"]
+                if args.rate:
+                    command += ["--rate", str(args.rate)]
+                started = time.perf_counter()
+                result = subprocess.run(
+                    command, cwd=ROOT, env=env, capture_output=True, text=True, check=False
+                )
+                walls.append(time.perf_counter() - started)
+                report = json.loads(result.stdout)
+                assert report["totalCount"] == args.customers, report
+                syncs.append(report["seconds"])
+                print(
+                    f"run {run + 1}: sync {report['seconds']:.2f} s, process wall {walls[-1]:.2f} s",
+                    flush=True,
+                )
+        with urllib.request.urlopen(f"{url}/_sandbox/stats") as response:  # noqa: S310 - our loopback sandbox
+            stats = json.load(response)
+        print(
+            f"{args.customers} customers at {args.latency_ms:.0f} ms: sync median {statistics.median(syncs):.2f} s, "
+            f"process wall median {statistics.median(walls):.2f} s; store served {stats['requests']} requests, "
+            f"busiest second {stats['max_per_second']} requests"
+        )
+    finally:
+        store.terminate()
+        store.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
