@@ -42,9 +42,10 @@ def run_demo(
             url=sandbox.url, consumer_key=sandbox.consumer_key, consumer_secret=sandbox.consumer_secret
         )
         engine = services.engine(org, actor="wcsync demo", progress=None if json_out else ProgressBar("sync"))
-        first = asyncio.run(
-            engine.start(store, QueueOptions(), client_options, queue_name="demo: sandbox customers")
-        )
+        with services.live_projections():
+            first = asyncio.run(
+                engine.start(store, QueueOptions(), client_options, queue_name="demo: sandbox customers")
+            )
         first_status = queries.queue_status(services.projections, org, first.queue_id)
         assert first_status is not None
         if not json_out:
@@ -54,7 +55,9 @@ def run_demo(
         if first.store_error is None and first_status["failedCount"]:
             fixed = sandbox.store.fix_invalid()
             say(f"fixed {fixed} customer(s) in the sandbox store; retrying the failed lines")
-            engine.progress = ProgressBar("retry") if not json_out else engine.progress
+            engine = services.engine(
+                org, actor="wcsync demo", progress=None if json_out else ProgressBar("retry")
+            )
             second = asyncio.run(engine.retry(first.queue_id, store, client_options))
             retried_status = queries.queue_status(services.projections, org, second.queue_id)
             assert retried_status is not None

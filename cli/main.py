@@ -365,7 +365,8 @@ def _run_sync(args: argparse.Namespace, action: str) -> int:
             queue = engine.get_queue(args.queue_id)
             store = StoreSettings.load(args.url or queue.store_url)
             run = engine.resume if action == "resume" else engine.retry
-            outcome = asyncio.run(run(args.queue_id, store, client_options))
+            with services.live_projections():
+                outcome = asyncio.run(run(args.queue_id, store, client_options))
         status = _queue_status_or_fail(services, org, outcome.queue_id)
         if json_out:
             document = dict(status)

@@ -35,14 +35,16 @@ def customer_keys(queue: SyncQueue, records: Iterable[Mapping[str, Any]]) -> lis
 def split_unchanged(
     queue: SyncQueue,
     records: Iterable[dict[str, Any]],
-    customers: Mapping[UUID, Customer],
+    customers: Mapping[int, Customer],
     canonical: Callable[[Mapping[str, Any]], bytes] = canonical_bytes,
 ) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
-    """Split fetched records into those to process and (id, digest) of those identical to the mirror."""
+    """Split fetched records into those to process and (id, digest) of those identical to the mirror.
+
+    ``customers``: the mirrored customers of these records, by WooCommerce id."""
     to_process: list[dict[str, Any]] = []
     unchanged: list[tuple[int, str]] = []
     for record in records:
-        customer = customers.get(customer_key(queue.org_id, queue.store_url, record["id"]))
+        customer = customers.get(record["id"])
         if customer is not None and not customer.deleted:
             digest = hashlib.sha256(canonical(record)).hexdigest()
             if digest == customer.digest:
@@ -55,12 +57,13 @@ def split_unchanged(
 def sync_batch(
     queue: SyncQueue,
     records: Iterable[dict[str, Any]],
-    customers: Mapping[UUID, Customer],
+    customers: Mapping[int, Customer],
     canonical: Callable[[Mapping[str, Any]], bytes] = canonical_bytes,
 ) -> BatchOutcome:
     """Apply fetched records to their lines (only lines still draft) and to the mirrored customers.
 
     Triggers the queue's LinesDone / LinesFailed and the customers' events; returns what changed.
+    ``customers``: the mirrored customers of these records, by WooCommerce id.
     """
     outcome = BatchOutcome()
     for record in records:
@@ -75,8 +78,7 @@ def sync_batch(
             outcome.failures[cid] = f"invalid customer record: {error}"
             continue
         digest = hashlib.sha256(encoded).hexdigest()
-        key = customer_key(queue.org_id, queue.store_url, cid)
-        customer = customers.get(key)
+        customer = customers.get(cid)
         if customer is None:
             customer = Customer(
                 org_id=queue.org_id,

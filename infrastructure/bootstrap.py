@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +17,10 @@ from infrastructure.eventstore import SyncApplication
 from projections import ProjectionRunner
 from projections import queries as projection_queries
 
+# How often the background follower looks for new events while a sync runs (the tables lag at most
+# about this much plus one catch-up batch).
+LIVE_POLL_S = 0.25
+
 
 @dataclass
 class Services:
@@ -21,13 +28,14 @@ class Services:
     app: SyncApplication
     projections: ProjectionRunner
     closed: bool = field(default=False)
+    _follower: threading.Thread | None = field(default=None, repr=False)
 
     def engine(self, org_id: str, actor: str = "wcsync", progress: Progress | None = None) -> SyncEngine:
         return SyncEngine(
             self.app,
             org_id,
             actor=actor,
-            on_saved=self.catch_up,
+            on_saved=self._saved,
             known_customer_ids=lambda org, store: projection_queries.known_customer_ids(
                 self.projections, org, store
             ),
@@ -36,6 +44,32 @@ class Services:
 
     def catch_up(self) -> None:
         self.projections.catch_up()
+
+    def _saved(self, force: bool) -> None:
+        # With a live follower the tables follow by themselves; a caller that needs them now catches up.
+        if force or self._follower is None:
+            self.catch_up()
+
+    @contextmanager
+    def live_projections(self) -> Iterator[None]:
+        """Keep the read models following the log from a background thread while a sync runs, so
+        `status`, `queues` and SQL show live progress without slowing the sync's own thread. The follower
+        has its own connection; the tracking lock keeps it and any inline catch-up from applying twice."""
+        stop = threading.Event()
+        runner = ProjectionRunner(self.app)
+        follower = threading.Thread(
+            target=runner.follow, args=(stop, LIVE_POLL_S), name="wcsync-projections", daemon=True
+        )
+        self._follower = follower
+        follower.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            follower.join()
+            self._follower = None
+            runner.close()
+            self.catch_up()
 
     def close(self) -> None:
         if not self.closed:

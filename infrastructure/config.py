@@ -6,6 +6,8 @@ WooCommerce's names: ``WOO_URL``, ``WOO_CONSUMER_KEY``, ``WOO_CONSUMER_SECRET``)
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from dataclasses import dataclass, field
@@ -35,12 +37,14 @@ class DatabaseConfig:
     pg_user: str = ""
     pg_password: str = field(default="", repr=False)
     pg_schema: str = "public"
+    # Encryption at rest of event payloads (AES-256-GCM): base64 of 32 bytes, from WCSYNC_CIPHER_KEY only.
+    cipher_key: str = field(default="", repr=False)
 
     @classmethod
     def from_url(cls, url: str | None) -> DatabaseConfig:
         if not url:
             path = default_database_path()
-            return cls(url=f"sqlite:///{path}", backend="sqlite", sqlite_path=path)
+            return cls(url=f"sqlite:///{path}", backend="sqlite", sqlite_path=path, cipher_key=cipher_key())
         parts = urlsplit(url)
         if parts.scheme == "sqlite":
             raw = unquote(parts.path)
@@ -51,7 +55,7 @@ class DatabaseConfig:
                     f"database URL {cls._redact(url)!r} has no file path; "
                     "use sqlite:///relative/path.db or sqlite:////absolute/path.db"
                 )
-            return cls(url=url, backend="sqlite", sqlite_path=Path(path_text))
+            return cls(url=url, backend="sqlite", sqlite_path=Path(path_text), cipher_key=cipher_key())
         if parts.scheme in ("postgres", "postgresql", "postgresql+psycopg"):
             dbname = unquote(parts.path.lstrip("/"))
             if not dbname:
@@ -72,6 +76,7 @@ class DatabaseConfig:
                 pg_user=unquote(parts.username or ""),
                 pg_password=unquote(parts.password or ""),
                 pg_schema=schema,
+                cipher_key=cipher_key(),
             )
         raise ConfigurationError(
             f"database URL {cls._redact(url)!r} is not supported: "
@@ -98,7 +103,7 @@ class DatabaseConfig:
             )
         else:
             env.update(
-                PERSISTENCE_MODULE="eventsourcing.postgres",
+                PERSISTENCE_MODULE="infrastructure.pgstore:BinaryPostgresFactory",
                 POSTGRES_DBNAME=self.pg_dbname,
                 POSTGRES_HOST=self.pg_host,
                 POSTGRES_PORT=self.pg_port,
@@ -110,10 +115,32 @@ class DatabaseConfig:
                 POSTGRES_LOCK_TIMEOUT="30",
                 # Long projection batches and slow stores must not be cut off by the 5 s default.
                 POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT="60",
-                APPLICATION_RECORDER_TOPIC="infrastructure.eventstore:BinaryInsertRecorder",
             )
+        # The mapper turns a wrong or missing key into a clear error instead of a deserialisation traceback.
+        env["MAPPER_TOPIC"] = "infrastructure.cipher:KeyCheckingMapper"
+        if self.cipher_key:
+            env.update(CIPHER_TOPIC="eventsourcing.cryptography:AESCipher", CIPHER_KEY=self.cipher_key)
         # Prefixed keys win over anything of the same name in the process environment.
         return {f"{APP_NAME.upper()}_{k}": v for k, v in env.items()}
+
+
+CIPHER_KEY_VARIABLE = "WCSYNC_CIPHER_KEY"
+
+
+def cipher_key() -> str:
+    """WCSYNC_CIPHER_KEY, checked: base64 of exactly 32 bytes (e.g. `openssl rand -base64 32`), or ""."""
+    key = os.environ.get(CIPHER_KEY_VARIABLE, "").strip()
+    if not key:
+        return ""
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise ConfigurationError(
+            f"{CIPHER_KEY_VARIABLE} must be base64 of 32 random bytes (`openssl rand -base64 32`)"
+        )
+    return key
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ class SyncEngine:
         app: SyncApplication,
         org_id: str,
         actor: str = "wcsync",
-        on_saved: Callable[[], None] | None = None,
+        on_saved: Callable[[bool], None] | None = None,
         known_customer_ids: Callable[[str, str], set[int]] | None = None,
         progress: Progress | None = None,
     ) -> None:
@@ -297,7 +297,7 @@ class SyncEngine:
             fresh = [r for r in good if r["id"] not in queue.lines]
             if page is None and not fresh:
                 return
-            customers = self.app.load_customers(customer_keys(queue, fresh))
+            customers = self._mirrored(queue, fresh)
             to_process, unchanged = split_unchanged(queue, fresh, customers, canonical=canonical_bytes)
             queue.add_lines(to_process, page=page, unchanged=unchanged)
             run.progress.advance(len(unchanged))
@@ -323,7 +323,7 @@ class SyncEngine:
         return iter(latest.values())
 
     def _process(
-        self, run: _Run, records: list[dict[str, Any]], customers: Mapping[UUID, Customer] | None = None
+        self, run: _Run, records: list[dict[str, Any]], customers: Mapping[int, Customer] | None = None
     ) -> None:
         """Process records whose lines are draft, in batches; each batch is one atomic save. Raises
         ConcurrentWriteError when another writer got there first (the caller reloads and calls again)."""
@@ -335,14 +335,18 @@ class SyncEngine:
                 time.sleep(delay_s)
             queue = run.queue
             todo = [r for r in batch if _is_draft(queue, r["id"])]
-            keys = customer_keys(queue, todo)
-            known = customers if customers is not None else self.app.load_customers(keys)
+            known = customers if customers is not None else self._mirrored(queue, todo)
             outcome = sync_batch(queue, todo, known, canonical=canonical_bytes)
             self._drain_incidents(run)
             failpoint("before_batch_save")
             self._save(run, outcome.changed)
             failpoint("after_batch_save")
             run.progress.advance(outcome.line_count)
+
+    def _mirrored(self, queue: SyncQueue, records: list[dict[str, Any]]) -> dict[int, Customer]:
+        """The mirrored customers of these records (one query), by WooCommerce id."""
+        loaded = self.app.load_customers(customer_keys(queue, records))
+        return {customer.woo_id: customer for customer in loaded.values()}
 
     def _until_saved(self, run: _Run, step: Callable[[], None]) -> None:
         """Run a step that mutates and saves the queue; when another writer won a save, the queue in
@@ -437,12 +441,13 @@ class SyncEngine:
     # ----- helpers -------------------------------------------------------------------------------------
 
     def _refresh(self, force: bool = False) -> None:
+        """Tell the read models there is news: ``force`` when the caller needs them caught up now."""
         if self.on_saved is None:
             return
         now = time.monotonic()
         if force or now - self._last_refresh >= PROJECTION_REFRESH_S:
             self._last_refresh = now
-            self.on_saved()
+            self.on_saved(force)
 
     def _check_store(self, queue: SyncQueue, store: StoreSettings) -> None:
         if store.url != queue.store_url:

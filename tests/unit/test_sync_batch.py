@@ -59,7 +59,7 @@ def test_a_known_customer_is_unchanged_or_updated() -> None:
     first = [customer(1), customer(2)]
     queue = queue_with(first)
     outcome = sync_batch(queue, first, {})
-    mirrored = {c.id: c for c in outcome.changed}
+    mirrored = {c.woo_id: c for c in outcome.changed}
     for c in mirrored.values():
         c.collect_events()
 
