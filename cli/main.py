@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 from uuid import UUID
 
+from cli.audit import add_audit_parser, run_audit
 from domain.errors import SyncError
 from domain.queue import QueueOptions
 from infrastructure.config import DatabaseConfig, StoreSettings
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--invalid", type=_positive_int, default=5, help="records that fail validation, fixed and retried"
     )
     demo.add_argument("--json", action="store_true")
+    add_audit_parser(commands, common)
     return parser
 
 
@@ -587,6 +589,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "projections": _cmd_projections,
     "sandbox": _cmd_sandbox,
     "demo": _cmd_demo,
+    "audit": run_audit,
 }
 
 

@@ -32,12 +32,18 @@ from projections.activity import ActivityProjection
 from projections.base import Item, Projection
 from projections.customers import CustomersProjection
 from projections.db import CONNECTION_ERRORS, ConcurrentUpdate, Database
+from projections.ledger import LedgerProjection
 from projections.queues import QueuesProjection
 from projections.schema import POSTGRES, REBUILD_SUFFIX, TRACKING, TRACKING_TABLE, TS
 
 log = structlog.get_logger("wcsync.projections")
 
-PROJECTION_CLASSES: tuple[type[Projection], ...] = (QueuesProjection, ActivityProjection, CustomersProjection)
+PROJECTION_CLASSES: tuple[type[Projection], ...] = (
+    QueuesProjection,
+    ActivityProjection,
+    CustomersProjection,
+    LedgerProjection,
+)
 PROJECTION_NAMES: tuple[str, ...] = tuple(cls.name for cls in PROJECTION_CLASSES)
 
 DEFAULT_BATCH_SIZE = 1000
