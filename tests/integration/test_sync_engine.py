@@ -319,3 +319,47 @@ def test_a_store_changing_under_the_scan_ends_equal_to_the_store_after_a_second_
             row for row in queries.customers(services.projections, "acme", sandbox.url) if row["is_deleted"]
         ]
         assert {row["woo_customer_id"] for row in deleted_rows} <= set(churn.deleted)
+
+
+def test_every_fault_at_once_still_ends_equal_to_the_store_and_shows_in_the_activity_log(
+    services: Services,
+) -> None:
+    faults = Faults(
+        latency_ms=2,
+        rate_limit=8,
+        error_rate=0.08,
+        html_rate=0.05,
+        truncated_rate=0.05,
+        slow_rate=0.02,
+        slow_ms=300,
+    )
+    with SandboxThread(SandboxConfig(customers=1500, faults=faults, seed=7)) as sandbox:
+        options = ClientOptions(
+            backoff_base_s=0.01, backoff_max_s=0.05, circuit_reset_s=0.05, timeout_s=0.2, max_retries=8
+        )
+        outcome = asyncio.run(
+            services.engine("acme").start(store_of(sandbox), QueueOptions(max_retries=8), options)
+        )
+        assert outcome.store_error is None
+        assert outcome.state == "done" and outcome.counts["created"] == 1500
+        assert set(mirrored(services, sandbox)) == set(sandbox.store.customer_ids())
+        stats = sandbox.store.stats
+        assert stats.rate_limited > 0 and stats.by_status.get(200, 0) > 0
+        kinds = {
+            row["activityType"] for row in queries.activity(services.projections, "acme", outcome.queue_id)
+        }
+        assert "request_retried" in kinds
+        assert "rate_limited" in kinds
+
+
+def test_a_store_repeating_its_last_page_ends_with_a_warning_and_an_incomplete_fetch(
+    services: Services,
+) -> None:
+    with SandboxThread(SandboxConfig(customers=300, faults=Faults(repeat_last_page=True))) as sandbox:
+        outcome = start(services, sandbox)
+        assert outcome.state == "done" and outcome.counts["created"] == 300
+        activity = queries.activity(services.projections, "acme", outcome.queue_id)
+        warnings = [row for row in activity if row["activityType"] == "store_repeating_pages"]
+        assert warnings and warnings[0]["status"] == "warning"
+        queue = services.app.get_queue(outcome.queue_id)
+        assert queue.fetch_finished and not queue.fetch_complete
