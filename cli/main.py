@@ -440,41 +440,48 @@ def _cmd_queues(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
-def _cmd_failed(args: argparse.Namespace) -> int:
-    from projections import queries
-
+def _queue_rows(
+    args: argparse.Namespace,
+    fetch: Callable[[Any, str, UUID], list[dict[str, Any]]],
+    render: Callable[[dict[str, Any]], str],
+    empty: str,
+) -> int:
+    """Print rows about one queue of the org (JSON or one line each), after checking the queue exists."""
     org = _org(args)
     with _services(args) as services:
         services.catch_up()
         _queue_status_or_fail(services, org, args.queue_id)
-        rows = queries.failed_lines(services.projections, org, args.queue_id)
+        rows = fetch(services.projections, org, args.queue_id)
         if args.json:
             _print_json(rows)
-        elif not rows:
-            print("no failed lines")
         else:
-            for row in rows:
-                print(
-                    f"customer {row['wooCustomerId']:>8}  attempts {row['processCount']}  "
-                    f"{row['lastErrorTimestamp']}  {row['errorMessage']}"
-                )
+            print("\n".join(render(row) for row in rows) if rows else empty)
         return EXIT_OK
+
+
+def _cmd_failed(args: argparse.Namespace) -> int:
+    from projections import queries
+
+    return _queue_rows(
+        args,
+        queries.failed_lines,
+        lambda row: (
+            f"customer {row['wooCustomerId']:>8}  attempts {row['processCount']}  "
+            f"{row['lastErrorTimestamp']}  {row['errorMessage']}"
+        ),
+        "no failed lines",
+    )
 
 
 def _cmd_activity(args: argparse.Namespace) -> int:
     from projections import queries
 
-    org = _org(args)
-    with _services(args) as services:
-        services.catch_up()
-        _queue_status_or_fail(services, org, args.queue_id)
-        rows = queries.activity(services.projections, org, args.queue_id, limit=args.limit)
-        if args.json:
-            _print_json(rows)
-        else:
-            for row in rows:
-                print(f"{row['createdAt']}  {row['status']:7}  {row['activityType']:24}  {row['message']}")
-        return EXIT_OK
+    return _queue_rows(
+        args,
+        lambda runner, org, queue_id: queries.activity(runner, org, queue_id, limit=args.limit),
+        lambda row: f"{row['createdAt']}  {row['status']:7}  {row['activityType']:24}  {row['message']}",
+        "no activity",
+    )
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
