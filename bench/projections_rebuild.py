@@ -93,8 +93,8 @@ def generate(app: SyncApplication, customers: int) -> None:
     queue.finish_fetch(pages=(customers + 99) // 100, total=customers, complete=True)
     app.save_batch(queue)
     for batch in chunks(records, 50):
-        known = app.load_customers(customer_keys(queue, batch))
-        outcome = sync_batch(queue, batch, known)
+        loaded = app.load_customers(customer_keys(queue, batch))
+        outcome = sync_batch(queue, batch, {c.woo_id: c for c in loaded.values()})
         app.save_batch(queue, *outcome.changed)
     queue.finish()
     app.save_batch(queue)

@@ -99,14 +99,18 @@ class Sync:
     def id(self) -> UUID:
         return self.queue.id
 
+    def mirrored(self, records: list[dict[str, Any]]) -> dict[int, Any]:
+        """The mirrored customers of these records by WooCommerce id, as domain.sync takes them."""
+        loaded = self.app.load_customers(customer_keys(self.queue, records))
+        return {customer.woo_id: customer for customer in loaded.values()}
+
     def fetch(self, records: list[dict[str, Any]], per_page: int = 100, split: bool = False) -> None:
         """Record pages; with ``split``, customers identical to the mirror are added done ("unchanged")."""
         for page in chunks(records, per_page):
             self.pages += 1
             unchanged: list[tuple[int, str]] = []
             if split:
-                known = self.app.load_customers(customer_keys(self.queue, page))
-                page, unchanged = split_unchanged(self.queue, page, known)
+                page, unchanged = split_unchanged(self.queue, page, self.mirrored(page))
             self.queue.add_lines(page, page=self.pages, unchanged=unchanged)
             self.app.save_batch(self.queue)
         self.queue.finish_fetch(pages=self.pages, total=len(self.queue.lines), complete=True)
@@ -114,8 +118,7 @@ class Sync:
 
     def process(self, records: list[dict[str, Any]]) -> None:
         for batch in chunks(records, self.batch_size):
-            known = self.app.load_customers(customer_keys(self.queue, batch))
-            outcome = sync_batch(self.queue, batch, known)
+            outcome = sync_batch(self.queue, batch, self.mirrored(batch))
             self.app.save_batch(self.queue, *outcome.changed)
 
     def finish(self) -> str:
