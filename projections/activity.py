@@ -185,6 +185,7 @@ class ActivityProjection(Projection):
         SyncQueue.ForcedDone,
         SyncQueue.Finished,
     )
+    record_ids_only = topics_of(SyncQueue.LinesAdded, SyncQueue.LinesRefetched)
 
     def __init__(self) -> None:
         # queue id -> org id: facts of the event stream, true for every copy of the table.

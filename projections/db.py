@@ -21,7 +21,7 @@ import orjson
 import psycopg
 import structlog
 from eventsourcing.persistence import Notification
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_dumps
 
 from infrastructure.config import DatabaseConfig
 from projections.schema import BIGINT, BOOL, INT, JSON, POSTGRES, SQLITE, TEXT, TS, UUID_, Table
@@ -83,46 +83,37 @@ _SQLITE_DECODE: dict[str, Callable[[Any], Any]] = {
 _PG_ENCODE: dict[str, Callable[[Any], Any]] = {JSON: _opt(Jsonb)}
 _PG_DECODE: dict[str, Callable[[Any], Any]] = {}
 
-# PostgreSQL's COPY text format, written and read here rather than through psycopg's per-value adapters:
-# for the tens of thousands of rows of a rebuild batch that is several times faster (and the same speed
-# whichever psycopg implementation is installed).
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+# Rows are written to PostgreSQL with COPY in binary format, typed per column: psycopg's C dumpers format
+# them (measured on 20,000 customer rows: 8.9 us a row including the server's work, against 24 us for COPY
+# text formatted in Python). Reads of a batch's rows (``load``) parse COPY text, the fastest way back.
+_PG_COPY_TYPES = {
+    TEXT: "text",
+    INT: "int4",
+    BIGINT: "int8",
+    BOOL: "bool",
+    UUID_: "uuid",
+    TS: "timestamptz",
+    JSON: "jsonb",
+}
 _COPY_UNESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
 _COPY_ESCAPED = re.compile(r"\\(.)")
 NULL = "\\N"
 
 
-_NEEDS_ESCAPE = re.compile(r"[\\\t\n\r]")
-
-
-def _copy_text(value: Any) -> str:
-    text = str(value)
-    return text.translate(_COPY_ESCAPES) if _NEEDS_ESCAPE.search(text) else text
-
-
-def _copy_json(value: Any) -> str:
-    return _copy_text(_dumps(value))
-
-
-def _copy_bool(value: Any) -> str:
-    return "t" if value else "f"
-
-
-def _copy_ts(value: Any) -> str:
-    return str(value.isoformat())
-
-
-# Kinds whose formatted values repeat within a batch (a queue id, an event's timestamp): formatted once.
+# Kinds whose converted values repeat within a batch (a queue id, an event's timestamp): converted once.
 _MEMO_KINDS = frozenset({UUID_, TS})
 
-_COPY_FORMAT: dict[str, Callable[[Any], str]] = {
-    JSON: _copy_json,
-    BOOL: _copy_bool,
-    TS: _copy_ts,
-    INT: str,
-    BIGINT: str,
-    UUID_: str,
-}
+
+def _json_bytes(value: Any) -> bytes:
+    """JSON for a jsonb column (jsonb keeps its own key order, so keys need no sorting here)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # what orjson refuses (integers past 64 bits, odd keys) the stdlib still writes
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+
+
+def _as_uuid(value: Any) -> UUID:
+    return value if isinstance(value, UUID) else UUID(str(value))
 
 
 def _uncopy_text(text: str) -> str:
@@ -186,6 +177,7 @@ class Database:
                 connect_timeout=10,
                 options=f"-c search_path={c.pg_schema} -c timezone=UTC",
             )
+            set_json_dumps(_json_bytes, context=self._pg)
         return self._pg
 
     def reset(self) -> None:
@@ -415,32 +407,27 @@ class Database:
         return stage
 
     def _copy_in(self, target: str, table: Table, rows: Iterable[Sequence[Any]]) -> None:
-        memo: dict[Any, str] = {}
-
-        def memoised(func: Callable[[Any], str]) -> Callable[[Any], str]:
-            def format_value(value: Any) -> str:
-                found = memo.get(value)
-                if found is None:
-                    found = memo[value] = func(value)
-                return found
-
-            return format_value
-
-        formats = [
-            memoised(_COPY_FORMAT[k]) if k in _MEMO_KINDS else _COPY_FORMAT.get(k, _copy_text)
-            for k in table.kinds
-        ]
-        lines = [
-            "\t".join(NULL if v is None else f(v) for f, v in zip(formats, row, strict=True)) for row in rows
-        ]
-        if not lines:
+        rows = list(rows)
+        if not rows:
             return
-        data = ("\n".join(lines) + "\n").encode("utf-8")
-        with (
-            self._connect_pg().cursor() as cur,
-            cur.copy(f"COPY {target} ({', '.join(table.column_names)}) FROM STDIN") as copy,
-        ):
-            copy.write(data)
+        # A UUID may arrive as its text (an event's queue_id): the binary dumper needs the object.
+        uuids = [i for i, kind in enumerate(table.kinds) if kind == UUID_]
+        memo: dict[Any, UUID] = {}
+        statement = f"COPY {target} ({', '.join(table.column_names)}) FROM STDIN (FORMAT BINARY)"
+        with self._connect_pg().cursor() as cur, cur.copy(statement) as copy:
+            copy.set_types([_PG_COPY_TYPES[kind] for kind in table.kinds])
+            for values in rows:
+                row: Any = values
+                for i in uuids:
+                    value = row[i]
+                    if value is not None and type(value) is not UUID:
+                        if row is values:
+                            row = list(values)
+                        found = memo.get(value)
+                        if found is None:
+                            found = memo[value] = _as_uuid(value)
+                        row[i] = found
+                copy.write_row(row)
 
     def _copy_out(self, query: str, params: Sequence[Any], kinds: Sequence[str]) -> list[list[Any]]:
         parsers = [_COPY_PARSE[kind] for kind in kinds]

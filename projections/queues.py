@@ -111,6 +111,7 @@ class QueuesProjection(Projection):
         SyncQueue.ForcedDone,
         SyncQueue.Finished,
     )
+    record_ids_only = topics_of(SyncQueue.LinesAdded)
 
     def apply(self, db: Database, suffix: str, items: Sequence[Item]) -> None:
         events = [event for _, event in items]

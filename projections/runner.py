@@ -17,8 +17,10 @@ renames: readers see the old tables or the new ones, never a half-built one.
 
 from __future__ import annotations
 
+import gc
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -211,6 +213,7 @@ class ProjectionRunner:
         max_window = 64 * batch_size
         mapper = self.app.mapper
         while targets:
+            trimmed = _trimmed_topics(targets)
             with self.db.reading():
                 tracked = self._tracking_rows([t.tracking_name for t in targets])
             # A rebuild copy that disappeared was swapped in by another runner: nothing left to do for it.
@@ -238,7 +241,7 @@ class ProjectionRunner:
                     notifications = notifications[:index]
                     end = notifications[-1].id
                     break
-            decoded = [(n.id, n.topic, mapper.to_domain_event(n)) for n in notifications]
+            decoded = _decode(mapper, notifications, trimmed)
             try:
                 with self.db.transaction() as db:
                     locked = self._tracking_rows([t.tracking_name for t in behind], lock=True)
@@ -350,6 +353,46 @@ class ProjectionRunner:
 
     def _now(self) -> Any:
         return self.db.value(TS, datetime.now(UTC))
+
+
+def _trimmed_topics(targets: Sequence[_Target]) -> frozenset[str]:
+    """Topics whose records every target reading them needs only the ids of (see Projection.record_ids_only)."""
+    readers: dict[str, list[_Target]] = {}
+    for target in targets:
+        for topic in target.topics:
+            readers.setdefault(topic, []).append(target)
+    return frozenset(
+        topic for topic, group in readers.items() if all(topic in t.projection.record_ids_only for t in group)
+    )
+
+
+def _decode(mapper: Any, notifications: Sequence[Any], trimmed: frozenset[str]) -> list[tuple[int, str, Any]]:
+    """Decode a batch, trimming records to their ids as each event is decoded (see record_ids_only).
+
+    The collector is paused meanwhile: decoded events hold no reference cycles (refcounting frees them), and
+    the tens of thousands of dicts of a batch would otherwise set off collections that scan the whole heap,
+    which in a sync's process holds every line of the queue."""
+    to_domain_event = mapper.to_domain_event
+    decoded: list[tuple[int, str, Any]] = []
+    with _gc_paused():
+        for notification in notifications:
+            event = to_domain_event(notification)
+            topic = notification.topic
+            if topic in trimmed:
+                object.__setattr__(event, "records", [{"id": record["id"]} for record in event.records])
+            decoded.append((notification.id, topic, event))
+    return decoded
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _groups(targets: list[_Target]) -> list[list[_Target]]:
