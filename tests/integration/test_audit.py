@@ -24,7 +24,7 @@ from infrastructure import audit
 from infrastructure.bootstrap import Services, migrate, open_services
 from infrastructure.config import DatabaseConfig, StoreSettings
 from infrastructure.engine import SyncOutcome
-from infrastructure.errors import QueueNotFoundError
+from infrastructure.errors import ConfigurationError, QueueNotFoundError
 from infrastructure.sandbox import RunningSandbox, SandboxConfig, SandboxThread
 from infrastructure.woocommerce import ClientOptions
 from projections.ledger import CHECKPOINT_TABLE_NAME, LEDGER_TABLE_NAME
@@ -433,7 +433,7 @@ def test_a_customers_history_across_queues_with_changes_old_and_new_and_deletion
 def test_times_are_utc_with_offset() -> None:
     assert audit.parse_time("2026-03-01") == datetime(2026, 3, 1, tzinfo=UTC)
     assert audit.iso(audit.parse_time("2026-03-01T01:00:00+01:00")) == "2026-03-01T00:00:00+00:00"
-    with pytest.raises(audit.ConfigurationError):
+    with pytest.raises(ConfigurationError):
         audit.parse_time("yesterday")
 
 
@@ -462,24 +462,24 @@ def test_encrypted_events_audit_the_same_and_a_wrong_key_is_a_clear_error(
     wrong = DatabaseConfig.from_url(database_url)
     assert audit.verify_log(wrong).ok  # the ledger hashes the stored bytes: no key needed
     with open_services(wrong) as services:
-        with pytest.raises(
-            audit.ConfigurationError, match="cannot be decrypted with WCSYNC_CIPHER_KEY: wrong key"
-        ):
+        with pytest.raises(ConfigurationError, match="cannot be decrypted with WCSYNC_CIPHER_KEY: wrong key"):
             list(audit.queue_timeline(services.app, ORG, outcome.queue_id))
-        with pytest.raises(audit.ConfigurationError, match="wrong key"):
+        with pytest.raises(ConfigurationError, match="wrong key"):
             audit.export_log(services.app, ORG, tmp_path / "x.jsonl")
-        with pytest.raises(audit.ConfigurationError, match="wrong key"):
+        with pytest.raises(ConfigurationError, match="wrong key"):
             services.app.get_queue(outcome.queue_id)
 
     monkeypatch.delenv("WCSYNC_CIPHER_KEY")
-    with open_services(DatabaseConfig.from_url(database_url)) as services:
-        with pytest.raises(audit.ConfigurationError, match="set WCSYNC_CIPHER_KEY"):
-            services.app.get_queue(outcome.queue_id)
+    with (
+        open_services(DatabaseConfig.from_url(database_url)) as services,
+        pytest.raises(ConfigurationError, match="set WCSYNC_CIPHER_KEY"),
+    ):
+        services.app.get_queue(outcome.queue_id)
 
 
 def test_a_malformed_cipher_key_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WCSYNC_CIPHER_KEY", "too-short")
-    with pytest.raises(audit.ConfigurationError, match="base64 of 32"):
+    with pytest.raises(ConfigurationError, match="base64 of 32"):
         DatabaseConfig.from_url("sqlite:///x.db")
     monkeypatch.setenv("WCSYNC_CIPHER_KEY", "A" * 43 + "=")
     env = DatabaseConfig.from_url("sqlite:///x.db").eventsourcing_env()
