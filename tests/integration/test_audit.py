@@ -74,14 +74,14 @@ class Sql:
 
     def run(self, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         if self.pg:
-            with psycopg.connect(self.database.url, autocommit=True) as conn:
-                cur = conn.execute(statement.replace("?", "%s"), params)
+            with psycopg.connect(self.database.url, autocommit=True) as pg:
+                cur = pg.execute(statement.replace("?", "%s"), params)
                 return cur.fetchall() if cur.description else []
-        conn = sqlite3.connect(str(self.database.sqlite_path), isolation_level=None)
+        lite = sqlite3.connect(str(self.database.sqlite_path), isolation_level=None)
         try:
-            return conn.execute(statement, params).fetchall()
+            return lite.execute(statement, params).fetchall()
         finally:
-            conn.close()
+            lite.close()
 
     def event(self, position: int) -> tuple[Any, int, str, bytes]:
         row = self.run(
