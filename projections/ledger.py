@@ -77,7 +77,11 @@ def _event_classes(*aggregates: type[Aggregate]) -> list[type]:
         value
         for aggregate in aggregates
         for value in vars(aggregate).values()
-        if isinstance(value, type) and issubclass(value, Aggregate.Event) and value.__name__ != "Event"
+        if isinstance(value, type)
+        and issubclass(value, aggregate.Event)
+        and value is not aggregate.Event
+        # the library defines a Created class on every aggregate; Customer is created by Registered instead
+        and not (value.__name__ == "Created" and aggregate is Customer)
     ]
 
 
