@@ -18,6 +18,10 @@ renames: readers see the old tables or the new ones, never a half-built one.
 from __future__ import annotations
 
 import gc
+import os
+import pickle
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +32,7 @@ from typing import Any
 import structlog
 from eventsourcing.persistence import InterfaceError, OperationalError
 
+from infrastructure.config import DatabaseConfig
 from infrastructure.errors import StorageError
 from infrastructure.eventstore import SyncApplication
 from projections.activity import ActivityProjection
@@ -61,6 +66,8 @@ _MIGRATE_LOCK_KEY = 0x77637379  # "wcsy": serialises concurrent migrations on Po
 MAX_BACKOFF_S = 30.0
 # A batch stops early past this many bytes of stored events (a page of 100 customers is ~100 KB).
 MAX_BATCH_BYTES = 32 * 1024 * 1024
+# Behind by at least this many notifications, independent groups of projections catch up in parallel.
+PARALLEL_MIN_LAG = 20_000
 
 
 class UnknownProjectionError(ValueError):
@@ -86,8 +93,9 @@ class _Target:
 class ProjectionRunner:
     """Builds and follows wcsync's read models in the events' own database (see module docstring)."""
 
-    def __init__(self, app: SyncApplication) -> None:
+    def __init__(self, app: SyncApplication, parallel: bool = True) -> None:
         self.app = app
+        self.parallel = parallel  # may a long catch-up run groups of projections in other processes
         self.db = Database(app.database)
         self.projections: dict[str, Projection] = {cls.name: cls() for cls in PROJECTION_CLASSES}
         self._migrated = False
@@ -205,7 +213,29 @@ class ProjectionRunner:
     # ----- the loop ------------------------------------------------------------------------------------
 
     def _run(self, targets: list[_Target], batch_size: int) -> int:
-        return sum(self._run_group(group, batch_size) for group in _groups(targets))
+        groups = _groups(targets)
+        if len(groups) < 2 or not self.parallel or self._lag(targets) < PARALLEL_MIN_LAG:
+            return sum(self._run_group(group, batch_size) for group in groups)
+        # Far behind (a first catch-up, a rebuild): groups read disjoint topics and track their own rows, so
+        # the others run in processes of their own (threads measured slower: the work holds the GIL). A child
+        # is a fresh interpreter (never a fork: this process's connections are not the child's to share).
+        env = dict(self.app.env)
+        children = [
+            _GroupProcess(self.app.database, env, [(t.projection.name, t.suffix) for t in group], batch_size)
+            for group in groups[1:]
+        ]
+        try:
+            applied = self._run_group(groups[0], batch_size)
+            return applied + sum(child.result() for child in children)
+        finally:
+            for child in children:
+                child.stop()
+
+    def _lag(self, targets: Sequence[_Target]) -> int:
+        with self.db.reading():
+            tracked = self._tracking_rows([t.tracking_name for t in targets])
+        positions = [tracked[t.tracking_name][0] for t in targets if t.tracking_name in tracked]
+        return self._head() - min(positions, default=0)
 
     def _run_group(self, targets: list[_Target], batch_size: int) -> int:
         applied = 0
@@ -353,6 +383,62 @@ class ProjectionRunner:
 
     def _now(self) -> Any:
         return self.db.value(TS, datetime.now(UTC))
+
+
+class _GroupProcess:
+    """One group of projections caught up by ``python -c`` in another process (see ProjectionRunner._run)."""
+
+    def __init__(
+        self, database: DatabaseConfig, env: dict[str, str], targets: list[tuple[str, str]], batch_size: int
+    ) -> None:
+        child_env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from projections.runner import _group_main; _group_main()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=child_env,
+        )
+        assert self.process.stdin is not None
+        self.process.stdin.write(pickle.dumps((database, env, targets, batch_size)))
+        self.process.stdin.close()
+
+    def result(self) -> int:
+        assert self.process.stdout is not None
+        output = self.process.stdout.read()
+        self.process.wait()
+        if self.process.returncode != 0 or not output:
+            raise StorageError(f"a projection process failed (exit status {self.process.returncode})")
+        outcome = pickle.loads(output)  # noqa: S301 - written by our own child
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return int(outcome)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def _group_main() -> None:
+    database, env, targets, batch_size = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 - from our parent
+    outcome: Any
+    try:
+        app = SyncApplication(database, create_tables=False, extra_env=env)
+        runner = ProjectionRunner(app, parallel=False)
+        try:
+            outcome = runner._run_group(
+                [_Target(runner.projections[name], suffix) for name, suffix in targets], batch_size
+            )
+        finally:
+            runner.close()
+            app.close()
+    except Exception as error:
+        try:
+            pickle.dumps(error)
+            outcome = error
+        except Exception:
+            outcome = StorageError(_first_line(error))
+    sys.stdout.buffer.write(pickle.dumps(outcome))
 
 
 def _trimmed_topics(targets: Sequence[_Target]) -> frozenset[str]:

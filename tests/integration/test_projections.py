@@ -31,6 +31,9 @@ from domain.sync import customer_keys, split_unchanged, sync_batch
 from infrastructure.config import DatabaseConfig
 from infrastructure.eventstore import SyncApplication, chunks
 from projections import PROJECTION_NAMES, ProjectionRunner, queries
+from projections import runner as runner_module
+from projections.activity import ActivityProjection
+from projections.base import topics_of
 from projections.db import Database
 from projections.queues import QueuesProjection
 
@@ -283,6 +286,33 @@ def test_live_tables_equal_a_rebuild_row_for_row(app: SyncApplication, runner: P
     assert all(
         s["lag"] == 0 and s["version"] == s["codeVersion"] and not s["rebuilding"] for s in statuses.values()
     )
+
+
+def test_a_long_catch_up_in_parallel_processes_equals_one_in_order(
+    app: SyncApplication, runner: ProjectionRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sync_with_failures(app, count=250)
+    resync_with_changes(app, count=120)
+    runner.catch_up(batch_size=11)  # in this process, in order
+    expected = dump(runner)
+
+    monkeypatch.setattr(runner_module, "PARALLEL_MIN_LAG", 1)  # every group of projections but one in a child
+    assert runner.rebuild(batch_size=11) == app.recorder.max_notification_id()
+    assert dump(runner) == expected
+    runner.rebuild(["customers"])  # a single group: no child
+    assert dump(runner) == expected
+
+
+def test_records_are_trimmed_only_when_every_reader_needs_ids_alone() -> None:
+    lines_added = topics_of(SyncQueue.LinesAdded)[0]
+    queues, activity = runner_module._Target(QueuesProjection()), runner_module._Target(ActivityProjection())
+
+    class WantsRecords(QueuesProjection):
+        name = "wants_records"
+        record_ids_only = ()
+
+    assert lines_added in runner_module._trimmed_topics([queues, activity])
+    assert lines_added not in runner_module._trimmed_topics([queues, runner_module._Target(WantsRecords())])
 
 
 def test_queries_answer_for_the_cli(app: SyncApplication, runner: ProjectionRunner) -> None:
