@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 from uuid import UUID
 
 from cli.audit import add_audit_parser, run_audit
+from cli.serve import add_serve_parser, run_serve
 from domain.errors import SyncError
 from domain.queue import QueueOptions
 from infrastructure.config import DatabaseConfig, StoreSettings
@@ -210,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--json", action="store_true")
     add_audit_parser(commands, common)
+    add_serve_parser(commands, common)
     return parser
 
 
@@ -597,6 +599,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "sandbox": _cmd_sandbox,
     "demo": _cmd_demo,
     "audit": run_audit,
+    "serve": run_serve,
 }
 
 

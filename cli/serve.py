@@ -1,0 +1,53 @@
+"""`wcsync serve`: the seed's HTTP endpoint (infrastructure/http_api.py) until SIGINT/SIGTERM.
+
+Prints one JSON line with its URL on stdout once it accepts connections; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import sys
+from typing import Any
+
+EXIT_OK = 0
+
+
+def add_serve_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    from cli.main import _positive_int
+
+    text = "serve the HTTP API (the seed's sync endpoint and read-only queue routes) until Ctrl-C"
+    serve = commands.add_parser("serve", help=text, description=text, parents=[common])
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=_positive_int, default=8000, help="0 picks a free port (default 8000)")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from cli.main import _database
+    from infrastructure.bootstrap import open_services
+    from infrastructure.http_api import serve
+
+    if not _is_loopback(args.host):
+        sys.stderr.write(
+            f"wcsync: warning: serving on {args.host} without authentication; "
+            "put an authenticating proxy in front of it\n"
+        )
+
+    def listening(url: str) -> None:
+        sys.stdout.write(json.dumps({"url": url, "database": services.database.display}) + "\n")
+        sys.stdout.flush()
+
+    with open_services(_database(args)) as services:
+        asyncio.run(serve(services, args.host, args.port, listening))
+    return EXIT_OK
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,687 @@
+"""The seed's HTTP endpoint (`wcsync serve`), on aiohttp.web, over the same services as the CLI.
+
+``POST /api/v1/integrations/woocommerce/sync/customers`` takes the seed's body (``config``, ``org_id``,
+``user_id``, ``action``, ``queue_id``, ``reason``, ``options``); ``GET /api/v1/queues[/{id}[/failed|/activity]]``
+and ``GET /healthz`` read the projections. Every answer is ``{"success": true, "data": ...}`` or
+``{"success": false, "error": {"code", "message"}}``.
+
+start / retry / resume run the engine as an asyncio task in the server's loop and answer ``202`` once the
+run has saved its first batch (so the queue exists and ``status`` finds it) or has ended, whichever is
+first, and at the latest after ``start_confirm_s``. A store that refuses a new queue before anything was
+saved is so answered with ``502`` and leaves nothing behind, like ``wcsync start``; later store errors are
+recorded in the queue by the engine and ``status`` shows it ``failed``.
+
+The store's key and secret live in the request's StoreSettings only: never logged, never echoed, never
+stored (the engine records the store URL, not credentials). The access log names method, path, status,
+size and time, never a body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+from uuid import UUID
+
+import structlog
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from domain.errors import SyncError
+from domain.queue import QueueOptions
+from infrastructure.bootstrap import Services
+from infrastructure.config import StoreSettings, normalise_store_url
+from infrastructure.engine import SyncEngine, SyncOutcome
+from infrastructure.errors import ConfigurationError, QueueNotFoundError, StorageError, WcsyncError
+from infrastructure.woocommerce import ClientOptions, StoreError, StoreRefused
+from projections import queries
+
+log = structlog.get_logger("wcsync.api")
+
+SYNC_PATH = "/api/v1/integrations/woocommerce/sync/customers"
+ACTIONS = ("start", "status", "retry", "resume", "force-done")
+BACKGROUND_ACTIONS = frozenset({"start", "retry", "resume"})
+# The seed's camelCase option names -> QueueOptions fields.
+OPTION_FIELDS = {
+    "batchSize": "batch_size",
+    "batchDelayMs": "batch_delay_ms",
+    "maxRetries": "max_retries",
+    "perPage": "per_page",
+    "role": "role",
+}
+MAX_NAME_LENGTH = 200  # org_id and user_id, as `--org` on the command line
+MAX_REASON_LENGTH = 1000
+MAX_LIMIT = 10_000
+# Refused starts remembered so a client polling a queue id that was never saved learns why.
+REFUSED_STARTS_KEPT = 1000
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    client_options: ClientOptions = field(default_factory=ClientOptions)
+    # The longest a start/retry/resume request waits for its run's first save before answering 202.
+    start_confirm_s: float = 10.0
+    default_actor: str = "api"
+
+
+class ApiError(Exception):
+    """An answer other than success: HTTP status, a stable code, and a message safe to show."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+def _bad_request(message: str, code: str = "invalid_field") -> ApiError:
+    return ApiError(400, code, message)
+
+
+# ----- request parsing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    action: str
+    org_id: str
+    actor: str
+    queue_id: UUID | None
+    reason: str | None
+    store_url: str | None
+    # Kept out of repr so a logged or printed request never shows them.
+    consumer_key: str | None = field(default=None, repr=False)
+    consumer_secret: str | None = field(default=None, repr=False)
+    options: QueueOptions | None = None
+
+    def store(self, default_url: str | None = None) -> StoreSettings:
+        url = self.store_url or default_url
+        if url is None or self.consumer_key is None or self.consumer_secret is None:
+            raise _bad_request("config.url is required", "missing_field")
+        return StoreSettings(url=url, consumer_key=self.consumer_key, consumer_secret=self.consumer_secret)
+
+
+def _name(value: Any, name: str, required: bool) -> str | None:
+    if value is None:
+        if required:
+            raise _bad_request(f"{name} is required", "missing_field")
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME_LENGTH:
+        raise _bad_request(f"{name} must be a non-empty string of at most {MAX_NAME_LENGTH} characters")
+    return value
+
+
+def _uuid(value: Any, name: str) -> UUID:
+    if value is None:
+        raise _bad_request(f"{name} is required", "missing_field")
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return UUID(value)
+    raise _bad_request(f"{name} must be a queue id (a UUID, as returned by action 'start')")
+
+
+def _store_url(value: Any) -> str:
+    # Never echo the value: a pasted URL can carry a password.
+    if not isinstance(value, str) or not value.strip():
+        raise _bad_request("config.url must be a non-empty string")
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise _bad_request("config.url must start with http:// or https:// and name a host")
+    if parts.username or parts.password or parts.query:
+        raise _bad_request(
+            "config.url must not carry credentials or a query string; "
+            "send the key and secret as config.consumerKey and config.consumerSecret"
+        )
+    return normalise_store_url(value)
+
+
+def _credential(config: Mapping[str, Any], name: str) -> str:
+    value = config.get(name)
+    if value is None:
+        raise _bad_request(f"config.{name} is required", "missing_field")
+    if not isinstance(value, str) or not value.strip():
+        raise _bad_request(f"config.{name} must be a non-empty string")
+    return value
+
+
+def _options(value: Any) -> QueueOptions:
+    if value is None:
+        return QueueOptions()
+    if not isinstance(value, dict):
+        raise _bad_request("options must be an object")
+    unknown = sorted(set(value) - set(OPTION_FIELDS))
+    if unknown:
+        raise _bad_request(
+            f"options.{unknown[0]} is not an option (known: {', '.join(OPTION_FIELDS)})", "invalid_options"
+        )
+    fields: dict[str, Any] = {}
+    for key, attribute in OPTION_FIELDS.items():
+        if key not in value:
+            continue
+        item = value[key]
+        if key == "role":
+            if not isinstance(item, str) or not item.strip():
+                raise _bad_request("options.role must be a non-empty string", "invalid_options")
+        elif isinstance(item, bool) or not isinstance(item, int):
+            raise _bad_request(f"options.{key} must be a whole number", "invalid_options")
+        fields[attribute] = item
+    try:
+        return QueueOptions(**fields)
+    except ValueError as error:
+        raise _bad_request(f"options: {error}", "invalid_options") from None
+
+
+def parse_sync_request(body: Any, default_actor: str) -> SyncRequest:
+    """The seed's body, checked field by field; an ApiError (400) names the first bad field."""
+    if not isinstance(body, dict):
+        raise _bad_request("the request body must be a JSON object", "invalid_json")
+    action = body.get("action", "start")
+    if action not in ACTIONS:
+        raise _bad_request(
+            f"action must be one of {', '.join(ACTIONS)}"
+            + (f", not {action!r}" if isinstance(action, str) and len(action) <= 40 else ""),
+            "invalid_action",
+        )
+    org_id = _name(body.get("org_id"), "org_id", required=True)
+    assert org_id is not None
+    actor = _name(body.get("user_id"), "user_id", required=False) or default_actor
+    queue_id = _uuid(body.get("queue_id"), "queue_id") if action != "start" else None
+    reason = None
+    if action == "force-done":
+        raw_reason = body.get("reason")
+        if raw_reason is None:
+            raise _bad_request(
+                "reason is required for force-done (it is recorded in the audit log)", "missing_field"
+            )
+        if not isinstance(raw_reason, str) or not raw_reason.strip() or len(raw_reason) > MAX_REASON_LENGTH:
+            raise _bad_request(f"reason must be a non-empty string of at most {MAX_REASON_LENGTH} characters")
+        reason = raw_reason
+    store_url = key = secret = None
+    options = None
+    if action in BACKGROUND_ACTIONS:
+        config = body.get("config")
+        if config is None:
+            raise _bad_request("config is required (url, consumerKey, consumerSecret)", "missing_field")
+        if not isinstance(config, dict):
+            raise _bad_request("config must be an object with url, consumerKey and consumerSecret")
+        # retry and resume default to the queue's own store, as the CLI does.
+        if config.get("url") is not None or action == "start":
+            if config.get("url") is None:
+                raise _bad_request("config.url is required", "missing_field")
+            store_url = _store_url(config["url"])
+        key = _credential(config, "consumerKey")
+        secret = _credential(config, "consumerSecret")
+        if action == "start":
+            options = _options(body.get("options"))
+    return SyncRequest(
+        action=action,
+        org_id=org_id,
+        actor=actor,
+        queue_id=queue_id,
+        reason=reason,
+        store_url=store_url,
+        consumer_key=key,
+        consumer_secret=secret,
+        options=options,
+    )
+
+
+def _query_org(request: web.Request) -> str:
+    org = _name(request.query.get("org_id"), "org_id (query parameter)", required=True)
+    assert org is not None
+    return org
+
+
+def _query_limit(request: web.Request, default: int) -> int:
+    text = request.query.get("limit")
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_LIMIT:
+        raise _bad_request(f"limit must be a whole number between 1 and {MAX_LIMIT}")
+    return value
+
+
+# ----- background runs ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _BackgroundRun:
+    org_id: str
+    action: str
+    store_url: str | None
+    named: asyncio.Event = field(default_factory=asyncio.Event)  # queue_id is known
+    saved: asyncio.Event = field(default_factory=asyncio.Event)  # the run has saved a batch
+    task: asyncio.Task[SyncOutcome] | None = None
+    queue_id: UUID | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.task is None or not self.task.done()
+
+
+class SyncApi:
+    """The handlers and the runs this server has in flight (a dict: the server is one event loop).
+
+    Database work runs in threads (asyncio.to_thread), never on the loop: a slow query or a catch-up must
+    not hold up other requests or the syncs' own fetching."""
+
+    def __init__(self, services: Services, settings: ApiSettings) -> None:
+        self.services = services
+        self.settings = settings
+        self.runs: dict[UUID, _BackgroundRun] = {}
+        self.refused_starts: OrderedDict[UUID, tuple[str, StoreError]] = OrderedDict()
+
+    # ----- POST /api/v1/integrations/woocommerce/sync/customers ------------------------------------------
+
+    async def sync_customers(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            # No detail from the parser: it could quote the body, and the body holds the secret.
+            raise _bad_request("the request body is not valid JSON", "invalid_json") from None
+        sync = parse_sync_request(body, self.settings.default_actor)
+        if sync.action == "status":
+            assert sync.queue_id is not None
+            return _ok(await self._status(sync.org_id, sync.queue_id))
+        if sync.action == "force-done":
+            return _ok(await self._force_done(sync))
+        return await self._launch(sync)
+
+    async def _launch(self, sync: SyncRequest) -> web.Response:
+        engine = self.services.engine(sync.org_id, actor=sync.actor)
+        if sync.queue_id is not None:
+            self._refuse_if_running(sync.queue_id)
+        run = _BackgroundRun(org_id=sync.org_id, action=sync.action, store_url=sync.store_url)
+        self._watch_saves(engine, run)
+        if sync.action == "start":
+            assert sync.options is not None
+            store = sync.store()
+
+            def created(queue_id: UUID) -> None:
+                run.queue_id = queue_id
+                self.runs[queue_id] = run
+                run.named.set()
+
+            coroutine: Coroutine[Any, Any, SyncOutcome] = engine.start(
+                store, sync.options, self.settings.client_options, on_created=created
+            )
+        else:
+            assert sync.queue_id is not None
+            queue_id = sync.queue_id
+            queue = await asyncio.to_thread(engine.get_queue, queue_id)
+            store = sync.store(default_url=queue.store_url)
+            if store.url != queue.store_url:
+                raise _bad_request(
+                    f"config.url is not the store of queue {queue_id}; leave it out or send the queue's store URL"
+                )
+            self._refuse_if_running(queue_id)  # again: another request may have launched it meanwhile
+            run.queue_id, run.store_url = queue_id, queue.store_url
+            self.runs[queue_id] = run
+            run.named.set()
+            run_engine = engine.resume if sync.action == "resume" else engine.retry
+            coroutine = run_engine(queue_id, store, self.settings.client_options)
+        task = asyncio.create_task(coroutine, name=f"wcsync-{sync.action}")
+        run.task = task
+        task.add_done_callback(lambda finished: self._finished(run, finished))
+        # A start names its queue in its first step (on_created); the answer needs that name at least.
+        await _first_of(task, run.named.wait())
+        await _first_of(task, run.saved.wait(), within_s=self.settings.start_confirm_s)
+        if not run.saved.is_set() and task.done() and not task.cancelled() and task.exception() is not None:
+            # Ended before saving anything (store refused a new queue, unknown queue, nothing to retry...).
+            raise _as_api_error(task.exception())
+        log.info("api.sync_launched", action=sync.action, org_id=sync.org_id, queue_id=str(run.queue_id))
+        return _ok({"queueId": str(run.queue_id), "action": sync.action}, status=202)
+
+    def _refuse_if_running(self, queue_id: UUID) -> None:
+        run = self.runs.get(queue_id)
+        if run is not None and run.running:
+            raise ApiError(
+                409,
+                "queue_busy",
+                f"a {run.action} of queue {queue_id} is already running in this server; poll its status",
+            )
+
+    def _watch_saves(self, engine: SyncEngine, run: _BackgroundRun) -> None:
+        """Signal the run's first save to the waiting request. On the loop's own thread (the end of a run)
+        the engine's inline catch-up is skipped: the app-wide follower and every status request's own
+        catch-up keep the tables current, and a catch-up there would stall every request of the server."""
+        inner = engine.on_saved
+        loop = asyncio.get_running_loop()
+        loop_thread = threading.get_ident()
+
+        def saved(force: bool) -> None:
+            if threading.get_ident() == loop_thread:
+                run.saved.set()
+                return
+            if inner is not None:
+                inner(force)
+            with contextlib.suppress(RuntimeError):  # the loop closed under a run cancelled at shutdown
+                loop.call_soon_threadsafe(run.saved.set)
+
+        engine.on_saved = saved
+
+    def _finished(self, run: _BackgroundRun, task: asyncio.Task[SyncOutcome]) -> None:
+        if run.queue_id is not None and self.runs.get(run.queue_id) is run:
+            del self.runs[run.queue_id]
+        if task.cancelled():
+            log.warning("api.sync_cancelled", action=run.action, queue_id=str(run.queue_id))
+            return
+        error = task.exception()
+        if error is None:
+            outcome = task.result()
+            log.info(
+                "api.sync_finished",
+                action=run.action,
+                queue_id=str(outcome.queue_id),
+                state=outcome.state,
+                seconds=round(outcome.seconds, 3),
+                store_error=None if outcome.store_error is None else str(outcome.store_error),
+            )
+            return
+        if isinstance(error, StoreError) and not run.saved.is_set() and run.queue_id is not None:
+            self.refused_starts[run.queue_id] = (run.org_id, error)
+            while len(self.refused_starts) > REFUSED_STARTS_KEPT:
+                self.refused_starts.popitem(last=False)
+        log.warning(
+            "api.sync_failed",
+            action=run.action,
+            queue_id=str(run.queue_id),
+            error=str(error) if isinstance(error, WcsyncError | SyncError) else type(error).__name__,
+        )
+
+    async def shutdown(self) -> None:
+        """Stop the runs in flight between batches (each saved batch is kept: `resume` continues), then
+        wait for the worker threads, which finish the batch they hold, before the database is closed."""
+        tasks = [run.task for run in self.runs.values() if run.task is not None and not run.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.get_running_loop().shutdown_default_executor()
+
+    # ----- status and force-done -----------------------------------------------------------------------
+
+    async def _status(self, org_id: str, queue_id: UUID) -> dict[str, Any]:
+        # Whether a run is in flight is read before catching up: once it is not, every event is saved.
+        run = self.runs.get(queue_id)
+        running = run is not None and run.org_id == org_id and run.running
+        await asyncio.to_thread(self.services.catch_up)
+        status = await asyncio.to_thread(queries.queue_status, self.services.projections, org_id, queue_id)
+        if status is None:
+            if running and run is not None:
+                # Started, first page not saved yet (the start answered after start_confirm_s).
+                return _starting_status(org_id, queue_id, run)
+            refused = self.refused_starts.get(queue_id)
+            if refused is not None and refused[0] == org_id:
+                raise _as_api_error(refused[1])
+            raise _not_found(org_id, queue_id)
+        return {**status, "isRunning": running}
+
+    async def _force_done(self, sync: SyncRequest) -> dict[str, Any]:
+        assert sync.queue_id is not None and sync.reason is not None
+        run = self.runs.get(sync.queue_id)
+        if run is not None and run.running and run.org_id == sync.org_id:
+            raise ApiError(
+                409,
+                "queue_busy",
+                f"a {run.action} of queue {sync.queue_id} is running in this server; force-done it once it stops",
+            )
+        engine = self.services.engine(sync.org_id, actor=sync.actor)
+        await asyncio.to_thread(engine.force_done, sync.queue_id, sync.reason)
+        return await self._status(sync.org_id, sync.queue_id)
+
+    # ----- GET ------------------------------------------------------------------------------------------
+
+    async def list_queues(self, request: web.Request) -> web.Response:
+        org_id = _query_org(request)
+        limit = _query_limit(request, 50)
+        await asyncio.to_thread(self.services.catch_up)
+        rows = await asyncio.to_thread(queries.list_queues, self.services.projections, org_id, limit)
+        for row in rows:
+            run = self.runs.get(UUID(row["queueId"]))
+            row["isRunning"] = run is not None and run.org_id == org_id and run.running
+        return _ok(rows)
+
+    async def queue(self, request: web.Request) -> web.Response:
+        return _ok(await self._status(_query_org(request), _path_queue_id(request)))
+
+    async def failed(self, request: web.Request) -> web.Response:
+        org_id, queue_id = _query_org(request), _path_queue_id(request)
+        await self._known_queue(org_id, queue_id)
+        return _ok(await asyncio.to_thread(queries.failed_lines, self.services.projections, org_id, queue_id))
+
+    async def activity(self, request: web.Request) -> web.Response:
+        org_id, queue_id = _query_org(request), _path_queue_id(request)
+        limit = _query_limit(request, 1000)
+        await self._known_queue(org_id, queue_id)
+        return _ok(
+            await asyncio.to_thread(queries.activity, self.services.projections, org_id, queue_id, limit)
+        )
+
+    async def health(self, request: web.Request) -> web.Response:
+        projections = await asyncio.to_thread(self.services.projections.status)
+        return _ok(
+            {
+                "status": "ok",
+                "database": self.services.database.display,
+                "running": sum(1 for run in self.runs.values() if run.running),
+                "projectionLag": max((row["lag"] for row in projections), default=0),
+            }
+        )
+
+    async def _known_queue(self, org_id: str, queue_id: UUID) -> None:
+        await asyncio.to_thread(self.services.catch_up)
+        if await asyncio.to_thread(queries.queue_status, self.services.projections, org_id, queue_id) is None:
+            raise _not_found(org_id, queue_id)
+
+
+async def _first_of(
+    task: asyncio.Task[Any], awaited: Coroutine[Any, Any, Any], within_s: float | None = None
+) -> None:
+    """Until ``task`` ends or ``awaited`` completes (or ``within_s`` passes); ``task`` keeps running."""
+    waiter = asyncio.create_task(awaited)
+    try:
+        await asyncio.wait({task, waiter}, timeout=within_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+
+
+def _path_queue_id(request: web.Request) -> UUID:
+    text = request.match_info["queue_id"]
+    try:
+        return UUID(text)
+    except ValueError:
+        raise _bad_request("the queue id in the path must be a UUID") from None
+
+
+def _starting_status(org_id: str, queue_id: UUID, run: _BackgroundRun) -> dict[str, Any]:
+    counts = [
+        "totalCount",
+        "draftCount",
+        "doneCount",
+        "failedCount",
+        "cancelledCount",
+        "createdCount",
+        "updatedCount",
+        "unchangedCount",
+        "processCount",
+    ]
+    return {
+        "queueId": str(queue_id),
+        "queueName": f"customers {run.store_url}",
+        "orgId": org_id,
+        "storeUrl": run.store_url,
+        "state": "draft",
+        **dict.fromkeys(counts, 0),
+        "isActionRequired": False,
+        "actionRequiredReason": None,
+        "lastProcessDate": None,
+        "createdAt": None,
+        "progress": 0.0,
+        "isRunning": True,
+    }
+
+
+def _not_found(org_id: str, queue_id: UUID) -> ApiError:
+    # Same answer for a missing queue and another org's: another org's queues are not even confirmed.
+    return ApiError(404, "queue_not_found", f"no queue {queue_id} in org {org_id!r}")
+
+
+def _as_api_error(error: BaseException | None) -> ApiError:
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, QueueNotFoundError):
+        return ApiError(404, "queue_not_found", str(error))
+    if isinstance(error, StoreError):
+        code = "store_refused" if isinstance(error, StoreRefused) else "store_unavailable"
+        return ApiError(502, code, str(error), storeCode=error.code, storeStatus=error.status)
+    if isinstance(error, StorageError):
+        return ApiError(503, "storage_unavailable", str(error))
+    if isinstance(error, ConfigurationError):
+        return ApiError(500, "server_misconfigured", str(error))
+    if isinstance(error, SyncError):
+        # The queue's state forbids it: already done, nothing to retry, another writer working on it.
+        return ApiError(409, "invalid_state", str(error))
+    if isinstance(error, WcsyncError):
+        return ApiError(500, "sync_error", str(error))
+    return ApiError(500, "internal_error", "internal error; the server log has the details")
+
+
+# ----- responses and middleware ------------------------------------------------------------------------
+
+
+def _dumps(document: Any) -> str:
+    return json.dumps(document, ensure_ascii=False, default=str)
+
+
+def _ok(data: Any, status: int = 200) -> web.Response:
+    return web.json_response({"success": True, "data": data}, status=status, dumps=_dumps)
+
+
+def _failure(error: ApiError) -> web.Response:
+    body = {"success": False, "error": {"code": error.code, "message": error.message, **error.extra}}
+    return web.json_response(body, status=error.status, dumps=_dumps)
+
+
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+@web.middleware
+async def _envelope(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every answer in the seed's envelope, aiohttp's own errors (unknown path, wrong method) included."""
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return _failure(error)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        code = _HTTP_CODES.get(error.status, "http_error")
+        return _failure(ApiError(error.status, code, error.reason))
+    except (WcsyncError, SyncError) as error:
+        return _failure(_as_api_error(error))
+    except Exception as error:
+        # Type and route only: the message of an unexpected error could quote what the request carried.
+        log.error("api.internal_error", error=type(error).__name__, path=request.path, method=request.method)
+        return _failure(_as_api_error(error))
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One structured line per request (method, path, status, size, time); never a body or a header."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        log.info(
+            "api.request",
+            method=request.method,
+            path=request.path,
+            status=response.status,
+            bytes=response.body_length,
+            ms=round(time * 1000, 1),
+            remote=request.remote,
+        )
+
+
+# ----- the application -----------------------------------------------------------------------------------
+
+
+def create_app(services: Services, settings: ApiSettings | None = None) -> web.Application:
+    """The aiohttp application. ``services`` stay the caller's to close (after the app's cleanup)."""
+    api = SyncApi(services, settings or ApiSettings())
+    app = web.Application(middlewares=[_envelope])
+    app.router.add_post(SYNC_PATH, api.sync_customers)
+    app.router.add_get("/api/v1/queues", api.list_queues)
+    app.router.add_get("/api/v1/queues/{queue_id}", api.queue)
+    app.router.add_get("/api/v1/queues/{queue_id}/failed", api.failed)
+    app.router.add_get("/api/v1/queues/{queue_id}/activity", api.activity)
+    app.router.add_get("/healthz", api.health)
+
+    async def lifetime(_: web.Application) -> AsyncIterator[None]:
+        # One projection follower for the server's whole life rather than one per run: runs overlap here,
+        # and Services keeps a single follower slot, so per-run followers would stop each other's. Idle,
+        # it costs one small query per poll interval; status requests still catch up before they answer.
+        with services.live_projections():
+            yield
+            await api.shutdown()
+
+    app.cleanup_ctx.append(lifetime)
+    return app
+
+
+@dataclass(frozen=True)
+class RunningApi:
+    url: str
+    app: web.Application
+
+
+@asynccontextmanager
+async def running_api(
+    services: Services, host: str = "127.0.0.1", port: int = 0, settings: ApiSettings | None = None
+) -> AsyncIterator[RunningApi]:
+    """Listen on host:port (0 = any free port) and yield once connections are accepted."""
+    app = create_app(services, settings)
+    runner = web.AppRunner(app, access_log_class=AccessLogger)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_port = runner.addresses[0][1]
+        url_host = f"[{host}]" if ":" in host else host
+        yield RunningApi(url=f"http://{url_host}:{bound_port}", app=app)
+    finally:
+        await runner.cleanup()
+
+
+async def serve(
+    services: Services,
+    host: str,
+    port: int,
+    on_listening: Callable[[str], None],
+    settings: ApiSettings | None = None,
+) -> None:
+    """Serve until SIGINT or SIGTERM; ``on_listening`` gets the URL once connections are accepted."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with running_api(services, host, port, settings) as api:
+        on_listening(api.url)
+        await stop.wait()
