@@ -67,21 +67,58 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _record_columns(record: dict[str, Any]) -> dict[str, Any]:
-    paying = record.get("is_paying_customer")
-    return {
-        "email": _text(record.get("email")),
-        "first_name": _text(record.get("first_name")),
-        "last_name": _text(record.get("last_name")),
-        "username": _text(record.get("username")),
-        "role": _text(record.get("role")),
-        "billing": record.get("billing") if isinstance(record.get("billing"), dict) else None,
-        "shipping": record.get("shipping") if isinstance(record.get("shipping"), dict) else None,
-        "is_paying_customer": paying if isinstance(paying, bool) else None,
-        "avatar_url": _text(record.get("avatar_url")),
-        "date_created_gmt": _gmt(record.get("date_created_gmt")),
-        "date_modified_gmt": _gmt(record.get("date_modified_gmt")),
-    }
+RECORD_COLUMNS = (
+    "email",
+    "first_name",
+    "last_name",
+    "username",
+    "role",
+    "billing",
+    "shipping",
+    "is_paying_customer",
+    "avatar_url",
+    "date_created_gmt",
+    "date_modified_gmt",
+)
+
+
+def _record_values(record: dict[str, Any]) -> tuple[Any, ...]:
+    """The values of RECORD_COLUMNS taken from a customer record as the store sent it."""
+    get = record.get
+    billing, shipping, paying = get("billing"), get("shipping"), get("is_paying_customer")
+    return (
+        _text(get("email")),
+        _text(get("first_name")),
+        _text(get("last_name")),
+        _text(get("username")),
+        _text(get("role")),
+        billing if isinstance(billing, dict) else None,
+        shipping if isinstance(shipping, dict) else None,
+        paying if isinstance(paying, bool) else None,
+        _text(get("avatar_url")),
+        _gmt(get("date_created_gmt")),
+        _gmt(get("date_modified_gmt")),
+    )
+
+
+def _registered_row(event: Any, queue_id: UUID) -> tuple[Any, ...]:
+    """A customer's row right after its Registered event, in CUSTOMER_TABLE's column order."""
+    at = event.timestamp
+    return (
+        event.originator_id,
+        event.org_id,
+        event.store_url,
+        event.woo_id,
+        *_record_values(event.record),
+        event.digest,
+        at,
+        at,
+        queue_id,
+        False,
+        None,
+        None,
+        event.originator_version,
+    )
 
 
 class CustomersProjection(Projection):
@@ -91,40 +128,44 @@ class CustomersProjection(Projection):
     topics = topics_of(Customer.Registered, Customer.Changed, Customer.Deleted)
 
     def apply(self, db: Database, suffix: str, items: Sequence[Item]) -> None:
+        # Most events of a sync register a customer that nothing else in the batch touches: their rows go
+        # straight to tuples in column order. Customers changed or deleted in the batch go through dicts.
+        queue_ids: dict[str, UUID] = {}  # events carry their queue's id as text: converted once a queue
+        touched = {e.originator_id for _, e in items if not isinstance(e, Customer.Registered)}
         registered = {e.originator_id for _, e in items if isinstance(e, Customer.Registered)}
-        wanted = sorted({e.originator_id for _, e in items} - registered)
+        wanted = sorted(touched - registered)
         rows: dict[UUID, dict[str, Any]] = {
             row["customer_id"]: row for row in db.load(CUSTOMER_TABLE, suffix, "customer_id", wanted)
         }
+        names = CUSTOMER_TABLE.column_names
+        new_rows: list[tuple[Any, ...]] = []
         for _, event in items:
-            at: datetime = event.timestamp
+            queue_id = queue_ids.get(event.queue_id)
+            if queue_id is None:
+                queue_id = queue_ids[event.queue_id] = as_uuid(event.queue_id)
             if isinstance(event, Customer.Registered):
-                rows[event.originator_id] = {
-                    "customer_id": event.originator_id,
-                    "org_id": event.org_id,
-                    "store_url": event.store_url,
-                    "woo_customer_id": event.woo_id,
-                    **_record_columns(event.record),
-                    "digest": event.digest,
-                    "first_synced_at": at,
-                    "last_synced_at": at,
-                    "last_queue_id": event.queue_id,
-                    "is_deleted": False,
-                    "deleted_at": None,
-                    "deleted_reason": None,
-                    "version": event.originator_version,
-                }
+                row = _registered_row(event, queue_id)
+                if event.originator_id in touched:
+                    rows[event.originator_id] = dict(zip(names, row, strict=True))
+                else:
+                    new_rows.append(row)
                 continue
-            row = rows.get(event.originator_id)
-            if row is None:  # a customer this table never saw registered
+            found = rows.get(event.originator_id)
+            if found is None:  # a customer this table never saw registered
                 continue
-            row["version"] = event.originator_version
-            row["last_queue_id"] = event.queue_id
+            at: datetime = event.timestamp
+            found["version"] = event.originator_version
+            found["last_queue_id"] = queue_id
             if isinstance(event, Customer.Changed):
-                row.update(_record_columns(event.record))
-                row.update(digest=event.digest, last_synced_at=at, is_deleted=False, deleted_at=None)
-                row["deleted_reason"] = None
+                found.update(zip(RECORD_COLUMNS, _record_values(event.record), strict=True))
+                found.update(digest=event.digest, last_synced_at=at, is_deleted=False, deleted_at=None)
+                found["deleted_reason"] = None
             elif isinstance(event, Customer.Deleted):
-                row.update(is_deleted=True, deleted_at=at, deleted_reason=event.reason)
+                found.update(is_deleted=True, deleted_at=at, deleted_reason=event.reason)
         db.upsert(CUSTOMER_TABLE, suffix, (row for key, row in rows.items() if key not in registered))
+        db.insert(CUSTOMER_TABLE, suffix, new_rows)
         db.insert_dicts(CUSTOMER_TABLE, suffix, (row for key, row in rows.items() if key in registered))
+
+
+def as_uuid(value: Any) -> UUID:
+    return value if isinstance(value, UUID) else UUID(str(value))
