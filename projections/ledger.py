@@ -98,8 +98,15 @@ def event_hash(position: int, originator_id: UUID, version: int, topic: str, sta
     """SHA-256 of an event's canonical bytes: position, aggregate id, version and topic in a fixed binary
     layout, then the SHA-256 of the stored state bytes (which stands for them: same strength, and the
     ledger keeps it to tell a swap from an edit)."""
+    return event_hash_of_bytes(position, originator_id.bytes, version, topic, state_digest)
+
+
+def event_hash_of_bytes(
+    position: int, originator_id: bytes, version: int, topic: str, state_digest: bytes
+) -> bytes:
+    """event_hash with the aggregate id as its 16 bytes."""
     topic_bytes = topic.encode("utf-8")
-    header = _HEADER.pack(position, originator_id.bytes, version, len(topic_bytes))
+    header = _HEADER.pack(position, originator_id, version, len(topic_bytes))
     return hashlib.sha256(header + topic_bytes + state_digest).digest()
 
 
