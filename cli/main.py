@@ -626,6 +626,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WcsyncError as error:
         _error(str(error))
         return error.exit_code
+    except BrokenPipeError:
+        # The reader went away (`wcsync audit queue ... | head`): stop quietly, as other tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

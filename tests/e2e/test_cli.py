@@ -279,3 +279,21 @@ def assert_mirror_equals_store(env: dict[str, str], store: RunningSandbox) -> No
     assert sorted(found["ids"]) == sorted(store_ids)
     assert len(found["ids"]) == len(set(found["ids"]))
     assert found["created"] == len(store_ids)
+
+
+def test_a_reader_that_goes_away_is_not_a_traceback(sandbox: RunningSandbox, sqlite_url: str) -> None:
+    env = wcsync_env(sandbox, sqlite_url)
+    queue_id = as_json(wcsync("start", "--json", env=env))["queueId"]
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "activity", queue_id],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert reader.stdout is not None and reader.stderr is not None
+    reader.stdout.readline()
+    reader.stdout.close()  # like `| head -1`
+    stderr = reader.stderr.read().decode()
+    assert reader.wait(timeout=60) == 0
+    assert "Traceback" not in stderr
