@@ -616,7 +616,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         fmt=getattr(args, "log_format", None),
     )
     try:
-        return HANDLERS[args.command](args)
+        code = HANDLERS[args.command](args)
+        sys.stdout.flush()  # inside the try: a reader gone away shows here, not at interpreter exit
+        return code
     except KeyboardInterrupt:
         _error("interrupted; every saved batch is kept — `wcsync resume QUEUE_ID` continues")
         return EXIT_INTERRUPTED

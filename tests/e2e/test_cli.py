@@ -284,16 +284,16 @@ def assert_mirror_equals_store(env: dict[str, str], store: RunningSandbox) -> No
 def test_a_reader_that_goes_away_is_not_a_traceback(sandbox: RunningSandbox, sqlite_url: str) -> None:
     env = wcsync_env(sandbox, sqlite_url)
     queue_id = as_json(wcsync("start", "--json", env=env))["queueId"]
+    buffered = {k: v for k, v in env.items() if k != "PYTHONUNBUFFERED"}  # as in a plain shell
     reader = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "activity", queue_id],
-        env=env,
+        env=buffered,
         cwd=Path(__file__).resolve().parents[2],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     assert reader.stdout is not None and reader.stderr is not None
-    reader.stdout.readline()
-    reader.stdout.close()  # like `| head -1`
+    reader.stdout.close()  # like `| head -0`: every write of the command meets a closed pipe
     stderr = reader.stderr.read().decode()
     assert reader.wait(timeout=60) == 0
     assert "Traceback" not in stderr
