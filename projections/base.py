@@ -31,6 +31,11 @@ class Projection(ABC):
     # A page of 100 customers is ~100 KB of JSON; holding it decoded costs several times its decoding.
     # Trimming happens only when every projection reading the topic in the same pass declares it.
     record_ids_only: ClassVar[tuple[str, ...]] = ()
+    # False when apply() uses only the notification ids of its items (a projection that reads the stored
+    # rows itself): it then gets a pass over the log of its own, which reads ids without event states and
+    # decodes nothing, and its items are (notification id, None). Such a pass can run in parallel with the
+    # others' (see ProjectionRunner._run) instead of making every event wait for its turn in one pass.
+    reads_events: ClassVar[bool] = True
 
     @abstractmethod
     def apply(self, db: Database, suffix: str, items: Sequence[Item]) -> None:

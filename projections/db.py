@@ -270,13 +270,14 @@ class Database:
             yield f"{column} IN ({', '.join(['%s'] * len(chunk))})", chunk
 
     def select_notifications(
-        self, events_table: str, start: int, stop: int, topics: Sequence[str], limit: int
+        self, events_table: str, start: int, stop: int, topics: Sequence[str], limit: int, states: bool = True
     ) -> list[Notification]:
         """PostgreSQL: the application's notifications in (start, stop], as ``app.recorder.select_notifications``
         returns them, but fetched in binary: event states travel as raw bytes instead of hex text (the
         library's own query spends most of a catch-up's reading time decoding hex)."""
+        state = "state" if states else "''::bytea"  # without states: ids and topics only
         statement = (
-            f"SELECT notification_id, originator_id, originator_version, topic, state FROM {events_table} "
+            f"SELECT notification_id, originator_id, originator_version, topic, {state} FROM {events_table} "
             "WHERE notification_id > %s AND notification_id <= %s AND topic = ANY(%s) "
             "ORDER BY notification_id LIMIT %s"
         )

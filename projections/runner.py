@@ -215,7 +215,7 @@ class ProjectionRunner:
     def _run(self, targets: list[_Target], batch_size: int) -> int:
         groups = _groups(targets)
         if len(groups) < 2 or not self.parallel or self._lag(targets) < PARALLEL_MIN_LAG:
-            return sum(self._run_group(group, batch_size) for group in groups)
+            return _applied(groups, [self._run_group(group, batch_size) for group in groups])
         # Far behind (a first catch-up, a rebuild): groups read disjoint topics and track their own rows, so
         # the others run in processes of their own (threads measured slower: the work holds the GIL). A child
         # is a fresh interpreter (never a fork: this process's connections are not the child's to share).
@@ -226,7 +226,7 @@ class ProjectionRunner:
         ]
         try:
             applied = self._run_group(groups[0], batch_size)
-            return applied + sum(child.result() for child in children)
+            return _applied(groups, [applied, *(child.result() for child in children)])
         finally:
             for child in children:
                 child.stop()
@@ -255,7 +255,8 @@ class ProjectionRunner:
             start = min(tracked[t.tracking_name][0] for t in behind)
             topics = sorted(set().union(*(t.topics for t in behind)))
             stop = min(head, start + window)
-            notifications = self._select_notifications(start, stop, topics, batch_size)
+            reads_events = any(t.projection.reads_events for t in behind)
+            notifications = self._select_notifications(start, stop, topics, batch_size, reads_events)
             full = len(notifications) == batch_size
             end = notifications[-1].id if full else stop
             # Read a bounded range of ids: on an events table without statistics PostgreSQL scans the whole
@@ -271,7 +272,10 @@ class ProjectionRunner:
                     notifications = notifications[:index]
                     end = notifications[-1].id
                     break
-            decoded = _decode(mapper, notifications, trimmed)
+            if reads_events:
+                decoded = _decode(mapper, notifications, trimmed)
+            else:
+                decoded = [(n.id, n.topic, None) for n in notifications]
             try:
                 with self.db.transaction() as db:
                     locked = self._tracking_rows([t.tracking_name for t in behind], lock=True)
@@ -333,12 +337,12 @@ class ProjectionRunner:
         return [self.projections[n] for n in dict.fromkeys(names)]
 
     def _select_notifications(
-        self, start: int, stop: int, topics: Sequence[str], limit: int
+        self, start: int, stop: int, topics: Sequence[str], limit: int, states: bool = True
     ) -> Sequence[Any]:
         if self.db.dialect == POSTGRES:
             recorder: Any = self.app.recorder
             table = f"{recorder.datastore.schema}.{recorder.events_table_name}"
-            return self.db.select_notifications(table, start, stop, topics, limit)
+            return self.db.select_notifications(table, start, stop, topics, limit, states)
         return self.app.recorder.select_notifications(
             start, limit, stop=stop, topics=topics, inclusive_of_start=False
         )
@@ -481,12 +485,31 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _applied(groups: Sequence[Sequence[_Target]], counts: Sequence[int]) -> int:
+    """Notifications applied by a run of these groups: groups that read events read disjoint topics, and a
+    group that reads none (Projection.reads_events) walks over everything the others read and more."""
+    reading = sum(n for group, n in zip(groups, counts, strict=True) if group[0].projection.reads_events)
+    return max(
+        [
+            reading,
+            *(n for group, n in zip(groups, counts, strict=True) if not group[0].projection.reads_events),
+        ]
+    )
+
+
 def _groups(targets: list[_Target]) -> list[list[_Target]]:
     """Targets that read some topic in common, together: each group reads the log once for all its members,
     and no event is decoded for two groups."""
     groups: list[list[_Target]] = []
     for target in targets:
-        joined = [g for g in groups if any(t.topics & target.topics for t in g)]
+        if (
+            not target.projection.reads_events
+        ):  # decodes nothing: shares no pass (see Projection.reads_events)
+            groups.append([target])
+            continue
+        joined = [
+            g for g in groups if g[0].projection.reads_events and any(t.topics & target.topics for t in g)
+        ]
         merged = [target]
         for group in joined:
             merged = group + merged

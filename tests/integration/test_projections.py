@@ -315,6 +315,20 @@ def test_records_are_trimmed_only_when_every_reader_needs_ids_alone() -> None:
     assert lines_added not in runner_module._trimmed_topics([queues, runner_module._Target(WantsRecords())])
 
 
+def test_a_projection_that_reads_no_events_gets_a_pass_of_its_own() -> None:
+    class IdsOnly(QueuesProjection):
+        name = "ids_only"
+        reads_events = False
+
+    queues, activity = runner_module._Target(QueuesProjection()), runner_module._Target(ActivityProjection())
+    ids_only = runner_module._Target(IdsOnly())
+
+    groups = runner_module._groups([queues, ids_only, activity])
+
+    assert [[t.projection.name for t in group] for group in groups] == [["ids_only"], ["queues", "activity"]]
+    assert runner_module._applied(groups, [120, 80]) == 120  # the events of one log, not 200
+
+
 def test_queries_answer_for_the_cli(app: SyncApplication, runner: ProjectionRunner) -> None:
     sync = sync_with_failures(app, count=120, bad=frozenset({5, 77}))
     resync_with_changes(app, count=120)
