@@ -362,9 +362,10 @@ def _run_sync(args: argparse.Namespace, action: str) -> int:
                 if not json_out:
                     sys.stderr.write(f"queue      {queue_id}\n")
 
-            outcome = asyncio.run(
-                engine.start(store, options, client_options, args.queue_name, on_created=announce)
-            )
+            with services.live_projections():
+                outcome = asyncio.run(
+                    engine.start(store, options, client_options, args.queue_name, on_created=announce)
+                )
         else:
             queue = engine.get_queue(args.queue_id)
             store = StoreSettings.load(args.url or queue.store_url)
