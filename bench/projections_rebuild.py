@@ -4,9 +4,15 @@ Method: the events of one sync are generated with the real aggregates (SyncQueue
 batches of 50 customers through domain.sync.sync_batch, saved queue + customers together, ~1 KB records),
 into a fresh SQLite file and a fresh PostgreSQL database. Then, on each backend: reading and decoding the
 log alone (the floor), a first catch-up from empty tables, and a full rebuild (replay into __rebuild
-tables + swap) are timed with time.perf_counter. Prints notifications/s for each.
+tables + swap) are timed with time.perf_counter. Prints notifications/s for each, and on PostgreSQL the
+server's durability settings (the throwaway server of tests/pgserver.py runs with fsync and
+synchronous_commit off; pass --pg-url to measure a durable server).
 
-    python bench/projections_rebuild.py [--customers 100000] [--pg-url postgresql://...] [--only sqlite|postgres]
+A catch-up or rebuild this far behind runs the projections' independent passes in parallel processes
+(projections.runner.PARALLEL_MIN_LAG); --sequential measures one process.
+
+    python bench/projections_rebuild.py [--customers 100000] [--pg-url URL] [--only sqlite|postgres] [--sequential]
+        [--projections queues,activity,customers]
 
 Without --pg-url a throwaway PostgreSQL server is started with the test suite's helper (tests/pgserver.py).
 """
@@ -100,9 +106,20 @@ def generate(app: SyncApplication, customers: int) -> None:
     app.save_batch(queue)
 
 
-def measure(url: str, customers: int) -> dict[str, float]:
+def measure(
+    url: str, customers: int, sequential: bool = False, names: list[str] | None = None
+) -> dict[str, float]:
     config = DatabaseConfig.from_url(url)
     app = SyncApplication(config)
+    if config.backend == "postgres":
+        recorder: Any = app.recorder
+        with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            settings = []
+            for name in ("fsync", "synchronous_commit"):
+                curs.execute(f"SHOW {name}")
+                row = curs.fetchone()
+                settings.append(f"{name}={row[name] if row else '?'}")
+        print(f"  server: {', '.join(settings)}")
     started = time.perf_counter()
     generate(app, customers)
     generated_s = time.perf_counter() - started
@@ -121,13 +138,13 @@ def measure(url: str, customers: int) -> dict[str, float]:
         position = notes[-1].id
     read_s = time.perf_counter() - started
 
-    runner = ProjectionRunner(app)
+    runner = ProjectionRunner(app, parallel=not sequential)
     runner.migrate()
     started = time.perf_counter()
-    caught_up = runner.catch_up()
+    caught_up = runner.catch_up(names)
     catch_up_s = time.perf_counter() - started
     started = time.perf_counter()
-    rebuilt = runner.rebuild()
+    rebuilt = runner.rebuild(names)
     rebuild_s = time.perf_counter() - started
     runner.close()
     app.close()
@@ -167,15 +184,18 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--pg-url", default=None, help="an EMPTY PostgreSQL database to fill")
     parser.add_argument("--only", choices=("sqlite", "postgres"), default=None)
+    parser.add_argument("--sequential", action="store_true", help="catch up and rebuild in one process")
+    parser.add_argument("--projections", default=None, help="comma-separated names (default: every one)")
     args = parser.parse_args()
+    names = args.projections.split(",") if args.projections else None
     if args.only != "postgres":
         with tempfile.TemporaryDirectory() as tmp:
             print(f"SQLite, {args.customers} customers")
-            measure(f"sqlite:///{tmp}/bench.db", args.customers)
+            measure(f"sqlite:///{tmp}/bench.db", args.customers, args.sequential, names)
     if args.only != "sqlite":
         with postgres(args.pg_url) as url:
             print(f"PostgreSQL, {args.customers} customers")
-            measure(url, args.customers)
+            measure(url, args.customers, args.sequential, names)
 
 
 if __name__ == "__main__":
