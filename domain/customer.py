@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -38,6 +39,16 @@ def content_hash(record: Mapping[str, Any]) -> str:
 def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = (set(old) | set(new)) - VOLATILE_FIELDS
     return sorted(k for k in keys if old.get(k) != new.get(k))
+
+
+@dataclass(frozen=True)
+class CustomerHead:
+    """A mirrored customer as its latest event tells it, without replaying the aggregate: enough to
+    decide that a fetched record is unchanged (the common case of a re-sync)."""
+
+    version: int
+    digest: str | None
+    deleted: bool
 
 
 class Customer(Aggregate):

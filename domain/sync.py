@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 from domain.customer import Customer, canonical_bytes, customer_key
@@ -32,15 +32,25 @@ def customer_keys(queue: SyncQueue, records: Iterable[Mapping[str, Any]]) -> lis
     return [customer_key(queue.org_id, queue.store_url, record["id"]) for record in records]
 
 
+class Mirrored(Protocol):
+    """What deciding "unchanged" needs of a mirrored customer: a Customer, or a CustomerHead."""
+
+    @property
+    def digest(self) -> str | None: ...
+
+    @property
+    def deleted(self) -> bool: ...
+
+
 def split_unchanged(
     queue: SyncQueue,
     records: Iterable[dict[str, Any]],
-    customers: Mapping[int, Customer],
+    customers: Mapping[int, Mirrored],
     canonical: Callable[[Mapping[str, Any]], bytes] = canonical_bytes,
 ) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
     """Split fetched records into those to process and (id, digest) of those identical to the mirror.
 
-    ``customers``: the mirrored customers of these records, by WooCommerce id."""
+    ``customers``: what is mirrored of these records' customers, by WooCommerce id."""
     to_process: list[dict[str, Any]] = []
     unchanged: list[tuple[int, str]] = []
     for record in records:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +55,35 @@ class Services:
 
     @contextmanager
     def live_projections(self) -> Iterator[None]:
+        if self.database.backend == "postgres" and os.environ.get("WCSYNC_LIVE_PROCESS", "1") == "1":
+            with self._live_projections_process():
+                yield
+            return
+        with self._live_projections_thread():
+            yield
+
+    @contextmanager
+    def _live_projections_process(self) -> Iterator[None]:
+        """On PostgreSQL the follower runs as a separate process: it uses the other core instead of
+        competing with the sync for this process's interpreter lock."""
+        env = dict(os.environ, WCSYNC_DATABASE_URL=self.database.url)
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "projections", "run"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        self._follower = follower  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            follower.terminate()
+            follower.wait()
+            self._follower = None
+            self.catch_up()
+
+    @contextmanager
+    def _live_projections_thread(self) -> Iterator[None]:
         """Keep the read models following the log from a background thread while a sync runs, so
         `status`, `queues` and SQL show live progress without slowing the sync's own thread. The follower
         has its own connection; the tracking lock keeps it and any inline catch-up from applying twice."""

@@ -297,8 +297,12 @@ class SyncEngine:
             fresh = [r for r in good if r["id"] not in queue.lines]
             if page is None and not fresh:
                 return
-            customers = self._mirrored(queue, fresh)
-            to_process, unchanged = split_unchanged(queue, fresh, customers, canonical=canonical_bytes)
+            keys = dict(zip(customer_keys(queue, fresh), (r["id"] for r in fresh), strict=True))
+            heads = {keys[key]: head for key, head in self.app.customer_heads(list(keys)).items()}
+            to_process, unchanged = split_unchanged(queue, fresh, heads, canonical=canonical_bytes)
+            # Only customers that exist and changed need replaying; new ones need nothing loaded.
+            changed = [r for r in to_process if r["id"] in heads]
+            customers = self._mirrored(queue, changed) if changed else {}
             queue.add_lines(to_process, page=page, unchanged=unchanged)
             run.progress.advance(len(unchanged))
             self._process(run, to_process, customers)

@@ -26,7 +26,7 @@ from eventsourcing.persistence import (
     Transcoding,
 )
 
-from domain.customer import Customer
+from domain.customer import Customer, CustomerHead
 from domain.lines import LineBook
 from domain.queue import SyncQueue
 from infrastructure.config import APP_NAME, DatabaseConfig
@@ -159,15 +159,39 @@ class SyncApplication(Application[UUID]):
                 customers[oid] = aggregate
         return customers
 
-    def _select_events_of(self, ids: Sequence[UUID]) -> list[StoredEvent]:
+    def customer_heads(self, ids: Sequence[UUID]) -> dict[UUID, CustomerHead]:
+        """The latest event of each of these customers (one query, no replay), as a CustomerHead."""
+        if not ids:
+            return {}
+        heads: dict[UUID, CustomerHead] = {}
+        for stored in retry_storage(lambda: self._select_events_of(ids, latest_only=True)):
+            event = self.mapper.to_domain_event(stored)
+            oid = (
+                stored.originator_id
+                if isinstance(stored.originator_id, UUID)
+                else UUID(str(stored.originator_id))
+            )
+            heads[oid] = CustomerHead(
+                version=stored.originator_version,
+                digest=getattr(event, "digest", None),
+                deleted=isinstance(event, Customer.Deleted),
+            )
+        return heads
+
+    def _select_events_of(self, ids: Sequence[UUID], latest_only: bool = False) -> list[StoredEvent]:
         recorder: Any = self.recorder
         table = recorder.events_table_name
         if self.database.backend == "sqlite":
             placeholders = ",".join("?" * len(ids))
             statement = (
-                f"SELECT originator_id, originator_version, topic, state FROM {table} "
+                f"SELECT originator_id, originator_version, topic, state FROM {table} AS e "
                 f"WHERE originator_id IN ({placeholders})"
             )
+            if latest_only:
+                statement += (
+                    f" AND originator_version = (SELECT MAX(originator_version) FROM {table} "
+                    "WHERE originator_id = e.originator_id)"
+                )
             with recorder.datastore.transaction(commit=False) as curs:
                 curs.execute(statement, [i.hex for i in ids])
                 return [
@@ -181,9 +205,16 @@ class SyncApplication(Application[UUID]):
                 ]
         from psycopg.sql import SQL, Identifier
 
+        # One index probe per id (LATERAL ... LIMIT), whatever the planner believes: during a first big
+        # sync the events table has no statistics yet, and `= ANY(...)` was planned as a bitmap scan
+        # (plus JIT) at ~100 ms a page instead of ~1 ms.
         statement_pg = SQL(
+            "SELECT e.originator_id, e.originator_version, e.topic, e.state "
+            "FROM unnest(%s::uuid[]) AS k(id) CROSS JOIN LATERAL ("
             "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
-            "WHERE originator_id = ANY(%s)"
+            "WHERE originator_id = k.id ORDER BY originator_version DESC"
+            + (" LIMIT 1" if latest_only else "")
+            + ") AS e"
         ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(table))
         with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(statement_pg, (list(ids),))
