@@ -68,7 +68,7 @@ class Services:
         competing with the sync for this process's interpreter lock."""
         env = dict(os.environ, WCSYNC_DATABASE_URL=self.database.url)
         follower = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "projections", "run"],
+            [sys.executable, "-m", "projections"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -1,0 +1,45 @@
+"""`python -m projections`: the live follower that `wcsync start` runs beside a PostgreSQL sync.
+
+A separate, lean entry point (no HTTP client, no engine): it only follows the log into the read models,
+so the sync and its follower together stay small. Stops cleanly on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+from infrastructure.config import DatabaseConfig
+from infrastructure.errors import WcsyncError
+from infrastructure.eventstore import SyncApplication
+from infrastructure.logging import configure_logging
+from projections import ProjectionRunner
+
+LIVE_POLL_S = 0.25
+
+
+def main() -> int:
+    configure_logging()
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        app = SyncApplication(
+            DatabaseConfig.from_url(os.environ.get("WCSYNC_DATABASE_URL")), create_tables=False
+        )
+        runner = ProjectionRunner(app)
+        try:
+            runner.follow(stop, LIVE_POLL_S)
+        finally:
+            runner.close()
+            app.close()
+    except WcsyncError as error:
+        sys.stderr.write(f"wcsync projections: {error}\n")
+        return error.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
