@@ -136,6 +136,8 @@ class LedgerProjection(Projection):
     # The ledger reads only notification ids from the runner (and the stored bytes itself), so the runner
     # may trim the records of these events for it.
     record_ids_only = topics_of(SyncQueue.LinesAdded, SyncQueue.LinesRefetched)
+    # apply() uses only the notification ids of its items: a pass of its own that decodes nothing.
+    reads_events = False
 
     def __init__(self) -> None:
         self._checkpoint_table_ready = False
