@@ -107,7 +107,11 @@ def generate(app: SyncApplication, customers: int) -> None:
 
 
 def measure(
-    url: str, customers: int, sequential: bool = False, names: list[str] | None = None
+    url: str,
+    customers: int,
+    sequential: bool = False,
+    names: list[str] | None = None,
+    generated: bool = False,
 ) -> dict[str, float]:
     config = DatabaseConfig.from_url(url)
     app = SyncApplication(config)
@@ -120,11 +124,15 @@ def measure(
                 row = curs.fetchone()
                 settings.append(f"{name}={row[name] if row else '?'}")
         print(f"  server: {', '.join(settings)}")
-    started = time.perf_counter()
-    generate(app, customers)
-    generated_s = time.perf_counter() - started
+    if not generated:
+        started = time.perf_counter()
+        generate(app, customers)
+        generated_s = time.perf_counter() - started
     head = int(app.recorder.max_notification_id() or 0)
-    print(f"  generated {head} events in {generated_s:.1f} s")
+    if not generated:
+        print(f"  generated {head} events in {generated_s:.1f} s")
+    else:
+        print(f"  {head} events from the template")
 
     topics = sorted({t for cls in PROJECTION_CLASSES for t in cls.topics})
     started = time.perf_counter()
@@ -161,6 +169,32 @@ def measure(
     return result
 
 
+def _with_database(url: str, name: str) -> str:
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+@contextlib.contextmanager
+def from_template(server_url: str, template: str, customers: int) -> Iterator[str]:
+    """A fresh copy of ``template`` (generated into on first use), dropped afterwards: runs share one log."""
+    import psycopg
+
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [template]).fetchall():
+            conn.execute(f"CREATE DATABASE {template}")
+            app = SyncApplication(DatabaseConfig.from_url(_with_database(server_url, template)))
+            started = time.perf_counter()
+            generate(app, customers)
+            app.close()
+            print(f"  generated template {template} in {time.perf_counter() - started:.1f} s")
+        name = f"bench_{uuid.uuid4().hex[:8]}"
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+    try:
+        yield _with_database(server_url, name)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @contextlib.contextmanager
 def postgres(url: str | None) -> Iterator[str]:
     if url:
@@ -186,13 +220,22 @@ def main() -> None:
     parser.add_argument("--only", choices=("sqlite", "postgres"), default=None)
     parser.add_argument("--sequential", action="store_true", help="catch up and rebuild in one process")
     parser.add_argument("--projections", default=None, help="comma-separated names (default: every one)")
+    parser.add_argument(
+        "--template",
+        default=None,
+        help="PostgreSQL: --pg-url is a server; each run copies this database (generated on first use)",
+    )
     args = parser.parse_args()
     names = args.projections.split(",") if args.projections else None
     if args.only != "postgres":
         with tempfile.TemporaryDirectory() as tmp:
             print(f"SQLite, {args.customers} customers")
             measure(f"sqlite:///{tmp}/bench.db", args.customers, args.sequential, names)
-    if args.only != "sqlite":
+    if args.only != "sqlite" and args.template:
+        with from_template(args.pg_url, args.template, args.customers) as url:
+            print(f"PostgreSQL, {args.customers} customers, a copy of {args.template}")
+            measure(url, args.customers, args.sequential, names, generated=True)
+    elif args.only != "sqlite":
         with postgres(args.pg_url) as url:
             print(f"PostgreSQL, {args.customers} customers")
             measure(url, args.customers, args.sequential, names)
