@@ -238,11 +238,15 @@ class Database:
             cur.execute(statement, params)
             return cur.rowcount
 
-    def fetchall(self, statement: str, params: Sequence[Any] = ()) -> list[Row]:
+    def fetchall(self, statement: str, params: Sequence[Any] = (), binary: bool = False) -> list[Row]:
+        """``binary``: PostgreSQL sends values in binary (bytea as raw bytes rather than hex text to decode)."""
         if self.dialect == SQLITE:
             return self._connect_sqlite().execute(self._sql(statement), params).fetchall()
         conn = self._connect_pg()
         try:
+            if binary:
+                with conn.cursor(binary=True) as cur:
+                    return cur.execute(statement, params).fetchall()
             return conn.execute(statement, params).fetchall()
         except (psycopg.OperationalError, psycopg.InterfaceError):
             # A read outside a transaction on a connection that went away (server restart, terminated

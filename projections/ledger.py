@@ -153,19 +153,28 @@ class LedgerProjection(Projection):
         if upto <= position:
             return
         events, id_column = EVENTS_TABLE[db.dialect], EVENTS_ID_COLUMN[db.dialect]
+        # Binary: the states arrive as raw bytes (in text they come as hex, and decoding that was a fifth of
+        # the ledger's time).
         rows = db.fetchall(
             f"SELECT {id_column}, originator_id, originator_version, topic, state FROM {events} "
             f"WHERE {id_column} > %s AND {id_column} <= %s ORDER BY {id_column}",
             [position, upto],
+            binary=True,
         )
         now = datetime.now(UTC)
         ledger_rows = []
         checkpoints: list[tuple[int, str, int]] = []
+        # event_hash and chain_hash inlined (the same bytes hashed): this loop runs once per stored event.
+        sha256, pack = hashlib.sha256, _HEADER.pack
+        topic_bytes: dict[str, bytes] = {}
         for nid, originator_id, version, topic, state in rows:
-            oid = as_uuid(originator_id)
-            digest = state_hash(bytes(state))
-            event_digest = event_hash(nid, oid, version, topic, digest)
-            previous = chain_hash(previous, event_digest)
+            oid = originator_id if type(originator_id) is UUID else as_uuid(originator_id)
+            digest = sha256(state).digest()
+            encoded = topic_bytes.get(topic)
+            if encoded is None:
+                encoded = topic_bytes[topic] = topic.encode("utf-8")
+            event_digest = sha256(pack(nid, oid.bytes, version, len(encoded)) + encoded + digest).digest()
+            previous = sha256(previous + event_digest).digest()
             count += 1
             chain = previous.hex()
             ledger_rows.append(

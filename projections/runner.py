@@ -278,6 +278,8 @@ class ProjectionRunner:
                 decoded = [(n.id, n.topic, None) for n in notifications]
             try:
                 with self.db.transaction() as db:
+                    if db.dialect == POSTGRES and all(t.suffix == REBUILD_SUFFIX for t in behind):
+                        _asynchronous_commit(db)
                     locked = self._tracking_rows([t.tracking_name for t in behind], lock=True)
                     if any(locked.get(t.tracking_name) != tracked[t.tracking_name] for t in behind):
                         raise ConcurrentUpdate
@@ -472,6 +474,22 @@ def _decode(mapper: Any, notifications: Sequence[Any], trimmed: frozenset[str]) 
                 object.__setattr__(event, "records", [{"id": record["id"]} for record in event.records])
             decoded.append((notification.id, topic, event))
     return decoded
+
+
+def _asynchronous_commit(db: Database) -> None:
+    """This transaction's commit does not wait for its WAL to reach disk (PostgreSQL): only for a batch that
+    writes nothing but rebuild copies (``__rebuild`` tables and their ``<name>__rebuild`` tracking rows).
+
+    Why that is safe: a server crash can lose only the last such commits, and each whole (the copy's rows go
+    with the tracking row that says how far the copy got, in the same transaction), so the copy is left at an
+    earlier batch and its rebuild resumes from there (or a rebuild starts it afresh). Nobody reads a copy
+    before the swap, and the swap commits synchronously: its WAL flush takes every earlier commit with it.
+    Also in such a batch: the ledger's checkpoints (``ON CONFLICT DO NOTHING``, recomputed if lost).
+
+    Why never for the live tables: once committed, a catch-up is visible to readers (the API, the lag they
+    watch, a sync that waits on a position); a crash could then move the read models and their positions
+    backwards after the fact. Each commit waiting for its WAL flush is what makes "applied" mean durable."""
+    db.execute("SET LOCAL synchronous_commit = off")
 
 
 @contextmanager
