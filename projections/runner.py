@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -75,6 +76,19 @@ class UnknownProjectionError(ValueError):
 
 
 @dataclass
+class _Read:
+    """A batch read from the log: notifications up to ``end`` (``count`` of them), decoded."""
+
+    head: int
+    end: int
+    count: int
+    full: bool
+    topics: list[str]
+    reads_events: bool
+    decoded: list[tuple[int, str, Any]]
+
+
+@dataclass
 class _Target:
     """A projection writing to its live tables (suffix "") or to its rebuild copy."""
 
@@ -99,6 +113,9 @@ class ProjectionRunner:
         self.db = Database(app.database)
         self.projections: dict[str, Projection] = {cls.name: cls() for cls in PROJECTION_CLASSES}
         self._migrated = False
+        # PostgreSQL: the connection and thread reading the next batch while one is applied (see _run_group).
+        self._reader: Database | None = None
+        self._executor: ThreadPoolExecutor | None = None
 
     # ----- public API ----------------------------------------------------------------------------------
 
@@ -208,6 +225,12 @@ class ProjectionRunner:
         return result
 
     def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         self.db.close()
 
     # ----- the loop ------------------------------------------------------------------------------------
@@ -241,41 +264,53 @@ class ProjectionRunner:
         applied = 0
         min_window = window = 2 * batch_size
         max_window = 64 * batch_size
-        mapper = self.app.mapper
+        # The next batch, read (and decoded) on a second connection while this one is applied and committed:
+        # (the tracking rows it was read for, its future). Only a guess that this batch commits: the next
+        # transaction checks the locked positions against it like any other read, and drops it if not.
+        pending: tuple[dict[str, tuple[int, int]], Future[_Read | None]] | None = None
         while targets:
             trimmed = _trimmed_topics(targets)
-            with self.db.reading():
-                tracked = self._tracking_rows([t.tracking_name for t in targets])
-            # A rebuild copy that disappeared was swapped in by another runner: nothing left to do for it.
-            targets = [t for t in targets if t.tracking_name in tracked]
-            head = self._head()
-            behind = [t for t in targets if tracked[t.tracking_name][0] < head]
-            if not behind:
-                break
-            start = min(tracked[t.tracking_name][0] for t in behind)
-            topics = sorted(set().union(*(t.topics for t in behind)))
-            stop = min(head, start + window)
-            reads_events = any(t.projection.reads_events for t in behind)
-            notifications = self._select_notifications(start, stop, topics, batch_size, reads_events)
-            full = len(notifications) == batch_size
-            end = notifications[-1].id if full else stop
+            batch: _Read | None = None
+            if pending is not None:
+                tracked, future = pending
+                pending = None
+                batch = future.result()
+                behind = targets
+            if batch is None:
+                with self.db.reading():
+                    tracked = self._tracking_rows([t.tracking_name for t in targets])
+                # A rebuild copy that disappeared was swapped in by another runner: nothing left to do for it.
+                targets = [t for t in targets if t.tracking_name in tracked]
+                head = self._head()
+                behind = [t for t in targets if tracked[t.tracking_name][0] < head]
+                if not behind:
+                    break
+                start = min(tracked[t.tracking_name][0] for t in behind)
+                topics = sorted(set().union(*(t.topics for t in behind)))
+                reads_events = any(t.projection.reads_events for t in behind)
+                batch = self._read(self.db, start, head, window, topics, batch_size, reads_events, trimmed)
+                assert batch is not None
             # Read a bounded range of ids: on an events table without statistics PostgreSQL scans the whole
             # range before applying LIMIT. The range widens while it holds few of the group's topics.
-            if full:
+            if batch.full:
                 window = max(min_window, window // 2)
-            elif len(notifications) < batch_size // 2:
+            elif batch.count < batch_size // 2:
                 window = min(window * 2, max_window)
-            size = 0
-            for index, notification in enumerate(notifications):
-                size += len(notification.state)
-                if size > MAX_BATCH_BYTES and index > 0:  # bound the memory of decoded events
-                    notifications = notifications[:index]
-                    end = notifications[-1].id
-                    break
-            if reads_events:
-                decoded = _decode(mapper, notifications, trimmed)
-            else:
-                decoded = [(n.id, n.topic, None) for n in notifications]
+            end, decoded = batch.end, batch.decoded
+            if (
+                self.db.dialect == POSTGRES
+                and end < batch.head
+                and len(behind) == len(targets)
+                and all(tracked[t.tracking_name][0] < end for t in behind)
+            ):
+                # Every target will be at ``end`` once this batch commits: read on from there meanwhile.
+                expected = {t.tracking_name: (end, tracked[t.tracking_name][1]) for t in behind}
+                pending = (
+                    expected,
+                    self._prefetcher().submit(
+                        self._prefetch, end, window, batch.topics, batch_size, batch.reads_events, trimmed
+                    ),
+                )
             try:
                 with self.db.transaction() as db:
                     if db.dialect == POSTGRES and all(t.suffix == REBUILD_SUFFIX for t in behind):
@@ -301,9 +336,65 @@ class ProjectionRunner:
                         )
             except ConcurrentUpdate:
                 log.debug("projections.concurrent_update", targets=[t.tracking_name for t in behind])
+                pending = None  # read for positions that did not happen
                 continue
+            except BaseException:
+                pending = None
+                raise
             applied += len(decoded)
         return applied
+
+    def _read(
+        self,
+        db: Database,
+        start: int,
+        head: int,
+        window: int,
+        topics: list[str],
+        batch_size: int,
+        reads_events: bool,
+        trimmed: frozenset[str],
+    ) -> _Read:
+        stop = min(head, start + window)
+        notifications = self._select_notifications(db, start, stop, topics, batch_size, reads_events)
+        count = len(notifications)
+        full = count == batch_size
+        end = notifications[-1].id if full else stop
+        size = 0
+        for index, notification in enumerate(notifications):
+            size += len(notification.state)
+            if size > MAX_BATCH_BYTES and index > 0:  # bound the memory of decoded events
+                notifications = notifications[:index]
+                end = notifications[-1].id
+                break
+        if reads_events:
+            decoded = _decode(self.app.mapper, notifications, trimmed)
+        else:
+            decoded = [(n.id, n.topic, None) for n in notifications]
+        return _Read(head, end, count, full, topics, reads_events, decoded)
+
+    def _prefetch(
+        self,
+        start: int,
+        window: int,
+        topics: list[str],
+        batch_size: int,
+        reads_events: bool,
+        trimmed: frozenset[str],
+    ) -> _Read | None:
+        """The batch after ``start`` on the reader's connection (in the prefetch thread); None at the head."""
+        head = self._head()
+        if head <= start:
+            return None
+        reader = self._reader
+        assert reader is not None
+        return self._read(reader, start, head, window, topics, batch_size, reads_events, trimmed)
+
+    def _prefetcher(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._reader = Database(self.app.database)
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wcsync-prefetch")
+        return self._executor
 
     def _swap(self, projections: Sequence[Projection]) -> None:
         with self.db.transaction() as db:
@@ -339,12 +430,12 @@ class ProjectionRunner:
         return [self.projections[n] for n in dict.fromkeys(names)]
 
     def _select_notifications(
-        self, start: int, stop: int, topics: Sequence[str], limit: int, states: bool = True
+        self, db: Database, start: int, stop: int, topics: Sequence[str], limit: int, states: bool = True
     ) -> Sequence[Any]:
-        if self.db.dialect == POSTGRES:
+        if db.dialect == POSTGRES:
             recorder: Any = self.app.recorder
             table = f"{recorder.datastore.schema}.{recorder.events_table_name}"
-            return self.db.select_notifications(table, start, stop, topics, limit, states)
+            return db.select_notifications(table, start, stop, topics, limit, states)
         return self.app.recorder.select_notifications(
             start, limit, stop=stop, topics=topics, inclusive_of_start=False
         )
