@@ -153,23 +153,26 @@ class LedgerProjection(Projection):
         if upto <= position:
             return
         events, id_column = EVENTS_TABLE[db.dialect], EVENTS_ID_COLUMN[db.dialect]
-        # Binary: the states arrive as raw bytes (in text they come as hex, and decoding that was a fifth of
-        # the ledger's time).
+        # Binary: ids and bytes arrive as such (in text, bytea comes as hex, and decoding that was a fifth of
+        # the ledger's time). PostgreSQL hashes the states itself (sha256(bytea), the same digest of the same
+        # stored bytes): 32 bytes an event cross the connection instead of the whole state.
+        state = "sha256(state)" if db.dialect == POSTGRES else "state"
         rows = db.fetchall(
-            f"SELECT {id_column}, originator_id, originator_version, topic, state FROM {events} "
+            f"SELECT {id_column}, originator_id, originator_version, topic, {state} FROM {events} "
             f"WHERE {id_column} > %s AND {id_column} <= %s ORDER BY {id_column}",
             [position, upto],
             binary=True,
         )
+        hashed = db.dialect == POSTGRES
         now = datetime.now(UTC)
         ledger_rows = []
         checkpoints: list[tuple[int, str, int]] = []
         # event_hash and chain_hash inlined (the same bytes hashed): this loop runs once per stored event.
         sha256, pack = hashlib.sha256, _HEADER.pack
         topic_bytes: dict[str, bytes] = {}
-        for nid, originator_id, version, topic, state in rows:
+        for nid, originator_id, version, topic, stored in rows:
             oid = originator_id if type(originator_id) is UUID else as_uuid(originator_id)
-            digest = sha256(state).digest()
+            digest = bytes(stored) if hashed else sha256(stored).digest()
             encoded = topic_bytes.get(topic)
             if encoded is None:
                 encoded = topic_bytes[topic] = topic.encode("utf-8")
