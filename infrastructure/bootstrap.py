@@ -66,7 +66,7 @@ class Services:
     def _live_projections_process(self) -> Iterator[None]:
         """On PostgreSQL the follower runs as a separate process: it uses the other core instead of
         competing with the sync for this process's interpreter lock."""
-        env = dict(os.environ, WCSYNC_DATABASE_URL=self.database.url)
+        env = dict(os.environ, WCSYNC_DATABASE_URL=self.database.url, WCSYNC_FOLLOWER_PARENT=str(os.getpid()))
         follower = subprocess.Popen(
             [sys.executable, "-m", "projections"],
             env=env,

@@ -46,15 +46,16 @@ class ConcurrentWriteError(Exception):
     """Another writer saved the same aggregate version first: reload and run the command again."""
 
 
-class LineBookAsRows(Transcoding):
+class LineBookTranscoding(Transcoding):
     type = LineBook
     name = "line_book"
 
-    def encode(self, obj: LineBook) -> list[list[Any]]:
-        return obj.to_rows()
+    def encode(self, obj: LineBook) -> dict[str, Any]:
+        return obj.to_compact()
 
-    def decode(self, data: list[list[Any]]) -> LineBook:
-        return LineBook.from_rows(data)
+    def decode(self, data: dict[str, Any] | list[list[Any]]) -> LineBook:
+        # Snapshots taken before the compact form hold one row per line.
+        return LineBook.from_rows(data) if isinstance(data, list) else LineBook.from_compact(data)
 
 
 class SyncApplication(Application[UUID]):
@@ -84,7 +85,7 @@ class SyncApplication(Application[UUID]):
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
-        transcoder.register(LineBookAsRows())
+        transcoder.register(LineBookTranscoding())
 
     # ----- queues --------------------------------------------------------------------------------------
 

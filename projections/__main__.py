@@ -20,11 +20,22 @@ from projections import ProjectionRunner
 LIVE_POLL_S = 0.25
 
 
+def _stop_when_orphaned(stop: threading.Event, parent: int) -> None:
+    """A follower outliving its sync (killed with SIGKILL, say) would run on forever: stop it."""
+    while os.getppid() == parent:
+        if stop.wait(0.5):
+            return
+    stop.set()
+
+
 def main() -> int:
     configure_logging()
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    # The sync names itself: if it died before this process got here, the check below fires at once.
+    parent = int(os.environ.get("WCSYNC_FOLLOWER_PARENT") or os.getppid())
+    threading.Thread(target=_stop_when_orphaned, args=(stop, parent), daemon=True).start()
     try:
         app = SyncApplication(
             DatabaseConfig.from_url(os.environ.get("WCSYNC_DATABASE_URL")), create_tables=False

@@ -297,3 +297,16 @@ def test_a_reader_that_goes_away_is_not_a_traceback(sandbox: RunningSandbox, sql
     stderr = reader.stderr.read().decode()
     assert reader.wait(timeout=60) == 0
     assert "Traceback" not in stderr
+
+
+def test_the_live_follower_of_a_killed_sync_stops_too(postgres_url: str) -> None:
+    with SandboxThread(SandboxConfig(customers=450, faults=Faults(latency_ms=2))) as store:
+        env = wcsync_env(store, postgres_url)
+        assert wcsync("db", "migrate", env=env).returncode == 0
+        killed = wcsync("start", "--json", env={**env, "WCSYNC_FAILPOINTS": "after_batch_save=3"}, timeout=60)
+        assert killed.returncode == -signal.SIGKILL
+        # wcsync() returned: the follower, which shares its output pipes, is gone too (else this would hang).
+        leftover = subprocess.run(
+            ["pgrep", "-f", f"{sys.executable} -m projections"], capture_output=True, text=True, check=False
+        )
+        assert leftover.stdout.strip() == ""

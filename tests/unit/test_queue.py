@@ -220,3 +220,21 @@ def test_every_event_class_declares_its_version() -> None:
 def test_options_are_checked(kwargs: dict[str, int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         QueueOptions(**kwargs)
+
+
+def test_line_book_round_trips_through_its_compact_snapshot_form() -> None:
+    queue = new_queue()
+    queue.start_processing("start")
+    queue.add_lines(records(1, 2, 3, 4), page=1, unchanged=[(9, "d")])
+    queue.finish_lines({"updated": [1]})
+    queue.fail_lines({2: "bad"})
+    queue.cancel_lines([3], "deleted in the store")
+    compact = queue.lines.to_compact()
+    assert compact["codes"][:2] == [1, compact["codes"][1]] and len(compact["codes"]) == 10
+    assert [row[0] for row in compact["details"]] == [2, 3]  # only lines with attempts or an error
+    again = LineBook.from_compact(compact)
+    assert again == queue.lines
+    assert (again.count("draft"), again.count("failed"), again.count("cancelled")) == (1, 1, 1)
+    assert again.result_count("updated") == 1 and again.result_count("unchanged") == 1
+    line = again.get(2)
+    assert line is not None and line.attempts == 1 and line.error == "bad" and line.error_at is not None
