@@ -23,6 +23,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -520,7 +521,7 @@ def _group_main() -> None:
     database, env, targets, batch_size = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 - from our parent
     outcome: Any
     try:
-        app = SyncApplication(database, create_tables=False, extra_env=env)
+        app = _open_app(database, env)
         runner = ProjectionRunner(app, parallel=False)
         try:
             outcome = runner._run_group(
@@ -536,6 +537,19 @@ def _group_main() -> None:
         except Exception:
             outcome = StorageError(_first_line(error))
     sys.stdout.buffer.write(pickle.dumps(outcome))
+
+
+def _open_app(database: DatabaseConfig, env: dict[str, str], attempts: int = 5) -> SyncApplication:
+    """The child's application. Children start together, and opening the PostgreSQL store runs catalog
+    statements that fail now and then under a concurrent twin ("tuple concurrently updated"): try again."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return SyncApplication(database, create_tables=False, extra_env=env)
+        except StorageError:
+            if attempt == attempts:
+                raise
+            time.sleep(0.1 * attempt)
+    raise AssertionError("unreachable")
 
 
 def _trimmed_topics(targets: Sequence[_Target]) -> frozenset[str]:
