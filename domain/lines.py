@@ -4,6 +4,9 @@ lives in the ``LinesAdded`` events and is read back only for the lines still to 
 
 from __future__ import annotations
 
+import base64
+import sys
+from array import array
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
@@ -140,12 +143,13 @@ class LineBook:
             return detail
         return Line(_STATES[code >> 2], _RESULTS[code & 3])
 
-    # Snapshots. Compact form: {"codes": [id, code, id, code, ...], "details": rows of the lines with
-    # attempts or an error}: one flat list of small ints for a 100,000-line queue instead of 100,000 lists.
+    # Snapshots. Compact form: the ids as one base64 string of little-endian 64-bit integers, the codes as
+    # one of bytes, and rows only for the lines with attempts or an error. A list of 200,000 small ints
+    # made orjson reserve 32 MB to write 0.8 MB; two strings cost about their own size.
     def to_compact(self) -> dict[str, Any]:
-        codes: list[int] = []
-        for cid, code in self._codes.items():
-            codes += (cid, code)
+        ids = array("q", self._codes.keys())
+        if sys.byteorder != "little":  # pragma: no cover - every platform wcsync runs on is little-endian
+            ids.byteswap()
         details = [
             [
                 cid,
@@ -157,17 +161,25 @@ class LineBook:
             ]
             for cid, line in self._details.items()
         ]
-        return {"codes": codes, "details": details}
+        return {
+            "ids": base64.b64encode(ids.tobytes()).decode("ascii"),
+            "codes": base64.b64encode(bytes(self._codes.values())).decode("ascii"),
+            "details": details,
+        }
 
     @classmethod
     def from_compact(cls, data: dict[str, Any]) -> LineBook:
         book = cls()
-        codes = data["codes"]
-        book._codes = dict(zip(codes[::2], codes[1::2], strict=True))
-        for code in book._codes.values():
-            book._states[_STATES[code >> 2]] += 1
+        ids = array("q")
+        ids.frombytes(base64.b64decode(data["ids"]))
+        if sys.byteorder != "little":  # pragma: no cover
+            ids.byteswap()
+        codes = base64.b64decode(data["codes"])
+        book._codes = dict(zip(ids, codes, strict=True))
+        for code, count in Counter(codes).items():
+            book._states[_STATES[code >> 2]] += count
             if code & 3:
-                book._results[_RESULTS[code & 3]] += 1  # type: ignore[index]
+                book._results[_RESULTS[code & 3]] += count  # type: ignore[index]
         for cid, state, result, attempts, error, error_at in data["details"]:
             at = datetime.fromisoformat(error_at) if error_at else None
             book._details[cid] = Line(state, result, attempts, error, at)

@@ -230,7 +230,7 @@ def test_line_book_round_trips_through_its_compact_snapshot_form() -> None:
     queue.fail_lines({2: "bad"})
     queue.cancel_lines([3], "deleted in the store")
     compact = queue.lines.to_compact()
-    assert compact["codes"][:2] == [1, compact["codes"][1]] and len(compact["codes"]) == 10
+    assert set(compact) == {"ids", "codes", "details"} and isinstance(compact["ids"], str)
     assert [row[0] for row in compact["details"]] == [2, 3]  # only lines with attempts or an error
     again = LineBook.from_compact(compact)
     assert again == queue.lines
