@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -363,3 +364,13 @@ def test_a_store_repeating_its_last_page_ends_with_a_warning_and_an_incomplete_f
         assert warnings and warnings[0]["status"] == "warning"
         queue = services.app.get_queue(outcome.queue_id)
         assert queue.fetch_finished and not queue.fetch_complete
+
+
+def test_batch_delay_spaces_the_batches_out(services: Services) -> None:
+    with SandboxThread(SandboxConfig(customers=120)) as sandbox:
+        outcome = start(services, sandbox, batch_size=40, batch_delay_ms=60)
+        done = [e for e in services.app.queue_events(outcome.queue_id) if isinstance(e, SyncQueue.LinesDone)]
+        assert len(done) == 4  # page 1: 40, 40, 20; page 2: 20
+        gaps = [(b.timestamp - a.timestamp).total_seconds() for a, b in itertools.pairwise(done)]
+        # Within a page the next batch waits the delay (a lower bound; pages are 100 lines, batches 40).
+        assert max(gaps) >= 0.06
