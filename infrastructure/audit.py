@@ -122,16 +122,7 @@ class LogReader:
     def snapshot(self) -> Iterator[LogReader]:
         try:
             if self.dialect == POSTGRES:
-                c = self.database
-                self._pg = psycopg.connect(
-                    host=c.pg_host,
-                    port=c.pg_port,
-                    dbname=c.pg_dbname,
-                    user=c.pg_user,
-                    password=c.pg_password or None,
-                    connect_timeout=10,
-                    options=f"-c search_path={c.pg_schema} -c timezone=UTC",
-                )
+                self._pg = psycopg.connect(**self.database.pg_connect_kwargs())
                 self._pg.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             else:
                 path = self.database.sqlite_path

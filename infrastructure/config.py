@@ -12,6 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from infrastructure.errors import ConfigurationError
@@ -82,6 +83,18 @@ class DatabaseConfig:
             f"database URL {cls._redact(url)!r} is not supported: "
             "use sqlite:///path.db or postgresql://user:password@host:5432/dbname"
         )
+
+    def pg_connect_kwargs(self) -> dict[str, Any]:
+        """What psycopg.connect() needs for this database, for connections of our own (projections, audit)."""
+        return {
+            "host": self.pg_host,
+            "port": self.pg_port,
+            "dbname": self.pg_dbname,
+            "user": self.pg_user,
+            "password": self.pg_password or None,
+            "connect_timeout": 10,
+            "options": f"-c search_path={self.pg_schema} -c timezone=UTC",
+        }
 
     @property
     def display(self) -> str:

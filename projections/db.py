@@ -166,17 +166,7 @@ class Database:
     def _connect_pg(self) -> psycopg.Connection[Row]:
         if self._pg is None or self._pg.closed or self._pg.broken:
             self._stages.clear()  # temporary tables die with their connection
-            c = self.config
-            self._pg = psycopg.connect(
-                host=c.pg_host,
-                port=c.pg_port,
-                dbname=c.pg_dbname,
-                user=c.pg_user,
-                password=c.pg_password or None,
-                autocommit=True,
-                connect_timeout=10,
-                options=f"-c search_path={c.pg_schema} -c timezone=UTC",
-            )
+            self._pg = psycopg.connect(**self.config.pg_connect_kwargs(), autocommit=True)
             set_json_dumps(_json_bytes, context=self._pg)
         return self._pg
 
