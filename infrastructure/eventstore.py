@@ -25,6 +25,7 @@ from eventsourcing.persistence import (
     Transcoder,
     Transcoding,
 )
+from eventsourcing.utils import get_topic
 
 from domain.customer import Customer, CustomerHead
 from domain.lines import LineBook
@@ -165,18 +166,18 @@ class SyncApplication(Application[UUID]):
         if not ids:
             return {}
         heads: dict[UUID, CustomerHead] = {}
+        plain = self.mapper.cipher is None and self.mapper.compressor is None
         for stored in retry_storage(lambda: self._select_events_of(ids, latest_only=True)):
-            event = self.mapper.to_domain_event(stored)
             oid = (
                 stored.originator_id
                 if isinstance(stored.originator_id, UUID)
                 else UUID(str(stored.originator_id))
             )
-            heads[oid] = CustomerHead(
-                version=stored.originator_version,
-                digest=getattr(event, "digest", None),
-                deleted=isinstance(event, Customer.Deleted),
-            )
+            deleted = stored.topic == _DELETED_TOPIC
+            digest = None if deleted or not plain else _stored_digest(stored.state)
+            if digest is None and not deleted:
+                digest = getattr(self.mapper.to_domain_event(stored), "digest", None)
+            heads[oid] = CustomerHead(version=stored.originator_version, digest=digest, deleted=deleted)
         return heads
 
     def _select_events_of(self, ids: Sequence[UUID], latest_only: bool = False) -> list[StoredEvent]:
@@ -243,6 +244,31 @@ class SyncApplication(Application[UUID]):
             for item in stored:
                 yield self.mapper.to_domain_event(item)
             position = stored[-1].originator_version
+
+
+_DELETED_TOPIC = get_topic(Customer.Deleted)
+_DIGEST_KEY = b'"digest":"'
+_HEX = frozenset(b"0123456789abcdef")
+
+
+def _stored_digest(state: bytes) -> str | None:
+    """The digest of a stored Registered/Changed event, read without parsing its ~1.5 KB record.
+
+    A re-sync asks this of every customer: parsing the whole record was a second of a 100k re-sync. The
+    event's own `digest` field is written after its `record` (field order), and no string in the JSON can
+    hold an unescaped quote, so the last `"digest":"` is the event's. Anything unexpected: None, and the
+    caller decodes the event properly."""
+    at = state.rfind(_DIGEST_KEY)
+    if at < 0:
+        return None
+    value = state[at + len(_DIGEST_KEY) : at + len(_DIGEST_KEY) + 64]
+    if (
+        len(value) != 64
+        or not _HEX.issuperset(value)
+        or state[at + len(_DIGEST_KEY) + 64 : at + len(_DIGEST_KEY) + 65] != b'"'
+    ):
+        return None
+    return value.decode("ascii")
 
 
 def retry_storage(func: Callable[[], T], max_retries: int = 3, backoff_s: float = 1.0) -> T:
