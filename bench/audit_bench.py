@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from eventsourcing.persistence import StoredEvent  # noqa: E402
 from eventsourcing.utils import get_topic  # noqa: E402
 
+from bench._common import postgres  # noqa: E402
 from domain.customer import Customer, customer_key  # noqa: E402
 from domain.queue import QueueOptions, SyncQueue  # noqa: E402
 from infrastructure.config import DatabaseConfig  # noqa: E402
@@ -213,22 +213,6 @@ def measure(url: str, events: int, workdir: Path) -> list[dict[str, Any]]:
     return results
 
 
-@contextlib.contextmanager
-def postgres(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    from tests import pgserver
-
-    with pgserver.running_server() as server:
-        import psycopg
-
-        name = f"bench_audit_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(server.url(), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
-        yield server.url(name)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -249,7 +233,7 @@ def main() -> None:
             report["sqlite"] = measure(f"sqlite:///{workdir}/bench.db", args.events, workdir)
         if args.only in (None, "postgres"):
             print("postgres", file=sys.stderr)
-            with postgres(args.pg_url) as url:
+            with postgres(args.pg_url, "bench_audit") as url:
                 report["postgres"] = measure(url, args.events, workdir)
         print(json.dumps(report, indent=2))
 

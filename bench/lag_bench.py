@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import psycopg
@@ -25,9 +23,8 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._common import WCSYNC, fresh_database, sandbox_process  # noqa: E402
 from infrastructure.sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET  # noqa: E402
-
-WCSYNC = [sys.executable, "-m", "cli.main"]
 
 
 def main() -> None:
@@ -39,24 +36,13 @@ def main() -> None:
         "--pg-url", required=True, help="an admin URL; a fresh database is made on that server"
     )
     args = parser.parse_args()
-    name = f"lag_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.pg_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = args.pg_url.rsplit("/", 1)[0] + f"/{name}"
+    url = fresh_database(args.pg_url, "lag")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WCSYNC_", "WOO_"))}
     env.update(WCSYNC_DATABASE_URL=url, WCSYNC_LOG_LEVEL="error")
     subprocess.run([*WCSYNC, "db", "migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
-    store = subprocess.Popen(
-        [*WCSYNC, "sandbox", "--port", "0", "--customers", str(args.customers)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert store.stdout is not None
+    with sandbox_process(args.customers) as store_url:
         env.update(
-            WOO_URL=json.loads(store.stdout.readline())["url"],
+            WOO_URL=store_url,
             WOO_CONSUMER_KEY=DEFAULT_CONSUMER_KEY,
             WOO_CONSUMER_SECRET=DEFAULT_CONSUMER_SECRET,
         )
@@ -83,9 +69,6 @@ def main() -> None:
             f"{args.customers} customers: {len(lags)} samples; lag median {statistics.median(lags):.2f} s, "
             f"p95 {lags[int(len(lags) * 0.95)]:.2f} s, max {lags[-1]:.2f} s"
         )
-    finally:
-        store.terminate()
-        store.wait(timeout=30)
 
 
 if __name__ == "__main__":

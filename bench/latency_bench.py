@@ -24,9 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._common import WCSYNC, sandbox_process  # noqa: E402
 from infrastructure.sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET  # noqa: E402
-
-WCSYNC = [sys.executable, "-m", "cli.main"]
 
 
 def main() -> None:
@@ -38,22 +37,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.0)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    store_args = [
-        *WCSYNC,
-        "sandbox",
-        "--port",
-        "0",
-        "--customers",
-        str(args.customers),
-        "--latency-ms",
-        str(args.latency_ms),
-    ]
-    store = subprocess.Popen(
-        store_args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    try:
-        assert store.stdout is not None
-        url = json.loads(store.stdout.readline())["url"]
+    with sandbox_process(args.customers, args.latency_ms) as url:
         syncs, walls = [], []
         with tempfile.TemporaryDirectory(prefix="wcsync-latency-") as scratch:
             for run in range(args.runs):
@@ -87,9 +71,6 @@ def main() -> None:
             f"process wall median {statistics.median(walls):.2f} s; store served {stats['requests']} requests, "
             f"busiest second {stats['max_per_second']} requests"
         )
-    finally:
-        store.terminate()
-        store.wait(timeout=30)
 
 
 if __name__ == "__main__":

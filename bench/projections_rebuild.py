@@ -32,6 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._common import postgres  # noqa: E402
 from domain.queue import QueueOptions, SyncQueue  # noqa: E402
 from domain.sync import customer_keys, sync_batch  # noqa: E402
 from infrastructure.config import DatabaseConfig  # noqa: E402
@@ -195,22 +196,6 @@ def from_template(server_url: str, template: str, customers: int) -> Iterator[st
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-@contextlib.contextmanager
-def postgres(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    from tests import pgserver
-
-    with pgserver.running_server() as server:
-        import psycopg
-
-        name = f"bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(server.url(), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
-        yield server.url(name)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -236,7 +221,7 @@ def main() -> None:
             print(f"PostgreSQL, {args.customers} customers, a copy of {args.template}")
             measure(url, args.customers, args.sequential, names, generated=True)
     elif args.only != "sqlite":
-        with postgres(args.pg_url) as url:
+        with postgres(args.pg_url, "bench") as url:
             print(f"PostgreSQL, {args.customers} customers")
             measure(url, args.customers, args.sequential, names)
 

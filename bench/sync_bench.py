@@ -23,8 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,52 +31,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._common import WCSYNC, fresh_database, postgres_server, sandbox_process  # noqa: E402
 from infrastructure.sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET  # noqa: E402
-
-WCSYNC = [sys.executable, "-m", "cli.main"]
-
-
-@contextmanager
-def sandbox(customers: int, latency_ms: float = 0.0) -> Iterator[str]:
-    args = [*WCSYNC, "sandbox", "--port", "0", "--customers", str(customers), "--latency-ms", str(latency_ms)]
-    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        yield json.loads(line)["url"]
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-@contextmanager
-def postgres_server() -> Iterator[str]:
-    external = os.environ.get("WCSYNC_BENCH_DATABASE_URL")
-    if external:
-        yield external
-        return
-    sys.path.insert(0, str(ROOT / "tests"))
-    import pgserver  # the suite's throwaway server, here with PostgreSQL's durable defaults
-
-    for name in ("fsync", "synchronous_commit", "full_page_writes"):
-        pgserver.SERVER_SETTINGS.pop(name, None)
-    server = pgserver.start()
-    try:
-        yield server.url()
-    finally:
-        server.stop()
-
-
-def fresh_database(kind: str, admin_url: str | None, workdir: Path) -> str:
-    if kind == "sqlite":
-        return f"sqlite:///{workdir / f'bench-{uuid.uuid4().hex[:8]}.db'}"
-    import psycopg
-
-    assert admin_url is not None
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return admin_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 def _tree_rss_kb(pid: int) -> int:
@@ -154,7 +109,11 @@ def load_queue_seconds(database_url: str, queue_id: str) -> float:
 
 
 def bench_size(size: int, kind: str, admin_url: str | None, workdir: Path) -> dict[str, Any]:
-    database_url = fresh_database(kind, admin_url, workdir)
+    if kind == "sqlite":
+        database_url = f"sqlite:///{workdir / f'bench-{uuid.uuid4().hex[:8]}.db'}"
+    else:
+        assert admin_url is not None
+        database_url = fresh_database(admin_url)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WCSYNC_", "WOO_"))}
     env.update(
         WCSYNC_DATABASE_URL=database_url,
@@ -163,7 +122,7 @@ def bench_size(size: int, kind: str, admin_url: str | None, workdir: Path) -> di
         WCSYNC_LOG_LEVEL="error",
     )
     subprocess.run([*WCSYNC, "db", "migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
-    with sandbox(size) as url:
+    with sandbox_process(size) as url:
         env["WOO_URL"] = url
         first = run_measured([*WCSYNC, "start", "--json"], env)
         second = run_measured([*WCSYNC, "start", "--json"], env)

@@ -1,0 +1,67 @@
+"""What the benchmark scripts share: a PostgreSQL to measure on, fresh databases, a sandbox store process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WCSYNC = [sys.executable, "-m", "cli.main"]
+
+
+@contextlib.contextmanager
+def postgres_server(durable: bool = True) -> Iterator[str]:
+    """An admin URL: WCSYNC_BENCH_DATABASE_URL when set, else a throwaway server (tests/pgserver.py) —
+    with PostgreSQL's durable defaults unless ``durable`` is False (the test suite's fsync-off settings)."""
+    external = os.environ.get("WCSYNC_BENCH_DATABASE_URL")
+    if external:
+        yield external
+        return
+    sys.path.insert(0, str(ROOT))
+    from tests import pgserver
+
+    if durable:
+        for name in ("fsync", "synchronous_commit", "full_page_writes"):
+            pgserver.SERVER_SETTINGS.pop(name, None)
+    with pgserver.running_server() as server:
+        yield server.url()
+
+
+def fresh_database(admin_url: str, prefix: str = "bench") -> str:
+    """A new empty database on the server of ``admin_url``; returns its URL."""
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@contextlib.contextmanager
+def postgres(url: str | None, prefix: str = "bench", durable: bool = False) -> Iterator[str]:
+    """``url`` as given, or a fresh database on a throwaway server."""
+    if url:
+        yield url
+        return
+    with postgres_server(durable) as admin:
+        yield fresh_database(admin, prefix)
+
+
+@contextlib.contextmanager
+def sandbox_process(customers: int, latency_ms: float = 0.0) -> Iterator[str]:
+    """`wcsync sandbox` in a process of its own (so it does not share the measured process's cores' GIL);
+    yields its URL."""
+    args = [*WCSYNC, "sandbox", "--port", "0", "--customers", str(customers), "--latency-ms", str(latency_ms)]
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout is not None
+        yield json.loads(process.stdout.readline())["url"]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
