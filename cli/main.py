@@ -362,10 +362,21 @@ def _run_sync(args: argparse.Namespace, action: str) -> int:
                 if not json_out:
                     sys.stderr.write(f"queue      {queue_id}\n")
 
-            with services.live_projections():
-                outcome = asyncio.run(
-                    engine.start(store, options, client_options, args.queue_name, on_created=announce)
-                )
+            from infrastructure.woocommerce import StoreRefused
+
+            try:
+                with services.live_projections():
+                    outcome = asyncio.run(
+                        engine.start(store, options, client_options, args.queue_name, on_created=announce)
+                    )
+            except StoreRefused as error:
+                # Refused before the first page: the queue was never saved.
+                raise StoreRefused(
+                    f"{error.message}; nothing was saved, fix this and run `wcsync start` again",
+                    code=error.code,
+                    status=error.status,
+                    hint=error.hint,
+                ) from None
         else:
             queue = engine.get_queue(args.queue_id)
             store = StoreSettings.load(args.url or queue.store_url)

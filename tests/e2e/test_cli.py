@@ -128,6 +128,7 @@ def test_wrong_credentials_exit_3_with_the_stores_message_and_no_secret(
     result = wcsync("start", env=env)
     assert result.returncode == 3
     assert "Consumer key is invalid" in result.stderr
+    assert "nothing was saved" in result.stderr
     assert "cs_not_the_secret_123" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
     assert as_json(wcsync("queues", "--json", env=env)) == []  # nothing half-written
