@@ -394,13 +394,13 @@ class SyncEngine:
     def _record_fetch_failure(self, run: _Run, error: StoreError) -> None:
         self._drain_incidents(run)
         run.queue.fail_fetch(str(error))
-        self._save_with_reload(run)
+        self._save_or_fail(run)
 
     def _record_fetch_finished(self, run: _Run, pages: int, complete: bool, seen: set[int]) -> None:
         queue = run.queue
         self._drain_incidents(run)
         queue.finish_fetch(pages=pages, total=len(seen), complete=complete)
-        self._save_with_reload(run)
+        self._save_or_fail(run)
         if complete and self.known_customer_ids is not None:
             self._mark_deleted(run, seen)
 
@@ -425,15 +425,15 @@ class SyncEngine:
                 f"{len(gone)} customer(s) synced earlier are no longer in the store and were marked deleted",
                 {"count": len(gone), "ids": gone[:100]},
             )
-            self._save_with_reload(run)
+            self._save_or_fail(run)
 
     def _finish(self, run: _Run) -> None:
         failpoint("before_finish")
         self._drain_incidents(run)
         run.queue.finish()
-        self._save_with_reload(run)
+        self._save_or_fail(run)
 
-    def _save_with_reload(self, run: _Run) -> None:
+    def _save_or_fail(self, run: _Run) -> None:
         try:
             self._save(run, [])
         except ConcurrentWriteError:

@@ -105,25 +105,22 @@ class SyncApplication(Application[UUID]):
         Raises ConcurrentWriteError when another writer got there first (nothing of this save is stored).
         """
         counts = [(a, len(a.pending_events)) for a in aggregates]
+        # Application.save() checks every object against runtime Protocols (~30 us each: a third of a
+        # 100k-customer sync); the aggregates here are known, so collect their events directly. Collected
+        # once, outside the retry: a retried attempt must write the same events, not an empty save.
+        processing = ProcessingEvent[UUID]()
+        for aggregate in aggregates:
+            processing.events.extend(aggregate.collect_events())
+            processing.aggregates[aggregate.id] = aggregate
 
         def save() -> None:
-            # Application.save() checks every object against runtime Protocols (~30 us each: a third of
-            # a 100k-customer sync); the aggregates here are known, so collect their events directly.
-            processing = ProcessingEvent[UUID]()
-            for aggregate in aggregates:
-                processing.events.extend(aggregate.collect_events())
-                processing.aggregates[aggregate.id] = aggregate
             try:
                 self._notify(self._record(processing))
             except IntegrityError:
+                # Nothing of this save is stored; the caller reloads the aggregates and redoes its step.
                 raise ConcurrentWriteError("another writer saved first") from None
 
-        try:
-            retry_storage(save, max_retries=max_retries, backoff_s=backoff_s)
-        except ConcurrentWriteError:
-            # The events were collected (and so removed) from the aggregates by the failed save;
-            # the caller must reload them, which it does on this error.
-            raise
+        retry_storage(save, max_retries=max_retries, backoff_s=backoff_s)
         for aggregate, pending in counts:
             if isinstance(aggregate, SyncQueue) and pending:
                 version = aggregate.version
