@@ -12,7 +12,7 @@ A catch-up or rebuild this far behind runs the projections' independent passes i
 (projections.runner.PARALLEL_MIN_LAG); --sequential measures one process.
 
     python bench/projections_rebuild.py [--customers 100000] [--pg-url URL] [--only sqlite|postgres] [--sequential]
-        [--projections queues,activity,customers]
+        [--projections queues,activity,customers] [--layout engine|pages-first|sync] [--template NAME]
 
 Without --pg-url a throwaway PostgreSQL server is started with the test suite's helper (tests/pgserver.py).
 """
@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -83,7 +85,16 @@ def record(cid: int) -> dict[str, Any]:
     }
 
 
-def generate(app: SyncApplication, customers: int) -> None:
+def generate(app: SyncApplication, customers: int, layout: str = "engine") -> None:
+    """The events of a sync of ``customers`` new customers, saved as the engine saves them.
+
+    ``engine``: infrastructure/engine.py's order: each page's LinesAdded saved with its first batch (the
+    batch's LinesDone and its customers' Registered), then the page's other batches, page after page.
+    ``pages-first``: every page recorded first, then every batch processed (the order of a resumed sync
+    whose pages were all recorded before a crash): the lines are far from their LinesDone in the log, the
+    projections' worst case (each batch's lines were written by an earlier batch and must be updated)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}")
     queue = SyncQueue(
         org_id=ORG,
         queue_name="bench",
@@ -94,17 +105,54 @@ def generate(app: SyncApplication, customers: int) -> None:
     queue.start_processing("start")
     app.save_batch(queue)
     records = [record(cid) for cid in range(1, customers + 1)]
-    for page_no, page in enumerate(chunks(records, 100), 1):
-        queue.add_lines(page, page=page_no)
-        app.save_batch(queue)
-    queue.finish_fetch(pages=(customers + 99) // 100, total=customers, complete=True)
-    app.save_batch(queue)
-    for batch in chunks(records, 50):
+
+    def process(batch: list[dict[str, Any]]) -> None:
         loaded = app.load_customers(customer_keys(queue, batch))
         outcome = sync_batch(queue, batch, {c.woo_id: c for c in loaded.values()})
         app.save_batch(queue, *outcome.changed)
+
+    for page_no, page in enumerate(chunks(records, 100), 1):
+        queue.add_lines(page, page=page_no)
+        if layout == "engine":
+            for batch in chunks(page, 50):
+                process(batch)
+        else:
+            app.save_batch(queue)
+    queue.finish_fetch(pages=(customers + 99) // 100, total=customers, complete=True)
+    app.save_batch(queue)
+    if layout == "pages-first":
+        for batch in chunks(records, 50):
+            process(batch)
     queue.finish()
     app.save_batch(queue)
+
+
+LAYOUTS = ("engine", "pages-first")
+
+
+def real_sync(url: str, customers: int) -> None:
+    """The events of a real `wcsync start` of ``customers`` against `wcsync sandbox` (own process, real
+    sockets) into the empty database ``url``; then the read models it built live are dropped, so the
+    database holds the log alone."""
+    import psycopg
+
+    from bench._common import WCSYNC, sandbox_process
+    from infrastructure.sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WCSYNC_", "WOO_"))}
+    env.update(WCSYNC_DATABASE_URL=url, WCSYNC_LOG_LEVEL="error")
+    subprocess.run([*WCSYNC, "db", "migrate"], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+    with sandbox_process(customers) as store_url:
+        env.update(
+            WOO_URL=store_url,
+            WOO_CONSUMER_KEY=DEFAULT_CONSUMER_KEY,
+            WOO_CONSUMER_SECRET=DEFAULT_CONSUMER_SECRET,
+        )
+        subprocess.run([*WCSYNC, "start", "--json"], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+    tables = [table.name for cls in PROJECTION_CLASSES for table in cls.tables]
+    with psycopg.connect(url, autocommit=True) as conn:
+        for name in [*tables, "wcsync_ledger_checkpoint", "wcsync_projection_tracking"]:
+            conn.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 def measure(
@@ -113,6 +161,7 @@ def measure(
     sequential: bool = False,
     names: list[str] | None = None,
     generated: bool = False,
+    layout: str = "engine",
 ) -> dict[str, float]:
     config = DatabaseConfig.from_url(url)
     app = SyncApplication(config)
@@ -127,7 +176,7 @@ def measure(
         print(f"  server: {', '.join(settings)}")
     if not generated:
         started = time.perf_counter()
-        generate(app, customers)
+        generate(app, customers, layout)
         generated_s = time.perf_counter() - started
     head = int(app.recorder.max_notification_id() or 0)
     if not generated:
@@ -175,18 +224,22 @@ def _with_database(url: str, name: str) -> str:
 
 
 @contextlib.contextmanager
-def from_template(server_url: str, template: str, customers: int) -> Iterator[str]:
-    """A fresh copy of ``template`` (generated into on first use), dropped afterwards: runs share one log."""
+def from_template(server_url: str, template: str, customers: int, layout: str) -> Iterator[str]:
+    """A fresh copy of ``template`` (made on first use: generated in ``layout``, or by a real sync when
+    ``layout`` is "sync"), dropped afterwards: runs share one log."""
     import psycopg
 
     with psycopg.connect(server_url, autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [template]).fetchall():
             conn.execute(f"CREATE DATABASE {template}")
-            app = SyncApplication(DatabaseConfig.from_url(_with_database(server_url, template)))
             started = time.perf_counter()
-            generate(app, customers)
-            app.close()
-            print(f"  generated template {template} in {time.perf_counter() - started:.1f} s")
+            if layout == "sync":
+                real_sync(_with_database(server_url, template), customers)
+            else:
+                app = SyncApplication(DatabaseConfig.from_url(_with_database(server_url, template)))
+                generate(app, customers, layout)
+                app.close()
+            print(f"  made template {template} ({layout}) in {time.perf_counter() - started:.1f} s")
         name = f"bench_{uuid.uuid4().hex[:8]}"
         conn.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
     try:
@@ -206,24 +259,34 @@ def main() -> None:
     parser.add_argument("--sequential", action="store_true", help="catch up and rebuild in one process")
     parser.add_argument("--projections", default=None, help="comma-separated names (default: every one)")
     parser.add_argument(
+        "--layout",
+        choices=(*LAYOUTS, "sync"),
+        default="engine",
+        help="the log's order (see generate()); sync: a real `wcsync start` against the sandbox (--template only)",
+    )
+    parser.add_argument(
         "--template",
         default=None,
         help="PostgreSQL: --pg-url is a server; each run copies this database (generated on first use)",
     )
     args = parser.parse_args()
+    if args.layout == "sync" and (not args.template or args.only != "postgres"):
+        parser.error(
+            "--layout sync needs --only postgres --template NAME (the sync's log is made once into it)"
+        )
     names = args.projections.split(",") if args.projections else None
     if args.only != "postgres":
         with tempfile.TemporaryDirectory() as tmp:
             print(f"SQLite, {args.customers} customers")
-            measure(f"sqlite:///{tmp}/bench.db", args.customers, args.sequential, names)
+            measure(f"sqlite:///{tmp}/bench.db", args.customers, args.sequential, names, layout=args.layout)
     if args.only != "sqlite" and args.template:
-        with from_template(args.pg_url, args.template, args.customers) as url:
-            print(f"PostgreSQL, {args.customers} customers, a copy of {args.template}")
+        with from_template(args.pg_url, args.template, args.customers, args.layout) as url:
+            print(f"PostgreSQL, {args.customers} customers, a copy of {args.template} ({args.layout})")
             measure(url, args.customers, args.sequential, names, generated=True)
     elif args.only != "sqlite":
         with postgres(args.pg_url, "bench") as url:
             print(f"PostgreSQL, {args.customers} customers")
-            measure(url, args.customers, args.sequential, names)
+            measure(url, args.customers, args.sequential, names, layout=args.layout)
 
 
 if __name__ == "__main__":

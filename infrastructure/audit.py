@@ -45,8 +45,6 @@ from infrastructure.errors import ConfigurationError, QueueNotFoundError, Storag
 from infrastructure.eventstore import SyncApplication
 from projections.ledger import (
     CHECKPOINT_TABLE_NAME,
-    EVENTS_ID_COLUMN,
-    EVENTS_TABLE,
     GENESIS,
     LEDGER_TABLE_NAME,
     as_uuid,
@@ -57,7 +55,7 @@ from projections.ledger import (
     sign_checkpoint,
     state_hash,
 )
-from projections.schema import POSTGRES
+from projections.schema import EVENTS_ID_COLUMN, EVENTS_TABLE, POSTGRES
 
 FETCH_ROWS = 5_000
 MAX_PROBLEMS = 1_000  # problems kept in memory (verify reports the first ones)

@@ -36,6 +36,12 @@ class Projection(ABC):
     # decodes nothing, and its items are (notification id, None). Such a pass can run in parallel with the
     # others' (see ProjectionRunner._run) instead of making every event wait for its turn in one pass.
     reads_events: ClassVar[bool] = True
+    # Topics this projection can also apply inside PostgreSQL, straight from the stored rows of the events
+    # table (one INSERT ... SELECT a batch, the server parsing the JSON). Used only where the stored states
+    # are plain JSON (no cipher, no compressor) and the backend is PostgreSQL; the runner then fetches no
+    # state for them and decodes nothing, and apply() gets (notification id, None) for each such event.
+    # Elsewhere apply() gets these events decoded, as any other, and must give the same rows.
+    in_database_topics: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def apply(self, db: Database, suffix: str, items: Sequence[Item]) -> None:

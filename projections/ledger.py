@@ -37,13 +37,20 @@ from domain.customer import Customer
 from domain.queue import SyncQueue
 from projections.base import Item, Projection, topics_of
 from projections.db import Database
-from projections.schema import BIGINT, POSTGRES, TEXT, TS, UUID_, Column, Table
+from projections.schema import (
+    BIGINT,
+    EVENTS_ID_COLUMN,
+    EVENTS_TABLE,
+    POSTGRES,
+    TEXT,
+    TS,
+    UUID_,
+    Column,
+    Table,
+)
 
 LEDGER_TABLE_NAME = "wcsync_ledger"
 CHECKPOINT_TABLE_NAME = "wcsync_ledger_checkpoint"
-# The events table as eventsourcing names it: per application on PostgreSQL, fixed on SQLite.
-EVENTS_TABLE = {POSTGRES: "wcsync_events", "sqlite": "stored_events"}
-EVENTS_ID_COLUMN = {POSTGRES: "notification_id", "sqlite": "rowid"}
 
 CHECKPOINT_EVERY = 10_000
 GENESIS = bytes(32)  # the "previous chain hash" of the first event

@@ -121,6 +121,7 @@ class QueuesProjection(Projection):
             for row in db.load(QUEUE_TABLE, suffix, "id", sorted({e.originator_id for e in events} - created))
         }
         batch = _Batch(db, suffix)
+        batch.load_moved(events)
         for event in events:
             queue_id: UUID = event.originator_id
             if isinstance(event, SyncQueue.Created):
@@ -135,6 +136,7 @@ class QueuesProjection(Projection):
 
         db.upsert(QUEUE_TABLE, suffix, queues.values())
         db.insert_dicts(LINE_TABLE, suffix, batch.new_lines.values())
+        batch.write_changed()
 
     @staticmethod
     def _new_queue(event: SyncQueue.Created) -> dict[str, Any]:
@@ -222,15 +224,54 @@ class QueuesProjection(Projection):
 
 
 class _Batch:
-    """The lines a batch touches. Lines added in this batch live in memory until written once at its end;
-    lines already stored change in place with set-based UPDATEs. Either way a line moves only from the
-    states the aggregate allows, and the queue's counts move by exactly the lines that moved (for stored
-    lines: the UPDATE's row count), so counts always equal a count of the lines table."""
+    """The lines a batch touches, in memory: lines added in this batch (whole rows), and the states of the
+    stored lines its events may move (read once at the start, a set-based read per queue). Written once at
+    the end: new lines appended, and the columns that changed of stored lines set by one UPDATE per kind of
+    change (a statement per moving event was 2,000 round trips for a 100,000-customer sync). A line moves
+    only from the states the aggregate allows, and the queue's counts move by exactly the lines that moved,
+    so counts always equal a count of the lines table."""
 
     def __init__(self, db: Database, suffix: str) -> None:
         self.db = db
-        self.table = f"{LINE_TABLE.name}{suffix}"
+        self.suffix = suffix
         self.new_lines: dict[tuple[UUID, int], dict[str, Any]] = {}
+        # The stored lines' states, and then the columns each move set: {"state": ..., column: value}.
+        self.stored_lines: dict[tuple[UUID, int], dict[str, Any]] = {}
+        self.changed: set[tuple[UUID, int]] = set()
+
+    def load_moved(self, events: Sequence[Any]) -> None:
+        """Load the stored lines that the batch's events may move (not those the batch itself adds)."""
+        added: dict[UUID, set[int]] = {}
+        moved: dict[UUID, set[int]] = {}
+        for event in events:
+            queue_id: UUID = event.originator_id
+            if isinstance(event, SyncQueue.LinesAdded):
+                ids = added.setdefault(queue_id, set())
+                ids.update(record["id"] for record in event.records)
+                ids.update(cid for cid, _digest in getattr(event, "unchanged", None) or ())
+            else:
+                moved.setdefault(queue_id, set()).update(_moved_ids(event))
+        table = f"{LINE_TABLE.name}{self.suffix}"
+        for queue_id, ids in moved.items():
+            wanted = sorted(ids - added.get(queue_id, set()))
+            if not wanted:
+                continue
+            for condition, params in self.db.in_clause("woo_customer_id", wanted, BIGINT):
+                for cid, state in self.db.fetchall(
+                    f"SELECT woo_customer_id, state FROM {table} WHERE queue_id = %s AND {condition}",
+                    [self.db.value(UUID_, queue_id), *params],
+                ):
+                    self.stored_lines[(queue_id, int(cid))] = {"state": state}
+
+    def write_changed(self) -> None:
+        """Set the changed columns of the stored lines that moved: one UPDATE per set of columns."""
+        by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for key in self.changed:
+            line = self.stored_lines[key]
+            columns = tuple(sorted(line))
+            by_columns.setdefault(columns, []).append((*key, *(line[c] for c in columns)))
+        for columns, rows in by_columns.items():
+            self.db.update(LINE_TABLE, self.suffix, columns, rows)
 
     def add(self, queue: dict[str, Any], cid: int, at: datetime, result: str | None = None) -> None:
         key = (queue["id"], cid)
@@ -263,29 +304,32 @@ class _Batch:
         changes: dict[str, Any],
     ) -> None:
         queue_id = queue["id"]
-        stored: list[int] = []
+        result = changes.get("result")
         for cid in ids:
-            line = self.new_lines.get((queue_id, cid))
+            key = (queue_id, cid)
+            line = self.new_lines.get(key)
             if line is None:
-                stored.append(cid)
-            elif line["state"] in from_states:
-                _count(queue, line["state"], state, 1, changes.get("result"))
+                line = self.stored_lines.get(key)
+                if line is None:  # a line this table never saw added: nothing to move
+                    continue
+            if line["state"] in from_states:
+                _count(queue, line["state"], state, 1, result)
                 line.update(changes, state=state, updated_at=at)
-        if not stored:
-            return
-        db = self.db
-        assignments = ", ".join(f"{column} = %s" for column in ("state", "updated_at", *changes))
-        values = [state, db.value(TS, at), *(db.value(_KINDS[c], v) for c, v in changes.items())]
-        for from_state in from_states:
-            for condition, params in db.in_clause("woo_customer_id", stored, BIGINT):
-                moved = db.execute(
-                    f"UPDATE {self.table} SET {assignments} WHERE queue_id = %s AND state = %s AND {condition}",
-                    [*values, db.value(UUID_, queue_id), from_state, *params],
-                )
-                _count(queue, from_state, state, moved, changes.get("result"))
+                if key in self.stored_lines:
+                    self.changed.add(key)
 
 
-_KINDS = {column.name: column.kind for column in LINE_TABLE.columns}
+def _moved_ids(event: Any) -> Iterable[int]:
+    """The ids of the lines a queue event may move (see QueuesProjection._apply)."""
+    if isinstance(event, SyncQueue.LinesDone):
+        return [cid for ids in event.results.values() for cid in ids]
+    if isinstance(event, SyncQueue.LinesFailed):
+        return [entry["id"] for entry in event.failures]
+    if isinstance(event, SyncQueue.LinesCancelled | SyncQueue.RetryRequested):
+        return list(event.ids)
+    if isinstance(event, SyncQueue.ForcedDone):
+        return list(event.cancelled)
+    return ()
 
 
 def _count(queue: dict[str, Any], from_state: str, state: str, lines: int, result: str | None) -> None:

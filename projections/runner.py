@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -113,6 +113,9 @@ class ProjectionRunner:
         self.parallel = parallel  # may a long catch-up run groups of projections in other processes
         self.db = Database(app.database)
         self.projections: dict[str, Projection] = {cls.name: cls() for cls in PROJECTION_CLASSES}
+        # May projections apply their in_database_topics in the database (plain JSON states on PostgreSQL)?
+        mapper: Any = app.mapper
+        self.in_database = self.db.dialect == POSTGRES and mapper.cipher is None and mapper.compressor is None
         self._migrated = False
         # PostgreSQL: the connection and thread reading the next batch while one is applied (see _run_group).
         self._reader: Database | None = None
@@ -271,6 +274,7 @@ class ProjectionRunner:
         pending: tuple[dict[str, tuple[int, int]], Future[_Read | None]] | None = None
         while targets:
             trimmed = _trimmed_topics(targets)
+            stateless = _in_database_topics(targets) if self.in_database else frozenset()
             batch: _Read | None = None
             if pending is not None:
                 tracked, future = pending
@@ -289,7 +293,9 @@ class ProjectionRunner:
                 start = min(tracked[t.tracking_name][0] for t in behind)
                 topics = sorted(set().union(*(t.topics for t in behind)))
                 reads_events = any(t.projection.reads_events for t in behind)
-                batch = self._read(self.db, start, head, window, topics, batch_size, reads_events, trimmed)
+                batch = self._read(
+                    self.db, start, head, window, topics, batch_size, reads_events, trimmed, stateless
+                )
                 assert batch is not None
             # Read a bounded range of ids: on an events table without statistics PostgreSQL scans the whole
             # range before applying LIMIT. The range widens while it holds few of the group's topics.
@@ -309,7 +315,14 @@ class ProjectionRunner:
                 pending = (
                     expected,
                     self._prefetcher().submit(
-                        self._prefetch, end, window, batch.topics, batch_size, batch.reads_events, trimmed
+                        self._prefetch,
+                        end,
+                        window,
+                        batch.topics,
+                        batch_size,
+                        batch.reads_events,
+                        trimmed,
+                        stateless,
                     ),
                 )
             try:
@@ -355,9 +368,12 @@ class ProjectionRunner:
         batch_size: int,
         reads_events: bool,
         trimmed: frozenset[str],
+        stateless: frozenset[str],
     ) -> _Read:
         stop = min(head, start + window)
-        notifications = self._select_notifications(db, start, stop, topics, batch_size, reads_events)
+        notifications = self._select_notifications(
+            db, start, stop, topics, batch_size, reads_events, stateless
+        )
         count = len(notifications)
         full = count == batch_size
         end = notifications[-1].id if full else stop
@@ -369,7 +385,7 @@ class ProjectionRunner:
                 end = notifications[-1].id
                 break
         if reads_events:
-            decoded = _decode(self.app.mapper, notifications, trimmed)
+            decoded = _decode(self.app.mapper, notifications, trimmed, stateless)
         else:
             decoded = [(n.id, n.topic, None) for n in notifications]
         return _Read(head, end, count, full, topics, reads_events, decoded)
@@ -382,6 +398,7 @@ class ProjectionRunner:
         batch_size: int,
         reads_events: bool,
         trimmed: frozenset[str],
+        stateless: frozenset[str],
     ) -> _Read | None:
         """The batch after ``start`` on the reader's connection (in the prefetch thread); None at the head."""
         head = self._head()
@@ -389,7 +406,7 @@ class ProjectionRunner:
             return None
         reader = self._reader
         assert reader is not None
-        return self._read(reader, start, head, window, topics, batch_size, reads_events, trimmed)
+        return self._read(reader, start, head, window, topics, batch_size, reads_events, trimmed, stateless)
 
     def _prefetcher(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -431,12 +448,19 @@ class ProjectionRunner:
         return [self.projections[n] for n in dict.fromkeys(names)]
 
     def _select_notifications(
-        self, db: Database, start: int, stop: int, topics: Sequence[str], limit: int, states: bool = True
+        self,
+        db: Database,
+        start: int,
+        stop: int,
+        topics: Sequence[str],
+        limit: int,
+        states: bool = True,
+        stateless: frozenset[str] = frozenset(),
     ) -> Sequence[Any]:
         if db.dialect == POSTGRES:
             recorder: Any = self.app.recorder
             table = f"{recorder.datastore.schema}.{recorder.events_table_name}"
-            return db.select_notifications(table, start, stop, topics, limit, states)
+            return db.select_notifications(table, start, stop, topics, limit, states, sorted(stateless))
         return self.app.recorder.select_notifications(
             start, limit, stop=stop, topics=topics, inclusive_of_start=False
         )
@@ -554,17 +578,34 @@ def _open_app(database: DatabaseConfig, env: dict[str, str], attempts: int = 5) 
 
 def _trimmed_topics(targets: Sequence[_Target]) -> frozenset[str]:
     """Topics whose records every target reading them needs only the ids of (see Projection.record_ids_only)."""
+    return _declared_by_all(targets, lambda projection: projection.record_ids_only)
+
+
+def _in_database_topics(targets: Sequence[_Target]) -> frozenset[str]:
+    """Topics every target reading them can apply in the database (see Projection.in_database_topics)."""
+    return _declared_by_all(targets, lambda projection: projection.in_database_topics)
+
+
+def _declared_by_all(
+    targets: Sequence[_Target], declared: Callable[[Projection], tuple[str, ...]]
+) -> frozenset[str]:
     readers: dict[str, list[_Target]] = {}
     for target in targets:
         for topic in target.topics:
             readers.setdefault(topic, []).append(target)
     return frozenset(
-        topic for topic, group in readers.items() if all(topic in t.projection.record_ids_only for t in group)
+        topic for topic, group in readers.items() if all(topic in declared(t.projection) for t in group)
     )
 
 
-def _decode(mapper: Any, notifications: Sequence[Any], trimmed: frozenset[str]) -> list[tuple[int, str, Any]]:
-    """Decode a batch, trimming records to their ids as each event is decoded (see record_ids_only).
+def _decode(
+    mapper: Any,
+    notifications: Sequence[Any],
+    trimmed: frozenset[str],
+    stateless: frozenset[str] = frozenset(),
+) -> list[tuple[int, str, Any]]:
+    """Decode a batch, trimming records to their ids as each event is decoded (see record_ids_only). Events
+    of the ``stateless`` topics read without their state are left to the database: (id, topic, None).
 
     The collector is paused meanwhile: decoded events hold no reference cycles (refcounting frees them), and
     the tens of thousands of dicts of a batch would otherwise set off collections that scan the whole heap,
@@ -573,8 +614,11 @@ def _decode(mapper: Any, notifications: Sequence[Any], trimmed: frozenset[str]) 
     decoded: list[tuple[int, str, Any]] = []
     with _gc_paused():
         for notification in notifications:
-            event = to_domain_event(notification)
             topic = notification.topic
+            if topic in stateless and not notification.state:
+                decoded.append((notification.id, topic, None))
+                continue
+            event = to_domain_event(notification)
             if topic in trimmed:
                 object.__setattr__(event, "records", [{"id": record["id"]} for record in event.records])
             decoded.append((notification.id, topic, event))

@@ -43,6 +43,10 @@ _SQLITE_TYPES = {
     JSON: "TEXT",
 }
 
+# The events table as eventsourcing names it: per application on PostgreSQL, fixed on SQLite.
+EVENTS_TABLE = {POSTGRES: "wcsync_events", SQLITE: "stored_events"}
+EVENTS_ID_COLUMN = {POSTGRES: "notification_id", SQLITE: "rowid"}
+
 TRACKING_TABLE = "wcsync_projection_tracking"
 REBUILD_SUFFIX = "__rebuild"
 
