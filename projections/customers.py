@@ -150,66 +150,76 @@ def _registered_row(event: Any, queue_id: UUID) -> tuple[Any, ...]:
 # --- the same rows, made by PostgreSQL from the stored events (see the module docstring) ----------------
 
 
-def _sql_text(field: str) -> str:
-    """``_text(record[field])``: the value when a JSON string, else NULL."""
-    return f"CASE WHEN jsonb_typeof(r->'{field}') = 'string' THEN r->>'{field}' END"
+# Each field is looked up once (the middle query, ``j #> '{record,field}'``); the outer query keeps a value
+# only when it has the type _record_values keeps.
+_SQL_STRING = "CASE WHEN jsonb_typeof({0}) = 'string' THEN {0} #>> '{{}}' END"
+_SQL_OBJECT = "CASE WHEN jsonb_typeof({0}) = 'object' THEN {0} END"
+_SQL_BOOLEAN = "CASE WHEN jsonb_typeof({0}) = 'boolean' THEN {0}::boolean END"
 
 
-def _sql_object(field: str) -> str:
-    return f"CASE WHEN jsonb_typeof(r->'{field}') = 'object' THEN r->'{field}' END"
-
-
-# _GMT, with the ranges fromisoformat checks spelled out (month, day, hour, minute, second; year 0 refused);
-# whether the day exists in its month is checked in _sql_gmt. Nested CASEs: nothing is cast before it is
-# known to be castable (PostgreSQL evaluates a CASE's branches only as needed).
-_SQL_GMT_PATTERN = (
-    "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]$"
-)
-
-
-def _sql_gmt(field: str) -> str:
-    """``_gmt(record[field])`` in SQL (``r->>field`` of a non-string never has the pattern's form)."""
-    value = f"(r->>'{field}')"
-    last_day = f"extract(day from (left({value}, 7) || '-01')::date + interval '1 month' - interval '1 day')"
+def _sql_gmt(value: str) -> str:
+    """``_gmt()`` in SQL, of a field's text (``#>>``: a non-string's text never has the form). The form,
+    then the ranges fromisoformat checks (year 0, month, the day in its month, hour, minute, second), in
+    nested CASEs so that nothing is cast before it is known castable (a CASE evaluates its branches only as
+    needed)."""
+    part = f"substr({value}, {{0}}, {{1}})::int"
+    year, month, day = part.format(1, 4), part.format(6, 2), part.format(9, 2)
+    leap = f"({year} %% 4 = 0 AND ({year} %% 100 <> 0 OR {year} %% 400 = 0))"  # %% : a psycopg statement
+    last_day = f"CASE {month} WHEN 2 THEN CASE WHEN {leap} THEN 29 ELSE 28 END WHEN 4 THEN 30 WHEN 6 THEN 30 WHEN 9 THEN 30 WHEN 11 THEN 30 ELSE 31 END"
+    in_range = (
+        f"{year} >= 1 AND {month} BETWEEN 1 AND 12 AND {day} >= 1 AND {day} <= {last_day} "
+        f"AND {part.format(12, 2)} <= 23 AND {part.format(15, 2)} <= 59 AND {part.format(18, 2)} <= 59"
+    )
     return (
-        f"CASE WHEN {value} ~ '{_SQL_GMT_PATTERN}' AND left({value}, 4) <> '0000' THEN "
-        f"CASE WHEN substr({value}, 9, 2)::int <= {last_day} "
-        f"THEN {value}::timestamp AT TIME ZONE 'UTC' END END"
+        f"CASE WHEN {value} ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}T[0-9]{{2}}:[0-9]{{2}}:[0-9]{{2}}$' THEN "
+        f"CASE WHEN {in_range} THEN {value}::timestamp AT TIME ZONE 'UTC' END END"
     )
 
 
 # The row of each Registered event among the given notification ids, as _registered_row makes it. The
-# range lets the notification id index find them; the inner queries parse each state once (OFFSET 0 keeps
-# PostgreSQL from inlining them and parsing again for every field read).
+# range lets the notification id index find them. Three levels, each computed once (OFFSET 0 keeps
+# PostgreSQL from inlining a level into the next and so parsing or looking up again for every use): the
+# state parsed; its fields looked up; the row.
+_RECORD_FIELDS = {
+    "email": _SQL_STRING,
+    "first_name": _SQL_STRING,
+    "last_name": _SQL_STRING,
+    "username": _SQL_STRING,
+    "role": _SQL_STRING,
+    "billing": _SQL_OBJECT,
+    "shipping": _SQL_OBJECT,
+    "is_paying_customer": _SQL_BOOLEAN,
+    "avatar_url": _SQL_STRING,
+}
+_GMT_FIELDS = ("date_created_gmt", "date_modified_gmt")
 _REGISTERED_VALUES = (
     "originator_id",
-    "j->>'org_id'",
-    "j->>'store_url'",
-    "(j->>'woo_id')::bigint",
-    _sql_text("email"),
-    _sql_text("first_name"),
-    _sql_text("last_name"),
-    _sql_text("username"),
-    _sql_text("role"),
-    _sql_object("billing"),
-    _sql_object("shipping"),
-    "CASE WHEN jsonb_typeof(r->'is_paying_customer') = 'boolean' THEN (r->'is_paying_customer')::boolean END",
-    _sql_text("avatar_url"),
-    _sql_gmt("date_created_gmt"),
-    _sql_gmt("date_modified_gmt"),
-    "j->>'digest'",
+    "org_id",
+    "store_url",
+    "woo_id",
+    *(form.format(f"f_{name}") for name, form in _RECORD_FIELDS.items()),
+    *(_sql_gmt(f"f_{name}") for name in _GMT_FIELDS),
+    "digest",
     "at",
     "at",
-    "(j->>'queue_id')::uuid",
+    "queue_id",
     "false",
     "NULL",
     "NULL",
     "originator_version",
 )
 assert len(_REGISTERED_VALUES) == len(CUSTOMER_TABLE.columns)
+_FIELDS = ", ".join(
+    [
+        *(f"j #> '{{record,{name}}}' AS f_{name}" for name in _RECORD_FIELDS),
+        *(f"j #>> '{{record,{name}}}' AS f_{name}" for name in _GMT_FIELDS),
+    ]
+)
 REGISTERED_SQL = (
     "INSERT INTO {table} ({columns}) SELECT {values} FROM ("
-    "SELECT originator_id, originator_version, j, j->'record' AS r, (j->'timestamp'->>'_data_')::timestamptz AS at "
+    "SELECT originator_id, originator_version, j->>'org_id' AS org_id, j->>'store_url' AS store_url, "
+    "(j->>'woo_id')::bigint AS woo_id, j->>'digest' AS digest, (j->>'queue_id')::uuid AS queue_id, "
+    f"(j->'timestamp'->>'_data_')::timestamptz AS at, {_FIELDS.replace('{', '{{').replace('}', '}}')} "
     "FROM (SELECT originator_id, originator_version, convert_from(state, 'UTF8')::jsonb AS j FROM {events} "
     "WHERE notification_id >= %s AND notification_id <= %s AND notification_id = ANY(%s::bigint[]) AND topic = %s "
     "OFFSET 0) AS stored OFFSET 0) AS event"

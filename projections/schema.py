@@ -96,7 +96,13 @@ class Table:
                 text += f" DEFAULT {column.default}"
             parts.append(text)
         parts.append(f"CONSTRAINT {self.pkey_name(suffix)} PRIMARY KEY ({', '.join(self.primary_key)})")
-        return f"CREATE TABLE IF NOT EXISTS {self.name}{suffix} (\n  " + ",\n  ".join(parts) + "\n)"
+        statement = f"CREATE TABLE IF NOT EXISTS {self.name}{suffix} (\n  " + ",\n  ".join(parts) + "\n)"
+        if dialect == POSTGRES and suffix:
+            # A copy being filled is left alone by autovacuum (nothing reads it; its statistics come once it
+            # is full). A worker busy on it when the swap wants its lock held the swap up for a second,
+            # the deadlock timeout after which PostgreSQL cancels the worker. Reset by swap_in.
+            statement += " WITH (autovacuum_enabled = off)"
+        return statement
 
     def create_indexes(self, suffix: str = "") -> list[str]:
         return [
@@ -112,11 +118,19 @@ class Table:
         """Statements that replace the live table by its rebuilt copy (run in one transaction).
 
         A rebuilt copy has only its primary key while it fills (index upkeep row by row costs more than
-        building the index once); its other indexes are built here, under their final names."""
+        building the index once). On PostgreSQL its other indexes are built when it is full, under the
+        copy's names (create_indexes(suffix), before the swap), and renamed here; SQLite cannot rename an
+        index, so they are built here under their final names."""
         statements = [self.drop(), f"ALTER TABLE {self.name}{suffix} RENAME TO {self.name}"]
-        if dialect == POSTGRES:  # the primary key's index keeps the copy's name; SQLite renames its own
-            statements.append(f"ALTER INDEX {self.pkey_name(suffix)} RENAME TO {self.pkey_name()}")
-        return statements + self.create_indexes()
+        if dialect != POSTGRES:
+            return statements + self.create_indexes()
+        statements.append(f"ALTER TABLE {self.name} RESET (autovacuum_enabled)")
+        # The primary key's index keeps the copy's name, as do indexes built before the swap.
+        statements.append(f"ALTER INDEX {self.pkey_name(suffix)} RENAME TO {self.pkey_name()}")
+        for index, create in zip(self.indexes, self.create_indexes(suffix), strict=True):
+            statements.append(create.replace(f" ON {self.name}{suffix} ", f" ON {self.name} "))
+            statements.append(f"ALTER INDEX {index.name}{suffix} RENAME TO {index.name}")
+        return statements
 
     def upsert(self, suffix: str = "") -> str:
         """INSERT ... ON CONFLICT (pk) DO UPDATE of every other column, with %s placeholders."""
