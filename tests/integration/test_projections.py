@@ -16,7 +16,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -678,3 +678,110 @@ def test_follow_survives_a_lost_connection(postgres_url: str) -> None:
     runner.close()
     observer.close()
     app.close()
+
+
+# ----- customers made by PostgreSQL from the stored events, against the same made in Python -----------------
+
+# Values a stored record may hold (events are the truth, whatever the validation of their day was).
+ODD_DATES = [
+    None,
+    12345,
+    "",
+    "2024-06-01T07:00:00Z",
+    "2024-06-01 07:00:00",
+    "2024-06-01T07:00:00\n",
+    "2024-06-01T07:00",
+    "\u0662\u0660\u0662\u0664-06-01T07:00:00",  # Arabic-Indic digits: Python's \d matches them, [0-9] not
+    *[
+        f"{year}-{month}-{day}T{hour}:{minute}:{second}"
+        for year in ("0000", "0001", "1900", "2000", "2023", "2024", "9999")
+        for month in ("00", "01", "02", "04", "12", "13")
+        for day in ("00", "01", "28", "29", "30", "31", "32")
+        for hour, minute, second in (
+            ("00", "00", "00"),
+            ("23", "59", "59"),
+            ("24", "00", "00"),
+            ("23", "60", "00"),
+            ("23", "59", "60"),
+        )
+    ],
+]
+ODD_VALUES: list[dict[str, Any]] = [
+    {},  # every field missing
+    {"email": 123, "first_name": None, "last_name": True, "username": {"a": 1}, "role": ["x"]},
+    {"email": "zoë@例え.jp", "first_name": 'Zoë 北京 "quoted" \\ back\\slash', "avatar_url": ""},
+    {"billing": "not an object", "shipping": [], "is_paying_customer": "yes"},
+    {"billing": None, "shipping": {}, "is_paying_customer": 1},
+    {"billing": {"nested": {"deep": [1, 2.5, None, "ü"]}, "n": -0.0}, "is_paying_customer": False},
+    {"shipping": {"phone": "+1 555", "big": 9007199254740993, "small": 1e-7}, "is_paying_customer": True},
+]
+
+
+def odd_records() -> list[dict[str, Any]]:
+    records = []
+    for index, values in enumerate(ODD_VALUES):
+        records.append({"id": 10_000 + index, **values})
+    for index, value in enumerate(ODD_DATES):
+        records.append(
+            {
+                "id": 20_000 + index,
+                "email": f"d{index}@example.com",
+                "date_created_gmt": value,
+                "date_modified_gmt": value,
+            }
+        )
+    return records
+
+
+def test_customers_made_by_postgresql_equal_those_made_in_python(postgres_url: str) -> None:
+    from domain.customer import Customer
+
+    app = SyncApplication(DatabaseConfig.from_url(postgres_url))
+    try:
+        sync_with_failures(app, count=120)
+        resync_with_changes(app, count=60)  # Changed events, in batches with the Registered of others
+        queue_id = str(UUID(int=7))
+        odd = [
+            Customer(org_id=ORG, store_url=STORE, woo_id=r["id"], record=r, digest="d", queue_id=queue_id)
+            for r in odd_records()
+        ]
+        for batch in chunks(odd, 100):
+            app.save(*batch)
+        odd[0].delete("gone", queue_id)
+        odd[2].sync({**odd[2].record, "email": "changed@example.com"}, "d2", queue_id)
+        app.save(odd[0], odd[2])
+
+        in_database = ProjectionRunner(app)
+        in_database.migrate()
+        assert in_database.in_database  # plain states on PostgreSQL: Registered rows made by the server
+        in_database.catch_up(batch_size=37)
+        made_by_server = dump(in_database)["woo_customers"]
+
+        in_python = ProjectionRunner(app)
+        in_python.in_database = False  # as with a cipher: every event decoded, every row made in Python
+        in_python.rebuild(["customers"], batch_size=37)
+        made_in_python = dump(in_python)["woo_customers"]
+        in_database.close()
+        in_python.close()
+
+        assert len(made_by_server) == 120 + len(odd)
+        assert made_by_server == made_in_python
+        rows = {row[3]: row for row in made_by_server}
+        assert rows[10_000][19] is True  # deleted after being registered
+        assert rows[10_001][4:9] == (None,) * 5  # no text from a number, null, boolean, object or list
+        assert rows[10_002][4] == "changed@example.com"
+        dates = {
+            value: rows[20_000 + index][13] for index, value in enumerate(ODD_DATES) if isinstance(value, str)
+        }
+        assert dates["2024-02-29T23:59:59"] == datetime(2024, 2, 29, 23, 59, 59, tzinfo=UTC)
+        assert dates["2000-02-29T00:00:00"] is not None
+        for value in (
+            "2023-02-29T00:00:00",
+            "1900-02-29T00:00:00",
+            "2024-04-31T00:00:00",
+            "0000-01-01T00:00:00",
+        ):
+            assert dates[value] is None
+        assert dates["0001-01-01T00:00:00"] == datetime(1, 1, 1, tzinfo=UTC)
+    finally:
+        app.close()
