@@ -109,9 +109,23 @@ _MEMO_KINDS = frozenset({UUID_, TS})
 def _json_bytes(value: Any) -> bytes:
     """JSON for a jsonb column (jsonb keeps its own key order, so keys need no sorting here)."""
     try:
-        return orjson.dumps(value)
+        data = orjson.dumps(value)
     except TypeError:  # what orjson refuses (integers past 64 bits, odd keys) the stdlib still writes
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+        data = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+    return _NUL_IN_JSON.sub(rb"\1\\ufffd", data) if NUL_ESCAPE in data else data
+
+
+# PostgreSQL stores no NUL character, in text or jsonb: one from a store (a customer's name, an error message
+# quoting it) would fail its whole batch, and the projection would stop there for good. On PostgreSQL a NUL
+# is written as U+FFFD, the replacement character (SQLite keeps it). In JSON: a \u0000 escape after an even
+# number of backslashes (after an odd number, it is the text "\u0000" itself).
+NUL = "\x00"
+REPLACEMENT = "\ufffd"
+_NUL_IN_JSON = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _without_nul(value: str) -> str:
+    return value.replace(NUL, REPLACEMENT) if NUL in value else value
 
 
 def _as_uuid(value: Any) -> UUID:
@@ -436,7 +450,9 @@ class Database:
         arrays = ", ".join(f"%b::{_PG_COPY_TYPES[kinds[n]]}[]" for n in names)
         assignments = ", ".join(f"{n} = u.{n}" for n in columns)
         keys = " AND ".join(f"t.{n} = u.{n}" for n in table.primary_key)
-        encoders = [self._encode.get(kinds[n], _identity) for n in names]
+        encoders = [
+            _without_nul if kinds[n] == TEXT else self._encode.get(kinds[n], _identity) for n in names
+        ]
         params = [
             [None if v is None else encode(v) for v in column]
             for encode, column in zip(encoders, zip(*rows, strict=True), strict=True)
@@ -465,6 +481,7 @@ class Database:
             return
         # A UUID may arrive as its text (an event's queue_id): the binary dumper needs the object.
         uuids = [i for i, kind in enumerate(table.kinds) if kind == UUID_]
+        texts = [i for i, kind in enumerate(table.kinds) if kind == TEXT]
         memo: dict[Any, UUID] = {}
         statement = f"COPY {target} ({', '.join(table.column_names)}) FROM STDIN (FORMAT BINARY)"
         with self._connect_pg().cursor() as cur, cur.copy(statement) as copy:
@@ -480,6 +497,12 @@ class Database:
                         if found is None:
                             found = memo[value] = _as_uuid(value)
                         row[i] = found
+                for i in texts:
+                    value = row[i]
+                    if value.__class__ is str and NUL in value:
+                        if row is values:
+                            row = list(values)
+                        row[i] = _without_nul(value)
                 copy.write_row(row)
 
     def _copy_out(self, query: str, params: Sequence[Any], kinds: Sequence[str]) -> list[list[Any]]:

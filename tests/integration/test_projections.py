@@ -714,6 +714,8 @@ ODD_VALUES: list[dict[str, Any]] = [
     {"billing": None, "shipping": {}, "is_paying_customer": 1},
     {"billing": {"nested": {"deep": [1, 2.5, None, "ü"]}, "n": -0.0}, "is_paying_customer": False},
     {"shipping": {"phone": "+1 555", "big": 9007199254740993, "small": 1e-7}, "is_paying_customer": True},
+    # NUL characters, which PostgreSQL cannot store: such events are made in Python, NUL as U+FFFD
+    {"first_name": "nul\x00here", "billing": {"k\x00": "v\x00", "text": "\\u0000 is not a NUL"}},
 ]
 
 
@@ -783,5 +785,33 @@ def test_customers_made_by_postgresql_equal_those_made_in_python(postgres_url: s
         ):
             assert dates[value] is None
         assert dates["0001-01-01T00:00:00"] == datetime(1, 1, 1, tzinfo=UTC)
+        with_nul = rows[10_000 + len(ODD_VALUES) - 1]
+        assert with_nul[5] == "nul\ufffdhere"
+        assert with_nul[9] == {"k\ufffd": "v\ufffd", "text": "\\u0000 is not a NUL"}
     finally:
         app.close()
+
+
+def test_a_nul_character_from_the_store_does_not_stop_the_projections(
+    app: SyncApplication, runner: ProjectionRunner, database_url: str
+) -> None:
+    sync = Sync(app)
+    record = make_record(2)
+    records = [
+        make_record(1),
+        {**record, "first_name": "Nul\x00", "billing": {**record["billing"], "company": "A\x00B"}},
+    ]
+    sync.fetch(records)
+    sync.process(records)
+
+    assert runner.catch_up() == app.recorder.max_notification_id()
+
+    with runner.db.reading() as db:
+        first_name, billing = db.fetchall(
+            "SELECT first_name, billing FROM woo_customers WHERE woo_customer_id = 2"
+        )[0]
+    nul = "\ufffd" if database_url.startswith("postgresql") else "\x00"  # PostgreSQL cannot store one
+    assert first_name == f"Nul{nul}"
+    billing = json.loads(billing) if isinstance(billing, str) else billing
+    assert billing["company"] == f"A{nul}B"
+    assert_matches_aggregate(runner, app, sync.id)
