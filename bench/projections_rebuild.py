@@ -1,8 +1,10 @@
 """Benchmark: rebuild (and first catch-up) of the projections after a 100,000-customer sync.
 
-Method: the events of one sync are generated with the real aggregates (SyncQueue pages of 100 lines,
-batches of 50 customers through domain.sync.sync_batch, saved queue + customers together, ~1 KB records),
-into a fresh SQLite file and a fresh PostgreSQL database. Then, on each backend: reading and decoding the
+Method: the events of one sync, made by a real `wcsync start` against the sandbox (``--layout sync``, with
+``--template``), or generated with the real aggregates (SyncQueue pages of 100 lines, batches of 50 customers
+through domain.sync.sync_batch, saved queue + customers together as the engine saves them, ~1 KB records;
+``--layout engine``, the default, or ``pages-first``, the worst case), into a fresh SQLite file and a fresh
+PostgreSQL database (or, with ``--template``, a copy of a database made once). Then, on each backend: reading and decoding the
 log alone (the floor), a first catch-up from empty tables, and a full rebuild (replay into __rebuild
 tables + swap) are timed with time.perf_counter. Prints notifications/s for each, and on PostgreSQL the
 server's durability settings (the throwaway server of tests/pgserver.py runs with fsync and
