@@ -508,6 +508,8 @@ def _cmd_db(args: argparse.Namespace) -> int:
 
 
 def _cmd_projections(args: argparse.Namespace) -> int:
+    from projections import UnknownProjectionError
+
     with _services(args) as services:
         runner = services.projections
         action = args.projections_command
@@ -520,10 +522,8 @@ def _cmd_projections(args: argparse.Namespace) -> int:
             started = time.monotonic()
             try:
                 count = runner.rebuild(names)
-            except KeyError as error:
-                raise UsageError(
-                    f"no projection named {error}; `wcsync projections status` lists them"
-                ) from None
+            except UnknownProjectionError as error:
+                raise UsageError(f"{error}; `wcsync projections status` lists them") from None
             print(f"rebuilt from {count} event(s) in {time.monotonic() - started:.2f} s")
         elif action == "run":
             stop = threading.Event()

@@ -153,6 +153,7 @@ def test_an_unreachable_store_exits_3(sqlite_url: str) -> None:
         (("start", "--per-page", "500"), {}, "per_page"),
         (("queues",), {"WCSYNC_DATABASE_URL": "mysql://db/x"}, "not supported"),
         (("frobnicate",), {}, "invalid choice"),
+        (("projections", "rebuild", "nosuch"), {}, "unknown projection(s) nosuch; known: customers"),
     ],
 )
 def test_usage_and_configuration_errors_exit_2_with_one_clear_line(
