@@ -59,6 +59,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    value = _positive_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
 def _rate(text: str) -> float:
     try:
         value = float(text)
@@ -167,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     queues = command("queues", "list the org's queues, newest first")
     queues.add_argument("--json", action="store_true")
-    queues.add_argument("--limit", type=_positive_int, default=50)
+    queues.add_argument("--limit", type=_at_least_one, default=50)
 
     failed = command("failed", "list a queue's failed lines and their errors")
     failed.add_argument("queue_id", type=_queue_id, metavar="QUEUE_ID")
@@ -176,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     activity = command("activity", "show a queue's activity log, oldest first")
     activity.add_argument("queue_id", type=_queue_id, metavar="QUEUE_ID")
     activity.add_argument("--json", action="store_true")
-    activity.add_argument("--limit", type=_positive_int, default=1000)
+    activity.add_argument("--limit", type=_at_least_one, default=1000)
 
     db = command("db", "database administration")
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", parser_class=_Parser)
