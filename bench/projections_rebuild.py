@@ -16,7 +16,11 @@ A catch-up or rebuild this far behind runs the projections' independent passes i
     python bench/projections_rebuild.py [--customers 100000] [--pg-url URL] [--only sqlite|postgres] [--sequential]
         [--projections queues,activity,customers] [--layout engine|pages-first|sync] [--template NAME]
 
-Without --pg-url a throwaway PostgreSQL server is started with the test suite's helper (tests/pgserver.py).
+Without --pg-url a throwaway PostgreSQL server is started with the test suite's helper (tests/pgserver.py):
+with the suite's fsync-off settings, or PostgreSQL's durable defaults with --template. The figures in
+bench/RESULTS.md ("Projections") come from:
+
+    python bench/projections_rebuild.py --only postgres --template proj_sync_100k --layout sync [--pg-url URL]
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import postgres  # noqa: E402
+from bench._common import postgres, postgres_server  # noqa: E402
 from domain.queue import QueueOptions, SyncQueue  # noqa: E402
 from domain.sync import customer_keys, sync_batch  # noqa: E402
 from infrastructure.config import DatabaseConfig  # noqa: E402
@@ -293,9 +297,12 @@ def main() -> None:
             print(f"SQLite, {args.customers} customers")
             measure(f"sqlite:///{tmp}/bench.db", args.customers, args.sequential, names, layout=args.layout)
     if args.only != "sqlite" and args.template:
-        with from_template(args.pg_url, args.template, args.customers, args.layout) as url:
-            print(f"PostgreSQL, {args.customers} customers, a copy of {args.template} ({args.layout})")
-            measure(url, args.customers, args.sequential, names, generated=True)
+        with contextlib.ExitStack() as stack:
+            # Without --pg-url: a throwaway server with PostgreSQL's durable defaults, the template made in it.
+            server = args.pg_url or stack.enter_context(postgres_server(durable=True))
+            with from_template(server, args.template, args.customers, args.layout) as url:
+                print(f"PostgreSQL, {args.customers} customers, a copy of {args.template} ({args.layout})")
+                measure(url, args.customers, args.sequential, names, generated=True)
     elif args.only != "sqlite":
         with postgres(args.pg_url, "bench") as url:
             print(f"PostgreSQL, {args.customers} customers")
