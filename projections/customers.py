@@ -4,7 +4,7 @@ Keyed by the Customer aggregate's id (a uuid5 of org, store and WooCommerce id),
 name; the triple is also unique.
 
 A sync is mostly ``Customer.Registered`` events (one per new customer, ~1.5 KB of JSON each). On PostgreSQL
-with plain stored states, their rows are made by the server from the stored events (``REGISTERED_SQL``: one
+with plain stored states, their rows are made by the server from the stored events (``REGISTERED_SELECT``: one
 INSERT ... SELECT a batch), so their JSON never crosses the connection twice nor is parsed in Python: that
 took the catch-up of a 100,000-customer sync from ~6 s to ~2 s (bench/RESULTS.md, "Projections"). Everywhere
 else (SQLite, a cipher or compressor, a changed or deleted customer) rows are made in Python from the
@@ -215,16 +215,17 @@ _FIELDS = ", ".join(
         *(f"j #>> '{{record,{name}}}' AS f_{name}" for name in _GMT_FIELDS),
     ]
 )
-REGISTERED_SQL = (
-    "INSERT INTO {table} ({columns}) SELECT {values} FROM ("
+REGISTERED_SELECT = (
+    f"SELECT {', '.join(_REGISTERED_VALUES)} FROM ("
     "SELECT originator_id, originator_version, j->>'org_id' AS org_id, j->>'store_url' AS store_url, "
     "(j->>'woo_id')::bigint AS woo_id, j->>'digest' AS digest, (j->>'queue_id')::uuid AS queue_id, "
-    f"(j->'timestamp'->>'_data_')::timestamptz AS at, {_FIELDS.replace('{', '{{').replace('}', '}}')} "
-    "FROM (SELECT originator_id, originator_version, convert_from(state, 'UTF8')::jsonb AS j FROM {events} "
-    "WHERE notification_id >= %s AND notification_id <= %s AND notification_id = ANY(%s::bigint[]) AND topic = %s "
-    "OFFSET 0) AS stored OFFSET 0) AS event"
+    f"(j->'timestamp'->>'_data_')::timestamptz AS at, {_FIELDS} "
+    "FROM (SELECT originator_id, originator_version, convert_from(state, 'UTF8')::jsonb AS j "
+    f"FROM {EVENTS_TABLE[POSTGRES]} WHERE notification_id >= %s AND notification_id <= %s "
+    "AND notification_id = ANY(%s::bigint[]) AND topic = %s OFFSET 0) AS stored OFFSET 0) AS event"
 )
-# The stored form REGISTERED_SQL reads: a change of the event's class (its class_version) needs it changed.
+_COLUMNS = ", ".join(CUSTOMER_TABLE.column_names)
+# The stored form REGISTERED_SELECT reads: a change of the event's class (its class_version) needs it changed.
 REGISTERED_CLASS_VERSION = 1
 
 
@@ -242,13 +243,10 @@ class CustomersProjection(Projection):
         in_database = [nid for nid, event in items if event is None]
         if in_database:
             assert db.dialect == POSTGRES
-            statement = REGISTERED_SQL.format(
-                table=CUSTOMER_TABLE.name + suffix,
-                columns=", ".join(CUSTOMER_TABLE.column_names),
-                values=", ".join(_REGISTERED_VALUES),
-                events=EVENTS_TABLE[POSTGRES],
+            db.execute(
+                f"INSERT INTO {CUSTOMER_TABLE.name}{suffix} ({_COLUMNS}) {REGISTERED_SELECT}",
+                [in_database[0], in_database[-1], in_database, self.in_database_topics[0]],
             )
-            db.execute(statement, [in_database[0], in_database[-1], in_database, self.in_database_topics[0]])
             items = [item for item in items if item[1] is not None]
         # Most events of a sync register a customer that nothing else in the batch touches: their rows go
         # straight to tuples in column order. Customers changed or deleted in the batch go through dicts.

@@ -79,6 +79,19 @@ class UnknownProjectionError(ValueError):
     """No projection of that name."""
 
 
+@dataclass(frozen=True)
+class _Selection:
+    """What a pass reads of the log: its topics, at most ``batch_size`` notifications a batch, whether it
+    decodes events at all (Projection.reads_events), the topics whose records come trimmed to their ids
+    (Projection.record_ids_only) and those read without their state (Projection.in_database_topics)."""
+
+    topics: list[str]
+    batch_size: int
+    reads_events: bool
+    trimmed: frozenset[str]
+    stateless: frozenset[str]
+
+
 @dataclass
 class _Read:
     """A batch read from the log: notifications up to ``end`` (``count`` of them), decoded."""
@@ -87,8 +100,7 @@ class _Read:
     end: int
     count: int
     full: bool
-    topics: list[str]
-    reads_events: bool
+    selection: _Selection
     decoded: list[tuple[int, str, Any]]
 
 
@@ -286,8 +298,6 @@ class ProjectionRunner:
         # transaction checks the locked positions against it like any other read, and drops it if not.
         pending: tuple[dict[str, tuple[int, int]], Future[_Read | None]] | None = None
         while targets:
-            trimmed = _trimmed_topics(targets)
-            stateless = _in_database_topics(targets) if self.in_database else frozenset()
             batch: _Read | None = None
             if pending is not None:
                 tracked, future = pending
@@ -304,12 +314,14 @@ class ProjectionRunner:
                 if not behind:
                     break
                 start = min(tracked[t.tracking_name][0] for t in behind)
-                topics = sorted(set().union(*(t.topics for t in behind)))
-                reads_events = any(t.projection.reads_events for t in behind)
-                batch = self._read(
-                    self.db, start, head, window, topics, batch_size, reads_events, trimmed, stateless
+                selection = _Selection(
+                    topics=sorted(set().union(*(t.topics for t in behind))),
+                    batch_size=batch_size,
+                    reads_events=any(t.projection.reads_events for t in behind),
+                    trimmed=_trimmed_topics(targets),
+                    stateless=_in_database_topics(targets) if self.in_database else frozenset(),
                 )
-                assert batch is not None
+                batch = self._read(self.db, start, head, window, selection)
             # Read a bounded range of ids: on an events table without statistics PostgreSQL scans the whole
             # range before applying LIMIT. The range widens while it holds few of the group's topics.
             if batch.full:
@@ -325,19 +337,7 @@ class ProjectionRunner:
             ):
                 # Every target will be at ``end`` once this batch commits: read on from there meanwhile.
                 expected = {t.tracking_name: (end, tracked[t.tracking_name][1]) for t in behind}
-                pending = (
-                    expected,
-                    self._prefetcher().submit(
-                        self._prefetch,
-                        end,
-                        window,
-                        batch.topics,
-                        batch_size,
-                        batch.reads_events,
-                        trimmed,
-                        stateless,
-                    ),
-                )
+                pending = (expected, self._prefetcher().submit(self._prefetch, end, window, batch.selection))
             try:
                 with self.db.transaction() as db:
                     if db.dialect == POSTGRES and all(t.suffix == REBUILD_SUFFIX for t in behind):
@@ -387,24 +387,11 @@ class ProjectionRunner:
                     for statement in table.create_indexes(REBUILD_SUFFIX):
                         db.execute(statement)
 
-    def _read(
-        self,
-        db: Database,
-        start: int,
-        head: int,
-        window: int,
-        topics: list[str],
-        batch_size: int,
-        reads_events: bool,
-        trimmed: frozenset[str],
-        stateless: frozenset[str],
-    ) -> _Read:
+    def _read(self, db: Database, start: int, head: int, window: int, selection: _Selection) -> _Read:
         stop = min(head, start + window)
-        notifications = self._select_notifications(
-            db, start, stop, topics, batch_size, reads_events, stateless
-        )
+        notifications = self._select_notifications(db, start, stop, selection)
         count = len(notifications)
-        full = count == batch_size
+        full = count == selection.batch_size
         end = notifications[-1].id if full else stop
         size = 0
         for index, notification in enumerate(notifications):
@@ -413,29 +400,20 @@ class ProjectionRunner:
                 notifications = notifications[:index]
                 end = notifications[-1].id
                 break
-        if reads_events:
-            decoded = _decode(self.app.mapper, notifications, trimmed, stateless)
+        if selection.reads_events:
+            decoded = _decode(self.app.mapper, notifications, selection.trimmed, selection.stateless)
         else:
             decoded = [(n.id, n.topic, None) for n in notifications]
-        return _Read(head, end, count, full, topics, reads_events, decoded)
+        return _Read(head, end, count, full, selection, decoded)
 
-    def _prefetch(
-        self,
-        start: int,
-        window: int,
-        topics: list[str],
-        batch_size: int,
-        reads_events: bool,
-        trimmed: frozenset[str],
-        stateless: frozenset[str],
-    ) -> _Read | None:
+    def _prefetch(self, start: int, window: int, selection: _Selection) -> _Read | None:
         """The batch after ``start`` on the reader's connection (in the prefetch thread); None at the head."""
         head = self._head()
         if head <= start:
             return None
         reader = self._reader
         assert reader is not None
-        return self._read(reader, start, head, window, topics, batch_size, reads_events, trimmed, stateless)
+        return self._read(reader, start, head, window, selection)
 
     def _prefetcher(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -477,19 +455,16 @@ class ProjectionRunner:
         return [self.projections[n] for n in dict.fromkeys(names)]
 
     def _select_notifications(
-        self,
-        db: Database,
-        start: int,
-        stop: int,
-        topics: Sequence[str],
-        limit: int,
-        states: bool = True,
-        stateless: frozenset[str] = frozenset(),
+        self, db: Database, start: int, stop: int, selection: _Selection
     ) -> Sequence[Any]:
+        topics, limit = selection.topics, selection.batch_size
         if db.dialect == POSTGRES:
             recorder: Any = self.app.recorder
             table = f"{recorder.datastore.schema}.{recorder.events_table_name}"
-            return db.select_notifications(table, start, stop, topics, limit, states, sorted(stateless))
+            stateless = sorted(selection.stateless)
+            return db.select_notifications(
+                table, start, stop, topics, limit, selection.reads_events, stateless
+            )
         return self.app.recorder.select_notifications(
             start, limit, stop=stop, topics=topics, inclusive_of_start=False
         )
@@ -628,10 +603,7 @@ def _declared_by_all(
 
 
 def _decode(
-    mapper: Any,
-    notifications: Sequence[Any],
-    trimmed: frozenset[str],
-    stateless: frozenset[str] = frozenset(),
+    mapper: Any, notifications: Sequence[Any], trimmed: frozenset[str], stateless: frozenset[str]
 ) -> list[tuple[int, str, Any]]:
     """Decode a batch, trimming records to their ids as each event is decoded (see record_ids_only). Events
     of the ``stateless`` topics read without their state are left to the database: (id, topic, None).

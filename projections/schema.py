@@ -104,10 +104,12 @@ class Table:
             statement += " WITH (autovacuum_enabled = off)"
         return statement
 
-    def create_indexes(self, suffix: str = "") -> list[str]:
+    def create_indexes(self, suffix: str = "", table_suffix: str | None = None) -> list[str]:
+        """The indexes named with ``suffix``, on the table named with ``table_suffix`` (default: the same)."""
+        on = self.name + (suffix if table_suffix is None else table_suffix)
         return [
             f"CREATE {'UNIQUE ' if index.unique else ''}INDEX IF NOT EXISTS {index.name}{suffix} "
-            f"ON {self.name}{suffix} ({index.columns})" + (f" WHERE {index.where}" if index.where else "")
+            f"ON {on} ({index.columns})" + (f" WHERE {index.where}" if index.where else "")
             for index in self.indexes
         ]
 
@@ -127,8 +129,8 @@ class Table:
         statements.append(f"ALTER TABLE {self.name} RESET (autovacuum_enabled)")
         # The primary key's index keeps the copy's name, as do indexes built before the swap.
         statements.append(f"ALTER INDEX {self.pkey_name(suffix)} RENAME TO {self.pkey_name()}")
-        for index, create in zip(self.indexes, self.create_indexes(suffix), strict=True):
-            statements.append(create.replace(f" ON {self.name}{suffix} ", f" ON {self.name} "))
+        for index, create in zip(self.indexes, self.create_indexes(suffix, table_suffix=""), strict=True):
+            statements.append(create)  # a no-op when built before the swap
             statements.append(f"ALTER INDEX {index.name}{suffix} RENAME TO {index.name}")
         return statements
 

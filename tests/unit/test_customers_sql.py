@@ -5,21 +5,21 @@ equivalence with the Python path is tested against a real PostgreSQL in tests/in
 from __future__ import annotations
 
 from domain.customer import Customer
-from projections.customers import REGISTERED_CLASS_VERSION, REGISTERED_SQL, _gmt
+from projections.customers import REGISTERED_CLASS_VERSION, REGISTERED_SELECT, _gmt
 
 
 def test_the_sql_reads_the_registered_event_of_today() -> None:
     assert Customer.Registered.class_version == REGISTERED_CLASS_VERSION, (
-        "Customer.Registered has a new class_version: make REGISTERED_SQL read the new stored form (and the "
+        "Customer.Registered has a new class_version: make REGISTERED_SELECT read the new stored form (and the "
         "old one, which stays in the log), then bump REGISTERED_CLASS_VERSION"
     )
     fields = set(Customer.Registered.__annotations__)
     assert fields == {"org_id", "store_url", "woo_id", "record", "digest", "queue_id"}, (
-        "Customer.Registered's fields changed: check REGISTERED_SQL"
+        "Customer.Registered's fields changed: check REGISTERED_SELECT"
     )
     for field in fields - {"record"}:
-        assert f"j->>'{field}'" in REGISTERED_SQL
-    assert "j #> '{{record," in REGISTERED_SQL
+        assert f"j->>'{field}'" in REGISTERED_SELECT
+    assert "j #> '{record," in REGISTERED_SELECT
 
 
 def test_gmt_takes_the_stores_form_naming_a_real_moment_and_nothing_else() -> None:
