@@ -41,7 +41,13 @@ from domain.customer import Customer, customer_key
 from domain.queue import SyncQueue
 from infrastructure.cipher import KeyCheckingMapper, decrypt_error
 from infrastructure.config import DatabaseConfig
-from infrastructure.errors import ConfigurationError, QueueNotFoundError, StorageError, WcsyncError
+from infrastructure.errors import (
+    ConfigurationError,
+    QueueNotFoundError,
+    StorageError,
+    WcsyncError,
+    first_line,
+)
 from infrastructure.eventstore import SyncApplication
 from projections.ledger import (
     CHECKPOINT_TABLE_NAME,
@@ -133,12 +139,12 @@ class LogReader:
         except (psycopg.Error, sqlite3.Error) as error:
             self.close()
             raise StorageError(
-                f"cannot read the database {self.database.display}: {_first_line(error)}"
+                f"cannot read the database {self.database.display}: {first_line(error)}"
             ) from None
         try:
             yield self
         except (psycopg.Error, sqlite3.Error) as error:
-            raise StorageError(f"reading {self.database.display} failed: {_first_line(error)}") from None
+            raise StorageError(f"reading {self.database.display} failed: {first_line(error)}") from None
         finally:
             self.close()
 
@@ -1062,8 +1068,3 @@ def customer_history(services: Any, org_id: str, woo_id: int, store_url: str | N
         "failures": [row for row in lines if row["outcome"] == "failed"],
         "lines": lines,
     }
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__

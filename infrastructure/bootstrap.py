@@ -15,7 +15,7 @@ from eventsourcing.persistence import PersistenceError
 
 from infrastructure.config import DatabaseConfig
 from infrastructure.engine import Progress, SyncEngine
-from infrastructure.errors import StorageError
+from infrastructure.errors import StorageError, first_line
 from infrastructure.eventstore import SyncApplication
 from projections import ProjectionRunner
 from projections import queries as projection_queries
@@ -144,7 +144,7 @@ def open_services(database: DatabaseConfig) -> Services:
             runner.migrate()
     except PersistenceError as error:
         app.close()
-        raise StorageError(f"the database {database.display} refused: {str(error).splitlines()[0]}") from None
+        raise StorageError(f"the database {database.display} refused: {first_line(error)}") from None
     except BaseException:
         app.close()
         raise

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def first_line(error: BaseException) -> str:
+    """An error's message cut to its first line (library messages go on with detail and hints), or its
+    type's name when it has none."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
 class WcsyncError(Exception):
     """wcsync could not do what was asked."""
 

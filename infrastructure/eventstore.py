@@ -31,7 +31,7 @@ from domain.customer import Customer, CustomerHead
 from domain.lines import LineBook
 from domain.queue import SyncQueue
 from infrastructure.config import APP_NAME, DatabaseConfig
-from infrastructure.errors import QueueNotFoundError, StorageError
+from infrastructure.errors import QueueNotFoundError, StorageError, first_line
 from infrastructure.transcoder import FastJSONTranscoder
 
 log = structlog.get_logger("wcsync.eventstore")
@@ -76,7 +76,7 @@ class SyncApplication(Application[UUID]):
             super().__init__(env=env)
         except PersistenceError as e:
             raise StorageError(
-                f"cannot open the event store at {database.display}: {_first_line(e)}"
+                f"cannot open the event store at {database.display}: {first_line(e)}"
             ) from None
 
     def construct_transcoder(self) -> Transcoder:
@@ -278,15 +278,10 @@ def retry_storage(func: Callable[[], T], max_retries: int = 3, backoff_s: float 
         except (OperationalError, InterfaceError) as e:
             attempt += 1
             if attempt > max_retries:
-                raise StorageError(f"the database failed {attempt} times: {_first_line(e)}") from None
+                raise StorageError(f"the database failed {attempt} times: {first_line(e)}") from None
             delay = backoff_s * 2 ** (attempt - 1) * (0.5 + random.random())
-            log.warning("storage.retry", attempt=attempt, delay_s=round(delay, 2), error=_first_line(e))
+            log.warning("storage.retry", attempt=attempt, delay_s=round(delay, 2), error=first_line(e))
             time.sleep(delay)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:

@@ -35,7 +35,7 @@ import structlog
 from eventsourcing.persistence import InterfaceError, OperationalError
 
 from infrastructure.config import DatabaseConfig
-from infrastructure.errors import StorageError
+from infrastructure.errors import StorageError, first_line
 from infrastructure.eventstore import SyncApplication
 from projections.activity import ActivityProjection
 from projections.base import Item, Projection
@@ -188,7 +188,7 @@ class ProjectionRunner:
                 applied = self.catch_up()
             except TRANSIENT_ERRORS as error:
                 log.warning(
-                    "projections.database_unavailable", error=_first_line(error), retry_in_s=round(delay, 2)
+                    "projections.database_unavailable", error=first_line(error), retry_in_s=round(delay, 2)
                 )
                 failing = True
                 self.db.reset()
@@ -563,7 +563,7 @@ def _group_main() -> None:
             pickle.dumps(error)
             outcome = error
         except Exception:
-            outcome = StorageError(_first_line(error))
+            outcome = StorageError(first_line(error))
     sys.stdout.buffer.write(pickle.dumps(outcome))
 
 
@@ -684,8 +684,3 @@ def _groups(targets: list[_Target]) -> list[list[_Target]]:
             groups.remove(group)
         groups.append(merged)
     return groups
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
