@@ -423,7 +423,7 @@ class SyncApi:
         if status is None:
             if running and run is not None:
                 # Started, first page not saved yet (the start answered after start_confirm_s).
-                return _starting_status(org_id, queue_id, run)
+                return {**queries.draft_status(org_id, queue_id, run.store_url), "isRunning": True}
             refused = self.refused_starts.get(queue_id)
             if refused is not None and refused[0] == org_id:
                 raise _as_api_error(refused[1])
@@ -505,34 +505,6 @@ def _path_queue_id(request: web.Request) -> UUID:
         return UUID(text)
     except ValueError:
         raise _bad_request("the queue id in the path must be a UUID") from None
-
-
-def _starting_status(org_id: str, queue_id: UUID, run: _BackgroundRun) -> dict[str, Any]:
-    counts = [
-        "totalCount",
-        "draftCount",
-        "doneCount",
-        "failedCount",
-        "cancelledCount",
-        "createdCount",
-        "updatedCount",
-        "unchangedCount",
-        "processCount",
-    ]
-    return {
-        "queueId": str(queue_id),
-        "queueName": f"customers {run.store_url}",
-        "orgId": org_id,
-        "storeUrl": run.store_url,
-        "state": "draft",
-        **dict.fromkeys(counts, 0),
-        "isActionRequired": False,
-        "actionRequiredReason": None,
-        "lastProcessDate": None,
-        "createdAt": None,
-        "progress": 0.0,
-        "isRunning": True,
-    }
 
 
 def _not_found(org_id: str, queue_id: UUID) -> ApiError:

@@ -116,6 +116,21 @@ def queue_status(source: Source, org_id: str, queue_id: UUID | None) -> dict[str
     return _queue_dict(rows[0]) if rows else None
 
 
+def draft_status(org_id: str, queue_id: UUID, store_url: str | None) -> dict[str, Any]:
+    """The status of a queue whose run has started but saved nothing yet: a draft with no lines."""
+    row: dict[str, Any] = dict.fromkeys(_QUEUE_COLUMNS)
+    row.update(dict.fromkeys((c for c in _QUEUE_COLUMNS if c.endswith("_count")), 0))
+    row.update(
+        id=str(queue_id),
+        queue_name=f"customers {store_url}",
+        org_id=org_id,
+        store_url=store_url,
+        state="draft",
+        is_action_required=False,
+    )
+    return _queue_dict(row)
+
+
 def queue_org(source: Source, queue_id: UUID) -> str | None:
     """The org that owns a queue, or None when no such queue is known."""
     with _database(source) as db:
@@ -218,6 +233,7 @@ __all__ = [
     "Source",
     "activity",
     "customers",
+    "draft_status",
     "failed_lines",
     "known_customer_ids",
     "list_queues",
