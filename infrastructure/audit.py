@@ -49,6 +49,7 @@ from infrastructure.errors import (
     first_line,
 )
 from infrastructure.eventstore import SyncApplication
+from projections import queries
 from projections.ledger import (
     CHECKPOINT_TABLE_NAME,
     GENESIS,
@@ -937,27 +938,6 @@ def queue_timeline(
 # ----- a customer's history ------------------------------------------------------------------------------
 
 
-def org_stores(services: Any, org_id: str) -> list[str]:
-    """The stores the org has synced (the queue table as an index)."""
-    services.catch_up()
-    rows = services.projections.db.fetchall(
-        "SELECT DISTINCT store_url FROM woo_customer_sync_queue WHERE org_id = %s ORDER BY store_url",
-        [org_id],
-    )
-    return [str(r[0]) for r in rows]
-
-
-def _queues_with_line(services: Any, org_id: str, store_url: str, woo_id: int) -> list[UUID]:
-    db = services.projections.db
-    rows = db.fetchall(
-        "SELECT q.id, q.created_at FROM woo_customer_sync_queue_line l JOIN woo_customer_sync_queue q "
-        "ON q.id = l.queue_id WHERE l.org_id = %s AND l.woo_customer_id = %s AND q.store_url = %s "
-        "ORDER BY q.created_at",
-        [org_id, woo_id, store_url],
-    )
-    return [as_uuid(r[0]) for r in rows]
-
-
 _LINE_TOPICS = frozenset(
     get_topic(cls)
     for cls in (
@@ -998,8 +978,9 @@ def _queue_line_history(app: SyncApplication, queue_id: UUID, woo_id: int) -> li
 
 def customer_history(services: Any, org_id: str, woo_id: int, store_url: str | None) -> dict[str, Any]:
     app: SyncApplication = services.app
+    services.catch_up()
     if store_url is None:
-        stores = org_stores(services, org_id)
+        stores = queries.org_stores(services.projections, org_id)
         if len(stores) != 1:
             raise AuditError(
                 f"org {org_id!r} has {'no stores' if not stores else str(len(stores)) + ' stores'}"
@@ -1007,8 +988,6 @@ def customer_history(services: Any, org_id: str, woo_id: int, store_url: str | N
                 + ": pass --store URL"
             )
         store_url = stores[0]
-    else:
-        services.catch_up()
     key = customer_key(org_id, store_url, woo_id)
     history: list[dict[str, Any]] = []
     record: dict[str, Any] | None = None
@@ -1056,7 +1035,7 @@ def customer_history(services: Any, org_id: str, woo_id: int, store_url: str | N
         history.append(entry)
     lines = [
         row
-        for queue_id in _queues_with_line(services, org_id, store_url, woo_id)
+        for queue_id in queries.queues_with_line(services.projections, org_id, store_url, woo_id)
         for row in _queue_line_history(app, queue_id, woo_id)
     ]
     lines.sort(key=lambda r: r["time"])

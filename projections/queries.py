@@ -140,6 +140,28 @@ def queue_org(source: Source, queue_id: UUID) -> str | None:
     return str(rows[0][0]) if rows else None
 
 
+def org_stores(source: Source, org_id: str) -> list[str]:
+    """The stores the org has synced (the queue table as an index), sorted."""
+    with _database(source) as db:
+        rows = db.fetchall(
+            f"SELECT DISTINCT store_url FROM {QUEUE_TABLE.name} WHERE org_id = %s ORDER BY store_url",
+            [org_id],
+        )
+    return [str(row[0]) for row in rows]
+
+
+def queues_with_line(source: Source, org_id: str, store_url: str, woo_customer_id: int) -> list[UUID]:
+    """The ids of the store's queues that have a line for the customer, oldest queue first."""
+    with _database(source) as db:
+        decode = db.decoder([UUID_])
+        rows = db.fetchall(
+            f"SELECT q.id FROM {LINE_TABLE.name} l JOIN {QUEUE_TABLE.name} q ON q.id = l.queue_id "
+            "WHERE l.org_id = %s AND l.woo_customer_id = %s AND q.store_url = %s ORDER BY q.created_at",
+            [org_id, woo_customer_id, store_url],
+        )
+    return [decode(row)[0] for row in rows]
+
+
 def list_queues(source: Source, org_id: str, limit: int = 50) -> list[dict[str, Any]]:
     """The org's queues, newest first, with the same keys as ``queue_status``."""
     with _database(source) as db:
@@ -237,6 +259,8 @@ __all__ = [
     "failed_lines",
     "known_customer_ids",
     "list_queues",
+    "org_stores",
     "queue_org",
     "queue_status",
+    "queues_with_line",
 ]
