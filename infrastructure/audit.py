@@ -184,14 +184,8 @@ class LogReader:
             return bool(row and row[0])
         return self._one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = %s", [name]) is not None
 
-    def events(self, after: int = 0) -> Iterator[RawEvent]:
-        if not self.table_exists(self.events_table):
-            return
-        statement = (
-            f"SELECT {self.id_column}, originator_id, originator_version, topic, state FROM {self.events_table} "
-            f"WHERE {self.id_column} > %s ORDER BY {self.id_column}"
-        )
-        for nid, oid, version, topic, state in self._rows(statement, [after]):
+    def events(self) -> Iterator[RawEvent]:
+        for nid, oid, version, topic, state in self.raw_events():
             yield int(nid), as_uuid(oid), int(version), topic, bytes(state)
 
     def raw_events(self) -> Iterator[tuple[int, Any, int, str, bytes]]:
