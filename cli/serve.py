@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import sys
 from typing import Any
@@ -27,9 +26,10 @@ def add_serve_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from cli.main import _database
     from infrastructure.bootstrap import open_services
+    from infrastructure.config import is_loopback
     from infrastructure.http_api import serve
 
-    if not _is_loopback(args.host):
+    if not is_loopback(args.host):
         sys.stderr.write(
             f"wcsync: warning: serving on {args.host} without authentication; "
             "put an authenticating proxy in front of it\n"
@@ -42,12 +42,3 @@ def run_serve(args: argparse.Namespace) -> int:
     with open_services(_database(args)) as services:
         asyncio.run(serve(services, args.host, args.port, listening))
     return EXIT_OK
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

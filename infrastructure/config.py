@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -18,6 +19,16 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from infrastructure.errors import ConfigurationError
 
 APP_NAME = "wcsync"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listening address is reachable from this machine only ("localhost" or a loopback IP)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def default_database_path() -> Path:

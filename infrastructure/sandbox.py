@@ -47,6 +47,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from multidict import MultiMapping
 
 from domain.validation import InvalidCustomerRecord, validate_customer
+from infrastructure.config import is_loopback
 
 DEFAULT_CONSUMER_KEY = "ck_sandbox_0123456789abcdef"
 DEFAULT_CONSUMER_SECRET = "cs_sandbox_0123456789abcdef"  # noqa: S105 - a sandbox-only credential, public by design
@@ -1345,13 +1346,7 @@ def _write_tls_files(directory: Path) -> tuple[Path, Path, Path]:
 
 
 def _check_loopback(host: str) -> None:
-    if host == "localhost":
-        return
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback(host):
         raise ValueError(
             f"the sandbox serves loopback addresses only (its admin routes have no auth), not {host!r}"
         )
