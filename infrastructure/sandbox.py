@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from multidict import MultiMapping
 
-from domain.validation import InvalidCustomerRecord, validate_customer
+from domain.validation import MAX_TEXT_LENGTH, InvalidCustomerRecord, validate_customer
 from infrastructure.config import is_loopback
 
 DEFAULT_CONSUMER_KEY = "ck_sandbox_0123456789abcdef"
@@ -745,7 +745,7 @@ def _repair_field(record: dict[str, Any], name: str) -> None:
         section, _, key = name.rpartition(".")
         container = record[section] if section else record
         value = container.get(key)
-        container[key] = str(value)[:1_000] if isinstance(value, str) else str(value)
+        container[key] = str(value)[:MAX_TEXT_LENGTH] if isinstance(value, str) else str(value)
 
 
 # --------------------------------------------------------------------------------------------------
