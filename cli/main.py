@@ -23,7 +23,7 @@ from cli.audit import add_audit_parser, run_audit
 from cli.serve import add_serve_parser, run_serve
 from domain.errors import SyncError
 from domain.queue import QueueOptions
-from infrastructure.config import DatabaseConfig, StoreSettings
+from infrastructure.config import MAX_NAME_LENGTH, DatabaseConfig, StoreSettings
 from infrastructure.errors import ConfigurationError, QueueNotFoundError, WcsyncError
 from infrastructure.logging import configure_logging
 
@@ -268,8 +268,8 @@ def _database(args: argparse.Namespace) -> DatabaseConfig:
 
 def _org(args: argparse.Namespace) -> str:
     org = _setting(args, "org", "WCSYNC_ORG", "default") or "default"
-    if not org.strip() or len(org) > 200:
-        raise ConfigurationError("--org must be a non-empty name of at most 200 characters")
+    if not org.strip() or len(org) > MAX_NAME_LENGTH:
+        raise ConfigurationError(f"--org must be a non-empty name of at most {MAX_NAME_LENGTH} characters")
     return org
 
 

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from infrastructure.errors import ConfigurationError
 
 APP_NAME = "wcsync"
+MAX_NAME_LENGTH = 200  # an org or user name: `--org` on the command line, org_id/user_id in the HTTP API
 
 
 def is_loopback(host: str) -> bool:

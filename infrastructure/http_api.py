@@ -38,7 +38,7 @@ from aiohttp.abc import AbstractAccessLogger
 from domain.errors import SyncError
 from domain.queue import QueueOptions
 from infrastructure.bootstrap import Services
-from infrastructure.config import StoreSettings, normalise_store_url
+from infrastructure.config import MAX_NAME_LENGTH, StoreSettings, normalise_store_url
 from infrastructure.engine import SyncEngine, SyncOutcome
 from infrastructure.errors import ConfigurationError, QueueNotFoundError, StorageError, WcsyncError
 from infrastructure.woocommerce import ClientOptions, StoreError, StoreRefused
@@ -57,7 +57,6 @@ OPTION_FIELDS = {
     "perPage": "per_page",
     "role": "role",
 }
-MAX_NAME_LENGTH = 200  # org_id and user_id, as `--org` on the command line
 MAX_REASON_LENGTH = 1000
 MAX_LIMIT = 10_000
 # Refused starts remembered so a client polling a queue id that was never saved learns why.
