@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: a PostgreSQL to measure on, fresh databases, a sandbox store process."""
+"""What the benchmark scripts share: a PostgreSQL to measure on, fresh databases, a sandbox store process,
+the environment `wcsync` runs in."""
 
 from __future__ import annotations
 
@@ -37,10 +38,12 @@ def fresh_database(admin_url: str, prefix: str = "bench") -> str:
     """A new empty database on the server of ``admin_url``; returns its URL."""
     import psycopg
 
+    from tests.pgserver import database_url_for
+
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+    return database_url_for(admin_url, name)
 
 
 @contextlib.contextmanager
@@ -51,6 +54,23 @@ def postgres(url: str | None, prefix: str = "bench", durable: bool = False) -> I
         return
     with postgres_server(durable) as admin:
         yield fresh_database(admin, prefix)
+
+
+def wcsync_env(database_url: str, store_url: str | None = None, log_level: str = "error") -> dict[str, str]:
+    """This process's environment for a `wcsync` child, without any WCSYNC_/WOO_ setting of the shell's:
+    the database ``database_url``, the given log level and, with ``store_url``, that sandbox store with
+    the sandbox's default key and secret."""
+    from infrastructure.sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WCSYNC_", "WOO_"))}
+    env.update(WCSYNC_DATABASE_URL=database_url, WCSYNC_LOG_LEVEL=log_level)
+    if store_url is not None:
+        env.update(
+            WOO_URL=store_url,
+            WOO_CONSUMER_KEY=DEFAULT_CONSUMER_KEY,
+            WOO_CONSUMER_SECRET=DEFAULT_CONSUMER_SECRET,
+        )
+    return env
 
 
 @contextlib.contextmanager

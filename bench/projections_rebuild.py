@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ from infrastructure.config import DatabaseConfig  # noqa: E402
 from infrastructure.eventstore import SyncApplication, chunks  # noqa: E402
 from projections import ProjectionRunner  # noqa: E402
 from projections.runner import PROJECTION_CLASSES  # noqa: E402
+from tests.pgserver import database_url_for  # noqa: E402
 
 ORG = "bench-org"
 STORE = "https://bench.example.com"
@@ -142,19 +142,19 @@ def real_sync(url: str, customers: int) -> None:
     database holds the log alone."""
     import psycopg
 
-    from bench._common import WCSYNC, sandbox_process
-    from infrastructure.sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET
+    from bench._common import WCSYNC, sandbox_process, wcsync_env
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WCSYNC_", "WOO_"))}
-    env.update(WCSYNC_DATABASE_URL=url, WCSYNC_LOG_LEVEL="error")
-    subprocess.run([*WCSYNC, "db", "migrate"], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [*WCSYNC, "db", "migrate"], cwd=ROOT, env=wcsync_env(url), check=True, stdout=subprocess.DEVNULL
+    )
     with sandbox_process(customers) as store_url:
-        env.update(
-            WOO_URL=store_url,
-            WOO_CONSUMER_KEY=DEFAULT_CONSUMER_KEY,
-            WOO_CONSUMER_SECRET=DEFAULT_CONSUMER_SECRET,
+        subprocess.run(
+            [*WCSYNC, "start", "--json"],
+            cwd=ROOT,
+            env=wcsync_env(url, store_url),
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
-        subprocess.run([*WCSYNC, "start", "--json"], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
     tables = [table.name for cls in PROJECTION_CLASSES for table in cls.tables]
     with psycopg.connect(url, autocommit=True) as conn:
         for name in [*tables, "wcsync_ledger_checkpoint", "wcsync_projection_tracking"]:
@@ -234,10 +234,6 @@ def measure(
     return result
 
 
-def _with_database(url: str, name: str) -> str:
-    return url.rsplit("/", 1)[0] + "/" + name
-
-
 @contextlib.contextmanager
 def from_template(server_url: str, template: str, customers: int, layout: str) -> Iterator[str]:
     """A fresh copy of ``template`` (made on first use: generated in ``layout``, or by a real sync when
@@ -249,9 +245,9 @@ def from_template(server_url: str, template: str, customers: int, layout: str) -
             conn.execute(f"CREATE DATABASE {template}")
             started = time.perf_counter()
             if layout == "sync":
-                real_sync(_with_database(server_url, template), customers)
+                real_sync(database_url_for(server_url, template), customers)
             else:
-                app = SyncApplication(DatabaseConfig.from_url(_with_database(server_url, template)))
+                app = SyncApplication(DatabaseConfig.from_url(database_url_for(server_url, template)))
                 generate(app, customers, layout)
                 app.close()
             print(f"  made template {template} ({layout}) in {time.perf_counter() - started:.1f} s")
@@ -260,7 +256,7 @@ def from_template(server_url: str, template: str, customers: int, layout: str) -
         # calls for would fall inside the timed runs; FILE_COPY checkpoints before it copies, untimed.
         conn.execute(f"CREATE DATABASE {name} TEMPLATE {template} STRATEGY = FILE_COPY")
     try:
-        yield _with_database(server_url, name)
+        yield database_url_for(server_url, name)
     finally:
         with psycopg.connect(server_url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -13,7 +13,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -21,6 +20,7 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from tests import pgserver
+from tests.pgserver import database_url_for
 
 # Read once, before the per-test environment scrub removes every WCSYNC_* variable.
 EXTERNAL_DATABASE_URL = os.environ.get(pgserver.EXTERNAL_URL_VARIABLE, "")
@@ -50,12 +50,6 @@ def isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Pat
     data_home.mkdir()
     monkeypatch.setenv("XDG_DATA_HOME", str(data_home))
     return data_home
-
-
-def database_url_for(server_url: str, dbname: str) -> str:
-    """``server_url`` with its database swapped for ``dbname`` (credentials, host and options kept)."""
-    parts = urlsplit(server_url)
-    return urlunsplit(parts._replace(path=f"/{dbname}"))
 
 
 class AdminConnection:

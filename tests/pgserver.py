@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 EXTERNAL_URL_VARIABLE = "WCSYNC_TEST_DATABASE_URL"
 SUPERUSER = "postgres"
@@ -48,6 +49,12 @@ SERVER_SETTINGS: dict[str, str] = {
     # Segments in the data dir go when it goes; posix ones in /dev/shm outlive a killed server.
     "dynamic_shared_memory_type": "mmap",
 }
+
+
+def database_url_for(server_url: str, dbname: str) -> str:
+    """``server_url`` with its database swapped for ``dbname`` (credentials, host and options kept)."""
+    parts = urlsplit(server_url)
+    return urlunsplit(parts._replace(path=f"/{dbname}"))
 
 
 class PostgresServerError(RuntimeError):

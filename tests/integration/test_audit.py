@@ -22,36 +22,20 @@ from domain.customer import Customer
 from domain.queue import QueueOptions, SyncQueue
 from infrastructure import audit
 from infrastructure.bootstrap import Services, migrate, open_services
-from infrastructure.config import DatabaseConfig, StoreSettings
+from infrastructure.config import DatabaseConfig
 from infrastructure.engine import SyncOutcome
 from infrastructure.errors import ConfigurationError, QueueNotFoundError
 from infrastructure.sandbox import RunningSandbox, SandboxConfig, SandboxThread
-from infrastructure.woocommerce import ClientOptions
 from projections.ledger import CHECKPOINT_TABLE_NAME, LEDGER_TABLE_NAME
+from tests.integration._helpers import FAST, store_of
 
-FAST = ClientOptions(backoff_base_s=0.01, backoff_max_s=0.05, circuit_reset_s=0.05)
 ORG = "acme"
-
-
-@pytest.fixture
-def services(database_url: str) -> Iterator[Services]:
-    database = DatabaseConfig.from_url(database_url)
-    if database.backend == "postgres":
-        migrate(database)
-    with open_services(database) as opened:
-        yield opened
 
 
 @pytest.fixture
 def sandbox() -> Iterator[RunningSandbox]:
     with SandboxThread(SandboxConfig(customers=60, invalid=2)) as running:
         yield running
-
-
-def store_of(sandbox: RunningSandbox) -> StoreSettings:
-    return StoreSettings(
-        url=sandbox.url, consumer_key=sandbox.consumer_key, consumer_secret=sandbox.consumer_secret
-    )
 
 
 def sync(services: Services, sandbox: RunningSandbox, org: str = ORG) -> SyncOutcome:

@@ -25,16 +25,15 @@ import pytest
 from psycopg import sql
 from structlog.testing import capture_logs
 
-from infrastructure.bootstrap import Services, migrate, open_services
+from infrastructure.bootstrap import Services, open_services
 from infrastructure.config import DatabaseConfig
 from infrastructure.http_api import SYNC_PATH, ApiSettings, running_api
 from infrastructure.sandbox import Faults, RunningSandbox, SandboxConfig, SandboxThread
-from infrastructure.woocommerce import ClientOptions
 from projections import queries
+from tests.integration._helpers import FAST
 
 T = TypeVar("T")
 
-FAST = ClientOptions(backoff_base_s=0.01, backoff_max_s=0.05, circuit_reset_s=0.05)
 SETTINGS = ApiSettings(client_options=FAST)
 DEADLINE_S = 60.0
 
@@ -134,14 +133,6 @@ class ApiThread:
             self._url = running.url
             self._ready.set()
             await self._stop.wait()
-
-
-@pytest.fixture
-def services(database_url: str) -> Iterator[Services]:
-    database = DatabaseConfig.from_url(database_url)
-    migrate(database)
-    with open_services(database) as opened:
-        yield opened
 
 
 @pytest.fixture

@@ -22,22 +22,7 @@ from infrastructure.errors import QueueNotFoundError
 from infrastructure.sandbox import Faults, RunningSandbox, SandboxConfig, SandboxThread
 from infrastructure.woocommerce import ClientOptions, StoreRefused
 from projections import queries
-
-FAST = ClientOptions(backoff_base_s=0.01, backoff_max_s=0.05, circuit_reset_s=0.05)
-
-
-@pytest.fixture
-def services(database_url: str) -> Iterator[Services]:
-    database = DatabaseConfig.from_url(database_url)
-    migrate(database)
-    with open_services(database) as opened:
-        yield opened
-
-
-def store_of(sandbox: RunningSandbox) -> StoreSettings:
-    return StoreSettings(
-        url=sandbox.url, consumer_key=sandbox.consumer_key, consumer_secret=sandbox.consumer_secret
-    )
+from tests.integration._helpers import FAST, store_of
 
 
 def start(services: Services, sandbox: RunningSandbox, org: str = "acme", **options: Any) -> SyncOutcome:
