@@ -554,21 +554,22 @@ def _cmd_projections(args: argparse.Namespace) -> int:
 def _sandbox_config(args: argparse.Namespace, **overrides: Any) -> Any:
     from infrastructure.sandbox import Faults, SandboxConfig
 
-    for name in ("error_rate", "html_rate", "truncated_rate", "slow_rate"):
-        value = getattr(args, name, 0.0)
-        if not 0.0 <= value <= 1.0:
-            raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
-    faults = Faults(
-        latency_ms=args.latency_ms,
-        rate_limit=args.rate_limit,
-        error_rate=args.error_rate,
-        html_rate=args.html_rate,
-        truncated_rate=args.truncated_rate,
-        slow_rate=args.slow_rate,
-        slow_ms=args.slow_ms,
-        repeat_last_page=args.repeat_last_page,
-        churn_every=args.churn_every,
-    )
+    try:
+        faults = Faults(
+            latency_ms=args.latency_ms,
+            rate_limit=args.rate_limit,
+            error_rate=args.error_rate,
+            html_rate=args.html_rate,
+            truncated_rate=args.truncated_rate,
+            slow_rate=args.slow_rate,
+            slow_ms=args.slow_ms,
+            repeat_last_page=args.repeat_last_page,
+            churn_every=args.churn_every,
+        )
+    except ValueError as error:
+        # "error_rate must be ..." names the field; on the command line it is --error-rate.
+        name, _, rest = str(error).partition(" ")
+        raise UsageError(f"--{name.replace('_', '-')} {rest}") from None
     if args.invalid > args.customers:
         raise UsageError("--invalid cannot exceed --customers")
     config = SandboxConfig(

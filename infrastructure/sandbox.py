@@ -80,6 +80,13 @@ class Faults:
     repeat_last_page: bool = False
     churn_every: int = 0
 
+    def __post_init__(self) -> None:
+        # Each message starts with the field's name: the CLI names it as its option.
+        for name in ("error_rate", "html_rate", "truncated_rate", "slow_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+
 
 @dataclass(frozen=True)
 class SandboxConfig:
