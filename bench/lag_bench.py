@@ -1,7 +1,12 @@
 """Projection lag during a live sync: `wcsync start` of N customers into PostgreSQL while this script
 polls the log head and every projection's tracking position every 50 ms from its own connection.
 
-    .venv/bin/python bench/lag_bench.py --customers 100000 --pg-url postgresql://...
+    .venv/bin/python bench/lag_bench.py [--customers 100000] [--pg-url postgresql://...]
+
+The database is a fresh one on the server of --pg-url (an admin URL), or, without it, on a throwaway
+PostgreSQL server started with the test suite's helper (tests/pgserver.py) but with PostgreSQL's durable
+defaults (fsync, synchronous_commit on), as the figures in bench/RESULTS.md were measured;
+WCSYNC_BENCH_DATABASE_URL names an existing server instead.
 
 Lag at a sample = now - the moment the head first passed the slowest projection's position (the age of
 the oldest event not yet in every read model). Prints median, p95 and max.
@@ -11,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import os
 import statistics
 import subprocess
 import sys
@@ -23,8 +27,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import WCSYNC, fresh_database, sandbox_process  # noqa: E402
-from infrastructure.sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET  # noqa: E402
+from bench._common import WCSYNC, fresh_database, postgres, sandbox_process, wcsync_env  # noqa: E402
 
 
 def main() -> None:
@@ -33,19 +36,21 @@ def main() -> None:
     )
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument(
-        "--pg-url", required=True, help="an admin URL; a fresh database is made on that server"
+        "--pg-url",
+        default=None,
+        help="an admin URL; a fresh database is made on that server (default: a throwaway durable server)",
     )
     args = parser.parse_args()
-    url = fresh_database(args.pg_url, "lag")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WCSYNC_", "WOO_"))}
-    env.update(WCSYNC_DATABASE_URL=url, WCSYNC_LOG_LEVEL="error")
-    subprocess.run([*WCSYNC, "db", "migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
-    with sandbox_process(args.customers) as store_url:
-        env.update(
-            WOO_URL=store_url,
-            WOO_CONSUMER_KEY=DEFAULT_CONSUMER_KEY,
-            WOO_CONSUMER_SECRET=DEFAULT_CONSUMER_SECRET,
-        )
+    # postgres() uses a URL as given; --pg-url names a server, on which the run gets a fresh database.
+    given = fresh_database(args.pg_url, "lag") if args.pg_url else None
+    with postgres(given, "lag", durable=True) as url:
+        measure(url, args.customers)
+
+
+def measure(url: str, customers: int) -> None:
+    subprocess.run([*WCSYNC, "db", "migrate"], cwd=ROOT, env=wcsync_env(url), check=True, capture_output=True)
+    with sandbox_process(customers) as store_url:
+        env = wcsync_env(url, store_url)
         sync = subprocess.Popen([*WCSYNC, "start", "--json"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
         seen: list[tuple[int, float]] = []  # (head, first time seen), heads increasing
         lags: list[float] = []
@@ -66,7 +71,7 @@ def main() -> None:
                 time.sleep(0.05)
         lags.sort()
         print(
-            f"{args.customers} customers: {len(lags)} samples; lag median {statistics.median(lags):.2f} s, "
+            f"{customers} customers: {len(lags)} samples; lag median {statistics.median(lags):.2f} s, "
             f"p95 {lags[int(len(lags) * 0.95)]:.2f} s, max {lags[-1]:.2f} s"
         )
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -24,8 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import WCSYNC, sandbox_process  # noqa: E402
-from infrastructure.sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET  # noqa: E402
+from bench._common import WCSYNC, sandbox_process, wcsync_env  # noqa: E402
 
 
 def main() -> None:
@@ -41,14 +39,7 @@ def main() -> None:
         syncs, walls = [], []
         with tempfile.TemporaryDirectory(prefix="wcsync-latency-") as scratch:
             for run in range(args.runs):
-                env = {k: v for k, v in os.environ.items() if not k.startswith(("WCSYNC_", "WOO_"))}
-                env.update(
-                    WCSYNC_DATABASE_URL=f"sqlite:///{scratch}/run{run}.db",
-                    WOO_URL=url,
-                    WOO_CONSUMER_KEY=DEFAULT_CONSUMER_KEY,
-                    WOO_CONSUMER_SECRET=DEFAULT_CONSUMER_SECRET,
-                    WCSYNC_LOG_LEVEL="error",
-                )
+                env = wcsync_env(f"sqlite:///{scratch}/run{run}.db", url)
                 command = [*WCSYNC, "start", "--json"]
                 if args.rate:
                     command += ["--rate", str(args.rate)]

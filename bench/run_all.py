@@ -14,6 +14,7 @@ SCRIPTS = [
     ["latency_bench.py"],
     ["sync_bench.py", "--sizes", "10000,100000"],
     ["projections_rebuild.py"],
+    ["lag_bench.py"],
     ["audit_bench.py"],
 ]
 

@@ -31,8 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import WCSYNC, fresh_database, postgres_server, sandbox_process  # noqa: E402
-from infrastructure.sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET  # noqa: E402
+from bench._common import WCSYNC, fresh_database, postgres_server, sandbox_process, wcsync_env  # noqa: E402
 
 
 def _tree_rss_kb(pid: int) -> int:
@@ -114,16 +113,11 @@ def bench_size(size: int, kind: str, admin_url: str | None, workdir: Path) -> di
     else:
         assert admin_url is not None
         database_url = fresh_database(admin_url)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WCSYNC_", "WOO_"))}
-    env.update(
-        WCSYNC_DATABASE_URL=database_url,
-        WOO_CONSUMER_KEY=DEFAULT_CONSUMER_KEY,
-        WOO_CONSUMER_SECRET=DEFAULT_CONSUMER_SECRET,
-        WCSYNC_LOG_LEVEL="error",
+    subprocess.run(
+        [*WCSYNC, "db", "migrate"], cwd=ROOT, env=wcsync_env(database_url), check=True, capture_output=True
     )
-    subprocess.run([*WCSYNC, "db", "migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
     with sandbox_process(size) as url:
-        env["WOO_URL"] = url
+        env = wcsync_env(database_url, url)
         first = run_measured([*WCSYNC, "start", "--json"], env)
         second = run_measured([*WCSYNC, "start", "--json"], env)
     load_s = load_queue_seconds(database_url, first["queue_id"])
