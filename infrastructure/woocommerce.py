@@ -16,7 +16,7 @@ import re
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from types import TracebackType
@@ -398,13 +398,11 @@ class WooCommerceClient:
         gate = asyncio.Semaphore(self._options.concurrency)
 
         async def chunk(chunk_ids: list[int]) -> None:
+            # Every role: the ids asked for are known customers, whatever role they have now.
             params = {
-                "include": ",".join(str(i) for i in chunk_ids),
-                "per_page": str(MAX_PER_PAGE),
-                "page": "1",
+                **self._list_params(1, MAX_PER_PAGE),
                 "role": "all",
-                "orderby": "id",
-                "order": "asc",
+                "include": ",".join(str(i) for i in chunk_ids),
             }
             async with gate:
                 response = await self._get("", params, listing=True)
@@ -516,11 +514,7 @@ class WooCommerceClient:
                     return
                 number += 1
         finally:
-            for task in in_flight.values():
-                task.cancel()
-            for task in in_flight.values():
-                with contextlib.suppress(BaseException):
-                    await task
+            await _cancel_and_wait(list(in_flight.values()))
 
     # -- one request, with retries
 
@@ -777,11 +771,16 @@ async def _gather_all(coroutines: Iterable[Any]) -> None:
     try:
         await asyncio.gather(*tasks)
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await _cancel_and_wait(tasks)
+
+
+async def _cancel_and_wait(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Cancel the tasks still running and wait for each to end, whatever it ends with."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(BaseException):
+            await task
 
 
 def _int_header(headers: Any, name: str) -> int | None:
