@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the store's site root (env WOO_URL); key and secret come from WOO_CONSUMER_KEY / WOO_CONSUMER_SECRET",
     )
     store_options.add_argument(
-        "--concurrency", type=_positive_int, default=4, help="pages fetched at once (default 4)"
+        "--concurrency", type=_at_least_one, default=4, help="pages fetched at once (default 4)"
     )
     store_options.add_argument(
         "--rate", type=_rate, default=0.0, help="max requests per second to the store (default 0: no limit)"
@@ -278,7 +278,7 @@ def _client_options(args: argparse.Namespace) -> Any:
 
     try:
         return ClientOptions(
-            concurrency=max(1, args.concurrency),
+            concurrency=args.concurrency,
             rate=args.rate,
             ca_file=args.ca_file,
             timeout_s=args.timeout,

@@ -155,6 +155,7 @@ def test_an_unreachable_store_exits_3(sqlite_url: str) -> None:
         (("frobnicate",), {}, "invalid choice"),
         (("projections", "rebuild", "nosuch"), {}, "unknown projection(s) nosuch; known: customers"),
         (("queues", "--limit", "0"), {}, "0 must be at least 1"),
+        (("start", "--concurrency", "0"), {}, "must be at least 1"),
     ],
 )
 def test_usage_and_configuration_errors_exit_2_with_one_clear_line(
