@@ -798,10 +798,15 @@ def _values(query: MultiMapping[str], name: str) -> list[str]:
     return values
 
 
+def _csv(query: MultiMapping[str], name: str) -> list[str]:
+    """The parameter's items: every value (``name`` and ``name[]``) split at commas, blanks dropped."""
+    return [item.strip() for value in _values(query, name) for item in value.split(",") if item.strip()]
+
+
 def _id_list(
     query: Any, name: str, problems: dict[str, str], details: dict[str, dict[str, Any]]
 ) -> tuple[int, ...]:
-    items = [item.strip() for value in _values(query, name) for item in value.split(",") if item.strip()]
+    items = _csv(query, name)
     for index, item in enumerate(items):
         if not _INTEGER.match(item):
             message = f"{name}[{index}] is not of type integer."
@@ -865,9 +870,7 @@ def _parse_list_query(query: MultiMapping[str]) -> ListQuery:
     exclude = _id_list(query, "exclude", problems, details)
     if problems:
         raise _InvalidParams(problems, details)
-    fields_raw = [
-        item.strip() for value in _values(query, "_fields") for item in value.split(",") if item.strip()
-    ]
+    fields_raw = _csv(query, "_fields")
     return ListQuery(
         page=page or 1,
         per_page=per_page or 10,
@@ -1185,7 +1188,7 @@ class _StoreFront:
     def _item(self, request: web.Request, customer_id: int, authenticated: bool) -> web.Response:
         if not authenticated:
             return _wc_error(401, "woocommerce_rest_cannot_view", "Sorry, you cannot view this resource.")
-        fields = [i.strip() for v in _values(request.query, "_fields") for i in v.split(",") if i.strip()]
+        fields = _csv(request.query, "_fields")
         if fields:
             obj = self.store.api_object(customer_id)
             body = None if obj is None else json.dumps(_filter_fields(obj, tuple(fields))).encode()
