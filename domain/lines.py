@@ -61,6 +61,10 @@ class LineBook:
         self._states: Counter[str] = Counter()
         self._results: Counter[str] = Counter()
 
+    def __iter__(self) -> Iterator[int]:
+        """The line ids."""
+        return iter(self._codes)
+
     def __contains__(self, customer_id: object) -> bool:
         return customer_id in self._codes
 

@@ -183,10 +183,6 @@ class SyncQueue(Aggregate):
         return self.pages_recorded + 1
 
     @property
-    def is_finished(self) -> bool:
-        return self.state in (Q_DONE, Q_FAILED)
-
-    @property
     def progress(self) -> float:
         total = self.lines.total
         if total == 0:
@@ -197,9 +193,6 @@ class SyncQueue(Aggregate):
     def draft_ids(self) -> Iterator[int]:
         return self.lines.ids_in_state(DRAFT)
 
-    def failed_lines(self) -> Iterator[tuple[int, Line]]:
-        return self.lines.items_in_state(FAILED)
-
     def retryable_ids(self) -> list[int]:
         max_retries = self.queue_options.max_retries
         return [cid for cid, line in self.lines.items_in_state(FAILED) if line.attempts < max_retries]
@@ -208,14 +201,10 @@ class SyncQueue(Aggregate):
         max_retries = self.queue_options.max_retries
         return [cid for cid, line in self.lines.items_in_state(FAILED) if line.attempts >= max_retries]
 
-    def has_line(self, customer_id: int) -> bool:
-        return customer_id in self.lines
-
     # ----- commands ------------------------------------------------------------------------------------
 
     def start_processing(self, mode: str) -> None:
-        if self.state == Q_DONE:
-            raise QueueFinishedError(self.id, self.state)
+        self._check_open()
         self.trigger_event(self.ProcessingStarted, mode=mode)
 
     def add_lines(
@@ -326,8 +315,7 @@ class SyncQueue(Aggregate):
 
     def request_retry(self, requested_by: str) -> list[int]:
         """Put failed lines under max_retries back to draft; returns their ids."""
-        if self.state == Q_DONE:
-            raise QueueFinishedError(self.id, self.state)
+        self._check_open()
         ids = self.retryable_ids()
         if not ids:
             exhausted = len(self.exhausted_ids())
@@ -352,8 +340,7 @@ class SyncQueue(Aggregate):
         self.action_required_reason = reason
 
     def force_done(self, reason: str, forced_by: str) -> list[int]:
-        if self.state == Q_DONE:
-            raise QueueFinishedError(self.id, self.state)
+        self._check_open()
         if not reason.strip():
             raise ValueError("force-done needs a reason")
         cancelled = list(self.lines.ids_in_state(DRAFT)) + list(self.lines.ids_in_state(FAILED))

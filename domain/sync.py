@@ -43,7 +43,6 @@ class Mirrored(Protocol):
 
 
 def split_unchanged(
-    queue: SyncQueue,
     records: Iterable[dict[str, Any]],
     customers: Mapping[int, Mirrored],
     canonical: Callable[[Mapping[str, Any]], bytes] = canonical_bytes,

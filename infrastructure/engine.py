@@ -147,8 +147,7 @@ class SyncEngine:
     async def retry(self, queue_id: UUID, store: StoreSettings, client_options: ClientOptions) -> SyncOutcome:
         queue = self.get_queue(queue_id)
         self._check_store(queue, store)
-        queue.request_retry(self.actor)
-        self.app.save_batch(queue)
+        queue.request_retry(self.actor)  # saved by _run, with the run's ProcessingStarted
         return await self._run(queue, store, client_options, mode="retry")
 
     def force_done(self, queue_id: UUID, reason: str) -> SyncOutcome:
@@ -202,7 +201,6 @@ class SyncEngine:
             store_error = error
             if not run.saved and isinstance(error, StoreRefused):
                 # Refused before the first page: nothing was saved and nothing is left half-written.
-                run.progress.close()
                 raise
             await asyncio.to_thread(self._record_fetch_failure, run, error)
         finally:
@@ -216,7 +214,7 @@ class SyncEngine:
 
     async def _fetch(self, run: _Run, client: WooCommerceClient) -> None:
         queue = run.queue
-        seen: set[int] = {cid for cid, _ in queue.lines.items()}
+        seen: set[int] = set(queue.lines)
         totals: set[int] = set()
         pages = queue.pages_recorded
         complete = True
@@ -299,7 +297,7 @@ class SyncEngine:
                 return
             keys = dict(zip(customer_keys(queue, fresh), (r["id"] for r in fresh), strict=True))
             heads = {keys[key]: head for key, head in self.app.customer_heads(list(keys)).items()}
-            to_process, unchanged = split_unchanged(queue, fresh, heads, canonical=canonical_bytes)
+            to_process, unchanged = split_unchanged(fresh, heads, canonical=canonical_bytes)
             # Only customers that exist and changed need replaying; new ones need nothing loaded.
             changed = [r for r in to_process if r["id"] in heads]
             customers = self._mirrored(queue, changed) if changed else {}
@@ -378,7 +376,6 @@ class SyncEngine:
             queue.pending_events.extend(run.initial_events)
             run.queue = queue
             return
-        self.app.repository.cache = None
         run.queue = self.app.get_queue(run.queue.id)
 
     def _save(self, run: _Run, customers: Iterable[Customer]) -> None:

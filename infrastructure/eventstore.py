@@ -99,7 +99,7 @@ class SyncApplication(Application[UUID]):
             raise QueueNotFoundError(f"no queue {queue_id}")
         return queue
 
-    def save_batch(self, *aggregates: Aggregate, max_retries: int = 3, backoff_s: float = 1.0) -> None:
+    def save_batch(self, *aggregates: Aggregate) -> None:
         """Save pending events of all aggregates in one transaction, retrying transient storage errors.
 
         Raises ConcurrentWriteError when another writer got there first (nothing of this save is stored).
@@ -120,7 +120,7 @@ class SyncApplication(Application[UUID]):
                 # Nothing of this save is stored; the caller reloads the aggregates and redoes its step.
                 raise ConcurrentWriteError("another writer saved first") from None
 
-        retry_storage(save, max_retries=max_retries, backoff_s=backoff_s)
+        retry_storage(save)
         for aggregate, pending in counts:
             if isinstance(aggregate, SyncQueue) and pending:
                 version = aggregate.version
@@ -229,9 +229,9 @@ class SyncApplication(Application[UUID]):
 
     # ----- reading the log -----------------------------------------------------------------------------
 
-    def queue_events(self, queue_id: UUID, gt: int | None = None) -> Iterator[Any]:
+    def queue_events(self, queue_id: UUID) -> Iterator[Any]:
         """The queue's events in order, read in slices so a big queue never sits in memory whole."""
-        position = gt or 0
+        position = 0
         while True:
             stored: Sequence[StoredEvent] = retry_storage(
                 partial(self.recorder.select_events, queue_id, gt=position, limit=200)

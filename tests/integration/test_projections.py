@@ -113,7 +113,7 @@ class Sync:
             self.pages += 1
             unchanged: list[tuple[int, str]] = []
             if split:
-                page, unchanged = split_unchanged(self.queue, page, self.mirrored(page))
+                page, unchanged = split_unchanged(page, self.mirrored(page))
             self.queue.add_lines(page, page=self.pages, unchanged=unchanged)
             self.app.save_batch(self.queue)
         self.queue.finish_fetch(pages=self.pages, total=len(self.queue.lines), complete=True)
