@@ -34,6 +34,7 @@ from infrastructure.failpoints import failpoint
 from infrastructure.transcoder import canonical_bytes
 from infrastructure.woocommerce import (
     ClientOptions,
+    ScanResult,
     StoreCredentials,
     StoreError,
     StoreRefused,
@@ -217,22 +218,21 @@ class SyncEngine:
         seen: set[int] = set(queue.lines)
         totals: set[int] = set()
         pages = queue.pages_recorded
-        complete = True
-        async for page in client.pages(start_page=queue.next_page, seen_ids=seen):
+        scan = ScanResult()
+        async for page in client.pages(start_page=queue.next_page, seen_ids=seen, result=scan):
             if page.total is not None:
                 totals.add(page.total)
                 run.progress.set_total(max(page.total, run.queue.lines.total))
             failpoint("page_fetched")
             await asyncio.to_thread(self._record_page, run, page.number, page.records)
             pages = page.number
-        if any(kind == "store_repeating_pages" for kind, *_ in run.incidents):
-            complete = False
         # A store that changed while we paged (totals moved) can have shifted a customer across a page
         # boundary: list every id and fetch the ones the scan missed.
         last_total = max(totals) if totals else None
         if len(totals) > 1 or (last_total is not None and last_total != len(seen)):
             await self._reconcile(run, client, seen)
-        await asyncio.to_thread(self._record_fetch_finished, run, pages, complete, seen)
+        # Only a scan that reached the store's end may mark customers missing from it as deleted.
+        await asyncio.to_thread(self._record_fetch_finished, run, pages, scan.complete, seen)
 
     async def _reconcile(self, run: _Run, client: WooCommerceClient, seen: set[int]) -> None:
         store_ids = await client.all_ids()

@@ -134,6 +134,14 @@ class Page:
 
 
 @dataclass
+class ScanResult:
+    """How a scan ended, once its pages are iterated: ``complete`` is False when it stopped before the
+    store's last page (the page cap, a store repeating pages), so its customers are not the whole store."""
+
+    complete: bool = True
+
+
+@dataclass
 class ClientStats:
     """What this client did to the store; cheap counters, safe to show an operator."""
 
@@ -385,11 +393,15 @@ class WooCommerceClient:
             return response.total
         return len(response.body)
 
-    def pages(self, start_page: int = 1, seen_ids: set[int] | None = None) -> AsyncIterator[Page]:
-        """Yields the store's customers page by page, in page order, fetching ahead concurrently."""
+    def pages(
+        self, start_page: int = 1, seen_ids: set[int] | None = None, result: ScanResult | None = None
+    ) -> AsyncIterator[Page]:
+        """Yields the store's customers page by page, in page order, fetching ahead concurrently; ``result``
+        says afterwards whether the scan reached the store's end."""
         if start_page < 1:
             raise ValueError(f"start_page is 1-based, got {start_page}")
-        return self._scan(start_page, seen_ids if seen_ids is not None else set(), {}, self._options.per_page)
+        seen = seen_ids if seen_ids is not None else set()
+        return self._scan(start_page, seen, {}, self._options.per_page, result or ScanResult())
 
     async def customers_by_id(self, ids: Iterable[int]) -> tuple[dict[int, dict[str, Any]], set[int]]:
         """(records found by id, ids the store no longer has)."""
@@ -441,7 +453,7 @@ class WooCommerceClient:
 
     async def _list_ids(self) -> set[int]:
         ids: set[int] = set()
-        async for _ in self._scan(1, ids, {"_fields": "id"}, MAX_PER_PAGE):
+        async for _ in self._scan(1, ids, {"_fields": "id"}, MAX_PER_PAGE, ScanResult()):
             pass
         return ids
 
@@ -455,7 +467,7 @@ class WooCommerceClient:
         }
 
     async def _scan(
-        self, start_page: int, seen: set[int], extra: dict[str, str], per_page: int
+        self, start_page: int, seen: set[int], extra: dict[str, str], per_page: int, result: ScanResult
     ) -> AsyncIterator[Page]:
         concurrency = self._options.concurrency
         last_allowed = start_page + self._options.max_pages - 1
@@ -487,6 +499,7 @@ class WooCommerceClient:
                         f"Stopped after {self._options.max_pages} pages, the limit for one scan.",
                         {"max_pages": self._options.max_pages, "last_page": number - 1},
                     )
+                    result.complete = False
                     return
                 launch_ahead()
                 response = await in_flight.pop(number)
@@ -508,6 +521,7 @@ class WooCommerceClient:
                         "stopped there. A cache that ignores the query string usually causes this.",
                         {"page": number, "records": len(raw)},
                     )
+                    result.complete = False
                     return
                 yield Page(number, fresh, response.total, response.total_pages)
                 if len(raw) < per_page:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import socket
 import threading
@@ -349,6 +350,26 @@ def test_a_store_repeating_its_last_page_ends_with_a_warning_and_an_incomplete_f
         assert warnings and warnings[0]["status"] == "warning"
         queue = services.app.get_queue(outcome.queue_id)
         assert queue.fetch_finished and not queue.fetch_complete
+
+
+def test_a_scan_stopped_by_the_page_cap_marks_no_customer_deleted(services: Services) -> None:
+    with SandboxThread(SandboxConfig(customers=250)) as sandbox:
+        start(services, sandbox)
+        capped = dataclasses.replace(FAST, max_pages=2)  # 2 of the 3 pages of 100
+        outcome = asyncio.run(services.engine("acme").start(store_of(sandbox), QueueOptions(), capped))
+
+        queue = services.app.get_queue(outcome.queue_id)
+        assert queue.fetch_finished and not queue.fetch_complete
+        activity = queries.activity(services.projections, "acme", outcome.queue_id)
+        assert "store_page_cap_reached" in {row["activityType"] for row in activity}
+        assert len(mirrored(services, sandbox)) == 250  # the 50 past the cap are not "absent from the store"
+
+        # A complete scan still marks a customer gone from the store as deleted.
+        gone = sandbox.store.customer_ids()[-1]
+        sandbox.store.delete(gone)
+        start(services, sandbox)
+        assert set(mirrored(services, sandbox)) == set(sandbox.store.customer_ids())
+        assert gone not in mirrored(services, sandbox)
 
 
 def test_batch_delay_spaces_the_batches_out(services: Services) -> None:
