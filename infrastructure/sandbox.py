@@ -34,7 +34,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
@@ -48,6 +47,7 @@ from multidict import MultiMapping
 
 from domain.validation import MAX_TEXT_LENGTH, InvalidCustomerRecord, validate_customer
 from infrastructure.config import is_loopback
+from infrastructure.loop_thread import LoopThread
 
 DEFAULT_CONSUMER_KEY = "ck_sandbox_0123456789abcdef"
 DEFAULT_CONSUMER_SECRET = "cs_sandbox_0123456789abcdef"  # noqa: S105 - a sandbox-only credential, public by design
@@ -1399,52 +1399,11 @@ async def start_sandbox(
             await runner.cleanup()
 
 
-class SandboxThread:
+class SandboxThread(LoopThread[RunningSandbox]):
     """Runs start_sandbox on its own event loop in a background thread, for synchronous code and tests."""
 
     def __init__(self, config: SandboxConfig, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._config = config
-        self._host = host
-        self._port = port
-        self._ready = threading.Event()
-        self._running: RunningSandbox | None = None
-        self._error: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> RunningSandbox:
-        self._thread = threading.Thread(target=self._run, name="wcsync-sandbox", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._running is None:
-            self._thread.join()
-            raise RuntimeError("the sandbox did not start") from self._error
-        return self._running
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join()
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except Exception as error:  # reported to __enter__, which re-raises it in the caller's thread
-            self._error = error
-        finally:
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        async with start_sandbox(self._config, self._host, self._port) as running:
-            self._running = running
-            self._ready.set()
-            await self._stop.wait()
+        super().__init__(lambda: start_sandbox(config, host, port), "the sandbox")
 
 
 def serve_forever(config: SandboxConfig, host: str, port: int) -> None:

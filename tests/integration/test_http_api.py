@@ -3,7 +3,6 @@ store in another, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import os
@@ -11,10 +10,10 @@ import selectors
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +27,7 @@ from structlog.testing import capture_logs
 from infrastructure.bootstrap import Services, open_services
 from infrastructure.config import DatabaseConfig
 from infrastructure.http_api import SYNC_PATH, ApiSettings, running_api
+from infrastructure.loop_thread import LoopThread
 from infrastructure.sandbox import Faults, RunningSandbox, SandboxConfig, SandboxThread
 from projections import queries
 from tests.integration._helpers import FAST
@@ -89,50 +89,17 @@ def wait_until(probe: Callable[[], T | None], deadline_s: float = DEADLINE_S) ->
         time.sleep(0.05)
 
 
-class ApiThread:
+class ApiThread(LoopThread[Api]):
     """running_api on its own event loop in a background thread, as `wcsync serve` runs it."""
 
     def __init__(self, services: Services, settings: ApiSettings = SETTINGS) -> None:
-        self._services = services
-        self._settings = settings
-        self._ready = threading.Event()
-        self._url: str | None = None
-        self._error: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, name="wcsync-api", daemon=True)
+        super().__init__(lambda: _api(services, settings), "the API", join_timeout=DEADLINE_S)
 
-    def __enter__(self) -> Api:
-        self._thread.start()
-        self._ready.wait()
-        if self._url is None:
-            self._thread.join()
-            raise RuntimeError("the API did not start") from self._error
-        return Api(self._url)
 
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=DEADLINE_S)
-        assert not self._thread.is_alive(), "the API did not stop"
-        if self._error is not None:
-            raise self._error
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as error:
-            self._error = error
-        finally:
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        async with running_api(self._services, settings=self._settings) as running:
-            self._url = running.url
-            self._ready.set()
-            await self._stop.wait()
+@asynccontextmanager
+async def _api(services: Services, settings: ApiSettings) -> AsyncIterator[Api]:
+    async with running_api(services, settings=settings) as running:
+        yield Api(running.url)
 
 
 @pytest.fixture
