@@ -107,6 +107,19 @@ class SyncQueue(Aggregate):
     class LinesRefetched(Event):
         records: list[dict[str, Any]]  # failed lines' customers fetched again for a retry
 
+    class LinesRejected(Event):
+        """Customers whose records the boundary refused (domain.validation.check_record): each is a line
+        that fails at once (attempt 1). The log keeps a bounded excerpt and the digest of each record, not
+        the record: a store can send anything, of any size."""
+
+        page: int | None  # the store's page it came on (None: a reconciliation or a retry)
+        rejected: list[dict[str, Any]]  # {"id", "error", "excerpt", "digest", "bytes"}
+
+        def apply(self, aggregate: Any) -> None:
+            for entry in self.rejected:
+                aggregate.lines.add(entry["id"])
+                aggregate.lines.fail(entry["id"], entry["error"], 1, self.timestamp)
+
     class LinesDone(Event):
         results: dict[str, list[int]]  # result -> customer ids
 
@@ -234,6 +247,19 @@ class SyncQueue(Aggregate):
             self.lines.finish(cid, DONE, result="unchanged")
         if page is not None:
             self.pages_recorded = page
+
+    def reject_lines(self, rejected: Iterable[Mapping[str, Any]], page: int | None) -> None:
+        """Record customers whose records were refused at the boundary as lines failed at once."""
+        self._check_open()
+        entries = [dict(entry) for entry in rejected]
+        seen: set[int] = set()
+        for entry in entries:
+            cid = entry["id"]
+            if cid in self.lines or cid in seen:
+                raise DuplicateLineError(self.id, cid)
+            seen.add(cid)
+        if entries:
+            self.trigger_event(self.LinesRejected, page=page, rejected=entries)
 
     def refetch_lines(self, records: list[dict[str, Any]]) -> None:
         """Record customers fetched again (for a retry) for lines that are back to draft."""

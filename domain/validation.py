@@ -1,18 +1,36 @@
-"""What a customer record must look like before it is mirrored.
+"""What a customer record must look like before it is mirrored: the boundary every store record crosses.
 
-Pure: no I/O. A record that breaks a rule fails its own line with a message that names the field;
-the other lines of the batch go on.
+Pure: no I/O. A record that breaks a rule fails its own line with a message that names the field; the
+other lines of the page go on. A record without a usable id cannot be a line at all: it is refused and
+named in the queue's activity.
+
+One rule for text on both backends: NUL and lone surrogates (which PostgreSQL cannot store, and which
+SQLite and PostgreSQL would otherwise keep differently) are replaced by U+FFFD before anything is stored.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 MAX_TEXT_LENGTH = 1_000
 MAX_EMAIL_LENGTH = 254
 MAX_META_ENTRIES = 500
 MAX_RECORD_BYTES = 64 * 1024
+# A customer id is a JSON integer in 1..2^63-1: what a BIGINT column, and WordPress's own user ids, hold.
+MAX_CUSTOMER_ID = 2**63 - 1
+# Any other integer in a record must fit in 64 bits (signed or unsigned), as every JSON encoder we use writes.
+MIN_INTEGER = -(2**63)
+MAX_INTEGER = 2**64 - 1
+MAX_DEPTH = 64  # objects and lists nested in a record (meta_data values can be any JSON)
+EXCERPT_CHARS = 300  # how much of a rejected record its event keeps
+REPLACEMENT_CHARACTER = "\ufffd"
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 # Deliberately simple: one @, no spaces, a dot in the domain. WordPress's own is_email() is of this strength.
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -45,12 +63,207 @@ class InvalidCustomerRecord(ValueError):
 
 
 def customer_id_of(record: Any) -> int | None:
-    """The record's WooCommerce id when it is a positive integer, else None."""
-    if isinstance(record, dict):
+    """The record's WooCommerce id when it is a JSON integer in 1..MAX_CUSTOMER_ID (not a boolean, a
+    string or a float), else None."""
+    if type(record) is dict:
         value = record.get("id")
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        if type(value) is int and 0 < value <= MAX_CUSTOMER_ID:
             return value
     return None
+
+
+def describe_id(record: Any) -> str:
+    """Why a record has no usable id, in a few words that quote (a bounded part of) what it had."""
+    if not isinstance(record, dict):
+        return f"{_kind(record)} instead of a customer object"
+    if "id" not in record:
+        return "a customer object without an id"
+    value = record["id"]
+    if type(value) is int:
+        return f"id {_shorten(value, 30)} is outside 1..{MAX_CUSTOMER_ID}"
+    return f"id {_shorten(json.dumps(value, ensure_ascii=True, default=str), 30)} is {_kind(value)}, not an integer"
+
+
+@dataclass(frozen=True)
+class RejectedRecord:
+    """A record that will not be mirrored: its line (when it has an id) fails with ``error``, and the log
+    keeps a bounded ``excerpt`` and the ``digest`` of its canonical bytes instead of the record itself."""
+
+    customer_id: int | None
+    error: str
+    excerpt: str
+    digest: str
+    size: int  # bytes of its canonical form
+
+    def as_entry(self) -> dict[str, Any]:
+        return {
+            "id": self.customer_id,
+            "error": self.error,
+            "excerpt": self.excerpt,
+            "digest": self.digest,
+            "bytes": self.size,
+        }
+
+
+@dataclass(frozen=True)
+class CheckedRecords:
+    """A page of store records after the boundary: ``records`` safe to store and process (text cleaned),
+    ``rejected`` with their reasons (those with a ``customer_id`` fail their line, the others are refused)."""
+
+    records: list[dict[str, Any]]
+    rejected: list[RejectedRecord]
+
+
+def check_records(
+    raw: Iterable[Any], canonical: Callable[[Mapping[str, Any]], bytes] | None = None
+) -> CheckedRecords:
+    """Put each record of a store answer through check_record."""
+    records: list[dict[str, Any]] = []
+    rejected: list[RejectedRecord] = []
+    for item in raw:
+        outcome = check_record(item, canonical)
+        if isinstance(outcome, RejectedRecord):
+            rejected.append(outcome)
+        else:
+            records.append(outcome)
+    return CheckedRecords(records, rejected)
+
+
+def check_record(
+    raw: Any, canonical: Callable[[Mapping[str, Any]], bytes] | None = None
+) -> dict[str, Any] | RejectedRecord:
+    """The record, with unstorable text replaced, when it may be mirrored; else why not. Never raises.
+
+    ``canonical`` encodes a record to its canonical bytes (sorted keys, compact UTF-8); the fast encoder of
+    the infrastructure layer is passed in, the stdlib one is the default."""
+    encode = canonical or _canonical
+    cid = customer_id_of(raw)
+    if cid is None:
+        return _rejected(None, f"id: {describe_id(raw)}", raw, encode)
+    record: dict[str, Any] = raw
+    try:
+        try:
+            encoded = encode(record)
+            dirty = b"\\u0000" in encoded or _irregular(record)
+        except (TypeError, ValueError, OverflowError, RecursionError):
+            # Lone surrogates, integers past 64 bits, nesting too deep for the encoder: the slow path names it.
+            dirty = True
+        if dirty:
+            record = clean_value(record)
+            encoded = encode(record)
+        validate_customer(record, encoded_size=len(encoded))
+    except InvalidCustomerRecord as error:
+        return _rejected(cid, f"invalid customer record: {error}", raw, encode)
+    except (TypeError, ValueError, OverflowError, RecursionError) as error:
+        return _rejected(cid, f"invalid customer record: {type(error).__name__}", raw, encode)
+    return record
+
+
+def clean_value(value: Any, path: str = "record", depth: int = 0) -> Any:
+    """A copy of a JSON value with NUL and lone surrogates in every string (keys too) replaced by U+FFFD;
+    raises InvalidCustomerRecord for what JSON cannot hold or we cannot store (depth, huge or non-finite
+    numbers, non-string keys)."""
+    if depth > MAX_DEPTH:
+        raise InvalidCustomerRecord(path, f"nested more than {MAX_DEPTH} levels deep")
+    kind = type(value)
+    if kind is str:
+        return _UNSTORABLE.sub(REPLACEMENT_CHARACTER, value)
+    if kind is dict:
+        cleaned: dict[str, Any] = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise InvalidCustomerRecord(path, f"has a key that is not a string ({_kind(key)})")
+            name = _UNSTORABLE.sub(REPLACEMENT_CHARACTER, key)
+            cleaned[name] = clean_value(item, _child(path, f".{_shorten(name, 40)}"), depth + 1)
+        return cleaned
+    if kind is list:
+        return [clean_value(item, _child(path, f"[{index}]"), depth + 1) for index, item in enumerate(value)]
+    if kind is int:
+        if not MIN_INTEGER <= value <= MAX_INTEGER:
+            raise InvalidCustomerRecord(path, "an integer too large to store (more than 64 bits)")
+        return value
+    if kind is float:
+        if not math.isfinite(value):
+            raise InvalidCustomerRecord(path, "a number that is not finite")
+        return value
+    if value is None or kind is bool:
+        return value
+    raise InvalidCustomerRecord(path, f"{_kind(value)} is not a JSON value")
+
+
+def _irregular(value: Any, depth: int = 0) -> bool:
+    """Whether clean_value would change or refuse anything but text (nesting, numbers, keys)."""
+    if depth > MAX_DEPTH:
+        return True
+    kind = type(value)
+    if kind is dict:
+        return any(type(key) is not str or _irregular(item, depth + 1) for key, item in value.items())
+    if kind is list:
+        return any(_irregular(item, depth + 1) for item in value)
+    if kind is int:
+        return not MIN_INTEGER <= value <= MAX_INTEGER
+    if kind is float:
+        return not math.isfinite(value)
+    return not (kind is str or kind is bool or value is None)
+
+
+def _rejected(
+    cid: int | None, error: str, raw: Any, encode: Callable[[Mapping[str, Any]], bytes]
+) -> RejectedRecord:
+    encoded = _bytes_for_excerpt(raw, encode)
+    excerpt = encoded[: EXCERPT_CHARS * 4].decode("utf-8", "replace")[:EXCERPT_CHARS]
+    excerpt = _UNSTORABLE.sub(REPLACEMENT_CHARACTER, excerpt)
+    if len(encoded) > len(excerpt.encode("utf-8")):
+        excerpt += "…"
+    return RejectedRecord(
+        customer_id=cid,
+        error=_UNSTORABLE.sub(REPLACEMENT_CHARACTER, error),
+        excerpt=excerpt,
+        digest=hashlib.sha256(encoded).hexdigest(),
+        size=len(encoded),
+    )
+
+
+def _bytes_for_excerpt(raw: Any, encode: Callable[[Mapping[str, Any]], bytes]) -> bytes:
+    """Canonical bytes of anything a store sent, valid or not (never raises)."""
+    if isinstance(raw, dict):
+        try:
+            return encode(raw)
+        except (TypeError, ValueError, OverflowError, RecursionError):
+            pass
+    try:
+        return json.dumps(
+            raw, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=repr
+        ).encode()
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        return repr(type(raw)).encode()
+
+
+def _child(path: str, step: str) -> str:
+    """A field's path for messages, kept short: a path nested many levels deep names its start only."""
+    return path + step if len(path) < 80 else path if path.endswith("…") else path + "…"
+
+
+def _canonical(record: Mapping[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, float):
+        return "a fractional number"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
 
 
 def validate_customer(record: Any, encoded_size: int | None = None) -> None:

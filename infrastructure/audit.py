@@ -842,6 +842,16 @@ def timeline_rows(event: Any) -> list[dict[str, Any]]:
     if isinstance(event, SyncQueue.LinesRefetched):
         ids = _ids(event.records)
         return [row(ids, "refetched", f"{len(ids)} customer(s) fetched again for a retry")]
+    if isinstance(event, SyncQueue.LinesRejected):
+        where = f"page {event.page}" if event.page is not None else "reconciliation"
+        return [
+            row(
+                [entry["id"]],
+                "failed",
+                f"{where}: attempt 1: {entry['error']} (record of {entry['bytes']} bytes, sha256 {entry['digest'] or 'not read'})",
+            )
+            for entry in event.rejected
+        ]
     if isinstance(event, SyncQueue.LinesDone):
         return [
             row(list(ids), result, f"{len(ids)} line(s) done: {result}")
@@ -937,6 +947,7 @@ _LINE_TOPICS = frozenset(
     for cls in (
         SyncQueue.LinesAdded,
         SyncQueue.LinesRefetched,
+        SyncQueue.LinesRejected,
         SyncQueue.LinesDone,
         SyncQueue.LinesFailed,
         SyncQueue.LinesCancelled,

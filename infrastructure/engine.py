@@ -26,7 +26,7 @@ from domain.errors import SyncError
 from domain.lines import DRAFT
 from domain.queue import Q_DONE, QueueOptions, SyncQueue
 from domain.sync import customer_keys, split_unchanged, sync_batch
-from domain.validation import customer_id_of
+from domain.validation import RejectedRecord, check_records
 from infrastructure.config import StoreSettings
 from infrastructure.errors import QueueNotFoundError
 from infrastructure.eventstore import ConcurrentWriteError, SyncApplication, chunks
@@ -224,7 +224,7 @@ class SyncEngine:
                 totals.add(page.total)
                 run.progress.set_total(max(page.total, run.queue.lines.total))
             failpoint("page_fetched")
-            await asyncio.to_thread(self._record_page, run, page.number, page.records)
+            await asyncio.to_thread(self._record_page, run, page.number, page.records, page.rejected)
             pages = page.number
         # A store that changed while we paged (totals moved) can have shifted a customer across a page
         # boundary: list every id and fetch the ones the scan missed.
@@ -247,22 +247,33 @@ class SyncEngine:
             )
         )
         if missing:
-            found, _gone = await client.customers_by_id(missing)
+            oversized: list[RejectedRecord] = []
+            found, _gone = await client.customers_by_id(missing, rejected=oversized)
             records = [found[cid] for cid in missing if cid in found]
             seen.update(found)
-            await asyncio.to_thread(self._record_page, run, None, records)
+            seen.update(r.customer_id for r in oversized if r.customer_id is not None)
+            await asyncio.to_thread(self._record_page, run, None, records, oversized)
 
     async def _refetch_drafts(self, run: _Run, client: WooCommerceClient) -> None:
         ids = list(run.queue.draft_ids())
         if not ids:
             return
-        found, gone = await client.customers_by_id(ids)
+        oversized: list[RejectedRecord] = []
+        found, gone = await client.customers_by_id(ids, rejected=oversized)
+        checked = check_records((found[cid] for cid in ids if cid in found), canonical_bytes)
+        rejected = [*checked.rejected, *oversized]
 
         def refetched() -> None:
             queue = run.queue
-            records = [found[cid] for cid in ids if cid in found and _is_draft(queue, cid)]
+            records = [r for r in checked.records if _is_draft(queue, r["id"])]
             for chunk in chunks(records, 100):
                 queue.refetch_lines(chunk)
+            failures = {
+                r.customer_id: r.error
+                for r in rejected
+                if r.customer_id is not None and _is_draft(queue, r.customer_id)
+            }
+            queue.fail_lines(failures)
             still_gone = [cid for cid in gone if _is_draft(queue, cid)]
             if still_gone:
                 queue.cancel_lines(still_gone, "customer no longer exists in WooCommerce (deleted)")
@@ -274,15 +285,38 @@ class SyncEngine:
 
     # ----- worker-thread steps (never run two at once for one run) ------------------------------------
 
-    def _record_page(self, run: _Run, page: int | None, records: list[dict[str, Any]]) -> None:
-        good = [r for r in records if customer_id_of(r) is not None]
-        if len(good) != len(records):
+    def _record_page(
+        self,
+        run: _Run,
+        page: int | None,
+        records: list[dict[str, Any]],
+        refused: Iterable[RejectedRecord] = (),
+    ) -> None:
+        """Record a page (or a reconciliation's records): each record through the boundary first
+        (domain.validation.check_record), so what is stored is what may be stored; a record refused there
+        fails its own line, with an excerpt and a digest in the log instead of the record."""
+        checked = check_records(records, canonical_bytes)
+        good = checked.records
+        rejected = [*checked.rejected, *refused]
+        without_id = [r for r in rejected if r.customer_id is None]
+        with_id = [r for r in rejected if r.customer_id is not None]
+        if without_id:
+            where = f"page {page}" if page is not None else "the reconciliation"
+            named = "; ".join(r.error.removeprefix("id: ") for r in without_id[:5])
             run.incidents.append(
                 (
                     "records_without_id",
                     "warning",
-                    f"{len(records) - len(good)} record(s) on page {page} had no valid customer id and were skipped",
-                    {"page": page, "count": len(records) - len(good)},
+                    f"{len(without_id)} record(s) on {where} had no usable customer id and were skipped: "
+                    f"{named}{' ...' if len(without_id) > 5 else ''}",
+                    {
+                        "page": page,
+                        "count": len(without_id),
+                        "records": [
+                            {"error": r.error, "excerpt": r.excerpt, "digest": r.digest, "bytes": r.size}
+                            for r in without_id[:20]
+                        ],
+                    },
                 )
             )
 
@@ -293,7 +327,8 @@ class SyncEngine:
                 self._process(run, [r for r in good if _is_draft(queue, r["id"])])
                 return
             fresh = [r for r in good if r["id"] not in queue.lines]
-            if page is None and not fresh:
+            fresh_rejected = [r.as_entry() for r in with_id if r.customer_id not in queue.lines]
+            if page is None and not fresh and not fresh_rejected:
                 return
             keys = dict(zip(customer_keys(queue, fresh), (r["id"] for r in fresh), strict=True))
             heads = {keys[key]: head for key, head in self.app.customer_heads(list(keys)).items()}
@@ -302,7 +337,8 @@ class SyncEngine:
             changed = [r for r in to_process if r["id"] in heads]
             customers = self._mirrored(queue, changed) if changed else {}
             queue.add_lines(to_process, page=page, unchanged=unchanged)
-            run.progress.advance(len(unchanged))
+            queue.reject_lines(fresh_rejected, page=page)
+            run.progress.advance(len(unchanged) + len(fresh_rejected))
             self._process(run, to_process, customers)
 
         self._until_saved(run, record)

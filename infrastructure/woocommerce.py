@@ -30,12 +30,18 @@ import yarl
 from oauthlib.oauth1 import SIGNATURE_HMAC_SHA256, SIGNATURE_TYPE_QUERY
 from oauthlib.oauth1 import Client as OAuth1Client
 
+from domain.validation import RejectedRecord, check_record, customer_id_of
 from infrastructure.errors import WcsyncError
 
 log = structlog.get_logger("wcsync.woocommerce")
 
 API_PATH = "/wp-json/wc/v3/customers"
 MAX_PER_PAGE = 100
+# The most a store's answer may hold: a page of 100 real customers is ~100-300 KB. A larger answer is not
+# read further (a page is then fetched customer by customer, see _scan).
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+_READ_CHUNK_BYTES = 64 * 1024
+MAX_HEADER_NUMBER = 2**63 - 1  # X-WP-Total and X-WP-TotalPages beyond this are ignored, as garbled
 INVALID_ID_CODES = frozenset({"wc_user_invalid_id", "woocommerce_rest_invalid_id"})
 
 ActivitySink = Callable[[str, str, str, dict[str, Any]], None]
@@ -102,6 +108,7 @@ class ClientOptions:
     circuit_threshold: int = 5
     circuit_reset_s: float = 30.0
     max_pages: int = 100_000
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
     def __post_init__(self) -> None:
         if not 1 <= self.per_page <= MAX_PER_PAGE:
@@ -121,6 +128,8 @@ class ClientOptions:
             raise ValueError(f"circuit_threshold must be at least 1, got {self.circuit_threshold}")
         if self.max_pages < 1:
             raise ValueError(f"max_pages must be at least 1, got {self.max_pages}")
+        if self.max_response_bytes < 1024:
+            raise ValueError(f"max_response_bytes must be at least 1024, got {self.max_response_bytes}")
         if not self.role:
             raise ValueError('role must name a WordPress role, or be "all"')
 
@@ -128,9 +137,12 @@ class ClientOptions:
 @dataclass(frozen=True)
 class Page:
     number: int
-    records: list[dict[str, Any]]
+    records: list[dict[str, Any]]  # with a usable id each, not yet checked further (the engine does)
     total: int | None
     total_pages: int | None
+    # Records refused before they could be read as customers: no usable id (customer_id None), or too
+    # large to fetch (their id known from an id-only listing).
+    rejected: list[RejectedRecord] = field(default_factory=list)
 
 
 @dataclass
@@ -167,6 +179,15 @@ class _Response:
     body: Any
     total: int | None
     total_pages: int | None
+    rejected: tuple[RejectedRecord, ...] = ()
+
+
+class _TooLarge(Exception):
+    """An answer larger than ClientOptions.max_response_bytes: not read further."""
+
+    def __init__(self, size: int | None) -> None:
+        super().__init__(f"answer larger than the limit ({size if size is not None else 'unknown'} bytes)")
+        self.size = size
 
 
 class _Transient(Exception):
@@ -403,10 +424,14 @@ class WooCommerceClient:
         seen = seen_ids if seen_ids is not None else set()
         return self._scan(start_page, seen, {}, self._options.per_page, result or ScanResult())
 
-    async def customers_by_id(self, ids: Iterable[int]) -> tuple[dict[int, dict[str, Any]], set[int]]:
-        """(records found by id, ids the store no longer has)."""
+    async def customers_by_id(
+        self, ids: Iterable[int], rejected: list[RejectedRecord] | None = None
+    ) -> tuple[dict[int, dict[str, Any]], set[int]]:
+        """(records found by id, ids the store no longer has). A customer too large to read is appended to
+        ``rejected`` when it is given (else the store is refused)."""
         wanted = sorted(set(ids))
         found: dict[int, dict[str, Any]] = {}
+        oversized: set[int] = set()
         gate = asyncio.Semaphore(self._options.concurrency)
 
         async def chunk(chunk_ids: list[int]) -> None:
@@ -417,22 +442,33 @@ class WooCommerceClient:
                 "include": ",".join(str(i) for i in chunk_ids),
             }
             async with gate:
-                response = await self._get("", params, listing=True)
+                try:
+                    response = await self._get("", params, listing=True, oversize_ok=True)
+                except _TooLarge:
+                    return  # each of these ids is then asked for on its own
             for record in response.body:
                 if record["id"] in chunk_ids:
                     found[record["id"]] = record
 
         async def one(customer_id: int) -> None:
             async with gate:
-                response = await self._get(f"/{customer_id}", {}, listing=False)
-            if response.status == 200 and isinstance(response.body, dict):
+                try:
+                    response = await self._get(
+                        f"/{customer_id}", {}, listing=False, oversize_ok=rejected is not None
+                    )
+                except _TooLarge as error:
+                    assert rejected is not None
+                    rejected.append(self._oversized_record(customer_id, error))
+                    oversized.add(customer_id)
+                    return
+            if response.status == 200 and customer_id_of(response.body) == customer_id:
                 found[customer_id] = response.body
 
         chunks = [wanted[i : i + MAX_PER_PAGE] for i in range(0, len(wanted), MAX_PER_PAGE)]
         await _gather_all(chunk(c) for c in chunks)
         # include= may miss a record whose role changed meanwhile: only a 404 by id proves a deletion.
         await _gather_all(one(i) for i in wanted if i not in found)
-        return found, {i for i in wanted if i not in found}
+        return found, {i for i in wanted if i not in found and i not in oversized}
 
     async def all_ids(self) -> set[int]:
         """Every id the store lists (for ``role``), from two quick id-only listings.
@@ -475,9 +511,16 @@ class WooCommerceClient:
         next_launch = start_page
         known_total_pages: int | None = None
         number = start_page
+        refused_seen: set[str] = set()  # digests of records without a usable id, to see a page repeat
 
         async def fetch(page: int) -> _Response:
-            return await self._get("", {**self._list_params(page, per_page), **extra}, listing=True)
+            params = {**self._list_params(page, per_page), **extra}
+            if "_fields" in extra:
+                return await self._get("", params, listing=True)
+            try:
+                return await self._get("", params, listing=True, oversize_ok=True)
+            except _TooLarge as too_large:
+                return await self._page_one_by_one(page, params, too_large)
 
         def launch_ahead() -> None:
             nonlocal next_launch
@@ -506,14 +549,23 @@ class WooCommerceClient:
                 if response.total_pages is not None:
                     known_total_pages = response.total_pages
                 raw: list[dict[str, Any]] = response.body
-                if not raw:
+                if not raw and not response.rejected:
                     return
                 fresh: list[dict[str, Any]] = []
                 for record in raw:
                     if record["id"] not in seen:
                         seen.add(record["id"])
                         fresh.append(record)
-                if not fresh:
+                rejected: list[RejectedRecord] = []
+                for refusal in response.rejected:
+                    if refusal.customer_id is None:
+                        if refusal.digest not in refused_seen:
+                            refused_seen.add(refusal.digest)
+                            rejected.append(refusal)
+                    elif refusal.customer_id not in seen:
+                        seen.add(refusal.customer_id)
+                        rejected.append(refusal)
+                if not fresh and not rejected:
                     self._activity(
                         "store_repeating_pages",
                         "warning",
@@ -523,8 +575,8 @@ class WooCommerceClient:
                     )
                     result.complete = False
                     return
-                yield Page(number, fresh, response.total, response.total_pages)
-                if len(raw) < per_page:
+                yield Page(number, fresh, response.total, response.total_pages, rejected)
+                if len(raw) + len(response.rejected) < per_page:
                     return
                 number += 1
         finally:
@@ -532,7 +584,19 @@ class WooCommerceClient:
 
     # -- one request, with retries
 
-    async def _get(self, path: str, params: dict[str, str], *, listing: bool) -> _Response:
+    async def _get(
+        self, path: str, params: dict[str, str], *, listing: bool, oversize_ok: bool = False
+    ) -> _Response:
+        """One request with its retries. An answer over max_response_bytes raises _TooLarge when the
+        caller handles it (``oversize_ok``), else StoreRefused."""
+        try:
+            return await self._get_with_retries(path, params, listing=listing)
+        except _TooLarge:
+            if oversize_ok:
+                raise
+            raise self._too_large(f"{API_PATH + path}") from None
+
+    async def _get_with_retries(self, path: str, params: dict[str, str], *, listing: bool) -> _Response:
         options = self._options
         attempt = 0
         throttled = 0
@@ -590,6 +654,55 @@ class WooCommerceClient:
             self._circuit.succeeded(trial)
             return response
 
+    async def _page_one_by_one(self, page: int, params: dict[str, str], too_large: _TooLarge) -> _Response:
+        """A page too large to read whole: its ids from an id-only listing, then each customer on its own,
+        so that one oversized record fails its own line and the rest of the page still syncs."""
+        self._activity(
+            "store_page_too_large",
+            "warning",
+            f"The store's answer for page {page} is larger than the {self._options.max_response_bytes} "
+            "bytes allowed; its customers are fetched one by one.",
+            {"page": page, "limit_bytes": self._options.max_response_bytes, "bytes": too_large.size},
+        )
+        listing = await self._get("", {**params, "_fields": "id"}, listing=True)
+        ids = [record["id"] for record in listing.body]
+        found: dict[int, dict[str, Any]] = {}
+        oversized: list[RejectedRecord] = []
+        gate = asyncio.Semaphore(self._options.concurrency)
+
+        async def one(customer_id: int) -> None:
+            async with gate:
+                try:
+                    response = await self._get(f"/{customer_id}", {}, listing=False, oversize_ok=True)
+                except _TooLarge as error:
+                    oversized.append(self._oversized_record(customer_id, error))
+                    return
+            if response.status == 200 and customer_id_of(response.body) == customer_id:
+                found[customer_id] = response.body
+
+        await _gather_all(one(i) for i in ids)
+        records = [found[i] for i in ids if i in found]
+        return _Response(200, records, listing.total, listing.total_pages, (*listing.rejected, *oversized))
+
+    def _oversized_record(self, customer_id: int, error: _TooLarge) -> RejectedRecord:
+        return RejectedRecord(
+            customer_id=customer_id,
+            error=f"invalid customer record: record: larger than the {self._options.max_response_bytes} "
+            "bytes a store answer may have",
+            excerpt="",
+            digest="",
+            size=error.size or self._options.max_response_bytes + 1,
+        )
+
+    def _too_large(self, what: str) -> StoreRefused:
+        return StoreRefused(
+            f"the store's answer for {what} is larger than the {self._options.max_response_bytes} bytes "
+            "allowed",
+            code="wcsync_response_too_large",
+            hint="what the store sends (a plugin or cache may be adding to every answer); the limit is "
+            "--max-response-mb",
+        )
+
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self._options.backoff_max_s, self._options.backoff_base_s * 2.0 ** max(0, attempt - 1))
         return ceiling * (0.5 + random.random() / 2)
@@ -621,8 +734,8 @@ class WooCommerceClient:
         try:
             async with self._session.get(yarl.URL(url, encoded=True), allow_redirects=False) as reply:
                 status = reply.status
-                body = await reply.read()
                 headers = reply.headers
+                body = await self._read_capped(reply)
         except TimeoutError:
             self._log_outcome(path, params, "timeout", started, attempt)
             raise _Transient("timeout", f"did not answer within {self._options.timeout_s:g} s") from None
@@ -642,6 +755,22 @@ class WooCommerceClient:
         self._log_outcome(path, params, status, started, attempt)
         return self._interpret(status, headers, body, listing=listing)
 
+    async def _read_capped(self, reply: aiohttp.ClientResponse) -> bytes:
+        """The body, read chunk by chunk up to max_response_bytes; raises _TooLarge past it (a store's
+        50 MB page must not become 50 MB, and its parse several times that, in this process)."""
+        cap = self._options.max_response_bytes
+        declared = reply.content_length
+        if declared is not None and declared > cap:
+            raise _TooLarge(declared)
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in reply.content.iter_chunked(_READ_CHUNK_BYTES):
+            size += len(chunk)
+            if size > cap:
+                raise _TooLarge(declared)
+            parts.append(chunk)
+        return b"".join(parts)
+
     def _signed_url(self, url: str, params: dict[str, str]) -> str:
         query = urlencode(params, quote_via=quote, safe="")
         full = f"{url}?{query}" if query else url
@@ -653,15 +782,26 @@ class WooCommerceClient:
     def _interpret(self, status: int, headers: Any, body: bytes, *, listing: bool) -> _Response:
         if status == 200:
             parsed = self._parse_json(body)
+            rejected: tuple[RejectedRecord, ...] = ()
             if listing:
-                if not isinstance(parsed, list) or not all(
-                    isinstance(r, dict) and isinstance(r.get("id"), int) for r in parsed
-                ):
-                    raise _Transient("malformed", "sent a list that is not a list of customers")
-            elif not isinstance(parsed, dict) or not isinstance(parsed.get("id"), int):
-                raise _Transient("malformed", "sent something that is not a customer")
+                if not isinstance(parsed, list):
+                    raise _Transient("malformed", "sent something that is not a list of customers")
+                usable = [r for r in parsed if customer_id_of(r) is not None]
+                if len(usable) != len(parsed):
+                    # Records with no usable id cannot be lines: refused here, named in the activity.
+                    refused = [check_record(r) for r in parsed if customer_id_of(r) is None]
+                    rejected = tuple(r for r in refused if isinstance(r, RejectedRecord))
+                    parsed = usable
+            elif customer_id_of(parsed) is None:
+                outcome = check_record(parsed)
+                problem = outcome.error if isinstance(outcome, RejectedRecord) else "no usable id"
+                raise _Transient("malformed", f"sent something that is not a customer ({problem})")
             return _Response(
-                status, parsed, _int_header(headers, "X-WP-Total"), _int_header(headers, "X-WP-TotalPages")
+                status,
+                parsed,
+                _int_header(headers, "X-WP-Total"),
+                _int_header(headers, "X-WP-TotalPages"),
+                rejected,
             )
         code, message, data = self._error_fields(body)
         if status == 429:
@@ -728,6 +868,11 @@ class WooCommerceClient:
             text = body.lstrip()[:1]
             if text == b"<":
                 raise _Transient("html", "answered with a web page instead of JSON") from None
+        try:
+            # What orjson refuses but is JSON (a lone surrogate escaped in a string) the stdlib reads; the
+            # record boundary then replaces what cannot be stored. NaN and Infinity are not JSON.
+            return json.loads(body, parse_constant=_not_json)
+        except (ValueError, RecursionError):
             raise _Transient("truncated", "sent JSON that is cut off or garbled") from None
 
     def _error_fields(self, body: bytes) -> tuple[str, str, dict[str, Any]]:
@@ -797,12 +942,17 @@ async def _cancel_and_wait(tasks: Sequence[asyncio.Future[Any]]) -> None:
             await task
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _int_header(headers: Any, name: str) -> int | None:
     value = headers.get(name)
     try:
-        return int(value) if value is not None else None
+        number = int(value) if value is not None else None
     except ValueError:
         return None
+    return number if number is None or 0 <= number <= MAX_HEADER_NUMBER else None
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -82,6 +82,24 @@ def describe(event: Any) -> list[tuple[str, str, str, dict[str, Any] | None]]:
                 {"count": count, "customer_ids": [r["id"] for r in event.records]},
             )
         ]
+    if isinstance(event, SyncQueue.LinesRejected):
+        return [
+            (
+                "line_failed",
+                "error",
+                f"Customer {entry['id']} failed (attempt 1): {entry['error']}",
+                {
+                    "woo_customer_id": entry["id"],
+                    "attempt": 1,
+                    "error": entry["error"],
+                    "page": event.page,
+                    "excerpt": entry["excerpt"],
+                    "digest": entry["digest"],
+                    "bytes": entry["bytes"],
+                },
+            )
+            for entry in event.rejected
+        ]
     if isinstance(event, SyncQueue.LinesDone):
         counts = {result: len(ids) for result, ids in event.results.items()}
         parts = [f"{n} {result}" for result, n in counts.items() if n]
@@ -174,6 +192,7 @@ class ActivityProjection(Projection):
         SyncQueue.ProcessingStarted,
         SyncQueue.LinesAdded,
         SyncQueue.LinesRefetched,
+        SyncQueue.LinesRejected,
         SyncQueue.LinesDone,
         SyncQueue.LinesFailed,
         SyncQueue.LinesCancelled,

@@ -101,6 +101,7 @@ class QueuesProjection(Projection):
         SyncQueue.Created,
         SyncQueue.ProcessingStarted,
         SyncQueue.LinesAdded,
+        SyncQueue.LinesRejected,
         SyncQueue.LinesDone,
         SyncQueue.LinesFailed,
         SyncQueue.LinesCancelled,
@@ -187,6 +188,11 @@ class QueuesProjection(Projection):
                 batch.add(queue, cid, at, result="unchanged")
             if event.page is not None:
                 queue["pages_fetched"] = max(queue["pages_fetched"], event.page)
+        elif isinstance(event, SyncQueue.LinesRejected):
+            for entry in event.rejected:
+                batch.add(queue, entry["id"], at)
+                changes = {"error_message": entry["error"], "process_count": 1, "last_error_timestamp": at}
+                batch.move(queue, [entry["id"]], (DRAFT,), FAILED, at, changes)
         elif isinstance(event, SyncQueue.LinesDone):
             for result, ids in event.results.items():
                 batch.move(queue, ids, (DRAFT,), DONE, at, {"result": result})
@@ -249,6 +255,8 @@ class _Batch:
                 ids = added.setdefault(queue_id, set())
                 ids.update(record["id"] for record in event.records)
                 ids.update(cid for cid, _digest in getattr(event, "unchanged", None) or ())
+            elif isinstance(event, SyncQueue.LinesRejected):
+                added.setdefault(queue_id, set()).update(entry["id"] for entry in event.rejected)
             else:
                 moved.setdefault(queue_id, set()).update(_moved_ids(event))
         table = f"{LINE_TABLE.name}{self.suffix}"

@@ -40,7 +40,7 @@ def test_audit_commands_end_to_end(sandbox: RunningSandbox, sqlite_url: str, tmp
     rows = [json.loads(line) for line in jsonl.stdout.splitlines()]
     assert rows[0]["event"] == "Created" and rows[-1]["event"] == "Finished"
     human = wcsync("audit", "queue", queue_id, "--as-of", as_of, env=env)
-    assert "LinesFailed" in human.stdout and "as of" in human.stdout
+    assert "LinesRejected" in human.stdout and "as of" in human.stdout
     outputs += [timeline.stdout, jsonl.stdout, human.stdout]
 
     other_org = wcsync("audit", "queue", queue_id, "--org", "someone-else", env=env)

@@ -318,8 +318,10 @@ def test_a_queue_timeline_comes_from_its_events_and_another_orgs_queue_is_no_que
 ) -> None:
     rows = list(audit.queue_timeline(services.app, ORG, synced.queue_id))
     assert rows[0]["event"] == "Created" and rows[-1]["event"] == "Finished"
-    failed = [row for row in rows if row["outcome"] == "failed" and row["event"] == "LinesFailed"]
+    # Invalid records fail their lines as they are recorded (LinesRejected), with the record's size and digest.
+    failed = [row for row in rows if row["outcome"] == "failed" and row["event"] == "LinesRejected"]
     assert len(failed) == 2 and all("invalid customer record" in row["message"] for row in failed)
+    assert all("sha256 " in row["message"] for row in failed)
     created = sum(len(row["lines"]) for row in rows if row["outcome"] == "created")
     assert created == 58
     assert all(row["time"].endswith("+00:00") for row in rows)
@@ -382,7 +384,7 @@ def test_a_customers_history_across_queues_with_changes_old_and_new_and_deletion
     failed_ids = [
         row["lines"][0]
         for row in audit.queue_timeline(services.app, ORG, first.queue_id)
-        if row["event"] == "LinesFailed"
+        if row["event"] == "LinesRejected"
     ]
     woo_id = next(cid for cid in sandbox.store.customer_ids() if cid not in failed_ids)
     old = sandbox.store.get(woo_id)
