@@ -21,9 +21,10 @@ from uuid import UUID
 
 from cli.audit import add_audit_parser, run_audit
 from cli.serve import add_serve_parser, run_serve
+from domain import bounds
 from domain.errors import SyncError
 from domain.queue import QueueOptions
-from infrastructure.config import MAX_NAME_LENGTH, DatabaseConfig, StoreSettings
+from infrastructure.config import DatabaseConfig, StoreSettings
 from infrastructure.errors import ConfigurationError, QueueNotFoundError, WcsyncError
 from infrastructure.logging import configure_logging
 
@@ -41,8 +42,8 @@ class UsageError(WcsyncError):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        sys.stderr.write(f"wcsync: error: {message}\n")
+        # One line: what is wrong and where to look (the usage block would bury it).
+        sys.stderr.write(f"wcsync: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
         raise SystemExit(EXIT_USAGE)
 
 
@@ -53,27 +54,37 @@ def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        raise argparse.ArgumentTypeError(f"{text[:30]!r} is not a whole number") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} must not be negative")
     return value
 
 
-def _at_least_one(text: str) -> int:
-    value = _positive_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
+def _bounded(bound: bounds.NumberBound) -> Callable[[str], Any]:
+    """An argparse type for a number within one of domain.bounds' bounds (the API and the engine check
+    the same ones)."""
+
+    def parse(text: str) -> Any:
+        try:
+            return bound.parse(text)
+        except bounds.BoundError as error:
+            raise argparse.ArgumentTypeError(error.problem) from None
+
+    return parse
 
 
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 (no limit) or a positive number of requests per second")
-    return value
+def _checked(check: Callable[[Any, str], str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        try:
+            return check(text, "value")
+        except bounds.BoundError as error:
+            raise argparse.ArgumentTypeError(error.problem) from None
+
+    return parse
+
+
+def _reason(text: str, field: str) -> str:
+    return bounds.check_text(text, field, bounds.MAX_REASON_LENGTH)
 
 
 def _queue_id(text: str) -> UUID:
@@ -123,13 +134,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="the store's site root (env WOO_URL); key and secret come from WOO_CONSUMER_KEY / WOO_CONSUMER_SECRET",
     )
     store_options.add_argument(
-        "--concurrency", type=_at_least_one, default=4, help="pages fetched at once (default 4)"
+        "--concurrency",
+        type=_bounded(bounds.CONCURRENCY),
+        default=4,
+        help="pages fetched at once, 1-32 (default 4)",
     )
     store_options.add_argument(
-        "--rate", type=_rate, default=0.0, help="max requests per second to the store (default 0: no limit)"
+        "--rate",
+        type=_bounded(bounds.RATE),
+        default=0.0,
+        help="max requests per second to the store (default 0: no limit)",
     )
     store_options.add_argument("--ca-file", help="trust this CA certificate (PEM) for an HTTPS store")
-    store_options.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    store_options.add_argument(
+        "--timeout",
+        type=_bounded(bounds.TIMEOUT_S),
+        default=60.0,
+        help="seconds per request, more than 0 (default 60)",
+    )
+    store_options.add_argument(
+        "--max-response-mb",
+        type=_bounded(bounds.MAX_RESPONSE_MB),
+        default=bounds.DEFAULT_MAX_RESPONSE_MB,
+        help="largest store answer read, in MB (default 8); a larger page is fetched customer by customer",
+    )
     store_options.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
     start = commands.add_parser(
@@ -138,21 +166,40 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common, store_options],
     )
     start.add_argument(
-        "--batch-size", type=_positive_int, default=50, help="lines saved per transaction (default 50)"
+        "--batch-size",
+        type=_bounded(bounds.BATCH_SIZE),
+        default=50,
+        help="lines saved per transaction, 1-1000 (default 50)",
     )
     start.add_argument(
-        "--batch-delay-ms", type=_positive_int, default=0, help="pause between batches (default 0)"
+        "--batch-delay-ms",
+        type=_bounded(bounds.BATCH_DELAY_MS),
+        default=0,
+        help="pause between batches, 0-60000 (default 0)",
     )
     start.add_argument(
-        "--max-retries", type=_positive_int, default=3, help="attempts per line and per request (default 3)"
+        "--max-retries",
+        type=_bounded(bounds.MAX_RETRIES),
+        default=3,
+        help="attempts per line and per request, 1-100 (default 3)",
     )
     start.add_argument(
-        "--per-page", type=_positive_int, default=100, help="customers per page, at most 100 (default 100)"
+        "--per-page",
+        type=_bounded(bounds.PER_PAGE),
+        default=100,
+        help="customers per page, 1-100 (default 100)",
     )
     start.add_argument(
-        "--role", default="customer", help="WordPress role to sync, or 'all' (default customer)"
+        "--role",
+        type=_checked(bounds.check_role),
+        default="customer",
+        help="WordPress role to sync, or 'all' (default customer)",
     )
-    start.add_argument("--queue-name", help="a name for the queue (default: 'customers <store url>')")
+    start.add_argument(
+        "--queue-name",
+        type=_checked(bounds.check_text),
+        help=f"a name for the queue, at most {bounds.MAX_NAME_LENGTH} characters (default: 'customers <store url>')",
+    )
 
     for name, text in (
         ("resume", "continue an interrupted queue from where it stopped"),
@@ -163,18 +210,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     force = command("force-done", "cancel every unfinished line and mark the queue done")
     force.add_argument("queue_id", type=_queue_id, metavar="QUEUE_ID")
-    force.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    force.add_argument(
+        "--reason",
+        required=True,
+        type=_checked(_reason),
+        help=f"why, at most {bounds.MAX_REASON_LENGTH} characters (recorded in the audit log)",
+    )
     force.add_argument("--json", action="store_true")
 
     status = command("status", "show a queue's state and counts (the latest queue when no id is given)")
     status.add_argument("queue_id", type=_queue_id, nargs="?", metavar="QUEUE_ID")
     status.add_argument("--json", action="store_true")
     status.add_argument("--watch", action="store_true", help="refresh until the queue finishes")
-    status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes with --watch")
+    status.add_argument(
+        "--interval",
+        type=_bounded(bounds.INTERVAL_S),
+        default=2.0,
+        help="seconds between refreshes with --watch (default 2)",
+    )
 
     queues = command("queues", "list the org's queues, newest first")
     queues.add_argument("--json", action="store_true")
-    queues.add_argument("--limit", type=_at_least_one, default=50)
+    queues.add_argument("--limit", type=_bounded(bounds.LIMIT), default=50)
 
     failed = command("failed", "list a queue's failed lines and their errors")
     failed.add_argument("queue_id", type=_queue_id, metavar="QUEUE_ID")
@@ -183,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     activity = command("activity", "show a queue's activity log, oldest first")
     activity.add_argument("queue_id", type=_queue_id, metavar="QUEUE_ID")
     activity.add_argument("--json", action="store_true")
-    activity.add_argument("--limit", type=_at_least_one, default=1000)
+    activity.add_argument("--limit", type=_bounded(bounds.LIMIT), default=1000)
 
     db = command("db", "database administration")
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", parser_class=_Parser)
@@ -209,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox = command("sandbox", "run a WooCommerce-compatible sandbox store on this machine")
     _sandbox_arguments(sandbox)
     sandbox.add_argument("--host", default="127.0.0.1")
-    sandbox.add_argument("--port", type=_positive_int, default=8080, help="0 picks a free port")
+    sandbox.add_argument("--port", type=_bounded(bounds.PORT), default=8080, help="0 picks a free port")
 
     demo = command("demo", "start a sandbox store and sync it into the default database, end to end")
     demo.add_argument("--customers", type=_positive_int, default=797)
@@ -268,9 +325,10 @@ def _database(args: argparse.Namespace) -> DatabaseConfig:
 
 def _org(args: argparse.Namespace) -> str:
     org = _setting(args, "org", "WCSYNC_ORG", "default") or "default"
-    if not org.strip() or len(org) > MAX_NAME_LENGTH:
-        raise ConfigurationError(f"--org must be a non-empty name of at most {MAX_NAME_LENGTH} characters")
-    return org
+    try:
+        return bounds.check_identifier(org, "--org")
+    except bounds.BoundError as error:
+        raise ConfigurationError(f"--org (or WCSYNC_ORG) {error.problem}") from None
 
 
 def _client_options(args: argparse.Namespace) -> Any:
@@ -282,6 +340,7 @@ def _client_options(args: argparse.Namespace) -> Any:
             rate=args.rate,
             ca_file=args.ca_file,
             timeout_s=args.timeout,
+            max_response_bytes=args.max_response_mb * 1024 * 1024,
         )
     except ValueError as error:
         raise UsageError(str(error)) from None

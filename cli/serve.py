@@ -15,12 +15,15 @@ EXIT_OK = 0
 
 
 def add_serve_parser(commands: Any, common: argparse.ArgumentParser) -> None:
-    from cli.main import _positive_int
+    from cli.main import _bounded
+    from domain import bounds
 
     text = "serve the HTTP API (the seed's sync endpoint and read-only queue routes) until Ctrl-C"
     serve = commands.add_parser("serve", help=text, description=text, parents=[common])
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=_positive_int, default=8000, help="0 picks a free port (default 8000)")
+    serve.add_argument(
+        "--port", type=_bounded(bounds.PORT), default=8000, help="0 picks a free port (default 8000)"
+    )
 
 
 def run_serve(args: argparse.Namespace) -> int:

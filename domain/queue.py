@@ -18,6 +18,7 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate, event
 
+from domain import bounds
 from domain.errors import (
     DuplicateLineError,
     LineAlreadyFinishedError,
@@ -45,16 +46,12 @@ class QueueOptions:
     role: str = "customer"
 
     def __post_init__(self) -> None:
-        if not 1 <= self.batch_size <= 1000:
-            raise ValueError(f"batch_size must be between 1 and 1000, got {self.batch_size}")
-        if self.batch_delay_ms < 0:
-            raise ValueError(f"batch_delay_ms must be 0 or more, got {self.batch_delay_ms}")
-        if not 1 <= self.max_retries <= 100:
-            raise ValueError(f"max_retries must be between 1 and 100, got {self.max_retries}")
-        if not 1 <= self.per_page <= 100:
-            raise ValueError(
-                f"per_page must be between 1 and 100 (WooCommerce refuses more), got {self.per_page}"
-            )
+        """Every field within domain.bounds (a BoundError, a ValueError, names the field)."""
+        bounds.BATCH_SIZE.check(self.batch_size)
+        bounds.BATCH_DELAY_MS.check(self.batch_delay_ms)
+        bounds.MAX_RETRIES.check(self.max_retries)
+        bounds.PER_PAGE.check(self.per_page)
+        object.__setattr__(self, "role", bounds.check_role(self.role))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,7 +64,21 @@ class QueueOptions:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> QueueOptions:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        """The options a queue was created with, as stored in its Created event. Values an older version
+        let through are brought within today's bounds rather than refused: a queue stays resumable."""
+        default = cls()
+        role = data.get("role", default.role)
+        try:
+            role = bounds.check_role(role)
+        except bounds.BoundError:
+            role = default.role
+        return cls(
+            batch_size=bounds.BATCH_SIZE.clamp(data.get("batch_size"), default.batch_size),
+            batch_delay_ms=bounds.BATCH_DELAY_MS.clamp(data.get("batch_delay_ms"), default.batch_delay_ms),
+            max_retries=bounds.MAX_RETRIES.clamp(data.get("max_retries"), default.max_retries),
+            per_page=bounds.PER_PAGE.clamp(data.get("per_page"), default.per_page),
+            role=role,
+        )
 
 
 class SyncQueue(Aggregate):

@@ -19,7 +19,6 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from infrastructure.errors import ConfigurationError
 
 APP_NAME = "wcsync"
-MAX_NAME_LENGTH = 200  # an org or user name: `--org` on the command line, org_id/user_id in the HTTP API
 
 
 def is_loopback(host: str) -> bool:
@@ -179,14 +178,7 @@ class StoreSettings:
         url = url or os.environ.get("WOO_URL", "")
         if not url:
             raise ConfigurationError("no store URL: pass --url https://shop.example.com or set WOO_URL")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigurationError(f"store URL {url!r} must start with http:// or https:// and name a host")
-        if parts.username or parts.password or parts.query:
-            raise ConfigurationError(
-                "the store URL must not carry credentials or a query string; "
-                "set WOO_CONSUMER_KEY and WOO_CONSUMER_SECRET instead"
-            )
+        url = check_store_url(url)
         key = os.environ.get("WOO_CONSUMER_KEY", "")
         secret = os.environ.get("WOO_CONSUMER_SECRET", "")
         missing = [
@@ -197,7 +189,38 @@ class StoreSettings:
                 f"{' and '.join(missing)} not set: export the store's REST API key "
                 "(WooCommerce > Settings > Advanced > REST API, read access)"
             )
-        return cls(url=normalise_store_url(url), consumer_key=key, consumer_secret=secret)
+        return cls(url=url, consumer_key=key, consumer_secret=secret)
+
+
+def check_store_url(url: str) -> str:
+    """A store's site root, checked and normalised (see normalise_store_url): http:// or https://, a host,
+    a port in 1..65535 when one is given, no credentials, query, fragment, spaces or control characters.
+    Raises ConfigurationError naming the problem (never quoting the URL: a pasted one can carry a password)."""
+    text = url.strip()
+    if not text:
+        raise ConfigurationError("the store URL is empty; pass --url https://shop.example.com or set WOO_URL")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ConfigurationError("the store URL must not contain spaces or control characters")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+        host = parts.hostname
+    except ValueError as error:
+        if "port" in str(error).lower():
+            raise ConfigurationError("the store URL's port must be from 1 to 65535") from None
+        raise ConfigurationError(
+            f"the store URL is malformed ({error}); use the site root, e.g. https://shop.example.com"
+        ) from None
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        raise ConfigurationError("the store URL must start with http:// or https:// and name a host")
+    if port == 0:
+        raise ConfigurationError("the store URL's port must be from 1 to 65535")
+    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+        raise ConfigurationError(
+            "the store URL must not carry credentials, a query string or a fragment; "
+            "set WOO_CONSUMER_KEY and WOO_CONSUMER_SECRET instead"
+        )
+    return normalise_store_url(text)
 
 
 def normalise_store_url(url: str) -> str:

@@ -28,17 +28,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 from uuid import UUID
 
+import orjson
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from domain import bounds
 from domain.errors import SyncError
 from domain.queue import QueueOptions
 from infrastructure.bootstrap import Services
-from infrastructure.config import MAX_NAME_LENGTH, StoreSettings, normalise_store_url
+from infrastructure.config import StoreSettings, check_store_url
 from infrastructure.engine import SyncEngine, SyncOutcome
 from infrastructure.errors import ConfigurationError, QueueNotFoundError, StorageError, WcsyncError
 from infrastructure.woocommerce import ClientOptions, StoreError, StoreRefused
@@ -57,8 +58,10 @@ OPTION_FIELDS = {
     "perPage": "per_page",
     "role": "role",
 }
-MAX_REASON_LENGTH = 1000
-MAX_LIMIT = 10_000
+# The seed's body is a few hundred bytes; nothing a client needs comes near these.
+MAX_BODY_BYTES = 64 * 1024
+MAX_BODY_DEPTH = 8
+MAX_CREDENTIAL_LENGTH = 256
 # Refused starts remembered so a client polling a queue id that was never saved learns why.
 REFUSED_STARTS_KEPT = 1000
 
@@ -109,20 +112,58 @@ class SyncRequest:
         return StoreSettings(url=url, consumer_key=self.consumer_key, consumer_secret=self.consumer_secret)
 
 
+def decode_body(raw: bytes) -> Any:
+    """The request body as JSON, checked before anything reads it: size, UTF-8 and string validity (orjson
+    refuses unpaired surrogates), depth. An ApiError for a client's mistake, never anything else."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, "payload_too_large", f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    if not raw.strip():
+        return None
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # No detail from the parser: it could quote the body, and the body holds the secret.
+        raise _bad_request(
+            "the request body is not valid JSON (UTF-8, no unpaired surrogates)", "invalid_json"
+        ) from None
+    if _depth(body) > MAX_BODY_DEPTH:
+        raise _bad_request(
+            f"the request body is nested more than {MAX_BODY_DEPTH} levels deep", "invalid_json"
+        )
+    return body
+
+
+def _depth(value: Any) -> int:
+    """How deeply objects and lists nest in a parsed JSON value (iteratively: no recursion to exhaust)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth > MAX_BODY_DEPTH:
+                return depth
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def _name(value: Any, name: str, required: bool) -> str | None:
+    """An org or user id, by domain.bounds' one rule (printable, NFC, no control characters)."""
     if value is None:
         if required:
             raise _bad_request(f"{name} is required", "missing_field")
         return None
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME_LENGTH:
-        raise _bad_request(f"{name} must be a non-empty string of at most {MAX_NAME_LENGTH} characters")
-    return value
+    try:
+        return bounds.check_identifier(value, name)
+    except bounds.BoundError as error:
+        raise _bad_request(str(error)) from None
 
 
 def _uuid(value: Any, name: str) -> UUID:
     if value is None:
         raise _bad_request(f"{name} is required", "missing_field")
-    if isinstance(value, str):
+    if isinstance(value, str) and len(value) <= 64:
         with contextlib.suppress(ValueError):
             return UUID(value)
     raise _bad_request(f"{name} must be a queue id (a UUID, as returned by action 'start')")
@@ -130,25 +171,33 @@ def _uuid(value: Any, name: str) -> UUID:
 
 def _store_url(value: Any) -> str:
     # Never echo the value: a pasted URL can carry a password.
-    if not isinstance(value, str) or not value.strip():
-        raise _bad_request("config.url must be a non-empty string")
-    parts = urlsplit(value.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise _bad_request("config.url must start with http:// or https:// and name a host")
-    if parts.username or parts.password or parts.query:
+    if not isinstance(value, str) or not value.strip() or len(value) > 2048:
+        raise _bad_request("config.url must be a non-empty string of at most 2048 characters")
+    try:
+        return check_store_url(value)
+    except ConfigurationError:
         raise _bad_request(
-            "config.url must not carry credentials or a query string; "
-            "send the key and secret as config.consumerKey and config.consumerSecret"
-        )
-    return normalise_store_url(value)
+            "config.url must be the store's site root: http:// or https://, a host, a port from 1 to 65535 if "
+            "any, no credentials, query string or spaces (send the key and secret as config.consumerKey "
+            "and config.consumerSecret)"
+        ) from None
 
 
 def _credential(config: Mapping[str, Any], name: str) -> str:
+    # Never echo the value, in any form.
     value = config.get(name)
     if value is None:
         raise _bad_request(f"config.{name} is required", "missing_field")
-    if not isinstance(value, str) or not value.strip():
-        raise _bad_request(f"config.{name} must be a non-empty string")
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > MAX_CREDENTIAL_LENGTH
+        or not all(" " < c < "\x7f" for c in value)
+    ):
+        raise _bad_request(
+            f"config.{name} must be printable ASCII without spaces, at most {MAX_CREDENTIAL_LENGTH} "
+            "characters (as WooCommerce issues keys: ck_... / cs_...)"
+        )
     return value
 
 
@@ -156,27 +205,19 @@ def _options(value: Any) -> QueueOptions:
     if value is None:
         return QueueOptions()
     if not isinstance(value, dict):
-        raise _bad_request("options must be an object")
-    unknown = sorted(set(value) - set(OPTION_FIELDS))
+        raise _bad_request("options must be an object", "invalid_options")
+    unknown = sorted(str(k) for k in set(value) - set(OPTION_FIELDS))
     if unknown:
         raise _bad_request(
-            f"options.{unknown[0]} is not an option (known: {', '.join(OPTION_FIELDS)})", "invalid_options"
+            f"options.{unknown[0][:40]} is not an option (known: {', '.join(OPTION_FIELDS)})",
+            "invalid_options",
         )
-    fields: dict[str, Any] = {}
-    for key, attribute in OPTION_FIELDS.items():
-        if key not in value:
-            continue
-        item = value[key]
-        if key == "role":
-            if not isinstance(item, str) or not item.strip():
-                raise _bad_request("options.role must be a non-empty string", "invalid_options")
-        elif isinstance(item, bool) or not isinstance(item, int):
-            raise _bad_request(f"options.{key} must be a whole number", "invalid_options")
-        fields[attribute] = item
+    fields: dict[str, Any] = {name: value[key] for key, name in OPTION_FIELDS.items() if key in value}
     try:
         return QueueOptions(**fields)
-    except ValueError as error:
-        raise _bad_request(f"options: {error}", "invalid_options") from None
+    except bounds.BoundError as error:
+        key = next(k for k, name in OPTION_FIELDS.items() if name == error.field)
+        raise _bad_request(f"options.{key} {error.problem}", "invalid_options") from None
 
 
 def parse_sync_request(body: Any, default_actor: str) -> SyncRequest:
@@ -184,7 +225,7 @@ def parse_sync_request(body: Any, default_actor: str) -> SyncRequest:
     if not isinstance(body, dict):
         raise _bad_request("the request body must be a JSON object", "invalid_json")
     action = body.get("action", "start")
-    if action not in ACTIONS:
+    if not isinstance(action, str) or action not in ACTIONS:
         raise _bad_request(
             f"action must be one of {', '.join(ACTIONS)}"
             + (f", not {action!r}" if isinstance(action, str) and len(action) <= 40 else ""),
@@ -201,9 +242,10 @@ def parse_sync_request(body: Any, default_actor: str) -> SyncRequest:
             raise _bad_request(
                 "reason is required for force-done (it is recorded in the audit log)", "missing_field"
             )
-        if not isinstance(raw_reason, str) or not raw_reason.strip() or len(raw_reason) > MAX_REASON_LENGTH:
-            raise _bad_request(f"reason must be a non-empty string of at most {MAX_REASON_LENGTH} characters")
-        reason = raw_reason
+        try:
+            reason = bounds.check_text(raw_reason, "reason", bounds.MAX_REASON_LENGTH)
+        except bounds.BoundError as error:
+            raise _bad_request(str(error)) from None
     store_url = key = secret = None
     options = None
     if action in BACKGROUND_ACTIONS:
@@ -245,11 +287,9 @@ def _query_limit(request: web.Request, default: int) -> int:
     if text is None:
         return default
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_LIMIT:
-        raise _bad_request(f"limit must be a whole number between 1 and {MAX_LIMIT}")
+        value: int = bounds.LIMIT.parse(text)
+    except bounds.BoundError as error:
+        raise _bad_request(str(error)) from None
     return value
 
 
@@ -286,12 +326,11 @@ class SyncApi:
     # ----- POST /api/v1/integrations/woocommerce/sync/customers ------------------------------------------
 
     async def sync_customers(self, request: web.Request) -> web.Response:
-        raw = await request.read()
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            # No detail from the parser: it could quote the body, and the body holds the secret.
-            raise _bad_request("the request body is not valid JSON", "invalid_json") from None
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            raise ApiError(
+                413, "payload_too_large", f"the request body is larger than {MAX_BODY_BYTES} bytes"
+            )
+        body = decode_body(await request.read())
         sync = parse_sync_request(body, self.settings.default_actor)
         if sync.action == "status":
             assert sync.queue_id is not None

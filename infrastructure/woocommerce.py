@@ -30,6 +30,7 @@ import yarl
 from oauthlib.oauth1 import SIGNATURE_HMAC_SHA256, SIGNATURE_TYPE_QUERY
 from oauthlib.oauth1 import Client as OAuth1Client
 
+from domain import bounds
 from domain.validation import RejectedRecord, check_record, customer_id_of
 from infrastructure.errors import WcsyncError
 
@@ -37,9 +38,9 @@ log = structlog.get_logger("wcsync.woocommerce")
 
 API_PATH = "/wp-json/wc/v3/customers"
 MAX_PER_PAGE = 100
-# The most a store's answer may hold: a page of 100 real customers is ~100-300 KB. A larger answer is not
-# read further (a page is then fetched customer by customer, see _scan).
-DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+# The most a store's answer may hold; a larger one is not read further (a page is then fetched customer by
+# customer, see _scan).
+DEFAULT_MAX_RESPONSE_BYTES = bounds.DEFAULT_MAX_RESPONSE_MB * 1024 * 1024
 _READ_CHUNK_BYTES = 64 * 1024
 MAX_HEADER_NUMBER = 2**63 - 1  # X-WP-Total and X-WP-TotalPages beyond this are ignored, as garbled
 INVALID_ID_CODES = frozenset({"wc_user_invalid_id", "woocommerce_rest_invalid_id"})
@@ -111,27 +112,21 @@ class ClientOptions:
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
     def __post_init__(self) -> None:
-        if not 1 <= self.per_page <= MAX_PER_PAGE:
-            raise ValueError(
-                f"per_page must be between 1 and {MAX_PER_PAGE} (WooCommerce rejects larger values), "
-                f"got {self.per_page}"
-            )
-        if self.concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
-        if self.rate < 0:
-            raise ValueError(
-                f"rate must be 0 (unlimited) or a positive number of requests/s, got {self.rate}"
-            )
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be 0 or more, got {self.max_retries}")
+        """The options a user or client can set are checked against domain.bounds (BoundError names the
+        field); the others only for sense, they are set in code."""
+        bounds.PER_PAGE.check(self.per_page)
+        bounds.CONCURRENCY.check(self.concurrency)
+        bounds.RATE.check(self.rate)
+        bounds.TIMEOUT_S.check(self.timeout_s)
+        object.__setattr__(self, "role", bounds.check_role(self.role))
+        if not 0 <= self.max_retries <= bounds.MAX_RETRIES.high:
+            raise ValueError(f"max_retries must be 0 to {bounds.MAX_RETRIES.high:g}, got {self.max_retries}")
         if self.circuit_threshold < 1:
             raise ValueError(f"circuit_threshold must be at least 1, got {self.circuit_threshold}")
         if self.max_pages < 1:
             raise ValueError(f"max_pages must be at least 1, got {self.max_pages}")
         if self.max_response_bytes < 1024:
             raise ValueError(f"max_response_bytes must be at least 1024, got {self.max_response_bytes}")
-        if not self.role:
-            raise ValueError('role must name a WordPress role, or be "all"')
 
 
 @dataclass(frozen=True)
