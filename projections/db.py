@@ -227,6 +227,32 @@ class Database:
                     self._in_transaction = False
 
     @contextmanager
+    def savepoint(self) -> Iterator[Database]:
+        """A savepoint inside ``transaction()``: an exception rolls back what the block wrote (and only that),
+        then goes on up; the transaction stays usable (on PostgreSQL too, where an error aborts it)."""
+        with self.lock:
+            assert self.dialect == POSTGRES or self._connect_sqlite().in_transaction, "no transaction"
+            stages = set(self._stages)
+            try:
+                if self.dialect == SQLITE:
+                    conn = self._connect_sqlite()
+                    conn.execute("SAVEPOINT wcsync_apply")
+                    try:
+                        yield self
+                    except BaseException:
+                        conn.execute("ROLLBACK TO wcsync_apply")
+                        conn.execute("RELEASE wcsync_apply")
+                        raise
+                    conn.execute("RELEASE wcsync_apply")
+                else:
+                    assert self._in_transaction, "no transaction"
+                    with self._connect_pg().transaction():
+                        yield self
+            except BaseException:
+                self._stages &= stages  # a staging table created under the savepoint went with it
+                raise
+
+    @contextmanager
     def reading(self) -> Iterator[Database]:
         with self.lock:
             yield self

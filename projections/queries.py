@@ -14,11 +14,12 @@ from typing import Any
 from uuid import UUID
 
 from infrastructure.config import DatabaseConfig
+from projections import quarantine
 from projections.activity import ACTIVITY_TABLE
 from projections.customers import CUSTOMER_TABLE
 from projections.db import Database, iso
 from projections.queues import LINE_TABLE, QUEUE_TABLE
-from projections.runner import ProjectionRunner
+from projections.runner import PROJECTION_NAMES, ProjectionRunner
 from projections.schema import BOOL, UUID_, Table
 
 Source = ProjectionRunner | DatabaseConfig
@@ -199,7 +200,9 @@ def failed_lines(source: Source, org_id: str, queue_id: UUID) -> list[dict[str, 
 
 
 def activity(source: Source, org_id: str, queue_id: UUID, limit: int = 1000) -> list[dict[str, Any]]:
-    """The queue's activity log, oldest first (the first ``limit`` rows)."""
+    """The queue's activity log, oldest first (the first ``limit`` rows): the activity projection's rows and
+    one "projection_quarantined" row for each of the queue's events a projection set aside (at the event's
+    time; see projections/quarantine.py)."""
     with _database(source) as db:
         rows = _select(
             db,
@@ -209,7 +212,12 @@ def activity(source: Source, org_id: str, queue_id: UUID, limit: int = 1000) -> 
             [org_id, db.value(UUID_, queue_id), int(limit)],
             "ORDER BY created_at, id LIMIT %s",
         )
-    return [
+        set_aside = (
+            quarantine.of_queue(db, QUEUE_TABLE.name, org_id, queue_id, PROJECTION_NAMES, limit)
+            if quarantine.exists(db)
+            else []
+        )
+    entries = [
         {
             "createdAt": row["created_at"],
             "activityType": row["activity_type"],
@@ -219,6 +227,26 @@ def activity(source: Source, org_id: str, queue_id: UUID, limit: int = 1000) -> 
         }
         for row in rows
     ]
+    if not set_aside:
+        return entries
+    entries += [_quarantined_entry(row) for row in set_aside]
+    entries.sort(key=lambda entry: str(entry["createdAt"]))  # ISO-8601 UTC: text order is time order
+    return entries[:limit]
+
+
+def _quarantined_entry(row: quarantine.Quarantined) -> dict[str, Any]:
+    event = row.topic.rpartition(":")[2] or row.topic  # "domain.customer:Customer.Registered"
+    details = row.as_dict()
+    return {
+        "createdAt": details["eventAt"] or details["quarantinedAt"],
+        "activityType": quarantine.ACTIVITY_TYPE,
+        "status": "error",
+        "message": (
+            f"The {row.projection} projection could not apply event {row.position} ({event}) and set it "
+            f"aside: {row.reason}; `wcsync projections rebuild {row.projection}` retries it once fixed"
+        ),
+        "details": details,
+    }
 
 
 def known_customer_ids(source: Source, org_id: str, store_url: str) -> set[int]:

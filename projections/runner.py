@@ -13,6 +13,11 @@ walked over.
 A rebuild replays the log into fresh ``<table>__rebuild`` tables (tracked under ``<name>__rebuild``, in
 batches, so SQLite writers are never locked out for long) and swaps them in with one transaction of
 renames: readers see the old tables or the new ones, never a half-built one.
+
+An event a projection cannot apply (a data error in ``apply``, not the database's or the connection's) does
+not stop it: the batch is rolled back and applied again event by event under savepoints, and each event
+that still fails is quarantined (projections/quarantine.py) in the transaction that moves the position past
+it. Nothing of this runs while batches apply: the happy path is the batch as it always was.
 """
 
 from __future__ import annotations
@@ -26,24 +31,37 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 import structlog
 from eventsourcing.persistence import InterfaceError, OperationalError
 
+from domain.queue import SyncQueue
 from infrastructure.config import DatabaseConfig
 from infrastructure.errors import StorageError, first_line
 from infrastructure.eventstore import SyncApplication
+from infrastructure.logging import configure_logging
+from projections import quarantine
 from projections.activity import ActivityProjection
 from projections.base import Item, Projection
 from projections.customers import CustomersProjection
 from projections.db import CONNECTION_ERRORS, ConcurrentUpdate, Database
 from projections.ledger import LedgerProjection
+from projections.quarantine import Quarantined
 from projections.queues import QueuesProjection
-from projections.schema import POSTGRES, REBUILD_SUFFIX, TRACKING, TRACKING_TABLE, TS
+from projections.schema import (
+    POSTGRES,
+    QUARANTINE,
+    QUARANTINE_TABLE,
+    REBUILD_SUFFIX,
+    TRACKING,
+    TRACKING_TABLE,
+    TS,
+)
 
 log = structlog.get_logger("wcsync.projections")
 
@@ -77,6 +95,19 @@ PARALLEL_MIN_LAG = 20_000
 
 class UnknownProjectionError(ValueError):
     """No projection of that name."""
+
+
+class _ApplyFailed(Exception):
+    """A target's apply of a whole batch raised a data error: redo the batch event by event."""
+
+    def __init__(self, target: _Target, error: BaseException) -> None:
+        super().__init__(target.tracking_name)
+        self.target = target
+        self.error = error
+
+
+# What the runner does with each event it quarantines, once its transaction has committed.
+Report = Callable[[Quarantined], None]
 
 
 @dataclass(frozen=True)
@@ -145,12 +176,14 @@ class ProjectionRunner:
             if db.dialect == POSTGRES:
                 db.execute("SELECT pg_advisory_xact_lock(%s)", [_MIGRATE_LOCK_KEY])
             db.execute(TRACKING.create_table(db.dialect))
+            self._create_quarantine()
             tracked = self._tracking_rows(list(self.projections))
             for name, projection in self.projections.items():
                 row = tracked.get(name)
                 if row is None:
                     # Tables without a tracking row are of unknown provenance: start them afresh.
                     self._create_tables(projection, "", drop_first=True)
+                    db.execute(f"DELETE FROM {QUARANTINE_TABLE} WHERE projection = %s", [name])
                     db.execute(
                         f"INSERT INTO {TRACKING_TABLE} (name, position, version, updated_at) VALUES (%s, 0, %s, %s)",
                         [name, projection.version, self._now()],
@@ -206,17 +239,24 @@ class ProjectionRunner:
                 stop.wait(poll_interval)
 
     def rebuild(self, names: Sequence[str] | None = None, batch_size: int = REBUILD_BATCH_SIZE) -> int:
-        """Replay the whole log into fresh tables and swap them in; returns the notifications replayed."""
+        """Replay the whole log into fresh tables and swap them in; returns the notifications replayed.
+        The rebuilt projection's quarantine is what the replay set aside: events that apply now are healed."""
         selected = self._select(names)
         if not self._migrated:
             self._migrated = True  # migrate() may be what called us; it only needs the tracking table
             with self.db.transaction() as db:
                 db.execute(TRACKING.create_table(db.dialect))
+                self._create_quarantine()
         with self.db.transaction() as db:
             for projection in selected:
                 self._create_tables(projection, REBUILD_SUFFIX, drop_first=True)
                 db.execute(
                     f"DELETE FROM {TRACKING_TABLE} WHERE name = %s", [projection.name + REBUILD_SUFFIX]
+                )
+                # The copy's quarantine starts empty: what still fails is set aside again as it replays.
+                db.execute(
+                    f"DELETE FROM {QUARANTINE_TABLE} WHERE projection = %s",
+                    [projection.name + REBUILD_SUFFIX],
                 )
                 db.execute(
                     f"INSERT INTO {TRACKING_TABLE} (name, position, version, updated_at) VALUES (%s, 0, %s, %s)",
@@ -234,6 +274,9 @@ class ProjectionRunner:
             head = self._head()
             names = [*self.projections, *(n + REBUILD_SUFFIX for n in self.projections)]
             tracked = self._tracking_rows(names) if self._table_exists(TRACKING_TABLE) else {}
+            set_aside = (
+                quarantine.counts(self.db, list(self.projections)) if quarantine.exists(self.db) else {}
+            )
         result = []
         for name, projection in self.projections.items():
             position, version = tracked.get(name, (0, None))
@@ -246,9 +289,19 @@ class ProjectionRunner:
                     "head": head,
                     "lag": max(0, head - position),
                     "rebuilding": name + REBUILD_SUFFIX in tracked,
+                    "quarantined": set_aside.get(name, 0),
                 }
             )
         return result
+
+    def quarantined(self, names: Sequence[str] | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The events the projections (all, or those named) have set aside and walked past, by projection
+        and position: the first ``limit`` of them (``status()`` counts them all)."""
+        selected = [p.name for p in self._select(names)]
+        with self.db.reading():
+            if not quarantine.exists(self.db):
+                return []
+            return [row.as_dict() for row in quarantine.listed(self.db, selected, limit)]
 
     def close(self) -> None:
         if self._executor is not None:
@@ -264,7 +317,9 @@ class ProjectionRunner:
     def _run(self, targets: list[_Target], batch_size: int) -> int:
         groups = _groups(targets)
         if len(groups) < 2 or not self.parallel or self._lag(targets) < PARALLEL_MIN_LAG:
-            return _applied(groups, [self._run_group(group, batch_size) for group in groups])
+            return _applied(
+                groups, [self._run_group(group, batch_size, _log_quarantined) for group in groups]
+            )
         # Far behind (a first catch-up, a rebuild): groups read disjoint topics and track their own rows, so
         # the others run in processes of their own (threads measured slower: the work holds the GIL). A child
         # is a fresh interpreter (never a fork: this process's connections are not the child's to share).
@@ -277,8 +332,14 @@ class ProjectionRunner:
             for group in groups[1:]
         ]
         try:
-            applied = self._run_group(groups[0], batch_size)
-            return _applied(groups, [applied, *(child.result() for child in children)])
+            applied = self._run_group(groups[0], batch_size, _log_quarantined)
+            counts = [applied]
+            for child in children:
+                child_applied, set_aside = child.result()
+                for row in set_aside:  # logged here: the child's output is its result
+                    _log_quarantined(row)
+                counts.append(child_applied)
+            return _applied(groups, counts)
         finally:
             for child in children:
                 child.stop()
@@ -289,7 +350,8 @@ class ProjectionRunner:
         positions = [tracked[t.tracking_name][0] for t in targets if t.tracking_name in tracked]
         return self._head() - min(positions, default=0)
 
-    def _run_group(self, targets: list[_Target], batch_size: int) -> int:
+    def _run_group(self, targets: list[_Target], batch_size: int, report: Report) -> int:
+        """Catch one group of targets up; ``report`` gets each event quarantined, once committed."""
         applied = 0
         min_window = window = 2 * batch_size
         max_window = 64 * batch_size
@@ -339,28 +401,18 @@ class ProjectionRunner:
                 expected = {t.tracking_name: (end, tracked[t.tracking_name][1]) for t in behind}
                 pending = (expected, self._prefetcher().submit(self._prefetch, end, window, batch.selection))
             try:
-                with self.db.transaction() as db:
-                    if db.dialect == POSTGRES and all(t.suffix == REBUILD_SUFFIX for t in behind):
-                        _asynchronous_commit(db)
-                    locked = self._tracking_rows([t.tracking_name for t in behind], lock=True)
-                    if any(locked.get(t.tracking_name) != tracked[t.tracking_name] for t in behind):
-                        raise ConcurrentUpdate
-                    now = self._now()
-                    for target in behind:
-                        position = tracked[target.tracking_name][0]
-                        if end <= position:
-                            continue
-                        items: list[Item] = [
-                            (nid, event)
-                            for nid, topic, event in decoded
-                            if nid > position and topic in target.topics
-                        ]
-                        if items:
-                            target.projection.apply(db, target.suffix, items)
-                        db.execute(
-                            f"UPDATE {TRACKING_TABLE} SET position = %s, updated_at = %s WHERE name = %s",
-                            [end, now, target.tracking_name],
-                        )
+                try:
+                    set_aside = self._commit(behind, tracked, end, decoded, careful=False)
+                except _ApplyFailed as failed:
+                    # Rolled back whole; again event by event, setting aside only the events that fail.
+                    log.info(
+                        "projections.batch_failed",
+                        projection=failed.target.tracking_name,
+                        after=tracked[failed.target.tracking_name][0],
+                        end=end,
+                        reason=quarantine.reason(failed.error),
+                    )
+                    set_aside = self._commit(behind, tracked, end, decoded, careful=True)
             except ConcurrentUpdate:
                 log.debug("projections.concurrent_update", targets=[t.tracking_name for t in behind])
                 pending = None  # read for positions that did not happen
@@ -368,9 +420,138 @@ class ProjectionRunner:
             except BaseException:
                 pending = None
                 raise
+            for row in set_aside:
+                report(row)
             applied += len(decoded)
         self._index_copies(targets)
         return applied
+
+    def _commit(
+        self,
+        behind: Sequence[_Target],
+        tracked: dict[str, tuple[int, int]],
+        end: int,
+        decoded: Sequence[tuple[int, str, Any]],
+        careful: bool,
+    ) -> list[Quarantined]:
+        """Apply a batch to every target behind and move their positions to ``end``, in one transaction.
+
+        Not ``careful``: each target's events in one apply, as fast as it goes; a data error raises
+        _ApplyFailed (after the rollback). ``careful``: each target's apply under a savepoint, split until the
+        events that fail are found alone; those are quarantined in this transaction. Returns them."""
+        set_aside: list[Quarantined] = []
+        with self.db.transaction() as db:
+            if db.dialect == POSTGRES and all(t.suffix == REBUILD_SUFFIX for t in behind):
+                _asynchronous_commit(db)
+            locked = self._tracking_rows([t.tracking_name for t in behind], lock=True)
+            if any(locked.get(t.tracking_name) != tracked[t.tracking_name] for t in behind):
+                raise ConcurrentUpdate
+            now = self._now()
+            for target in behind:
+                position = tracked[target.tracking_name][0]
+                if end <= position:
+                    continue
+                if careful:
+                    mine = [item for item in decoded if item[0] > position and item[1] in target.topics]
+                    if mine:
+                        self._apply_isolating(db, target, mine, set_aside)
+                    items: list[Item] = []
+                else:
+                    items = [
+                        (nid, event)
+                        for nid, topic, event in decoded
+                        if nid > position and topic in target.topics
+                    ]
+                if items:
+                    try:
+                        target.projection.apply(db, target.suffix, items)
+                    except TRANSIENT_ERRORS:
+                        raise
+                    except Exception as error:
+                        if not quarantine.quarantinable(error):
+                            raise
+                        raise _ApplyFailed(target, error) from error
+                db.execute(
+                    f"UPDATE {TRACKING_TABLE} SET position = %s, updated_at = %s WHERE name = %s",
+                    [end, now, target.tracking_name],
+                )
+            if set_aside:
+                quarantine.record(db, set_aside)
+        return set_aside
+
+    def _apply_isolating(
+        self,
+        db: Database,
+        target: _Target,
+        items: Sequence[tuple[int, str, Any]],
+        set_aside: list[Quarantined],
+    ) -> None:
+        """Apply ``items`` under a savepoint; if that fails with a data error, each half the same way, down to
+        single events, which are quarantined. Halves apply in order, and a projection gives the same rows
+        whatever the batches (its batches are arbitrary already), so what applies is as if nothing failed.
+        Failing events cost about two applies each of the levels above them, not one apply per event."""
+        try:
+            with db.savepoint():
+                target.projection.apply(db, target.suffix, [(nid, event) for nid, _, event in items])
+            return
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as error:
+            if not quarantine.quarantinable(error):
+                raise
+            if len(items) == 1:
+                set_aside.append(self._quarantined(db, target, items[0], error))
+                return
+        middle = len(items) // 2
+        self._apply_isolating(db, target, items[:middle], set_aside)
+        self._apply_isolating(db, target, items[middle:], set_aside)
+
+    def _quarantined(
+        self, db: Database, target: _Target, item: tuple[int, str, Any], error: BaseException
+    ) -> Quarantined:
+        """What the quarantine records of an event: its place, its aggregate, its queue, why (no content)."""
+        nid, topic, event = item
+        originator_id: Any = None
+        version: int | None = None
+        if event is None:  # left to the database, or a projection that reads no events: read it back
+            stored = self._select_notifications(
+                db,
+                nid - 1,
+                nid,
+                _Selection(
+                    topics=[topic],
+                    batch_size=1,
+                    reads_events=True,
+                    trimmed=frozenset(),
+                    stateless=frozenset(),
+                ),
+            )
+            if stored:
+                originator_id, version = stored[0].originator_id, int(stored[0].originator_version)
+                # Undecodable: its queue and time stay unknown; the row still says which event it is.
+                with suppress(Exception):
+                    event = self.app.mapper.to_domain_event(stored[0])
+        queue_id: Any = None
+        event_at: datetime | None = None
+        if event is not None:
+            originator_id, version = event.originator_id, int(event.originator_version)
+            # A queue's own event, or a customer's change, which names the queue that wrote it.
+            queue_id = (
+                originator_id if isinstance(event, SyncQueue.Event) else getattr(event, "queue_id", None)
+            )
+            timestamp = getattr(event, "timestamp", None)
+            event_at = timestamp if isinstance(timestamp, datetime) else None
+        return Quarantined(
+            projection=target.tracking_name,
+            position=nid,
+            originator_id=_uuid_or_none(originator_id),
+            originator_version=version,
+            topic=topic,
+            queue_id=_uuid_or_none(queue_id),
+            reason=quarantine.reason(error),
+            event_at=event_at,
+            quarantined_at=datetime.now(UTC),
+        )
 
     def _index_copies(self, targets: Sequence[_Target]) -> None:
         """PostgreSQL: build the indexes of the rebuild copies this pass has filled, here rather than in the
@@ -437,6 +618,12 @@ class ProjectionRunner:
                     f"DELETE FROM {TRACKING_TABLE} WHERE name IN (%s, %s)",
                     [projection.name, projection.name + REBUILD_SUFFIX],
                 )
+                # The copy's quarantine becomes the projection's: what applies now is healed.
+                db.execute(f"DELETE FROM {QUARANTINE_TABLE} WHERE projection = %s", [projection.name])
+                db.execute(
+                    f"UPDATE {QUARANTINE_TABLE} SET projection = %s WHERE projection = %s",
+                    [projection.name, projection.name + REBUILD_SUFFIX],
+                )
                 db.execute(
                     f"INSERT INTO {TRACKING_TABLE} (name, position, version, updated_at) VALUES (%s, %s, %s, %s)",
                     [projection.name, rebuilt[0], projection.version, now],
@@ -497,6 +684,11 @@ class ProjectionRunner:
                 for statement in table.create_indexes():
                     self.db.execute(statement)
 
+    def _create_quarantine(self) -> None:
+        self.db.execute(QUARANTINE.create_table(self.db.dialect))
+        for statement in QUARANTINE.create_indexes():
+            self.db.execute(statement)
+
     def _tables_exist(self, projection: Projection) -> bool:
         return all(self._table_exists(table.name) for table in projection.tables)
 
@@ -528,7 +720,8 @@ class _GroupProcess:
         self.process.stdin.write(pickle.dumps((database, env, targets, batch_size)))
         self.process.stdin.close()
 
-    def result(self) -> int:
+    def result(self) -> tuple[int, list[Quarantined]]:
+        """The notifications the child applied and the events it quarantined (for the parent to log)."""
         assert self.process.stdout is not None
         output = self.process.stdout.read()
         self.process.wait()
@@ -537,7 +730,8 @@ class _GroupProcess:
         outcome = pickle.loads(output)  # noqa: S301 - written by our own child
         if isinstance(outcome, BaseException):
             raise outcome
-        return int(outcome)
+        applied, set_aside = outcome
+        return int(applied), list(set_aside)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -547,14 +741,19 @@ class _GroupProcess:
 
 def _group_main() -> None:
     database, env, targets, batch_size = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 - from our parent
+    configure_logging()  # to stderr: stdout carries the outcome (the parent logs the quarantined events)
     outcome: Any
+    set_aside: list[Quarantined] = []
     try:
         app = _open_app(database, env)
         runner = ProjectionRunner(app, parallel=False)
         try:
-            outcome = runner._run_group(
-                [_Target(runner.projections[name], suffix) for name, suffix in targets], batch_size
+            applied = runner._run_group(
+                [_Target(runner.projections[name], suffix) for name, suffix in targets],
+                batch_size,
+                set_aside.append,
             )
+            outcome = (applied, set_aside)
         finally:
             runner.close()
             app.close()
@@ -578,6 +777,29 @@ def _open_app(database: DatabaseConfig, env: dict[str, str], attempts: int = 5) 
                 raise
             time.sleep(0.1 * attempt)
     raise AssertionError("unreachable")
+
+
+def _log_quarantined(row: Quarantined) -> None:
+    rebuilding = row.projection.endswith(REBUILD_SUFFIX)  # its copy: the projection's once swapped in
+    log.error(
+        "projections.event_quarantined",
+        projection=row.projection.removesuffix(REBUILD_SUFFIX),
+        rebuild=rebuilding,
+        position=row.position,
+        topic=row.topic,
+        originator_id=None if row.originator_id is None else str(row.originator_id),
+        originator_version=row.originator_version,
+        reason=row.reason,
+    )
+
+
+def _uuid_or_none(value: Any) -> UUID | None:
+    if value is None or isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value))
+    except ValueError:
+        return None
 
 
 def _trimmed_topics(targets: Sequence[_Target]) -> frozenset[str]:
@@ -628,7 +850,8 @@ def _decode(
 
 def _asynchronous_commit(db: Database) -> None:
     """This transaction's commit does not wait for its WAL to reach disk (PostgreSQL): only for a batch that
-    writes nothing but rebuild copies (``__rebuild`` tables and their ``<name>__rebuild`` tracking rows).
+    writes nothing but rebuild copies (``__rebuild`` tables, their ``<name>__rebuild`` tracking rows and the
+    quarantine rows recorded under those names).
 
     Why that is safe: a server crash can lose only the last such commits, and each whole (the copy's rows go
     with the tracking row that says how far the copy got, in the same transaction), so the copy is left at an

@@ -157,3 +157,25 @@ TRACKING = Table(
     ),
     ("name",),
 )
+
+QUARANTINE_TABLE = "wcsync_projection_quarantine"
+
+# The events a projection could not apply and walked past (see projections/quarantine.py): one row per
+# (projection, position), the projection named as it is tracked (a rebuild's copy records under
+# ``<name>__rebuild``; the swap makes its rows the projection's). What the event was, never what it held.
+QUARANTINE = Table(
+    QUARANTINE_TABLE,
+    (
+        Column("projection", TEXT, not_null=True),
+        Column("position", BIGINT, not_null=True),  # the event's notification id
+        Column("originator_id", UUID_),
+        Column("originator_version", BIGINT),
+        Column("topic", TEXT, not_null=True),
+        Column("queue_id", UUID_),  # the queue whose activity log shows it (a customer's event: its queue's)
+        Column("reason", TEXT, not_null=True),  # exception type and first line, quoted values elided
+        Column("event_at", TS),  # the event's own time, when it could be decoded
+        Column("quarantined_at", TS, not_null=True),
+    ),
+    ("projection", "position"),
+    (Index("wcsync_projection_quarantine_queue_idx", "queue_id"),),
+)
