@@ -599,14 +599,34 @@ def _cmd_projections(args: argparse.Namespace) -> int:
             runner.follow(stop)
         else:
             rows = runner.status()
+            shown = 100  # quarantined events listed per projection (their count is always whole)
+            counted = any(row["quarantined"] for row in rows)
+            set_aside = runner.quarantined(limit=shown * len(rows)) if counted else []
             if args.json:
+                for row in rows:
+                    mine = [q for q in set_aside if q["projection"] == row["name"]]
+                    row["quarantinedEvents"] = mine[:shown]
                 _print_json(rows)
             else:
                 for row in rows:
                     print(
                         f"{row['name']:12} version {row['version']}  position {row['position']}  "
-                        f"head {row['head']}  lag {row['lag']}"
+                        f"head {row['head']}  lag {row['lag']}  quarantined {row['quarantined']}"
                     )
+                if set_aside:
+                    print(
+                        "quarantined events (set aside, walked past; `wcsync projections rebuild NAME` "
+                        "retries them once the cause is fixed):"
+                    )
+                for row in rows:
+                    listed = [q for q in set_aside if q["projection"] == row["name"]][:shown]
+                    for q in listed:
+                        print(
+                            f"  {q['projection']:12} position {q['position']}  {q['topic']}  "
+                            f"{q['originatorId']} v{q['originatorVersion']}  {q['reason']}"
+                        )
+                    if row["quarantined"] > len(listed):
+                        print(f"  {row['name']:12} ... and {row['quarantined'] - len(listed)} more")
         return EXIT_OK
 
 
