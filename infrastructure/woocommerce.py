@@ -673,7 +673,13 @@ class WooCommerceClient:
                     oversized.append(self._oversized_record(customer_id, error))
                     return
             if response.status == 200 and customer_id_of(response.body) == customer_id:
-                found[customer_id] = response.body
+                # Checked now, so that only a valid record or an excerpt is kept of each: records of a
+                # page too large to read whole are each large too.
+                checked = check_record(response.body)
+                if isinstance(checked, RejectedRecord):
+                    oversized.append(checked)
+                else:
+                    found[customer_id] = checked
 
         await _gather_all(one(i) for i in ids)
         records = [found[i] for i in ids if i in found]

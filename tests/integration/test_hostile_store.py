@@ -1,0 +1,237 @@
+"""What a hostile store can send, and what wcsync does with it, on SQLite and PostgreSQL: the good customers
+sync, a bad record fails its own line (or, with no usable id, is refused and named), nothing unstorable or
+oversized reaches the log, the read models and every other org stay unharmed, and memory stays bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from domain.queue import QueueOptions, SyncQueue
+from domain.validation import EXCERPT_CHARS, MAX_RECORD_BYTES
+from infrastructure.bootstrap import Services, migrate
+from infrastructure.config import DatabaseConfig, StoreSettings
+from infrastructure.engine import SyncOutcome
+from infrastructure.woocommerce import ClientOptions
+from projections import queries
+from tests.hostile_store import HostileStore, good
+from tests.integration._helpers import FAST
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def sync(
+    services: Services, store: HostileStore, org: str = "acme", per_page: int = 100, **client: Any
+) -> SyncOutcome:
+    engine = services.engine(org)
+    settings = StoreSettings(url=store.url, consumer_key="ck_hostile", consumer_secret="cs_hostile")
+    options = ClientOptions(**{**vars(FAST), **client}) if client else FAST
+    return asyncio.run(engine.start(settings, QueueOptions(batch_size=10, per_page=per_page), options))
+
+
+def stored_events(services: Services) -> list[tuple[str, bytes]]:
+    return [(n.topic, n.state) for n in services.app.recorder.select_notifications(start=1, limit=1_000_000)]
+
+
+def assert_projections_caught_up(services: Services) -> None:
+    services.catch_up()
+    lags = {row["name"]: row["lag"] for row in services.projections.status()}
+    assert lags == dict.fromkeys(lags, 0), lags
+
+
+def test_records_without_a_usable_id_are_refused_and_named_and_the_rest_syncs(services: Services) -> None:
+    with HostileStore([[good(1), good(2)]]) as other_store:
+        other = sync(services, other_store, org="other")
+    bad_ids: list[Any] = [
+        {**good(0), "id": True},
+        {**good(0), "id": "12"},
+        {**good(0), "id": 2**63 + 5},
+        {**good(0), "id": 7.0},
+        {**good(0), "id": 0},
+        "not a customer",
+        {"email": "no-id@example.com"},
+    ]
+    with HostileStore([[good(10), *bad_ids, good(11)]]) as store:
+        outcome = sync(services, store)
+
+    assert outcome.store_error is None
+    assert outcome.counts["total"] == 2 and outcome.counts["created"] == 2
+    assert outcome.state == "done"
+    activity = queries.activity(services.projections, "acme", outcome.queue_id)
+    refused = [row for row in activity if row["activityType"] == "records_without_id"]
+    assert len(refused) == 1
+    message = refused[0]["message"]
+    assert "7 record(s)" in message and "id true is a boolean" in message and "is a string" in message
+    # The projections took every event, and the other org's reads are as they were.
+    assert_projections_caught_up(services)
+    status = queries.queue_status(services.projections, "other", other.queue_id)
+    assert status is not None and status["createdCount"] == 2 and status["state"] == "done"
+    customers = {row["woo_customer_id"] for row in queries.customers(services.projections, "acme")}
+    assert customers == {10, 11}
+
+
+def test_an_invalid_record_fails_its_own_line_and_the_log_keeps_an_excerpt_not_the_record(
+    services: Services,
+) -> None:
+    huge = good(21, meta_data=[{"id": 1, "key": "blob", "value": "x" * 500_000}])
+    records = [good(20), huge, good(22, email="not-an-email"), good(23)]
+    with HostileStore([records]) as store:
+        outcome = sync(services, store)
+
+    assert outcome.counts == {
+        "total": 4,
+        "draft": 0,
+        "done": 2,
+        "failed": 2,
+        "cancelled": 0,
+        "created": 2,
+        "updated": 0,
+        "unchanged": 0,
+    }
+    failed = {
+        row["wooCustomerId"]: row
+        for row in queries.failed_lines(services.projections, "acme", outcome.queue_id)
+    }
+    assert set(failed) == {21, 22}
+    assert f"larger than the {MAX_RECORD_BYTES} bytes" in failed[21]["errorMessage"]
+    assert "email" in failed[22]["errorMessage"]
+    events = stored_events(services)
+    assert max(len(state) for _, state in events) < 20_000  # no 500 KB record in the log
+    rejected = [
+        entry
+        for topic, state in events
+        if topic.endswith("SyncQueue.LinesRejected")
+        for entry in json.loads(state)["rejected"]
+    ]
+    assert {entry["id"] for entry in rejected} == {21, 22}
+    big = next(entry for entry in rejected if entry["id"] == 21)
+    assert big["bytes"] > 500_000 and len(big["digest"]) == 64
+    assert len(big["excerpt"]) <= EXCERPT_CHARS + 1 and big["excerpt"].startswith('{"billing"')
+    assert_projections_caught_up(services)
+
+
+def test_nul_and_lone_surrogates_are_stored_the_same_way_on_both_backends(services: Services) -> None:
+    # orjson refuses a page with an escaped lone surrogate; the page must still be read.
+    odd = good(
+        31,
+        first_name="a\x00b\ud800c",
+        billing={"city": "\udfff", "email": "customer31@example.com"},
+        meta_data=[{"id": 1, "key": "k\x00", "value": "\udfff"}],
+    )
+    with HostileStore([[good(30), odd]]) as store:
+        outcome = sync(services, store)
+
+    assert outcome.counts["created"] == 2 and outcome.state == "done"
+    services.catch_up()
+    rows = {row["woo_customer_id"]: row for row in queries.customers(services.projections, "acme")}
+    assert rows[31]["first_name"] == "a\ufffdb\ufffdc"
+    assert rows[31]["billing"]["city"] == "\ufffd"
+    for _, state in stored_events(services):
+        assert b"\\u0000" not in state and b"\\ud800" not in state.lower()
+
+
+def test_an_answer_larger_than_the_limit_is_not_read_and_its_customers_come_one_by_one(
+    services: Services,
+) -> None:
+    # 40 records of ~60 KB (over the 1 MB limit as a page); one of 1.5 MB is too large even alone.
+    page = [good(100 + i, meta_data=[{"id": 1, "key": "note", "value": "y" * 60_000}]) for i in range(40)]
+    page[5] = good(105, meta_data=[{"id": 1, "key": "note", "value": "z" * 1_500_000}])
+    with HostileStore([page[:20], page[20:]]) as store:
+        outcome = sync(services, store, per_page=20, max_response_bytes=1024 * 1024)
+        one_by_one = [path for path in store.requests if "/customers/1" in path]
+
+    assert outcome.store_error is None
+    assert outcome.counts["total"] == 40 and outcome.counts["created"] == 39 and outcome.counts["failed"] == 1
+    failed = queries.failed_lines(services.projections, "acme", outcome.queue_id)
+    assert [row["wooCustomerId"] for row in failed] == [105]
+    assert "larger than the 1048576 bytes a store answer may have" in failed[0]["errorMessage"]
+    assert len(one_by_one) == 40
+    activity = queries.activity(services.projections, "acme", outcome.queue_id)
+    assert sum(row["activityType"] == "store_page_too_large" for row in activity) == 2
+    assert_projections_caught_up(services)
+
+
+def _hostile_env(database_url: str, store: HostileStore) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WCSYNC_", "WOO_"))}
+    env.update(
+        WCSYNC_DATABASE_URL=database_url,
+        WCSYNC_LOG_LEVEL="warning",
+        WOO_URL=store.url,
+        WOO_CONSUMER_KEY="ck_hostile",
+        WOO_CONSUMER_SECRET="cs_hostile",
+    )
+    return env
+
+
+# Runs a command and writes the largest peak RSS of its children (KB) to a file. Measured from a fresh
+# interpreter: a process forked from pytest counts pytest's own resident memory in its peak (Linux carries
+# the pre-exec high-water mark into ru_maxrss), and pytest holds this test's 50 MB store.
+_MEASURE = """
+import resource, subprocess, sys
+done = subprocess.run(sys.argv[2:])
+open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(done.returncode)
+"""
+
+
+def run_measured(
+    args: list[str], env: dict[str, str], tmp_path: Path
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """(the finished `wcsync ARGS`, the peak RSS in KB of its whole process tree)."""
+    report = tmp_path / "peak-rss-kb"
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(report), sys.executable, "-m", "cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    return done, int(report.read_text())
+
+
+def test_a_50_mb_page_keeps_the_sync_in_bounded_memory(database_url: str, tmp_path: Path) -> None:
+    migrate(DatabaseConfig.from_url(database_url))
+    # 95 records of 500 KB and 5 good ones on page 1 (about 50 MB as one answer), 3 good ones on page 2.
+    blob = "x" * 500_000
+    first = [good(i, meta_data=[{"id": 1, "key": "blob", "value": blob}]) for i in range(1, 101)]
+    for i in (10, 30, 50, 70, 90):
+        first[i - 1] = good(i)
+    with HostileStore([first, [good(201), good(202), good(203)]]) as store:
+        done, peak_kb = run_measured(
+            ["start", "--json", "--batch-size", "20"], _hostile_env(database_url, store), tmp_path
+        )
+    stdout, stderr, status = done.stdout, done.stderr, done.returncode
+    assert status == 1, stderr  # finished with failed lines
+    document = json.loads(stdout)
+    assert document["createdCount"] == 8 and document["failedCount"] == 95 and document["totalCount"] == 103
+    peak_mb = peak_kb / 1024
+    print(f"peak RSS of the sync: {peak_mb:.0f} MB")
+    # Before the answer cap and the one-by-one fetch this page took the process to ~485 MB.
+    assert peak_mb < 150, f"peak RSS {peak_mb:.0f} MB"
+
+
+def test_records_read_back_for_a_resume_are_the_cleaned_ones(services: Services) -> None:
+    """What the log holds is what may be stored: a queue's drafts replay from its events unchanged."""
+    with HostileStore([[good(40, first_name="x\x00y")]]) as store:
+        outcome = sync(services, store)
+    events = [
+        services.app.mapper.to_domain_event(n)
+        for n in services.app.recorder.select_notifications(start=1, limit=1000)
+    ]
+    added = [e for e in events if isinstance(e, SyncQueue.LinesAdded)]
+    assert outcome.state == "done"
+    assert [r["first_name"] for e in added for r in e.records] == ["x\ufffdy"]
+
+
+@pytest.mark.parametrize("options", [{"per_page": 0}, {"timeout_s": 0}, {"concurrency": 33}, {"role": ""}])
+def test_client_options_out_of_bounds_are_refused_with_the_field_named(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=next(iter(options)).removesuffix("_s")):
+        ClientOptions(**options)
