@@ -304,13 +304,61 @@ BAD_BODIES: list[tuple[Any, str, str]] = [
         "missing_field",
         "consumerSecret",
     ),
-    ({"org_id": "o", "config": GOOD_CONFIG, "options": {"batchSize": 0}}, "invalid_options", "batch_size"),
-    ({"org_id": "o", "config": GOOD_CONFIG, "options": {"perPage": 500}}, "invalid_options", "per_page"),
-    ({"org_id": "o", "config": GOOD_CONFIG, "options": {"maxRetries": 0}}, "invalid_options", "max_retries"),
+    (
+        {"org_id": "o", "config": GOOD_CONFIG, "options": {"batchSize": 0}},
+        "invalid_options",
+        "options.batchSize",
+    ),
+    (
+        {"org_id": "o", "config": GOOD_CONFIG, "options": {"perPage": 500}},
+        "invalid_options",
+        "options.perPage",
+    ),
+    (
+        {"org_id": "o", "config": GOOD_CONFIG, "options": {"maxRetries": 0}},
+        "invalid_options",
+        "options.maxRetries",
+    ),
     (
         {"org_id": "o", "config": GOOD_CONFIG, "options": {"batchDelayMs": -1}},
         "invalid_options",
-        "batch_delay",
+        "options.batchDelayMs",
+    ),
+    # Unbounded values that once froze the server or killed every later resume.
+    *(
+        (
+            {"org_id": "o", "config": GOOD_CONFIG, "options": {"batchDelayMs": value}},
+            "invalid_options",
+            "60000",
+        )
+        for value in (3_600_000_000, 10**23, 1e23, 5.5, True)
+    ),
+    ({"org_id": "o", "config": GOOD_CONFIG, "options": {"role": ""}}, "invalid_options", "options.role"),
+    ({"org_id": "o", "config": GOOD_CONFIG, "options": {"role": "a b"}}, "invalid_options", "options.role"),
+    # Ids: no NUL, no control characters, no unpaired surrogates, no blank padding; the field is named.
+    ({"org_id": "evil\x00org", "action": "status", "queue_id": QUEUE}, "invalid_field", "org_id"),
+    ({"org_id": "evil\ufffdorg\n", "action": "status", "queue_id": QUEUE}, "invalid_field", "org_id"),
+    ({"org_id": " acme", "action": "status", "queue_id": QUEUE}, "invalid_field", "org_id"),
+    ({"org_id": "o" * 201, "action": "status", "queue_id": QUEUE}, "invalid_field", "org_id"),
+    ({"org_id": "o", "user_id": "u\x07", "action": "status", "queue_id": QUEUE}, "invalid_field", "user_id"),
+    ({"org_id": 5, "action": "status", "queue_id": QUEUE}, "invalid_field", "org_id"),
+    ({"org_id": "o", "action": ["status"]}, "invalid_action", "action"),
+    ({"org_id": "o", "action": "status", "queue_id": "x" * 10_000}, "invalid_field", "queue_id"),
+    (
+        {"org_id": "o", "config": {**GOOD_CONFIG, "url": "http://shop:99999"}},
+        "invalid_field",
+        "config.url",
+    ),
+    ({"org_id": "o", "config": {**GOOD_CONFIG, "url": "http://[::1"}}, "invalid_field", "config.url"),
+    (
+        {"org_id": "o", "config": {**GOOD_CONFIG, "consumerKey": "ck_\x00"}},
+        "invalid_field",
+        "config.consumerKey",
+    ),
+    (
+        {"org_id": "o", "action": "force-done", "queue_id": QUEUE, "reason": "r" * 1001},
+        "invalid_field",
+        "reason",
     ),
     (
         {"org_id": "o", "config": GOOD_CONFIG, "options": {"batchSize": "50"}},
@@ -341,6 +389,19 @@ def test_bad_requests_are_400_naming_the_field_and_never_echo_a_secret(sqlite_ap
         "POST", SYNC_PATH, raw=b'{"config": {"consumerSecret": "' + SECRET.encode()
     )
     assert status == 400 and error_of(answer)["code"] == "invalid_json"
+    # Bodies that once answered 500: unpaired surrogates, nesting, invalid UTF-8; and one too large.
+    for raw in (
+        b'{"org_id": "\\ud800", "action": "status", "queue_id": "' + QUEUE.encode() + b'"}',
+        b'{"org_id": "o", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"org_id": "o", "options": ' + b'{"a":' * 50 + b"1" + b"}" * 50 + b"}",
+        b'{"org_id": "\xff"}',
+    ):
+        status, answer = sqlite_api.request("POST", SYNC_PATH, raw=raw)
+        assert status in (400, 413) and error_of(answer)["code"] in ("invalid_json", "payload_too_large"), (
+            answer
+        )
+    status, answer = sqlite_api.request("POST", SYNC_PATH, raw=b" " * 70_000 + b"{}")
+    assert status == 413 and error_of(answer)["code"] == "payload_too_large"
     for path in ("/api/v1/queues", f"/api/v1/queues/{QUEUE}", "/api/v1/queues?org_id="):
         status, answer = sqlite_api.get(path)
         assert status == 400 and "org_id" in error_of(answer)["message"], (path, answer)
