@@ -150,22 +150,51 @@ def test_an_unreachable_store_exits_3(sqlite_url: str) -> None:
         (("status", "not-a-uuid"), {}, "not a queue id"),
         (("start",), {"WOO_URL": ""}, "no store URL"),
         (("start", "--url", "ftp://shop"), {}, "must start with http"),
-        (("start", "--per-page", "500"), {}, "per_page"),
+        (("start", "--per-page", "500"), {}, "--per-page: must be a whole number from 1 to 100"),
         (("queues",), {"WCSYNC_DATABASE_URL": "mysql://db/x"}, "not supported"),
         (("frobnicate",), {}, "invalid choice"),
         (("projections", "rebuild", "nosuch"), {}, "unknown projection(s) nosuch; known: customers"),
-        (("queues", "--limit", "0"), {}, "0 must be at least 1"),
-        (("start", "--concurrency", "0"), {}, "must be at least 1"),
+        (("queues", "--limit", "0"), {}, "--limit: must be a whole number from 1 to 10000 rows, got 0"),
+        (("start", "--concurrency", "0"), {}, "--concurrency: must be a whole number from 1 to 32"),
+        # One set of bounds for every flag (domain/bounds.py): the flag named, one line, exit 2.
+        (("start", "--batch-delay-ms", "3600000000"), {}, "--batch-delay-ms: must be a whole number from 0"),
+        (("start", "--batch-delay-ms", "1e23"), {}, "--batch-delay-ms: must be a whole number"),
+        (("start", "--batch-size", "1001"), {}, "--batch-size: must be a whole number from 1 to 1000"),
+        (("start", "--max-retries", "0"), {}, "--max-retries: must be a whole number from 1 to 100"),
+        (("start", "--per-page", "1.5"), {}, "--per-page: must be a whole number"),
+        (("start", "--timeout", "0"), {}, "--timeout: must be a number from more than 0"),
+        (("start", "--timeout", "nan"), {}, "--timeout: must be a number"),
+        (("start", "--rate", "-1"), {}, "--rate: must be a number from 0"),
+        (("start", "--max-response-mb", "0"), {}, "--max-response-mb: must be a whole number from 1"),
+        (("start", "--role", ""), {}, "--role: must be a non-empty string"),
+        (("start", "--role", "shop manager"), {}, "--role: must be a WordPress role slug"),
+        (("start", "--queue-name", "q" * 5000), {}, "--queue-name: must be at most 200 characters"),
+        (("start", "--url", "http://shop:99999"), {}, "port must be from 1 to 65535"),
+        (("start", "--url", "http://[::1"), {}, "the store URL is malformed"),
+        (("start",), {"WCSYNC_ORG": "evil\x07org"}, "--org (or WCSYNC_ORG) must not contain control"),
+        (("start",), {"WCSYNC_ORG": "o" * 201}, "--org (or WCSYNC_ORG) must be at most 200 characters"),
+        (("status", "--watch", "--interval", "0"), {}, "--interval: must be a number from 0.2"),
+        (
+            ("force-done", "1b4e28ba-2fa1-11d2-883f-0016d3cca427", "--reason", " "),
+            {},
+            "--reason: must be a non-empty string",
+        ),
+        (("force-done", "1b4e28ba-2fa1-11d2-883f-0016d3cca427", "--reason", "r" * 1001), {}, "at most 1000"),
+        (("serve", "--port", "70000"), {}, "--port: must be a whole number from 0 to 65535"),
+        (("sandbox", "--port", "-1"), {}, "--port: must be a whole number from 0 to 65535"),
     ],
 )
 def test_usage_and_configuration_errors_exit_2_with_one_clear_line(
     sandbox: RunningSandbox, sqlite_url: str, args: tuple[str, ...], extra: dict[str, str], message: str
 ) -> None:
+    # An existing database: a read-only command on a missing one is another error (tests/e2e/test_cli_errors.py).
+    assert wcsync("db", "migrate", env=wcsync_env(sandbox, sqlite_url)).returncode == 0
     env = wcsync_env(sandbox, sqlite_url, **extra)
     result = wcsync(*args, env=env)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_another_orgs_queue_is_an_unknown_queue(sandbox: RunningSandbox, sqlite_url: str) -> None:

@@ -283,7 +283,7 @@ def test_an_invalid_parameter_is_refused_at_once_and_named() -> None:
 
 
 def test_per_page_outside_1_to_100_is_rejected_with_a_clear_message() -> None:
-    with pytest.raises(ValueError, match="per_page must be between 1 and 100"):
+    with pytest.raises(ValueError, match="per_page must be a whole number from 1 to 100"):
         ClientOptions(per_page=101)
     with pytest.raises(ValueError, match="per_page"):
         ClientOptions(per_page=0)
