@@ -33,6 +33,7 @@ from oauthlib.oauth1 import Client as OAuth1Client
 from domain import bounds
 from domain.validation import RejectedRecord, check_record, customer_id_of
 from infrastructure.errors import WcsyncError
+from infrastructure.redaction import redact, redact_value
 
 log = structlog.get_logger("wcsync.woocommerce")
 
@@ -886,19 +887,19 @@ class WooCommerceClient:
         if not isinstance(parsed, dict):
             return "", "an unexpected answer", {}
         data = parsed.get("data")
+        # Everything here is the store's text, shown and stored: redacted before it is cut to length.
         return (
-            str(parsed.get("code", "")),
+            self._redact(_one_line(str(parsed.get("code", ""))))[:100],
             self._redact(_one_line(str(parsed.get("message", ""))))[:300],
-            data if isinstance(data, dict) else {},
+            redact_value(data, self._secrets) if isinstance(data, dict) else {},
         )
 
     # -- observability
 
     def _redact(self, text: str) -> str:
-        text = re.sub(r"(oauth_[a-z_]+|consumer_(key|secret))=[^&\s]*", r"\1=***", text)
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        """The key and secret in any form (raw, URL-encoded, base64 as Basic sends them, OAuth parameters)
+        hidden: infrastructure.redaction, the one redaction for messages, logs and stored events."""
+        return redact(text, self._secrets)
 
     def _log_outcome(
         self, path: str, params: dict[str, str], outcome: int | str, started: float, attempt: int
@@ -915,6 +916,9 @@ class WooCommerceClient:
         )
 
     def _activity(self, kind: str, status: str, message: str, details: dict[str, Any]) -> None:
+        # Logged and stored in the queue's events: nothing secret may ride along in either.
+        message = self._redact(message)
+        details = redact_value(details, self._secrets)
         log.info("store_activity", activity=kind, level=status, message=message, details=details)
         if kind == "circuit_opened":
             self.stats.circuit_opened += 1
