@@ -1,7 +1,8 @@
 """`wcsync audit`: timelines, time travel, export and verification of the event log (infrastructure/audit.py).
 
 Exit codes: 0 done / intact · 1 the log or the export is not intact (the first bad position is printed) ·
-2 usage, unknown queue (or another org's), wrong WCSYNC_CIPHER_KEY · 4 database unavailable.
+2 usage, unknown queue (or another org's), wrong WCSYNC_CIPHER_KEY · 4 database unavailable (or, on
+SQLite, missing: audit reads only and creates nothing).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def _queue(args: argparse.Namespace) -> int:
 
     org = _org(args)
     as_of = parse_time(args.as_of) if args.as_of else None
-    with _services(args) as services:
+    with _services(args, read_only=True) as services:
         rows = queue_timeline(services.app, org, args.queue_id, as_of)
         if args.jsonl:
             for row in rows:
@@ -133,11 +134,11 @@ def _print_state(document: dict[str, Any]) -> None:
 def _customer(args: argparse.Namespace) -> int:
     from cli.main import _org, _print_json, _services
     from infrastructure.audit import customer_history
-    from infrastructure.config import normalise_store_url
+    from infrastructure.config import check_store_url
 
     org = _org(args)
-    store = normalise_store_url(args.store) if args.store else None
-    with _services(args) as services:
+    store = check_store_url(args.store) if args.store else None
+    with _services(args, read_only=True) as services:
         document = customer_history(services, org, args.woo_id, store)
     if args.json:
         _print_json(document)
@@ -168,7 +169,7 @@ def _export(args: argparse.Namespace) -> int:
     org = _org(args)
     since = parse_time(args.since) if args.since else None
     database = _database(args)
-    app = SyncApplication(database, create_tables=False)
+    app = SyncApplication(database, create_tables=False)  # reads only: creates nothing
     try:
         summary = export_log(app, org, Path(args.output), since)
     finally:
@@ -187,8 +188,14 @@ def _export(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from cli.main import _database, _print_json
     from infrastructure.audit import verify_export, verify_log
+    from infrastructure.eventstore import require_database
 
-    report = verify_export(Path(args.file)) if args.file else verify_log(_database(args))
+    if args.file:
+        report = verify_export(Path(args.file))
+    else:
+        database = _database(args)
+        require_database(database)
+        report = verify_log(database)
     if args.json:
         _print_json(report.as_dict())
     else:

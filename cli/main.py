@@ -1,8 +1,10 @@
 """The `wcsync` command: parse, call one service, render. Nothing else lives here.
 
 Exit codes: 0 done · 1 finished with failed lines or action required · 2 usage, configuration, unknown
-queue (or another org's) · 3 store unreachable or credentials refused · 4 database unavailable ·
-130 interrupted.
+queue (or another org's) · 3 store unreachable or credentials refused · 4 database unavailable, not
+migrated, full or missing (a read-only command on a SQLite file that does not exist creates nothing) ·
+70 an error nobody foresaw (one line; the traceback is in the log, shown with -vv) · 130 interrupted.
+Every error is one line on stderr: `wcsync: <cause>; <what to do>`, with credentials redacted.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 from uuid import UUID
 
+import structlog
+
 from cli.audit import add_audit_parser, run_audit
 from cli.serve import add_serve_parser, run_serve
 from domain import bounds
@@ -33,6 +37,7 @@ EXIT_UNFINISHED = 1
 EXIT_USAGE = 2
 EXIT_STORE = 3
 EXIT_DATABASE = 4
+EXIT_INTERNAL = 70  # an error nobody foresaw (sysexits' EX_SOFTWARE): the log has the traceback
 EXIT_INTERRUPTED = 130
 
 
@@ -332,13 +337,16 @@ def _org(args: argparse.Namespace) -> str:
 
 
 def _client_options(args: argparse.Namespace) -> Any:
+    from infrastructure.config import check_ca_file
     from infrastructure.woocommerce import ClientOptions
 
+    # Checked before any work: a missing or garbled CA file would otherwise fail the first request.
+    ca_file = check_ca_file(args.ca_file) if args.ca_file is not None else None
     try:
         return ClientOptions(
             concurrency=args.concurrency,
             rate=args.rate,
-            ca_file=args.ca_file,
+            ca_file=ca_file,
             timeout_s=args.timeout,
             max_response_bytes=args.max_response_mb * 1024 * 1024,
         )
@@ -380,11 +388,13 @@ def _status_exit(status: dict[str, Any]) -> int:
 # ----- commands ------------------------------------------------------------------------------------------
 
 
-def _services(args: argparse.Namespace) -> Any:
+def _services(args: argparse.Namespace, read_only: bool = False) -> Any:
+    """The application for a command; ``read_only`` for commands that only read: they create nothing (no
+    SQLite file or directory) and say so when the database does not exist."""
     from infrastructure.bootstrap import open_services
 
     database = _database(args)
-    return open_services(database)
+    return open_services(database, read_only=read_only)
 
 
 def _queue_status_or_fail(services: Any, org: str, queue_id: UUID | None) -> dict[str, Any]:
@@ -479,7 +489,7 @@ def _cmd_force_done(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     org = _org(args)
-    with _services(args) as services:
+    with _services(args, read_only=True) as services:
         while True:
             services.catch_up()
             status = _queue_status_or_fail(services, org, args.queue_id)
@@ -499,7 +509,7 @@ def _cmd_queues(args: argparse.Namespace) -> int:
     from projections import queries
 
     org = _org(args)
-    with _services(args) as services:
+    with _services(args, read_only=True) as services:
         services.catch_up()
         rows = queries.list_queues(services.projections, org, limit=args.limit)
         if args.json:
@@ -528,7 +538,7 @@ def _queue_rows(
 ) -> int:
     """Print rows about one queue of the org (JSON or one line each), after checking the queue exists."""
     org = _org(args)
-    with _services(args) as services:
+    with _services(args, read_only=True) as services:
         services.catch_up()
         _queue_status_or_fail(services, org, args.queue_id)
         rows = fetch(services.projections, org, args.queue_id)
@@ -576,7 +586,7 @@ def _cmd_db(args: argparse.Namespace) -> int:
 def _cmd_projections(args: argparse.Namespace) -> int:
     from projections import UnknownProjectionError
 
-    with _services(args) as services:
+    with _services(args, read_only=args.projections_command == "status") as services:
         runner = services.projections
         action = args.projections_command
         if action == "catch-up":
@@ -709,6 +719,7 @@ def _error(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _COMMAND_LINE_URLS[:] = [args.database_url] if getattr(args, "database_url", None) else []
     verbose = getattr(args, "verbose", 0) or 0
     configure_logging(
         level={0: None, 1: "info"}.get(verbose, "debug"),
@@ -725,13 +736,66 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(error))
         return EXIT_USAGE
     except WcsyncError as error:
-        _error(str(error))
+        _error(str(error))  # our own message: credentials were redacted where store text entered it
         return error.exit_code
     except BrokenPipeError:
         # The reader went away (`wcsync audit queue ... | head`): stop quietly, as other tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
+    except Exception as error:
+        return _unforeseen(error)
+
+
+def _unforeseen(error: Exception) -> int:
+    """A failure nobody foresaw: one line (redacted), the traceback in the log only (-vv shows it)."""
+    import traceback
+
+    from infrastructure.errors import first_line, storage_error
+
+    if _is_database_error(error):
+        # A database library's error that no adapter converted: still the database's class of failure.
+        _error(_redacted(str(storage_error(error))))
+        structlog.get_logger("wcsync").debug("database_error", exception=_redacted(traceback.format_exc()))
+        return EXIT_DATABASE
+    structlog.get_logger("wcsync").debug("unexpected_error", exception=_redacted(traceback.format_exc()))
+    _error(
+        _redacted(f"unexpected error: {type(error).__name__}: {first_line(error)}")
+        + "; the traceback is in the log (run again with -vv to see it) - please report it"
+    )
+    return EXIT_INTERNAL
+
+
+def _is_database_error(error: BaseException) -> bool:
+    import sqlite3
+
+    kinds: list[type[BaseException]] = [sqlite3.Error]
+    # Only libraries already loaded can have raised: no import for the check.
+    for module, name in (("psycopg", "Error"), ("eventsourcing.persistence", "PersistenceError")):
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            kinds.append(getattr(loaded, name))
+    return isinstance(error, tuple(kinds))
+
+
+def _redacted(text: str) -> str:
+    """What the user sees and the log keeps, with every credential from the environment and the command
+    line (the store's key and secret, the database password, the cipher and audit keys) hidden in any form."""
+    from urllib.parse import unquote, urlsplit
+
+    from infrastructure.redaction import redact
+
+    secrets = [os.environ.get(name, "") for name in _SECRET_VARIABLES]
+    for url in (os.environ.get("WCSYNC_DATABASE_URL", ""), *_COMMAND_LINE_URLS):
+        try:
+            secrets.append(unquote(urlsplit(url).password or ""))
+        except ValueError:  # a malformed URL: its error message never quotes the password
+            continue
+    return redact(text, secrets)
+
+
+_SECRET_VARIABLES = ("WOO_CONSUMER_KEY", "WOO_CONSUMER_SECRET", "WCSYNC_CIPHER_KEY", "WCSYNC_AUDIT_KEY")
+_COMMAND_LINE_URLS: list[str] = []  # --database-url, once parsed
 
 
 if __name__ == "__main__":  # pragma: no cover

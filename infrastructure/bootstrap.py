@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -11,14 +12,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from eventsourcing.persistence import PersistenceError
 
 from infrastructure.config import DatabaseConfig
 from infrastructure.engine import Progress, SyncEngine
-from infrastructure.errors import StorageError, first_line
-from infrastructure.eventstore import SyncApplication
+from infrastructure.errors import StorageError, storage_error
+from infrastructure.eventstore import SyncApplication, require_database
 from projections import ProjectionRunner
 from projections import queries as projection_queries
+
+# What a database library raises; each becomes one StorageError (infrastructure.errors.storage_error).
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (PersistenceError, sqlite3.Error, psycopg.Error)
 
 # How often the background follower looks for new events while a sync runs (the tables lag at most
 # about this much plus one catch-up batch).
@@ -46,7 +51,11 @@ class Services:
         )
 
     def catch_up(self) -> None:
-        self.projections.catch_up()
+        try:
+            self.projections.catch_up()
+        except DATABASE_ERRORS as error:
+            # e.g. a full disk: the read models cannot take the new events (the events themselves are safe).
+            raise storage_error(error, f"the database {self.database.display}") from None
 
     def _saved(self, force: bool) -> None:
         # With a live follower the tables follow by themselves; a caller that needs them now catches up.
@@ -125,13 +134,20 @@ def migrate(database: DatabaseConfig) -> None:
             runner.migrate()
         finally:
             runner.close()
+    except DATABASE_ERRORS as error:
+        raise storage_error(error, f"the database {database.display}") from None
     finally:
         app.close()
 
 
-def open_services(database: DatabaseConfig) -> Services:
-    """Open the store for a command. SQLite (the embedded default) creates its tables on first use;
-    PostgreSQL expects `wcsync db migrate` to have run, so that workers never race on DDL."""
+def open_services(database: DatabaseConfig, read_only: bool = False) -> Services:
+    """Open the store for a command. SQLite (the embedded default) creates its file and tables on first
+    use; PostgreSQL expects `wcsync db migrate` to have run, so that workers never race on DDL.
+
+    ``read_only`` is for commands that only read (status, queues, audit ...): a SQLite database that does
+    not exist is then an error (StorageError, exit 4) and nothing is created, no file and no directory."""
+    if read_only:
+        require_database(database)
     create = database.backend == "sqlite"
     app = SyncApplication(database, create_tables=create)
     try:
@@ -142,9 +158,9 @@ def open_services(database: DatabaseConfig) -> Services:
         runner = ProjectionRunner(app)
         if create:
             runner.migrate()
-    except PersistenceError as error:
+    except DATABASE_ERRORS as error:
         app.close()
-        raise StorageError(f"the database {database.display} refused: {first_line(error)}") from None
+        raise storage_error(error, f"the database {database.display}") from None
     except BaseException:
         app.close()
         raise

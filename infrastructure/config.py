@@ -57,7 +57,13 @@ class DatabaseConfig:
         if not url:
             path = default_database_path()
             return cls(url=f"sqlite:///{path}", backend="sqlite", sqlite_path=path, cipher_key=cipher_key())
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as error:  # "Invalid IPv6 URL"
+            raise ConfigurationError(
+                f"database URL {cls._redact(url)!r} is malformed ({error}); "
+                "use sqlite:///path.db or postgresql://user:password@host:5432/dbname"
+            ) from None
         if parts.scheme == "sqlite":
             raw = unquote(parts.path)
             # sqlite:///relative.db -> "/relative.db" ; sqlite:////abs/x.db -> "//abs/x.db"
@@ -67,6 +73,8 @@ class DatabaseConfig:
                     f"database URL {cls._redact(url)!r} has no file path; "
                     "use sqlite:///relative/path.db or sqlite:////absolute/path.db"
                 )
+            if "\x00" in path_text:
+                raise ConfigurationError("the SQLite path in the database URL contains a NUL character")
             return cls(url=url, backend="sqlite", sqlite_path=Path(path_text), cipher_key=cipher_key())
         if parts.scheme in ("postgres", "postgresql", "postgresql+psycopg"):
             dbname = unquote(parts.path.lstrip("/"))
@@ -79,12 +87,21 @@ class DatabaseConfig:
             schema = query.get("schema", ["public"])[0]
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", schema):
                 raise ConfigurationError(f"schema {schema!r} is not a plain SQL identifier")
+            try:
+                port = parts.port
+            except ValueError:  # out of range, or not a number
+                port = 0
+            if port == 0:
+                raise ConfigurationError(
+                    f"database URL {cls._redact(url)!r}: the port must be a number from 1 to 65535 "
+                    "(PostgreSQL's is 5432)"
+                )
             return cls(
                 url=url,
                 backend="postgres",
                 pg_dbname=dbname,
                 pg_host=parts.hostname or "localhost",
-                pg_port=str(parts.port or 5432),
+                pg_port=str(port or 5432),
                 pg_user=unquote(parts.username or ""),
                 pg_password=unquote(parts.password or ""),
                 pg_schema=schema,
@@ -213,6 +230,11 @@ def check_store_url(url: str) -> str:
         ) from None
     if parts.scheme.lower() not in ("http", "https") or not host:
         raise ConfigurationError("the store URL must start with http:// or https:// and name a host")
+    if not _is_host(host):
+        raise ConfigurationError(
+            "the store URL's host is not a valid host name or IP address; "
+            "use the site root, e.g. https://shop.example.com"
+        )
     if port == 0:
         raise ConfigurationError("the store URL's port must be from 1 to 65535")
     if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
@@ -221,6 +243,66 @@ def check_store_url(url: str) -> str:
             "set WOO_CONSUMER_KEY and WOO_CONSUMER_SECRET instead"
         )
     return normalise_store_url(text)
+
+
+_HOST_LABELS = re.compile(r"[a-z0-9_][a-z0-9_-]{0,62}(\.[a-z0-9_][a-z0-9_-]{0,62})*\.?")
+
+
+def _is_host(host: str) -> bool:
+    """A DNS name (internationalised ones too) or an IP address, as urlsplit's ``hostname`` gives it."""
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return True
+    try:
+        name = host.encode("idna").decode("ascii").lower()
+    except UnicodeError:  # an empty or over-long label
+        return False
+    return len(name) <= 253 and _HOST_LABELS.fullmatch(name) is not None
+
+
+MAX_CA_FILE_BYTES = 10 * 1024 * 1024  # the system's whole CA bundle is ~200 KB
+
+
+def check_ca_file(path: str) -> str:
+    """A CA certificate file for an HTTPS store (``--ca-file``), checked before any work: it exists, can be
+    read and holds at least one PEM certificate. Returns the path; raises ConfigurationError naming the
+    problem and what to give instead."""
+    import ssl
+
+    fix = "give the PEM file of the CA that signed the store's certificate"
+    if not path.strip() or "\x00" in path:
+        raise ConfigurationError(f"the CA file name is empty or invalid; {fix}")
+    file = Path(path)
+    try:
+        if file.is_dir():
+            raise ConfigurationError(f"the CA file {path!r} is a directory; {fix}")
+        size = file.stat().st_size
+        if size > MAX_CA_FILE_BYTES:
+            raise ConfigurationError(
+                f"the CA file {path!r} is too large ({size} bytes) for a certificate; {fix}"
+            )
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigurationError(f"the CA file {path!r} does not exist; {fix}") from None
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot read the CA file {path!r} ({error.strerror or type(error).__name__}); "
+            "check its permissions, or " + fix
+        ) from None
+    text = data.decode("latin-1")
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ConfigurationError(f"the CA file {path!r} holds no PEM certificate; {fix}")
+    try:
+        ssl.create_default_context(cadata=text)
+    except (ssl.SSLError, ValueError) as error:
+        reason = re.sub(r"^\[[^]]*\]\s*|\s*\(_ssl\.c:\d+\)", "", str(error)) or type(error).__name__
+        raise ConfigurationError(
+            f"the CA file {path!r} is not a valid PEM certificate ({reason}); {fix}"
+        ) from None
+    return path
 
 
 def normalise_store_url(url: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 def first_line(error: BaseException) -> str:
     """An error's message cut to its first line (library messages go on with detail and hints), or its
@@ -32,3 +34,128 @@ class StorageError(WcsyncError):
     """The database could not be reached or refused the operation."""
 
     exit_code = 4
+
+
+# ----- one conversion of database library errors --------------------------------------------------------
+
+# How SQLite and PostgreSQL say that the disk is full (SQLITE_FULL; SQLSTATE 53100 and the OS's ENOSPC).
+_DISK_FULL = (
+    "database or disk is full",
+    "no space left on device",
+    "could not extend file",
+    "disk full",
+    "disk quota exceeded",
+)
+_READ_ONLY = ("attempt to write a readonly database", "read-only file system", "readonly database")
+_LOGIN_REFUSED = (
+    "password authentication failed",
+    "authentication failed",
+    "does not exist",  # role "x" / database "x" does not exist
+    "no pg_hba.conf entry",
+    "password is required",
+    "no password supplied",
+    "permission denied for database",
+)
+_UNREACHABLE = (
+    "connection refused",
+    "could not translate host name",
+    "name or service not known",
+    "temporary failure in name resolution",
+    "no route to host",
+    "network is unreachable",
+    "timeout expired",
+    "could not connect",
+    "server closed the connection",
+    "the database system is starting up",
+    "the database system is shutting down",
+)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """The error and what caused it (eventsourcing wraps the driver's error), outermost first."""
+    seen: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in seen and len(seen) < 10:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _texts(error: BaseException) -> str:
+    return " ".join(str(e) for e in _chain(error)).lower()
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether a database error says the disk (or the quota) is full, on SQLite or PostgreSQL."""
+    for e in _chain(error):
+        if getattr(e, "sqlstate", None) in ("53100", "53400") or getattr(e, "sqlite_errorcode", None) == 13:
+            return True
+    text = _texts(error)
+    return any(marker in text for marker in _DISK_FULL)
+
+
+def is_permanent(error: BaseException) -> bool:
+    """Whether retrying cannot help: a full disk, a read-only file, refused credentials."""
+    text = _texts(error)
+    return is_disk_full(error) or any(m in text for m in _READ_ONLY) or any(m in text for m in _LOGIN_REFUSED)
+
+
+def server_message(error: BaseException) -> str:
+    """The database's own first line: for PostgreSQL without libpq's 'connection failed: connection to
+    server at "h", port p failed: FATAL:' preamble, e.g. 'password authentication failed for user "x"'."""
+    for e in _chain(error):
+        for line in str(e).strip().splitlines():
+            cause = line.strip().lstrip("- ")
+            while True:
+                found = re.search(r"\bfailed:\s*(.*)$", cause)
+                if not found or not found.group(1).strip():
+                    break
+                cause = found.group(1).strip()
+            cause = re.sub(r"^(FATAL|ERROR|PANIC):\s+", "", cause).strip()
+            if cause and not cause.lower().startswith(
+                ("is the server running", "multiple connection attempts")
+            ):
+                return cause
+    return first_line(error)
+
+
+def storage_error(error: BaseException, where: str = "the database", attempts: int = 0) -> StorageError:
+    """A database library's error (sqlite3, psycopg, eventsourcing's) as one line: the cause in the
+    database's own words, then what to do. ``where`` names the database (its display URL or path);
+    ``attempts`` says how often a transient error was tried."""
+    cause = server_message(error)
+    text = _texts(error)
+    url = "--database-url / WCSYNC_DATABASE_URL"
+    if is_disk_full(error):
+        return StorageError(
+            f"the disk holding {where} is full ({cause}); free some space, then run the command again "
+            "(a sync that stopped continues with `wcsync resume QUEUE_ID`; `wcsync queues` lists them)"
+        )
+    if any(marker in text for marker in _READ_ONLY):
+        return StorageError(
+            f"{where} is read-only ({cause}); make the file and its directory writable, or choose another "
+            f"path with {url}"
+        )
+    if any(marker in text for marker in _LOGIN_REFUSED) and "no such table" not in text:
+        return StorageError(
+            f"{where} refused the connection: {cause}; check the user, password and database name in {url}"
+        )
+    if "unable to open database file" in text:
+        return StorageError(
+            f"cannot open {where} ({cause}); check that its directory exists and is writable, or choose "
+            f"another path with {url}"
+        )
+    if "file is not a database" in text or "database disk image is malformed" in text:
+        return StorageError(
+            f"{where} is not a wcsync database or is damaged ({cause}); check the path in {url}"
+        )
+    what = f"failed {attempts} times" if attempts > 1 else "failed"
+    if any(marker in text for marker in _UNREACHABLE):
+        todo = f"check that the database server is running and that {url} names its host and port"
+        if attempts <= 1:
+            return StorageError(f"cannot reach {where}: {cause}; {todo}")
+    elif "database is locked" in text or "database table is locked" in text:
+        todo = "another wcsync command holds the write lock: try again when it ends"
+    else:
+        todo = "check the database, then run the command again"
+    return StorageError(f"{where} {what}: {cause}; {todo}")

@@ -5,10 +5,12 @@ Library errors stop here and become the project's own (StorageError, ConcurrentW
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -31,7 +33,7 @@ from domain.customer import Customer, CustomerHead
 from domain.lines import LineBook
 from domain.queue import SyncQueue
 from infrastructure.config import APP_NAME, DatabaseConfig
-from infrastructure.errors import QueueNotFoundError, StorageError, first_line
+from infrastructure.errors import QueueNotFoundError, StorageError, first_line, is_permanent, storage_error
 from infrastructure.transcoder import FastJSONTranscoder
 
 log = structlog.get_logger("wcsync.eventstore")
@@ -71,13 +73,16 @@ class SyncApplication(Application[UUID]):
         if extra_env:
             env.update(extra_env)
         if database.backend == "sqlite" and database.sqlite_path is not None:
-            database.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+            if create_tables:
+                prepare_sqlite_file(database.sqlite_path)
+            else:
+                require_database(database)
+        elif database.backend == "postgres":
+            probe_postgres(database)
         try:
             super().__init__(env=env)
         except PersistenceError as e:
-            raise StorageError(
-                f"cannot open the event store at {database.display}: {first_line(e)}"
-            ) from None
+            raise storage_error(e, f"the event store at {database.display}") from None
 
     def construct_transcoder(self) -> Transcoder:
         transcoder = FastJSONTranscoder()
@@ -270,18 +275,85 @@ def _stored_digest(state: bytes) -> str | None:
 
 def retry_storage(func: Callable[[], T], max_retries: int = 3, backoff_s: float = 1.0) -> T:
     """The one retry helper for storage: transient errors (lost connection, locked database) are retried
-    with exponential backoff and jitter (1 s, 2 s, 4 s ...); anything else is raised at once."""
+    with exponential backoff and jitter (1 s, 2 s, 4 s ...); a full disk, a read-only file or refused
+    credentials become a StorageError at once (waiting will not fix them); anything else is raised as is."""
     attempt = 0
     while True:
         try:
             return func()
         except (OperationalError, InterfaceError) as e:
             attempt += 1
+            if is_permanent(e):
+                raise storage_error(e) from None
             if attempt > max_retries:
-                raise StorageError(f"the database failed {attempt} times: {first_line(e)}") from None
+                raise storage_error(e, attempts=attempt) from None
             delay = backoff_s * 2 ** (attempt - 1) * (0.5 + random.random())
             log.warning("storage.retry", attempt=attempt, delay_s=round(delay, 2), error=first_line(e))
             time.sleep(delay)
+
+
+def require_database(database: DatabaseConfig) -> None:
+    """For commands that only read: a SQLite database that does not exist is an error, and nothing (no
+    file, no directory) is created. PostgreSQL databases are checked when opened (`wcsync db migrate`)."""
+    path = database.sqlite_path
+    if database.backend != "sqlite" or path is None or _in_memory(path):
+        return
+    if not path.is_file():
+        what = (
+            f"{path} is a directory, not a wcsync database"
+            if path.is_dir()
+            else f"no wcsync database at {path}"
+        )
+        raise StorageError(
+            f"{what}; run `wcsync start` (or `wcsync db migrate`) first, "
+            "or point --database-url / WCSYNC_DATABASE_URL at an existing one"
+        )
+
+
+def prepare_sqlite_file(path: Path) -> None:
+    """Make the SQLite file's directory and the file itself, so that a path that cannot hold a database
+    says why (permission, read-only filesystem, a file where a directory should be) instead of SQLite's
+    "unable to open database file"."""
+    if _in_memory(path):
+        return
+    fix = "choose a writable path with --database-url sqlite:///PATH or WCSYNC_DATABASE_URL"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise StorageError(
+            f"cannot create the SQLite database {path}: a part of {path.parent} is a file, not a directory; {fix}"
+        ) from None
+    except OSError as error:
+        raise StorageError(
+            f"cannot create the directory {path.parent} for the SQLite database "
+            f"({error.strerror or type(error).__name__}); {fix}"
+        ) from None
+    if path.is_dir():
+        raise StorageError(
+            f"the SQLite database path {path} is a directory; give a file in it, e.g. sqlite:///{path / 'wcsync.db'}"
+        )
+    try:
+        # Opened as SQLite would (read-write, created 0644 less the umask), to learn why it cannot be.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+    except OSError as error:
+        raise StorageError(
+            f"cannot create the SQLite database {path} ({error.strerror or type(error).__name__}); {fix}"
+        ) from None
+
+
+def _in_memory(path: Path) -> bool:
+    return str(path) == ":memory:" or str(path).startswith("file:")
+
+
+def probe_postgres(database: DatabaseConfig) -> None:
+    """One direct connection before the pool is made: a refused login or an unreachable server fails now,
+    in the server's own words, instead of after the pool's 10 s wait as "couldn't get a connection"."""
+    import psycopg
+
+    try:
+        psycopg.connect(**database.pg_connect_kwargs()).close()
+    except psycopg.Error as error:
+        raise storage_error(error, f"the database {database.display}") from None
 
 
 def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:

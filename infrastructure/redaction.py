@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import html
 import json
 import re
@@ -100,7 +101,8 @@ class Redactor:
         self._patterns = [
             re.compile(f"(?=({_pattern(form)}))") for form in sorted(forms, key=lambda f: (-len(f), f))
         ]
-        self._needles = [s.encode("utf-8") for s in self.secrets]
+        # Base64 of UTF-8 text, or of Latin-1 as HTTP Basic encodes it by default.
+        self._needles = sorted({n for s in self.secrets for n in _encoded(s)})
 
     def redact(self, text: str) -> str:
         if not text:
@@ -158,6 +160,13 @@ class Redactor:
         return False
 
 
+def _encoded(secret: str) -> set[bytes]:
+    found = {secret.encode("utf-8")}
+    with contextlib.suppress(UnicodeEncodeError):
+        found.add(secret.encode("latin-1"))
+    return found
+
+
 def _forms(secret: str) -> set[str]:
     encoded = {quote(secret, safe=""), quote(secret), quote_plus(secret), quote_plus(secret, safe="/")}
     forms = {
@@ -171,10 +180,12 @@ def _forms(secret: str) -> set[str]:
 
 
 def _base64_forms(text: str) -> set[str]:
-    raw = text.encode("utf-8")
-    standard = base64.b64encode(raw).decode("ascii")
-    urlsafe = base64.urlsafe_b64encode(raw).decode("ascii")
-    return {standard, standard.rstrip("="), urlsafe, urlsafe.rstrip("="), quote(standard, safe="")}
+    forms: set[str] = set()
+    for raw in _encoded(text):
+        standard = base64.b64encode(raw).decode("ascii")
+        urlsafe = base64.urlsafe_b64encode(raw).decode("ascii")
+        forms |= {standard, standard.rstrip("="), urlsafe, urlsafe.rstrip("="), quote(standard, safe="")}
+    return forms
 
 
 def _pattern(form: str) -> str:
