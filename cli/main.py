@@ -17,7 +17,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NoReturn
 from uuid import UUID
 
@@ -410,15 +411,35 @@ def _queue_status_or_fail(services: Any, org: str, queue_id: UUID | None) -> dic
     return status
 
 
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """Ctrl-C or SIGTERM during a run stops it after its current batch (saved; the run ends with
+    RunStopped, exit 130, and the resume command); a second one interrupts at once."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        sys.stderr.write("\nwcsync: stopping after the current batch (again to stop at once)\n")
+
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
 def _run_sync(args: argparse.Namespace, action: str) -> int:
     from cli.progress import ProgressBar
 
     org = _org(args)
     client_options = _client_options(args)
     json_out = bool(getattr(args, "json", False))
-    with _services(args) as services:
+    with _services(args) as services, _stop_on_signals() as stop:
         progress = None if json_out else ProgressBar(action)
-        engine = services.engine(org, actor=_actor(), progress=progress)
+        engine = services.engine(org, actor=_actor(), progress=progress, stop=stop)
         if action == "start":
             try:
                 options = QueueOptions(

@@ -38,7 +38,13 @@ class Services:
     closed: bool = field(default=False)
     _follower: threading.Thread | None = field(default=None, repr=False)
 
-    def engine(self, org_id: str, actor: str = "wcsync", progress: Progress | None = None) -> SyncEngine:
+    def engine(
+        self,
+        org_id: str,
+        actor: str = "wcsync",
+        progress: Progress | None = None,
+        stop: threading.Event | None = None,
+    ) -> SyncEngine:
         return SyncEngine(
             self.app,
             org_id,
@@ -48,6 +54,7 @@ class Services:
                 self.projections, org, store
             ),
             progress=progress,
+            stop=stop,
         )
 
     def catch_up(self) -> None:

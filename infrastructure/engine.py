@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -28,7 +29,7 @@ from domain.queue import Q_DONE, QueueOptions, SyncQueue
 from domain.sync import customer_keys, split_unchanged, sync_batch
 from domain.validation import RejectedRecord, check_records
 from infrastructure.config import StoreSettings
-from infrastructure.errors import QueueNotFoundError
+from infrastructure.errors import QueueNotFoundError, WcsyncError
 from infrastructure.eventstore import ConcurrentWriteError, SyncApplication, chunks
 from infrastructure.failpoints import failpoint
 from infrastructure.transcoder import canonical_bytes
@@ -48,6 +49,23 @@ PROJECTION_REFRESH_S = 0.5
 # A batch whose save loses a race with another writer is reloaded and redone at most this many times.
 MAX_CONFLICT_ATTEMPTS = 10
 CONFLICT_BACKOFF_S = 0.05
+
+
+class RunStopped(WcsyncError):
+    """A run stopped on request (Ctrl-C, SIGTERM, a server shutting down) after its last saved batch."""
+
+    exit_code = 130
+
+    def __init__(self, queue_id: UUID | None, saved: bool) -> None:
+        if queue_id is not None and saved:
+            message = (
+                f"stopped after the last saved batch; every saved batch is kept — "
+                f"`wcsync resume {queue_id}` continues"
+            )
+        else:
+            message = "stopped before anything was saved; nothing is left behind"
+        super().__init__(message)
+        self.queue_id = queue_id
 
 
 class Progress(Protocol):
@@ -101,8 +119,11 @@ class SyncEngine:
         on_saved: Callable[[bool], None] | None = None,
         known_customer_ids: Callable[[str, str], set[int]] | None = None,
         progress: Progress | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.app = app
+        # Set from any thread to stop a run between batches (its batch delay waits on it too).
+        self.stop = stop if stop is not None else threading.Event()
         self.org_id = org_id
         self.actor = actor
         self.on_saved = on_saved
@@ -204,6 +225,11 @@ class SyncEngine:
                 # Refused before the first page: nothing was saved and nothing is left half-written.
                 raise
             await asyncio.to_thread(self._record_fetch_failure, run, error)
+        except RunStopped:
+            if run.saved:
+                await asyncio.to_thread(self._record_stop, run)
+            self._refresh(force=True)
+            raise RunStopped(run.queue.id, run.saved) from None
         finally:
             run.progress.close()
         if store_error is None:
@@ -226,6 +252,8 @@ class SyncEngine:
             failpoint("page_fetched")
             await asyncio.to_thread(self._record_page, run, page.number, page.records, page.rejected)
             pages = page.number
+            if self.stop.is_set():
+                raise RunStopped(queue.id, run.saved)
         # A store that changed while we paged (totals moved) can have shifted a customer across a page
         # boundary: list every id and fetch the ones the scan missed.
         last_total = max(totals) if totals else None
@@ -347,6 +375,8 @@ class SyncEngine:
         if not run.queue.lines.count(DRAFT):
             return
         for batch in chunks(self._draft_records(run.queue), 1000):
+            if self.stop.is_set():
+                raise RunStopped(run.queue.id, run.saved)
             self._until_saved(run, partial(self._process, run, batch))
 
     def _draft_records(self, queue: SyncQueue) -> Iterator[dict[str, Any]]:
@@ -369,8 +399,9 @@ class SyncEngine:
         delay_s = options.batch_delay_ms / 1000.0
         # An empty page still saves once: its LinesAdded (and any incidents) must be stored.
         for index, batch in enumerate(list(chunks(records, options.batch_size)) or [[]]):
-            if index and delay_s:
-                time.sleep(delay_s)
+            # The first batch of a step always runs: it saves the page's LinesAdded with its outcomes.
+            if index and (self.stop.is_set() or (delay_s and self.stop.wait(delay_s))):
+                raise RunStopped(run.queue.id, run.saved)
             queue = run.queue
             todo = [r for r in batch if _is_draft(queue, r["id"])]
             known = customers if customers is not None else self._mirrored(queue, todo)
@@ -423,6 +454,18 @@ class SyncEngine:
         while run.incidents:
             activity_type, status, message, details = run.incidents.popleft()
             run.queue.record_incident(activity_type, status, message, details)
+
+    def _record_stop(self, run: _Run) -> None:
+        """Say in the queue's own log why it stopped processing (it stays resumable: drafts are kept)."""
+        self._drain_incidents(run)
+        run.queue.record_incident(
+            "run_stopped",
+            "warning",
+            "The run was stopped (interrupted, or the server shut down) after its last saved batch; "
+            "resume continues from there.",
+            {"draft": run.queue.lines.count(DRAFT)},
+        )
+        self._save_or_fail(run)
 
     def _record_fetch_failure(self, run: _Run, error: StoreError) -> None:
         self._drain_incidents(run)

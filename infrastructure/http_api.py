@@ -25,9 +25,11 @@ import signal
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 from uuid import UUID
 
 import orjson
@@ -46,6 +48,7 @@ from infrastructure.woocommerce import ClientOptions, StoreError, StoreRefused
 from projections import queries
 
 log = structlog.get_logger("wcsync.api")
+T = TypeVar("T")
 
 SYNC_PATH = "/api/v1/integrations/woocommerce/sync/customers"
 ACTIONS = ("start", "status", "retry", "resume", "force-done")
@@ -296,11 +299,20 @@ def _query_limit(request: web.Request, default: int) -> int:
 # ----- background runs ---------------------------------------------------------------------------------
 
 
+# Runs at once in one server: each holds a worker thread while it saves; beyond this a start is 503.
+MAX_RUNS = 8
+# Request handlers' database work has threads of its own, so runs can never starve reads or /healthz.
+READ_THREADS = 8
+# A shutdown waits this long for runs to stop at their next batch boundary (SIGTERM must end within 10 s).
+SHUTDOWN_GRACE_S = 7.0
+
+
 @dataclass
 class _BackgroundRun:
     org_id: str
     action: str
     store_url: str | None
+    stop: threading.Event = field(default_factory=threading.Event)  # set: stop after the current batch
     named: asyncio.Event = field(default_factory=asyncio.Event)  # queue_id is known
     saved: asyncio.Event = field(default_factory=asyncio.Event)  # the run has saved a batch
     task: asyncio.Task[SyncOutcome] | None = None
@@ -314,14 +326,20 @@ class _BackgroundRun:
 class SyncApi:
     """The handlers and the runs this server has in flight (a dict: the server is one event loop).
 
-    Database work runs in threads (asyncio.to_thread), never on the loop: a slow query or a catch-up must
-    not hold up other requests or the syncs' own fetching."""
+    Database work runs in threads, never on the loop: a slow query or a catch-up must not hold up other
+    requests or the syncs' own fetching. Handlers use a pool of their own (``_reads``); runs use the loop's
+    default executor, sized for MAX_RUNS, so neither can exhaust the other's threads."""
 
     def __init__(self, services: Services, settings: ApiSettings) -> None:
         self.services = services
         self.settings = settings
         self.runs: dict[UUID, _BackgroundRun] = {}
         self.refused_starts: OrderedDict[UUID, tuple[str, StoreError]] = OrderedDict()
+        self._reads = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="wcsync-api")
+        self._slots = 0  # runs admitted and not ended (at most MAX_RUNS)
+
+    async def _in_thread(self, func: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._reads, partial(func, *args))
 
     # ----- POST /api/v1/integrations/woocommerce/sync/customers ------------------------------------------
 
@@ -340,10 +358,25 @@ class SyncApi:
         return await self._launch(sync)
 
     async def _launch(self, sync: SyncRequest) -> web.Response:
-        engine = self.services.engine(sync.org_id, actor=sync.actor)
         if sync.queue_id is not None:
             self._refuse_if_running(sync.queue_id)
+        if self._slots >= MAX_RUNS:
+            raise ApiError(
+                503,
+                "server_busy",
+                f"this server already runs {MAX_RUNS} syncs; try again when one has finished",
+                retryAfterS=5,
+            )
+        self._slots += 1  # given back when the run's task ends (_finished), or here if it never starts
         run = _BackgroundRun(org_id=sync.org_id, action=sync.action, store_url=sync.store_url)
+        try:
+            return await self._launch_admitted(sync, run)
+        finally:
+            if run.task is None:
+                self._slots -= 1
+
+    async def _launch_admitted(self, sync: SyncRequest, run: _BackgroundRun) -> web.Response:
+        engine = self.services.engine(sync.org_id, actor=sync.actor, stop=run.stop)
         self._watch_saves(engine, run)
         if sync.action == "start":
             assert sync.options is not None
@@ -360,7 +393,7 @@ class SyncApi:
         else:
             assert sync.queue_id is not None
             queue_id = sync.queue_id
-            queue = await asyncio.to_thread(engine.get_queue, queue_id)
+            queue = await self._in_thread(engine.get_queue, queue_id)
             store = sync.store(default_url=queue.store_url)
             if store.url != queue.store_url:
                 raise _bad_request(
@@ -413,6 +446,7 @@ class SyncApi:
         engine.on_saved = saved
 
     def _finished(self, run: _BackgroundRun, task: asyncio.Task[SyncOutcome]) -> None:
+        self._slots -= 1
         if run.queue_id is not None and self.runs.get(run.queue_id) is run:
             del self.runs[run.queue_id]
         if task.cancelled():
@@ -442,13 +476,20 @@ class SyncApi:
         )
 
     async def shutdown(self) -> None:
-        """Stop the runs in flight between batches (each saved batch is kept: `resume` continues), then
-        wait for the worker threads, which finish the batch they hold, before the database is closed."""
-        tasks = [run.task for run in self.runs.values() if run.task is not None and not run.task.done()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """Stop the runs in flight after their current batch (each saved batch is kept, the queue records
+        why it stopped, and `resume` continues), then wait for the worker threads before the database is
+        closed. A run still busy after SHUTDOWN_GRACE_S (a request to a slow store) is cancelled."""
+        runs = [run for run in self.runs.values() if run.task is not None and not run.task.done()]
+        for run in runs:
+            run.stop.set()
+        tasks = [run.task for run in runs if run.task is not None]
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_S)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.get_running_loop().shutdown_default_executor()
+        self._reads.shutdown(wait=True)
 
     # ----- status and force-done -----------------------------------------------------------------------
 
@@ -456,8 +497,8 @@ class SyncApi:
         # Whether a run is in flight is read before catching up: once it is not, every event is saved.
         run = self.runs.get(queue_id)
         running = run is not None and run.org_id == org_id and run.running
-        await asyncio.to_thread(self.services.catch_up)
-        status = await asyncio.to_thread(queries.queue_status, self.services.projections, org_id, queue_id)
+        await self._in_thread(self.services.catch_up)
+        status = await self._in_thread(queries.queue_status, self.services.projections, org_id, queue_id)
         if status is None:
             if running and run is not None:
                 # Started, first page not saved yet (the start answered after start_confirm_s).
@@ -478,7 +519,7 @@ class SyncApi:
                 f"a {run.action} of queue {sync.queue_id} is running in this server; force-done it once it stops",
             )
         engine = self.services.engine(sync.org_id, actor=sync.actor)
-        await asyncio.to_thread(engine.force_done, sync.queue_id, sync.reason)
+        await self._in_thread(engine.force_done, sync.queue_id, sync.reason)
         return await self._status(sync.org_id, sync.queue_id)
 
     # ----- GET ------------------------------------------------------------------------------------------
@@ -486,8 +527,8 @@ class SyncApi:
     async def list_queues(self, request: web.Request) -> web.Response:
         org_id = _query_org(request)
         limit = _query_limit(request, 50)
-        await asyncio.to_thread(self.services.catch_up)
-        rows = await asyncio.to_thread(queries.list_queues, self.services.projections, org_id, limit)
+        await self._in_thread(self.services.catch_up)
+        rows = await self._in_thread(queries.list_queues, self.services.projections, org_id, limit)
         for row in rows:
             run = self.runs.get(UUID(row["queueId"]))
             row["isRunning"] = run is not None and run.org_id == org_id and run.running
@@ -499,18 +540,18 @@ class SyncApi:
     async def failed(self, request: web.Request) -> web.Response:
         org_id, queue_id = _query_org(request), _path_queue_id(request)
         await self._known_queue(org_id, queue_id)
-        return _ok(await asyncio.to_thread(queries.failed_lines, self.services.projections, org_id, queue_id))
+        return _ok(await self._in_thread(queries.failed_lines, self.services.projections, org_id, queue_id))
 
     async def activity(self, request: web.Request) -> web.Response:
         org_id, queue_id = _query_org(request), _path_queue_id(request)
         limit = _query_limit(request, 1000)
         await self._known_queue(org_id, queue_id)
         return _ok(
-            await asyncio.to_thread(queries.activity, self.services.projections, org_id, queue_id, limit)
+            await self._in_thread(queries.activity, self.services.projections, org_id, queue_id, limit)
         )
 
     async def health(self, request: web.Request) -> web.Response:
-        projections = await asyncio.to_thread(self.services.projections.status)
+        projections = await self._in_thread(self.services.projections.status)
         return _ok(
             {
                 "status": "ok",
@@ -521,8 +562,8 @@ class SyncApi:
         )
 
     async def _known_queue(self, org_id: str, queue_id: UUID) -> None:
-        await asyncio.to_thread(self.services.catch_up)
-        if await asyncio.to_thread(queries.queue_status, self.services.projections, org_id, queue_id) is None:
+        await self._in_thread(self.services.catch_up)
+        if await self._in_thread(queries.queue_status, self.services.projections, org_id, queue_id) is None:
             raise _not_found(org_id, queue_id)
 
 
@@ -648,6 +689,9 @@ def create_app(services: Services, settings: ApiSettings | None = None) -> web.A
         # One projection follower for the server's whole life rather than one per run: runs overlap here,
         # and Services keeps a single follower slot, so per-run followers would stop each other's. Idle,
         # it costs one small query per poll interval; status requests still catch up before they answer.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=MAX_RUNS + 2, thread_name_prefix="wcsync-run")
+        )
         with services.live_projections():
             yield
             await api.shutdown()
