@@ -87,6 +87,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 _MIGRATE_LOCK_KEY = 0x77637379  # "wcsy": serialises concurrent migrations on PostgreSQL
 MAX_BACKOFF_S = 30.0
+PERSISTENT_FAILURE_S = 2.0  # follow() warns of a database failure once its backoff has grown this long
 # A batch stops early past this many bytes of stored events (a page of 100 customers is ~100 KB).
 MAX_BATCH_BYTES = 32 * 1024 * 1024
 # Behind by at least this many notifications, independent groups of projections catch up in parallel.
@@ -220,7 +221,10 @@ class ProjectionRunner:
             try:
                 applied = self.catch_up()
             except TRANSIENT_ERRORS as error:
-                log.warning(
+                # A warning only once it lasts: a sync that meets the same failure says so itself, in one
+                # line, and a follower's first retry would only repeat it on stderr.
+                report = log.warning if delay >= PERSISTENT_FAILURE_S else log.info
+                report(
                     "projections.database_unavailable", error=first_line(error), retry_in_s=round(delay, 2)
                 )
                 failing = True
