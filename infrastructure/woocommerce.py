@@ -816,7 +816,9 @@ class WooCommerceClient:
             )
         if status >= 500:
             raise _Transient("server_error", f"answered HTTP {status}: {message}", status=status, code=code)
-        if status == 401 and re.search(r"nonce|timestamp", message, re.IGNORECASE):
+        # WooCommerce's own words ("Invalid timestamp.", "Invalid nonce - nonce has already been used."):
+        # not any mention of a nonce, since a page echoing the signed URL holds "oauth_nonce=".
+        if status == 401 and re.search(r"\binvalid (nonce|timestamp)\b", message, re.IGNORECASE):
             raise _Transient(
                 "auth_clock", f"refused the request's freshness: {message}", status=status, code=code
             )
