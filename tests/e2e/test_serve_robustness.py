@@ -4,7 +4,6 @@ and `wcsync start` as real subprocesses, over real sockets, against the sandbox 
 from __future__ import annotations
 
 import json
-import os
 import selectors
 import signal
 import subprocess
@@ -19,21 +18,10 @@ import pytest
 from infrastructure.bootstrap import migrate
 from infrastructure.config import DatabaseConfig
 from infrastructure.sandbox import Faults, RunningSandbox, SandboxConfig, SandboxThread
+from tests.e2e.test_cli import wcsync, wcsync_env
 from tests.integration.test_http_api import Api, error_of, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _env(database_url: str, sandbox: RunningSandbox | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WCSYNC_", "WOO_"))}
-    env["WCSYNC_DATABASE_URL"] = database_url
-    if sandbox is not None:
-        env.update(
-            WOO_URL=sandbox.url,
-            WOO_CONSUMER_KEY=sandbox.consumer_key,
-            WOO_CONSUMER_SECRET=sandbox.consumer_secret,
-        )
-    return env
 
 
 def _first_line(process: subprocess.Popen[str], timeout: float = 60) -> str:
@@ -47,7 +35,7 @@ def _first_line(process: subprocess.Popen[str], timeout: float = 60) -> str:
 def _serve(database_url: str) -> tuple[subprocess.Popen[str], Api]:
     process = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "serve", "--port", "0"],
-        env=_env(database_url),
+        env=wcsync_env(None, database_url),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -62,17 +50,6 @@ def _config(sandbox: RunningSandbox) -> dict[str, str]:
         "consumerKey": sandbox.consumer_key,
         "consumerSecret": sandbox.consumer_secret,
     }
-
-
-def _wcsync(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_slow_runs_never_block_healthz_and_sigterm_stops_the_server_within_10_s(database_url: str) -> None:
@@ -105,11 +82,11 @@ def test_slow_runs_never_block_healthz_and_sigterm_stops_the_server_within_10_s(
                 process.wait()
 
         # Each queue kept its saved batch, says why it stopped, and is resumable.
-        env = _env(database_url, sandbox)
+        env = wcsync_env(sandbox, database_url)
         for org, queue_id in queues:
-            status = json.loads(_wcsync("status", queue_id, "--json", "--org", org, env=env).stdout)
+            status = json.loads(wcsync("status", queue_id, "--json", "--org", org, env=env).stdout)
             assert status["state"] == "processing" and status["doneCount"] >= 1 and status["draftCount"] >= 1
-            activity = json.loads(_wcsync("activity", queue_id, "--json", "--org", org, env=env).stdout)
+            activity = json.loads(wcsync("activity", queue_id, "--json", "--org", org, env=env).stdout)
             assert any(row["activityType"] == "run_stopped" for row in activity)
 
 
@@ -162,7 +139,7 @@ def test_ctrl_c_or_sigterm_stops_a_cli_run_within_its_batch_and_resume_finishes_
     sqlite_url: str, signum: int
 ) -> None:
     with SandboxThread(SandboxConfig(customers=12)) as sandbox:
-        env = _env(sqlite_url, sandbox)
+        env = wcsync_env(sandbox, sqlite_url)
         process = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "start", "--batch-size", "4", "--batch-delay-ms", "5000"],
             env=env,
@@ -192,15 +169,15 @@ def test_ctrl_c_or_sigterm_stops_a_cli_run_within_its_batch_and_resume_finishes_
             if process.poll() is None:
                 process.kill()
                 process.wait()
-        status = json.loads(_wcsync("status", queue_id, "--json", env=env).stdout)
+        status = json.loads(wcsync("status", queue_id, "--json", env=env).stdout)
         assert status["state"] == "processing" and status["doneCount"] == 4 and status["draftCount"] == 8
-        resumed = _wcsync("resume", queue_id, "--json", env=env)
+        resumed = wcsync("resume", queue_id, "--json", env=env)
         assert resumed.returncode == 0, resumed.stderr
         assert json.loads(resumed.stdout)["createdCount"] == 12
 
 
 def _saved_once(env: dict[str, str], queue_id: str) -> bool | None:
-    done = _wcsync("status", queue_id, "--json", env=env)
+    done = wcsync("status", queue_id, "--json", env=env)
     if done.returncode != 0:
         return None
     return True if json.loads(done.stdout)["doneCount"] >= 4 else None
