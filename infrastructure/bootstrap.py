@@ -7,20 +7,25 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+import structlog
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import PersistenceError
 
 from infrastructure.config import DatabaseConfig
 from infrastructure.engine import Progress, SyncEngine
-from infrastructure.errors import StorageError, storage_error
+from infrastructure.errors import StorageError, first_line, storage_error
 from infrastructure.eventstore import SyncApplication, require_database
 from projections import ProjectionRunner
 from projections import queries as projection_queries
+from projections.runner import MAX_BACKOFF_S
 
 # What a database library raises; each becomes one StorageError (infrastructure.errors.storage_error).
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (PersistenceError, sqlite3.Error, psycopg.Error)
@@ -28,6 +33,134 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (PersistenceError, sqlite3.Er
 # How often the background follower looks for new events while a sync runs (the tables lag at most
 # about this much plus one catch-up batch).
 LIVE_POLL_S = 0.25
+# The longest a caller that needs the read models current (a status request, the end of a run) waits for
+# the live follower to apply what was saved before it asked; then it reads what is there.
+CATCH_UP_WAIT_S = 30.0
+# The longest a write waits for its turn at the write gate (SQLite) before it fails as "database busy".
+WRITE_GATE_TIMEOUT_S = 60.0
+# The longest a stopping follower is waited for (it stops between catch-up batches).
+FOLLOWER_JOIN_S = 5.0
+
+log = structlog.get_logger("wcsync.bootstrap")
+
+
+class WriteGate:
+    """The turn of each SQLite writer of this process, granted in the order asked: reentrant, exclusive.
+
+    SQLite has one writer at a time, and its busy handler is no queue: a waiting connection sleeps and polls.
+    The event store's writers hand the write lock to one another without a gap (its pool queues them on a
+    lock of its own), so with several runs saving batches the projection follower, polling, lost every time:
+    it waited out the 30 s busy timeout, failed with "database is locked", the run that needed it current
+    (the deleted-customer pass) died with it, and every request waiting on the read models waited too. Every
+    save of this process and every transaction of the live follower take this gate first, so each gets its
+    turn and the follower's wait is one run's batch, not a timeout."""
+
+    def __init__(self, timeout_s: float = WRITE_GATE_TIMEOUT_S) -> None:
+        self.timeout_s = timeout_s
+        self._cond = threading.Condition(threading.Lock())
+        self._owner: int | None = None
+        self._depth = 0
+        self._waiting: deque[object] = deque()
+
+    def acquire(self) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return
+            ticket = object()
+            self._waiting.append(ticket)
+            deadline = time.monotonic() + self.timeout_s
+            while self._owner is not None or self._waiting[0] is not ticket:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._waiting.remove(ticket)
+                    self._cond.notify_all()
+                    raise StorageError(
+                        f"the database stayed busy for {self.timeout_s:.0f} s (other writes of this "
+                        "process held it); try again when fewer syncs run"
+                    )
+                self._cond.wait(remaining)
+            self._waiting.popleft()
+            self._owner, self._depth = me, 1
+
+    def release(self) -> None:
+        with self._cond:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("the write gate is released by a thread that does not hold it")
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._cond.notify_all()
+
+    def __enter__(self) -> WriteGate:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class _Follower:
+    """The live follower's loop (ProjectionRunner.follow's, plus two things): it says how far it has applied
+    the log, so a caller that needs the read models current waits for it (``wait_until_current``) instead of
+    running a catch-up of its own beside it; and such a caller wakes it at once instead of after a poll."""
+
+    def __init__(self, runner: ProjectionRunner) -> None:
+        self.runner = runner
+        self._cond = threading.Condition()
+        self._applied_to = 0  # every notification up to here is applied
+        self._wake = threading.Event()
+        self._stopped = False
+
+    def _head(self) -> int:
+        return int(self.runner.app.recorder.max_notification_id() or 0)
+
+    def run(self) -> None:
+        delay = LIVE_POLL_S
+        failing = False
+        while not self._stopped:
+            self._wake.clear()
+            try:
+                head = self._head()
+                applied = self.runner.catch_up()
+            except Exception as error:  # never die: a dead follower would leave every reader waiting
+                log.warning(
+                    "projections.database_unavailable", error=first_line(error), retry_in_s=round(delay, 2)
+                )
+                failing = True
+                self.runner.db.reset()
+                self._wake.wait(delay)
+                delay = min(max(delay, 0.1) * 2, MAX_BACKOFF_S)
+                continue
+            if failing:
+                log.info("projections.database_reconnected")
+                failing = False
+            delay = LIVE_POLL_S
+            with self._cond:
+                self._applied_to = max(self._applied_to, head)
+                self._cond.notify_all()
+            if not applied:
+                self._wake.wait(LIVE_POLL_S)
+
+    def wait_until_current(self, timeout_s: float) -> bool:
+        """Until every event saved before this call is applied (True), or ``timeout_s`` passed (False)."""
+        target = self._head()
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._applied_to < target and not self._stopped:
+                self._wake.set()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, LIVE_POLL_S))
+        return self._applied_to >= target
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        self._wake.set()
 
 
 @dataclass
@@ -37,6 +170,22 @@ class Services:
     projections: ProjectionRunner
     closed: bool = field(default=False)
     _follower: threading.Thread | None = field(default=None, repr=False)
+    # SQLite: every write of this process takes its turn here (see WriteGate); PostgreSQL needs none.
+    write_gate: WriteGate | None = field(default=None, repr=False)
+    _live: _Follower | None = field(default=None, repr=False)  # the live follower thread's loop
+    _catch_up_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.database.backend == "sqlite" and self.write_gate is None:
+            gate = self.write_gate = WriteGate()
+            save_batch = self.app.save_batch
+
+            def gated_save(*aggregates: Aggregate) -> None:
+                with gate:
+                    save_batch(*aggregates)
+
+            # Every save of this process's application (the engine's batches, force-done, deletions).
+            setattr(self.app, "save_batch", gated_save)  # noqa: B010
 
     def engine(
         self,
@@ -57,12 +206,22 @@ class Services:
             stop=stop,
         )
 
-    def catch_up(self) -> None:
-        try:
-            self.projections.catch_up()
-        except DATABASE_ERRORS as error:
-            # e.g. a full disk: the read models cannot take the new events (the events themselves are safe).
-            raise storage_error(error, f"the database {self.database.display}") from None
+    def catch_up(self, timeout_s: float = CATCH_UP_WAIT_S) -> None:
+        """Bring the read models up to every event saved before this call. With a live follower thread,
+        wait for it (at most ``timeout_s``, then read what is there) rather than catch up beside it: on
+        SQLite a second writer of projections only competes for the one write lock, and concurrent
+        catch-ups of a long log each started a rebuild of their own. Otherwise one catch-up at a time."""
+        live = self._live
+        if live is not None:
+            if not live.wait_until_current(timeout_s):
+                log.warning("projections.follower_behind", waited_s=timeout_s)
+            return
+        with self._catch_up_lock:
+            try:
+                self.projections.catch_up()
+            except DATABASE_ERRORS as error:
+                # e.g. a full disk: the read models cannot take the new events (the events are safe).
+                raise storage_error(error, f"the database {self.database.display}") from None
 
     def _saved(self, force: bool) -> None:
         # With a live follower the tables follow by themselves; a caller that needs them now catches up.
@@ -70,16 +229,19 @@ class Services:
             self.catch_up()
 
     @contextmanager
-    def live_projections(self) -> Iterator[None]:
+    def live_projections(self, server: bool = False) -> Iterator[None]:
+        """Keep the read models following the log meanwhile. ``server``: for `wcsync serve`, whose runs
+        overlap: the follower never starts parallel catch-up processes (on SQLite they would only queue
+        for the one write lock behind the runs) and a stop does not wait for a final catch-up."""
         if self.database.backend == "postgres" and os.environ.get("WCSYNC_LIVE_PROCESS", "1") == "1":
-            with self._live_projections_process():
+            with self._live_projections_process(final_catch_up=not server):
                 yield
             return
-        with self._live_projections_thread():
+        with self._live_projections_thread(parallel=not server, final_catch_up=not server):
             yield
 
     @contextmanager
-    def _live_projections_process(self) -> Iterator[None]:
+    def _live_projections_process(self, final_catch_up: bool = True) -> Iterator[None]:
         """On PostgreSQL the follower runs as a separate process: it uses the other core instead of
         competing with the sync for this process's interpreter lock."""
         env = dict(os.environ, WCSYNC_DATABASE_URL=self.database.url, WCSYNC_FOLLOWER_PARENT=str(os.getpid()))
@@ -96,28 +258,36 @@ class Services:
             follower.terminate()
             follower.wait()
             self._follower = None
-            self.catch_up()
+            if final_catch_up:
+                self.catch_up()
 
     @contextmanager
-    def _live_projections_thread(self) -> Iterator[None]:
+    def _live_projections_thread(self, parallel: bool = True, final_catch_up: bool = True) -> Iterator[None]:
         """Keep the read models following the log from a background thread while a sync runs, so
         `status`, `queues` and SQL show live progress without slowing the sync's own thread. The follower
-        has its own connection; the tracking lock keeps it and any inline catch-up from applying twice."""
-        stop = threading.Event()
-        runner = ProjectionRunner(self.app)
-        follower = threading.Thread(
-            target=runner.follow, args=(stop, LIVE_POLL_S), name="wcsync-projections", daemon=True
-        )
-        self._follower = follower
+        has its own connection; on SQLite its transactions take the write gate like every save, and
+        meanwhile catch_up() waits for it instead of catching up beside it."""
+        runner = ProjectionRunner(self.app, parallel=parallel)
+        if self.write_gate is not None:
+            # Its connection's lock (one thread at a time on it) becomes the gate: exclusive, reentrant too.
+            runner.db.lock = self.write_gate  # type: ignore[assignment]
+        live = _Follower(runner)
+        follower = threading.Thread(target=live.run, name="wcsync-projections", daemon=True)
+        self._follower, self._live = follower, live
         follower.start()
         try:
             yield
         finally:
-            stop.set()
-            follower.join()
-            self._follower = None
-            runner.close()
-            self.catch_up()
+            live.stop()
+            follower.join(timeout=FOLLOWER_JOIN_S)
+            self._follower = self._live = None
+            if follower.is_alive():
+                # A long catch-up batch: the daemon thread ends with the process; the next catch-up resumes.
+                log.warning("projections.follower_still_busy", waited_s=FOLLOWER_JOIN_S)
+            else:
+                runner.close()
+            if final_catch_up:
+                self.catch_up()
 
     def close(self) -> None:
         if not self.closed:

@@ -688,11 +688,13 @@ def create_app(services: Services, settings: ApiSettings | None = None) -> web.A
     async def lifetime(_: web.Application) -> AsyncIterator[None]:
         # One projection follower for the server's whole life rather than one per run: runs overlap here,
         # and Services keeps a single follower slot, so per-run followers would stop each other's. Idle,
-        # it costs one small query per poll interval; status requests still catch up before they answer.
+        # it costs one small query per poll interval. Status requests and the end of a run wait for it to
+        # reach what was saved before they asked (Services.catch_up) instead of catching up beside it, and
+        # it starts no parallel catch-up processes: on SQLite they would only queue for the write lock.
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=MAX_RUNS + 2, thread_name_prefix="wcsync-run")
         )
-        with services.live_projections():
+        with services.live_projections(server=True):
             yield
             await api.shutdown()
 
