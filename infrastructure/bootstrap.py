@@ -25,7 +25,7 @@ from infrastructure.errors import StorageError, first_line, storage_error
 from infrastructure.eventstore import SyncApplication, require_database
 from projections import ProjectionRunner
 from projections import queries as projection_queries
-from projections.runner import MAX_BACKOFF_S
+from projections.runner import MAX_BACKOFF_S, PERSISTENT_FAILURE_S
 
 # What a database library raises; each becomes one StorageError (infrastructure.errors.storage_error).
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (PersistenceError, sqlite3.Error, psycopg.Error)
@@ -125,7 +125,10 @@ class _Follower:
                 head = self._head()
                 applied = self.runner.catch_up()
             except Exception as error:  # never die: a dead follower would leave every reader waiting
-                log.warning(
+                # A warning only once it lasts (as ProjectionRunner.follow): a sync meeting the same failure
+                # says so itself, in one line.
+                report = log.warning if delay >= PERSISTENT_FAILURE_S else log.info
+                report(
                     "projections.database_unavailable", error=first_line(error), retry_in_s=round(delay, 2)
                 )
                 failing = True
