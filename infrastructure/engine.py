@@ -10,17 +10,21 @@ or finished; `resume` continues from there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
+import psycopg
 import structlog
+from eventsourcing.persistence import PersistenceError
 
 from domain.customer import Customer, customer_key
 from domain.errors import SyncError
@@ -29,7 +33,7 @@ from domain.queue import Q_DONE, QueueOptions, SyncQueue
 from domain.sync import customer_keys, split_unchanged, sync_batch
 from domain.validation import RejectedRecord, check_records
 from infrastructure.config import StoreSettings
-from infrastructure.errors import QueueNotFoundError, WcsyncError
+from infrastructure.errors import QueueNotFoundError, StorageError, WcsyncError, storage_error
 from infrastructure.eventstore import ConcurrentWriteError, SyncApplication, chunks
 from infrastructure.failpoints import failpoint
 from infrastructure.transcoder import canonical_bytes
@@ -49,6 +53,19 @@ PROJECTION_REFRESH_S = 0.5
 # A batch whose save loses a race with another writer is reloaded and redone at most this many times.
 MAX_CONFLICT_ATTEMPTS = 10
 CONFLICT_BACKOFF_S = 0.05
+# How often a run awaiting the store looks at its stop event (a stop cancels that wait).
+STOP_POLL_S = 0.1
+# What the database layers raise when they fail under a run (each becomes a StorageError naming the queue).
+DATABASE_FAILURES: tuple[type[BaseException], ...] = (
+    StorageError,
+    PersistenceError,
+    sqlite3.Error,
+    psycopg.Error,
+)
+# What may stop a failed run's incident from being saved too.
+_NOT_RECORDED: tuple[type[BaseException], ...] = (*DATABASE_FAILURES, ConcurrentWriteError, SyncError)
+
+T = TypeVar("T")
 
 
 class RunStopped(WcsyncError):
@@ -160,14 +177,14 @@ class SyncEngine:
     async def resume(
         self, queue_id: UUID, store: StoreSettings, client_options: ClientOptions
     ) -> SyncOutcome:
-        queue = self.get_queue(queue_id)
+        queue = await self._in_worker(self.get_queue, queue_id)
         if queue.state == Q_DONE:
             raise SyncError(f"queue {queue_id} is already done; nothing to resume")
         self._check_store(queue, store)
         return await self._run(queue, store, client_options, mode="resume")
 
     async def retry(self, queue_id: UUID, store: StoreSettings, client_options: ClientOptions) -> SyncOutcome:
-        queue = self.get_queue(queue_id)
+        queue = await self._in_worker(self.get_queue, queue_id)
         self._check_store(queue, store)
         queue.request_retry(self.actor)  # saved by _run, with the run's ProcessingStarted
         return await self._run(queue, store, client_options, mode="retry")
@@ -196,14 +213,27 @@ class SyncEngine:
         options = queue.queue_options
         client_options = _with_queue_options(client_options, options)
         queue.start_processing(mode)
-        if mode != "start":
-            self.app.save_batch(queue)
         run = _Run(
             queue=queue,
             progress=self.progress,
             saved=mode != "start",
             initial_events=list(queue.pending_events),
         )
+        try:
+            if mode != "start":
+                await self._in_worker(self.app.save_batch, queue)
+            store_error = await self._process_run(run, store, client_options, mode)
+        except DATABASE_FAILURES as error:
+            raise await self._storage_failure(run, error) from None
+        await self._in_worker(self._refresh, True)
+        outcome = self._outcome(run.queue, started)
+        outcome.store_error = store_error
+        return outcome
+
+    async def _process_run(
+        self, run: _Run, store: StoreSettings, client_options: ClientOptions, mode: str
+    ) -> StoreError | None:
+        queue = run.queue
         run.progress.set_total(queue.lines.total)
         run.progress.advance(queue.lines.total - queue.lines.count(DRAFT))
         log.info("queue.run", queue_id=str(queue.id), mode=mode, store=store.url, lines=queue.lines.total)
@@ -213,31 +243,88 @@ class SyncEngine:
             async with WooCommerceClient(
                 store.url, credentials, client_options, on_activity=lambda *a: run.incidents.append(a)
             ) as client:
-                if mode == "retry":
-                    await self._refetch_drafts(run, client)
-                # Lines recorded but not finished before a crash: their records are in the log.
-                await asyncio.to_thread(self._process_recorded_drafts, run)
-                if not run.queue.fetch_finished:
-                    await self._fetch(run, client)
+                await self._until_stopped(run, self._steps(run, client, mode))
         except StoreError as error:
             store_error = error
             if not run.saved and isinstance(error, StoreRefused):
                 # Refused before the first page: nothing was saved and nothing is left half-written.
                 raise
-            await asyncio.to_thread(self._record_fetch_failure, run, error)
+            await self._in_worker(self._record_fetch_failure, run, error)
         except RunStopped:
             if run.saved:
-                await asyncio.to_thread(self._record_stop, run)
-            self._refresh(force=True)
+                await self._in_worker(self._record_stop, run)
+            await self._in_worker(self._refresh, True)
             raise RunStopped(run.queue.id, run.saved) from None
         finally:
             run.progress.close()
         if store_error is None:
-            await asyncio.to_thread(self._finish, run)
-        self._refresh(force=True)
-        outcome = self._outcome(run.queue, started)
-        outcome.store_error = store_error
-        return outcome
+            await self._in_worker(self._finish, run)
+        return store_error
+
+    async def _steps(self, run: _Run, client: WooCommerceClient, mode: str) -> None:
+        if mode == "retry":
+            await self._refetch_drafts(run, client)
+        # Lines recorded but not finished before a crash: their records are in the log.
+        await self._in_worker(self._process_recorded_drafts, run)
+        if not run.queue.fetch_finished:
+            await self._fetch(run, client)
+
+    async def _until_stopped(self, run: _Run, steps: Coroutine[Any, Any, None]) -> None:
+        """Await a run's steps. A stop while they wait for the store cancels that wait (a worker step in
+        flight ends first, at its batch: see _in_worker), so a slow or silent store cannot hold a stop up;
+        the run then ends with RunStopped like a stop seen between batches."""
+        task = asyncio.ensure_future(steps)
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=STOP_POLL_S)
+                if self.stop.is_set() and not task.done():
+                    task.cancel()
+                    break
+        except asyncio.CancelledError:
+            task.cancel()
+            await _until_done(task)
+            raise
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this run itself is being cancelled, not stopped
+            raise RunStopped(run.queue.id, run.saved) from None
+
+    async def _in_worker(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` in a worker thread (asyncio.to_thread: the loop's executor). Cancelled meanwhile,
+        it still waits for the step to end before it unwinds (a thread cannot be interrupted; a step stops at
+        its next batch once the stop is set): a run never moves on while a thread changes its queue."""
+        future = asyncio.ensure_future(asyncio.to_thread(func, *args))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await _until_done(future)
+            error = None if future.cancelled() else future.exception()
+            if error is not None:
+                raise error from None
+            raise
+
+    async def _storage_failure(self, run: _Run, error: BaseException) -> StorageError:
+        """The database failed under the run (busy past its timeouts, full, gone). The batches saved stay
+        saved; the queue says so in its activity if it can still be written, and the error names the resume
+        command either way (never a raw driver error: the run's queue is what the user needs)."""
+        failure = error if isinstance(error, StorageError) else storage_error(error)
+        queue_id = run.queue.id
+        if not run.saved:
+            return StorageError(f"{failure}; nothing of queue {queue_id} was saved: run `wcsync start` again")
+        try:
+            await self._in_worker(self._record_storage_failure, run, str(failure))
+        except _NOT_RECORDED as again:
+            log.info("queue.stop_not_recorded", queue_id=str(queue_id), error=str(again))
+            said = ""
+        else:
+            said = ", and its activity says why it stopped"
+        return StorageError(
+            f"{failure} — queue {queue_id} keeps every saved batch{said}: "
+            f"resume it with `wcsync resume {queue_id}`"
+        )
 
     async def _fetch(self, run: _Run, client: WooCommerceClient) -> None:
         queue = run.queue
@@ -250,7 +337,7 @@ class SyncEngine:
                 totals.add(page.total)
                 run.progress.set_total(max(page.total, run.queue.lines.total))
             failpoint("page_fetched")
-            await asyncio.to_thread(self._record_page, run, page.number, page.records, page.rejected)
+            await self._in_worker(self._record_page, run, page.number, page.records, page.rejected)
             pages = page.number
             if self.stop.is_set():
                 raise RunStopped(queue.id, run.saved)
@@ -260,7 +347,7 @@ class SyncEngine:
         if len(totals) > 1 or (last_total is not None and last_total != len(seen)):
             await self._reconcile(run, client, seen)
         # Only a scan that reached the store's end may mark customers missing from it as deleted.
-        await asyncio.to_thread(self._record_fetch_finished, run, pages, scan.complete, seen)
+        await self._in_worker(self._record_fetch_finished, run, pages, scan.complete, seen)
 
     async def _reconcile(self, run: _Run, client: WooCommerceClient, seen: set[int]) -> None:
         store_ids = await client.all_ids()
@@ -280,7 +367,7 @@ class SyncEngine:
             records = [found[cid] for cid in missing if cid in found]
             seen.update(found)
             seen.update(r.customer_id for r in oversized if r.customer_id is not None)
-            await asyncio.to_thread(self._record_page, run, None, records, oversized)
+            await self._in_worker(self._record_page, run, None, records, oversized)
 
     async def _refetch_drafts(self, run: _Run, client: WooCommerceClient) -> None:
         ids = list(run.queue.draft_ids())
@@ -309,7 +396,7 @@ class SyncEngine:
             self._drain_incidents(run)
             self._save(run, [])
 
-        await asyncio.to_thread(self._until_saved, run, refetched)
+        await self._in_worker(self._until_saved, run, refetched)
 
     # ----- worker-thread steps (never run two at once for one run) ------------------------------------
 
@@ -467,6 +554,20 @@ class SyncEngine:
         )
         self._save_or_fail(run)
 
+    def _record_storage_failure(self, run: _Run, message: str) -> None:
+        """After a failed save the queue in memory is ahead of the store (the save took its events): read
+        it back, then say in its log why the run stopped. It stays processing, with its drafts: resumable."""
+        self._reload(run)
+        self._drain_incidents(run)
+        run.queue.record_incident(
+            "run_stopped",
+            "error",
+            f"The run stopped because the database failed ({message}); every saved batch is kept and "
+            "resume continues from there.",
+            {"reason": "database"},
+        )
+        self._save_or_fail(run)
+
     def _record_fetch_failure(self, run: _Run, error: StoreError) -> None:
         self._drain_incidents(run)
         run.queue.fail_fetch(str(error))
@@ -545,6 +646,13 @@ class SyncEngine:
             action_required_reason=queue.action_required_reason,
             seconds=time.monotonic() - started,
         )
+
+
+async def _until_done(future: asyncio.Future[Any]) -> None:
+    """Wait for ``future`` to end whatever cancels the waiter meanwhile."""
+    while not future.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({future})
 
 
 def _is_draft(queue: SyncQueue, customer_id: int) -> bool:
