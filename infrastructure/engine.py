@@ -141,6 +141,9 @@ class SyncEngine:
         self.app = app
         # Set from any thread to stop a run between batches (its batch delay waits on it too).
         self.stop = stop if stop is not None else threading.Event()
+        # A new queue stopped before its first save is saved anyway, with why it stopped (the HTTP API: its
+        # client was told the queue id, so the queue must exist and resume); the CLI leaves nothing behind.
+        self.keep_new_queue_on_stop = False
         self.org_id = org_id
         self.actor = actor
         self.on_saved = on_saved
@@ -251,7 +254,7 @@ class SyncEngine:
                 raise
             await self._in_worker(self._record_fetch_failure, run, error)
         except RunStopped:
-            if run.saved:
+            if run.saved or self.keep_new_queue_on_stop:
                 await self._in_worker(self._record_stop, run)
             await self._in_worker(self._refresh, True)
             raise RunStopped(run.queue.id, run.saved) from None

@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
@@ -42,7 +44,7 @@ from domain.errors import SyncError
 from domain.queue import QueueOptions
 from infrastructure.bootstrap import Services
 from infrastructure.config import StoreSettings, check_store_url
-from infrastructure.engine import SyncEngine, SyncOutcome
+from infrastructure.engine import RunStopped, SyncEngine, SyncOutcome
 from infrastructure.errors import ConfigurationError, QueueNotFoundError, StorageError, WcsyncError
 from infrastructure.woocommerce import ClientOptions, StoreError, StoreRefused
 from projections import queries
@@ -305,6 +307,15 @@ MAX_RUNS = 8
 READ_THREADS = 8
 # A shutdown waits this long for runs to stop at their next batch boundary (SIGTERM must end within 10 s).
 SHUTDOWN_GRACE_S = 7.0
+# In-flight requests get this long to answer once a shutdown begins (aiohttp's own default is 60 s).
+REQUEST_SHUTDOWN_S = 2.0
+# A read waits at most this long for the projection follower to apply what was saved before it asked, then
+# answers from the tables as they are: a reader never holds one of the READ_THREADS for long.
+READ_CATCH_UP_S = 5.0
+# /healthz reads the projections' positions on a thread of its own for at most this long (then lag: null).
+HEALTH_READ_S = 0.5
+# `wcsync serve` exits at the latest this long after SIGINT/SIGTERM, whatever still runs (saved is saved).
+SERVE_STOP_S = 9.5
 
 
 @dataclass
@@ -336,6 +347,9 @@ class SyncApi:
         self.runs: dict[UUID, _BackgroundRun] = {}
         self.refused_starts: OrderedDict[UUID, tuple[str, StoreError]] = OrderedDict()
         self._reads = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="wcsync-api")
+        # /healthz: one thread and at most one read in flight, so it answers whatever the others wait on.
+        self._health = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wcsync-health")
+        self._health_read: asyncio.Future[list[dict[str, Any]]] | None = None
         self._slots = 0  # runs admitted and not ended (at most MAX_RUNS)
 
     async def _in_thread(self, func: Callable[..., T], *args: Any) -> T:
@@ -377,6 +391,7 @@ class SyncApi:
 
     async def _launch_admitted(self, sync: SyncRequest, run: _BackgroundRun) -> web.Response:
         engine = self.services.engine(sync.org_id, actor=sync.actor, stop=run.stop)
+        engine.keep_new_queue_on_stop = True  # the answer names the queue: a stopped start must leave it
         self._watch_saves(engine, run)
         if sync.action == "start":
             assert sync.options is not None
@@ -464,6 +479,9 @@ class SyncApi:
                 store_error=None if outcome.store_error is None else str(outcome.store_error),
             )
             return
+        if isinstance(error, RunStopped):
+            log.info("api.sync_stopped", action=run.action, queue_id=str(run.queue_id), message=str(error))
+            return
         if isinstance(error, StoreError) and not run.saved.is_set() and run.queue_id is not None:
             self.refused_starts[run.queue_id] = (run.org_id, error)
             while len(self.refused_starts) > REFUSED_STARTS_KEPT:
@@ -475,13 +493,18 @@ class SyncApi:
             error=str(error) if isinstance(error, WcsyncError | SyncError) else type(error).__name__,
         )
 
+    async def stop_runs(self, _: web.Application | None = None) -> None:
+        """Ask every run in flight to stop after its current batch (app.on_shutdown: before aiohttp waits
+        for the requests in flight, a start waiting for its first save among them)."""
+        for run in self.runs.values():
+            run.stop.set()
+
     async def shutdown(self) -> None:
         """Stop the runs in flight after their current batch (each saved batch is kept, the queue records
         why it stopped, and `resume` continues), then wait for the worker threads before the database is
         closed. A run still busy after SHUTDOWN_GRACE_S (a request to a slow store) is cancelled."""
+        await self.stop_runs()
         runs = [run for run in self.runs.values() if run.task is not None and not run.task.done()]
-        for run in runs:
-            run.stop.set()
         tasks = [run.task for run in runs if run.task is not None]
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_S)
@@ -490,6 +513,7 @@ class SyncApi:
             await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.get_running_loop().shutdown_default_executor()
         self._reads.shutdown(wait=True)
+        self._health.shutdown(wait=False, cancel_futures=True)
 
     # ----- status and force-done -----------------------------------------------------------------------
 
@@ -497,7 +521,7 @@ class SyncApi:
         # Whether a run is in flight is read before catching up: once it is not, every event is saved.
         run = self.runs.get(queue_id)
         running = run is not None and run.org_id == org_id and run.running
-        await self._in_thread(self.services.catch_up)
+        await self._in_thread(self.services.catch_up, READ_CATCH_UP_S)
         status = await self._in_thread(queries.queue_status, self.services.projections, org_id, queue_id)
         if status is None:
             if running and run is not None:
@@ -527,7 +551,7 @@ class SyncApi:
     async def list_queues(self, request: web.Request) -> web.Response:
         org_id = _query_org(request)
         limit = _query_limit(request, 50)
-        await self._in_thread(self.services.catch_up)
+        await self._in_thread(self.services.catch_up, READ_CATCH_UP_S)
         rows = await self._in_thread(queries.list_queues, self.services.projections, org_id, limit)
         for row in rows:
             run = self.runs.get(UUID(row["queueId"]))
@@ -551,18 +575,26 @@ class SyncApi:
         )
 
     async def health(self, request: web.Request) -> web.Response:
-        projections = await self._in_thread(self.services.projections.status)
+        """Answers at once whatever the runs hold: no catch-up, and the projections' positions are read on a
+        thread of its own for at most HEALTH_READ_S (``projectionLag`` is null when that read is slower)."""
+        lag: int | None = None
+        if self._health_read is None or self._health_read.done():
+            loop = asyncio.get_running_loop()
+            self._health_read = loop.run_in_executor(self._health, self.services.projections.status)
+        with contextlib.suppress(TimeoutError):
+            rows = await asyncio.wait_for(asyncio.shield(self._health_read), HEALTH_READ_S)
+            lag = max((row["lag"] for row in rows), default=0)
         return _ok(
             {
                 "status": "ok",
                 "database": self.services.database.display,
                 "running": sum(1 for run in self.runs.values() if run.running),
-                "projectionLag": max((row["lag"] for row in projections), default=0),
+                "projectionLag": lag,
             }
         )
 
     async def _known_queue(self, org_id: str, queue_id: UUID) -> None:
-        await self._in_thread(self.services.catch_up)
+        await self._in_thread(self.services.catch_up, READ_CATCH_UP_S)
         if await self._in_thread(queries.queue_status, self.services.projections, org_id, queue_id) is None:
             raise _not_found(org_id, queue_id)
 
@@ -596,6 +628,8 @@ def _as_api_error(error: BaseException | None) -> ApiError:
         return error
     if isinstance(error, QueueNotFoundError):
         return ApiError(404, "queue_not_found", str(error))
+    if isinstance(error, RunStopped):
+        return ApiError(503, "server_stopping", f"this server is shutting down: {error}")
     if isinstance(error, StoreError):
         code = "store_refused" if isinstance(error, StoreRefused) else "store_unavailable"
         return ApiError(502, code, str(error), storeCode=error.code, storeStatus=error.status)
@@ -624,7 +658,9 @@ def _ok(data: Any, status: int = 200) -> web.Response:
 
 def _failure(error: ApiError) -> web.Response:
     body = {"success": False, "error": {"code": error.code, "message": error.message, **error.extra}}
-    return web.json_response(body, status=error.status, dumps=_dumps)
+    retry_after = error.extra.get("retryAfterS")
+    headers = {"Retry-After": str(retry_after)} if isinstance(retry_after, int) else None
+    return web.json_response(body, status=error.status, dumps=_dumps, headers=headers)
 
 
 _HTTP_CODES = {
@@ -698,6 +734,7 @@ def create_app(services: Services, settings: ApiSettings | None = None) -> web.A
             yield
             await api.shutdown()
 
+    app.on_shutdown.append(api.stop_runs)
     app.cleanup_ctx.append(lifetime)
     return app
 
@@ -714,7 +751,7 @@ async def running_api(
 ) -> AsyncIterator[RunningApi]:
     """Listen on host:port (0 = any free port) and yield once connections are accepted."""
     app = create_app(services, settings)
-    runner = web.AppRunner(app, access_log_class=AccessLogger)
+    runner = web.AppRunner(app, access_log_class=AccessLogger, shutdown_timeout=REQUEST_SHUTDOWN_S)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
@@ -733,11 +770,33 @@ async def serve(
     on_listening: Callable[[str], None],
     settings: ApiSettings | None = None,
 ) -> None:
-    """Serve until SIGINT or SIGTERM; ``on_listening`` gets the URL once connections are accepted."""
+    """Serve until SIGINT or SIGTERM; ``on_listening`` gets the URL once connections are accepted.
+
+    A signal stops the runs after their current batch and the server as soon as they have; whatever still
+    holds on (a database wait in a worker thread) the process exits SERVE_STOP_S after the signal, or at
+    once on a second signal: every saved batch is kept either way, and `resume` continues the queues."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def signalled() -> None:
+        if stop.is_set():
+            _exit_now("stopped at once (a second signal)")
+        stop.set()
+        watchdog = threading.Timer(SERVE_STOP_S, _exit_now, args=(f"still stopping after {SERVE_STOP_S} s",))
+        watchdog.daemon = True
+        watchdog.start()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, signalled)
     async with running_api(services, host, port, settings) as api:
         on_listening(api.url)
         await stop.wait()
+
+
+def _exit_now(why: str) -> None:
+    """End the process without waiting for its threads: every batch saved is kept (SQLite and PostgreSQL
+    commit whole transactions), and a queue a run had started stays processing, resumable."""
+    log.warning("api.exit_now", reason=why)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(0)
