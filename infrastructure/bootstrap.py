@@ -213,18 +213,24 @@ class Services:
         """Bring the read models up to every event saved before this call. With a live follower thread,
         wait for it (at most ``timeout_s``, then read what is there) rather than catch up beside it: on
         SQLite a second writer of projections only competes for the one write lock, and concurrent
-        catch-ups of a long log each started a rebuild of their own. Otherwise one catch-up at a time."""
+        catch-ups of a long log each started a rebuild of their own. Otherwise one catch-up at a time
+        (waiting at most ``timeout_s`` for another thread's)."""
         live = self._live
         if live is not None:
             if not live.wait_until_current(timeout_s):
                 log.warning("projections.follower_behind", waited_s=timeout_s)
             return
-        with self._catch_up_lock:
-            try:
-                self.projections.catch_up()
-            except DATABASE_ERRORS as error:
-                # e.g. a full disk: the read models cannot take the new events (the events are safe).
-                raise storage_error(error, f"the database {self.database.display}") from None
+        if not self._catch_up_lock.acquire(timeout=timeout_s):
+            # Another thread's catch-up holds it (it applies what this caller needs too, mostly).
+            log.info("projections.catch_up_busy", waited_s=timeout_s)
+            return
+        try:
+            self.projections.catch_up()
+        except DATABASE_ERRORS as error:
+            # e.g. a full disk: the read models cannot take the new events (the events are safe).
+            raise storage_error(error, f"the database {self.database.display}") from None
+        finally:
+            self._catch_up_lock.release()
 
     def _saved(self, force: bool) -> None:
         # With a live follower the tables follow by themselves; a caller that needs them now catches up.
