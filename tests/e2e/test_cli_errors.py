@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -128,13 +129,47 @@ def test_a_bad_ca_file_is_one_line_exit_2_before_any_work(tmp_path: Path, kind: 
     assert not database.parent.exists()  # checked before the database was even opened
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_an_unreadable_ca_file_is_one_line_exit_2(tmp_path: Path) -> None:
-    ca = tmp_path / "ca.pem"
+def unprivileged_wcsync(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`wcsync ARGS` as a user without privileges: as itself, or, under root (as CI runs), inside a user
+    namespace of its own (`unshare --user`), where it is nobody and file permissions hold again."""
+    if os.geteuid() != 0:
+        return wcsync(*args, env=env)
+    return subprocess.run(
+        ["unshare", "--user", sys.executable, "-m", "cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory others may enter (pytest's tmp_path is private to its owner): for unprivileged_wcsync."""
+    directory = Path(tempfile.mkdtemp(prefix="wcsync-perm-"))
+    directory.chmod(0o755)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+needs_unprivileged = pytest.mark.skipif(
+    os.geteuid() == 0 and shutil.which("unshare") is None,
+    reason="as root, needs unshare --user to run without privileges",
+)
+
+
+@needs_unprivileged
+def test_an_unreadable_ca_file_is_one_line_exit_2(shared_dir: Path) -> None:
+    ca = shared_dir / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     ca.chmod(0)
-    env = wcsync_env(None, f"sqlite:///{tmp_path}/w.db", WOO_URL="https://127.0.0.1:9")
-    assert_one_line(wcsync("start", "--ca-file", str(ca), env=env), EXIT_USAGE, "cannot read the CA file")
+    env = wcsync_env(None, f"sqlite:///{shared_dir}/w.db", WOO_URL="https://127.0.0.1:9")
+    result = unprivileged_wcsync("start", "--ca-file", str(ca), env=env)
+    assert_one_line(result, EXIT_USAGE, "cannot read the CA file")
 
 
 @pytest.mark.parametrize(
@@ -333,14 +368,15 @@ def test_a_read_only_filesystem_is_one_line_exit_4(tmp_path: Path) -> None:
     assert_one_line(in_subdir, EXIT_DATABASE, f"cannot create the directory {mount}/a")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into any directory")
-def test_a_directory_without_write_permission_is_one_line_exit_4(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
+@needs_unprivileged
+def test_a_directory_without_write_permission_is_one_line_exit_4(shared_dir: Path) -> None:
+    locked = shared_dir / "locked"
     locked.mkdir()
-    locked.chmod(0o500)
+    locked.chmod(0o555)
     try:
         env = wcsync_env(None, f"sqlite:///{locked}/w.db")
-        assert_one_line(wcsync("db", "migrate", env=env), EXIT_DATABASE, "Permission denied")
+        assert_one_line(unprivileged_wcsync("db", "migrate", env=env), EXIT_DATABASE, "Permission denied")
+        assert not (locked / "w.db").exists()
     finally:
         locked.chmod(0o700)
 
