@@ -168,7 +168,12 @@ def _export(args: argparse.Namespace) -> int:
 
     org = _org(args)
     since = parse_time(args.since) if args.since else None
+    from infrastructure.bootstrap import require_wcsync_tables
+    from infrastructure.eventstore import require_database
+
     database = _database(args)
+    require_database(database)
+    require_wcsync_tables(database)
     app = SyncApplication(database, create_tables=False)  # reads only: creates nothing
     try:
         summary = export_log(app, org, Path(args.output), since)
@@ -188,6 +193,7 @@ def _export(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from cli.main import _database, _print_json
     from infrastructure.audit import verify_export, verify_log
+    from infrastructure.bootstrap import require_wcsync_tables
     from infrastructure.eventstore import require_database
 
     if args.file:
@@ -195,6 +201,7 @@ def _verify(args: argparse.Namespace) -> int:
     else:
         database = _database(args)
         require_database(database)
+        require_wcsync_tables(database)
         report = verify_log(database)
     if args.json:
         _print_json(report.as_dict())

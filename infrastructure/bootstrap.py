@@ -334,6 +334,7 @@ def open_services(database: DatabaseConfig, read_only: bool = False) -> Services
     not exist is then an error (StorageError, exit 4) and nothing is created, no file and no directory."""
     if read_only:
         require_database(database)
+        require_wcsync_tables(database)
     create = database.backend == "sqlite"
     app = SyncApplication(database, create_tables=create)
     try:
@@ -351,6 +352,40 @@ def open_services(database: DatabaseConfig, read_only: bool = False) -> Services
         app.close()
         raise
     return Services(database=database, app=app, projections=runner)
+
+
+def require_wcsync_tables(database: DatabaseConfig) -> None:
+    """For commands that only read, on an existing SQLite file: it holds wcsync's events table, or it is
+    refused (StorageError, exit 4) before anything creates a table in it (another application's database,
+    an empty file). The file is opened without being created (mode=rw), and closed at once: SQLite removes
+    the -wal/-shm files of a WAL database when its last connection closes."""
+    path = database.sqlite_path
+    if (
+        database.backend != "sqlite"
+        or path is None
+        or str(path) == ":memory:"
+        or str(path).startswith("file:")
+    ):
+        return
+    from urllib.parse import quote
+
+    from projections.schema import EVENTS_TABLE, SQLITE
+
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=rw", uri=True, timeout=30)
+        try:
+            row = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (EVENTS_TABLE[SQLITE],)
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as error:
+        raise storage_error(error, f"the database {database.display}") from None
+    if row is None:
+        raise StorageError(
+            f"{path} is not a wcsync database (no wcsync tables); run `wcsync db migrate` on it first, "
+            "or point --database-url at a wcsync database"
+        )
 
 
 def _postgres_tables_exist(app: SyncApplication) -> bool:

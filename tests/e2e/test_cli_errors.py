@@ -239,6 +239,43 @@ def test_a_read_only_command_on_a_missing_database_creates_nothing(
     assert not (tmp_path / "export.jsonl").exists()
 
 
+def _tables(path: Path) -> list[str]:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        return sorted(row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("kind", ["another app's", "empty"])
+@pytest.mark.parametrize("command", READ_ONLY_COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_a_read_only_command_on_a_file_that_is_no_wcsync_database_creates_nothing_in_it(
+    tmp_path: Path, command: tuple[str, ...], kind: str
+) -> None:
+    import sqlite3
+
+    (tmp_path / "dbs").mkdir()
+    path = tmp_path / "dbs" / "other.db"
+    if kind == "empty":
+        path.write_bytes(b"")
+    else:
+        conn = sqlite3.connect(path)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+        conn.commit()
+        conn.close()
+    before = _tables(path)
+    env = wcsync_env(None, f"sqlite:///{path}")
+    argv = [str(path.parent / "export.jsonl") if part == "OUT" else part for part in command]
+    assert_one_line(
+        wcsync(*argv, env=env), EXIT_DATABASE, f"{path} is not a wcsync database (no wcsync tables)"
+    )
+    assert _tables(path) == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["other.db"]  # no -wal/-shm, no export
+
+
 def test_the_default_database_is_not_created_by_a_read_only_command(isolated_environment: Path) -> None:
     env = wcsync_env(None, "")
     del env["WCSYNC_DATABASE_URL"]
