@@ -8,9 +8,16 @@ Pure: stdlib only.
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
+
+
+_WHOLE = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(
+    r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE
+)
 
 
 class BoundError(ValueError):
@@ -32,27 +39,38 @@ class NumberBound:
     whole: bool = True
     above_low: bool = False
     unit: str = ""
+    # When not 0: the least value other than ``low`` (a rate is 0, "no limit", or at least this).
+    least_above_low: float = 0.0
 
     def describe(self) -> str:
         unit = f" {self.unit}" if self.unit else ""
         low = f"more than {self.low:g}" if self.above_low else f"{self.low:g}"
+        if self.least_above_low:
+            low = f"{self.low:g} or from {self.least_above_low:g}"
         return f"must be a {'whole ' if self.whole else ''}number from {low} to {self.high:g}{unit}"
 
     def check(self, value: Any) -> Any:
         """The value when it is a number (a JSON integer when whole; never a boolean) within bounds."""
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise BoundError(self.field, self.describe())
-        if self.whole and not isinstance(value, int):
-            raise BoundError(self.field, f"{self.describe()}, got a fraction")
         if isinstance(value, float) and not math.isfinite(value):
             raise BoundError(self.field, self.describe())
+        if self.whole and not isinstance(value, int):
+            # A JSON number written with a fraction or an exponent (1.0, 1e3), or too large for an integer.
+            raise BoundError(self.field, f"{self.describe()}, got {_number(value)} (not an integer)")
         too_low = value <= self.low if self.above_low else value < self.low
+        if self.least_above_low and self.low < value < self.least_above_low:
+            too_low = True
         if too_low or value > self.high:
             raise BoundError(self.field, f"{self.describe()}, got {_number(value)}")
         return value
 
     def parse(self, text: str) -> Any:
         """A command-line value: the text of a number, then check()."""
+        # ASCII digits only: int() and float() also take "１" (fullwidth) and "1_0".
+        pattern = _WHOLE if self.whole else _DECIMAL
+        if not pattern.fullmatch(text.strip()):
+            raise BoundError(self.field, f"{self.describe()}, got {_quoted(text)}")
         try:
             value: Any = int(text) if self.whole else float(text)
         except ValueError:
@@ -78,8 +96,8 @@ BATCH_DELAY_MS = NumberBound("batch_delay_ms", 0, 60_000, unit="ms")
 MAX_RETRIES = NumberBound("max_retries", 1, 100)
 PER_PAGE = NumberBound("per_page", 1, 100, unit="(WooCommerce refuses more)")
 CONCURRENCY = NumberBound("concurrency", 1, 32, unit="requests at once")
-RATE = NumberBound("rate", 0, 10_000, whole=False, unit="requests/s (0: no limit)")
-TIMEOUT_S = NumberBound("timeout", 0, 3600, whole=False, above_low=True, unit="s")
+RATE = NumberBound("rate", 0, 10_000, whole=False, unit="requests/s (0: no limit)", least_above_low=0.01)
+TIMEOUT_S = NumberBound("timeout", 0.1, 3600, whole=False, unit="s")
 MAX_RESPONSE_MB = NumberBound("max_response_mb", 1, 1024, unit="MB")
 # A page of 100 real customers is ~100-300 KB; a larger answer is not read whole.
 DEFAULT_MAX_RESPONSE_MB = 8
@@ -119,9 +137,14 @@ def _text(value: Any, field: str, max_length: int) -> str:
     if not isinstance(value, str) or not value:
         raise BoundError(field, "must be a non-empty string")
     for char in value:
-        category = unicodedata.category(char)
-        if category in ("Cc", "Cs", "Zl", "Zp") or char in "\ufffe\uffff":
-            raise BoundError(field, f"must not contain control characters (found U+{ord(char):04X})")
+        # Printable, as str.isprintable() has it (no control, format, surrogate, private-use or unassigned
+        # character, no separator but the space): a right-to-left override or a zero-width space would
+        # make two ids look alike.
+        if not (char.isprintable() or char == " "):
+            raise BoundError(
+                field,
+                f"must hold printable characters only (found U+{ord(char):04X}, {unicodedata.name(char, 'unnamed')})",
+            )
     text = unicodedata.normalize("NFC", value)
     if not text.strip():
         raise BoundError(field, "must not be blank")
@@ -131,7 +154,7 @@ def _text(value: Any, field: str, max_length: int) -> str:
 
 
 def _number(value: float) -> str:
-    text = f"{value:g}" if isinstance(value, float) else str(value)
+    text = repr(value) if isinstance(value, float) else str(value)
     return text if len(text) <= 30 else text[:27] + "..."
 
 

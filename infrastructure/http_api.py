@@ -32,6 +32,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
+from urllib.parse import parse_qs
 from uuid import UUID
 
 import orjson
@@ -281,14 +282,24 @@ def parse_sync_request(body: Any, default_actor: str) -> SyncRequest:
     )
 
 
+def _query(request: web.Request, name: str) -> str | None:
+    """A query parameter, decoded strictly: aiohttp turns bytes that are not UTF-8 (``%ff``) into U+FFFD,
+    and ``org_id=evil%FForg`` would then read org ``evil\ufffdorg``."""
+    try:
+        values = parse_qs(request.rel_url.raw_query_string, errors="strict").get(name)
+    except UnicodeDecodeError:
+        raise _bad_request(f"{name} (query parameter) is not valid UTF-8 once percent-decoded") from None
+    return values[0] if values else None
+
+
 def _query_org(request: web.Request) -> str:
-    org = _name(request.query.get("org_id"), "org_id (query parameter)", required=True)
+    org = _name(_query(request, "org_id"), "org_id (query parameter)", required=True)
     assert org is not None
     return org
 
 
 def _query_limit(request: web.Request, default: int) -> int:
-    text = request.query.get("limit")
+    text = _query(request, "limit")
     if text is None:
         return default
     try:

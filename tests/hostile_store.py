@@ -41,8 +41,17 @@ def good(customer_id: int, **fields: Any) -> dict[str, Any]:
     return record
 
 
+@dataclass(frozen=True)
+class Raw:
+    """A record written as these exact bytes in a page (what no JSON encoder would write)."""
+
+    data: bytes
+
+
 def encode(value: Any) -> bytes:
     """JSON as a store might write it: ASCII escapes, so lone surrogates and NUL survive as \\uXXXX."""
+    if isinstance(value, list) and any(isinstance(item, Raw) for item in value):
+        return b"[" + b",".join(item.data if isinstance(item, Raw) else encode(item) for item in value) + b"]"
     return json.dumps(value, ensure_ascii=True).encode("ascii")
 
 

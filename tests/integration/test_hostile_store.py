@@ -21,7 +21,7 @@ from infrastructure.config import DatabaseConfig, StoreSettings
 from infrastructure.engine import SyncOutcome
 from infrastructure.woocommerce import ClientOptions
 from projections import queries
-from tests.hostile_store import HostileStore, good
+from tests.hostile_store import HostileStore, Raw, good
 from tests.integration._helpers import FAST
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,6 +114,38 @@ def test_an_invalid_record_fails_its_own_line_and_the_log_keeps_an_excerpt_not_t
     big = next(entry for entry in rejected if entry["id"] == 21)
     assert big["bytes"] > 500_000 and len(big["digest"]) == 64
     assert len(big["excerpt"]) <= EXCERPT_CHARS + 1 and big["excerpt"].startswith('{"billing"')
+    assert_projections_caught_up(services)
+
+
+def test_a_record_no_json_parser_reads_fails_its_own_line_and_the_page_syncs(services: Services) -> None:
+    deep = b"[" * 5000 + b"]" * 5000
+    page = [
+        good(50),
+        Raw(b'{"id": 51, "meta_data": [{"key": "k", "value": ' + deep + b"}]}"),
+        Raw(b'{"id": 52, "email": "x@y.co", "total": ' + b"9" * 5000 + b"}"),
+        Raw(b'{"id": 53, "first_name": "\xff\xfe"}'),
+        Raw(b'{"first_name": "\xed\xa0\x80"}'),
+        good(54),
+    ]
+    with HostileStore([page]) as store:
+        outcome = sync(services, store)
+
+    assert outcome.store_error is None
+    assert outcome.counts["created"] == 2 and outcome.counts["failed"] == 3 and outcome.counts["total"] == 5
+    failed = {
+        r["wooCustomerId"]: r["errorMessage"]
+        for r in queries.failed_lines(services.projections, "acme", outcome.queue_id)
+    }
+    assert failed == {
+        51: "invalid customer record: record: nested too deeply to read",
+        52: "invalid customer record: record: holds an integer too long to read",
+        53: "invalid customer record: record: holds bytes that are not UTF-8",
+    }
+    activity = queries.activity(services.projections, "acme", outcome.queue_id)
+    refused = [row["message"] for row in activity if row["activityType"] == "records_without_id"]
+    # (An encoded surrogate, b"\xed\xa0\x80", reads as one and is then cleaned: a record without an id.)
+    assert len(refused) == 1 and "a customer object without an id" in refused[0]
+    assert max(len(state) for _, state in stored_events(services)) < 20_000
     assert_projections_caught_up(services)
 
 

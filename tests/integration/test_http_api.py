@@ -409,6 +409,9 @@ def test_bad_requests_are_400_naming_the_field_and_never_echo_a_secret(sqlite_ap
     assert status == 400 and "UUID" in error_of(answer)["message"]
     status, answer = sqlite_api.get("/api/v1/queues?org_id=o&limit=0")
     assert status == 400 and "limit" in error_of(answer)["message"]
+    for query in ("org_id=evil%FForg", "org_id=%ed%a0%80", "org_id=a%E2%80%AEb", "org_id=o&limit=%EF%BC%91"):
+        status, answer = sqlite_api.get(f"/api/v1/queues?{query}")
+        assert status == 400, (query, answer)
     status, answer = sqlite_api.get("/nowhere")
     assert status == 404 and error_of(answer)["code"] == "not_found"
     status, answer = sqlite_api.request("PUT", SYNC_PATH, {})

@@ -171,7 +171,8 @@ def test_identifiers_are_normalised_or_refused(text: str) -> None:
 @pytest.mark.parametrize(
     ("value", "problem"),
     [
-        (0, "from more than 0"),
+        (0, "from 0.1 to 3600"),
+        (1e-320, "from 0.1 to 3600"),
         (float("nan"), "number from"),
         (float("inf"), "number from"),
         (True, "number from"),
