@@ -319,10 +319,17 @@ def _sandbox_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _setting(args: argparse.Namespace, name: str, env: str, default: str | None = None) -> str | None:
+    """A flag given on the command line, as given; else the environment variable; else ``default``.
+
+    One rule for every flag with an environment variable: a flag given empty (`--org ''`) is an error, never
+    the default (ConfigurationError, exit 2); an environment variable set empty means unset, as shells treat
+    `VAR=` (so `WCSYNC_DATABASE_URL= wcsync ...` is the default database)."""
     value = getattr(args, name, None)
-    if value is None:
-        value = os.environ.get(env) or default
-    return value
+    if value is not None:
+        if not value.strip():
+            raise ConfigurationError(f"--{name.replace('_', '-')} is empty; give a value or leave it out")
+        return str(value)
+    return os.environ.get(env) or default
 
 
 def _database(args: argparse.Namespace) -> DatabaseConfig:

@@ -208,6 +208,31 @@ def test_a_sqlite_path_that_is_a_directory_is_one_line_exit_4(
     assert_one_line(wcsync("status", env=env), EXIT_DATABASE, "is a directory, not a wcsync database")
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("db", "migrate", "--database-url", ""),
+        ("queues", "--database-url", " "),
+        ("--database-url", "", "status"),
+        ("queues", "--org", ""),
+        ("status", "--org", "  "),
+    ],
+)
+def test_a_flag_given_empty_is_exit_2_never_the_default(
+    isolated_environment: Path, argv: tuple[str, ...]
+) -> None:
+    env = wcsync_env(None, "sqlite:///unused.db", XDG_DATA_HOME=str(isolated_environment))
+    del env["WCSYNC_DATABASE_URL"]
+    flag = next(part for part in argv if part.startswith("--"))
+    assert_one_line(wcsync(*argv, env=env), EXIT_USAGE, f"{flag} is empty")
+    assert list(isolated_environment.iterdir()) == []  # the default database was not created
+
+
+def test_an_empty_database_url_variable_means_unset(isolated_environment: Path) -> None:
+    env = wcsync_env(None, "", XDG_DATA_HOME=str(isolated_environment))  # WCSYNC_DATABASE_URL=""
+    assert_one_line(wcsync("queues", env=env), EXIT_DATABASE, f"no wcsync database at {isolated_environment}")
+
+
 # ----- read-only commands create nothing ------------------------------------------------------------------
 
 READ_ONLY_COMMANDS = [
