@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from infrastructure.errors import ConfigurationError
+from infrastructure.errors import ConfigurationError, quoted
 
 APP_NAME = "wcsync"
 
@@ -263,44 +263,64 @@ def _is_host(host: str) -> bool:
     return len(name) <= 253 and _HOST_LABELS.fullmatch(name) is not None
 
 
-MAX_CA_FILE_BYTES = 10 * 1024 * 1024  # the system's whole CA bundle is ~200 KB
+MAX_CA_FILE_BYTES = 1024 * 1024  # the system's whole CA bundle is ~200 KB
 
 
 def check_ca_file(path: str) -> str:
-    """A CA certificate file for an HTTPS store (``--ca-file``), checked before any work: it exists, can be
-    read and holds at least one PEM certificate. Returns the path; raises ConfigurationError naming the
-    problem and what to give instead."""
+    """A CA certificate file for an HTTPS store (``--ca-file``), checked before any work: a regular file
+    (never a device, a FIFO or a directory: /dev/zero would be read without end) of at most
+    MAX_CA_FILE_BYTES, readable, holding at least one PEM certificate. Returns the path; raises
+    ConfigurationError naming the problem and what to give instead."""
     import ssl
+    import stat
 
     fix = "give the PEM file of the CA that signed the store's certificate"
     if not path.strip() or "\x00" in path:
         raise ConfigurationError(f"the CA file name is empty or invalid; {fix}")
-    file = Path(path)
+    shown = quoted(path)
     try:
-        if file.is_dir():
-            raise ConfigurationError(f"the CA file {path!r} is a directory; {fix}")
-        size = file.stat().st_size
-        if size > MAX_CA_FILE_BYTES:
-            raise ConfigurationError(
-                f"the CA file {path!r} is too large ({size} bytes) for a certificate; {fix}"
-            )
-        data = file.read_bytes()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; the regular file is read as usual.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise ConfigurationError(f"the CA file {path!r} does not exist; {fix}") from None
+        raise ConfigurationError(f"the CA file {shown} does not exist; {fix}") from None
+    except IsADirectoryError:
+        raise ConfigurationError(f"the CA file {shown} is a directory; {fix}") from None
     except OSError as error:
         raise ConfigurationError(
-            f"cannot read the CA file {path!r} ({error.strerror or type(error).__name__}); "
+            f"cannot read the CA file {shown} ({error.strerror or type(error).__name__}); "
             "check its permissions, or " + fix
         ) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigurationError(f"the CA file {shown} is a directory; {fix}")
+        if not stat.S_ISREG(mode):
+            raise ConfigurationError(
+                f"the CA file {shown} is not a regular file (a device, a FIFO or a socket); {fix}"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read(MAX_CA_FILE_BYTES + 1)
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot read the CA file {shown} ({error.strerror or type(error).__name__}); "
+            "check its permissions, or " + fix
+        ) from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CA_FILE_BYTES:
+        raise ConfigurationError(
+            f"the CA file {shown} is too large for a certificate (more than "
+            f"{MAX_CA_FILE_BYTES // 1024} KiB); {fix}"
+        )
     text = data.decode("latin-1")
     if "-----BEGIN CERTIFICATE-----" not in text:
-        raise ConfigurationError(f"the CA file {path!r} holds no PEM certificate; {fix}")
+        raise ConfigurationError(f"the CA file {shown} holds no PEM certificate; {fix}")
     try:
         ssl.create_default_context(cadata=text)
     except (ssl.SSLError, ValueError) as error:
         reason = re.sub(r"^\[[^]]*\]\s*|\s*\(_ssl\.c:\d+\)", "", str(error)) or type(error).__name__
         raise ConfigurationError(
-            f"the CA file {path!r} is not a valid PEM certificate ({reason}); {fix}"
+            f"the CA file {shown} is not a valid PEM certificate ({reason}); {fix}"
         ) from None
     return path
 

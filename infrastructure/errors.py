@@ -12,6 +12,19 @@ def first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
+QUOTED_LENGTH = 60  # the most of one piece of user input an error line echoes
+
+
+def quoted(text: str, limit: int = QUOTED_LENGTH) -> str:
+    """User input as an error line shows it: in quotes, every control or non-printable character escaped
+    (repr's \\x1b, \\n, \\udcff: a terminal never receives the raw character), and at most ``limit``
+    characters of it, the middle cut out (a path keeps its file name)."""
+    if len(text) > limit:
+        keep = (limit - 1) // 2
+        text = f"{text[:keep]}…{text[-keep:]}"
+    return repr(text)
+
+
 class WcsyncError(Exception):
     """wcsync could not do what was asked."""
 

@@ -95,7 +95,9 @@ def test_a_blank_role_is_a_usage_error(sandbox: RunningSandbox, tmp_path: Path, 
     assert_one_line(wcsync("start", "--role", role, env=env), EXIT_USAGE, "--role")
 
 
-@pytest.mark.parametrize("kind", ["missing", "directory", "not pem", "garbled pem", "empty"])
+@pytest.mark.parametrize(
+    "kind", ["missing", "directory", "not pem", "garbled pem", "empty", "device", "fifo", "too large"]
+)
 def test_a_bad_ca_file_is_one_line_exit_2_before_any_work(tmp_path: Path, kind: str) -> None:
     files = {
         "missing": tmp_path / "nope.pem",
@@ -103,7 +105,13 @@ def test_a_bad_ca_file_is_one_line_exit_2_before_any_work(tmp_path: Path, kind: 
         "not pem": tmp_path / "notes.txt",
         "garbled pem": tmp_path / "garbled.pem",
         "empty": tmp_path / "empty.pem",
+        "device": Path("/dev/zero"),  # read whole, it never ends
+        "fifo": tmp_path / "ca.fifo",  # opened, it waits for a writer
+        "too large": tmp_path / "bundle.pem",
     }
+    os.mkfifo(tmp_path / "ca.fifo")
+    certificate = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    (tmp_path / "bundle.pem").write_bytes(certificate * (1024 * 1024 // len(certificate) + 1))
     (tmp_path / "notes.txt").write_text("just some notes\n")
     (tmp_path / "garbled.pem").write_text(
         "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n"
@@ -115,6 +123,9 @@ def test_a_bad_ca_file_is_one_line_exit_2_before_any_work(tmp_path: Path, kind: 
         "not pem": "holds no PEM certificate",
         "garbled pem": "is not a valid PEM certificate",
         "empty": "holds no PEM certificate",
+        "device": "is not a regular file",
+        "fifo": "is not a regular file",
+        "too large": "is too large for a certificate",
     }
     database = tmp_path / "db" / "wcsync.db"
     env = wcsync_env(
