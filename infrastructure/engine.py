@@ -125,6 +125,7 @@ class _Run:
     # A new queue's first events (Created, ProcessingStarted): what to go back to if its first save
     # loses a race, since there is nothing in the store to reload it from.
     initial_events: list[Any] = field(default_factory=list)
+    batches: int = 0  # batches saved by this run (the batch delay comes before every later one)
 
 
 class SyncEngine:
@@ -489,8 +490,10 @@ class SyncEngine:
         delay_s = options.batch_delay_ms / 1000.0
         # An empty page still saves once: its LinesAdded (and any incidents) must be stored.
         for index, batch in enumerate(list(chunks(records, options.batch_size)) or [[]]):
-            # The first batch of a step always runs: it saves the page's LinesAdded with its outcomes.
-            if index and (self.stop.is_set() or (delay_s and self.stop.wait(delay_s))):
+            # The pause comes between any two batches of the run, across pages too (batch_size >= per_page
+            # made it no pause at all). A stop before a page's first batch leaves the page's lines recorded
+            # and draft (RunStopped's incident saves them): resume processes them.
+            if (index or run.batches) and (self.stop.is_set() or (delay_s and self.stop.wait(delay_s))):
                 raise RunStopped(run.queue.id, run.saved)
             queue = run.queue
             todo = [r for r in batch if _is_draft(queue, r["id"])]
@@ -499,6 +502,7 @@ class SyncEngine:
             self._drain_incidents(run)
             failpoint("before_batch_save")
             self._save(run, outcome.changed)
+            run.batches += 1
             failpoint("after_batch_save")
             run.progress.advance(outcome.line_count)
 

@@ -5,6 +5,7 @@ oversized reaches the log, the read models and every other org stay unharmed, an
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -267,3 +268,22 @@ def test_records_read_back_for_a_resume_are_the_cleaned_ones(services: Services)
 def test_client_options_out_of_bounds_are_refused_with_the_field_named(options: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=next(iter(options)).removesuffix("_s")):
         ClientOptions(**options)
+
+
+def test_the_batch_delay_comes_between_batches_across_pages_too(services: Services) -> None:
+    """batch_size >= per_page once meant no pause at all: each page's one batch is the first of its step."""
+    pages = [[good(60 + 5 * p + i) for i in range(5)] for p in range(3)]
+    with HostileStore(pages) as store:
+        engine = services.engine("acme")
+        settings = StoreSettings(url=store.url, consumer_key="ck_hostile", consumer_secret="cs_hostile")
+        options = QueueOptions(batch_size=5, per_page=5, batch_delay_ms=300)
+        outcome = asyncio.run(engine.start(settings, options, FAST))
+    assert outcome.counts["created"] == 15
+    done = [
+        services.app.mapper.to_domain_event(n).timestamp
+        for n in services.app.recorder.select_notifications(start=1, limit=1000)
+        if n.topic.endswith("SyncQueue.LinesDone")
+    ]
+    assert len(done) == 3
+    gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(done)]
+    assert all(gap >= 0.3 for gap in gaps), gaps
