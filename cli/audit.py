@@ -164,19 +164,19 @@ def _customer(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from cli.main import _database, _org, _print_json
     from infrastructure.audit import export_log, parse_time
-    from infrastructure.eventstore import SyncApplication
+    from infrastructure.bootstrap import require_wcsync_tables
+    from infrastructure.config import check_output_file
+    from infrastructure.eventstore import SyncApplication, require_database
 
     org = _org(args)
     since = parse_time(args.since) if args.since else None
-    from infrastructure.bootstrap import require_wcsync_tables
-    from infrastructure.eventstore import require_database
-
+    output = check_output_file(args.output)  # before any work: never a directory, a device or a FIFO
     database = _database(args)
     require_database(database)
     require_wcsync_tables(database)
     app = SyncApplication(database, create_tables=False)  # reads only: creates nothing
     try:
-        summary = export_log(app, org, Path(args.output), since)
+        summary = export_log(app, org, output, since)
     finally:
         app.close()
     if args.json:

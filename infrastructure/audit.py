@@ -40,7 +40,7 @@ from eventsourcing.utils import get_topic
 from domain.customer import Customer, customer_key
 from domain.queue import SyncQueue
 from infrastructure.cipher import KeyCheckingMapper, decrypt_error
-from infrastructure.config import DatabaseConfig
+from infrastructure.config import DatabaseConfig, check_output_file
 from infrastructure.errors import (
     ConfigurationError,
     QueueNotFoundError,
@@ -553,16 +553,35 @@ def export_log(
     mapper = app.mapper
     cipher = mapper.cipher
     decrypt = mapper.decrypt if isinstance(mapper, KeyCheckingMapper) else (lambda state: state)
-    members: set[Any] = set()  # aggregates of this org (learned from their first event, in log order)
-    link = GENESIS
-    count = 0
-    first: int | None = None
-    last: int | None = None
+    output = check_output_file(str(output))  # never a directory, a device or a FIFO (never replaced)
     tmp = output.with_name(output.name + ".partial")
     try:
         handle: IO[bytes] = tmp.open("wb")
     except OSError as error:
         raise AuditError(f"cannot write {output}: {error.strerror}") from None
+    try:
+        return _write_export(app, org_id, output, since, tmp, handle, started, decrypt, cipher)
+    finally:
+        # Whatever failed (the database, the disk, an interrupt): no partial export, decrypted, is left.
+        tmp.unlink(missing_ok=True)
+
+
+def _write_export(
+    app: SyncApplication,
+    org_id: str,
+    output: Path,
+    since: datetime | None,
+    tmp: Path,
+    handle: IO[bytes],
+    started: datetime,
+    decrypt: Any,
+    cipher: Any,
+) -> ExportSummary:
+    members: set[Any] = set()  # aggregates of this org (learned from their first event, in log order)
+    link = GENESIS
+    count = 0
+    first: int | None = None
+    last: int | None = None
     write = handle.write
     with handle, LogReader(app.database).snapshot() as reader:
         for position, oid, version, topic, raw_state in reader.raw_events():
@@ -626,7 +645,11 @@ def export_log(
         if key:
             line["hmac"] = _digest_signature(key, digest)
         handle.write(orjson.dumps(line) + b"\n")
-    tmp.replace(output)
+    check_output_file(str(output))  # again at the last moment: nothing else took the name meanwhile
+    try:
+        tmp.replace(output)
+    except OSError as error:
+        raise AuditError(f"cannot write {output}: {error.strerror}") from None
     return ExportSummary(
         path=str(output),
         events=count,

@@ -325,6 +325,36 @@ def check_ca_file(path: str) -> str:
     return path
 
 
+def check_output_file(path: str, flag: str = "--output") -> Path:
+    """A file a command writes (``audit export --output``), checked before any work: a non-empty name,
+    and, when something is there already, a regular file (it is replaced whole). A directory, a device, a
+    FIFO or a socket is refused (ConfigurationError, exit 2), never replaced by a file."""
+    import stat
+
+    if not path.strip() or "\x00" in path:
+        raise ConfigurationError(f"{flag} is empty or invalid; give the path of the file to write")
+    file = Path(path)
+    try:
+        mode = file.stat().st_mode
+    except FileNotFoundError:
+        return file
+    except OSError as error:
+        raise ConfigurationError(
+            f"{flag} {quoted(path)} cannot be used ({error.strerror or type(error).__name__}); "
+            "give the path of a file to write"
+        ) from None
+    if stat.S_ISDIR(mode):
+        raise ConfigurationError(
+            f"{flag} {quoted(path)} is a directory; give a file in it, e.g. {quoted(str(file / 'export.jsonl'))}"
+        )
+    if not stat.S_ISREG(mode):
+        raise ConfigurationError(
+            f"{flag} {quoted(path)} is not a regular file (a device, a FIFO or a socket) and is never "
+            "replaced; give the path of a file to write"
+        )
+    return file
+
+
 def normalise_store_url(url: str) -> str:
     """The site root, as events and projections key it: scheme and host lower-cased, no trailing slash."""
     parts = urlsplit(url.strip())

@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -242,6 +243,37 @@ def test_a_flag_given_empty_is_exit_2_never_the_default(
 def test_an_empty_database_url_variable_means_unset(isolated_environment: Path) -> None:
     env = wcsync_env(None, "", XDG_DATA_HOME=str(isolated_environment))  # WCSYNC_DATABASE_URL=""
     assert_one_line(wcsync("queues", env=env), EXIT_DATABASE, f"no wcsync database at {isolated_environment}")
+
+
+@pytest.mark.parametrize("kind", ["directory", "empty", "fifo"])
+def test_audit_export_to_a_directory_nothing_or_a_fifo_is_exit_2_and_replaces_nothing(
+    tmp_path: Path, kind: str
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    assert wcsync("db", "migrate", env=wcsync_env(None, f"sqlite:///{tmp_path}/w.db")).returncode == 0
+    target = {"directory": out, "empty": "", "fifo": out / "export.fifo"}[kind]
+    if kind == "fifo":
+        os.mkfifo(out / "export.fifo")  # a non-regular file, as /dev/full is (never test with the device)
+    phrase = {"directory": "is a directory", "empty": "--output is empty", "fifo": "is not a regular file"}
+    env = wcsync_env(None, f"sqlite:///{tmp_path}/w.db")
+    assert_one_line(wcsync("audit", "export", "--output", str(target), env=env), EXIT_USAGE, phrase[kind])
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
+    assert [p.name for p in out.iterdir()] == (["export.fifo"] if kind == "fifo" else [])
+    if kind == "fifo":
+        assert stat.S_ISFIFO((out / "export.fifo").lstat().st_mode)  # never replaced by a file
+
+
+def test_a_failed_audit_export_leaves_nothing_behind(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    key = base64.b64encode(b"k" * 32).decode()
+    env = wcsync_env(sandbox, f"sqlite:///{tmp_path}/w.db", WCSYNC_CIPHER_KEY=key)
+    assert wcsync("start", "--json", env=env).returncode == 0
+    env["WCSYNC_CIPHER_KEY"] = base64.b64encode(b"x" * 32).decode()  # the wrong key: the export fails
+    out = tmp_path / "out"
+    out.mkdir()
+    result = wcsync("audit", "export", "--output", str(out / "export.jsonl"), env=env)
+    assert_one_line(result, EXIT_USAGE, "WCSYNC_CIPHER_KEY")
+    assert list(out.iterdir()) == []  # no export and no .partial (it held decrypted data)
 
 
 # ----- read-only commands create nothing ------------------------------------------------------------------
