@@ -19,13 +19,35 @@ EXIT_NOT_INTACT = 1
 
 
 def _woo_id(text: str) -> int:
+    from domain.validation import MAX_CUSTOMER_ID
+    from infrastructure.errors import quoted
+
+    what = f"is not a WooCommerce customer id (a whole number from 1 to {MAX_CUSTOMER_ID})"
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a WooCommerce customer id") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} is not a WooCommerce customer id (a positive number)")
+        raise argparse.ArgumentTypeError(f"{quoted(text)} {what}") from None
+    if not 0 < value <= MAX_CUSTOMER_ID:
+        raise argparse.ArgumentTypeError(f"{quoted(text)} {what}")
     return value
+
+
+def _instant(text: str) -> Any:
+    """An ISO 8601 instant (UTC without an offset) that UTC can represent: `0001-01-01T00:00:00+01:00` is
+    before year 1 in UTC, and is refused here rather than overflowing later."""
+    from infrastructure.audit import parse_time
+    from infrastructure.errors import ConfigurationError, quoted
+
+    try:
+        return parse_time(text)
+    except ConfigurationError:
+        raise argparse.ArgumentTypeError(
+            f"{quoted(text)} is not an ISO 8601 time (e.g. 2026-03-01T12:00:00+00:00 or 2026-03-01)"
+        ) from None
+    except (OverflowError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"{quoted(text)} is outside the times UTC can represent (years 1 to 9999)"
+        ) from None
 
 
 def add_audit_parser(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -45,7 +67,10 @@ def add_audit_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     queue.add_argument("queue_id", type=_queue_id, metavar="QUEUE_ID")
     queue.add_argument(
-        "--as-of", metavar="TIMESTAMP", help="the queue as it stood then (ISO 8601, UTC if no offset)"
+        "--as-of",
+        type=_instant,
+        metavar="TIMESTAMP",
+        help="the queue as it stood then (ISO 8601, UTC if no offset)",
     )
     out = queue.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON document")
@@ -59,7 +84,9 @@ def add_audit_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     export = sub.add_parser(
         "export", help="every event of the org as JSON lines, with a digest", parents=[common]
     )
-    export.add_argument("--since", metavar="TIMESTAMP", help="only events from this instant (ISO 8601)")
+    export.add_argument(
+        "--since", type=_instant, metavar="TIMESTAMP", help="only events from this instant (ISO 8601)"
+    )
     export.add_argument("--output", required=True, metavar="FILE.jsonl", help="file to write")
     export.add_argument("--json", action="store_true")
 
@@ -86,10 +113,10 @@ def _write(data: bytes) -> None:
 
 def _queue(args: argparse.Namespace) -> int:
     from cli.main import _org, _print_json, _services
-    from infrastructure.audit import parse_time, queue_timeline
+    from infrastructure.audit import queue_timeline
 
     org = _org(args)
-    as_of = parse_time(args.as_of) if args.as_of else None
+    as_of = args.as_of
     with _services(args, read_only=True) as services:
         rows = queue_timeline(services.app, org, args.queue_id, as_of)
         if args.jsonl:
@@ -163,13 +190,13 @@ def _customer(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from cli.main import _database, _org, _print_json
-    from infrastructure.audit import export_log, parse_time
+    from infrastructure.audit import export_log
     from infrastructure.bootstrap import require_wcsync_tables
     from infrastructure.config import check_output_file
     from infrastructure.eventstore import SyncApplication, require_database
 
     org = _org(args)
-    since = parse_time(args.since) if args.since else None
+    since = args.since
     output = check_output_file(args.output)  # before any work: never a directory, a device or a FIFO
     database = _database(args)
     require_database(database)

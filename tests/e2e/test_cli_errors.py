@@ -276,6 +276,36 @@ def test_a_failed_audit_export_leaves_nothing_behind(sandbox: RunningSandbox, tm
     assert list(out.iterdir()) == []  # no export and no .partial (it held decrypted data)
 
 
+@pytest.mark.parametrize(
+    ("argv", "phrase"),
+    [
+        (("customer", str(2**63)), "argument WOO_ID: '9223372036854775808' is not a WooCommerce customer id"),
+        (("customer", "-1"), "argument WOO_ID: '-1' is not a WooCommerce customer id"),
+        (
+            ("queue", QUEUE, "--as-of", "0001-01-01T00:00:00+01:00"),
+            "argument --as-of: '0001-01-01T00:00:00+01:00'",
+        ),
+        (("queue", QUEUE, "--as-of", "9999-12-31T23:59:59-01:00"), "is outside the times UTC can represent"),
+        (("export", "--output", "OUT", "--since", "9999-12-31T23:59:59-01:00"), "argument --since"),
+    ],
+)
+def test_an_audit_id_or_time_out_of_range_is_exit_2_naming_the_argument(
+    tmp_path: Path, argv: tuple[str, ...], phrase: str
+) -> None:
+    env = wcsync_env(None, f"sqlite:///{tmp_path}/w.db")
+    argv = tuple(str(tmp_path / "e.jsonl") if part == "OUT" else part for part in argv)
+    assert_one_line(wcsync("audit", *argv, env=env), EXIT_USAGE, phrase)
+
+
+def test_audit_queue_at_the_ends_of_time(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    env = wcsync_env(sandbox, f"sqlite:///{tmp_path}/w.db")
+    queue_id = as_json(wcsync("start", "--json", env=env))["queueId"]
+    last = wcsync("audit", "queue", queue_id, "--as-of", "9999-12-31T23:59:59.999999", "--json", env=env)
+    assert as_json(last)["status"]["state"] == "done"
+    first = wcsync("audit", "queue", queue_id, "--as-of", "0001-01-01T00:00:00", env=env)
+    assert_one_line(first, EXIT_USAGE, "did not exist yet at 0001-01-01T00:00:00+00:00")
+
+
 # ----- read-only commands create nothing ------------------------------------------------------------------
 
 READ_ONLY_COMMANDS = [
