@@ -281,6 +281,7 @@ class _Circuit:
         self.reset_s = reset_s
         self._notify = notify
         self._failures = 0
+        self.last_failure = ""  # what the last failed attempt met, for the message once the circuit opens
         self._opened_at: float | None = None
         self._trial: asyncio.Future[None] | None = None
 
@@ -295,9 +296,10 @@ class _Circuit:
                 continue
             remaining = self._opened_at + self.reset_s - time.monotonic()
             if remaining > 0:
+                last = f"; last: {self.last_failure}" if self.last_failure else ""
                 raise StoreUnavailable(
                     f"the store failed {self._failures} times in a row, so wcsync stopped calling it "
-                    f"for {self.reset_s:g} s ({remaining:.1f} s left)",
+                    f"for {self.reset_s:g} s ({remaining:.1f} s left){last}",
                     code="wcsync_circuit_open",
                     hint="the store's health (server errors, maintenance mode, firewall); the sync resumes "
                     "where it stopped",
@@ -318,8 +320,9 @@ class _Circuit:
             self._end_trial()
             self._notify("circuit_closed", "info", "The store answers again; requests resume.", {})
 
-    def failed(self, trial: bool) -> None:
+    def failed(self, trial: bool, reason: str = "") -> None:
         self._failures += 1
+        self.last_failure = reason or self.last_failure
         if trial:
             self._opened_at = time.monotonic()
             self._end_trial()
@@ -626,7 +629,7 @@ class WooCommerceClient:
                 else:
                     self.stats.failures[failure.reason] = self.stats.failures.get(failure.reason, 0) + 1
                     attempt += 1
-                    self._circuit.failed(trial)
+                    self._circuit.failed(trial, self._redact(failure.message))
                 # A 429 is the store pacing us, not failing: it gets its own, larger budget.
                 if attempt > options.max_retries or throttled > max(10, 3 * options.max_retries):
                     raise self._unavailable(failure, path, attempt + throttled) from None
@@ -750,6 +753,12 @@ class WooCommerceClient:
             raise _Transient("timeout", f"did not answer within {self._options.timeout_s:g} s") from None
         except aiohttp.ClientError as error:
             self._log_outcome(path, params, "connection_error", started, attempt)
+            if isinstance(error, aiohttp.ClientConnectorDNSError):
+                raise StoreRefused(
+                    f"the store's host name {urlsplit(self._endpoint).hostname!r} does not resolve",
+                    code="wcsync_dns",
+                    hint="the store URL's host name (and this machine's DNS); nothing else was tried",
+                ) from None
             if isinstance(error, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
                 raise StoreRefused(
                     f"the store's TLS certificate was not accepted ({type(error).__name__})",

@@ -141,6 +141,22 @@ def test_an_unreachable_store_exits_3(sqlite_url: str) -> None:
     result = wcsync("start", "--max-retries", "1", env=env)
     assert result.returncode == 3
     assert "Traceback" not in result.stderr
+    # The cause, not only the circuit breaker that it tripped.
+    assert "last: could not be reached" in result.stderr
+
+
+def test_a_store_host_that_does_not_resolve_exits_3_and_saves_nothing(sqlite_url: str) -> None:
+    env = wcsync_env(
+        None,
+        sqlite_url,
+        WOO_URL="http://no-such-host.invalid",
+        WOO_CONSUMER_KEY="ck_x",
+        WOO_CONSUMER_SECRET="cs_y",
+    )
+    result = wcsync("start", "--max-retries", "1", env=env)
+    assert result.returncode == 3, result.stderr
+    assert "host name 'no-such-host.invalid' does not resolve; nothing was saved" in result.stderr
+    assert as_json(wcsync("queues", "--json", env=env)) == []
 
 
 @pytest.mark.parametrize(
