@@ -702,9 +702,12 @@ def _sandbox_config(args: argparse.Namespace, **overrides: Any) -> Any:
 
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:
+    from infrastructure.config import check_listen_address
     from infrastructure.sandbox import serve_forever
 
-    serve_forever(_sandbox_config(args), args.host, args.port)
+    config = _sandbox_config(args)
+    check_listen_address(args.host, args.port)  # before the store is generated: exit 2, one line
+    serve_forever(config, args.host, args.port)
     return EXIT_OK
 
 

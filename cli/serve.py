@@ -29,19 +29,28 @@ def add_serve_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from cli.main import _database
     from infrastructure.bootstrap import open_services
-    from infrastructure.config import is_loopback
+    from infrastructure.config import check_listen_address, is_loopback, listen_error
     from infrastructure.http_api import serve
 
+    check_listen_address(args.host, args.port)  # before any work: exit 2, one line
     if not is_loopback(args.host):
         sys.stderr.write(
             f"wcsync: warning: serving on {args.host} without authentication; "
             "put an authenticating proxy in front of it\n"
         )
+    listened = False
 
     def listening(url: str) -> None:
+        nonlocal listened
+        listened = True
         sys.stdout.write(json.dumps({"url": url, "database": services.database.display}) + "\n")
         sys.stdout.flush()
 
     with open_services(_database(args)) as services:
-        asyncio.run(serve(services, args.host, args.port, listening))
+        try:
+            asyncio.run(serve(services, args.host, args.port, listening))
+        except OSError as error:
+            if listened:
+                raise
+            raise listen_error(error, args.host, args.port) from None  # the port taken meanwhile
     return EXIT_OK

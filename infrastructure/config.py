@@ -31,6 +31,56 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_listen_address(host: str, port: int) -> None:
+    """The address a server (`wcsync serve`, `wcsync sandbox`) listens on, checked before any work: a host
+    that resolves to addresses of this machine, and a port free on each (0: any free port). Binds and closes
+    a socket per address, as the server will (SO_REUSEADDR, IPv6 only on IPv6 sockets). Raises
+    ConfigurationError (exit 2): an empty host (it would mean every interface, silently), a host that does
+    not resolve or is not this machine's, a port in use."""
+    import errno
+    import socket
+
+    if not host.strip():
+        raise ConfigurationError(
+            "--host is empty; give the address to listen on (127.0.0.1, or 0.0.0.0 for every interface)"
+        )
+    shown = quoted(host)
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError, ValueError) as error:
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        raise ConfigurationError(
+            f"cannot listen on {shown}: {reason}; give an IP address or a host name of this machine with --host"
+        ) from None
+    for family, kind, proto, _, address in found:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise ConfigurationError(
+                    f"port {port} on {host} is in use; choose another with --port (0 picks a free one)"
+                ) from None
+            raise ConfigurationError(
+                f"cannot listen on {shown}: {error.strerror or type(error).__name__}; give an address of "
+                "this machine with --host (127.0.0.1, or 0.0.0.0 for every interface)"
+            ) from None
+
+
+def listen_error(error: OSError, host: str, port: int) -> ConfigurationError:
+    """A server's failure to listen (the port taken after check_listen_address, a race) as one line."""
+    import errno
+
+    if error.errno == errno.EADDRINUSE:
+        return ConfigurationError(
+            f"port {port} on {host} is in use; choose another with --port (0 picks a free one)"
+        )
+    return ConfigurationError(f"cannot listen on {quoted(host)}: {error.strerror or type(error).__name__}")
+
+
 def default_database_path() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "wcsync" / "wcsync.db"

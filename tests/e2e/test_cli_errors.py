@@ -306,6 +306,45 @@ def test_audit_queue_at_the_ends_of_time(sandbox: RunningSandbox, tmp_path: Path
     assert_one_line(first, EXIT_USAGE, "did not exist yet at 0001-01-01T00:00:00+00:00")
 
 
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        yield held.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", ["serve", "sandbox"])
+def test_a_port_in_use_is_exit_2_one_line(tmp_path: Path, taken_port: int, command: str) -> None:
+    env = wcsync_env(None, f"sqlite:///{tmp_path}/w.db")
+    result = wcsync(command, "--port", str(taken_port), env=env, timeout=30)
+    assert_one_line(
+        result, EXIT_USAGE, f"port {taken_port} on 127.0.0.1 is in use; choose another with --port (0 picks"
+    )
+
+
+@pytest.mark.parametrize("command", ["serve", "sandbox"])
+@pytest.mark.parametrize(
+    ("host", "phrase"),
+    [
+        ("192.0.2.1", "cannot listen on '192.0.2.1': "),  # not this machine's (TEST-NET-1)
+        ("999.1.1.1", "cannot listen on '999.1.1.1': "),
+        ("[::1", "cannot listen on '[::1': "),
+        ("", "--host is empty"),  # it would listen on every interface
+        ("\x1b[31mred", "cannot listen on '\\x1b[31mred'"),
+    ],
+)
+def test_a_host_that_cannot_be_listened_on_is_exit_2_one_line(
+    tmp_path: Path, command: str, host: str, phrase: str
+) -> None:
+    env = wcsync_env(None, f"sqlite:///{tmp_path}/w.db")
+    result = wcsync(command, "--host", host, "--port", "0", env=env, timeout=30)
+    assert_one_line(result, EXIT_USAGE, phrase)
+    assert not (tmp_path / "w.db").exists()  # checked before the database was opened
+
+
 # ----- read-only commands create nothing ------------------------------------------------------------------
 
 READ_ONLY_COMMANDS = [
