@@ -363,7 +363,23 @@ def _client_options(args: argparse.Namespace) -> Any:
 
 
 def _actor() -> str:
-    return os.environ.get("WCSYNC_ACTOR") or os.environ.get("USER") or "wcsync"
+    """Who runs the command, as the audit log records it: WCSYNC_ACTOR, else USER, else "wcsync"; checked
+    as every identifier is (domain.bounds.check_identifier: no control character, newline or undecodable
+    byte, at most MAX_NAME_LENGTH characters), ConfigurationError naming the variable."""
+    for name in ("WCSYNC_ACTOR", "USER"):
+        value = os.environ.get(name)
+        if value:
+            try:
+                return bounds.check_identifier(value, name)
+            except bounds.BoundError as error:
+                raise ConfigurationError(
+                    f"{name} {error.problem}; set WCSYNC_ACTOR to a plain name (it is recorded in the audit log)"
+                ) from None
+    return "wcsync"
+
+
+# The commands that record who ran them: their actor is checked before anything is done.
+_ACTING_COMMANDS = frozenset({"start", "resume", "retry", "force-done"})
 
 
 # ----- rendering -----------------------------------------------------------------------------------------
@@ -757,6 +773,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fmt=getattr(args, "log_format", None),
     )
     try:
+        if args.command in _ACTING_COMMANDS:
+            _actor()
         code = HANDLERS[args.command](args)
         sys.stdout.flush()  # inside the try: a reader gone away shows here, not at interpreter exit
         return code

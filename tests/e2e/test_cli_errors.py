@@ -345,6 +345,31 @@ def test_a_host_that_cannot_be_listened_on_is_exit_2_one_line(
     assert not (tmp_path / "w.db").exists()  # checked before the database was opened
 
 
+@pytest.mark.parametrize("variable", ["WCSYNC_ACTOR", "USER"])
+@pytest.mark.parametrize(
+    ("actor", "phrase"),
+    [
+        ("\x1b[31mred", "U+001B"),
+        ("alice\nbob", "U+000A"),
+        ("a" * 100_000, "at most 200 characters"),
+        ("\udcff", "U+DCFF"),  # the byte 0xff, not UTF-8
+    ],
+    ids=["escape", "newline", "long", "undecodable"],
+)
+@pytest.mark.parametrize("command", [("start", "--json"), ("force-done", QUEUE, "--reason", "r")])
+def test_a_bad_actor_is_exit_2_before_anything_is_done(
+    sandbox: RunningSandbox, tmp_path: Path, variable: str, actor: str, phrase: str, command: tuple[str, ...]
+) -> None:
+    env = wcsync_env(sandbox, f"sqlite:///{tmp_path}/db/w.db")
+    env.pop("WCSYNC_ACTOR", None)
+    env[variable] = actor
+    result = wcsync(*command, env=env)
+    line = assert_one_line(result, EXIT_USAGE, phrase)
+    assert line.startswith(f"wcsync: {variable} ")
+    assert "\x1b" not in line and len(line) < 300 and result.stdout == ""  # no queue id printed
+    assert not (tmp_path / "db").exists()  # nothing was done
+
+
 # ----- read-only commands create nothing ------------------------------------------------------------------
 
 READ_ONLY_COMMANDS = [
