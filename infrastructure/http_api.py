@@ -25,7 +25,7 @@ import os
 import signal
 import sys
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -314,6 +314,8 @@ def _query_limit(request: web.Request, default: int) -> int:
 
 # Runs at once in one server: each holds a worker thread while it saves; beyond this a start is 503.
 MAX_RUNS = 8
+# Runs at once of one org: beyond this a start of that org is 429, so one org cannot take every run.
+MAX_RUNS_PER_ORG = 2
 # Request handlers' database work has threads of its own, so runs can never starve reads or /healthz.
 READ_THREADS = 8
 # A shutdown waits this long for runs to stop at their next batch boundary (SIGTERM must end within 10 s).
@@ -361,7 +363,8 @@ class SyncApi:
         # /healthz: one thread and at most one read in flight, so it answers whatever the others wait on.
         self._health = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wcsync-health")
         self._health_read: asyncio.Future[list[dict[str, Any]]] | None = None
-        self._slots = 0  # runs admitted and not ended (at most MAX_RUNS)
+        self._slots = 0
+        self._org_slots: Counter[str] = Counter()  # runs admitted and not ended (at most MAX_RUNS)
 
     async def _in_thread(self, func: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reads, partial(func, *args))
@@ -385,6 +388,15 @@ class SyncApi:
     async def _launch(self, sync: SyncRequest) -> web.Response:
         if sync.queue_id is not None:
             self._refuse_if_running(sync.queue_id)
+        if self._org_slots[sync.org_id] >= MAX_RUNS_PER_ORG:
+            # One org (one client) cannot take every run of the server for other orgs.
+            raise ApiError(
+                429,
+                "org_busy",
+                f"org {sync.org_id!r} already runs {MAX_RUNS_PER_ORG} syncs in this server; "
+                "try again when one has finished",
+                retryAfterS=5,
+            )
         if self._slots >= MAX_RUNS:
             raise ApiError(
                 503,
@@ -392,13 +404,15 @@ class SyncApi:
                 f"this server already runs {MAX_RUNS} syncs; try again when one has finished",
                 retryAfterS=5,
             )
-        self._slots += 1  # given back when the run's task ends (_finished), or here if it never starts
+        # Given back when the run's task ends (_finished), or here if it never starts.
+        self._slots += 1
+        self._org_slots[sync.org_id] += 1
         run = _BackgroundRun(org_id=sync.org_id, action=sync.action, store_url=sync.store_url)
         try:
             return await self._launch_admitted(sync, run)
         finally:
             if run.task is None:
-                self._slots -= 1
+                self._release(run)
 
     async def _launch_admitted(self, sync: SyncRequest, run: _BackgroundRun) -> web.Response:
         engine = self.services.engine(sync.org_id, actor=sync.actor, stop=run.stop)
@@ -471,8 +485,14 @@ class SyncApi:
 
         engine.on_saved = saved
 
-    def _finished(self, run: _BackgroundRun, task: asyncio.Task[SyncOutcome]) -> None:
+    def _release(self, run: _BackgroundRun) -> None:
         self._slots -= 1
+        self._org_slots[run.org_id] -= 1
+        if not self._org_slots[run.org_id]:
+            del self._org_slots[run.org_id]
+
+    def _finished(self, run: _BackgroundRun, task: asyncio.Task[SyncOutcome]) -> None:
+        self._release(run)
         if run.queue_id is not None and self.runs.get(run.queue_id) is run:
             del self.runs[run.queue_id]
         if task.cancelled():

@@ -322,3 +322,22 @@ def test_a_database_failure_under_a_run_leaves_the_queue_resumable_and_names_the
         assert [row["status"] for row in stops] == (["error"] if recordable else [])
         resumed = asyncio.run(services.engine("acme").resume(queue_id, store_of(sandbox), FAST))
         assert resumed.state == "done" and resumed.counts["created"] == 60, resumed
+
+
+def test_one_org_cannot_take_every_run_of_the_server(sqlite_url: str) -> None:
+    with SandboxThread(SandboxConfig(customers=40)) as sandbox:
+        process, api = _serve(sqlite_url)
+        try:
+            slow = {"batchSize": 1, "batchDelayMs": 60_000}
+            codes = [api.sync(org_id="greedy", config=_config(sandbox), options=slow)[0] for _ in range(2)]
+            assert codes == [202, 202]
+            code, answer = api.sync(org_id="greedy", config=_config(sandbox), options=slow)
+            assert code == 429 and error_of(answer)["code"] == "org_busy", answer
+            code, answer = api.sync(org_id="patient", config=_config(sandbox), options=slow)
+            assert code == 202, answer
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=10) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
