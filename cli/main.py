@@ -30,7 +30,7 @@ from domain import bounds
 from domain.errors import SyncError
 from domain.queue import QueueOptions
 from infrastructure.config import DatabaseConfig, StoreSettings
-from infrastructure.errors import ConfigurationError, QueueNotFoundError, WcsyncError
+from infrastructure.errors import ConfigurationError, QueueNotFoundError, WcsyncError, printable, quoted
 from infrastructure.logging import configure_logging
 
 EXIT_OK = 0
@@ -42,6 +42,9 @@ EXIT_INTERNAL = 70  # an error nobody foresaw (sysexits' EX_SOFTWARE): the log h
 EXIT_INTERRUPTED = 130
 
 
+MAX_ERROR_LENGTH = 400  # of an argparse message: one that echoes a huge argument is cut in the middle
+
+
 class UsageError(WcsyncError):
     exit_code = EXIT_USAGE
 
@@ -49,7 +52,11 @@ class UsageError(WcsyncError):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line: what is wrong and where to look (the usage block would bury it).
-        sys.stderr.write(f"wcsync: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+        # Never a control character of the user's input, and never all of a huge argument.
+        text = printable(" ".join(message.split()))
+        if len(text) > MAX_ERROR_LENGTH:
+            text = f"{text[: MAX_ERROR_LENGTH - 80]}…{text[-79:]}"
+        sys.stderr.write(f"wcsync: error: {text} (see `{self.prog} --help`)\n")
         raise SystemExit(EXIT_USAGE)
 
 
@@ -60,7 +67,7 @@ def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text[:30]!r} is not a whole number") from None
+        raise argparse.ArgumentTypeError(f"{quoted(text)} is not a whole number") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} must not be negative")
     return value
@@ -98,8 +105,19 @@ def _queue_id(text: str) -> UUID:
         return UUID(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a queue id (a UUID, as printed by `wcsync start` and `wcsync queues`)"
+            f"{quoted(text)} is not a queue id (a UUID, as printed by `wcsync start` and `wcsync queues`)"
         ) from None
+
+
+def _projection_name(text: str) -> str:
+    from projections import PROJECTION_NAMES
+
+    if text not in PROJECTION_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"{quoted(text)} is not a projection; leave it out to rebuild all, or give one of "
+            f"{', '.join(PROJECTION_NAMES)} (`wcsync projections status` lists them)"
+        )
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = p_commands.add_parser(
         "rebuild", help="replay every event into fresh tables and swap them in", parents=[common]
     )
-    rebuild.add_argument("name", nargs="?", help="one projection (default: all)")
+    rebuild.add_argument("name", nargs="?", type=_projection_name, help="one projection (default: all)")
     p_status = p_commands.add_parser(
         "status", help="position, head of the log and lag of each projection", parents=[common]
     )
@@ -760,7 +778,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def _error(message: str) -> None:
-    sys.stderr.write(f"wcsync: {message}\n")
+    sys.stderr.write(f"wcsync: {printable(message)}\n")  # a control character of any input, escaped
 
 
 def main(argv: Sequence[str] | None = None) -> int:

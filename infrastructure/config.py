@@ -111,7 +111,7 @@ class DatabaseConfig:
             parts = urlsplit(url)
         except ValueError as error:  # "Invalid IPv6 URL"
             raise ConfigurationError(
-                f"database URL {cls._redact(url)!r} is malformed ({error}); "
+                f"database URL {quoted(cls._redact(url))} is malformed ({error}); "
                 "use sqlite:///path.db or postgresql://user:password@host:5432/dbname"
             ) from None
         if parts.scheme == "sqlite":
@@ -120,7 +120,7 @@ class DatabaseConfig:
             path_text = raw[1:] if raw.startswith("/") else raw
             if not path_text or parts.netloc:
                 raise ConfigurationError(
-                    f"database URL {cls._redact(url)!r} has no file path; "
+                    f"database URL {quoted(cls._redact(url))} has no file path; "
                     "use sqlite:///relative/path.db or sqlite:////absolute/path.db"
                 )
             if "\x00" in path_text:
@@ -130,20 +130,20 @@ class DatabaseConfig:
             dbname = unquote(parts.path.lstrip("/"))
             if not dbname:
                 raise ConfigurationError(
-                    f"database URL {cls._redact(url)!r} names no database; "
+                    f"database URL {quoted(cls._redact(url))} names no database; "
                     "use postgresql://user:password@host:5432/dbname"
                 )
             query = parse_qs(parts.query)
             schema = query.get("schema", ["public"])[0]
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", schema):
-                raise ConfigurationError(f"schema {schema!r} is not a plain SQL identifier")
+                raise ConfigurationError(f"schema {quoted(schema)} is not a plain SQL identifier")
             try:
                 port = parts.port
             except ValueError:  # out of range, or not a number
                 port = 0
             if port == 0:
                 raise ConfigurationError(
-                    f"database URL {cls._redact(url)!r}: the port must be a number from 1 to 65535 "
+                    f"database URL {quoted(cls._redact(url))}: the port must be a number from 1 to 65535 "
                     "(PostgreSQL's is 5432)"
                 )
             return cls(
@@ -158,7 +158,7 @@ class DatabaseConfig:
                 cipher_key=cipher_key(),
             )
         raise ConfigurationError(
-            f"database URL {cls._redact(url)!r} is not supported: "
+            f"database URL {quoted(cls._redact(url))} is not supported: "
             "use sqlite:///path.db or postgresql://user:password@host:5432/dbname"
         )
 

@@ -25,6 +25,14 @@ def quoted(text: str, limit: int = QUOTED_LENGTH) -> str:
     return repr(text)
 
 
+def printable(text: str) -> str:
+    """A line for the terminal: every control or non-printable character (ESC, a newline, an undecodable
+    byte) written as its escape (\\x1b, \\n, \\udcff), whatever put it in the message."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class WcsyncError(Exception):
     """wcsync could not do what was asked."""
 

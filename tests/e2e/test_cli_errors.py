@@ -370,6 +370,28 @@ def test_a_bad_actor_is_exit_2_before_anything_is_done(
     assert not (tmp_path / "db").exists()  # nothing was done
 
 
+@pytest.mark.parametrize(
+    ("argv", "phrase"),
+    [
+        (("projections", "rebuild", ""), "'' is not a projection"),
+        (("projections", "rebuild", " "), "' ' is not a projection"),
+        (("projections", "rebuild", "\x1b[31mred"), "'\\x1b[31mred' is not a projection"),
+        (("status", "\x1b[2J" + "a" * 100_000), "is not a queue id"),
+        (("--log-format", "\x1b]0;x\x07" + "b" * 100_000, "queues"), "invalid choice"),
+        (("--database-url", "sqlite://h/" + "\x1b" * 100_000, "queues"), "has no file path"),
+        (("audit", "customer", "\x1b" + "9" * 100_000), "is not a WooCommerce customer id"),
+    ],
+    ids=["empty", "blank", "escape", "long queue id", "long choice", "long url", "long customer id"],
+)
+def test_an_error_line_never_echoes_control_characters_or_all_of_a_huge_argument(
+    tmp_path: Path, argv: tuple[str, ...], phrase: str
+) -> None:
+    assert wcsync("db", "migrate", env=wcsync_env(None, f"sqlite:///{tmp_path}/w.db")).returncode == 0
+    env = wcsync_env(None, f"sqlite:///{tmp_path}/w.db")
+    line = assert_one_line(wcsync(*argv, env=env), EXIT_USAGE, phrase)
+    assert line.isprintable() and len(line) < 600, line
+
+
 # ----- read-only commands create nothing ------------------------------------------------------------------
 
 READ_ONLY_COMMANDS = [
