@@ -786,10 +786,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _COMMAND_LINE_URLS[:] = [args.database_url] if getattr(args, "database_url", None) else []
     verbose = getattr(args, "verbose", 0) or 0
-    configure_logging(
-        level={0: None, 1: "info"}.get(verbose, "debug"),
-        fmt=getattr(args, "log_format", None),
-    )
+    try:
+        configure_logging(
+            level={0: None, 1: "info"}.get(verbose, "debug"),
+            fmt=getattr(args, "log_format", None),
+        )
+    except WcsyncError as error:  # WCSYNC_LOG_LEVEL / WCSYNC_LOG_FORMAT set to no such thing
+        _error(str(error))
+        return error.exit_code
     try:
         if args.command in _ACTING_COMMANDS:
             _actor()

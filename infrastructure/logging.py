@@ -21,12 +21,30 @@ def _drop_secrets(_: object, __: str, event_dict: structlog.types.EventDict) -> 
     return event_dict
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("console", "json")
+
+
 def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
-    level_name = (level or os.environ.get("WCSYNC_LOG_LEVEL") or "warning").upper()
-    numeric = getattr(logging, level_name, None)
-    if not isinstance(numeric, int):
-        numeric = logging.WARNING
+    """Logs to stderr at ``level`` (else WCSYNC_LOG_LEVEL, else warning) in ``fmt`` (else
+    WCSYNC_LOG_FORMAT, else console on a terminal and json otherwise). A variable set to a value that is
+    not one of them is refused (ConfigurationError, exit 2), as the flag --log-format is; set empty, it is
+    unset."""
+    from infrastructure.errors import ConfigurationError, quoted
+
+    level_name = (level or os.environ.get("WCSYNC_LOG_LEVEL") or "warning").strip().lower()
+    if level_name == "warn":
+        level_name = "warning"
+    if level_name not in LOG_LEVELS:
+        raise ConfigurationError(
+            f"WCSYNC_LOG_LEVEL {quoted(level_name)} is not a log level; use one of {', '.join(LOG_LEVELS)}"
+        )
+    numeric = getattr(logging, level_name.upper())
     fmt = fmt or os.environ.get("WCSYNC_LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
+    if fmt not in LOG_FORMATS:
+        raise ConfigurationError(
+            f"WCSYNC_LOG_FORMAT {quoted(fmt)} is not a log format; use one of {', '.join(LOG_FORMATS)}"
+        )
     renderer: structlog.types.Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()

@@ -392,6 +392,24 @@ def test_an_error_line_never_echoes_control_characters_or_all_of_a_huge_argument
     assert line.isprintable() and len(line) < 600, line
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "phrase"),
+    [
+        ("WCSYNC_LOG_FORMAT", "xml", "WCSYNC_LOG_FORMAT 'xml' is not a log format; use one of console, json"),
+        ("WCSYNC_LOG_LEVEL", "bogus", "WCSYNC_LOG_LEVEL 'bogus' is not a log level; use one of debug"),
+        ("WCSYNC_LOG_LEVEL", "\x1b[31m", "WCSYNC_LOG_LEVEL '\\x1b[31m' is not a log level"),
+    ],
+)
+def test_a_bad_log_variable_is_exit_2_as_the_flag_is(
+    tmp_path: Path, variable: str, value: str, phrase: str
+) -> None:
+    env = wcsync_env(None, f"sqlite:///{tmp_path}/w.db", **{variable: value})
+    assert_one_line(wcsync("db", "migrate", env=env), EXIT_USAGE, phrase)
+    assert not (tmp_path / "w.db").exists()
+    env = wcsync_env(None, f"sqlite:///{tmp_path}/w.db", WCSYNC_LOG_LEVEL="INFO", WCSYNC_LOG_FORMAT="json")
+    assert wcsync("db", "migrate", env=env).returncode == 0  # the case of a level does not matter
+
+
 # ----- read-only commands create nothing ------------------------------------------------------------------
 
 READ_ONLY_COMMANDS = [
