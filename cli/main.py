@@ -717,22 +717,26 @@ def _sandbox_config(args: argparse.Namespace, **overrides: Any) -> Any:
             repeat_last_page=args.repeat_last_page,
             churn_every=args.churn_every,
         )
+        if args.invalid > args.customers:
+            raise UsageError("--invalid cannot exceed --customers")
+        return SandboxConfig(
+            customers=args.customers,
+            invalid=args.invalid,
+            other_roles=args.other_roles,
+            seed=args.seed,
+            faults=faults,
+            tls=args.tls,
+            **overrides,
+        )
     except ValueError as error:
         # "error_rate must be ..." names the field; on the command line it is --error-rate.
-        name, _, rest = str(error).partition(" ")
-        raise UsageError(f"--{name.replace('_', '-')} {rest}") from None
-    if args.invalid > args.customers:
-        raise UsageError("--invalid cannot exceed --customers")
-    config = SandboxConfig(
-        customers=args.customers,
-        invalid=args.invalid,
-        other_roles=args.other_roles,
-        seed=args.seed,
-        faults=faults,
-        tls=args.tls,
-        **overrides,
-    )
-    return config
+        raise _option_error(error) from None
+
+
+def _option_error(error: ValueError) -> UsageError:
+    """A sandbox setting's ValueError ("latency_ms must be ...") as its command-line option names it."""
+    name, _, rest = str(error).partition(" ")
+    return UsageError(f"--{name.replace('_', '-')} {rest}")
 
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:
@@ -747,7 +751,12 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from cli.demo import run_demo
+    from infrastructure.sandbox import SandboxConfig
 
+    try:  # the sandbox's bounds, checked before any work (demo generates the store first)
+        SandboxConfig(customers=args.customers, invalid=min(args.invalid, args.customers))
+    except ValueError as error:
+        raise _option_error(error) from None
     return run_demo(
         _database(args),
         _org(args),

@@ -85,7 +85,35 @@ class Faults:
         for name in ("error_rate", "html_rate", "truncated_rate", "slow_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+                raise ValueError(f"{name} must be between 0 and 1, got {_shown(value)}")
+        for name, high in (
+            ("latency_ms", MAX_SANDBOX_DELAY_MS),
+            ("slow_ms", MAX_SANDBOX_DELAY_MS),
+            ("rate_limit", MAX_SANDBOX_RATE_LIMIT),
+        ):
+            _check_number(name, getattr(self, name), high, whole=False)
+        _check_number("churn_every", self.churn_every, MAX_SANDBOX_COUNT)
+
+
+# The sandbox's own bounds (its flags and SandboxConfig): a store of more customers than this is no test,
+# and would eat the machine's memory first (each customer is a few KB, generated up front).
+MAX_SANDBOX_CUSTOMERS = 5_000_000
+MAX_SANDBOX_COUNT = 1_000_000_000
+MAX_SANDBOX_DELAY_MS = 600_000  # ten minutes
+MAX_SANDBOX_RATE_LIMIT = 1_000_000.0
+
+
+def _shown(value: Any) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= 30 else f"{text[:27]}..."
+
+
+def _check_number(name: str, value: Any, high: float, whole: bool = True) -> None:
+    """ValueError "NAME must be ..." (the CLI names it as its option) unless 0 <= value <= high, finite."""
+    number = isinstance(value, int) or (not whole and isinstance(value, float))
+    if isinstance(value, bool) or not number or not (0 <= value <= high):
+        kind = "a whole number" if whole else "a number"
+        raise ValueError(f"{name} must be {kind} from 0 to {high:,.0f}, got {_shown(value)}")
 
 
 @dataclass(frozen=True)
@@ -98,6 +126,10 @@ class SandboxConfig:
     consumer_secret: str = DEFAULT_CONSUMER_SECRET
     faults: Faults = field(default_factory=Faults)
     tls: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("customers", "invalid", "other_roles"):
+            _check_number(name, getattr(self, name), MAX_SANDBOX_CUSTOMERS)
 
     def __repr__(self) -> str:
         # The secret stays out of logs and tracebacks.

@@ -410,6 +410,43 @@ def test_a_bad_log_variable_is_exit_2_as_the_flag_is(
     assert wcsync("db", "migrate", env=env).returncode == 0  # the case of a level does not matter
 
 
+@pytest.mark.parametrize(
+    ("argv", "phrase"),
+    [
+        # Refused before a customer is generated: never run the sandbox with a huge --customers.
+        (
+            ("sandbox", "--customers", "100000000000"),
+            "--customers must be a whole number from 0 to 5,000,000",
+        ),
+        (("sandbox", "--invalid", "100000000000"), "--invalid"),
+        (
+            ("sandbox", "--other-roles", "100000000000"),
+            "--other-roles must be a whole number from 0 to 5,000,000",
+        ),
+        (("sandbox", "--latency-ms", "nan"), "--latency-ms must be a number from 0 to 600,000, got nan"),
+        (("sandbox", "--latency-ms", "-5"), "--latency-ms must be a number from 0 to 600,000, got -5"),
+        (("sandbox", "--slow-ms", "inf"), "--slow-ms must be a number from 0 to 600,000, got inf"),
+        (("sandbox", "--rate-limit", "nan"), "--rate-limit must be a number"),
+        (("sandbox", "--error-rate", "nan"), "--error-rate must be between 0 and 1"),
+        (("sandbox", "--churn-every", str(10**12)), "--churn-every must be a whole number"),
+        (("demo", "--customers", "100000000000"), "--customers must be a whole number from 0 to 5,000,000"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) else "",
+)
+def test_a_sandbox_flag_out_of_bounds_is_exit_2_before_any_work(
+    tmp_path: Path, argv: tuple[str, ...], phrase: str
+) -> None:
+    env = wcsync_env(None, f"sqlite:///{tmp_path}/w.db")
+    assert_one_line(
+        wcsync(*argv, "--port", "0", env=env, timeout=30)
+        if argv[0] == "sandbox"
+        else wcsync(*argv, env=env, timeout=30),
+        EXIT_USAGE,
+        phrase,
+    )
+    assert not (tmp_path / "w.db").exists()
+
+
 # ----- read-only commands create nothing ------------------------------------------------------------------
 
 READ_ONLY_COMMANDS = [
