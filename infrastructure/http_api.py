@@ -39,6 +39,7 @@ import orjson
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_protocol import RequestHandler
 
 from domain import bounds
 from domain.errors import SyncError
@@ -376,7 +377,16 @@ class SyncApi:
             raise ApiError(
                 413, "payload_too_large", f"the request body is larger than {MAX_BODY_BYTES} bytes"
             )
-        body = decode_body(await request.read())
+        try:
+            raw = await request.read()
+        except web.HTTPException:
+            raise
+        except Exception as error:  # a body that does not decode as its Content-Encoding says, say
+            log.info("api.unreadable_body", error=type(error).__name__)
+            raise _bad_request(
+                "the request body could not be read (is its Content-Encoding right?)", "invalid_json"
+            ) from None
+        body = decode_body(raw)
         sync = parse_sync_request(body, self.settings.default_actor)
         if sync.action == "status":
             assert sync.queue_id is not None
@@ -770,6 +780,43 @@ def create_app(services: Services, settings: ApiSettings | None = None) -> web.A
     return app
 
 
+class _EnvelopedRequestHandler(RequestHandler):
+    """Answers what aiohttp's HTTP parser refuses (a body longer than its Content-Length read as the next
+    request, a request line over 8 KiB, ...) in the API's envelope. aiohttp's own answer quotes the bytes it
+    could not parse, and those can be the previous request's body, credentials and all; its log line
+    carries them and a traceback. Here: the status, a fixed message, and a log line with the error's type."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        log.warning("api.unreadable_request", status=status, error=type(exc).__name__ if exc else None)
+        if request.writer.output_size > 0:
+            raise ConnectionError("the answer was being sent already; the connection is closed")
+        code = {400: "bad_request", 413: "payload_too_large", 504: "timeout"}.get(status, "internal_error")
+        text = "the request could not be read as HTTP" if status < 500 else "internal error"
+        response = _failure(ApiError(status, code, text))
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _EnvelopedRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _AppRunner(web.AppRunner):
+    """An AppRunner whose connections are handled by _EnvelopedRequestHandler."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server
+        return server
+
+
 @dataclass(frozen=True)
 class RunningApi:
     url: str
@@ -782,7 +829,7 @@ async def running_api(
 ) -> AsyncIterator[RunningApi]:
     """Listen on host:port (0 = any free port) and yield once connections are accepted."""
     app = create_app(services, settings)
-    runner = web.AppRunner(app, access_log_class=AccessLogger, shutdown_timeout=REQUEST_SHUTDOWN_S)
+    runner = _AppRunner(app, access_log_class=AccessLogger, shutdown_timeout=REQUEST_SHUTDOWN_S)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

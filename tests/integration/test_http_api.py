@@ -8,6 +8,7 @@ import json
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -579,3 +580,43 @@ def test_a_start_slower_than_the_confirmation_wait_is_draft_until_saved_and_a_la
         assert code == 502 and error_of(answer)["code"] == "store_refused"
         assert api.sync(action="status", org_id="other", queue_id=refused)[0] == 404
         assert [row["queueId"] for row in api.get("/api/v1/queues?org_id=acme")[1]["data"]] == [queue_id]
+
+
+def _raw_exchange(url: str, data: bytes) -> bytes:
+    """Send bytes as they are on one connection and read everything the server answers until it closes."""
+    address = urlsplit(url)
+    with socket.create_connection((address.hostname or "", address.port or 80), timeout=5) as sock:
+        sock.sendall(data)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):  # the server closes after an error answer
+                chunks.append(chunk)
+        except TimeoutError:
+            pass
+    return b"".join(chunks)
+
+
+def test_what_the_http_parser_refuses_is_answered_in_the_envelope_without_echoing_it(
+    sqlite_api: Api,
+) -> None:
+    body = json.dumps(
+        {"org_id": "o", "config": {"url": "http://shop", "consumerKey": "ck_x", "consumerSecret": SECRET}}
+    )
+    # A Content-Length shorter than the body: the rest is read as the next request, and refused.
+    short = (
+        f"POST {SYNC_PATH} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n"
+    ).encode() + body.encode()
+    # A request line over aiohttp's 8 KiB limit.
+    long_line = f"GET /api/v1/queues?org_id={'a' * 9000}{SECRET} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+    for data in (short, long_line):
+        answer = _raw_exchange(sqlite_api.url, data)
+        assert SECRET.encode() not in answer
+        assert b'"success": false' in answer or b'"success":false' in answer, answer[:300]
+    # A body that is not what its Content-Encoding says is a 400, not a 500.
+    lying = (
+        f"POST {SYNC_PATH} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body.encode()
+    answer = _raw_exchange(sqlite_api.url, lying)
+    assert answer.startswith(b"HTTP/1.1 400") and b"invalid_json" in answer, answer[:300]
+    assert SECRET.encode() not in answer
