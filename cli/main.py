@@ -30,7 +30,14 @@ from domain import bounds
 from domain.errors import SyncError
 from domain.queue import QueueOptions
 from infrastructure.config import DatabaseConfig, StoreSettings
-from infrastructure.errors import ConfigurationError, QueueNotFoundError, WcsyncError, printable, quoted
+from infrastructure.errors import (
+    ConfigurationError,
+    QueueNotFoundError,
+    WcsyncError,
+    printable,
+    quoted,
+    shortened,
+)
 from infrastructure.logging import configure_logging
 
 EXIT_OK = 0
@@ -112,10 +119,12 @@ def _queue_id(text: str) -> UUID:
 def _projection_name(text: str) -> str:
     from projections import PROJECTION_NAMES
 
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the projection name is empty; leave it out to rebuild all")
     if text not in PROJECTION_NAMES:
         raise argparse.ArgumentTypeError(
-            f"{quoted(text)} is not a projection; leave it out to rebuild all, or give one of "
-            f"{', '.join(PROJECTION_NAMES)} (`wcsync projections status` lists them)"
+            f"unknown projection(s) {printable(shortened(text))}; known: {', '.join(PROJECTION_NAMES)} "
+            "(leave it out to rebuild all)"
         )
     return text
 

@@ -19,10 +19,15 @@ def quoted(text: str, limit: int = QUOTED_LENGTH) -> str:
     """User input as an error line shows it: in quotes, every control or non-printable character escaped
     (repr's \\x1b, \\n, \\udcff: a terminal never receives the raw character), and at most ``limit``
     characters of it, the middle cut out (a path keeps its file name)."""
-    if len(text) > limit:
-        keep = (limit - 1) // 2
-        text = f"{text[:keep]}…{text[-keep:]}"
-    return repr(text)
+    return repr(shortened(text, limit))
+
+
+def shortened(text: str, limit: int = QUOTED_LENGTH) -> str:
+    """At most ``limit`` characters of ``text``, the middle cut out."""
+    if len(text) <= limit:
+        return text
+    keep = (limit - 1) // 2
+    return f"{text[:keep]}…{text[-keep:]}"
 
 
 def printable(text: str) -> str:

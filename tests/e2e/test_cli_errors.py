@@ -373,9 +373,9 @@ def test_a_bad_actor_is_exit_2_before_anything_is_done(
 @pytest.mark.parametrize(
     ("argv", "phrase"),
     [
-        (("projections", "rebuild", ""), "'' is not a projection"),
-        (("projections", "rebuild", " "), "' ' is not a projection"),
-        (("projections", "rebuild", "\x1b[31mred"), "'\\x1b[31mred' is not a projection"),
+        (("projections", "rebuild", ""), "the projection name is empty"),
+        (("projections", "rebuild", " "), "the projection name is empty"),
+        (("projections", "rebuild", "\x1b[31mred"), "unknown projection(s) \\x1b[31mred; known: customers"),
         (("status", "\x1b[2J" + "a" * 100_000), "is not a queue id"),
         (("--log-format", "\x1b]0;x\x07" + "b" * 100_000, "queues"), "invalid choice"),
         (("--database-url", "sqlite://h/" + "\x1b" * 100_000, "queues"), "has no file path"),
