@@ -33,7 +33,13 @@ from domain.queue import Q_DONE, QueueOptions, SyncQueue
 from domain.sync import customer_keys, split_unchanged, sync_batch
 from domain.validation import RejectedRecord, check_records
 from infrastructure.config import StoreSettings
-from infrastructure.errors import QueueNotFoundError, StorageError, WcsyncError, storage_error
+from infrastructure.errors import (
+    QueueNotFoundError,
+    StorageError,
+    WcsyncError,
+    first_line,
+    storage_error,
+)
 from infrastructure.eventstore import ConcurrentWriteError, SyncApplication, chunks
 from infrastructure.failpoints import failpoint
 from infrastructure.transcoder import canonical_bytes
@@ -83,6 +89,12 @@ class RunStopped(WcsyncError):
             message = "stopped before anything was saved; nothing is left behind"
         super().__init__(message)
         self.queue_id = queue_id
+
+
+class RunFailed(WcsyncError):
+    """A run ended by a failure nobody foresaw; its saved batches are kept and it can be resumed."""
+
+    exit_code = 70
 
 
 class Progress(Protocol):
@@ -229,6 +241,10 @@ class SyncEngine:
             store_error = await self._process_run(run, store, client_options, mode)
         except DATABASE_FAILURES as error:
             raise await self._storage_failure(run, error) from None
+        except (WcsyncError, SyncError):
+            raise
+        except Exception as error:
+            raise await self._unexpected_failure(run, error) from error
         await self._in_worker(self._refresh, True)
         outcome = self._outcome(run.queue, started)
         outcome.store_error = store_error
@@ -310,6 +326,26 @@ class SyncEngine:
                 raise error from None
             raise
 
+    async def _unexpected_failure(self, run: _Run, error: Exception) -> RunFailed:
+        """A failure nobody foresaw under a run: the queue must not be left processing with no word of
+        why. The traceback goes to the debug log; the queue's activity and the error name the resume."""
+        log.debug("queue.run_failed", queue_id=str(run.queue.id), exc_info=error)
+        cause = f"unexpected error: {type(error).__name__}: {first_line(error)[:200]}"
+        queue_id = run.queue.id
+        if not run.saved:
+            return RunFailed(f"{cause}; nothing of queue {queue_id} was saved")
+        try:
+            await self._in_worker(self._record_failure, run, f"of an {cause}", "unexpected")
+        except Exception as again:
+            log.info("queue.stop_not_recorded", queue_id=str(queue_id), error=type(again).__name__)
+            said = ""
+        else:
+            said = ", and its activity says why it stopped"
+        return RunFailed(
+            f"{cause} — queue {queue_id} keeps every saved batch{said}: resume it with "
+            f"`wcsync resume {queue_id}` (the log has the traceback: -vv)"
+        )
+
     async def _storage_failure(self, run: _Run, error: BaseException) -> StorageError:
         """The database failed under the run (busy past its timeouts, full, gone). The batches saved stay
         saved; the queue says so in its activity if it can still be written, and the error names the resume
@@ -319,7 +355,7 @@ class SyncEngine:
         if not run.saved:
             return StorageError(f"{failure}; nothing of queue {queue_id} was saved: run `wcsync start` again")
         try:
-            await self._in_worker(self._record_storage_failure, run, str(failure))
+            await self._in_worker(self._record_failure, run, f"the database failed ({failure})", "database")
         except _NOT_RECORDED as again:
             log.info("queue.stop_not_recorded", queue_id=str(queue_id), error=str(again))
             said = ""
@@ -561,17 +597,17 @@ class SyncEngine:
         )
         self._save_or_fail(run)
 
-    def _record_storage_failure(self, run: _Run, message: str) -> None:
-        """After a failed save the queue in memory is ahead of the store (the save took its events): read
-        it back, then say in its log why the run stopped. It stays processing, with its drafts: resumable."""
+    def _record_failure(self, run: _Run, because: str, reason: str) -> None:
+        """After a failed step the queue in memory may be ahead of the store (a failed save took its
+        events): read it back, then say in its log why the run stopped. It stays processing, with its
+        drafts: resumable."""
         self._reload(run)
         self._drain_incidents(run)
         run.queue.record_incident(
             "run_stopped",
             "error",
-            f"The run stopped because the database failed ({message}); every saved batch is kept and "
-            "resume continues from there.",
-            {"reason": "database"},
+            f"The run stopped because {because}; every saved batch is kept and resume continues from there.",
+            {"reason": reason},
         )
         self._save_or_fail(run)
 

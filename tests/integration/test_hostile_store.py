@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -287,3 +288,37 @@ def test_the_batch_delay_comes_between_batches_across_pages_too(services: Servic
     assert len(done) == 3
     gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(done)]
     assert all(gap >= 0.3 for gap in gaps), gaps
+
+
+def test_a_failure_nobody_foresaw_leaves_the_queue_resumable_and_saying_why(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import infrastructure.engine as engine_module
+
+    real = engine_module.sync_batch
+    calls = {"n": 0}
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("a bug in a batch")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "sync_batch", flaky)
+    with HostileStore([[good(70 + i) for i in range(20)]]) as store:
+        with pytest.raises(
+            engine_module.RunFailed, match="unexpected error: RuntimeError: a bug in a batch"
+        ) as failed:
+            sync(services, store)
+        assert "wcsync resume" in str(failed.value) and failed.value.exit_code == 70
+        services.catch_up()
+        [queue] = queries.list_queues(services.projections, "acme")
+        assert queue["state"] == "processing" and queue["doneCount"] == 10 and queue["draftCount"] == 10
+        activity = queries.activity(services.projections, "acme", queue["queueId"])
+        stopped = [row for row in activity if row["activityType"] == "run_stopped"]
+        assert len(stopped) == 1 and "unexpected error: RuntimeError" in stopped[0]["message"]
+
+        monkeypatch.setattr(engine_module, "sync_batch", real)
+        settings = StoreSettings(url=store.url, consumer_key="ck_hostile", consumer_secret="cs_hostile")
+        resumed = asyncio.run(services.engine("acme").resume(UUID(queue["queueId"]), settings, FAST))
+    assert resumed.state == "done" and resumed.counts["created"] == 20
