@@ -2,7 +2,8 @@
 
 Exit codes: 0 done · 1 finished with failed lines or action required · 2 usage, configuration, unknown
 queue (or another org's) · 3 store unreachable or credentials refused · 4 database unavailable, not
-migrated, full or missing (a read-only command on a SQLite file that does not exist creates nothing) ·
+migrated, full or missing (a read-only command on a SQLite file that does not exist, or that holds no
+wcsync tables, creates nothing) ·
 70 an error nobody foresaw (one line; the traceback is in the log, shown with -vv) · 130 interrupted.
 Every error is one line on stderr: `wcsync: <cause>; <what to do>`, with credentials redacted.
 """
@@ -616,7 +617,9 @@ def _queue_rows(
         if args.json:
             _print_json(rows)
         else:
-            print("\n".join(render(row) for row in rows) if rows else empty)
+            # Stored text (an actor or a store's message saved by an older version) never reaches the
+            # terminal raw: each row is one line, its control characters escaped.
+            print("\n".join(printable(render(row)) for row in rows) if rows else empty)
         return EXIT_OK
 
 
