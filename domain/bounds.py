@@ -13,7 +13,6 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-
 _WHOLE = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(
     r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE
@@ -67,7 +66,7 @@ class NumberBound:
 
     def parse(self, text: str) -> Any:
         """A command-line value: the text of a number, then check()."""
-        # ASCII digits only: int() and float() also take "１" (fullwidth) and "1_0".
+        # ASCII digits only: int() and float() also take "\uff11" (a fullwidth one) and "1_0".
         pattern = _WHOLE if self.whole else _DECIMAL
         if not pattern.fullmatch(text.strip()):
             raise BoundError(self.field, f"{self.describe()}, got {_quoted(text)}")

@@ -183,7 +183,7 @@ def test_a_store_host_that_does_not_resolve_exits_3_and_saves_nothing(sqlite_url
         (("start", "--rate", "-1"), {}, "--rate: must be a number from 0"),
         (("start", "--rate", "1e-320"), {}, "--rate: must be a number from 0 or from 0.01"),
         (("start", "--timeout", "1e-320"), {}, "--timeout: must be a number from 0.1"),
-        (("queues", "--limit", "１"), {}, "--limit: must be a whole number"),
+        (("queues", "--limit", "\uff11"), {}, "--limit: must be a whole number"),
         (("start",), {"WCSYNC_ORG": "\u202eevil"}, "printable characters only (found U+202E"),
         (("start",), {"WCSYNC_ORG": "a\u200bb"}, "printable characters only (found U+200B"),
         (("start", "--max-response-mb", "0"), {}, "--max-response-mb: must be a whole number from 1"),
