@@ -4,8 +4,8 @@ directly in the events table."""
 
 from __future__ import annotations
 
-import json
 import asyncio
+import json
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
