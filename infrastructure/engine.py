@@ -68,8 +68,6 @@ DATABASE_FAILURES: tuple[type[BaseException], ...] = (
     sqlite3.Error,
     psycopg.Error,
 )
-# What may stop a failed run's incident from being saved too.
-_NOT_RECORDED: tuple[type[BaseException], ...] = (*DATABASE_FAILURES, ConcurrentWriteError, SyncError)
 
 T = TypeVar("T")
 
@@ -331,40 +329,35 @@ class SyncEngine:
         why. The traceback goes to the debug log; the queue's activity and the error name the resume."""
         log.debug("queue.run_failed", queue_id=str(run.queue.id), exc_info=error)
         cause = f"unexpected error: {type(error).__name__}: {first_line(error)[:200]}"
-        queue_id = run.queue.id
         if not run.saved:
-            return RunFailed(f"{cause}; nothing of queue {queue_id} was saved")
-        try:
-            await self._in_worker(self._record_failure, run, f"of an {cause}", "unexpected")
-        except Exception as again:
-            log.info("queue.stop_not_recorded", queue_id=str(queue_id), error=type(again).__name__)
-            said = ""
-        else:
-            said = ", and its activity says why it stopped"
-        return RunFailed(
-            f"{cause} — queue {queue_id} keeps every saved batch{said}: resume it with "
-            f"`wcsync resume {queue_id}` (the log has the traceback: -vv)"
-        )
+            return RunFailed(f"{cause}; nothing of queue {run.queue.id} was saved")
+        told = await self._tell_queue(run, f"of an {cause}", "unexpected")
+        return RunFailed(f"{cause} — {told} (the log has the traceback: -vv)")
 
     async def _storage_failure(self, run: _Run, error: BaseException) -> StorageError:
         """The database failed under the run (busy past its timeouts, full, gone). The batches saved stay
         saved; the queue says so in its activity if it can still be written, and the error names the resume
         command either way (never a raw driver error: the run's queue is what the user needs)."""
         failure = error if isinstance(error, StorageError) else storage_error(error)
-        queue_id = run.queue.id
         if not run.saved:
-            return StorageError(f"{failure}; nothing of queue {queue_id} was saved: run `wcsync start` again")
+            return StorageError(
+                f"{failure}; nothing of queue {run.queue.id} was saved: run `wcsync start` again"
+            )
+        told = await self._tell_queue(run, f"the database failed ({failure})", "database")
+        return StorageError(f"{failure} — {told}")
+
+    async def _tell_queue(self, run: _Run, because: str, reason: str) -> str:
+        """Record in the queue's activity why its run stopped, if the database still takes it; returns the
+        words for the user's error, with the resume command either way."""
+        queue_id = run.queue.id
         try:
-            await self._in_worker(self._record_failure, run, f"the database failed ({failure})", "database")
-        except _NOT_RECORDED as again:
-            log.info("queue.stop_not_recorded", queue_id=str(queue_id), error=str(again))
+            await self._in_worker(self._record_failure, run, because, reason)
+        except Exception as again:  # the failure that stopped the run can stop this save too
+            log.info("queue.stop_not_recorded", queue_id=str(queue_id), error=type(again).__name__)
             said = ""
         else:
             said = ", and its activity says why it stopped"
-        return StorageError(
-            f"{failure} — queue {queue_id} keeps every saved batch{said}: "
-            f"resume it with `wcsync resume {queue_id}`"
-        )
+        return f"queue {queue_id} keeps every saved batch{said}: resume it with `wcsync resume {queue_id}`"
 
     async def _fetch(self, run: _Run, client: WooCommerceClient) -> None:
         queue = run.queue
