@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -28,6 +30,17 @@ from tests.integration._helpers import FAST, store_of
 from tests.integration.test_http_api import Api, error_of, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def _reaped(process: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """The process, killed and waited for on the way out if it is still running (a failed test)."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def _first_line(process: subprocess.Popen[str], timeout: float = 60) -> str:
@@ -63,7 +76,7 @@ def test_slow_runs_never_block_healthz_and_sigterm_stops_the_server_within_10_s(
     # Two customers, one page: each run saves its first batch, then waits 60 s before the second.
     with SandboxThread(SandboxConfig(customers=2, faults=Faults(latency_ms=50))) as sandbox:
         process, api = _serve(database_url)
-        try:
+        with _reaped(process):
             slow = {"batchSize": 1, "batchDelayMs": 60_000, "perPage": 2}
             queues = []
             for n in range(7):
@@ -84,10 +97,6 @@ def test_slow_runs_never_block_healthz_and_sigterm_stops_the_server_within_10_s(
             assert time.monotonic() - stopping < 10.0
             stderr = process.stderr.read() if process.stderr is not None else ""
             assert "Traceback" not in stderr, stderr
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
 
         # Each queue kept its saved batch, says why it stopped, and is resumable.
         env = wcsync_env(sandbox, database_url)
@@ -108,7 +117,7 @@ def test_ten_concurrent_starts_on_sqlite_finish_or_are_refused_clearly(sqlite_ur
     # written by concurrent runs in small batches while the projection follower follows them.
     with SandboxThread(SandboxConfig(customers=2000, faults=Faults(latency_ms=20))) as sandbox:
         process, api = _serve(sqlite_url)
-        try:
+        with _reaped(process):
             answers: list[tuple[int, Any]] = []
             lock = threading.Lock()
 
@@ -147,10 +156,6 @@ def test_ten_concurrent_starts_on_sqlite_finish_or_are_refused_clearly(sqlite_ur
             assert process.wait(timeout=10) == 0
             stderr = process.stderr.read() if process.stderr is not None else ""
             assert "OperationalError" not in stderr and "Traceback" not in stderr, stderr
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
 
 
 def _ended(status: dict[str, Any]) -> dict[str, Any] | None:
@@ -171,7 +176,7 @@ def test_ctrl_c_or_sigterm_stops_a_cli_run_within_its_batch_and_resume_finishes_
             stderr=subprocess.PIPE,
             text=True,
         )
-        try:
+        with _reaped(process):
             assert process.stderr is not None
             queue_id = ""
             deadline = time.monotonic() + 60
@@ -188,10 +193,6 @@ def test_ctrl_c_or_sigterm_stops_a_cli_run_within_its_batch_and_resume_finishes_
             assert time.monotonic() - stopping < 3.0
             stderr = process.stderr.read()
             assert f"wcsync resume {queue_id}" in stderr and "Traceback" not in stderr, stderr
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
         status = json.loads(wcsync("status", queue_id, "--json", env=env).stdout)
         assert status["state"] == "processing" and status["doneCount"] == 4 and status["draftCount"] == 8
         resumed = wcsync("resume", queue_id, "--json", env=env)
@@ -222,7 +223,7 @@ def test_a_stop_while_the_store_is_slow_ends_the_cli_run_at_once(sqlite_url: str
             stderr=subprocess.PIPE,
             text=True,
         )
-        try:
+        with _reaped(process):
             assert process.stderr is not None
             deadline = time.monotonic() + 60
             while not process.stderr.readline().startswith("queue ") and time.monotonic() < deadline:
@@ -233,10 +234,6 @@ def test_a_stop_while_the_store_is_slow_ends_the_cli_run_at_once(sqlite_url: str
             assert time.monotonic() - stopping < 3.0
             stderr = process.stderr.read()
             assert "stopped before anything was saved" in stderr and "Traceback" not in stderr, stderr
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
 
 
 def test_sigterm_with_a_start_waiting_on_a_slow_store_stops_the_server_at_once_and_keeps_the_queue(
@@ -249,7 +246,7 @@ def test_sigterm_with_a_start_waiting_on_a_slow_store_stops_the_server_at_once_a
     with SandboxThread(slow) as sandbox:
         process, api = _serve(database_url)
         answers: list[tuple[int, Any]] = []
-        try:
+        with _reaped(process):
             request = threading.Thread(
                 target=lambda: answers.append(api.sync(org_id="acme", config=_config(sandbox)))
             )
@@ -260,10 +257,6 @@ def test_sigterm_with_a_start_waiting_on_a_slow_store_stops_the_server_at_once_a
             assert process.wait(timeout=10) == 0
             assert time.monotonic() - stopping < 3.0
             request.join(timeout=10)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
     [(code, answer)] = answers
     assert code == 202, answer
     queue_id = answer["data"]["queueId"]
@@ -327,7 +320,7 @@ def test_a_database_failure_under_a_run_leaves_the_queue_resumable_and_names_the
 def test_one_org_cannot_take_every_run_of_the_server(sqlite_url: str) -> None:
     with SandboxThread(SandboxConfig(customers=40)) as sandbox:
         process, api = _serve(sqlite_url)
-        try:
+        with _reaped(process):
             slow = {"batchSize": 1, "batchDelayMs": 60_000}
             codes = [api.sync(org_id="greedy", config=_config(sandbox), options=slow)[0] for _ in range(2)]
             assert codes == [202, 202]
@@ -337,7 +330,3 @@ def test_one_org_cannot_take_every_run_of_the_server(sqlite_url: str) -> None:
             assert code == 202, answer
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=10) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
