@@ -43,6 +43,18 @@ def _reaped(process: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
             process.wait()
 
 
+def _start(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """`wcsync start ARGS` in the background, its output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "start", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _first_line(process: subprocess.Popen[str], timeout: float = 60) -> str:
     assert process.stdout is not None
     with selectors.DefaultSelector() as selector:
@@ -168,14 +180,7 @@ def test_ctrl_c_or_sigterm_stops_a_cli_run_within_its_batch_and_resume_finishes_
 ) -> None:
     with SandboxThread(SandboxConfig(customers=12)) as sandbox:
         env = wcsync_env(sandbox, sqlite_url)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "start", "--batch-size", "4", "--batch-delay-ms", "5000"],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        process = _start("--batch-size", "4", "--batch-delay-ms", "5000", env=env)
         with _reaped(process):
             assert process.stderr is not None
             queue_id = ""
@@ -215,14 +220,7 @@ def test_a_stop_while_the_store_is_slow_ends_the_cli_run_at_once(sqlite_url: str
     slow = SandboxConfig(customers=30, faults=Faults(slow_rate=1.0, slow_ms=4000))
     with SandboxThread(slow) as sandbox:
         env = wcsync_env(sandbox, sqlite_url)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "start", "--per-page", "10"],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        process = _start("--per-page", "10", env=env)
         with _reaped(process):
             assert process.stderr is not None
             deadline = time.monotonic() + 60

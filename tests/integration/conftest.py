@@ -8,6 +8,8 @@ import pytest
 
 from infrastructure.bootstrap import Services, migrate, open_services
 from infrastructure.config import DatabaseConfig
+from infrastructure.eventstore import SyncApplication
+from projections import ProjectionRunner
 
 
 @pytest.fixture
@@ -18,3 +20,20 @@ def services(database_url: str) -> Iterator[Services]:
     migrate(database)
     with open_services(database) as opened:
         yield opened
+
+
+@pytest.fixture
+def app(database_url: str) -> Iterator[SyncApplication]:
+    """The event store alone on a fresh database of each backend (its tables created on first use)."""
+    application = SyncApplication(DatabaseConfig.from_url(database_url))
+    yield application
+    application.close()
+
+
+@pytest.fixture
+def runner(app: SyncApplication) -> Iterator[ProjectionRunner]:
+    """The projections over ``app``, migrated."""
+    projection_runner = ProjectionRunner(app)
+    projection_runner.migrate()
+    yield projection_runner
+    projection_runner.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -21,7 +21,6 @@ import structlog
 import cli.main
 from domain.customer import Customer, content_hash
 from domain.queue import SyncQueue
-from infrastructure.config import DatabaseConfig
 from infrastructure.eventstore import SyncApplication
 from projections import PROJECTION_NAMES, ProjectionRunner, queries
 from projections import quarantine as quarantine_module
@@ -37,21 +36,6 @@ BIG = 2**63 + 5  # past the largest BIGINT
 OTHER_STORE = "https://other.example.com"
 REGISTERED = topics_of(Customer.Registered)[0]
 LINES_ADDED = topics_of(SyncQueue.LinesAdded)[0]
-
-
-@pytest.fixture
-def app(database_url: str) -> Iterator[SyncApplication]:
-    application = SyncApplication(DatabaseConfig.from_url(database_url))
-    yield application
-    application.close()
-
-
-@pytest.fixture
-def runner(app: SyncApplication) -> Iterator[ProjectionRunner]:
-    projection_runner = ProjectionRunner(app)
-    projection_runner.migrate()
-    yield projection_runner
-    projection_runner.close()
 
 
 def head(app: SyncApplication) -> int:

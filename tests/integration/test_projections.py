@@ -15,7 +15,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -241,21 +240,6 @@ def assert_counts_match_lines(runner: ProjectionRunner) -> None:
             """
         )
     assert mismatched == []
-
-
-@pytest.fixture
-def app(database_url: str) -> Iterator[SyncApplication]:
-    application = SyncApplication(DatabaseConfig.from_url(database_url))
-    yield application
-    application.close()
-
-
-@pytest.fixture
-def runner(app: SyncApplication) -> Iterator[ProjectionRunner]:
-    projection_runner = ProjectionRunner(app)
-    projection_runner.migrate()
-    yield projection_runner
-    projection_runner.close()
 
 
 # ----- tests ----------------------------------------------------------------------------------------------
