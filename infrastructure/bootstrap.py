@@ -21,11 +21,11 @@ from eventsourcing.persistence import PersistenceError
 
 from infrastructure.config import DatabaseConfig
 from infrastructure.engine import Progress, SyncEngine
-from infrastructure.errors import StorageError, first_line, storage_error
+from infrastructure.errors import StorageError, storage_error
 from infrastructure.eventstore import SyncApplication, require_database
 from projections import ProjectionRunner
 from projections import queries as projection_queries
-from projections.runner import MAX_BACKOFF_S, PERSISTENT_FAILURE_S
+from projections.runner import Reconnecting
 
 # What a database library raises; each becomes one StorageError (infrastructure.errors.storage_error).
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (PersistenceError, sqlite3.Error, psycopg.Error)
@@ -117,29 +117,16 @@ class _Follower:
         return int(self.runner.app.recorder.max_notification_id() or 0)
 
     def run(self) -> None:
-        delay = LIVE_POLL_S
-        failing = False
+        backoff = Reconnecting(self.runner.db, LIVE_POLL_S)
         while not self._stopped:
             self._wake.clear()
             try:
                 head = self._head()
                 applied = self.runner.catch_up()
             except Exception as error:  # never die: a dead follower would leave every reader waiting
-                # A warning only once it lasts (as ProjectionRunner.follow): a sync meeting the same failure
-                # says so itself, in one line.
-                report = log.warning if delay >= PERSISTENT_FAILURE_S else log.info
-                report(
-                    "projections.database_unavailable", error=first_line(error), retry_in_s=round(delay, 2)
-                )
-                failing = True
-                self.runner.db.reset()
-                self._wake.wait(delay)
-                delay = min(max(delay, 0.1) * 2, MAX_BACKOFF_S)
+                self._wake.wait(backoff.failed(error))
                 continue
-            if failing:
-                log.info("projections.database_reconnected")
-                failing = False
-            delay = LIVE_POLL_S
+            backoff.succeeded()
             with self._cond:
                 self._applied_to = max(self._applied_to, head)
                 self._cond.notify_all()

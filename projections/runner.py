@@ -94,6 +94,34 @@ MAX_BATCH_BYTES = 32 * 1024 * 1024
 PARALLEL_MIN_LAG = 20_000
 
 
+class Reconnecting:
+    """A follower's backoff while its database is away: each failure logs and returns how long to wait
+    (doubling up to MAX_BACKOFF_S) and drops the connection; the first success after it says so."""
+
+    def __init__(self, db: Database, poll_interval: float) -> None:
+        self.db = db
+        self.poll_interval = poll_interval
+        self.delay = poll_interval
+        self.failing = False
+
+    def failed(self, error: BaseException) -> float:
+        # A warning only once it lasts: a sync that meets the same failure says so itself, in one line, and
+        # a follower's first retry would only repeat it on stderr.
+        report = log.warning if self.delay >= PERSISTENT_FAILURE_S else log.info
+        report("projections.database_unavailable", error=first_line(error), retry_in_s=round(self.delay, 2))
+        self.failing = True
+        self.db.reset()
+        delay = self.delay
+        self.delay = min(max(self.delay, 0.1) * 2, MAX_BACKOFF_S)
+        return delay
+
+    def succeeded(self) -> None:
+        if self.failing:
+            log.info("projections.database_reconnected")
+            self.failing = False
+        self.delay = self.poll_interval
+
+
 class UnknownProjectionError(ValueError):
     """No projection of that name."""
 
@@ -215,28 +243,15 @@ class ProjectionRunner:
 
     def follow(self, stop: threading.Event, poll_interval: float = 0.5) -> None:
         """Catch up in a loop until ``stop`` is set, reconnecting (with backoff) when the database goes away."""
-        delay = poll_interval
-        failing = False
+        backoff = Reconnecting(self.db, poll_interval)
         while not stop.is_set():
             try:
                 applied = self.catch_up()
             except TRANSIENT_ERRORS as error:
-                # A warning only once it lasts: a sync that meets the same failure says so itself, in one
-                # line, and a follower's first retry would only repeat it on stderr.
-                report = log.warning if delay >= PERSISTENT_FAILURE_S else log.info
-                report(
-                    "projections.database_unavailable", error=first_line(error), retry_in_s=round(delay, 2)
-                )
-                failing = True
-                self.db.reset()
-                if stop.wait(delay):
+                if stop.wait(backoff.failed(error)):
                     break
-                delay = min(max(delay, 0.1) * 2, MAX_BACKOFF_S)
                 continue
-            if failing:
-                log.info("projections.database_reconnected")
-                failing = False
-            delay = poll_interval
+            backoff.succeeded()
             if applied:
                 log.debug("projections.applied", events=applied)
             else:
