@@ -1,6 +1,6 @@
 """The WooCommerce customers client: the only code that talks to a store.
 
-It meets the API as it really behaves (see ``/work/shared/woocommerce-api.md``): id-ordered page scans that
+It meets the API as it really behaves (WooCommerce's REST controllers and issue tracker): id-ordered page scans that
 always end, OAuth 1.0a over plain HTTP and Basic over HTTPS, retries with backoff for what is transient,
 immediate and explained refusals for what is not, a shared rate limit and a circuit breaker.
 Nothing secret (key, secret, signature, nonce, signed URL) ever reaches an exception, a log or an activity.

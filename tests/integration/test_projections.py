@@ -534,19 +534,13 @@ def test_events_of_unknown_topics_are_walked_over(app: SyncApplication, runner: 
 
 # ----- the seed guide's SQL, verbatim, on PostgreSQL ------------------------------------------------------
 
-SEED = Path("/work/shared/seed/WOO_SYNC_QUICKSTART.md")
+# The design note's SQL, copied verbatim into the repository (a clone has no design note beside it).
+SEED_QUERIES = Path(__file__).resolve().parents[1] / "fixtures" / "seed_queries.sql"
 
 
 def seed_queries() -> list[str]:
-    text = SEED.read_text() if SEED.exists() else ""
-    blocks = []
-    for section in ("## Database Queries", "## Monitoring", "## Troubleshooting"):
-        start = text.find(section)
-        end = text.find("\n## ", start + 1)
-        part = text[start:end]
-        for chunk in part.split("```sql")[1:]:
-            blocks.append(textwrap.dedent(chunk.split("```")[0]).strip())
-    return blocks
+    _header, _, body = SEED_QUERIES.read_text(encoding="utf-8").partition("\n\n")
+    return [statement.strip() for statement in body.split("\n-- next --\n")]
 
 
 def test_seed_queries_run_unchanged_on_postgres(postgres_url: str) -> None:
