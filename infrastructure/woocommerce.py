@@ -437,7 +437,6 @@ class WooCommerceClient:
         ``rejected`` when it is given (else the store is refused)."""
         wanted = sorted(set(ids))
         found: dict[int, dict[str, Any]] = {}
-        oversized: set[int] = set()
         gate = asyncio.Semaphore(self._options.concurrency)
 
         async def chunk(chunk_ids: list[int]) -> None:
@@ -456,25 +455,44 @@ class WooCommerceClient:
                 if record["id"] in chunk_ids:
                     found[record["id"]] = record
 
+        chunks = [wanted[i : i + MAX_PER_PAGE] for i in range(0, len(wanted), MAX_PER_PAGE)]
+        await _gather_all(chunk(c) for c in chunks)
+        # include= may miss a record whose role changed meanwhile: only a 404 by id proves a deletion.
+        refused = await self._each_by_id([i for i in wanted if i not in found], found, rejected)
+        return found, {i for i in wanted if i not in found and i not in refused}
+
+    async def _each_by_id(
+        self, ids: Iterable[int], found: dict[int, dict[str, Any]], rejected: list[RejectedRecord] | None
+    ) -> set[int]:
+        """GET /customers/<id> for each id, ``concurrency`` at once, into ``found``. With ``rejected``, each
+        record is checked as it arrives (so only a valid record or an excerpt is kept of each: they come one
+        by one when they are large) and a refused one, or one too large to read, goes there; without it, an
+        answer too large refuses the store. Returns the ids that went to ``rejected``."""
+        gate = asyncio.Semaphore(self._options.concurrency)
+        refused: set[int] = set()
+
         async def one(customer_id: int) -> None:
+            outcome: dict[str, Any] | RejectedRecord
             async with gate:
                 try:
                     response = await self._get(
                         f"/{customer_id}", {}, listing=False, oversize_ok=rejected is not None
                     )
                 except _TooLarge as error:
-                    assert rejected is not None
-                    rejected.append(self._oversized_record(customer_id, error))
-                    oversized.add(customer_id)
-                    return
-            if response.status == 200 and customer_id_of(response.body) == customer_id:
-                found[customer_id] = response.body
+                    outcome = self._oversized_record(customer_id, error)
+                else:
+                    if response.status != 200 or customer_id_of(response.body) != customer_id:
+                        return
+                    outcome = response.body if rejected is None else check_record(response.body)
+            if isinstance(outcome, RejectedRecord):
+                assert rejected is not None
+                rejected.append(outcome)
+                refused.add(customer_id)
+            else:
+                found[customer_id] = outcome
 
-        chunks = [wanted[i : i + MAX_PER_PAGE] for i in range(0, len(wanted), MAX_PER_PAGE)]
-        await _gather_all(chunk(c) for c in chunks)
-        # include= may miss a record whose role changed meanwhile: only a 404 by id proves a deletion.
-        await _gather_all(one(i) for i in wanted if i not in found)
-        return found, {i for i in wanted if i not in found and i not in oversized}
+        await _gather_all(one(i) for i in ids)
+        return refused
 
     async def all_ids(self) -> set[int]:
         """Every id the store lists (for ``role``), from two quick id-only listings.
@@ -674,25 +692,7 @@ class WooCommerceClient:
         ids = [record["id"] for record in listing.body]
         found: dict[int, dict[str, Any]] = {}
         oversized: list[RejectedRecord] = []
-        gate = asyncio.Semaphore(self._options.concurrency)
-
-        async def one(customer_id: int) -> None:
-            async with gate:
-                try:
-                    response = await self._get(f"/{customer_id}", {}, listing=False, oversize_ok=True)
-                except _TooLarge as error:
-                    oversized.append(self._oversized_record(customer_id, error))
-                    return
-            if response.status == 200 and customer_id_of(response.body) == customer_id:
-                # Checked now, so that only a valid record or an excerpt is kept of each: records of a
-                # page too large to read whole are each large too.
-                checked = check_record(response.body)
-                if isinstance(checked, RejectedRecord):
-                    oversized.append(checked)
-                else:
-                    found[customer_id] = checked
-
-        await _gather_all(one(i) for i in ids)
+        await self._each_by_id(ids, found, oversized)
         records = [found[i] for i in ids if i in found]
         return _Response(200, records, listing.total, listing.total_pages, (*listing.rejected, *oversized))
 
