@@ -364,8 +364,8 @@ class SyncApi:
         # /healthz: one thread and at most one read in flight, so it answers whatever the others wait on.
         self._health = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wcsync-health")
         self._health_read: asyncio.Future[list[dict[str, Any]]] | None = None
-        self._slots = 0
-        self._org_slots: Counter[str] = Counter()  # runs admitted and not ended (at most MAX_RUNS)
+        # Runs admitted and not ended, by org (in all at most MAX_RUNS, per org at most MAX_RUNS_PER_ORG).
+        self._org_slots: Counter[str] = Counter()
 
     async def _in_thread(self, func: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reads, partial(func, *args))
@@ -407,7 +407,7 @@ class SyncApi:
                 "try again when one has finished",
                 retryAfterS=5,
             )
-        if self._slots >= MAX_RUNS:
+        if self._org_slots.total() >= MAX_RUNS:
             raise ApiError(
                 503,
                 "server_busy",
@@ -415,7 +415,6 @@ class SyncApi:
                 retryAfterS=5,
             )
         # Given back when the run's task ends (_finished), or here if it never starts.
-        self._slots += 1
         self._org_slots[sync.org_id] += 1
         run = _BackgroundRun(org_id=sync.org_id, action=sync.action, store_url=sync.store_url)
         try:
@@ -496,7 +495,6 @@ class SyncApi:
         engine.on_saved = saved
 
     def _release(self, run: _BackgroundRun) -> None:
-        self._slots -= 1
         self._org_slots[run.org_id] -= 1
         if not self._org_slots[run.org_id]:
             del self._org_slots[run.org_id]
