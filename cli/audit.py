@@ -193,13 +193,12 @@ def _export(args: argparse.Namespace) -> int:
     from infrastructure.audit import export_log
     from infrastructure.bootstrap import require_wcsync_tables
     from infrastructure.config import check_output_file
-    from infrastructure.eventstore import SyncApplication, require_database
+    from infrastructure.eventstore import SyncApplication
 
     org = _org(args)
     since = args.since
     output = check_output_file(args.output)  # before any work: never a directory, a device or a FIFO
     database = _database(args)
-    require_database(database)
     require_wcsync_tables(database)
     app = SyncApplication(database, create_tables=False)  # reads only: creates nothing
     try:
@@ -221,13 +220,11 @@ def _verify(args: argparse.Namespace) -> int:
     from cli.main import _database, _print_json
     from infrastructure.audit import verify_export, verify_log
     from infrastructure.bootstrap import require_wcsync_tables
-    from infrastructure.eventstore import require_database
 
     if args.file:
         report = verify_export(Path(args.file))
     else:
         database = _database(args)
-        require_database(database)
         require_wcsync_tables(database)
         report = verify_log(database)
     if args.json:

@@ -320,9 +320,8 @@ def open_services(database: DatabaseConfig, read_only: bool = False) -> Services
     ``read_only`` is for commands that only read (status, queues, audit ...): a SQLite database that does
     not exist is then an error (StorageError, exit 4) and nothing is created, no file and no directory."""
     if read_only:
-        require_database(database)
         require_wcsync_tables(database)
-    create = database.backend == "sqlite"
+    create = database.backend == "sqlite" and not read_only
     app = SyncApplication(database, create_tables=create)
     try:
         if database.backend == "postgres" and not _postgres_tables_exist(app):
@@ -345,7 +344,9 @@ def require_wcsync_tables(database: DatabaseConfig) -> None:
     """For commands that only read, on an existing SQLite file: it holds wcsync's events table, or it is
     refused (StorageError, exit 4) before anything creates a table in it (another application's database,
     an empty file). The file is opened without being created (mode=rw), and closed at once: SQLite removes
-    the -wal/-shm files of a WAL database when its last connection closes."""
+    the -wal/-shm files of a WAL database when its last connection closes. A database that does not exist
+    is refused first (eventstore.require_database)."""
+    require_database(database)
     path = database.sqlite_path
     if (
         database.backend != "sqlite"
