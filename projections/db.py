@@ -295,6 +295,11 @@ class Database:
             with self._connect_pg().cursor() as cur:
                 cur.executemany(statement, rows)
 
+    def table_exists(self, name: str) -> bool:
+        if self.dialect == POSTGRES:
+            return self.fetchall("SELECT to_regclass(%s)", [name])[0][0] is not None
+        return bool(self.fetchall("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = %s", [name]))
+
     def in_clause(self, column: str, values: Sequence[Any], kind: str) -> Iterator[tuple[str, list[Any]]]:
         """``column IN (...)`` conditions with their parameters, chunked where the backend needs it."""
         encode = self._encode.get(kind, _identity)

@@ -28,7 +28,7 @@ import psycopg
 
 from infrastructure.errors import first_line
 from projections.db import Database, iso
-from projections.schema import POSTGRES, QUARANTINE, QUARANTINE_TABLE, TEXT, UUID_
+from projections.schema import QUARANTINE, QUARANTINE_TABLE, TEXT, UUID_
 
 ACTIVITY_TYPE = "projection_quarantined"
 MAX_REASON_CHARS = 200
@@ -117,11 +117,7 @@ def record(db: Database, rows: Sequence[Quarantined]) -> None:
 
 def exists(db: Database) -> bool:
     """Whether the table exists (a database migrated by an older wcsync has none until the next migrate)."""
-    if db.dialect == POSTGRES:
-        return db.fetchall("SELECT to_regclass(%s)", [QUARANTINE_TABLE])[0][0] is not None
-    return bool(
-        db.fetchall("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = %s", [QUARANTINE_TABLE])
-    )
+    return db.table_exists(QUARANTINE_TABLE)
 
 
 def counts(db: Database, names: Sequence[str]) -> dict[str, int]:

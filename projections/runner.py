@@ -292,7 +292,7 @@ class ProjectionRunner:
         with self.db.reading():
             head = self._head()
             names = [*self.projections, *(n + REBUILD_SUFFIX for n in self.projections)]
-            tracked = self._tracking_rows(names) if self._table_exists(TRACKING_TABLE) else {}
+            tracked = self._tracking_rows(names) if self.db.table_exists(TRACKING_TABLE) else {}
             set_aside = (
                 quarantine.counts(self.db, list(self.projections)) if quarantine.exists(self.db) else {}
             )
@@ -709,14 +709,7 @@ class ProjectionRunner:
             self.db.execute(statement)
 
     def _tables_exist(self, projection: Projection) -> bool:
-        return all(self._table_exists(table.name) for table in projection.tables)
-
-    def _table_exists(self, name: str) -> bool:
-        if self.db.dialect == POSTGRES:
-            return self.db.fetchall("SELECT to_regclass(%s)", [name])[0][0] is not None
-        return bool(
-            self.db.fetchall("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = %s", [name])
-        )
+        return all(self.db.table_exists(table.name) for table in projection.tables)
 
     def _now(self) -> Any:
         return self.db.value(TS, datetime.now(UTC))
