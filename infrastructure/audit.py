@@ -47,6 +47,7 @@ from infrastructure.errors import (
     StorageError,
     WcsyncError,
     first_line,
+    quoted,
 )
 from infrastructure.eventstore import SyncApplication
 from projections import queries
@@ -90,9 +91,14 @@ def parse_time(text: str) -> datetime:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise ConfigurationError(
-            f"{text!r} is not an ISO 8601 time (e.g. 2026-03-01T12:00:00+00:00 or 2026-03-01)"
+            f"{quoted(text)} is not an ISO 8601 time (e.g. 2026-03-01T12:00:00+00:00 or 2026-03-01)"
         ) from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (OverflowError, ValueError):  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise ConfigurationError(
+            f"{quoted(text)} is outside the times UTC can represent (years 1 to 9999)"
+        ) from None
 
 
 def iso(value: datetime | None) -> str | None:

@@ -37,7 +37,6 @@ def check_listen_address(host: str, port: int) -> None:
     a socket per address, as the server will (SO_REUSEADDR, IPv6 only on IPv6 sockets). Raises
     ConfigurationError (exit 2): an empty host (it would mean every interface, silently), a host that does
     not resolve or is not this machine's, a port in use."""
-    import errno
     import socket
 
     if not host.strip():
@@ -60,25 +59,22 @@ def check_listen_address(host: str, port: int) -> None:
                     probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 probe.bind(address)
         except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                raise ConfigurationError(
-                    f"port {port} on {host} is in use; choose another with --port (0 picks a free one)"
-                ) from None
-            raise ConfigurationError(
-                f"cannot listen on {shown}: {error.strerror or type(error).__name__}; give an address of "
-                "this machine with --host (127.0.0.1, or 0.0.0.0 for every interface)"
-            ) from None
+            raise listen_error(error, host, port) from None
 
 
 def listen_error(error: OSError, host: str, port: int) -> ConfigurationError:
-    """A server's failure to listen (the port taken after check_listen_address, a race) as one line."""
+    """A server's failure to listen (at check_listen_address, or the port taken after it: a race) as one
+    line."""
     import errno
 
     if error.errno == errno.EADDRINUSE:
         return ConfigurationError(
             f"port {port} on {host} is in use; choose another with --port (0 picks a free one)"
         )
-    return ConfigurationError(f"cannot listen on {quoted(host)}: {error.strerror or type(error).__name__}")
+    return ConfigurationError(
+        f"cannot listen on {quoted(host)}: {error.strerror or type(error).__name__}; give an address of "
+        "this machine with --host (127.0.0.1, or 0.0.0.0 for every interface)"
+    )
 
 
 def default_database_path() -> Path:
