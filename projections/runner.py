@@ -47,7 +47,7 @@ from infrastructure.eventstore import SyncApplication
 from infrastructure.logging import configure_logging
 from projections import quarantine
 from projections.activity import ActivityProjection
-from projections.base import Item, Projection
+from projections.base import Projection
 from projections.customers import CustomersProjection
 from projections.db import CONNECTION_ERRORS, ConcurrentUpdate, Database
 from projections.ledger import LedgerProjection
@@ -470,24 +470,14 @@ class ProjectionRunner:
                 position = tracked[target.tracking_name][0]
                 if end <= position:
                     continue
-                if careful:
-                    mine = [item for item in decoded if item[0] > position and item[1] in target.topics]
-                    if mine:
-                        self._apply_isolating(db, target, mine, set_aside)
-                    items: list[Item] = []
-                else:
-                    items = [
-                        (nid, event)
-                        for nid, topic, event in decoded
-                        if nid > position and topic in target.topics
-                    ]
-                if items:
+                mine = [item for item in decoded if item[0] > position and item[1] in target.topics]
+                if mine and careful:
+                    self._apply_isolating(db, target, mine, set_aside)
+                elif mine:
                     try:
-                        target.projection.apply(db, target.suffix, items)
-                    except TRANSIENT_ERRORS:
-                        raise
+                        target.projection.apply(db, target.suffix, [(nid, event) for nid, _, event in mine])
                     except Exception as error:
-                        if not quarantine.quarantinable(error):
+                        if not _data_error(error):
                             raise
                         raise _ApplyFailed(target, error) from error
                 db.execute(
@@ -513,10 +503,8 @@ class ProjectionRunner:
             with db.savepoint():
                 target.projection.apply(db, target.suffix, [(nid, event) for nid, _, event in items])
             return
-        except TRANSIENT_ERRORS:
-            raise
         except Exception as error:
-            if not quarantine.quarantinable(error):
+            if not _data_error(error):
                 raise
             if len(items) == 1:
                 set_aside.append(self._quarantined(db, target, items[0], error))
@@ -812,6 +800,12 @@ def _uuid_or_none(value: Any) -> UUID | None:
         return UUID(str(value))
     except ValueError:
         return None
+
+
+def _data_error(error: BaseException) -> bool:
+    """Whether an apply failed on the data (quarantine it) rather than on the database (let it through: a
+    follower reconnects and tries again)."""
+    return not isinstance(error, TRANSIENT_ERRORS) and quarantine.quarantinable(error)
 
 
 def _trimmed_topics(targets: Sequence[_Target]) -> frozenset[str]:
