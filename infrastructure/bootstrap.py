@@ -16,7 +16,6 @@ from typing import Any
 
 import psycopg
 import structlog
-from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import PersistenceError
 
 from infrastructure.config import DatabaseConfig
@@ -167,15 +166,8 @@ class Services:
 
     def __post_init__(self) -> None:
         if self.database.backend == "sqlite" and self.write_gate is None:
-            gate = self.write_gate = WriteGate()
-            save_batch = self.app.save_batch
-
-            def gated_save(*aggregates: Aggregate) -> None:
-                with gate:
-                    save_batch(*aggregates)
-
             # Every save of this process's application (the engine's batches, force-done, deletions).
-            setattr(self.app, "save_batch", gated_save)  # noqa: B010
+            self.write_gate = self.app.write_gate = WriteGate()
 
     def engine(
         self,

@@ -9,6 +9,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -69,6 +70,9 @@ class SyncApplication(Application[UUID]):
         self, database: DatabaseConfig, create_tables: bool = True, extra_env: dict[str, str] | None = None
     ):
         self.database = database
+        # SQLite: every write of the process takes its turn at this lock (bootstrap.WriteGate), held for
+        # each attempt only, never through retry_storage's pauses between attempts.
+        self.write_gate: AbstractContextManager[Any] = nullcontext()
         env = database.eventsourcing_env(create_tables=create_tables)
         if extra_env:
             env.update(extra_env)
@@ -120,7 +124,9 @@ class SyncApplication(Application[UUID]):
 
         def save() -> None:
             try:
-                self._notify(self._record(processing))
+                with self.write_gate:
+                    recordings = self._record(processing)
+                self._notify(recordings)
             except IntegrityError:
                 # Nothing of this save is stored; the caller reloads the aggregates and redoes its step.
                 raise ConcurrentWriteError("another writer saved first") from None
@@ -137,7 +143,12 @@ class SyncApplication(Application[UUID]):
             return
         snapshot = Snapshot.take(aggregate)
         snapshots = self.snapshots
-        retry_storage(lambda: snapshots.put([snapshot]))
+
+        def put() -> None:
+            with self.write_gate:
+                snapshots.put([snapshot])
+
+        retry_storage(put)
 
     # ----- customers in bulk ---------------------------------------------------------------------------
 
