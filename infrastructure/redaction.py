@@ -46,15 +46,22 @@ _BASE64_TOKEN = re.compile(r"[A-Za-z0-9+/_-]{8,}={0,2}")
 _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 
 
+def _loose_b64decode(chunk: str) -> bytes | None:
+    """Base64 (standard or URL-safe, padding optional; a stray last character, text right after the token,
+    dropped) decoded, or None when it is not base64."""
+    chunk = chunk.rstrip("=").translate(_URLSAFE_TO_STANDARD)
+    if len(chunk) % 4 == 1:
+        chunk = chunk[:-1]
+    try:
+        return base64.b64decode(chunk + "=" * (-len(chunk) % 4))
+    except (binascii.Error, ValueError):
+        return None
+
+
 def _is_basic_credential(value: str) -> bool:
     """``Basic X``: X is base64 of ``user:password`` (not a word, as in "Basic authentication required")."""
-    chunk = value.rstrip("=").translate(_URLSAFE_TO_STANDARD)
-    if len(chunk) % 4 == 1:
-        chunk = chunk[:-1]  # text right after the token
-    try:
-        return b":" in base64.b64decode(chunk + "=" * (-len(chunk) % 4))
-    except (binascii.Error, ValueError):
-        return False
+    decoded = _loose_b64decode(value)
+    return decoded is not None and b":" in decoded
 
 
 def _is_token(value: str) -> bool:
@@ -71,16 +78,20 @@ _CREDENTIALS: tuple[tuple[re.Pattern[str], Callable[[str], bool]], ...] = (
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with every form of each secret, and every credential-like value, replaced by ``***``."""
-    return _redactor(tuple(sorted({s for s in secrets if s}))).redact(text)
+    return _redactor(secrets).redact(text)
 
 
 def redact_value(value: Any, secrets: Iterable[str] = ()) -> Any:
     """``value`` (a str, or a dict/list/tuple of them, as an event's details) with every string redacted."""
-    return _redactor(tuple(sorted({s for s in secrets if s}))).redact_value(value)
+    return _redactor(secrets).redact_value(value)
+
+
+def _redactor(secrets: Iterable[str]) -> Redactor:
+    return _compiled(tuple(sorted({s for s in secrets if s})))
 
 
 @lru_cache(maxsize=64)
-def _redactor(secrets: tuple[str, ...]) -> Redactor:
+def _compiled(secrets: tuple[str, ...]) -> Redactor:
     return Redactor(secrets)
 
 
@@ -144,18 +155,12 @@ class Redactor:
 
     def _hides_secret(self, token: str) -> bool:
         """Whether base64 ``token`` (read from any of its four alignments) decodes to text holding a secret."""
-        standard = token.rstrip("=").translate(_URLSAFE_TO_STANDARD)
+        standard = token.rstrip("=")
         for offset in range(4):
-            chunk = standard[offset:]
-            if len(chunk) % 4 == 1:
-                chunk = chunk[:-1]
-            if len(chunk) < 4:
+            if len(standard) - offset < 4:
                 break
-            try:
-                decoded = base64.b64decode(chunk + "=" * (-len(chunk) % 4))
-            except (binascii.Error, ValueError):
-                continue
-            if any(needle in decoded for needle in self._needles):
+            decoded = _loose_b64decode(standard[offset:])
+            if decoded is not None and any(needle in decoded for needle in self._needles):
                 return True
         return False
 
