@@ -76,7 +76,6 @@ _READ_ONLY = ("attempt to write a readonly database", "read-only file system", "
 _LOGIN_REFUSED = (
     "password authentication failed",
     "authentication failed",
-    "does not exist",  # role "x" / database "x" does not exist
     "no pg_hba.conf entry",
     "password is required",
     "no password supplied",
@@ -120,10 +119,26 @@ def is_disk_full(error: BaseException) -> bool:
     return any(marker in text for marker in _DISK_FULL)
 
 
+# PostgreSQL refusing a login for a role or a database it does not have (not "relation ... does not exist").
+_NO_SUCH_LOGIN = re.compile(r'\b(role|database) "[^"]*" does not exist')
+
+
+def _kind(error: BaseException) -> str | None:
+    """What a database error is, for the cases that are not worth retrying: "disk_full", "read_only",
+    "login_refused"; None for the others."""
+    if is_disk_full(error):
+        return "disk_full"
+    text = _texts(error)
+    if any(marker in text for marker in _READ_ONLY):
+        return "read_only"
+    if any(marker in text for marker in _LOGIN_REFUSED) or _NO_SUCH_LOGIN.search(text):
+        return "login_refused"
+    return None
+
+
 def is_permanent(error: BaseException) -> bool:
     """Whether retrying cannot help: a full disk, a read-only file, refused credentials."""
-    text = _texts(error)
-    return is_disk_full(error) or any(m in text for m in _READ_ONLY) or any(m in text for m in _LOGIN_REFUSED)
+    return _kind(error) is not None
 
 
 def server_message(error: BaseException) -> str:
@@ -151,18 +166,19 @@ def storage_error(error: BaseException, where: str = "the database", attempts: i
     ``attempts`` says how often a transient error was tried."""
     cause = server_message(error)
     text = _texts(error)
+    kind = _kind(error)
     url = "--database-url / WCSYNC_DATABASE_URL"
-    if is_disk_full(error):
+    if kind == "disk_full":
         return StorageError(
             f"the disk holding {where} is full ({cause}); free some space, then run the command again "
             "(a sync that stopped continues with `wcsync resume QUEUE_ID`; `wcsync queues` lists them)"
         )
-    if any(marker in text for marker in _READ_ONLY):
+    if kind == "read_only":
         return StorageError(
             f"{where} is read-only ({cause}); make the file and its directory writable, or choose another "
             f"path with {url}"
         )
-    if any(marker in text for marker in _LOGIN_REFUSED) and "no such table" not in text:
+    if kind == "login_refused":
         return StorageError(
             f"{where} refused the connection: {cause}; check the user, password and database name in {url}"
         )
