@@ -39,8 +39,8 @@ from eventsourcing.utils import get_topic  # noqa: E402
 from bench._common import postgres  # noqa: E402
 from domain.customer import Customer, customer_key  # noqa: E402
 from domain.queue import QueueOptions, SyncQueue  # noqa: E402
-from infrastructure.config import DatabaseConfig  # noqa: E402
-from infrastructure.eventstore import SyncApplication  # noqa: E402
+from infrastructure.adapters.eventstore import SyncApplication  # noqa: E402
+from infrastructure.support.config import DatabaseConfig  # noqa: E402
 
 ORG = "bench-org"
 STORE = "https://bench.example.com"
@@ -132,7 +132,7 @@ def generate(database: DatabaseConfig, events: int) -> float:
 
 def phase(name: str, url: str, output: str) -> dict[str, Any]:
     """One measured step, run in its own process."""
-    from infrastructure.audit import export_log, verify_export, verify_log
+    from infrastructure.services.audit import export_log, verify_export, verify_log
     from projections import ProjectionRunner
 
     database = DatabaseConfig.from_url(url)
@@ -199,7 +199,7 @@ def run_phase(name: str, url: str, output: str) -> dict[str, Any]:
 def measure(url: str, events: int, workdir: Path) -> list[dict[str, Any]]:
     database = DatabaseConfig.from_url(url)
     if database.backend == "postgres":
-        from infrastructure.bootstrap import migrate
+        from infrastructure.wiring import migrate
 
         migrate(database)
     seconds = generate(database, events)

@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT))
 from bench._common import postgres, postgres_server  # noqa: E402
 from domain.queue import QueueOptions, SyncQueue  # noqa: E402
 from domain.sync import customer_keys, sync_batch  # noqa: E402
-from infrastructure.config import DatabaseConfig  # noqa: E402
-from infrastructure.eventstore import SyncApplication, chunks  # noqa: E402
+from infrastructure.adapters.eventstore import SyncApplication, chunks  # noqa: E402
+from infrastructure.support.config import DatabaseConfig  # noqa: E402
 from projections import ProjectionRunner  # noqa: E402
 from projections.runner import PROJECTION_CLASSES  # noqa: E402
 from tests.pgserver import database_url_for  # noqa: E402
@@ -94,7 +94,7 @@ def record(cid: int) -> dict[str, Any]:
 def generate(app: SyncApplication, customers: int, layout: str = "engine") -> None:
     """The events of a sync of ``customers`` new customers, saved as the engine saves them.
 
-    ``engine``: infrastructure/engine.py's order: each page's LinesAdded saved with its first batch (the
+    ``engine``: infrastructure/services/sync.py's order: each page's LinesAdded saved with its first batch (the
     batch's LinesDone and its customers' Registered), then the page's other batches, page after page.
     ``pages-first``: every page recorded first, then every batch processed (the order of a resumed sync
     whose pages were all recorded before a crash): the lines are far from their LinesDone in the log, the

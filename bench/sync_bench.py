@@ -90,8 +90,8 @@ def run_measured(args: list[str], env: dict[str, str]) -> dict[str, Any]:
 def load_queue_seconds(database_url: str, queue_id: str) -> float:
     code = (
         "import sys, time, uuid\n"
-        "from infrastructure.config import DatabaseConfig\n"
-        "from infrastructure.eventstore import SyncApplication\n"
+        "from infrastructure.support.config import DatabaseConfig\n"
+        "from infrastructure.adapters.eventstore import SyncApplication\n"
         "app = SyncApplication(DatabaseConfig.from_url(sys.argv[1]), create_tables=False)\n"
         "t = time.perf_counter(); q = app.get_queue(uuid.UUID(sys.argv[2])); t = time.perf_counter() - t\n"
         "assert q.lines.total > 0\n"

@@ -1,4 +1,4 @@
-"""`wcsync audit`: timelines, time travel, export and verification of the event log (infrastructure/audit.py).
+"""`wcsync audit`: timelines, time travel, export and verification of the event log (infrastructure/services/audit.py).
 
 Exit codes: 0 done / intact · 1 the log or the export is not intact (the first bad position is printed) ·
 2 usage, unknown queue (or another org's), wrong WCSYNC_CIPHER_KEY · 4 database unavailable (or, on
@@ -20,7 +20,7 @@ EXIT_NOT_INTACT = 1
 
 def _woo_id(text: str) -> int:
     from domain.validation import MAX_CUSTOMER_ID
-    from infrastructure.errors import quoted
+    from infrastructure.support.errors import quoted
 
     what = f"is not a WooCommerce customer id (a whole number from 1 to {MAX_CUSTOMER_ID})"
     try:
@@ -35,8 +35,8 @@ def _woo_id(text: str) -> int:
 def _instant(text: str) -> Any:
     """An ISO 8601 instant (UTC without an offset) that UTC can represent: `0001-01-01T00:00:00+01:00` is
     before year 1 in UTC, and is refused here rather than overflowing later."""
-    from infrastructure.audit import parse_time
-    from infrastructure.errors import ConfigurationError
+    from infrastructure.services.audit import parse_time
+    from infrastructure.support.errors import ConfigurationError
 
     try:
         return parse_time(text)
@@ -107,7 +107,7 @@ def _write(data: bytes) -> None:
 
 def _queue(args: argparse.Namespace) -> int:
     from cli.main import _org, _print_json, _services
-    from infrastructure.audit import queue_timeline
+    from infrastructure.services.audit import queue_timeline
 
     org = _org(args)
     as_of = args.as_of
@@ -154,8 +154,8 @@ def _print_state(document: dict[str, Any]) -> None:
 
 def _customer(args: argparse.Namespace) -> int:
     from cli.main import _org, _print_json, _services
-    from infrastructure.audit import customer_history
-    from infrastructure.config import check_store_url
+    from infrastructure.services.audit import customer_history
+    from infrastructure.support.config import check_store_url
 
     org = _org(args)
     store = check_store_url(args.store) if args.store else None
@@ -184,10 +184,10 @@ def _customer(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from cli.main import _database, _org, _print_json
-    from infrastructure.audit import export_log
-    from infrastructure.bootstrap import require_wcsync_tables
-    from infrastructure.config import check_output_file
-    from infrastructure.eventstore import SyncApplication
+    from infrastructure.adapters.eventstore import SyncApplication
+    from infrastructure.services.audit import export_log
+    from infrastructure.support.config import check_output_file
+    from infrastructure.wiring import require_wcsync_tables
 
     org = _org(args)
     since = args.since
@@ -212,8 +212,8 @@ def _export(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from cli.main import _database, _print_json
-    from infrastructure.audit import verify_export, verify_log
-    from infrastructure.bootstrap import require_wcsync_tables
+    from infrastructure.services.audit import verify_export, verify_log
+    from infrastructure.wiring import require_wcsync_tables
 
     if args.file:
         report = verify_export(Path(args.file))

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 from domain.queue import QueueOptions
-from infrastructure.bootstrap import open_services
-from infrastructure.config import DatabaseConfig, StoreSettings
+from infrastructure.adapters.woocommerce import ClientOptions
 from infrastructure.sandbox import Faults, SandboxConfig, SandboxThread
-from infrastructure.woocommerce import ClientOptions
+from infrastructure.support.config import DatabaseConfig, StoreSettings
+from infrastructure.wiring import open_services
 from projections import queries
 
 

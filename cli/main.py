@@ -30,8 +30,8 @@ from cli.serve import add_serve_parser, run_serve
 from domain import bounds
 from domain.errors import SyncError
 from domain.queue import QueueOptions
-from infrastructure.config import DatabaseConfig, StoreSettings
-from infrastructure.errors import (
+from infrastructure.support.config import DatabaseConfig, StoreSettings
+from infrastructure.support.errors import (
     ConfigurationError,
     QueueNotFoundError,
     WcsyncError,
@@ -39,7 +39,7 @@ from infrastructure.errors import (
     quoted,
     shortened,
 )
-from infrastructure.logging import configure_logging
+from infrastructure.support.logging import configure_logging
 
 EXIT_OK = 0
 EXIT_UNFINISHED = 1
@@ -373,8 +373,8 @@ def _org(args: argparse.Namespace) -> str:
 
 
 def _client_options(args: argparse.Namespace) -> Any:
-    from infrastructure.config import check_ca_file
-    from infrastructure.woocommerce import ClientOptions
+    from infrastructure.adapters.woocommerce import ClientOptions
+    from infrastructure.support.config import check_ca_file
 
     # Checked before any work: a missing or garbled CA file would otherwise fail the first request.
     ca_file = check_ca_file(args.ca_file) if args.ca_file is not None else None
@@ -443,7 +443,7 @@ def _status_exit(status: dict[str, Any]) -> int:
 def _services(args: argparse.Namespace, read_only: bool = False) -> Any:
     """The application for a command; ``read_only`` for commands that only read: they create nothing (no
     SQLite file or directory) and say so when the database does not exist."""
-    from infrastructure.bootstrap import open_services
+    from infrastructure.wiring import open_services
 
     database = _database(args)
     return open_services(database, read_only=read_only)
@@ -510,7 +510,7 @@ def _run_sync(args: argparse.Namespace, action: str) -> int:
                 if not json_out:
                     sys.stderr.write(f"queue      {queue_id}\n")
 
-            from infrastructure.woocommerce import StoreRefused
+            from infrastructure.adapters.woocommerce import StoreRefused
 
             try:
                 with services.live_projections():
@@ -649,7 +649,7 @@ def _cmd_activity(args: argparse.Namespace) -> int:
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
-    from infrastructure.bootstrap import migrate
+    from infrastructure.wiring import migrate
 
     database = _database(args)
     migrate(database)
@@ -752,8 +752,8 @@ def _option_error(error: ValueError) -> UsageError:
 
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:
-    from infrastructure.config import check_listen_address
     from infrastructure.sandbox import serve_forever
+    from infrastructure.support.config import check_listen_address
 
     config = _sandbox_config(args)
     check_listen_address(args.host, args.port)  # before the store is generated: exit 2, one line
@@ -843,7 +843,7 @@ def _unforeseen(error: Exception) -> int:
     """A failure nobody foresaw: one line (redacted), the traceback in the log only (-vv shows it)."""
     import traceback
 
-    from infrastructure.errors import first_line, storage_error
+    from infrastructure.support.errors import first_line, storage_error
 
     if _is_database_error(error):
         # A database library's error that no adapter converted: still the database's class of failure.
@@ -875,7 +875,7 @@ def _redacted(text: str) -> str:
     line (the store's key and secret, the database password, the cipher and audit keys) hidden in any form."""
     from urllib.parse import unquote, urlsplit
 
-    from infrastructure.redaction import redact
+    from infrastructure.support.redaction import redact
 
     secrets = [os.environ.get(name, "") for name in _SECRET_VARIABLES]
     for url in (os.environ.get("WCSYNC_DATABASE_URL", ""), *_COMMAND_LINE_URLS):

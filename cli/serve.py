@@ -1,4 +1,4 @@
-"""`wcsync serve`: the seed's HTTP endpoint (infrastructure/http_api.py) until SIGINT/SIGTERM.
+"""`wcsync serve`: the seed's HTTP endpoint (infrastructure/api/http.py) until SIGINT/SIGTERM.
 
 Prints one JSON line with its URL on stdout once it accepts connections; logs go to stderr.
 """
@@ -28,9 +28,9 @@ def add_serve_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from cli.main import _database
-    from infrastructure.bootstrap import open_services
-    from infrastructure.config import check_listen_address, is_loopback, listen_error
-    from infrastructure.http_api import serve
+    from infrastructure.api.http import serve
+    from infrastructure.support.config import check_listen_address, is_loopback, listen_error
+    from infrastructure.wiring import open_services
 
     check_listen_address(args.host, args.port)  # before any work: exit 2, one line
     if not is_loopback(args.host):

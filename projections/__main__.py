@@ -11,10 +11,10 @@ import signal
 import sys
 import threading
 
-from infrastructure.config import DatabaseConfig
-from infrastructure.errors import WcsyncError
-from infrastructure.eventstore import SyncApplication
-from infrastructure.logging import configure_logging
+from infrastructure.adapters.eventstore import SyncApplication
+from infrastructure.support.config import DatabaseConfig
+from infrastructure.support.errors import WcsyncError
+from infrastructure.support.logging import configure_logging
 from projections import ProjectionRunner
 
 LIVE_POLL_S = 0.25

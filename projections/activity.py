@@ -12,9 +12,9 @@ from typing import Any
 from uuid import UUID
 
 from domain.queue import SyncQueue
+from infrastructure.adapters.projection_db import Database
+from infrastructure.adapters.schema import BIGINT, JSON, TEXT, TS, UUID_, Column, Index, Table
 from projections.base import Item, Projection, topics_of
-from projections.db import Database
-from projections.schema import BIGINT, JSON, TEXT, TS, UUID_, Column, Index, Table
 
 ACTIVITY_TABLE = Table(
     "woo_sync_activity",

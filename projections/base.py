@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 
 from eventsourcing.utils import get_topic
 
-from projections.db import Database
-from projections.schema import Table
+from infrastructure.adapters.projection_db import Database
+from infrastructure.adapters.schema import Table
 
 # (notification id, domain event)
 Item = tuple[int, Any]

@@ -20,9 +20,8 @@ from typing import Any
 from uuid import UUID
 
 from domain.customer import Customer
-from projections.base import Item, Projection, topics_of
-from projections.db import Database
-from projections.schema import (
+from infrastructure.adapters.projection_db import Database
+from infrastructure.adapters.schema import (
     BIGINT,
     BOOL,
     EVENTS_TABLE,
@@ -36,6 +35,7 @@ from projections.schema import (
     Index,
     Table,
 )
+from projections.base import Item, Projection, topics_of
 
 CUSTOMER_TABLE = Table(
     "woo_customers",

@@ -3,7 +3,7 @@
 For every event in notification order the ledger records what was stored (aggregate id, version, topic, a
 SHA-256 of the stored state bytes) and a chain hash: SHA-256 over the previous chain hash and the event's
 canonical bytes. ``wcsync audit verify`` recomputes all of it from the events table: an event edited,
-deleted, inserted or swapped since the ledger saw it no longer matches (infrastructure/audit.py).
+deleted, inserted or swapped since the ledger saw it no longer matches (infrastructure/services/audit.py).
 
 The ledger hashes the bytes as stored: with encryption at rest on, the encrypted bytes, so no key is needed
 to verify the log.
@@ -35,9 +35,8 @@ from eventsourcing.domain import Aggregate
 
 from domain.customer import Customer
 from domain.queue import SyncQueue
-from projections.base import Item, Projection, topics_of
-from projections.db import Database
-from projections.schema import (
+from infrastructure.adapters.projection_db import Database
+from infrastructure.adapters.schema import (
     BIGINT,
     EVENTS_ID_COLUMN,
     EVENTS_TABLE,
@@ -48,6 +47,7 @@ from projections.schema import (
     Column,
     Table,
 )
+from projections.base import Item, Projection, topics_of
 
 LEDGER_TABLE_NAME = "wcsync_ledger"
 CHECKPOINT_TABLE_NAME = "wcsync_ledger_checkpoint"

@@ -26,9 +26,9 @@ from uuid import UUID
 
 import psycopg
 
-from infrastructure.errors import first_line
-from projections.db import Database, iso
-from projections.schema import QUARANTINE, QUARANTINE_TABLE, TEXT, UUID_
+from infrastructure.adapters.projection_db import Database, iso
+from infrastructure.adapters.schema import QUARANTINE, QUARANTINE_TABLE, TEXT, UUID_
+from infrastructure.support.errors import first_line
 
 ACTIVITY_TYPE = "projection_quarantined"
 MAX_REASON_CHARS = 200

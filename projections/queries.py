@@ -13,14 +13,14 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from infrastructure.config import DatabaseConfig
+from infrastructure.adapters.projection_db import Database, iso
+from infrastructure.adapters.schema import BOOL, UUID_, Table
+from infrastructure.support.config import DatabaseConfig
 from projections import quarantine
 from projections.activity import ACTIVITY_TABLE
 from projections.customers import CUSTOMER_TABLE
-from projections.db import Database, iso
 from projections.queues import LINE_TABLE, QUEUE_TABLE
 from projections.runner import PROJECTION_NAMES, ProjectionRunner
-from projections.schema import BOOL, UUID_, Table
 
 Source = ProjectionRunner | DatabaseConfig
 

@@ -14,9 +14,9 @@ from uuid import UUID
 
 from domain.lines import CANCELLED, DONE, DRAFT, FAILED
 from domain.queue import Q_DONE, Q_DRAFT, Q_PROCESSING, RESULTS, SyncQueue
+from infrastructure.adapters.projection_db import Database
+from infrastructure.adapters.schema import BIGINT, BOOL, INT, JSON, TEXT, TS, UUID_, Column, Index, Table
 from projections.base import Item, Projection, topics_of
-from projections.db import Database
-from projections.schema import BIGINT, BOOL, INT, JSON, TEXT, TS, UUID_, Column, Index, Table
 
 QUEUE_TABLE = Table(
     "woo_customer_sync_queue",

@@ -41,19 +41,9 @@ import structlog
 from eventsourcing.persistence import InterfaceError, OperationalError
 
 from domain.queue import SyncQueue
-from infrastructure.config import DatabaseConfig
-from infrastructure.errors import StorageError, first_line
-from infrastructure.eventstore import SyncApplication
-from infrastructure.logging import configure_logging
-from projections import quarantine
-from projections.activity import ActivityProjection
-from projections.base import Projection
-from projections.customers import CustomersProjection
-from projections.db import CONNECTION_ERRORS, ConcurrentUpdate, Database
-from projections.ledger import LedgerProjection
-from projections.quarantine import Quarantined
-from projections.queues import QueuesProjection
-from projections.schema import (
+from infrastructure.adapters.eventstore import SyncApplication
+from infrastructure.adapters.projection_db import CONNECTION_ERRORS, ConcurrentUpdate, Database
+from infrastructure.adapters.schema import (
     POSTGRES,
     QUARANTINE,
     QUARANTINE_TABLE,
@@ -62,6 +52,16 @@ from projections.schema import (
     TRACKING_TABLE,
     TS,
 )
+from infrastructure.support.config import DatabaseConfig
+from infrastructure.support.errors import StorageError, first_line
+from infrastructure.support.logging import configure_logging
+from projections import quarantine
+from projections.activity import ActivityProjection
+from projections.base import Projection
+from projections.customers import CustomersProjection
+from projections.ledger import LedgerProjection
+from projections.quarantine import Quarantined
+from projections.queues import QueuesProjection
 
 log = structlog.get_logger("wcsync.projections")
 

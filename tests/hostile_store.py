@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from infrastructure.loop_thread import LoopThread
+from infrastructure.support.loop_thread import LoopThread
 
 API = "/wp-json/wc/v3/customers"
 

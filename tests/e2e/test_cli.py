@@ -314,8 +314,8 @@ def assert_mirror_equals_store(env: dict[str, str], store: RunningSandbox) -> No
     """Every store customer mirrored exactly once, and created exactly once in the event log."""
     code = (
         "import json, sys\n"
-        "from infrastructure.config import DatabaseConfig\n"
-        "from infrastructure.bootstrap import open_services\n"
+        "from infrastructure.support.config import DatabaseConfig\n"
+        "from infrastructure.wiring import open_services\n"
         "from domain.customer import Customer\n"
         "from projections import queries\n"
         "with open_services(DatabaseConfig.from_url(sys.argv[1])) as s:\n"

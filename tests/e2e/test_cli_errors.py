@@ -27,8 +27,8 @@ import pytest
 from aiohttp import web
 from psycopg import sql
 
-from infrastructure.loop_thread import LoopThread
 from infrastructure.sandbox import RunningSandbox, SandboxConfig, SandboxThread, _write_tls_files
+from infrastructure.support.loop_thread import LoopThread
 from tests import pgserver
 from tests.conftest import AdminConnection
 from tests.e2e.test_cli import as_json, wcsync, wcsync_env
@@ -835,7 +835,7 @@ def test_a_store_echoing_the_credentials_never_gets_them_shown_logged_or_stored(
 def test_basic_credentials_echoed_by_a_store_are_not_in_the_message() -> None:
     """The issue's example: the store's 401 page shows 'Authorization: Basic <base64 of key:secret>'."""
     token = base64.b64encode(f"{KEY}:{SECRET}".encode()).decode()
-    from infrastructure.woocommerce import StoreCredentials, WooCommerceClient
+    from infrastructure.adapters.woocommerce import StoreCredentials, WooCommerceClient
 
     client = WooCommerceClient("https://shop.example", StoreCredentials(KEY, SECRET))
     body = json.dumps(

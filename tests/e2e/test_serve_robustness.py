@@ -20,10 +20,10 @@ from uuid import UUID
 import pytest
 
 from domain.queue import QueueOptions
-from infrastructure.bootstrap import migrate, open_services
-from infrastructure.config import DatabaseConfig
-from infrastructure.errors import StorageError
 from infrastructure.sandbox import Faults, RunningSandbox, SandboxConfig, SandboxThread
+from infrastructure.support.config import DatabaseConfig
+from infrastructure.support.errors import StorageError
+from infrastructure.wiring import migrate, open_services
 from projections import queries
 from tests.e2e.test_cli import wcsync, wcsync_env
 from tests.integration._helpers import FAST, store_of

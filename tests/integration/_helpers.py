@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from infrastructure.config import StoreSettings
+from infrastructure.adapters.woocommerce import ClientOptions
 from infrastructure.sandbox import RunningSandbox
-from infrastructure.woocommerce import ClientOptions
+from infrastructure.support.config import StoreSettings
 
 # Retries and the circuit breaker on a test's time scale, not a real store's.
 FAST = ClientOptions(backoff_base_s=0.01, backoff_max_s=0.05, circuit_reset_s=0.05)

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from infrastructure.bootstrap import Services, migrate, open_services
-from infrastructure.config import DatabaseConfig
-from infrastructure.eventstore import SyncApplication
+from infrastructure.adapters.eventstore import SyncApplication
+from infrastructure.support.config import DatabaseConfig
+from infrastructure.wiring import Services, migrate, open_services
 from projections import ProjectionRunner
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from domain.customer import Customer, content_hash, customer_key
-from infrastructure.config import DatabaseConfig
-from infrastructure.eventstore import SyncApplication
+from infrastructure.adapters.eventstore import SyncApplication
+from infrastructure.support.config import DatabaseConfig
 
 
 def record(cid: int, **extra: Any) -> dict[str, Any]:

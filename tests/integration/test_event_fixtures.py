@@ -17,8 +17,8 @@ import pytest
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import StoredEvent
 
-from infrastructure.config import DatabaseConfig
-from infrastructure.eventstore import SyncApplication
+from infrastructure.adapters.eventstore import SyncApplication
+from infrastructure.support.config import DatabaseConfig
 from projections.ledger import ALL_EVENT_CLASSES
 from tests.fixtures.make_event_fixtures import json_ready
 

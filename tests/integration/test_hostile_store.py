@@ -18,10 +18,10 @@ import pytest
 
 from domain.queue import QueueOptions, SyncQueue
 from domain.validation import EXCERPT_CHARS, MAX_RECORD_BYTES
-from infrastructure.bootstrap import Services, migrate
-from infrastructure.config import DatabaseConfig, StoreSettings
-from infrastructure.engine import SyncOutcome
-from infrastructure.woocommerce import ClientOptions
+from infrastructure.adapters.woocommerce import ClientOptions
+from infrastructure.services.sync import SyncOutcome
+from infrastructure.support.config import DatabaseConfig, StoreSettings
+from infrastructure.wiring import Services, migrate
 from projections import queries
 from tests.hostile_store import HostileStore, Raw, good
 from tests.integration._helpers import FAST
@@ -293,7 +293,7 @@ def test_the_batch_delay_comes_between_batches_across_pages_too(services: Servic
 def test_a_failure_nobody_foresaw_leaves_the_queue_resumable_and_saying_why(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import infrastructure.engine as engine_module
+    import infrastructure.services.sync as engine_module
 
     real = engine_module.sync_batch
     calls = {"n": 0}

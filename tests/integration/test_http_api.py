@@ -25,11 +25,11 @@ import pytest
 from psycopg import sql
 from structlog.testing import capture_logs
 
-from infrastructure.bootstrap import Services, open_services
-from infrastructure.config import DatabaseConfig
-from infrastructure.http_api import SYNC_PATH, ApiSettings, running_api
-from infrastructure.loop_thread import LoopThread
+from infrastructure.api.http import SYNC_PATH, ApiSettings, running_api
 from infrastructure.sandbox import Faults, RunningSandbox, SandboxConfig, SandboxThread
+from infrastructure.support.config import DatabaseConfig
+from infrastructure.support.loop_thread import LoopThread
+from infrastructure.wiring import Services, open_services
 from projections import queries
 from tests.integration._helpers import FAST
 

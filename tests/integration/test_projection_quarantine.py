@@ -21,15 +21,15 @@ import structlog
 import cli.main
 from domain.customer import Customer, content_hash
 from domain.queue import SyncQueue
-from infrastructure.eventstore import SyncApplication
+from infrastructure.adapters.eventstore import SyncApplication
+from infrastructure.adapters.projection_db import Database
+from infrastructure.adapters.schema import POSTGRES
 from projections import PROJECTION_NAMES, ProjectionRunner, queries
 from projections import quarantine as quarantine_module
 from projections import runner as runner_module
 from projections.base import Item, topics_of
 from projections.customers import CustomersProjection
-from projections.db import Database
 from projections.queues import QueuesProjection
-from projections.schema import POSTGRES
 from tests.integration.test_projections import ORG, OTHER_ORG, STORE, Sync, make_record
 
 BIG = 2**63 + 5  # past the largest BIGINT

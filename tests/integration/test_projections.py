@@ -27,13 +27,13 @@ import structlog
 from domain.customer import customer_key
 from domain.queue import QueueOptions, SyncQueue
 from domain.sync import customer_keys, split_unchanged, sync_batch
-from infrastructure.config import DatabaseConfig
-from infrastructure.eventstore import SyncApplication, chunks
+from infrastructure.adapters.eventstore import SyncApplication, chunks
+from infrastructure.adapters.projection_db import Database
+from infrastructure.support.config import DatabaseConfig
 from projections import PROJECTION_NAMES, ProjectionRunner, queries
 from projections import runner as runner_module
 from projections.activity import ActivityProjection
 from projections.base import topics_of
-from projections.db import Database
 from projections.queues import QueuesProjection
 
 ORG = "550e8400-e29b-41d4-a716-446655440000"
@@ -383,8 +383,8 @@ def test_catch_up_killed_mid_batch_then_restarted_gives_the_same_tables(
     child = textwrap.dedent(
         f"""
         import sys
-        from infrastructure.config import DatabaseConfig
-        from infrastructure.eventstore import SyncApplication
+        from infrastructure.support.config import DatabaseConfig
+        from infrastructure.adapters.eventstore import SyncApplication
         from projections import ProjectionRunner
         from projections.customers import CustomersProjection
 

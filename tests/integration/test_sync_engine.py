@@ -16,12 +16,12 @@ import pytest
 from domain.customer import Customer
 from domain.errors import NothingToRetryError
 from domain.queue import QueueOptions, SyncQueue
-from infrastructure.bootstrap import Services, migrate, open_services
-from infrastructure.config import DatabaseConfig, StoreSettings
-from infrastructure.engine import SyncOutcome
-from infrastructure.errors import QueueNotFoundError
+from infrastructure.adapters.woocommerce import ClientOptions, StoreRefused
 from infrastructure.sandbox import Faults, RunningSandbox, SandboxConfig, SandboxThread
-from infrastructure.woocommerce import ClientOptions, StoreRefused
+from infrastructure.services.sync import SyncOutcome
+from infrastructure.support.config import DatabaseConfig, StoreSettings
+from infrastructure.support.errors import QueueNotFoundError
+from infrastructure.wiring import Services, migrate, open_services
 from projections import queries
 from tests.integration._helpers import FAST, store_of
 

@@ -13,8 +13,7 @@ import oauthlib.oauth1.rfc5849 as oauth1_module
 import pytest
 from structlog.testing import capture_logs
 
-from infrastructure.sandbox import Faults, RunningSandbox, SandboxConfig, start_sandbox
-from infrastructure.woocommerce import (
+from infrastructure.adapters.woocommerce import (
     ClientOptions,
     ClientStats,
     Page,
@@ -23,6 +22,7 @@ from infrastructure.woocommerce import (
     StoreUnavailable,
     WooCommerceClient,
 )
+from infrastructure.sandbox import Faults, RunningSandbox, SandboxConfig, start_sandbox
 
 # Small backoff so retries cost milliseconds; a generous circuit so random faults alone never open it.
 FAST = ClientOptions(backoff_base_s=0.01, backoff_max_s=0.05, max_retries=8, circuit_threshold=50)

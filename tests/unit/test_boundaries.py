@@ -19,8 +19,8 @@ from domain.validation import (
     customer_id_of,
     validate_customer,
 )
-from infrastructure.http_api import ApiError, decode_body, parse_sync_request
-from infrastructure.transcoder import canonical_bytes
+from infrastructure.adapters.transcoder import canonical_bytes
+from infrastructure.api.http import ApiError, decode_body, parse_sync_request
 
 # Text as a hostile store or client may send it: any code point, lone surrogates and NUL included.
 # (Hypothesis leaves surrogates out of its characters by default, and NUL is one code point in a million.)

@@ -9,7 +9,7 @@ from urllib.parse import quote, quote_plus
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from infrastructure.redaction import MASK, redact, redact_value
+from infrastructure.support.redaction import MASK, redact, redact_value
 
 # Keys and secrets: printable text (WooCommerce's are ck_/cs_ and 40 hex digits); never the mask's '*'.
 SECRET = st.text(

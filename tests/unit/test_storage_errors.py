@@ -12,8 +12,14 @@ import psycopg
 import pytest
 from eventsourcing.persistence import OperationalError
 
-from infrastructure.errors import StorageError, is_disk_full, is_permanent, server_message, storage_error
-from infrastructure.eventstore import retry_storage
+from infrastructure.adapters.eventstore import retry_storage
+from infrastructure.support.errors import (
+    StorageError,
+    is_disk_full,
+    is_permanent,
+    server_message,
+    storage_error,
+)
 
 
 def wrapped(error: Exception) -> OperationalError:
@@ -49,7 +55,7 @@ def test_a_full_disk_is_named_with_what_to_do_and_not_retried(
     assert "free some space" in text and "wcsync resume" in text and "\n" not in text
 
     pauses: list[float] = []
-    monkeypatch.setattr("infrastructure.eventstore.time.sleep", pauses.append)
+    monkeypatch.setattr("infrastructure.adapters.eventstore.time.sleep", pauses.append)
     calls: list[int] = []
 
     def save() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from eventsourcing.persistence import IntegrityError, OperationalError
 
-from infrastructure.errors import StorageError
-from infrastructure.eventstore import retry_storage
+from infrastructure.adapters.eventstore import retry_storage
+from infrastructure.support.errors import StorageError
 
 
 def flaky(failures: int, error: type[Exception] = OperationalError) -> tuple[list[int], object]:
@@ -25,7 +25,7 @@ def flaky(failures: int, error: type[Exception] = OperationalError) -> tuple[lis
 
 def test_a_transient_error_is_retried_until_it_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     pauses: list[float] = []
-    monkeypatch.setattr("infrastructure.eventstore.time.sleep", pauses.append)
+    monkeypatch.setattr("infrastructure.adapters.eventstore.time.sleep", pauses.append)
     calls, call = flaky(2)
     assert retry_storage(call, max_retries=3, backoff_s=1.0) == "saved"  # type: ignore[arg-type]
     assert len(calls) == 3
@@ -34,7 +34,7 @@ def test_a_transient_error_is_retried_until_it_passes(monkeypatch: pytest.Monkey
 
 
 def test_a_storage_that_keeps_failing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("infrastructure.eventstore.time.sleep", lambda _: None)
+    monkeypatch.setattr("infrastructure.adapters.eventstore.time.sleep", lambda _: None)
     calls, call = flaky(10)
     with pytest.raises(StorageError, match="failed 4 times: server closed the connection"):
         retry_storage(call, max_retries=3)  # type: ignore[arg-type]
@@ -42,7 +42,7 @@ def test_a_storage_that_keeps_failing_is_a_clear_error(monkeypatch: pytest.Monke
 
 
 def test_other_errors_are_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("infrastructure.eventstore.time.sleep", lambda _: None)
+    monkeypatch.setattr("infrastructure.adapters.eventstore.time.sleep", lambda _: None)
     calls, call = flaky(1, IntegrityError)
     with pytest.raises(IntegrityError):
         retry_storage(call)  # type: ignore[arg-type]
@@ -53,10 +53,10 @@ def test_a_save_retried_after_a_transient_error_writes_the_same_events(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from domain.queue import QueueOptions, SyncQueue
-    from infrastructure.config import DatabaseConfig
-    from infrastructure.eventstore import SyncApplication
+    from infrastructure.adapters.eventstore import SyncApplication
+    from infrastructure.support.config import DatabaseConfig
 
-    monkeypatch.setattr("infrastructure.eventstore.time.sleep", lambda _: None)
+    monkeypatch.setattr("infrastructure.adapters.eventstore.time.sleep", lambda _: None)
     app = SyncApplication(DatabaseConfig.from_url(f"sqlite:///{tmp_path / 'w.db'}"))
     queue = SyncQueue(
         org_id="o", queue_name="q", store_url="http://s", options=QueueOptions().as_dict(), started_by="t"

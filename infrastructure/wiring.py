@@ -18,15 +18,15 @@ import psycopg
 import structlog
 from eventsourcing.persistence import PersistenceError
 
-from infrastructure.config import DatabaseConfig
-from infrastructure.engine import Progress, SyncEngine
-from infrastructure.errors import StorageError, storage_error
-from infrastructure.eventstore import SyncApplication, require_database
+from infrastructure.adapters.eventstore import SyncApplication, require_database
+from infrastructure.services.sync import Progress, SyncEngine
+from infrastructure.support.config import DatabaseConfig
+from infrastructure.support.errors import StorageError, storage_error
 from projections import ProjectionRunner
 from projections import queries as projection_queries
 from projections.runner import Reconnecting
 
-# What a database library raises; each becomes one StorageError (infrastructure.errors.storage_error).
+# What a database library raises; each becomes one StorageError (infrastructure.support.errors.storage_error).
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (PersistenceError, sqlite3.Error, psycopg.Error)
 
 # How often the background follower looks for new events while a sync runs (the tables lag at most
@@ -349,7 +349,7 @@ def require_wcsync_tables(database: DatabaseConfig) -> None:
         return
     from urllib.parse import quote
 
-    from projections.schema import EVENTS_TABLE, SQLITE
+    from infrastructure.adapters.schema import EVENTS_TABLE, SQLITE
 
     try:
         conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=rw", uri=True, timeout=30)

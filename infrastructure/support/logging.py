@@ -30,7 +30,7 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
     WCSYNC_LOG_FORMAT, else console on a terminal and json otherwise). A variable set to a value that is
     not one of them is refused (ConfigurationError, exit 2), as the flag --log-format is; set empty, it is
     unset."""
-    from infrastructure.errors import ConfigurationError, quoted
+    from infrastructure.support.errors import ConfigurationError, quoted
 
     level_name = (level or os.environ.get("WCSYNC_LOG_LEVEL") or "warning").strip().lower()
     if level_name == "warn":

@@ -23,8 +23,8 @@ import structlog
 from eventsourcing.persistence import Notification
 from psycopg.types.json import Jsonb, set_json_dumps
 
-from infrastructure.config import DatabaseConfig
-from projections.schema import BIGINT, BOOL, INT, JSON, POSTGRES, SQLITE, TEXT, TS, UUID_, Table
+from infrastructure.adapters.schema import BIGINT, BOOL, INT, JSON, POSTGRES, SQLITE, TEXT, TS, UUID_, Table
+from infrastructure.support.config import DatabaseConfig
 
 Row = tuple[Any, ...]
 

@@ -46,8 +46,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from multidict import MultiMapping
 
 from domain.validation import MAX_TEXT_LENGTH, InvalidCustomerRecord, validate_customer
-from infrastructure.config import is_loopback
-from infrastructure.loop_thread import LoopThread
+from infrastructure.support.config import is_loopback
+from infrastructure.support.loop_thread import LoopThread
 
 DEFAULT_CONSUMER_KEY = "ck_sandbox_0123456789abcdef"
 DEFAULT_CONSUMER_SECRET = "cs_sandbox_0123456789abcdef"  # noqa: S105 - a sandbox-only credential, public by design

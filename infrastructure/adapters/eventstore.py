@@ -33,9 +33,15 @@ from eventsourcing.utils import get_topic
 from domain.customer import Customer, CustomerHead
 from domain.lines import LineBook
 from domain.queue import SyncQueue
-from infrastructure.config import APP_NAME, DatabaseConfig
-from infrastructure.errors import QueueNotFoundError, StorageError, first_line, is_permanent, storage_error
-from infrastructure.transcoder import FastJSONTranscoder
+from infrastructure.adapters.transcoder import FastJSONTranscoder
+from infrastructure.support.config import APP_NAME, DatabaseConfig
+from infrastructure.support.errors import (
+    QueueNotFoundError,
+    StorageError,
+    first_line,
+    is_permanent,
+    storage_error,
+)
 
 log = structlog.get_logger("wcsync.eventstore")
 

@@ -44,11 +44,11 @@ from aiohttp.web_protocol import RequestHandler
 from domain import bounds
 from domain.errors import SyncError
 from domain.queue import QueueOptions
-from infrastructure.bootstrap import Services
-from infrastructure.config import StoreSettings, check_store_url
-from infrastructure.engine import RunStopped, SyncEngine, SyncOutcome
-from infrastructure.errors import ConfigurationError, QueueNotFoundError, StorageError, WcsyncError
-from infrastructure.woocommerce import ClientOptions, StoreError, StoreRefused
+from infrastructure.adapters.woocommerce import ClientOptions, StoreError, StoreRefused
+from infrastructure.services.sync import RunStopped, SyncEngine, SyncOutcome
+from infrastructure.support.config import StoreSettings, check_store_url
+from infrastructure.support.errors import ConfigurationError, QueueNotFoundError, StorageError, WcsyncError
+from infrastructure.wiring import Services
 from projections import queries
 
 log = structlog.get_logger("wcsync.api")

@@ -32,18 +32,9 @@ from domain.lines import DRAFT
 from domain.queue import Q_DONE, QueueOptions, SyncQueue
 from domain.sync import customer_keys, split_unchanged, sync_batch
 from domain.validation import RejectedRecord, check_records
-from infrastructure.config import StoreSettings
-from infrastructure.errors import (
-    QueueNotFoundError,
-    StorageError,
-    WcsyncError,
-    first_line,
-    storage_error,
-)
-from infrastructure.eventstore import ConcurrentWriteError, SyncApplication, chunks
-from infrastructure.failpoints import failpoint
-from infrastructure.transcoder import canonical_bytes
-from infrastructure.woocommerce import (
+from infrastructure.adapters.eventstore import ConcurrentWriteError, SyncApplication, chunks
+from infrastructure.adapters.transcoder import canonical_bytes
+from infrastructure.adapters.woocommerce import (
     ClientOptions,
     ScanResult,
     StoreCredentials,
@@ -51,6 +42,15 @@ from infrastructure.woocommerce import (
     StoreRefused,
     WooCommerceClient,
 )
+from infrastructure.support.config import StoreSettings
+from infrastructure.support.errors import (
+    QueueNotFoundError,
+    StorageError,
+    WcsyncError,
+    first_line,
+    storage_error,
+)
+from infrastructure.support.failpoints import failpoint
 
 log = structlog.get_logger("wcsync.engine")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from eventsourcing.persistence import Mapper, MapperDeserialisationError, StoredEvent
 
-from infrastructure.errors import ConfigurationError
+from infrastructure.support.errors import ConfigurationError
 
 
 class CipherKeyError(ConfigurationError):

@@ -3,7 +3,7 @@
 The library sends the array of composite rows as text, which escapes every byte of every event's state in
 Python: measured as a fifth of a 100k-customer sync (and more for the multi-megabyte snapshots of a big
 queue). Binary sends the bytes as they are. Selected with
-``PERSISTENCE_MODULE=infrastructure.pgstore:BinaryPostgresFactory``.
+``PERSISTENCE_MODULE=infrastructure.adapters.pgstore:BinaryPostgresFactory``.
 """
 
 from __future__ import annotations

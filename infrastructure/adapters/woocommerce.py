@@ -39,8 +39,8 @@ from domain.validation import (
     check_record,
     customer_id_of,
 )
-from infrastructure.errors import WcsyncError
-from infrastructure.redaction import redact, redact_value
+from infrastructure.support.errors import WcsyncError
+from infrastructure.support.redaction import redact, redact_value
 
 log = structlog.get_logger("wcsync.woocommerce")
 
@@ -928,7 +928,7 @@ class WooCommerceClient:
 
     def _redact(self, text: str) -> str:
         """The key and secret in any form (raw, URL-encoded, base64 as Basic sends them, OAuth parameters)
-        hidden: infrastructure.redaction, the one redaction for messages, logs and stored events."""
+        hidden: infrastructure.support.redaction, the one redaction for messages, logs and stored events."""
         return redact(text, self._secrets)
 
     def _log_outcome(

@@ -39,9 +39,11 @@ from eventsourcing.utils import get_topic
 
 from domain.customer import Customer, customer_key
 from domain.queue import SyncQueue
-from infrastructure.cipher import KeyCheckingMapper, decrypt_error
-from infrastructure.config import DatabaseConfig, check_output_file
-from infrastructure.errors import (
+from infrastructure.adapters.cipher import KeyCheckingMapper, decrypt_error
+from infrastructure.adapters.eventstore import SyncApplication
+from infrastructure.adapters.schema import EVENTS_ID_COLUMN, EVENTS_TABLE, POSTGRES
+from infrastructure.support.config import DatabaseConfig, check_output_file
+from infrastructure.support.errors import (
     ConfigurationError,
     QueueNotFoundError,
     StorageError,
@@ -49,7 +51,6 @@ from infrastructure.errors import (
     first_line,
     quoted,
 )
-from infrastructure.eventstore import SyncApplication
 from projections import queries
 from projections.ledger import (
     CHECKPOINT_TABLE_NAME,
@@ -63,7 +64,6 @@ from projections.ledger import (
     sign_checkpoint,
     state_hash,
 )
-from projections.schema import EVENTS_ID_COLUMN, EVENTS_TABLE, POSTGRES
 
 FETCH_ROWS = 5_000
 MAX_PROBLEMS = 1_000  # problems kept in memory (verify reports the first ones)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from infrastructure.errors import ConfigurationError, quoted
+from infrastructure.support.errors import ConfigurationError, quoted
 
 APP_NAME = "wcsync"
 
@@ -190,7 +190,7 @@ class DatabaseConfig:
             )
         else:
             env.update(
-                PERSISTENCE_MODULE="infrastructure.pgstore:BinaryPostgresFactory",
+                PERSISTENCE_MODULE="infrastructure.adapters.pgstore:BinaryPostgresFactory",
                 POSTGRES_DBNAME=self.pg_dbname,
                 POSTGRES_HOST=self.pg_host,
                 POSTGRES_PORT=self.pg_port,
@@ -204,7 +204,7 @@ class DatabaseConfig:
                 POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT="60",
             )
         # The mapper turns a wrong or missing key into a clear error instead of a deserialisation traceback.
-        env["MAPPER_TOPIC"] = "infrastructure.cipher:KeyCheckingMapper"
+        env["MAPPER_TOPIC"] = "infrastructure.adapters.cipher:KeyCheckingMapper"
         if self.cipher_key:
             env.update(CIPHER_TOPIC="eventsourcing.cryptography:AESCipher", CIPHER_KEY=self.cipher_key)
         # Prefixed keys win over anything of the same name in the process environment.

@@ -1,0 +1,1 @@
+"""What every layer above the domain shares: configuration, errors, logging, redaction."""
