@@ -8,6 +8,7 @@ from infrastructure.sandbox.store import (
     SandboxConfig,
     SandboxThread,
     _write_tls_files,
+    generate_customers,
     serve_forever,
     start_sandbox,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "SandboxConfig",
     "SandboxThread",
     "_write_tls_files",
+    "generate_customers",
     "serve_forever",
     "start_sandbox",
 ]

@@ -21,8 +21,8 @@ from freezegun import freeze_time
 
 from domain.customer import Customer
 from domain.queue import QueueOptions, SyncQueue
-from infrastructure import audit
 from infrastructure.sandbox import RunningSandbox, SandboxConfig, SandboxThread
+from infrastructure.services import audit
 from infrastructure.services.sync import SyncOutcome
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.errors import ConfigurationError, QueueNotFoundError
@@ -437,12 +437,7 @@ def test_encrypted_events_audit_the_same_and_a_wrong_key_is_a_clear_error(
         # The projections went through the mapper: the read models are filled from encrypted events (never
         # by PostgreSQL parsing the stored states, which it cannot read).
         assert not services.projections.in_database
-        assert (
-            services.infrastructure.adapters.projection_db.fetchall("SELECT COUNT(*) FROM woo_customers")[0][
-                0
-            ]
-            == 58
-        )
+        assert services.projections.db.fetchall("SELECT COUNT(*) FROM woo_customers")[0][0] == 58
         sql = Sql(database)
         state = sql.event(sql.positions(get_topic(Customer.Registered))[0])[3]
         # Encrypted at rest: not JSON (its first byte is random: it is "{" one time in 256) and no field name.
