@@ -28,13 +28,12 @@ import structlog
 from cli.audit import add_audit_parser, run_audit
 from cli.serve import add_serve_parser, run_serve
 from domain import bounds
-from domain.errors import SyncError
+from domain.errors import SyncError, WcsyncError
 from domain.queue import QueueOptions
 from infrastructure.support.config import DatabaseConfig, StoreSettings
 from infrastructure.support.errors import (
     ConfigurationError,
     QueueNotFoundError,
-    WcsyncError,
     printable,
     quoted,
     shortened,

@@ -13,13 +13,15 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+from domain.errors import WcsyncError
+
 _WHOLE = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(
     r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE
 )
 
 
-class BoundError(ValueError):
+class BoundError(WcsyncError, ValueError):
     """A value outside its bounds; ``field`` is its name in snake case (the CLI and API rename it)."""
 
     def __init__(self, field: str, problem: str) -> None:

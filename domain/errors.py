@@ -1,12 +1,48 @@
-"""Domain errors: each names the queue or line and what to do."""
+"""The one root of wcsync's errors, and the domain's own: each names the queue or line and what to do.
+
+Every error wcsync raises on purpose is a ``WcsyncError``. Its class says, once, what it means to each
+interface: the CLI's exit code, the HTTP API's status and error code. The CLI (``cli.main.main``) and the
+HTTP API (``infrastructure.api.http._as_api_error``) read these attributes; no other table maps errors.
+"""
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
+# The CLI's exit codes (README, "Exit codes").
+EXIT_OK = 0
+EXIT_UNFINISHED = 1  # finished with failed lines, or action required
+EXIT_USAGE = 2  # usage, configuration, an unknown queue (or another org's)
+EXIT_STORE = 3  # the store unreachable or the credentials refused
+EXIT_DATABASE = 4  # the database unavailable, not migrated, full or missing
+EXIT_INTERNAL = 70  # an error nobody foresaw (sysexits' EX_SOFTWARE): the log has the traceback
+EXIT_INTERRUPTED = 130
 
-class SyncError(Exception):
-    """A sync command could not be carried out."""
+
+class WcsyncError(Exception):
+    """wcsync could not do what was asked; the message says why and what to do."""
+
+    exit_code: int = EXIT_USAGE
+    http_status: int = 500
+    error_code: str = "sync_error"
+
+    def http_message(self) -> str:
+        """The message of the HTTP API's error answer."""
+        return str(self)
+
+    def http_details(self) -> dict[str, Any]:
+        """Extra keys of the HTTP API's error answer."""
+        return {}
+
+
+class SyncError(WcsyncError):
+    """A sync command could not be carried out: the queue's state forbids it (already done, nothing to
+    retry, another writer working on it)."""
+
+    exit_code = EXIT_USAGE
+    http_status = 409
+    error_code = "invalid_state"
 
 
 class QueueFinishedError(SyncError):

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from domain.errors import WcsyncError
+
 MAX_TEXT_LENGTH = 1_000
 MAX_EMAIL_LENGTH = 254
 MAX_META_ENTRIES = 500
@@ -53,7 +55,7 @@ _ADDRESS_FIELDS = (
 )
 
 
-class InvalidCustomerRecord(ValueError):
+class InvalidCustomerRecord(WcsyncError, ValueError):
     """A customer record that cannot be mirrored; the message names the field and the problem."""
 
     def __init__(self, field: str, problem: str) -> None:

@@ -11,9 +11,9 @@ import signal
 import sys
 import threading
 
+from domain.errors import WcsyncError
 from infrastructure.adapters.eventstore import SyncApplication
 from infrastructure.support.config import DatabaseConfig
-from infrastructure.support.errors import WcsyncError
 from infrastructure.support.logging import configure_logging
 from projections import ProjectionRunner
 

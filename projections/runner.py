@@ -40,6 +40,7 @@ from uuid import UUID
 import structlog
 from eventsourcing.persistence import InterfaceError, OperationalError
 
+from domain.errors import WcsyncError
 from domain.queue import SyncQueue
 from infrastructure.adapters.eventstore import SyncApplication
 from infrastructure.adapters.projection_db import CONNECTION_ERRORS, ConcurrentUpdate, Database
@@ -122,7 +123,7 @@ class Reconnecting:
         self.delay = self.poll_interval
 
 
-class UnknownProjectionError(ValueError):
+class UnknownProjectionError(WcsyncError, ValueError):
     """No projection of that name."""
 
 

@@ -31,6 +31,7 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import get_topic
 
 from domain.customer import Customer, CustomerHead
+from domain.errors import WcsyncError
 from domain.lines import LineBook
 from domain.queue import SyncQueue
 from infrastructure.adapters.transcoder import FastJSONTranscoder
@@ -52,7 +53,7 @@ T = TypeVar("T")
 QUEUE_SNAPSHOT_INTERVAL = 200
 
 
-class ConcurrentWriteError(Exception):
+class ConcurrentWriteError(WcsyncError):
     """Another writer saved the same aggregate version first: reload and run the command again."""
 
 

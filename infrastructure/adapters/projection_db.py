@@ -23,6 +23,7 @@ import structlog
 from eventsourcing.persistence import Notification
 from psycopg.types.json import Jsonb, set_json_dumps
 
+from domain.errors import WcsyncError
 from infrastructure.adapters.schema import BIGINT, BOOL, INT, JSON, POSTGRES, SQLITE, TEXT, TS, UUID_, Table
 from infrastructure.support.config import DatabaseConfig
 
@@ -40,7 +41,7 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 SQLITE_MAX_VARIABLES = 900  # well under every SQLite build's limit
 
 
-class ConcurrentUpdate(Exception):
+class ConcurrentUpdate(WcsyncError):
     """Another runner moved a tracking position between our read and our lock: read again."""
 
 

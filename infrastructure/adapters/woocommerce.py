@@ -32,6 +32,7 @@ from oauthlib.oauth1 import SIGNATURE_HMAC_SHA256, SIGNATURE_TYPE_QUERY
 from oauthlib.oauth1 import Client as OAuth1Client
 
 from domain import bounds
+from domain.errors import EXIT_STORE, WcsyncError
 from domain.validation import (
     EXCERPT_CHARS,
     MAX_CUSTOMER_ID,
@@ -39,7 +40,6 @@ from domain.validation import (
     check_record,
     customer_id_of,
 )
-from infrastructure.support.errors import WcsyncError
 from infrastructure.support.redaction import redact, redact_value
 
 log = structlog.get_logger("wcsync.woocommerce")
@@ -62,7 +62,9 @@ ActivitySink = Callable[[str, str, str, dict[str, Any]], None]
 class StoreError(WcsyncError):
     """The WooCommerce store could not be read."""
 
-    exit_code = 3
+    exit_code = EXIT_STORE
+    http_status = 502
+    error_code = "store_unavailable"
 
     def __init__(
         self,
@@ -85,6 +87,9 @@ class StoreError(WcsyncError):
             text += f" - check: {self.hint}"
         return text
 
+    def http_details(self) -> dict[str, Any]:
+        return {"storeCode": self.code, "storeStatus": self.status}
+
 
 class StoreUnavailable(StoreError):
     """The store kept failing (network, timeouts, server errors or garbled answers); try again later."""
@@ -92,6 +97,8 @@ class StoreUnavailable(StoreError):
 
 class StoreRefused(StoreError):
     """The store refused the request; retrying will not help until the cause is fixed."""
+
+    error_code = "store_refused"
 
 
 # -------------------------------------------------------------------------------------------- options

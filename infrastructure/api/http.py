@@ -42,12 +42,12 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_protocol import RequestHandler
 
 from domain import bounds
-from domain.errors import SyncError
+from domain.errors import SyncError, WcsyncError
 from domain.queue import QueueOptions
-from infrastructure.adapters.woocommerce import ClientOptions, StoreError, StoreRefused
+from infrastructure.adapters.woocommerce import ClientOptions, StoreError
 from infrastructure.services.sync import RunStopped, SyncEngine, SyncOutcome
 from infrastructure.support.config import StoreSettings, check_store_url
-from infrastructure.support.errors import ConfigurationError, QueueNotFoundError, StorageError, WcsyncError
+from infrastructure.support.errors import ConfigurationError
 from infrastructure.wiring import Services
 from projections import queries
 
@@ -81,13 +81,13 @@ class ApiSettings:
     default_actor: str = "api"
 
 
-class ApiError(Exception):
+class ApiError(WcsyncError):
     """An answer other than success: HTTP status, a stable code, and a message safe to show."""
 
     def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
         super().__init__(message)
-        self.status = status
-        self.code = code
+        self.status = self.http_status = status
+        self.code = self.error_code = code
         self.message = message
         self.extra = extra
 
@@ -665,22 +665,9 @@ def _not_found(org_id: str, queue_id: UUID) -> ApiError:
 def _as_api_error(error: BaseException | None) -> ApiError:
     if isinstance(error, ApiError):
         return error
-    if isinstance(error, QueueNotFoundError):
-        return ApiError(404, "queue_not_found", str(error))
-    if isinstance(error, RunStopped):
-        return ApiError(503, "server_stopping", f"this server is shutting down: {error}")
-    if isinstance(error, StoreError):
-        code = "store_refused" if isinstance(error, StoreRefused) else "store_unavailable"
-        return ApiError(502, code, str(error), storeCode=error.code, storeStatus=error.status)
-    if isinstance(error, StorageError):
-        return ApiError(503, "storage_unavailable", str(error))
-    if isinstance(error, ConfigurationError):
-        return ApiError(500, "server_misconfigured", str(error))
-    if isinstance(error, SyncError):
-        # The queue's state forbids it: already done, nothing to retry, another writer working on it.
-        return ApiError(409, "invalid_state", str(error))
     if isinstance(error, WcsyncError):
-        return ApiError(500, "sync_error", str(error))
+        # Each error class carries its status and code (domain.errors): this is the one mapping.
+        return ApiError(error.http_status, error.error_code, error.http_message(), **error.http_details())
     return ApiError(500, "internal_error", "internal error; the server log has the details")
 
 

@@ -38,6 +38,7 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 
 from domain.customer import Customer, customer_key
+from domain.errors import EXIT_USAGE, WcsyncError
 from domain.queue import SyncQueue
 from infrastructure.adapters.cipher import KeyCheckingMapper, decrypt_error
 from infrastructure.adapters.eventstore import SyncApplication
@@ -47,7 +48,6 @@ from infrastructure.support.errors import (
     ConfigurationError,
     QueueNotFoundError,
     StorageError,
-    WcsyncError,
     first_line,
     quoted,
 )
@@ -79,7 +79,7 @@ ORG_TOPICS = frozenset({QUEUE_CREATED_TOPIC, CUSTOMER_REGISTERED_TOPIC})
 class AuditError(WcsyncError):
     """The audit could not be done as asked."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 # ----- time ----------------------------------------------------------------------------------------------

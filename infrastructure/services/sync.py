@@ -27,7 +27,7 @@ import structlog
 from eventsourcing.persistence import PersistenceError
 
 from domain.customer import Customer, customer_key
-from domain.errors import SyncError
+from domain.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, SyncError, WcsyncError
 from domain.lines import DRAFT
 from domain.queue import Q_DONE, QueueOptions, SyncQueue
 from domain.sync import customer_keys, split_unchanged, sync_batch
@@ -46,7 +46,6 @@ from infrastructure.support.config import StoreSettings
 from infrastructure.support.errors import (
     QueueNotFoundError,
     StorageError,
-    WcsyncError,
     first_line,
     storage_error,
 )
@@ -75,7 +74,9 @@ T = TypeVar("T")
 class RunStopped(WcsyncError):
     """A run stopped on request (Ctrl-C, SIGTERM, a server shutting down) after its last saved batch."""
 
-    exit_code = 130
+    exit_code = EXIT_INTERRUPTED
+    http_status = 503
+    error_code = "server_stopping"
 
     def __init__(self, queue_id: UUID | None, saved: bool) -> None:
         if queue_id is not None and saved:
@@ -88,11 +89,14 @@ class RunStopped(WcsyncError):
         super().__init__(message)
         self.queue_id = queue_id
 
+    def http_message(self) -> str:
+        return f"this server is shutting down: {self}"
+
 
 class RunFailed(WcsyncError):
     """A run ended by a failure nobody foresaw; its saved batches are kept and it can be resumed."""
 
-    exit_code = 70
+    exit_code = EXIT_INTERNAL
 
 
 class Progress(Protocol):

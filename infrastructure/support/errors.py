@@ -1,8 +1,11 @@
-"""The project's own errors; library errors are converted into these at the adapter boundary."""
+"""The infrastructure's errors (under domain.errors.WcsyncError, the one root), the one conversion of
+database library errors into them, and how an error line quotes user input."""
 
 from __future__ import annotations
 
 import re
+
+from domain.errors import EXIT_DATABASE, EXIT_USAGE, WcsyncError
 
 
 def first_line(error: BaseException) -> str:
@@ -38,28 +41,28 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-class WcsyncError(Exception):
-    """wcsync could not do what was asked."""
-
-    exit_code = 2
-
-
 class ConfigurationError(WcsyncError):
     """The configuration is incomplete or invalid; the message says which setting and how to fix it."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
+    http_status = 500
+    error_code = "server_misconfigured"
 
 
 class QueueNotFoundError(WcsyncError):
-    """No such queue for this org."""
+    """No such queue for this org (another org's queue is the same answer)."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
+    http_status = 404
+    error_code = "queue_not_found"
 
 
 class StorageError(WcsyncError):
     """The database could not be reached or refused the operation."""
 
-    exit_code = 4
+    exit_code = EXIT_DATABASE
+    http_status = 503
+    error_code = "storage_unavailable"
 
 
 # ----- one conversion of database library errors --------------------------------------------------------
