@@ -36,8 +36,11 @@ _PARAMETER = re.compile(
     (?P<value>(?:(?!%26|%2526|\\)[^&\s"',;<>])+)
     """
 )
-# Authorization schemes whose value is a credential.
-_BASIC = re.compile(r"(?i)\bbasic(?:\s+|%20|\+)(?P<value>[A-Za-z0-9+/_-]{4,}={0,2})")
+# Authorization schemes whose value is a credential. Only the scheme's name ignores case: under a global
+# (?i) the value's [A-Za-z] would also match the non-ASCII letters that fold to ASCII ones (U+0130 'İ',
+# U+0131, U+017F, U+212A), so a token with text such as 'İ' right after it became one value that is not
+# base64 and was kept whole.
+_BASIC = re.compile(r"(?i:\bbasic)(?:\s+|%20|\+)(?P<value>[A-Za-z0-9+/_-]{4,}={0,2})")
 _BEARER = re.compile(r"(?i)\bbearer(?:\s+|%20|\+)(?P<value>[A-Za-z0-9+/_.~-]{16,}={0,2})")
 # A URL's password: scheme://user:PASSWORD@host.
 _USERINFO = re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://[^/\s:@]*:(?P<value>[^@/\s]*)@")
