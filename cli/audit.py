@@ -14,84 +14,24 @@ from typing import Any
 
 import orjson
 
-EXIT_OK = 0
-EXIT_NOT_INTACT = 1
+from cli import common
+from cli.output import print_json
+from domain.errors import EXIT_OK
+from infrastructure.adapters.eventstore import SyncApplication
+from infrastructure.services.audit import (
+    customer_history,
+    export_log,
+    queue_timeline,
+    verify_export,
+    verify_log,
+)
+from infrastructure.support.config import check_output_file, check_store_url
+from infrastructure.wiring import require_wcsync_tables
+
+EXIT_NOT_INTACT = 1  # the log or the export is not intact
 
 
-def _woo_id(text: str) -> int:
-    from domain.validation import MAX_CUSTOMER_ID
-    from infrastructure.support.errors import quoted
-
-    what = f"is not a WooCommerce customer id (a whole number from 1 to {MAX_CUSTOMER_ID})"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{quoted(text)} {what}") from None
-    if not 0 < value <= MAX_CUSTOMER_ID:
-        raise argparse.ArgumentTypeError(f"{quoted(text)} {what}")
-    return value
-
-
-def _instant(text: str) -> Any:
-    """An ISO 8601 instant (UTC without an offset) that UTC can represent: `0001-01-01T00:00:00+01:00` is
-    before year 1 in UTC, and is refused here rather than overflowing later."""
-    from infrastructure.services.audit import parse_time
-    from infrastructure.support.errors import ConfigurationError
-
-    try:
-        return parse_time(text)
-    except ConfigurationError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def add_audit_parser(commands: Any, common: argparse.ArgumentParser) -> None:
-    from cli.main import _queue_id
-
-    audit = commands.add_parser(
-        "audit",
-        help="what the sync did, when, to whom, and whether the record was changed since",
-        description="Audit and compliance, from the event log alone.",
-        parents=[common],
-    )
-    sub = audit.add_subparsers(dest="audit_command", metavar="AUDIT_COMMAND", parser_class=type(audit))
-    sub.required = True
-
-    queue = sub.add_parser(
-        "queue", help="a queue's full timeline, or its state at an instant", parents=[common]
-    )
-    queue.add_argument("queue_id", type=_queue_id, metavar="QUEUE_ID")
-    queue.add_argument(
-        "--as-of",
-        type=_instant,
-        metavar="TIMESTAMP",
-        help="the queue as it stood then (ISO 8601, UTC if no offset)",
-    )
-    out = queue.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="one JSON document")
-    out.add_argument("--jsonl", action="store_true", help="one JSON object per timeline row")
-
-    customer = sub.add_parser("customer", help="one customer's history across every queue", parents=[common])
-    customer.add_argument("woo_id", type=_woo_id, metavar="WOO_ID")
-    customer.add_argument("--store", metavar="URL", help="the store (needed when the org synced several)")
-    customer.add_argument("--json", action="store_true")
-
-    export = sub.add_parser(
-        "export", help="every event of the org as JSON lines, with a digest", parents=[common]
-    )
-    export.add_argument(
-        "--since", type=_instant, metavar="TIMESTAMP", help="only events from this instant (ISO 8601)"
-    )
-    export.add_argument("--output", required=True, metavar="FILE.jsonl", help="file to write")
-    export.add_argument("--json", action="store_true")
-
-    verify = sub.add_parser(
-        "verify", help="check the stored log against its ledger, or an export offline", parents=[common]
-    )
-    verify.add_argument("--file", metavar="FILE.jsonl", help="an export to check (no database needed)")
-    verify.add_argument("--json", action="store_true")
-
-
-def run_audit(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     handler = {
         "queue": _queue,
         "customer": _customer,
@@ -106,12 +46,10 @@ def _write(data: bytes) -> None:
 
 
 def _queue(args: argparse.Namespace) -> int:
-    from cli.main import _org, _print_json, _services
-    from infrastructure.services.audit import queue_timeline
 
-    org = _org(args)
+    org = common.org(args)
     as_of = args.as_of
-    with _services(args, read_only=True) as services:
+    with common.services(args, read_only=True) as services:
         rows = queue_timeline(services.app, org, args.queue_id, as_of)
         if args.jsonl:
             for row in rows:
@@ -122,7 +60,7 @@ def _queue(args: argparse.Namespace) -> int:
         document: dict[str, Any] = {"queueId": str(args.queue_id), "orgId": org, "timeline": timeline}
         document.update(next((row for row in collected if "asOf" in row), {}))
         if args.json:
-            _print_json(document)
+            print_json(document)
             return EXIT_OK
         for row in document["timeline"]:
             print(_render_row(row))
@@ -153,16 +91,13 @@ def _print_state(document: dict[str, Any]) -> None:
 
 
 def _customer(args: argparse.Namespace) -> int:
-    from cli.main import _org, _print_json, _services
-    from infrastructure.services.audit import customer_history
-    from infrastructure.support.config import check_store_url
 
-    org = _org(args)
+    org = common.org(args)
     store = check_store_url(args.store) if args.store else None
-    with _services(args, read_only=True) as services:
+    with common.services(args, read_only=True) as services:
         document = customer_history(services, org, args.woo_id, store)
     if args.json:
-        _print_json(document)
+        print_json(document)
         return EXIT_OK
     summary = document["customer"]
     print(f"customer {summary['wooId']} of {summary['storeUrl']} (org {summary['orgId']})")
@@ -183,16 +118,11 @@ def _customer(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from cli.main import _database, _org, _print_json
-    from infrastructure.adapters.eventstore import SyncApplication
-    from infrastructure.services.audit import export_log
-    from infrastructure.support.config import check_output_file
-    from infrastructure.wiring import require_wcsync_tables
 
-    org = _org(args)
+    org = common.org(args)
     since = args.since
     output = check_output_file(args.output)  # before any work: never a directory, a device or a FIFO
-    database = _database(args)
+    database = common.database(args)
     require_wcsync_tables(database)
     app = SyncApplication(database, create_tables=False)  # reads only: creates nothing
     try:
@@ -200,7 +130,7 @@ def _export(args: argparse.Namespace) -> int:
     finally:
         app.close()
     if args.json:
-        _print_json(summary.as_dict())
+        print_json(summary.as_dict())
     else:
         print(
             f"exported {summary.events} event(s) of org {org!r} to {summary.path} in {summary.seconds:.2f} s "
@@ -211,18 +141,15 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from cli.main import _database, _print_json
-    from infrastructure.services.audit import verify_export, verify_log
-    from infrastructure.wiring import require_wcsync_tables
 
     if args.file:
         report = verify_export(Path(args.file))
     else:
-        database = _database(args)
+        database = common.database(args)
         require_wcsync_tables(database)
         report = verify_log(database)
     if args.json:
-        _print_json(report.as_dict())
+        print_json(report.as_dict())
     else:
         what = f"export {args.file}" if args.file else f"event log {report.source}"
         if report.ok:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
-from typing import Any
 
+from cli.output import print_json, render_status, status_exit
+from cli.progress import ProgressBar
+from domain.errors import EXIT_STORE
 from domain.queue import QueueOptions
 from infrastructure.adapters.woocommerce import ClientOptions
 from infrastructure.sandbox import Faults, SandboxConfig, SandboxThread
@@ -24,11 +25,7 @@ def run_demo(
     customers: int,
     invalid: int,
     json_out: bool,
-    render_status: Callable[[dict[str, Any]], str],
-    print_json: Callable[[Any], None],
 ) -> int:
-    from cli.progress import ProgressBar
-
     say = (lambda text: None) if json_out else (lambda text: sys.stderr.write(text + "\n"))
     # Light faults, as a real host has: a little latency, the odd 5xx and maintenance page.
     faults = Faults(latency_ms=20, error_rate=0.03, html_rate=0.01)
@@ -72,5 +69,5 @@ def run_demo(
             print(f"\nnext: wcsync activity {first.queue_id}   ·   wcsync queues")
         if first.store_error is not None:
             sys.stderr.write(f"wcsync: {first.store_error}\n")
-            return 3
-        return 0 if final["state"] == "done" and not final["isActionRequired"] else 1
+            return EXIT_STORE
+        return status_exit(final)

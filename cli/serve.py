@@ -9,29 +9,15 @@ import argparse
 import asyncio
 import json
 import sys
-from typing import Any
 
-EXIT_OK = 0
-
-
-def add_serve_parser(commands: Any, common: argparse.ArgumentParser) -> None:
-    from cli.main import _bounded
-    from domain import bounds
-
-    text = "serve the HTTP API (the seed's sync endpoint and read-only queue routes) until Ctrl-C"
-    serve = commands.add_parser("serve", help=text, description=text, parents=[common])
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument(
-        "--port", type=_bounded(bounds.PORT), default=8000, help="0 picks a free port (default 8000)"
-    )
+from cli import common
+from domain.errors import EXIT_OK
+from infrastructure.api.http import serve
+from infrastructure.support.config import check_listen_address, is_loopback, listen_error
+from infrastructure.wiring import open_services
 
 
-def run_serve(args: argparse.Namespace) -> int:
-    from cli.main import _database
-    from infrastructure.api.http import serve
-    from infrastructure.support.config import check_listen_address, is_loopback, listen_error
-    from infrastructure.wiring import open_services
-
+def run(args: argparse.Namespace) -> int:
     check_listen_address(args.host, args.port)  # before any work: exit 2, one line
     if not is_loopback(args.host):
         sys.stderr.write(
@@ -46,7 +32,7 @@ def run_serve(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps({"url": url, "database": services.database.display}) + "\n")
         sys.stdout.flush()
 
-    with open_services(_database(args)) as services:
+    with open_services(common.database(args)) as services:
         try:
             asyncio.run(serve(services, args.host, args.port, listening))
         except OSError as error:

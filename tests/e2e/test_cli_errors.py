@@ -27,7 +27,8 @@ import pytest
 from aiohttp import web
 from psycopg import sql
 
-from infrastructure.sandbox import RunningSandbox, SandboxConfig, SandboxThread, _write_tls_files
+from infrastructure.sandbox import RunningSandbox, SandboxConfig, SandboxThread
+from infrastructure.sandbox.tls import write_tls_files
 from infrastructure.support.loop_thread import LoopThread
 from tests import pgserver
 from tests.conftest import AdminConnection
@@ -771,7 +772,7 @@ class EchoStore:
             await runner.setup()
             context = None
             if self.tls_dir is not None:
-                ca, cert, key = _write_tls_files(self.tls_dir)
+                ca, cert, key = write_tls_files(self.tls_dir)
                 context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
                 context.load_cert_chain(cert, key)
                 self.ca_file = str(ca)
@@ -851,9 +852,10 @@ def test_basic_credentials_echoed_by_a_store_are_not_in_the_message() -> None:
 _BOOM = r"""
 import sys
 import cli.main as m
+import cli.queues
 def boom(args):
     raise {error}
-m.HANDLERS["queues"] = boom
+cli.queues.queues = boom
 sys.exit(m.main(sys.argv[1:]))
 """
 

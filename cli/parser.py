@@ -1,0 +1,309 @@
+"""The whole command-line surface of `wcsync`: every command, its arguments and its handler.
+
+Each command names its handler as "module:function" (``HANDLER``); `cli.main` imports that module only
+when the command runs, so `wcsync --help` or a usage error loads no database, HTTP or projection library.
+This module imports only argument types and bounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from cli.arguments import (
+    Parser,
+    bounded,
+    checked,
+    instant,
+    positive_int,
+    projection_name,
+    queue_id,
+    reason,
+    woo_id,
+)
+from domain import bounds
+
+# Which module and function carry out each command (imported when it runs).
+HANDLERS: dict[str, str] = {
+    "start": "cli.sync:start",
+    "resume": "cli.sync:resume",
+    "retry": "cli.sync:retry",
+    "force-done": "cli.sync:force_done",
+    "status": "cli.queues:status",
+    "queues": "cli.queues:queues",
+    "failed": "cli.queues:failed",
+    "activity": "cli.queues:activity",
+    "db": "cli.db:run",
+    "projections": "cli.projections:run",
+    "sandbox": "cli.sandbox:sandbox",
+    "demo": "cli.sandbox:demo",
+    "audit": "cli.audit:run",
+    "serve": "cli.serve:run",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = Parser(add_help=False)
+    common.add_argument(
+        "--database-url",
+        default=argparse.SUPPRESS,
+        help="sqlite:///path.db or postgresql://user:pass@host/db (env WCSYNC_DATABASE_URL; default: a SQLite file, see README)",
+    )
+    common.add_argument(
+        "--org", default=argparse.SUPPRESS, help="organisation id (env WCSYNC_ORG; default 'default')"
+    )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="more logs on stderr (-v info, -vv debug)",
+    )
+    common.add_argument(
+        "--log-format", choices=["console", "json"], default=argparse.SUPPRESS, help="log format on stderr"
+    )
+
+    parser = Parser(
+        prog="wcsync",
+        description="Event-sourced, resumable, auditable sync of WooCommerce customers.",
+        parents=[common],
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    commands.required = True
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, description=help_text, parents=[common])
+
+    store_options = Parser(add_help=False)
+    store_options.add_argument(
+        "--url",
+        help="the store's site root (env WOO_URL); key and secret come from WOO_CONSUMER_KEY / WOO_CONSUMER_SECRET",
+    )
+    store_options.add_argument(
+        "--concurrency",
+        type=bounded(bounds.CONCURRENCY),
+        default=4,
+        help="pages fetched at once, 1-32 (default 4)",
+    )
+    store_options.add_argument(
+        "--rate",
+        type=bounded(bounds.RATE),
+        default=0.0,
+        help="max requests per second to the store (default 0: no limit)",
+    )
+    store_options.add_argument("--ca-file", help="trust this CA certificate (PEM) for an HTTPS store")
+    store_options.add_argument(
+        "--timeout",
+        type=bounded(bounds.TIMEOUT_S),
+        default=60.0,
+        help="seconds per request, more than 0 (default 60)",
+    )
+    store_options.add_argument(
+        "--max-response-mb",
+        type=bounded(bounds.MAX_RESPONSE_MB),
+        default=bounds.DEFAULT_MAX_RESPONSE_MB,
+        help="largest store answer read, in MB (default 8); a larger page is fetched customer by customer",
+    )
+    store_options.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
+    start = commands.add_parser(
+        "start",
+        help="create a queue and sync the store's customers to the end",
+        parents=[common, store_options],
+    )
+    start.add_argument(
+        "--batch-size",
+        type=bounded(bounds.BATCH_SIZE),
+        default=50,
+        help="lines saved per transaction, 1-1000 (default 50)",
+    )
+    start.add_argument(
+        "--batch-delay-ms",
+        type=bounded(bounds.BATCH_DELAY_MS),
+        default=0,
+        help="pause between batches, 0-60000 (default 0)",
+    )
+    start.add_argument(
+        "--max-retries",
+        type=bounded(bounds.MAX_RETRIES),
+        default=3,
+        help="attempts per line and per request, 1-100 (default 3)",
+    )
+    start.add_argument(
+        "--per-page",
+        type=bounded(bounds.PER_PAGE),
+        default=100,
+        help="customers per page, 1-100 (default 100)",
+    )
+    start.add_argument(
+        "--role",
+        type=checked(bounds.check_role),
+        default="customer",
+        help="WordPress role to sync, or 'all' (default customer)",
+    )
+    start.add_argument(
+        "--queue-name",
+        type=checked(bounds.check_text),
+        help=f"a name for the queue, at most {bounds.MAX_NAME_LENGTH} characters (default: 'customers <store url>')",
+    )
+
+    for name, text in (
+        ("resume", "continue an interrupted queue from where it stopped"),
+        ("retry", "fetch the failed lines' customers again and sync them"),
+    ):
+        sub = commands.add_parser(name, help=text, description=text, parents=[common, store_options])
+        sub.add_argument("queue_id", type=queue_id, metavar="QUEUE_ID")
+
+    force = command("force-done", "cancel every unfinished line and mark the queue done")
+    force.add_argument("queue_id", type=queue_id, metavar="QUEUE_ID")
+    force.add_argument(
+        "--reason",
+        required=True,
+        type=checked(reason),
+        help=f"why, at most {bounds.MAX_REASON_LENGTH} characters (recorded in the audit log)",
+    )
+    force.add_argument("--json", action="store_true")
+
+    status = command("status", "show a queue's state and counts (the latest queue when no id is given)")
+    status.add_argument("queue_id", type=queue_id, nargs="?", metavar="QUEUE_ID")
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--watch", action="store_true", help="refresh until the queue finishes")
+    status.add_argument(
+        "--interval",
+        type=bounded(bounds.INTERVAL_S),
+        default=2.0,
+        help="seconds between refreshes with --watch (default 2)",
+    )
+
+    queues = command("queues", "list the org's queues, newest first")
+    queues.add_argument("--json", action="store_true")
+    queues.add_argument("--limit", type=bounded(bounds.LIMIT), default=50)
+
+    failed = command("failed", "list a queue's failed lines and their errors")
+    failed.add_argument("queue_id", type=queue_id, metavar="QUEUE_ID")
+    failed.add_argument("--json", action="store_true")
+
+    activity = command("activity", "show a queue's activity log, oldest first")
+    activity.add_argument("queue_id", type=queue_id, metavar="QUEUE_ID")
+    activity.add_argument("--json", action="store_true")
+    activity.add_argument("--limit", type=bounded(bounds.LIMIT), default=1000)
+
+    db = command("db", "database administration")
+    db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", parser_class=Parser)
+    db_commands.required = True
+    db_commands.add_parser("migrate", help="create every table once", parents=[common])
+
+    projections = command("projections", "read models built from the event stream")
+    p_commands = projections.add_subparsers(
+        dest="projections_command", metavar="PROJECTIONS_COMMAND", parser_class=Parser
+    )
+    p_commands.required = True
+    p_commands.add_parser("catch-up", help="apply every new event once, then exit", parents=[common])
+    p_commands.add_parser("run", help="follow new events until stopped (Ctrl-C)", parents=[common])
+    rebuild = p_commands.add_parser(
+        "rebuild", help="replay every event into fresh tables and swap them in", parents=[common]
+    )
+    rebuild.add_argument("name", nargs="?", type=projection_name, help="one projection (default: all)")
+    p_status = p_commands.add_parser(
+        "status", help="position, head of the log and lag of each projection", parents=[common]
+    )
+    p_status.add_argument("--json", action="store_true")
+
+    sandbox = command("sandbox", "run a WooCommerce-compatible sandbox store on this machine")
+    _sandbox_arguments(sandbox)
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=bounded(bounds.PORT), default=8080, help="0 picks a free port")
+
+    demo = command("demo", "start a sandbox store and sync it into the default database, end to end")
+    demo.add_argument("--customers", type=positive_int, default=797)
+    demo.add_argument(
+        "--invalid", type=positive_int, default=5, help="records that fail validation, fixed and retried"
+    )
+    demo.add_argument("--json", action="store_true")
+    _add_audit_parser(commands, common)
+    _add_serve_parser(commands, common)
+    return parser
+
+
+def _add_audit_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    audit = commands.add_parser(
+        "audit",
+        help="what the sync did, when, to whom, and whether the record was changed since",
+        description="Audit and compliance, from the event log alone.",
+        parents=[common],
+    )
+    sub = audit.add_subparsers(dest="audit_command", metavar="AUDIT_COMMAND", parser_class=type(audit))
+    sub.required = True
+
+    queue = sub.add_parser(
+        "queue", help="a queue's full timeline, or its state at an instant", parents=[common]
+    )
+    queue.add_argument("queue_id", type=queue_id, metavar="QUEUE_ID")
+    queue.add_argument(
+        "--as-of",
+        type=instant,
+        metavar="TIMESTAMP",
+        help="the queue as it stood then (ISO 8601, UTC if no offset)",
+    )
+    out = queue.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="one JSON document")
+    out.add_argument("--jsonl", action="store_true", help="one JSON object per timeline row")
+
+    customer = sub.add_parser("customer", help="one customer's history across every queue", parents=[common])
+    customer.add_argument("woo_id", type=woo_id, metavar="WOO_ID")
+    customer.add_argument("--store", metavar="URL", help="the store (needed when the org synced several)")
+    customer.add_argument("--json", action="store_true")
+
+    export = sub.add_parser(
+        "export", help="every event of the org as JSON lines, with a digest", parents=[common]
+    )
+    export.add_argument(
+        "--since", type=instant, metavar="TIMESTAMP", help="only events from this instant (ISO 8601)"
+    )
+    export.add_argument("--output", required=True, metavar="FILE.jsonl", help="file to write")
+    export.add_argument("--json", action="store_true")
+
+    verify = sub.add_parser(
+        "verify", help="check the stored log against its ledger, or an export offline", parents=[common]
+    )
+    verify.add_argument("--file", metavar="FILE.jsonl", help="an export to check (no database needed)")
+    verify.add_argument("--json", action="store_true")
+
+
+def _add_serve_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    text = "serve the HTTP API (the seed's sync endpoint and read-only queue routes) until Ctrl-C"
+    serve = commands.add_parser("serve", help=text, description=text, parents=[common])
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=bounded(bounds.PORT), default=8000, help="0 picks a free port (default 8000)"
+    )
+
+
+def _sandbox_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--customers", type=positive_int, default=797)
+    parser.add_argument(
+        "--invalid", type=positive_int, default=0, help="records that break a validation rule"
+    )
+    parser.add_argument(
+        "--other-roles", type=positive_int, default=0, help="extra users that are not customers"
+    )
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--rate-limit", type=float, default=0.0, help="requests/s above which it answers 429")
+    parser.add_argument("--error-rate", type=float, default=0.0, help="share of random 5xx answers")
+    parser.add_argument("--html-rate", type=float, default=0.0, help="share of 200 answers with an HTML body")
+    parser.add_argument("--truncated-rate", type=float, default=0.0, help="share of truncated JSON answers")
+    parser.add_argument("--slow-rate", type=float, default=0.0)
+    parser.add_argument("--slow-ms", type=float, default=2000.0)
+    parser.add_argument(
+        "--repeat-last-page",
+        action="store_true",
+        help="answer pages past the end with the last page, forever",
+    )
+    parser.add_argument(
+        "--churn-every",
+        type=positive_int,
+        default=0,
+        help="create/edit/delete a customer every N list requests",
+    )
+    parser.add_argument("--tls", action="store_true", help="serve HTTPS (self-signed CA) with Basic auth")

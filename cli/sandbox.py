@@ -1,0 +1,70 @@
+"""`wcsync sandbox` and `wcsync demo`: the sandbox store (a development and test double) on this machine,
+alone or with a full sync of it."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from cli import common
+from cli.arguments import UsageError
+from cli.demo import run_demo
+from domain.errors import EXIT_OK
+from infrastructure.sandbox import Faults, SandboxConfig, serve_forever
+from infrastructure.support.config import check_listen_address
+
+
+def _sandbox_config(args: argparse.Namespace, **overrides: Any) -> SandboxConfig:
+    try:
+        faults = Faults(
+            latency_ms=args.latency_ms,
+            rate_limit=args.rate_limit,
+            error_rate=args.error_rate,
+            html_rate=args.html_rate,
+            truncated_rate=args.truncated_rate,
+            slow_rate=args.slow_rate,
+            slow_ms=args.slow_ms,
+            repeat_last_page=args.repeat_last_page,
+            churn_every=args.churn_every,
+        )
+        if args.invalid > args.customers:
+            raise UsageError("--invalid cannot exceed --customers")
+        return SandboxConfig(
+            customers=args.customers,
+            invalid=args.invalid,
+            other_roles=args.other_roles,
+            seed=args.seed,
+            faults=faults,
+            tls=args.tls,
+            **overrides,
+        )
+    except ValueError as error:
+        # "error_rate must be ..." names the field; on the command line it is --error-rate.
+        raise _option_error(error) from None
+
+
+def _option_error(error: ValueError) -> UsageError:
+    """A sandbox setting's ValueError ("latency_ms must be ...") as its command-line option names it."""
+    name, _, rest = str(error).partition(" ")
+    return UsageError(f"--{name.replace('_', '-')} {rest}")
+
+
+def sandbox(args: argparse.Namespace) -> int:
+    config = _sandbox_config(args)
+    check_listen_address(args.host, args.port)  # before the store is generated: exit 2, one line
+    serve_forever(config, args.host, args.port)
+    return EXIT_OK
+
+
+def demo(args: argparse.Namespace) -> int:
+    try:  # the sandbox's bounds, checked before any work (demo generates the store first)
+        SandboxConfig(customers=args.customers, invalid=min(args.invalid, args.customers))
+    except ValueError as error:
+        raise _option_error(error) from None
+    return run_demo(
+        common.database(args),
+        common.org(args),
+        customers=args.customers,
+        invalid=args.invalid,
+        json_out=args.json,
+    )

@@ -1,0 +1,106 @@
+"""`wcsync start | resume | retry | force-done`: the sync use cases (infrastructure.services.sync)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from uuid import UUID
+
+from cli import common
+from cli.arguments import UsageError
+from cli.output import error, print_json, render_status, status_exit
+from cli.progress import ProgressBar
+from domain.errors import EXIT_OK, EXIT_STORE
+from domain.queue import QueueOptions
+from infrastructure.adapters.woocommerce import StoreRefused
+from infrastructure.services.sync import SyncOutcome
+from infrastructure.support.config import StoreSettings
+
+
+def start(args: argparse.Namespace) -> int:
+    return _run(args, "start")
+
+
+def resume(args: argparse.Namespace) -> int:
+    return _run(args, "resume")
+
+
+def retry(args: argparse.Namespace) -> int:
+    return _run(args, "retry")
+
+
+def _run(args: argparse.Namespace, action: str) -> int:
+    actor = common.actor()
+    org = common.org(args)
+    client_options = common.client_options(args)
+    json_out = bool(getattr(args, "json", False))
+    with common.services(args) as services, common.stop_on_signals() as stop:
+        progress = None if json_out else ProgressBar(action)
+        engine = services.engine(org, actor=actor, progress=progress, stop=stop)
+        outcome: SyncOutcome
+        if action == "start":
+            try:
+                options = QueueOptions(
+                    batch_size=args.batch_size,
+                    batch_delay_ms=args.batch_delay_ms,
+                    max_retries=args.max_retries,
+                    per_page=args.per_page,
+                    role=args.role,
+                )
+            except ValueError as problem:
+                raise UsageError(str(problem)) from None
+            store = StoreSettings.load(args.url)
+            if not json_out:
+                sys.stderr.write(f"database   {services.database.display}\n")
+
+            def announce(queue_id: UUID) -> None:
+                if not json_out:
+                    sys.stderr.write(f"queue      {queue_id}\n")
+
+            try:
+                with services.live_projections():
+                    outcome = asyncio.run(
+                        engine.start(store, options, client_options, args.queue_name, on_created=announce)
+                    )
+            except StoreRefused as refused:
+                # Refused before the first page: the queue was never saved.
+                raise StoreRefused(
+                    f"{refused.message}; nothing was saved, fix this and run `wcsync start` again",
+                    code=refused.code,
+                    status=refused.status,
+                    hint=refused.hint,
+                ) from None
+        else:
+            queue = engine.get_queue(args.queue_id)
+            store = StoreSettings.load(args.url or queue.store_url)
+            run = engine.resume if action == "resume" else engine.retry
+            with services.live_projections():
+                outcome = asyncio.run(run(args.queue_id, store, client_options))
+        status = common.queue_status_or_fail(services, org, outcome.queue_id)
+        if json_out:
+            document = dict(status)
+            document["seconds"] = round(outcome.seconds, 3)
+            if outcome.store_error is not None:
+                document["error"] = str(outcome.store_error)
+            print_json(document)
+        else:
+            print(render_status(status))
+            print(f"took       {outcome.seconds:.2f} s")
+        if outcome.store_error is not None:
+            error(
+                f"{outcome.store_error} — the queue is saved; continue with `wcsync resume {outcome.queue_id}`"
+            )
+            return EXIT_STORE
+        return status_exit(status)
+
+
+def force_done(args: argparse.Namespace) -> int:
+    actor = common.actor()
+    org = common.org(args)
+    with common.services(args) as services:
+        engine = services.engine(org, actor=actor)
+        engine.force_done(args.queue_id, args.reason)
+        status = common.queue_status_or_fail(services, org, args.queue_id)
+        print_json(status) if args.json else print(render_status(status))
+        return EXIT_OK

@@ -1,0 +1,5 @@
+"""The projections' names, importable without loading the projections (the CLI's parser checks them)."""
+
+from __future__ import annotations
+
+PROJECTION_NAMES: tuple[str, ...] = ("customers", "queues", "activity", "ledger")
