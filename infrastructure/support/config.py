@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import ipaddress
 import os
 import re
+import socket
+import ssl
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +41,6 @@ def check_listen_address(host: str, port: int) -> None:
     a socket per address, as the server will (SO_REUSEADDR, IPv6 only on IPv6 sockets). Raises
     ConfigurationError (exit 2): an empty host (it would mean every interface, silently), a host that does
     not resolve or is not this machine's, a port in use."""
-    import socket
-
     if not host.strip():
         raise ConfigurationError(
             "--host is empty; give the address to listen on (127.0.0.1, or 0.0.0.0 for every interface)"
@@ -65,8 +67,6 @@ def check_listen_address(host: str, port: int) -> None:
 def listen_error(error: OSError, host: str, port: int) -> ConfigurationError:
     """A server's failure to listen (at check_listen_address, or the port taken after it: a race) as one
     line."""
-    import errno
-
     if error.errno == errno.EADDRINUSE:
         return ConfigurationError(
             f"port {port} on {host} is in use; choose another with --port (0 picks a free one)"
@@ -317,9 +317,6 @@ def check_ca_file(path: str) -> str:
     (never a device, a FIFO or a directory: /dev/zero would be read without end) of at most
     MAX_CA_FILE_BYTES, readable, holding at least one PEM certificate. Returns the path; raises
     ConfigurationError naming the problem and what to give instead."""
-    import ssl
-    import stat
-
     fix = "give the PEM file of the CA that signed the store's certificate"
     if not path.strip() or "\x00" in path:
         raise ConfigurationError(f"the CA file name is empty or invalid; {fix}")
@@ -375,8 +372,6 @@ def check_output_file(path: str, flag: str = "--output") -> Path:
     """A file a command writes (``audit export --output``), checked before any work: a non-empty name,
     and, when something is there already, a regular file (it is replaced whole). A directory, a device, a
     FIFO or a socket is refused (ConfigurationError, exit 2), never replaced by a file."""
-    import stat
-
     if not path.strip() or "\x00" in path:
         raise ConfigurationError(f"{flag} is empty or invalid; give the path of the file to write")
     file = Path(path)

@@ -8,6 +8,8 @@ import sys
 
 import structlog
 
+from infrastructure.support.errors import ConfigurationError, quoted
+
 _SECRET_KEYS = frozenset(
     {"consumer_key", "consumer_secret", "password", "secret", "token", "authorization", "oauth_signature"}
 )
@@ -30,8 +32,6 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
     WCSYNC_LOG_FORMAT, else console on a terminal and json otherwise). A variable set to a value that is
     not one of them is refused (ConfigurationError, exit 2), as the flag --log-format is; set empty, it is
     unset."""
-    from infrastructure.support.errors import ConfigurationError, quoted
-
     level_name = (level or os.environ.get("WCSYNC_LOG_LEVEL") or "warning").strip().lower()
     if level_name == "warn":
         level_name = "warning"
