@@ -24,6 +24,7 @@ lint: bootstrap
 
 typecheck: bootstrap
 	$(VENV)/mypy
+	$(VENV)/lint-imports
 
 bench: bootstrap
 	$(VENV)/python bench/run_all.py
