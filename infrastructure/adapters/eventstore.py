@@ -34,6 +34,7 @@ from domain.customer import Customer, CustomerHead
 from domain.errors import WcsyncError
 from domain.lines import LineBook
 from domain.queue import SyncQueue
+from infrastructure.adapters import eventlog
 from infrastructure.adapters.transcoder import FastJSONTranscoder
 from infrastructure.support.config import APP_NAME, DatabaseConfig
 from infrastructure.support.errors import (
@@ -201,54 +202,7 @@ class SyncApplication(Application[UUID]):
         return heads
 
     def _select_events_of(self, ids: Sequence[UUID], latest_only: bool = False) -> list[StoredEvent]:
-        recorder: Any = self.recorder
-        table = recorder.events_table_name
-        if self.database.backend == "sqlite":
-            placeholders = ",".join("?" * len(ids))
-            statement = (
-                f"SELECT originator_id, originator_version, topic, state FROM {table} AS e "
-                f"WHERE originator_id IN ({placeholders})"
-            )
-            if latest_only:
-                statement += (
-                    f" AND originator_version = (SELECT MAX(originator_version) FROM {table} "
-                    "WHERE originator_id = e.originator_id)"
-                )
-            with recorder.datastore.transaction(commit=False) as curs:
-                curs.execute(statement, [i.hex for i in ids])
-                return [
-                    StoredEvent(
-                        originator_id=UUID(row["originator_id"]),
-                        originator_version=row["originator_version"],
-                        topic=row["topic"],
-                        state=row["state"],
-                    )
-                    for row in curs.fetchall()
-                ]
-        from psycopg.sql import SQL, Identifier
-
-        # One index probe per id (LATERAL ... LIMIT), whatever the planner believes: during a first big
-        # sync the events table has no statistics yet, and `= ANY(...)` was planned as a bitmap scan
-        # (plus JIT) at ~100 ms a page instead of ~1 ms.
-        statement_pg = SQL(
-            "SELECT e.originator_id, e.originator_version, e.topic, e.state "
-            "FROM unnest(%s::uuid[]) AS k(id) CROSS JOIN LATERAL ("
-            "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
-            "WHERE originator_id = k.id ORDER BY originator_version DESC"
-            + (" LIMIT 1" if latest_only else "")
-            + ") AS e"
-        ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(table))
-        with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(statement_pg, (list(ids),))
-            return [
-                StoredEvent(
-                    originator_id=row["originator_id"],
-                    originator_version=row["originator_version"],
-                    topic=row["topic"],
-                    state=bytes(row["state"]),
-                )
-                for row in curs.fetchall()
-            ]
+        return eventlog.select_events_of(self.recorder, self.database.backend, ids, latest_only)
 
     # ----- reading the log -----------------------------------------------------------------------------
 

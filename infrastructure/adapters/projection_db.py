@@ -13,7 +13,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -24,7 +24,22 @@ from eventsourcing.persistence import Notification
 from psycopg.types.json import Jsonb, set_json_dumps
 
 from domain.errors import WcsyncError
-from infrastructure.adapters.schema import BIGINT, BOOL, INT, JSON, POSTGRES, SQLITE, TEXT, TS, UUID_, Table
+from infrastructure.adapters import eventlog
+from infrastructure.adapters.schema import (
+    BIGINT,
+    BOOL,
+    INT,
+    JSON,
+    NUL_ESCAPE,
+    POSTGRES,
+    SQLITE,
+    TEXT,
+    TS,
+    UUID_,
+    Table,
+    as_uuid,
+)
+from infrastructure.adapters.schema import iso as iso  # the projections' form of a time (queries, quarantine)
 from infrastructure.support.config import DatabaseConfig
 
 Row = tuple[Any, ...]
@@ -43,11 +58,6 @@ SQLITE_MAX_VARIABLES = 900  # well under every SQLite build's limit
 
 class ConcurrentUpdate(WcsyncError):
     """Another runner moved a tracking position between our read and our lock: read again."""
-
-
-def iso(value: datetime) -> str:
-    """ISO-8601 in UTC with offset and microseconds: sorts as text in time order."""
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _dumps(value: Any) -> str:
@@ -99,8 +109,6 @@ _PG_COPY_TYPES = {
 _COPY_UNESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
 _COPY_ESCAPED = re.compile(r"\\(.)")
 NULL = "\\N"
-# A NUL character as JSON writes it in a stored state: PostgreSQL's jsonb cannot hold one.
-NUL_ESCAPE = b"\\u0000"
 
 
 # Kinds whose converted values repeat within a batch (a queue id, an event's timestamp): converted once.
@@ -127,10 +135,6 @@ _NUL_IN_JSON = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
 
 def _without_nul(value: str) -> str:
     return value.replace(NUL, REPLACEMENT) if NUL in value else value
-
-
-def _as_uuid(value: Any) -> UUID:
-    return value if isinstance(value, UUID) else UUID(str(value))
 
 
 def _uncopy_text(text: str) -> str:
@@ -324,34 +328,12 @@ class Database:
         states: bool = True,
         stateless: Sequence[str] = (),
     ) -> list[Notification]:
-        """PostgreSQL: the application's notifications in (start, stop], as ``app.recorder.select_notifications``
-        returns them, but fetched in binary: event states travel as raw bytes instead of hex text (the
-        library's own query spends most of a catch-up's reading time decoding hex).
-
-        Without ``states``: ids and topics only (every state empty). Events of the ``stateless`` topics come
-        without their state (empty) too, except those with a NUL character escaped in their JSON (which
-        PostgreSQL's jsonb refuses: see Projection.in_database_topics): they come whole."""
-        params: list[Any] = [start, stop, list(topics), limit]
-        if not states:
-            state = "''::bytea"
-        elif stateless:
-            state = "CASE WHEN topic = ANY(%s) AND position(%s IN state) = 0 THEN ''::bytea ELSE state END"
-            params[:0] = [list(stateless), NUL_ESCAPE]
-        else:
-            state = "state"
-        statement = (
-            f"SELECT notification_id, originator_id, originator_version, topic, {state} FROM {events_table} "
-            "WHERE notification_id > %s AND notification_id <= %s AND topic = ANY(%s) "
-            "ORDER BY notification_id LIMIT %s"
-        )
-        with self.lock, self._connect_pg().cursor(binary=True) as cur:
-            rows = cur.execute(statement, params).fetchall()
-        return [
-            Notification(
-                id=nid, originator_id=oid, originator_version=version, topic=topic, state=bytes(state)
+        """PostgreSQL: the notifications in (start, stop] of these topics, fetched in binary on this
+        connection (eventlog.select_notifications says what comes back)."""
+        with self.lock:
+            return eventlog.select_notifications(
+                self._connect_pg(), events_table, start, stop, topics, limit, states, stateless
             )
-            for nid, oid, version, topic, state in rows
-        ]
 
     # ----- values --------------------------------------------------------------------------------------
 
@@ -527,7 +509,7 @@ class Database:
                             row = list(values)
                         found = memo.get(value)
                         if found is None:
-                            found = memo[value] = _as_uuid(value)
+                            found = memo[value] = as_uuid(value)
                         row[i] = found
                 for i in texts:
                     value = row[i]

@@ -11,6 +11,9 @@ swap, so constraint and index names are always derived from the table name plus 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
 
 POSTGRES = "postgres"
 SQLITE = "sqlite"
@@ -43,12 +46,36 @@ _SQLITE_TYPES = {
     JSON: "TEXT",
 }
 
-# The events table as eventsourcing names it: per application on PostgreSQL, fixed on SQLite.
+# The events table as eventsourcing names it: per application on PostgreSQL, fixed on SQLite. Only
+# infrastructure/adapters/eventlog.py writes SQL on it.
 EVENTS_TABLE = {POSTGRES: "wcsync_events", SQLITE: "stored_events"}
 EVENTS_ID_COLUMN = {POSTGRES: "notification_id", SQLITE: "rowid"}
 
 TRACKING_TABLE = "wcsync_projection_tracking"
 REBUILD_SUFFIX = "__rebuild"
+
+# The ledger projection's tables (projections/ledger.py), named here because the audit's log reader
+# (adapters/eventlog.py) reads them too, and adapters import no projection.
+LEDGER_TABLE_NAME = "wcsync_ledger"
+CHECKPOINT_TABLE_NAME = "wcsync_ledger_checkpoint"
+
+
+# ----- values of the kinds -------------------------------------------------------------------------------
+
+# A NUL character as JSON writes it (in a stored state, in a JSON value): PostgreSQL's jsonb cannot hold one.
+NUL_ESCAPE = b"\\u0000"
+
+
+def as_uuid(value: Any) -> UUID:
+    """A UUID_ value as a UUID, whatever form it came in (a UUID, or its text as SQLite stores it)."""
+    return value if isinstance(value, UUID) else UUID(str(value))
+
+
+def iso(value: datetime, timespec: str = "microseconds") -> str:
+    """A TS value as ISO-8601 text in UTC with its offset. With microseconds (the default), always six
+    digits: the text sorts in time order, the form SQLite's tables store. ``timespec="auto"``: microseconds
+    only when there are some (datetime.isoformat's own form, the audit's output)."""
+    return value.astimezone(UTC).isoformat(timespec=timespec)
 
 
 @dataclass(frozen=True)
