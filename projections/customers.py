@@ -20,11 +20,11 @@ from typing import Any
 from uuid import UUID
 
 from domain.customer import Customer
+from infrastructure.adapters import eventlog
 from infrastructure.adapters.projection_db import Database
 from infrastructure.adapters.schema import (
     BIGINT,
     BOOL,
-    EVENTS_TABLE,
     INT,
     JSON,
     POSTGRES,
@@ -34,6 +34,7 @@ from infrastructure.adapters.schema import (
     Column,
     Index,
     Table,
+    as_uuid,
 )
 from projections.base import Item, Projection, topics_of
 
@@ -220,9 +221,7 @@ REGISTERED_SELECT = (
     "SELECT originator_id, originator_version, j->>'org_id' AS org_id, j->>'store_url' AS store_url, "
     "(j->>'woo_id')::bigint AS woo_id, j->>'digest' AS digest, (j->>'queue_id')::uuid AS queue_id, "
     f"(j->'timestamp'->>'_data_')::timestamptz AS at, {_FIELDS} "
-    "FROM (SELECT originator_id, originator_version, convert_from(state, 'UTF8')::jsonb AS j "
-    f"FROM {EVENTS_TABLE[POSTGRES]} WHERE notification_id >= %s AND notification_id <= %s "
-    "AND notification_id = ANY(%s::bigint[]) AND topic = %s OFFSET 0) AS stored OFFSET 0) AS event"
+    f"FROM ({eventlog.JSONB_STATES} OFFSET 0) AS stored OFFSET 0) AS event"
 )
 _COLUMNS = ", ".join(CUSTOMER_TABLE.column_names)
 # The stored form REGISTERED_SELECT reads: a change of the event's class (its class_version) needs it changed.
@@ -285,7 +284,3 @@ class CustomersProjection(Projection):
         db.upsert(CUSTOMER_TABLE, suffix, (row for key, row in rows.items() if key not in registered))
         db.insert(CUSTOMER_TABLE, suffix, new_rows)
         db.insert_dicts(CUSTOMER_TABLE, suffix, (row for key, row in rows.items() if key in registered))
-
-
-def as_uuid(value: Any) -> UUID:
-    return value if isinstance(value, UUID) else UUID(str(value))

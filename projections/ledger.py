@@ -28,29 +28,26 @@ import os
 import struct
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
 from domain.customer import Customer
 from domain.queue import SyncQueue
+from infrastructure.adapters import eventlog
 from infrastructure.adapters.projection_db import Database
 from infrastructure.adapters.schema import (
     BIGINT,
-    EVENTS_ID_COLUMN,
-    EVENTS_TABLE,
-    POSTGRES,
+    CHECKPOINT_TABLE_NAME,
+    LEDGER_TABLE_NAME,
     TEXT,
     TS,
     UUID_,
     Column,
     Table,
+    as_uuid,
 )
 from projections.base import Item, Projection, topics_of
-
-LEDGER_TABLE_NAME = "wcsync_ledger"
-CHECKPOINT_TABLE_NAME = "wcsync_ledger_checkpoint"
 
 CHECKPOINT_EVERY = 10_000
 GENESIS = bytes(32)  # the "previous chain hash" of the first event
@@ -121,10 +118,6 @@ def chain_hash(previous: bytes, event_digest: bytes) -> bytes:
     return hashlib.sha256(previous + event_digest).digest()
 
 
-def as_uuid(value: Any) -> UUID:
-    return value if isinstance(value, UUID) else UUID(str(value))
-
-
 def audit_key() -> bytes | None:
     key = os.environ.get(AUDIT_KEY_VARIABLE, "")
     return key.encode("utf-8") if key else None
@@ -159,18 +152,9 @@ class LedgerProjection(Projection):
             position, previous, count = 0, GENESIS, 0
         if upto <= position:
             return
-        events, id_column = EVENTS_TABLE[db.dialect], EVENTS_ID_COLUMN[db.dialect]
-        # Binary: ids and bytes arrive as such (in text, bytea comes as hex, and decoding that was a fifth of
-        # the ledger's time). PostgreSQL hashes the states itself (sha256(bytea), the same digest of the same
-        # stored bytes): 32 bytes an event cross the connection instead of the whole state.
-        state = "sha256(state)" if db.dialect == POSTGRES else "state"
-        rows = db.fetchall(
-            f"SELECT {id_column}, originator_id, originator_version, topic, {state} FROM {events} "
-            f"WHERE {id_column} > %s AND {id_column} <= %s ORDER BY {id_column}",
-            [position, upto],
-            binary=True,
-        )
-        hashed = db.dialect == POSTGRES
+        # The raw rows after the ledger's own position (hashed: PostgreSQL sent the states' SHA-256, the same
+        # digest of the same stored bytes, instead of the states).
+        rows, hashed = eventlog.select_for_ledger(db, position, upto)
         now = datetime.now(UTC)
         ledger_rows = []
         checkpoints: list[tuple[int, str, int]] = []
@@ -195,9 +179,9 @@ class LedgerProjection(Projection):
         if not ledger_rows:
             return
         db.insert(LEDGER_TABLE, suffix, ledger_rows)
-        head = db.fetchall(f"SELECT MAX({id_column}) FROM {events}")[0][0] or 0
+        head = eventlog.head_position(db)
         last_position = ledger_rows[-1][0]
-        if last_position >= int(head) and (not checkpoints or checkpoints[-1][0] != last_position):
+        if last_position >= head and (not checkpoints or checkpoints[-1][0] != last_position):
             checkpoints.append((last_position, ledger_rows[-1][7], count))  # the end of a catch-up
         if checkpoints:
             self._record_checkpoints(db, checkpoints, now)
