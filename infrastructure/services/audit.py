@@ -21,9 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -33,7 +31,6 @@ from typing import IO, Any
 from uuid import UUID
 
 import orjson
-import psycopg
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 
@@ -41,22 +38,18 @@ from domain.customer import Customer, customer_key
 from domain.errors import EXIT_USAGE, WcsyncError
 from domain.queue import SyncQueue
 from infrastructure.adapters.cipher import KeyCheckingMapper, decrypt_error
+from infrastructure.adapters.eventlog import LogReader
 from infrastructure.adapters.eventstore import SyncApplication
-from infrastructure.adapters.schema import EVENTS_ID_COLUMN, EVENTS_TABLE, POSTGRES
+from infrastructure.adapters.schema import iso as utc_iso
 from infrastructure.support.config import DatabaseConfig, check_output_file
 from infrastructure.support.errors import (
     ConfigurationError,
     QueueNotFoundError,
-    StorageError,
-    first_line,
     quoted,
 )
 from projections import queries
 from projections.ledger import (
-    CHECKPOINT_TABLE_NAME,
     GENESIS,
-    LEDGER_TABLE_NAME,
-    as_uuid,
     audit_key,
     chain_hash,
     event_hash,
@@ -65,7 +58,6 @@ from projections.ledger import (
     state_hash,
 )
 
-FETCH_ROWS = 5_000
 MAX_PROBLEMS = 1_000  # problems kept in memory (verify reports the first ones)
 EXPORT_FORMAT = "wcsync-audit-export/1"
 _LINK_PREFIX = b',"link":"'
@@ -102,140 +94,12 @@ def parse_time(text: str) -> datetime:
 
 
 def iso(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat()
+    """A time of the audit's output: UTC, with microseconds only when there are some."""
+    return None if value is None else utc_iso(value, timespec="auto")
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-# ----- reading the raw log -------------------------------------------------------------------------------
-
-# (position, aggregate id, version, topic, stored state)
-RawEvent = tuple[int, UUID, int, str, bytes]
-# (position, seq, aggregate id, version, topic, state hash, event hash, chain hash)
-LedgerRow = tuple[int, int, UUID, int, str, str, str, str]
-
-
-class LogReader:
-    """One consistent, read-only view of the events table, the ledger and its checkpoints, streamed."""
-
-    def __init__(self, database: DatabaseConfig) -> None:
-        self.database = database
-        self.dialect = POSTGRES if database.backend == "postgres" else "sqlite"
-        self.events_table = EVENTS_TABLE[self.dialect]
-        self.id_column = EVENTS_ID_COLUMN[self.dialect]
-        self._sqlite: sqlite3.Connection | None = None
-        self._pg: psycopg.Connection[Any] | None = None
-        self._cursors = 0
-
-    @contextmanager
-    def snapshot(self) -> Iterator[LogReader]:
-        try:
-            if self.dialect == POSTGRES:
-                self._pg = psycopg.connect(**self.database.pg_connect_kwargs())
-                self._pg.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            else:
-                path = self.database.sqlite_path
-                if path is None or not path.exists():
-                    raise StorageError(f"no database at {self.database.display}")
-                self._sqlite = sqlite3.connect(
-                    f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=30
-                )
-                self._sqlite.execute("BEGIN")
-        except (psycopg.Error, sqlite3.Error) as error:
-            self.close()
-            raise StorageError(
-                f"cannot read the database {self.database.display}: {first_line(error)}"
-            ) from None
-        try:
-            yield self
-        except (psycopg.Error, sqlite3.Error) as error:
-            raise StorageError(f"reading {self.database.display} failed: {first_line(error)}") from None
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        if self._pg is not None:
-            self._pg.close()
-            self._pg = None
-        if self._sqlite is not None:
-            self._sqlite.close()
-            self._sqlite = None
-
-    def _rows(self, statement: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
-        if self._pg is not None:
-            self._cursors += 1
-            with self._pg.cursor(name=f"audit_{self._cursors}", binary=True) as cur:
-                cur.itersize = FETCH_ROWS
-                cur.execute(statement, params)
-                while rows := cur.fetchmany(FETCH_ROWS):
-                    yield from rows
-            return
-        assert self._sqlite is not None
-        cursor = self._sqlite.execute(statement.replace("%s", "?"), params)
-        while rows := cursor.fetchmany(FETCH_ROWS):
-            yield from rows
-
-    def _one(self, statement: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        if self._pg is not None:
-            return self._pg.execute(statement, params).fetchone()
-        assert self._sqlite is not None
-        row: tuple[Any, ...] | None = self._sqlite.execute(statement.replace("%s", "?"), params).fetchone()
-        return row
-
-    def table_exists(self, name: str) -> bool:
-        if self._pg is not None:
-            row = self._one("SELECT to_regclass(%s) IS NOT NULL", [name])
-            return bool(row and row[0])
-        return self._one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = %s", [name]) is not None
-
-    def events(self) -> Iterator[RawEvent]:
-        for nid, oid, version, topic, state in self.raw_events():
-            yield int(nid), as_uuid(oid), int(version), topic, bytes(state)
-
-    def raw_events(self) -> Iterator[tuple[int, Any, int, str, bytes]]:
-        """events() without converting aggregate ids (a UUID on PostgreSQL, hex text on SQLite)."""
-        if not self.table_exists(self.events_table):
-            return
-        statement = (
-            f"SELECT {self.id_column}, originator_id, originator_version, topic, state FROM {self.events_table} "
-            f"ORDER BY {self.id_column}"
-        )
-        yield from self._rows(statement)
-
-    def ledger(self) -> Iterator[LedgerRow]:
-        if not self.table_exists(LEDGER_TABLE_NAME):
-            return
-        statement = (
-            "SELECT position, seq, originator_id, originator_version, topic, state_hash, event_hash, chain_hash "
-            f"FROM {LEDGER_TABLE_NAME} ORDER BY position"
-        )
-        for position, seq, oid, version, topic, s_hash, e_hash, c_hash in self._rows(statement):
-            yield int(position), int(seq), as_uuid(oid), int(version), topic, s_hash, e_hash, c_hash
-
-    def ledger_head(self) -> tuple[int, str] | None:
-        if not self.table_exists(LEDGER_TABLE_NAME):
-            return None
-        row = self._one(
-            f"SELECT position, chain_hash FROM {LEDGER_TABLE_NAME} ORDER BY position DESC LIMIT 1"
-        )
-        return (int(row[0]), str(row[1])) if row else None
-
-    def ledger_chain_at(self, position: int) -> str | None:
-        if not self.table_exists(LEDGER_TABLE_NAME):
-            return None
-        row = self._one(f"SELECT chain_hash FROM {LEDGER_TABLE_NAME} WHERE position = %s", [position])
-        return str(row[0]) if row else None
-
-    def checkpoints(self) -> list[tuple[int, str, int, str, str | None]]:
-        if not self.table_exists(CHECKPOINT_TABLE_NAME):
-            return []
-        statement = (
-            f"SELECT position, chain_hash, events, recorded_at, signature FROM {CHECKPOINT_TABLE_NAME} "
-            "ORDER BY position"
-        )
-        return [(int(p), str(c), int(n), str(t), s) for p, c, n, t, s in self._rows(statement)]
 
 
 # ----- verify the stored log -----------------------------------------------------------------------------
