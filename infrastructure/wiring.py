@@ -18,6 +18,7 @@ import psycopg
 import structlog
 from eventsourcing.persistence import PersistenceError
 
+from infrastructure.adapters.eventlog import postgres_has_events_table, sqlite_has_events_table
 from infrastructure.adapters.eventstore import SyncApplication, require_database
 from infrastructure.services.sync import Progress, SyncEngine
 from infrastructure.support.config import DatabaseConfig
@@ -335,9 +336,8 @@ def open_services(database: DatabaseConfig, read_only: bool = False) -> Services
 def require_wcsync_tables(database: DatabaseConfig) -> None:
     """For commands that only read, on an existing SQLite file: it holds wcsync's events table, or it is
     refused (StorageError, exit 4) before anything creates a table in it (another application's database,
-    an empty file). The file is opened without being created (mode=rw), and closed at once: SQLite removes
-    the -wal/-shm files of a WAL database when its last connection closes. A database that does not exist
-    is refused first (eventstore.require_database)."""
+    an empty file), without creating anything itself (eventlog.sqlite_has_events_table). A database that
+    does not exist is refused first (eventstore.require_database)."""
     require_database(database)
     path = database.sqlite_path
     if (
@@ -347,21 +347,11 @@ def require_wcsync_tables(database: DatabaseConfig) -> None:
         or str(path).startswith("file:")
     ):
         return
-    from urllib.parse import quote
-
-    from infrastructure.adapters.schema import EVENTS_TABLE, SQLITE
-
     try:
-        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=rw", uri=True, timeout=30)
-        try:
-            row = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (EVENTS_TABLE[SQLITE],)
-            ).fetchone()
-        finally:
-            conn.close()
+        present = sqlite_has_events_table(path)
     except sqlite3.Error as error:
         raise storage_error(error, f"the database {database.display}") from None
-    if row is None:
+    if not present:
         raise StorageError(
             f"{path} is not a wcsync database (no wcsync tables); run `wcsync db migrate` on it first, "
             "or point --database-url at a wcsync database"
@@ -369,11 +359,4 @@ def require_wcsync_tables(database: DatabaseConfig) -> None:
 
 
 def _postgres_tables_exist(app: SyncApplication) -> bool:
-    recorder: Any = app.recorder
-    with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
-        curs.execute(
-            "SELECT to_regclass(%s) IS NOT NULL AS present",
-            (f"{recorder.datastore.schema}.{recorder.events_table_name}",),
-        )
-        row = curs.fetchone()
-        return bool(row and row["present"])
+    return postgres_has_events_table(app.recorder)
