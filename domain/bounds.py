@@ -95,7 +95,10 @@ class NumberBound:
 BATCH_SIZE = NumberBound("batch_size", 1, 1000, unit="lines")
 BATCH_DELAY_MS = NumberBound("batch_delay_ms", 0, 60_000, unit="ms")
 MAX_RETRIES = NumberBound("max_retries", 1, 100)
-PER_PAGE = NumberBound("per_page", 1, 100, unit="(WooCommerce refuses more)")
+# WooCommerce's own limit (its REST controllers refuse more): the bound of per_page for the client, the
+# queue and the sandbox alike, and their default page size (the fewest requests).
+MAX_PER_PAGE = 100
+PER_PAGE = NumberBound("per_page", 1, MAX_PER_PAGE, unit="(WooCommerce refuses more)")
 CONCURRENCY = NumberBound("concurrency", 1, 32, unit="requests at once")
 RATE = NumberBound("rate", 0, 10_000, whole=False, unit="requests/s (0: no limit)", least_above_low=0.01)
 TIMEOUT_S = NumberBound("timeout", 0.1, 3600, whole=False, unit="s")

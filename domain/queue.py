@@ -42,7 +42,7 @@ class QueueOptions:
     batch_size: int = 50
     batch_delay_ms: int = 0
     max_retries: int = 3
-    per_page: int = 100
+    per_page: int = bounds.MAX_PER_PAGE
     role: str = "customer"
 
     def __post_init__(self) -> None:

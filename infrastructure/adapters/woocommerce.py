@@ -41,11 +41,10 @@ from domain.validation import (
     customer_id_of,
 )
 from infrastructure.support.redaction import redact, redact_value
+from infrastructure.support.woocommerce_api import CUSTOMERS_PATH, REST_ROOT
 
 log = structlog.get_logger("wcsync.woocommerce")
 
-API_PATH = "/wp-json/wc/v3/customers"
-MAX_PER_PAGE = 100
 # The most a store's answer may hold; a larger one is not read further (a page is then fetched customer by
 # customer, see _scan).
 DEFAULT_MAX_RESPONSE_BYTES = bounds.DEFAULT_MAX_RESPONSE_MB * 1024 * 1024
@@ -112,7 +111,7 @@ class StoreCredentials:
 
 @dataclass(frozen=True)
 class ClientOptions:
-    per_page: int = 100
+    per_page: int = bounds.MAX_PER_PAGE
     role: str = "customer"
     concurrency: int = 4
     rate: float = 0.0
@@ -371,8 +370,8 @@ class WooCommerceClient:
                 hint="the store URL is the site root, e.g. https://shop.example.com",
             )
         root = url.strip().split("?", 1)[0].split("#", 1)[0].rstrip("/")
-        root = re.sub(r"/wp-json(/.*)?$", "", root)  # tolerate a pasted API URL
-        self._endpoint = root + API_PATH
+        root = re.sub(re.escape(REST_ROOT) + r"(/.*)?$", "", root)  # tolerate a pasted API URL
+        self._endpoint = root + CUSTOMERS_PATH
         self._https = parts.scheme == "https"
         self._credentials = credentials
         self._options = options
@@ -449,7 +448,7 @@ class WooCommerceClient:
         async def chunk(chunk_ids: list[int]) -> None:
             # Every role: the ids asked for are known customers, whatever role they have now.
             params = {
-                **self._list_params(1, MAX_PER_PAGE),
+                **self._list_params(1, bounds.MAX_PER_PAGE),
                 "role": "all",
                 "include": ",".join(str(i) for i in chunk_ids),
             }
@@ -462,7 +461,7 @@ class WooCommerceClient:
                 if record["id"] in chunk_ids:
                     found[record["id"]] = record
 
-        chunks = [wanted[i : i + MAX_PER_PAGE] for i in range(0, len(wanted), MAX_PER_PAGE)]
+        chunks = [wanted[i : i + bounds.MAX_PER_PAGE] for i in range(0, len(wanted), bounds.MAX_PER_PAGE)]
         await _gather_all(chunk(c) for c in chunks)
         # include= may miss a record whose role changed meanwhile: only a 404 by id proves a deletion.
         refused = await self._each_by_id([i for i in wanted if i not in found], found, rejected)
@@ -520,7 +519,7 @@ class WooCommerceClient:
 
     async def _list_ids(self) -> set[int]:
         ids: set[int] = set()
-        async for _ in self._scan(1, ids, {"_fields": "id"}, MAX_PER_PAGE, ScanResult()):
+        async for _ in self._scan(1, ids, {"_fields": "id"}, bounds.MAX_PER_PAGE, ScanResult()):
             pass
         return ids
 
@@ -625,7 +624,7 @@ class WooCommerceClient:
         except _TooLarge:
             if oversize_ok:
                 raise
-            raise self._too_large(f"{API_PATH + path}") from None
+            raise self._too_large(f"{CUSTOMERS_PATH + path}") from None
 
     async def _get_with_retries(self, path: str, params: dict[str, str], *, listing: bool) -> _Response:
         options = self._options
@@ -664,7 +663,7 @@ class WooCommerceClient:
                 self.stats.retries += 1
                 log.warning(
                     "store_request_retried",
-                    path=API_PATH + path,
+                    path=CUSTOMERS_PATH + path,
                     reason=failure.reason,
                     status=failure.status,
                     attempt=attempt + throttled,
@@ -737,7 +736,7 @@ class WooCommerceClient:
         elif failure.status == 429:
             hint = "the host's rate limit; set a lower request rate"
         return StoreUnavailable(
-            f"the store failed {attempts} attempts at {API_PATH + path}; "
+            f"the store failed {attempts} attempts at {CUSTOMERS_PATH + path}; "
             f"last: {self._redact(failure.message)}",
             code=failure.code or f"wcsync_{failure.reason}",
             status=failure.status,
@@ -864,7 +863,7 @@ class WooCommerceClient:
                 f"the store rejected the request{f' parameter {param!r}' if param else ''}: {message}",
                 code=code,
                 status=status,
-                hint="per_page must be 1..100 and role an existing role (or 'all')"
+                hint=f"per_page must be {bounds.PER_PAGE.low:g}..{bounds.PER_PAGE.high:g} and role an existing role (or 'all')"
                 if param in ("per_page", "role", None)
                 else f"the value given for {param}",
             )
@@ -944,7 +943,7 @@ class WooCommerceClient:
         log.debug(
             "store_request",
             method="GET",
-            path=API_PATH + path,
+            path=CUSTOMERS_PATH + path,
             params={k: v for k, v in params.items() if k != "include"}
             | ({"include_count": len(params["include"].split(","))} if "include" in params else {}),
             status=outcome,
