@@ -1,17 +1,22 @@
-"""The sandbox store: a WooCommerce-compatible development and test double (never a production dependency)."""
+"""The sandbox store: a WooCommerce-compatible store for development, tests, demos and benchmarks.
 
-from infrastructure.sandbox.store import (
-    DEFAULT_CONSUMER_KEY,
-    DEFAULT_CONSUMER_SECRET,
-    Faults,
-    RunningSandbox,
-    SandboxConfig,
-    SandboxThread,
-    _write_tls_files,
-    generate_customers,
-    serve_forever,
-    start_sandbox,
-)
+It is a development and test double (`wcsync sandbox`, `wcsync demo`, the test suites), never a
+production dependency: nothing that syncs a real store imports it. It follows shared/woocommerce-api.md: the
+customers listing and item routes with WordPress's parameter checks and headers, OAuth 1.0a over plain HTTP
+and Basic over HTTPS, and the faults real hosts add (rate limits, HTML error pages, truncated JSON, caches
+that ignore the query string, a store that changes during a scan). It listens on loopback only: the admin
+routes under /_sandbox have no auth at all.
+
+Modules, lowest first (each imports only those above it, domain and infrastructure.support):
+config (SandboxConfig, Faults, bounds, credentials), data (generated customers), queries (the listing's
+parameters, filters, order and paging), store (the users in memory), responses, auth (Basic / OAuth 1.0a),
+faults (the faulty host), app (aiohttp routes), tls (throwaway certificates), server (start_sandbox,
+SandboxThread, serve_forever).
+"""
+
+from infrastructure.sandbox.config import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET, Faults, SandboxConfig
+from infrastructure.sandbox.data import generate_customers
+from infrastructure.sandbox.server import RunningSandbox, SandboxThread, serve_forever, start_sandbox
 
 __all__ = [
     "DEFAULT_CONSUMER_KEY",
@@ -20,7 +25,6 @@ __all__ = [
     "RunningSandbox",
     "SandboxConfig",
     "SandboxThread",
-    "_write_tls_files",
     "generate_customers",
     "serve_forever",
     "start_sandbox",
