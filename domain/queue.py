@@ -27,6 +27,7 @@ from domain.errors import (
     UnknownLineError,
 )
 from domain.lines import CANCELLED, DONE, DRAFT, FAILED, Line, LineBook
+from domain.status import progress as share_finished
 
 # Queue states.
 Q_DRAFT = "draft"
@@ -208,11 +209,9 @@ class SyncQueue(Aggregate):
 
     @property
     def progress(self) -> float:
-        total = self.lines.total
-        if total == 0:
-            return 100.0 if self.fetch_finished else 0.0
+        """Percent of lines finished (domain.status.progress); with no lines, 100% once the fetch finished."""
         finished = self.lines.count(DONE) + self.lines.count(CANCELLED)
-        return round(finished * 100.0 / total, 2)
+        return share_finished(self.lines.total, finished, done_when_empty=self.fetch_finished)
 
     def draft_ids(self) -> Iterator[int]:
         return self.lines.ids_in_state(DRAFT)

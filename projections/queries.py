@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from domain import status
 from infrastructure.adapters.projection_db import Database, iso
 from infrastructure.adapters.schema import BOOL, UUID_, Table
 from infrastructure.support.config import DatabaseConfig
@@ -24,27 +25,19 @@ from projections.runner import PROJECTION_NAMES, ProjectionRunner
 
 Source = ProjectionRunner | DatabaseConfig
 
-_QUEUE_KEYS = (
-    ("queueId", "id"),
-    ("queueName", "queue_name"),
-    ("orgId", "org_id"),
-    ("storeUrl", "store_url"),
-    ("state", "state"),
-    ("totalCount", "total_count"),
-    ("draftCount", "draft_count"),
-    ("doneCount", "done_count"),
-    ("failedCount", "failed_count"),
-    ("cancelledCount", "cancelled_count"),
-    ("createdCount", "created_count"),
-    ("updatedCount", "updated_count"),
-    ("unchangedCount", "unchanged_count"),
-    ("processCount", "process_count"),
-    ("isActionRequired", "is_action_required"),
-    ("actionRequiredReason", "action_required_reason"),
-    ("lastProcessDate", "last_process_date"),
-    ("createdAt", "created_at"),
+_QUEUE_COLUMNS = (
+    "id",
+    "queue_name",
+    "org_id",
+    "store_url",
+    "state",
+    *(f"{name}_count" for name in status.COUNTS),
+    "process_count",
+    "is_action_required",
+    "action_required_reason",
+    "last_process_date",
+    "created_at",
 )
-_QUEUE_COLUMNS = tuple(column for _, column in _QUEUE_KEYS)
 
 
 @contextmanager
@@ -80,18 +73,23 @@ def _select(
     ]
 
 
-def _progress(row: dict[str, Any]) -> float:
-    total = int(row["total_count"])
-    if not total:
-        return 100.0 if row["state"] == "done" else 0.0
-    finished = int(row["done_count"]) + int(row["cancelled_count"])
-    return round(finished * 100.0 / total, 2)
-
-
 def _queue_dict(row: dict[str, Any]) -> dict[str, Any]:
-    result = {key: row[column] for key, column in _QUEUE_KEYS}
-    result["progress"] = _progress(row)
-    return result
+    """A queue row as its status (domain.status); with no lines, 100% once the queue is done."""
+    finished = int(row["done_count"]) + int(row["cancelled_count"])
+    return status.queue_status(
+        queue_id=row["id"],
+        queue_name=row["queue_name"],
+        org_id=row["org_id"],
+        store_url=row["store_url"],
+        state=row["state"],
+        counts={name: row[f"{name}_count"] for name in status.COUNTS},
+        progress=status.progress(int(row["total_count"]), finished, done_when_empty=row["state"] == "done"),
+        process_count=row["process_count"],
+        is_action_required=row["is_action_required"],
+        action_required_reason=row["action_required_reason"],
+        last_process_date=row["last_process_date"],
+        created_at=row["created_at"],
+    )
 
 
 def queue_status(source: Source, org_id: str, queue_id: UUID | None) -> dict[str, Any] | None:
@@ -119,17 +117,20 @@ def queue_status(source: Source, org_id: str, queue_id: UUID | None) -> dict[str
 
 def draft_status(org_id: str, queue_id: UUID, store_url: str | None) -> dict[str, Any]:
     """The status of a queue whose run has started but saved nothing yet: a draft with no lines."""
-    row: dict[str, Any] = dict.fromkeys(_QUEUE_COLUMNS)
-    row.update(dict.fromkeys((c for c in _QUEUE_COLUMNS if c.endswith("_count")), 0))
-    row.update(
-        id=str(queue_id),
+    return status.queue_status(
+        queue_id=str(queue_id),
         queue_name=f"customers {store_url}",
         org_id=org_id,
         store_url=store_url,
         state="draft",
+        counts=dict.fromkeys(status.COUNTS, 0),
+        progress=status.progress(0, 0, done_when_empty=False),
+        process_count=0,
         is_action_required=False,
+        action_required_reason=None,
+        last_process_date=None,
+        created_at=None,
     )
-    return _queue_dict(row)
 
 
 def queue_org(source: Source, queue_id: UUID) -> str | None:

@@ -34,6 +34,7 @@ import orjson
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 
+from domain import narrative, status
 from domain.customer import Customer, customer_key
 from domain.errors import EXIT_USAGE, WcsyncError
 from domain.queue import SyncQueue
@@ -685,133 +686,37 @@ def _load_queue_events(app: SyncApplication, org_id: str, queue_id: UUID) -> Ite
     yield from events
 
 
-def _ids(records: Sequence[dict[str, Any]]) -> list[int]:
-    return [record["id"] for record in records if isinstance(record, dict) and "id" in record]
-
-
 def timeline_rows(event: Any) -> list[dict[str, Any]]:
-    """What one queue event did, as timeline rows: time, event, lines, outcome, message."""
-    name = type(event).__name__
-    at = iso(event.timestamp)
-
-    def row(lines: list[int], outcome: str, message: str, **details: Any) -> dict[str, Any]:
-        result = {
-            "time": at,
-            "event": name,
-            "version": event.originator_version,
-            "lines": lines,
-            "outcome": outcome,
-            "message": message,
-        }
-        if details:
-            result["details"] = details
-        return result
-
-    if isinstance(event, SyncQueue.Created):
-        return [
-            row(
-                [],
-                "created",
-                f"queue '{event.queue_name}' created for {event.store_url} by {event.started_by}",
-                options=dict(event.options),
-            )
-        ]
-    if isinstance(event, SyncQueue.ProcessingStarted):
-        return [row([], "processing", f"processing started ({event.mode})")]
-    if isinstance(event, SyncQueue.LinesAdded):
-        added = _ids(event.records)
-        unchanged = [int(cid) for cid, _ in event.unchanged]
-        where = f"page {event.page}" if event.page is not None else "reconciliation"
-        rows = []
-        if added:
-            rows.append(row(added, "added", f"{where}: {len(added)} customer(s) recorded to process"))
-        if unchanged:
-            rows.append(
-                row(
-                    unchanged, "unchanged", f"{where}: {len(unchanged)} customer(s) unchanged since last sync"
-                )
-            )
-        return rows or [row([], "added", f"{where}: no customers")]
-    if isinstance(event, SyncQueue.LinesRefetched):
-        ids = _ids(event.records)
-        return [row(ids, "refetched", f"{len(ids)} customer(s) fetched again for a retry")]
-    if isinstance(event, SyncQueue.LinesRejected):
-        where = f"page {event.page}" if event.page is not None else "reconciliation"
-        return [
-            row(
-                [entry["id"]],
-                "failed",
-                f"{where}: attempt 1: {entry['error']} (record of {entry['bytes']} bytes, sha256 {entry['digest'] or 'not read'})",
-            )
-            for entry in event.rejected
-        ]
-    if isinstance(event, SyncQueue.LinesDone):
-        return [
-            row(list(ids), result, f"{len(ids)} line(s) done: {result}")
-            for result, ids in event.results.items()
-            if ids
-        ]
-    if isinstance(event, SyncQueue.LinesFailed):
-        return [
-            row(
-                [entry["id"]],
-                "failed",
-                f"attempt {entry['attempt']}: {entry['error']}",
-            )
-            for entry in event.failures
-        ]
-    if isinstance(event, SyncQueue.LinesCancelled):
-        return [row(list(event.ids), "cancelled", event.reason)]
-    if isinstance(event, SyncQueue.FetchFinished):
-        return [
-            row(
-                [],
-                "fetched" if event.complete else "fetched (incomplete)",
-                f"fetch finished: {event.total} customer(s) on {event.pages} page(s)",
-            )
-        ]
-    if isinstance(event, SyncQueue.FetchFailed):
-        return [row([], "fetch failed", f"{event.error} (next page {event.next_page})")]
-    if isinstance(event, SyncQueue.StoreIncident):
-        return [row([], event.status, event.message, activity=event.activity_type)]
-    if isinstance(event, SyncQueue.RetryRequested):
-        return [row(list(event.ids), "retry", f"retry requested by {event.requested_by}")]
-    if isinstance(event, SyncQueue.ActionRequired):
-        return [row([], "action required", event.reason)]
-    if isinstance(event, SyncQueue.ForcedDone):
-        return [
-            row(list(event.cancelled), "forced done", f"forced done by {event.forced_by}: {event.reason}")
-        ]
-    if isinstance(event, SyncQueue.Finished):
-        return [row([], event.state, f"processing run finished: {event.state}")]
-    return [row([], "", name)]
+    """What one queue event did, as timeline rows: time, event, lines, outcome, message (domain.narrative's
+    words)."""
+    head = {"time": iso(event.timestamp), "event": type(event).__name__, "version": event.originator_version}
+    rows = []
+    for entry in narrative.describe(event):
+        if (step := entry.step) is not None:
+            row = head | {"lines": list(step.lines), "outcome": step.outcome, "message": step.message}
+            if step.details:
+                row["details"] = dict(step.details)
+            rows.append(row)
+    return rows
 
 
 def queue_state(queue: SyncQueue) -> dict[str, Any]:
     """A queue's status with the seed API's keys (as `wcsync status --json`), from the aggregate."""
-    counts = queue.counts()
-    return {
-        "queueId": str(queue.id),
-        "queueName": queue.queue_name,
-        "orgId": queue.org_id,
-        "storeUrl": queue.store_url,
-        "state": queue.state,
-        "progress": queue.progress,
-        "totalCount": counts["total"],
-        "draftCount": counts["draft"],
-        "doneCount": counts["done"],
-        "failedCount": counts["failed"],
-        "cancelledCount": counts["cancelled"],
-        "createdCount": counts["created"],
-        "updatedCount": counts["updated"],
-        "unchangedCount": counts["unchanged"],
-        "processCount": queue.process_count,
-        "isActionRequired": queue.is_action_required,
-        "actionRequiredReason": queue.action_required_reason,
-        "lastProcessDate": iso(queue.last_process_date),
-        "createdAt": iso(queue.created_on),
-        "version": queue.version,
-    }
+    return status.queue_status(
+        queue_id=str(queue.id),
+        queue_name=queue.queue_name,
+        org_id=queue.org_id,
+        store_url=queue.store_url,
+        state=queue.state,
+        counts=queue.counts(),
+        progress=queue.progress,
+        process_count=queue.process_count,
+        is_action_required=queue.is_action_required,
+        action_required_reason=queue.action_required_reason,
+        last_process_date=iso(queue.last_process_date),
+        created_at=iso(queue.created_on),
+        version=queue.version,
+    )
 
 
 def queue_timeline(
