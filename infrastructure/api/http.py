@@ -25,8 +25,7 @@ import os
 import signal
 import sys
 import threading
-from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -44,9 +43,9 @@ from aiohttp.web_protocol import RequestHandler
 from domain import bounds
 from domain.errors import SyncError, WcsyncError
 from domain.queue import QueueOptions
-from infrastructure.adapters.woocommerce import ClientOptions, StoreError
-from infrastructure.services.sync import RunStopped, SyncEngine, SyncOutcome
-from infrastructure.support.config import StoreSettings, check_store_url
+from infrastructure.adapters.woocommerce import ClientOptions, StoreCredentials
+from infrastructure.services.runs import MAX_RUNS, BackgroundRuns, RunRequest
+from infrastructure.support.config import check_store_url
 from infrastructure.support.errors import ConfigurationError
 from infrastructure.wiring import Services
 from projections import queries
@@ -69,8 +68,6 @@ OPTION_FIELDS = {
 MAX_BODY_BYTES = 64 * 1024
 MAX_BODY_DEPTH = 8
 MAX_CREDENTIAL_LENGTH = 256
-# Refused starts remembered so a client polling a queue id that was never saved learns why.
-REFUSED_STARTS_KEPT = 1000
 
 
 @dataclass(frozen=True)
@@ -112,11 +109,24 @@ class SyncRequest:
     consumer_secret: str | None = field(default=None, repr=False)
     options: QueueOptions | None = None
 
-    def store(self, default_url: str | None = None) -> StoreSettings:
-        url = self.store_url or default_url
-        if url is None or self.consumer_key is None or self.consumer_secret is None:
+    def run_request(self) -> RunRequest:
+        """A start, retry or resume as the runs service takes it (retry and resume without config.url:
+        the queue's own store)."""
+        if (
+            self.consumer_key is None
+            or self.consumer_secret is None
+            or (self.action == "start" and self.store_url is None)
+        ):
             raise _bad_request("config.url is required", "missing_field")
-        return StoreSettings(url=url, consumer_key=self.consumer_key, consumer_secret=self.consumer_secret)
+        return RunRequest(
+            action=self.action,
+            org_id=self.org_id,
+            actor=self.actor,
+            credentials=StoreCredentials(self.consumer_key, self.consumer_secret),
+            store_url=self.store_url,
+            queue_id=self.queue_id,
+            options=self.options,
+        )
 
 
 def decode_body(raw: bytes) -> Any:
@@ -310,17 +320,11 @@ def _query_limit(request: web.Request, default: int) -> int:
     return value
 
 
-# ----- background runs ---------------------------------------------------------------------------------
+# ----- the server ------------------------------------------------------------------------------------
 
 
-# Runs at once in one server: each holds a worker thread while it saves; beyond this a start is 503.
-MAX_RUNS = 8
-# Runs at once of one org: beyond this a start of that org is 429, so one org cannot take every run.
-MAX_RUNS_PER_ORG = 2
 # Request handlers' database work has threads of its own, so runs can never starve reads or /healthz.
 READ_THREADS = 8
-# A shutdown waits this long for runs to stop at their next batch boundary (SIGTERM must end within 10 s).
-SHUTDOWN_GRACE_S = 7.0
 # In-flight requests get this long to answer once a shutdown begins (aiohttp's own default is 60 s).
 REQUEST_SHUTDOWN_S = 2.0
 # A read waits at most this long for the projection follower to apply what was saved before it asked, then
@@ -332,24 +336,9 @@ HEALTH_READ_S = 0.5
 SERVE_STOP_S = 9.5
 
 
-@dataclass
-class _BackgroundRun:
-    org_id: str
-    action: str
-    store_url: str | None
-    stop: threading.Event = field(default_factory=threading.Event)  # set: stop after the current batch
-    named: asyncio.Event = field(default_factory=asyncio.Event)  # queue_id is known
-    saved: asyncio.Event = field(default_factory=asyncio.Event)  # the run has saved a batch
-    task: asyncio.Task[SyncOutcome] | None = None
-    queue_id: UUID | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.task is None or not self.task.done()
-
-
 class SyncApi:
-    """The handlers and the runs this server has in flight (a dict: the server is one event loop).
+    """The handlers: parse the request, call a service, render the answer. The runs in flight are
+    ``self.runs`` (infrastructure.services.runs: admission, launch, stop).
 
     Database work runs in threads, never on the loop: a slow query or a catch-up must not hold up other
     requests or the syncs' own fetching. Handlers use a pool of their own (``_reads``); runs use the loop's
@@ -358,14 +347,13 @@ class SyncApi:
     def __init__(self, services: Services, settings: ApiSettings) -> None:
         self.services = services
         self.settings = settings
-        self.runs: dict[UUID, _BackgroundRun] = {}
-        self.refused_starts: OrderedDict[UUID, tuple[str, StoreError]] = OrderedDict()
         self._reads = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="wcsync-api")
+        self.runs = BackgroundRuns(
+            services.engine, self._reads, settings.client_options, settings.start_confirm_s
+        )
         # /healthz: one thread and at most one read in flight, so it answers whatever the others wait on.
         self._health = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wcsync-health")
         self._health_read: asyncio.Future[list[dict[str, Any]]] | None = None
-        # Runs admitted and not ended, by org (in all at most MAX_RUNS, per org at most MAX_RUNS_PER_ORG).
-        self._org_slots: Counter[str] = Counter()
 
     async def _in_thread(self, func: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reads, partial(func, *args))
@@ -392,198 +380,39 @@ class SyncApi:
             assert sync.queue_id is not None
             return _ok(await self._status(sync.org_id, sync.queue_id))
         if sync.action == "force-done":
-            return _ok(await self._force_done(sync))
-        return await self._launch(sync)
-
-    async def _launch(self, sync: SyncRequest) -> web.Response:
-        if sync.queue_id is not None:
-            self._refuse_if_running(sync.queue_id)
-        if self._org_slots[sync.org_id] >= MAX_RUNS_PER_ORG:
-            # One org (one client) cannot take every run of the server for other orgs.
-            raise ApiError(
-                429,
-                "org_busy",
-                f"org {sync.org_id!r} already runs {MAX_RUNS_PER_ORG} syncs in this server; "
-                "try again when one has finished",
-                retryAfterS=5,
-            )
-        if self._org_slots.total() >= MAX_RUNS:
-            raise ApiError(
-                503,
-                "server_busy",
-                f"this server already runs {MAX_RUNS} syncs; try again when one has finished",
-                retryAfterS=5,
-            )
-        # Given back when the run's task ends (_finished), or here if it never starts.
-        self._org_slots[sync.org_id] += 1
-        run = _BackgroundRun(org_id=sync.org_id, action=sync.action, store_url=sync.store_url)
-        try:
-            return await self._launch_admitted(sync, run)
-        finally:
-            if run.task is None:
-                self._release(run)
-
-    async def _launch_admitted(self, sync: SyncRequest, run: _BackgroundRun) -> web.Response:
-        engine = self.services.engine(sync.org_id, actor=sync.actor, stop=run.stop)
-        engine.keep_new_queue_on_stop = True  # the answer names the queue: a stopped start must leave it
-        self._watch_saves(engine, run)
-        if sync.action == "start":
-            assert sync.options is not None
-            store = sync.store()
-
-            def created(queue_id: UUID) -> None:
-                run.queue_id = queue_id
-                self.runs[queue_id] = run
-                run.named.set()
-
-            coroutine: Coroutine[Any, Any, SyncOutcome] = engine.start(
-                store, sync.options, self.settings.client_options, on_created=created
-            )
-        else:
-            assert sync.queue_id is not None
-            queue_id = sync.queue_id
-            queue = await self._in_thread(engine.get_queue, queue_id)
-            store = sync.store(default_url=queue.store_url)
-            if store.url != queue.store_url:
-                raise _bad_request(
-                    f"config.url is not the store of queue {queue_id}; leave it out or send the queue's store URL"
-                )
-            self._refuse_if_running(queue_id)  # again: another request may have launched it meanwhile
-            run.queue_id, run.store_url = queue_id, queue.store_url
-            self.runs[queue_id] = run
-            run.named.set()
-            run_engine = engine.resume if sync.action == "resume" else engine.retry
-            coroutine = run_engine(queue_id, store, self.settings.client_options)
-        task = asyncio.create_task(coroutine, name=f"wcsync-{sync.action}")
-        run.task = task
-        task.add_done_callback(lambda finished: self._finished(run, finished))
-        # A start names its queue in its first step (on_created); the answer needs that name at least.
-        await _first_of(task, run.named.wait())
-        await _first_of(task, run.saved.wait(), within_s=self.settings.start_confirm_s)
-        if not run.saved.is_set() and task.done() and not task.cancelled() and task.exception() is not None:
-            # Ended before saving anything (store refused a new queue, unknown queue, nothing to retry...).
-            raise _as_api_error(task.exception())
-        log.info("api.sync_launched", action=sync.action, org_id=sync.org_id, queue_id=str(run.queue_id))
-        return _ok({"queueId": str(run.queue_id), "action": sync.action}, status=202)
-
-    def _refuse_if_running(self, queue_id: UUID) -> None:
-        run = self.runs.get(queue_id)
-        if run is not None and run.running:
-            raise ApiError(
-                409,
-                "queue_busy",
-                f"a {run.action} of queue {queue_id} is already running in this server; poll its status",
-            )
-
-    def _watch_saves(self, engine: SyncEngine, run: _BackgroundRun) -> None:
-        """Signal the run's first save to the waiting request. On the loop's own thread (the end of a run)
-        the engine's inline catch-up is skipped: the app-wide follower and every status request's own
-        catch-up keep the tables current, and a catch-up there would stall every request of the server."""
-        inner = engine.on_saved
-        loop = asyncio.get_running_loop()
-        loop_thread = threading.get_ident()
-
-        def saved(force: bool) -> None:
-            if threading.get_ident() == loop_thread:
-                run.saved.set()
-                return
-            if inner is not None:
-                inner(force)
-            with contextlib.suppress(RuntimeError):  # the loop closed under a run cancelled at shutdown
-                loop.call_soon_threadsafe(run.saved.set)
-
-        engine.on_saved = saved
-
-    def _release(self, run: _BackgroundRun) -> None:
-        self._org_slots[run.org_id] -= 1
-        if not self._org_slots[run.org_id]:
-            del self._org_slots[run.org_id]
-
-    def _finished(self, run: _BackgroundRun, task: asyncio.Task[SyncOutcome]) -> None:
-        self._release(run)
-        if run.queue_id is not None and self.runs.get(run.queue_id) is run:
-            del self.runs[run.queue_id]
-        if task.cancelled():
-            log.warning("api.sync_cancelled", action=run.action, queue_id=str(run.queue_id))
-            return
-        error = task.exception()
-        if error is None:
-            outcome = task.result()
-            log.info(
-                "api.sync_finished",
-                action=run.action,
-                queue_id=str(outcome.queue_id),
-                state=outcome.state,
-                seconds=round(outcome.seconds, 3),
-                store_error=None if outcome.store_error is None else str(outcome.store_error),
-            )
-            return
-        if isinstance(error, RunStopped):
-            log.info("api.sync_stopped", action=run.action, queue_id=str(run.queue_id), message=str(error))
-            return
-        if isinstance(error, StoreError) and not run.saved.is_set() and run.queue_id is not None:
-            self.refused_starts[run.queue_id] = (run.org_id, error)
-            while len(self.refused_starts) > REFUSED_STARTS_KEPT:
-                self.refused_starts.popitem(last=False)
-        log.warning(
-            "api.sync_failed",
-            action=run.action,
-            queue_id=str(run.queue_id),
-            error=str(error) if isinstance(error, WcsyncError | SyncError) else type(error).__name__,
-        )
+            assert sync.queue_id is not None and sync.reason is not None
+            await self.runs.force_done(sync.org_id, sync.actor, sync.queue_id, sync.reason)
+            return _ok(await self._status(sync.org_id, sync.queue_id))
+        queue_id = await self.runs.launch(sync.run_request())
+        return _ok({"queueId": str(queue_id), "action": sync.action}, status=202)
 
     async def stop_runs(self, _: web.Application | None = None) -> None:
         """Ask every run in flight to stop after its current batch (app.on_shutdown: before aiohttp waits
         for the requests in flight, a start waiting for its first save among them)."""
-        for run in self.runs.values():
-            run.stop.set()
+        self.runs.stop()
 
     async def shutdown(self) -> None:
-        """Stop the runs in flight after their current batch (each saved batch is kept, the queue records
-        why it stopped, and `resume` continues), then wait for the worker threads before the database is
-        closed. A run still busy after SHUTDOWN_GRACE_S (a request to a slow store) is cancelled."""
-        await self.stop_runs()
-        runs = [run for run in self.runs.values() if run.task is not None and not run.task.done()]
-        tasks = [run.task for run in runs if run.task is not None]
-        if tasks:
-            _done, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_S)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        """Stop the runs in flight after their current batch and wait for them (BackgroundRuns.shutdown),
+        then for the worker threads before the database is closed."""
+        await self.runs.shutdown()
         await asyncio.get_running_loop().shutdown_default_executor()
         self._reads.shutdown(wait=True)
         self._health.shutdown(wait=False, cancel_futures=True)
 
-    # ----- status and force-done -----------------------------------------------------------------------
-
     async def _status(self, org_id: str, queue_id: UUID) -> dict[str, Any]:
         # Whether a run is in flight is read before catching up: once it is not, every event is saved.
-        run = self.runs.get(queue_id)
-        running = run is not None and run.org_id == org_id and run.running
+        run = self.runs.in_flight(org_id, queue_id)
         await self._in_thread(self.services.catch_up, READ_CATCH_UP_S)
         status = await self._in_thread(queries.queue_status, self.services.projections, org_id, queue_id)
         if status is None:
-            if running and run is not None:
+            if run is not None:
                 # Started, first page not saved yet (the start answered after start_confirm_s).
                 return {**queries.draft_status(org_id, queue_id, run.store_url), "isRunning": True}
-            refused = self.refused_starts.get(queue_id)
-            if refused is not None and refused[0] == org_id:
-                raise _as_api_error(refused[1])
+            refused = self.runs.refused_start(org_id, queue_id)
+            if refused is not None:
+                raise _as_api_error(refused)
             raise _not_found(org_id, queue_id)
-        return {**status, "isRunning": running}
-
-    async def _force_done(self, sync: SyncRequest) -> dict[str, Any]:
-        assert sync.queue_id is not None and sync.reason is not None
-        run = self.runs.get(sync.queue_id)
-        if run is not None and run.running and run.org_id == sync.org_id:
-            raise ApiError(
-                409,
-                "queue_busy",
-                f"a {run.action} of queue {sync.queue_id} is running in this server; force-done it once it stops",
-            )
-        engine = self.services.engine(sync.org_id, actor=sync.actor)
-        await self._in_thread(engine.force_done, sync.queue_id, sync.reason)
-        return await self._status(sync.org_id, sync.queue_id)
+        return {**status, "isRunning": run is not None}
 
     # ----- GET ------------------------------------------------------------------------------------------
 
@@ -593,8 +422,7 @@ class SyncApi:
         await self._in_thread(self.services.catch_up, READ_CATCH_UP_S)
         rows = await self._in_thread(queries.list_queues, self.services.projections, org_id, limit)
         for row in rows:
-            run = self.runs.get(UUID(row["queueId"]))
-            row["isRunning"] = run is not None and run.org_id == org_id and run.running
+            row["isRunning"] = self.runs.in_flight(org_id, UUID(row["queueId"])) is not None
         return _ok(rows)
 
     async def queue(self, request: web.Request) -> web.Response:
@@ -627,7 +455,7 @@ class SyncApi:
             {
                 "status": "ok",
                 "database": self.services.database.display,
-                "running": sum(1 for run in self.runs.values() if run.running),
+                "running": self.runs.running_count(),
                 "projectionLag": lag,
             }
         )
@@ -636,17 +464,6 @@ class SyncApi:
         await self._in_thread(self.services.catch_up, READ_CATCH_UP_S)
         if await self._in_thread(queries.queue_status, self.services.projections, org_id, queue_id) is None:
             raise _not_found(org_id, queue_id)
-
-
-async def _first_of(
-    task: asyncio.Task[Any], awaited: Coroutine[Any, Any, Any], within_s: float | None = None
-) -> None:
-    """Until ``task`` ends or ``awaited`` completes (or ``within_s`` passes); ``task`` keeps running."""
-    waiter = asyncio.create_task(awaited)
-    try:
-        await asyncio.wait({task, waiter}, timeout=within_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
 
 
 def _path_queue_id(request: web.Request) -> UUID:
