@@ -18,14 +18,14 @@ WCSYNC = [sys.executable, "-m", "cli.main"]
 
 @contextlib.contextmanager
 def postgres_server(durable: bool = True) -> Iterator[str]:
-    """An admin URL: WCSYNC_BENCH_DATABASE_URL when set, else a throwaway server (tests/pgserver.py) —
+    """An admin URL: WCSYNC_BENCH_DATABASE_URL when set, else a throwaway server (tests/support/pgserver.py) —
     with PostgreSQL's durable defaults unless ``durable`` is False (the test suite's fsync-off settings)."""
     external = os.environ.get("WCSYNC_BENCH_DATABASE_URL")
     if external:
         yield external
         return
     sys.path.insert(0, str(ROOT))
-    from tests import pgserver
+    from tests.support import pgserver
 
     if durable:
         for name in ("fsync", "synchronous_commit", "full_page_writes"):
@@ -38,7 +38,7 @@ def fresh_database(admin_url: str, prefix: str = "bench") -> str:
     """A new empty database on the server of ``admin_url``; returns its URL."""
     import psycopg
 
-    from tests.pgserver import database_url_for
+    from tests.support.pgserver import database_url_for
 
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:

@@ -12,7 +12,7 @@ the phase (a child inherits its parent's peak), so it includes the interpreter a
 
     python bench/audit_bench.py [--events 1000000] [--only sqlite|postgres] [--pg-url postgresql://...]
 
-Without --pg-url a throwaway PostgreSQL server is started with the test suite's helper (tests/pgserver.py).
+Without --pg-url a throwaway PostgreSQL server is started with the test suite's helper (tests/support/pgserver.py).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ polls the log head and every projection's tracking position every 50 ms from its
     .venv/bin/python bench/lag_bench.py [--customers 100000] [--pg-url postgresql://...]
 
 The database is a fresh one on the server of --pg-url (an admin URL), or, without it, on a throwaway
-PostgreSQL server started with the test suite's helper (tests/pgserver.py) but with PostgreSQL's durable
+PostgreSQL server started with the test suite's helper (tests/support/pgserver.py) but with PostgreSQL's durable
 defaults (fsync, synchronous_commit on), as the figures in bench/RESULTS.md were measured;
 WCSYNC_BENCH_DATABASE_URL names an existing server instead.
 

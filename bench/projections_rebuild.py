@@ -7,7 +7,7 @@ through domain.sync.sync_batch, saved queue + customers together as the engine s
 PostgreSQL database (or, with ``--template``, a copy of a database made once). Then, on each backend: reading and decoding the
 log alone (the floor), a first catch-up from empty tables, and a full rebuild (replay into __rebuild
 tables + swap) are timed with time.perf_counter. Prints notifications/s for each, and on PostgreSQL the
-server's durability settings (the throwaway server of tests/pgserver.py runs with fsync and
+server's durability settings (the throwaway server of tests/support/pgserver.py runs with fsync and
 synchronous_commit off; pass --pg-url to measure a durable server).
 
 A catch-up or rebuild this far behind runs the projections' independent passes in parallel processes
@@ -16,7 +16,7 @@ A catch-up or rebuild this far behind runs the projections' independent passes i
     python bench/projections_rebuild.py [--customers 100000] [--pg-url URL] [--only sqlite|postgres] [--sequential]
         [--projections queues,activity,customers] [--layout engine|pages-first|sync] [--template NAME]
 
-Without --pg-url a throwaway PostgreSQL server is started with the test suite's helper (tests/pgserver.py):
+Without --pg-url a throwaway PostgreSQL server is started with the test suite's helper (tests/support/pgserver.py):
 with the suite's fsync-off settings, or PostgreSQL's durable defaults with --template. The figures in
 bench/RESULTS.md ("Projections") come from:
 
@@ -46,7 +46,7 @@ from infrastructure.adapters.eventstore import SyncApplication, chunks  # noqa: 
 from infrastructure.support.config import DatabaseConfig  # noqa: E402
 from projections import ProjectionRunner  # noqa: E402
 from projections.runner import PROJECTION_CLASSES  # noqa: E402
-from tests.pgserver import database_url_for  # noqa: E402
+from tests.support.pgserver import database_url_for  # noqa: E402
 
 ORG = "bench-org"
 STORE = "https://bench.example.com"

@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from infrastructure.sandbox import RunningSandbox, SandboxConfig, SandboxThread
-from tests.e2e.test_cli import as_json, wcsync, wcsync_env
+from infrastructure.sandbox import RunningSandbox
+from tests.support.cli import as_json, wcsync, wcsync_env
 
-
-@pytest.fixture
-def sandbox() -> Iterator[RunningSandbox]:
-    with SandboxThread(SandboxConfig(customers=80, invalid=2)) as running:
-        yield running
+pytestmark = pytest.mark.sandbox(customers=80, invalid=2)
 
 
 def test_audit_commands_end_to_end(sandbox: RunningSandbox, sqlite_url: str, tmp_path: Path) -> None:

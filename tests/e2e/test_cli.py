@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from infrastructure.sandbox import Faults, RunningSandbox, SandboxConfig, SandboxThread
+from tests.support.cli import as_json, spawn_wcsync, wcsync, wcsync_env
+from tests.support.paths import ROOT
+
+pytestmark = pytest.mark.sandbox(customers=600, invalid=3)
 
 STATUS_KEYS = {
     "queueId",
@@ -36,41 +36,6 @@ STATUS_KEYS = {
     "lastProcessDate",
     "createdAt",
 }
-
-
-def wcsync_env(sandbox: RunningSandbox | None, database_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WCSYNC_", "WOO_"))}
-    env["WCSYNC_DATABASE_URL"] = database_url
-    env["WCSYNC_LOG_LEVEL"] = "warning"
-    if sandbox is not None:
-        env["WOO_URL"] = sandbox.url
-        env["WOO_CONSUMER_KEY"] = sandbox.consumer_key
-        env["WOO_CONSUMER_SECRET"] = sandbox.consumer_secret
-    env.update(extra)
-    return env
-
-
-def wcsync(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=Path(__file__).resolve().parents[2],
-        check=False,
-    )
-
-
-def as_json(result: subprocess.CompletedProcess[str]) -> Any:
-    assert result.stdout.strip(), result.stderr
-    return json.loads(result.stdout)
-
-
-@pytest.fixture
-def sandbox() -> Iterator[RunningSandbox]:
-    with SandboxThread(SandboxConfig(customers=600, invalid=3)) as running:
-        yield running
 
 
 def test_start_syncs_and_reports_in_json_with_exit_1_for_failed_lines(
@@ -287,10 +252,14 @@ def test_a_sync_killed_before_its_first_save_leaves_nothing_to_resume(
 def test_a_sync_killed_at_a_random_moment_mid_run_is_resumed(sqlite_url: str) -> None:
     with SandboxThread(SandboxConfig(customers=3000, faults=Faults(latency_ms=5))) as store:
         env = wcsync_env(store, sqlite_url)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "start", "--json", "--batch-size", "25", "--concurrency", "1"],
+        process = spawn_wcsync(
+            "start",
+            "--json",
+            "--batch-size",
+            "25",
+            "--concurrency",
+            "1",
             env=env,
-            cwd=Path(__file__).resolve().parents[2],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -329,7 +298,7 @@ def assert_mirror_equals_store(env: dict[str, str], store: RunningSandbox) -> No
         [sys.executable, "-c", code, env["WCSYNC_DATABASE_URL"], store.url],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=ROOT,
         check=True,
     )
     found = json.loads(result.stdout)
@@ -343,13 +312,7 @@ def test_a_reader_that_goes_away_is_not_a_traceback(sandbox: RunningSandbox, sql
     env = wcsync_env(sandbox, sqlite_url)
     queue_id = as_json(wcsync("start", "--json", env=env))["queueId"]
     buffered = {k: v for k, v in env.items() if k != "PYTHONUNBUFFERED"}  # as in a plain shell
-    reader = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "activity", queue_id],
-        env=buffered,
-        cwd=Path(__file__).resolve().parents[2],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    reader = spawn_wcsync("activity", queue_id, env=buffered, text=False)
     assert reader.stdout is not None and reader.stderr is not None
     reader.stdout.close()  # like `| head -0`: every write of the command meets a closed pipe
     stderr = reader.stderr.read().decode()

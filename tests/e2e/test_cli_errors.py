@@ -30,12 +30,13 @@ from psycopg import sql
 from infrastructure.sandbox import RunningSandbox, SandboxConfig, SandboxThread
 from infrastructure.sandbox.tls import write_tls_files
 from infrastructure.support.loop_thread import LoopThread
-from tests import pgserver
-from tests.conftest import AdminConnection
-from tests.e2e.test_cli import as_json, wcsync, wcsync_env
-from tests.unit.test_redaction import encodings
+from tests.support import pgserver
+from tests.support.cli import WCSYNC, as_json, wcsync, wcsync_env
+from tests.support.credentials import encodings
+from tests.support.databases import AdminConnection
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.sandbox(customers=120)
 QUEUE = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 EXIT_USAGE, EXIT_STORE, EXIT_DATABASE, EXIT_INTERNAL = 2, 3, 4, 70
 
@@ -54,12 +55,6 @@ def assert_one_line(result: subprocess.CompletedProcess[str], code: int, phrase:
 def assert_no_secret(text: str, key: str, secret: str) -> None:
     for name, form in encodings(key, secret).items():
         assert form not in text, f"{name} ({form!r}) leaked"
-
-
-@pytest.fixture
-def sandbox() -> Iterator[RunningSandbox]:
-    with SandboxThread(SandboxConfig(customers=120)) as running:
-        yield running
 
 
 # ----- configuration: exit 2 before any work --------------------------------------------------------------
@@ -148,7 +143,7 @@ def unprivileged_wcsync(*args: str, env: dict[str, str]) -> subprocess.Completed
     if os.geteuid() != 0:
         return wcsync(*args, env=env)
     return subprocess.run(
-        ["unshare", "--user", sys.executable, "-m", "cli.main", *args],
+        ["unshare", "--user", *WCSYNC, *args],
         env=env,
         capture_output=True,
         text=True,
@@ -574,7 +569,7 @@ needs_namespaces = pytest.mark.skipif(
 
 def in_private_mounts(steps: list[dict[str, Any]]) -> list[subprocess.CompletedProcess[str]]:
     """Run the steps in one private mount namespace; 'wcsync ...' steps run the real command there."""
-    prefix = [sys.executable, "-m", "cli.main"]
+    prefix = list(WCSYNC)
     spec = []
     for step in steps:
         if step["kind"] == "mount":

@@ -8,28 +8,25 @@ import json
 import selectors
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import pytest
 
 from domain.queue import QueueOptions
-from infrastructure.sandbox import Faults, RunningSandbox, SandboxConfig, SandboxThread
+from infrastructure.sandbox import Faults, SandboxConfig, SandboxThread
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.errors import StorageError
 from infrastructure.wiring import migrate, open_services
 from projections import queries
-from tests.e2e.test_cli import wcsync, wcsync_env
-from tests.integration._helpers import FAST, store_of
-from tests.integration.test_http_api import Api, error_of, wait_until
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.api import Api, config_of, error_of
+from tests.support.cli import spawn_wcsync, wcsync, wcsync_env
+from tests.support.services import FAST, store_of
+from tests.support.waiting import wait_until
 
 
 @contextmanager
@@ -43,18 +40,6 @@ def _reaped(process: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
             process.wait()
 
 
-def _start(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
-    """`wcsync start ARGS` in the background, its output piped."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "start", *args],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def _first_line(process: subprocess.Popen[str], timeout: float = 60) -> str:
     assert process.stdout is not None
     with selectors.DefaultSelector() as selector:
@@ -64,23 +49,8 @@ def _first_line(process: subprocess.Popen[str], timeout: float = 60) -> str:
 
 
 def _serve(database_url: str) -> tuple[subprocess.Popen[str], Api]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", "--port", "0"],
-        env=wcsync_env(None, database_url),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = spawn_wcsync("serve", "--port", "0", env=wcsync_env(None, database_url))
     return process, Api(json.loads(_first_line(process))["url"])
-
-
-def _config(sandbox: RunningSandbox) -> dict[str, str]:
-    return {
-        "url": sandbox.url,
-        "consumerKey": sandbox.consumer_key,
-        "consumerSecret": sandbox.consumer_secret,
-    }
 
 
 def test_slow_runs_never_block_healthz_and_sigterm_stops_the_server_within_10_s(database_url: str) -> None:
@@ -92,7 +62,7 @@ def test_slow_runs_never_block_healthz_and_sigterm_stops_the_server_within_10_s(
             slow = {"batchSize": 1, "batchDelayMs": 60_000, "perPage": 2}
             queues = []
             for n in range(7):
-                code, answer = api.sync(org_id=f"org{n}", config=_config(sandbox), options=slow)
+                code, answer = api.sync(org_id=f"org{n}", config=config_of(sandbox), options=slow)
                 assert code == 202, answer
                 queues.append((f"org{n}", answer["data"]["queueId"]))
             started = time.monotonic()
@@ -135,7 +105,7 @@ def test_ten_concurrent_starts_on_sqlite_finish_or_are_refused_clearly(sqlite_ur
 
             def start(n: int) -> None:
                 answer = api.sync(
-                    org_id=f"org{n}", config=_config(sandbox), options={"batchSize": 10, "perPage": 50}
+                    org_id=f"org{n}", config=config_of(sandbox), options={"batchSize": 10, "perPage": 50}
                 )
                 with lock:
                     answers.append((n, answer))
@@ -180,7 +150,7 @@ def test_ctrl_c_or_sigterm_stops_a_cli_run_within_its_batch_and_resume_finishes_
 ) -> None:
     with SandboxThread(SandboxConfig(customers=12)) as sandbox:
         env = wcsync_env(sandbox, sqlite_url)
-        process = _start("--batch-size", "4", "--batch-delay-ms", "5000", env=env)
+        process = spawn_wcsync("start", "--batch-size", "4", "--batch-delay-ms", "5000", env=env)
         with _reaped(process):
             assert process.stderr is not None
             queue_id = ""
@@ -220,7 +190,7 @@ def test_a_stop_while_the_store_is_slow_ends_the_cli_run_at_once(sqlite_url: str
     slow = SandboxConfig(customers=30, faults=Faults(slow_rate=1.0, slow_ms=4000))
     with SandboxThread(slow) as sandbox:
         env = wcsync_env(sandbox, sqlite_url)
-        process = _start("--per-page", "10", env=env)
+        process = spawn_wcsync("start", "--per-page", "10", env=env)
         with _reaped(process):
             assert process.stderr is not None
             deadline = time.monotonic() + 60
@@ -246,7 +216,7 @@ def test_sigterm_with_a_start_waiting_on_a_slow_store_stops_the_server_at_once_a
         answers: list[tuple[int, Any]] = []
         with _reaped(process):
             request = threading.Thread(
-                target=lambda: answers.append(api.sync(org_id="acme", config=_config(sandbox)))
+                target=lambda: answers.append(api.sync(org_id="acme", config=config_of(sandbox)))
             )
             request.start()
             wait_until(lambda: api.get("/healthz")[1]["data"]["running"] == 1 or None)
@@ -320,11 +290,11 @@ def test_one_org_cannot_take_every_run_of_the_server(sqlite_url: str) -> None:
         process, api = _serve(sqlite_url)
         with _reaped(process):
             slow = {"batchSize": 1, "batchDelayMs": 60_000}
-            codes = [api.sync(org_id="greedy", config=_config(sandbox), options=slow)[0] for _ in range(2)]
+            codes = [api.sync(org_id="greedy", config=config_of(sandbox), options=slow)[0] for _ in range(2)]
             assert codes == [202, 202]
-            code, answer = api.sync(org_id="greedy", config=_config(sandbox), options=slow)
+            code, answer = api.sync(org_id="greedy", config=config_of(sandbox), options=slow)
             assert code == 429 and error_of(answer)["code"] == "org_busy", answer
-            code, answer = api.sync(org_id="patient", config=_config(sandbox), options=slow)
+            code, answer = api.sync(org_id="patient", config=config_of(sandbox), options=slow)
             assert code == 202, answer
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=10) == 0

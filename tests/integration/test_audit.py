@@ -4,10 +4,9 @@ directly in the events table."""
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,23 +27,14 @@ from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.errors import ConfigurationError, QueueNotFoundError
 from infrastructure.wiring import Services, migrate, open_services
 from projections.ledger import CHECKPOINT_TABLE_NAME, LEDGER_TABLE_NAME
-from tests.integration._helpers import FAST, store_of
+from tests.support.services import run_sync
 
 ORG = "acme"
 
+pytestmark = pytest.mark.sandbox(customers=60, invalid=2)
 
-@pytest.fixture
-def sandbox() -> Iterator[RunningSandbox]:
-    with SandboxThread(SandboxConfig(customers=60, invalid=2)) as running:
-        yield running
-
-
-def sync(services: Services, sandbox: RunningSandbox, org: str = ORG) -> SyncOutcome:
-    outcome = asyncio.run(
-        services.engine(org).start(store_of(sandbox), QueueOptions(batch_size=20, per_page=25), FAST)
-    )
-    services.catch_up()
-    return outcome
+# sync(services, store, org=ORG): a whole sync, then the projections caught up.
+sync = functools.partial(run_sync, org=ORG, batch_size=20, per_page=25, catch_up=True)
 
 
 # ----- raw SQL on the events table, as someone with database access would do it ---------------------------

@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from tests import pgserver
+from tests.support import pgserver
+from tests.support.paths import ROOT
 
 # Read at import: the autouse fixture hides these names from the tests themselves.
 PROBE_FILE = os.environ.get("HARNESS_PROBE_FILE", "")
@@ -84,7 +85,7 @@ def test_server_is_removed_after_the_run(tmp_path: Path) -> None:
     env.pop(pgserver.EXTERNAL_URL_VARIABLE, None)  # make the child start (and stop) its own server
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "probe"],
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,

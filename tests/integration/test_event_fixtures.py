@@ -20,9 +20,10 @@ from eventsourcing.persistence import StoredEvent
 from infrastructure.adapters.eventstore import SyncApplication
 from infrastructure.support.config import DatabaseConfig
 from projections.ledger import ALL_EVENT_CLASSES
-from tests.fixtures.make_event_fixtures import json_ready
+from tests.support.events import json_ready
+from tests.support.paths import FIXTURE_DIR
 
-FIXTURES = sorted((Path(__file__).resolve().parents[1] / "fixtures" / "events").glob("*.json"))
+FIXTURES = sorted((FIXTURE_DIR / "events").glob("*.json"))
 
 
 @pytest.fixture(scope="module")

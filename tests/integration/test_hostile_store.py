@@ -5,6 +5,8 @@ oversized reaches the log, the read models and every other org stay unharmed, an
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -19,23 +21,15 @@ import pytest
 from domain.queue import QueueOptions, SyncQueue
 from domain.validation import EXCERPT_CHARS, MAX_RECORD_BYTES
 from infrastructure.adapters.woocommerce import ClientOptions
-from infrastructure.services.sync import SyncOutcome
-from infrastructure.support.config import DatabaseConfig, StoreSettings
+from infrastructure.support.config import DatabaseConfig
 from infrastructure.wiring import Services, migrate
 from projections import queries
-from tests.hostile_store import HostileStore, Raw, good
-from tests.integration._helpers import FAST
+from tests.support.hostile_store import HostileStore, Raw, good
+from tests.support.paths import ROOT
+from tests.support.services import FAST, run_sync, store_of
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def sync(
-    services: Services, store: HostileStore, org: str = "acme", per_page: int = 100, **client: Any
-) -> SyncOutcome:
-    engine = services.engine(org)
-    settings = StoreSettings(url=store.url, consumer_key="ck_hostile", consumer_secret="cs_hostile")
-    options = ClientOptions(**{**vars(FAST), **client}) if client else FAST
-    return asyncio.run(engine.start(settings, QueueOptions(batch_size=10, per_page=per_page), options))
+# sync(services, store, org="acme", per_page=100, client=FAST): a whole sync in batches of 10.
+sync = functools.partial(run_sync, batch_size=10, per_page=100)
 
 
 def stored_events(services: Services) -> list[tuple[str, bytes]]:
@@ -178,7 +172,9 @@ def test_an_answer_larger_than_the_limit_is_not_read_and_its_customers_come_one_
     page = [good(100 + i, meta_data=[{"id": 1, "key": "note", "value": "y" * 60_000}]) for i in range(40)]
     page[5] = good(105, meta_data=[{"id": 1, "key": "note", "value": "z" * 1_500_000}])
     with HostileStore([page[:20], page[20:]]) as store:
-        outcome = sync(services, store, per_page=20, max_response_bytes=1024 * 1024)
+        outcome = sync(
+            services, store, per_page=20, client=dataclasses.replace(FAST, max_response_bytes=1024 * 1024)
+        )
         one_by_one = [path for path in store.requests if "/customers/1" in path]
 
     assert outcome.store_error is None
@@ -276,7 +272,7 @@ def test_the_batch_delay_comes_between_batches_across_pages_too(services: Servic
     pages = [[good(60 + 5 * p + i) for i in range(5)] for p in range(3)]
     with HostileStore(pages) as store:
         engine = services.engine("acme")
-        settings = StoreSettings(url=store.url, consumer_key="ck_hostile", consumer_secret="cs_hostile")
+        settings = store_of(store)
         options = QueueOptions(batch_size=5, per_page=5, batch_delay_ms=300)
         outcome = asyncio.run(engine.start(settings, options, FAST))
     assert outcome.counts["created"] == 15
@@ -319,6 +315,6 @@ def test_a_failure_nobody_foresaw_leaves_the_queue_resumable_and_saying_why(
         assert len(stopped) == 1 and "unexpected error: RuntimeError" in stopped[0]["message"]
 
         monkeypatch.setattr(engine_module, "sync_batch", real)
-        settings = StoreSettings(url=store.url, consumer_key="ck_hostile", consumer_secret="cs_hostile")
+        settings = store_of(store)
         resumed = asyncio.run(services.engine("acme").resume(UUID(queue["queueId"]), settings, FAST))
     assert resumed.state == "done" and resumed.counts["created"] == 20

@@ -3,21 +3,15 @@ store in another, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import selectors
 import signal
 import socket
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -25,82 +19,15 @@ import pytest
 from psycopg import sql
 from structlog.testing import capture_logs
 
-from infrastructure.api.http import SYNC_PATH, ApiSettings, running_api
+from infrastructure.api.http import SYNC_PATH, ApiSettings
 from infrastructure.sandbox import Faults, RunningSandbox, SandboxConfig, SandboxThread
 from infrastructure.support.config import DatabaseConfig
-from infrastructure.support.loop_thread import LoopThread
 from infrastructure.wiring import Services, open_services
 from projections import queries
-from tests.integration._helpers import FAST
-
-T = TypeVar("T")
-
-SETTINGS = ApiSettings(client_options=FAST)
-DEADLINE_S = 60.0
-
-
-@dataclass
-class Api:
-    """A client of the running server; keeps every raw answer, to check none of them echoes a secret."""
-
-    url: str
-    answers: list[bytes] = field(default_factory=list)
-
-    def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        address = urlsplit(self.url)
-        connection = http.client.HTTPConnection(address.hostname or "", address.port, timeout=30)
-        try:
-            connection.request(method, path, body=data, headers={"Content-Type": "application/json"})
-            response = connection.getresponse()
-            status, payload = response.status, response.read()
-        finally:
-            connection.close()
-        self.answers.append(payload)
-        return status, json.loads(payload)
-
-    def sync(self, **body: Any) -> tuple[int, Any]:
-        return self.request("POST", SYNC_PATH, body)
-
-    def get(self, path: str) -> tuple[int, Any]:
-        return self.request("GET", path)
-
-    def status(self, org: str, queue_id: str) -> dict[str, Any]:
-        code, answer = self.sync(action="status", org_id=org, queue_id=queue_id)
-        assert code == 200 and answer["success"], answer
-        data: dict[str, Any] = answer["data"]
-        return data
-
-    def finished(self, org: str, queue_id: str) -> dict[str, Any]:
-        """Poll status until this server's run of the queue has ended."""
-        return wait_until(lambda: _unless_running(self.status(org, queue_id)))
-
-
-def _unless_running(status: dict[str, Any]) -> dict[str, Any] | None:
-    return None if status["isRunning"] else status
-
-
-def wait_until(probe: Callable[[], T | None], deadline_s: float = DEADLINE_S) -> T:
-    deadline = time.monotonic() + deadline_s
-    while True:
-        value = probe()
-        if value is not None:
-            return value
-        assert time.monotonic() < deadline, f"not reached within {deadline_s} s"
-        time.sleep(0.05)
-
-
-class ApiThread(LoopThread[Api]):
-    """running_api on its own event loop in a background thread, as `wcsync serve` runs it."""
-
-    def __init__(self, services: Services, settings: ApiSettings = SETTINGS) -> None:
-        super().__init__(lambda: _api(services, settings), "the API", join_timeout=DEADLINE_S)
-
-
-@asynccontextmanager
-async def _api(services: Services, settings: ApiSettings) -> AsyncIterator[Api]:
-    async with running_api(services, settings=settings) as running:
-        yield Api(running.url)
+from tests.support.api import Api, ApiThread, config_of, error_of
+from tests.support.cli import spawn_wcsync
+from tests.support.services import FAST
+from tests.support.waiting import DEADLINE_S, wait_until
 
 
 @pytest.fixture
@@ -115,16 +42,6 @@ def sqlite_api(sqlite_url: str) -> Iterator[Api]:
         yield running
 
 
-def config_of(sandbox: RunningSandbox, **overrides: str) -> dict[str, str]:
-    config = {
-        "url": sandbox.url,
-        "consumerKey": sandbox.consumer_key,
-        "consumerSecret": sandbox.consumer_secret,
-    }
-    config.update(overrides)
-    return config
-
-
 def start(api: Api, sandbox: RunningSandbox, org: str = "acme", **body: Any) -> str:
     code, answer = api.sync(config=config_of(sandbox), org_id=org, user_id="user-123", **body)
     assert code == 202 and answer["success"], answer
@@ -136,12 +53,6 @@ def start(api: Api, sandbox: RunningSandbox, org: str = "acme", **body: Any) -> 
 def mirrored_ids(database_url: str, sandbox: RunningSandbox, org: str = "acme") -> set[int]:
     rows = queries.customers(DatabaseConfig.from_url(database_url), org, sandbox.url)
     return {row["woo_customer_id"] for row in rows if not row["is_deleted"]}
-
-
-def error_of(answer: Any) -> dict[str, Any]:
-    assert answer["success"] is False and set(answer) == {"success", "error"}, answer
-    error: dict[str, Any] = answer["error"]
-    return error
 
 
 # ----- the seed's flow -------------------------------------------------------------------------------------
@@ -520,14 +431,7 @@ def stored_bytes(database_url: str) -> bytes:
 def test_wcsync_serve_prints_its_url_serves_and_stops_on_sigterm(sqlite_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WCSYNC_", "WOO_"))}
     env["WCSYNC_DATABASE_URL"] = sqlite_url
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", "--port", "0"],
-        env=env,
-        cwd=Path(__file__).resolve().parents[2],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = spawn_wcsync("serve", "--port", "0", env=env)
     try:
         assert process.stdout is not None
         with selectors.DefaultSelector() as selector:

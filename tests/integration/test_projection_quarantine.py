@@ -30,7 +30,7 @@ from projections import runner as runner_module
 from projections.base import Item, topics_of
 from projections.customers import CustomersProjection
 from projections.queues import QueuesProjection
-from tests.integration.test_projections import ORG, OTHER_ORG, STORE, Sync, make_record
+from tests.support.aggregates import ORG, OTHER_ORG, STORE, Sync, make_record
 
 BIG = 2**63 + 5  # past the largest BIGINT
 OTHER_STORE = "https://other.example.com"

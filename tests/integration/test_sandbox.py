@@ -13,8 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -32,9 +31,11 @@ from infrastructure.sandbox import (
     SandboxThread,
     generate_customers,
 )
+from tests.support.paths import ROOT
 
 CUSTOMERS = "/wp-json/wc/v3/customers"
-REPO = Path(__file__).resolve().parents[2]
+# One store for the whole module: the tests that take `sandbox` only read it.
+pytestmark = pytest.mark.sandbox(other_roles=12, shared=True)
 
 
 class Reply:
@@ -111,12 +112,6 @@ def scan(sandbox: RunningSandbox, query: str, per_page: int = 100) -> list[int]:
             return seen
         seen.extend(batch)
     raise AssertionError("the scan never reached an empty page")
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[RunningSandbox]:
-    with SandboxThread(SandboxConfig(other_roles=12)) as running:
-        yield running
 
 
 # -- generated data
@@ -522,9 +517,9 @@ def test_serve_forever_prints_one_line_and_stops_on_sigterm() -> None:
         "from infrastructure.sandbox import SandboxConfig, serve_forever; "
         "serve_forever(SandboxConfig(customers=5), '127.0.0.1', 0)"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT
     ) as process:
         assert process.stdout is not None
         line = process.stdout.readline().decode()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,12 +22,8 @@ from infrastructure.support.config import DatabaseConfig, StoreSettings
 from infrastructure.support.errors import QueueNotFoundError
 from infrastructure.wiring import Services, migrate, open_services
 from projections import queries
-from tests.integration._helpers import FAST, store_of
-
-
-def start(services: Services, sandbox: RunningSandbox, org: str = "acme", **options: Any) -> SyncOutcome:
-    engine = services.engine(org)
-    return asyncio.run(engine.start(store_of(sandbox), QueueOptions(**options), FAST))
+from tests.support.network import free_port
+from tests.support.services import FAST, run_sync, store_of
 
 
 def mirrored(services: Services, sandbox: RunningSandbox, org: str = "acme") -> dict[int, dict[str, Any]]:
@@ -49,7 +44,7 @@ def events_of_type(services: Services, cls: type) -> list[Any]:
 
 def test_a_full_sync_mirrors_exactly_the_stores_valid_customers(services: Services) -> None:
     with SandboxThread(SandboxConfig(customers=250, invalid=3, other_roles=5)) as sandbox:
-        outcome = start(services, sandbox, batch_size=40)
+        outcome = run_sync(services, sandbox, batch_size=40)
         store_ids = set(sandbox.store.customer_ids())
         invalid = {cid for cid in store_ids if "invalid" in str(sandbox.store.get(cid))} or None
 
@@ -74,9 +69,9 @@ def test_a_full_sync_mirrors_exactly_the_stores_valid_customers(services: Servic
 
 def test_a_second_sync_of_an_unchanged_store_changes_nothing(services: Services) -> None:
     with SandboxThread(SandboxConfig(customers=120)) as sandbox:
-        first = start(services, sandbox)
+        first = run_sync(services, sandbox)
         registered = len(events_of_type(services, Customer.Registered))
-        second = start(services, sandbox)
+        second = run_sync(services, sandbox)
 
         assert first.counts["created"] == 120
         assert second.state == "done"
@@ -89,10 +84,10 @@ def test_a_second_sync_of_an_unchanged_store_changes_nothing(services: Services)
 
 def test_an_edited_customer_is_updated_with_the_changed_fields(services: Services) -> None:
     with SandboxThread(SandboxConfig(customers=30)) as sandbox:
-        start(services, sandbox)
+        run_sync(services, sandbox)
         target = sandbox.store.customer_ids()[7]
         sandbox.store.update(target, {"last_name": "Brzęczyszczykiewicz"})
-        outcome = start(services, sandbox)
+        outcome = run_sync(services, sandbox)
 
         assert outcome.counts["updated"] == 1 and outcome.counts["unchanged"] == 29
         changed = events_of_type(services, Customer.Changed)
@@ -102,7 +97,7 @@ def test_an_edited_customer_is_updated_with_the_changed_fields(services: Service
 
 def test_retry_refetches_fixed_customers_and_cancels_deleted_ones(services: Services) -> None:
     with SandboxThread(SandboxConfig(customers=60, invalid=4)) as sandbox:
-        first = start(services, sandbox)
+        first = run_sync(services, sandbox)
         failed = [
             row["wooCustomerId"] for row in queries.failed_lines(services.projections, "acme", first.queue_id)
         ]
@@ -143,7 +138,7 @@ def test_lines_that_keep_failing_require_action_then_force_done_closes_the_queue
 
 def test_another_orgs_queue_is_not_visible(services: Services) -> None:
     with SandboxThread(SandboxConfig(customers=5)) as sandbox:
-        outcome = start(services, sandbox, org="acme")
+        outcome = run_sync(services, sandbox, org="acme")
         with pytest.raises(QueueNotFoundError):
             services.engine("globex").get_queue(outcome.queue_id)
         assert queries.queue_status(services.projections, "globex", outcome.queue_id) is None
@@ -154,7 +149,7 @@ def test_refused_credentials_leave_nothing_behind(services: Services) -> None:
     with SandboxThread(SandboxConfig(customers=5)) as sandbox:
         bad = StoreSettings(url=sandbox.url, consumer_key="ck_wrong", consumer_secret="cs_wrong")
         with pytest.raises(StoreRefused) as error:
-            asyncio.run(services.engine("acme").start(bad, QueueOptions(), FAST))
+            run_sync(services, bad)
         assert "Consumer key is invalid" in str(error.value)
         assert "cs_wrong" not in str(error.value)
         assert services.app.recorder.max_notification_id() in (None, 0)
@@ -183,12 +178,6 @@ def test_two_syncs_of_one_store_at_once_create_each_customer_once(database_url: 
         assert len({event.originator_id for event in registered}) == 300
         assert sum(o.counts["created"] for o in outcomes) == 300
         assert all(o.counts["done"] == 300 and o.state == "done" for o in outcomes)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class _StopStoreAfter:
@@ -231,7 +220,7 @@ def sandbox_on(port: int, config: SandboxConfig) -> Iterator[tuple[RunningSandbo
 
 
 def test_a_store_that_dies_mid_scan_is_resumed_from_the_first_page_not_recorded(services: Services) -> None:
-    port = _free_port()
+    port = free_port()
     config = SandboxConfig(customers=1000, faults=Faults(latency_ms=5))
     with sandbox_on(port, config) as (sandbox, stop):
         store = store_of(sandbox)
@@ -299,7 +288,7 @@ def test_a_store_changing_under_the_scan_ends_equal_to_the_store_after_a_second_
         synced_first = {cid for cid, _ in services.app.get_queue(first.queue_id).lines.items()}
         assert throughout <= synced_first
 
-        second = start(services, sandbox)
+        second = run_sync(services, sandbox)
         assert second.store_error is None and second.state == "done"
         assert set(mirrored(services, sandbox)) == set(sandbox.store.customer_ids())
         deleted_rows = [
@@ -324,9 +313,7 @@ def test_every_fault_at_once_still_ends_equal_to_the_store_and_shows_in_the_acti
         options = ClientOptions(
             backoff_base_s=0.01, backoff_max_s=0.05, circuit_reset_s=0.05, timeout_s=0.2, max_retries=8
         )
-        outcome = asyncio.run(
-            services.engine("acme").start(store_of(sandbox), QueueOptions(max_retries=8), options)
-        )
+        outcome = run_sync(services, sandbox, client=options, max_retries=8)
         assert outcome.store_error is None
         assert outcome.state == "done" and outcome.counts["created"] == 1500
         assert set(mirrored(services, sandbox)) == set(sandbox.store.customer_ids())
@@ -343,7 +330,7 @@ def test_a_store_repeating_its_last_page_ends_with_a_warning_and_an_incomplete_f
     services: Services,
 ) -> None:
     with SandboxThread(SandboxConfig(customers=300, faults=Faults(repeat_last_page=True))) as sandbox:
-        outcome = start(services, sandbox)
+        outcome = run_sync(services, sandbox)
         assert outcome.state == "done" and outcome.counts["created"] == 300
         activity = queries.activity(services.projections, "acme", outcome.queue_id)
         warnings = [row for row in activity if row["activityType"] == "store_repeating_pages"]
@@ -354,9 +341,9 @@ def test_a_store_repeating_its_last_page_ends_with_a_warning_and_an_incomplete_f
 
 def test_a_scan_stopped_by_the_page_cap_marks_no_customer_deleted(services: Services) -> None:
     with SandboxThread(SandboxConfig(customers=250)) as sandbox:
-        start(services, sandbox)
+        run_sync(services, sandbox)
         capped = dataclasses.replace(FAST, max_pages=2)  # 2 of the 3 pages of 100
-        outcome = asyncio.run(services.engine("acme").start(store_of(sandbox), QueueOptions(), capped))
+        outcome = run_sync(services, sandbox, client=capped)
 
         queue = services.app.get_queue(outcome.queue_id)
         assert queue.fetch_finished and not queue.fetch_complete
@@ -367,14 +354,14 @@ def test_a_scan_stopped_by_the_page_cap_marks_no_customer_deleted(services: Serv
         # A complete scan still marks a customer gone from the store as deleted.
         gone = sandbox.store.customer_ids()[-1]
         sandbox.store.delete(gone)
-        start(services, sandbox)
+        run_sync(services, sandbox)
         assert set(mirrored(services, sandbox)) == set(sandbox.store.customer_ids())
         assert gone not in mirrored(services, sandbox)
 
 
 def test_batch_delay_spaces_the_batches_out(services: Services) -> None:
     with SandboxThread(SandboxConfig(customers=120)) as sandbox:
-        outcome = start(services, sandbox, batch_size=40, batch_delay_ms=60)
+        outcome = run_sync(services, sandbox, batch_size=40, batch_delay_ms=60)
         done = [e for e in services.app.queue_events(outcome.queue_id) if isinstance(e, SyncQueue.LinesDone)]
         assert len(done) == 4  # page 1: 40, 40, 20; page 2: 20
         gaps = [(b.timestamp - a.timestamp).total_seconds() for a, b in itertools.pairwise(done)]

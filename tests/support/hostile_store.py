@@ -3,7 +3,7 @@ unstorable text, pages of any size. Real HTTP on a real socket (the engine's cli
 store), no authentication checks: it tests what wcsync does with what comes back, not how it asks.
 
     with HostileStore([[good(1), {"id": True}], [good(2)]]) as store:
-        ... StoreSettings(url=store.url, consumer_key="ck_x", consumer_secret="cs_x") ...
+        run_sync(services, store)  # tests.support.services; or store_of(store) for its StoreSettings
 """
 
 from __future__ import annotations
@@ -65,6 +65,10 @@ class HostileStore:
     """``pages``: each a list of records (any JSON values) served for ``page=N``; pages past the end are
     ``[]``. A record that is an object with an integer id is also served alone at ``/customers/<id>``,
     listed by ``_fields=id`` and found by ``include=``."""
+
+    # What a client sends; never checked.
+    consumer_key = "ck_hostile"
+    consumer_secret = "cs_hostile"
 
     def __init__(self, pages: Sequence[Sequence[Any]]) -> None:
         self.pages = [list(page) for page in pages]

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from tests.support.network import free_port
+
 EXTERNAL_URL_VARIABLE = "WCSYNC_TEST_DATABASE_URL"
 SUPERUSER = "postgres"
 SERVICE_USER = "wcsync-pg"
@@ -128,13 +130,6 @@ def _process_alive(pid: int) -> bool:
         # The state follows the parenthesised command name, which may itself contain spaces.
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     return True
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _ensure_service_user() -> str:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import pgserver
-from tests.conftest import database_url_for
+from tests.support import pgserver
+from tests.support.pgserver import database_url_for
 
 
 def _fake_bindir(directory: Path, names: tuple[str, ...] = ("initdb", "pg_ctl", "postgres")) -> Path:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import base64
-import json
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from infrastructure.support.redaction import MASK, redact, redact_value
+from tests.support.credentials import encodings
 
 # Keys and secrets: printable text (WooCommerce's are ck_/cs_ and 40 hex digits); never the mask's '*'.
 SECRET = st.text(
@@ -22,37 +22,6 @@ SECRET = st.text(
 AROUND = st.text(
     alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="*"), max_size=40
 )
-
-
-def encodings(key: str, secret: str) -> dict[str, str]:
-    """Every form of the credentials that the redaction must hide."""
-    pair = f"{key}:{secret}".encode()
-    forms = {
-        "raw key": key,
-        "raw secret": secret,
-        "basic": base64.b64encode(pair).decode(),
-        "basic urlsafe": base64.urlsafe_b64encode(pair).decode(),
-        "basic unpadded": base64.b64encode(pair).decode().rstrip("="),
-    }
-    for name, value in (("key", key), ("secret", secret)):
-        forms[f"quote {name}"] = quote(value, safe="")
-        forms[f"quote_plus {name}"] = quote_plus(value)
-        forms[f"quote lower-case {name}"] = _lower_escapes(quote(value, safe=""))
-        forms[f"base64 {name}"] = base64.b64encode(value.encode()).decode()
-        forms[f"json {name}"] = json.dumps(value)[1:-1]
-    return forms
-
-
-def _lower_escapes(text: str) -> str:
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "%":
-            out.append(text[i : i + 3].lower())
-            i += 3
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
 
 
 def assert_hidden(redacted: str, key: str, secret: str) -> None:

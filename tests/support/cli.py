@@ -1,0 +1,51 @@
+"""The `wcsync` command as a user types it: a real subprocess, in the repository, with an environment of the
+test's making."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from infrastructure.sandbox import RunningSandbox
+from tests.support.paths import ROOT
+
+WCSYNC = (sys.executable, "-m", "cli.main")
+
+
+def wcsync_env(sandbox: RunningSandbox | None, database_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WCSYNC_", "WOO_"))}
+    env["WCSYNC_DATABASE_URL"] = database_url
+    env["WCSYNC_LOG_LEVEL"] = "warning"
+    if sandbox is not None:
+        env["WOO_URL"] = sandbox.url
+        env["WOO_CONSUMER_KEY"] = sandbox.consumer_key
+        env["WOO_CONSUMER_SECRET"] = sandbox.consumer_secret
+    env.update(extra)
+    return env
+
+
+def wcsync(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`wcsync ARGS`, run to its end; its output captured as text."""
+    return subprocess.run(
+        [*WCSYNC, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def spawn_wcsync(*args: str, env: dict[str, str], **popen: Any) -> subprocess.Popen[Any]:
+    """`wcsync ARGS` in the background; its output piped as text unless ``popen`` says otherwise."""
+    options: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
+    return subprocess.Popen([*WCSYNC, *args], env=env, cwd=ROOT, **options)
+
+
+def as_json(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.stdout.strip(), result.stderr
+    return json.loads(result.stdout)
