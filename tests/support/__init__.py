@@ -15,4 +15,5 @@ are defined here and registered by name in the conftest of each layer that uses 
     cli.py            wcsync, spawn_wcsync, wcsync_env, as_json: the command as a subprocess
     credentials.py    encodings: every form a credential travels in
     waiting.py        wait_until
+    no_io.py          forbidding_io: the guard that fails a unit test doing I/O (tests/unit/conftest.py)
 """

@@ -1,8 +1,7 @@
-"""The one storage retry helper: transient errors retried with backoff, others raised at once."""
+"""The one storage retry helper: transient errors retried with backoff, others raised at once (a real save
+retried: tests/integration/test_storage_retry.py)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 from eventsourcing.persistence import IntegrityError, OperationalError
@@ -47,29 +46,3 @@ def test_other_errors_are_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(IntegrityError):
         retry_storage(call)  # type: ignore[arg-type]
     assert len(calls) == 1
-
-
-def test_a_save_retried_after_a_transient_error_writes_the_same_events(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from domain.queue import QueueOptions, SyncQueue
-    from infrastructure.adapters.eventstore import SyncApplication
-    from infrastructure.support.config import DatabaseConfig
-
-    monkeypatch.setattr("infrastructure.adapters.eventstore.time.sleep", lambda _: None)
-    app = SyncApplication(DatabaseConfig.from_url(f"sqlite:///{tmp_path / 'w.db'}"))
-    queue = SyncQueue(
-        org_id="o", queue_name="q", store_url="http://s", options=QueueOptions().as_dict(), started_by="t"
-    )
-    queue.add_lines([{"id": 1}, {"id": 2}], page=1)
-    record = app._record
-    failures = [OperationalError("database is locked")]
-
-    def flaky_record(processing: object) -> object:
-        if failures:
-            raise failures.pop()
-        return record(processing)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(app, "_record", flaky_record)
-    app.save_batch(queue)
-    assert app.get_queue(queue.id).lines.total == 2

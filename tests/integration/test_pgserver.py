@@ -1,4 +1,5 @@
-"""How the harness finds PostgreSQL binaries and builds URLs (no server started here)."""
+"""How the harness finds PostgreSQL binaries and builds URLs (no server started here; fake binaries written
+to tmp_path and a port bound, so not a unit test)."""
 
 from __future__ import annotations
 
