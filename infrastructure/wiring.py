@@ -232,10 +232,11 @@ class Services:
     @contextmanager
     def _live_projections_process(self, final_catch_up: bool = True) -> Iterator[None]:
         """On PostgreSQL the follower runs as a separate process: it uses the other core instead of
-        competing with the sync for this process's interpreter lock."""
+        competing with the sync for this process's interpreter lock. Its entry point is the interface
+        layer's, named (cli/processes.py, `follow`): the database in its environment, never on argv."""
         env = dict(os.environ, WCSYNC_DATABASE_URL=self.database.url, WCSYNC_FOLLOWER_PARENT=str(os.getpid()))
         follower = subprocess.Popen(
-            [sys.executable, "-m", "projections"],
+            [sys.executable, "-m", "cli.processes", "follow"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -23,8 +23,8 @@ it. Nothing of this runs while batches apply: the happy path is the batch as it 
 from __future__ import annotations
 
 import gc
+import json
 import os
-import pickle
 import subprocess
 import sys
 import threading
@@ -53,9 +53,8 @@ from infrastructure.adapters.schema import (
     TRACKING_TABLE,
     TS,
 )
-from infrastructure.support.config import DatabaseConfig
+from infrastructure.support.config import CIPHER_KEY_VARIABLE, DatabaseConfig
 from infrastructure.support.errors import StorageError, first_line
-from infrastructure.support.logging import configure_logging
 from projections import quarantine
 from projections.activity import ActivityProjection
 from projections.base import Projection
@@ -347,10 +346,7 @@ class ProjectionRunner:
         # and children creating its tables at once collided on PostgreSQL's catalog ("type already exists",
         # "tuple concurrently updated") and retried with pauses that showed as slow catch-ups.
         env = {key: value for key, value in self.app.env.items() if not key.endswith("CREATE_TABLE")}
-        children = [
-            _GroupProcess(self.app.database, env, [(t.projection.name, t.suffix) for t in group], batch_size)
-            for group in groups[1:]
-        ]
+        children = [_GroupProcess(self.app.database, env, group, batch_size) for group in groups[1:]]
         try:
             applied = self._run_group(groups[0], batch_size, _log_quarantined)
             counts = [applied]
@@ -704,35 +700,61 @@ class ProjectionRunner:
         return self.db.value(TS, datetime.now(UTC))
 
 
+# ----- groups caught up in processes of their own ----------------------------------------------------------
+
+# The entry point of those processes: ``python -m cli.processes projection-worker`` (cli/processes.py, the
+# interface layer, named here by string: projections import nothing of it). Its arguments are on argv (the
+# projections' names, --rebuild, --batch-size), the database and the application's settings in its
+# environment (never a password on argv), its outcome one JSON object on stdout.
+WORKER_MODULE = "cli.processes"
+WORKER_COMMAND = "projection-worker"
+DATABASE_URL_VARIABLE = "WCSYNC_DATABASE_URL"
+
+
 class _GroupProcess:
-    """One group of projections caught up by ``python -c`` in another process (see ProjectionRunner._run)."""
+    """One group of projections caught up by a ``projection-worker`` process (see ProjectionRunner._run)."""
 
     def __init__(
-        self, database: DatabaseConfig, env: dict[str, str], targets: list[tuple[str, str]], batch_size: int
+        self, database: DatabaseConfig, env: dict[str, str], targets: Sequence[_Target], batch_size: int
     ) -> None:
-        child_env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", "from projections.runner import _group_main; _group_main()"],
-            stdin=subprocess.PIPE,
+        suffixes = {target.suffix for target in targets}
+        if not suffixes <= {"", REBUILD_SUFFIX} or len(suffixes) != 1:
+            raise ValueError(f"a worker catches up live tables or rebuild copies, not {sorted(suffixes)}")
+        arguments = ["--batch-size", str(batch_size), *(["--rebuild"] if REBUILD_SUFFIX in suffixes else [])]
+        arguments += [target.projection.name for target in targets]
+        # The child opens the application as this one is (its settings, the same database), and the key
+        # this database was opened with, or none (DatabaseConfig.from_url reads it from the environment).
+        child_env = {
+            **os.environ,
+            **env,
+            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+            DATABASE_URL_VARIABLE: database.url,
+        }
+        child_env.pop(CIPHER_KEY_VARIABLE, None)
+        if database.cipher_key:
+            child_env[CIPHER_KEY_VARIABLE] = database.cipher_key
+        self.process = subprocess.Popen(  # noqa: S603 - this interpreter, our module, our projections' names
+            [sys.executable, "-m", WORKER_MODULE, WORKER_COMMAND, *arguments],
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             env=child_env,
         )
-        assert self.process.stdin is not None
-        self.process.stdin.write(pickle.dumps((database, env, targets, batch_size)))
-        self.process.stdin.close()
 
     def result(self) -> tuple[int, list[Quarantined]]:
         """The notifications the child applied and the events it quarantined (for the parent to log)."""
         assert self.process.stdout is not None
         output = self.process.stdout.read()
         self.process.wait()
+        failed = StorageError(f"a projection process failed (exit status {self.process.returncode})")
         if self.process.returncode != 0 or not output:
-            raise StorageError(f"a projection process failed (exit status {self.process.returncode})")
-        outcome = pickle.loads(output)  # noqa: S301 - written by our own child
-        if isinstance(outcome, BaseException):
-            raise outcome
-        applied, set_aside = outcome
-        return int(applied), list(set_aside)
+            raise failed
+        try:
+            outcome = json.loads(output)
+        except ValueError:
+            raise failed from None
+        if "error" in outcome:
+            raise _error_from_json(outcome["error"])
+        return int(outcome["applied"]), [_quarantined_from_json(row) for row in outcome["quarantined"]]
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -740,44 +762,113 @@ class _GroupProcess:
             self.process.wait()
 
 
-def _group_main() -> None:
-    database, env, targets, batch_size = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 - from our parent
-    configure_logging()  # to stderr: stdout carries the outcome (the parent logs the quarantined events)
-    outcome: Any
+def run_worker(
+    database_url: str | None, names: Sequence[str], rebuild: bool, batch_size: int
+) -> dict[str, Any]:
+    """A ``projection-worker`` process's work (cli/processes.py): catch the projections ``names`` up (their
+    rebuild copies with ``rebuild``) in the database at ``database_url``, as one group. Returns the outcome
+    for its parent's _GroupProcess.result, as JSON: ``{"applied": n, "quarantined": [event, ...]}`` (the
+    parent logs the quarantined events), or ``{"error": ...}``, which the parent raises."""
     set_aside: list[Quarantined] = []
     try:
-        app = _open_app(database, env)
+        app = _open_app(DatabaseConfig.from_url(database_url))
         runner = ProjectionRunner(app, parallel=False)
         try:
+            suffix = REBUILD_SUFFIX if rebuild else ""
             applied = runner._run_group(
-                [_Target(runner.projections[name], suffix) for name, suffix in targets],
-                batch_size,
-                set_aside.append,
+                [_Target(runner.projections[name], suffix) for name in names], batch_size, set_aside.append
             )
-            outcome = (applied, set_aside)
         finally:
             runner.close()
             app.close()
     except Exception as error:
-        try:
-            pickle.dumps(error)
-            outcome = error
-        except Exception:
-            outcome = StorageError(first_line(error))
-    sys.stdout.buffer.write(pickle.dumps(outcome))
+        return {"error": _error_to_json(error)}
+    return {"applied": applied, "quarantined": [_quarantined_to_json(row) for row in set_aside]}
 
 
-def _open_app(database: DatabaseConfig, env: dict[str, str], attempts: int = 5) -> SyncApplication:
-    """The child's application. Children start together, and opening the PostgreSQL store runs catalog
-    statements that fail now and then under a concurrent twin ("tuple concurrently updated"): try again."""
+def _open_app(database: DatabaseConfig, attempts: int = 5) -> SyncApplication:
+    """The child's application (its settings come in its environment, CREATE_TABLE off). Children start
+    together, and opening the PostgreSQL store runs catalog statements that fail now and then under a
+    concurrent twin ("tuple concurrently updated"): try again."""
     for attempt in range(1, attempts + 1):
         try:
-            return SyncApplication(database, create_tables=False, extra_env=env)
+            return SyncApplication(database, create_tables=False)
         except StorageError:
             if attempt == attempts:
                 raise
             time.sleep(0.1 * attempt)
     raise AssertionError("unreachable")
+
+
+def _quarantined_to_json(row: Quarantined) -> dict[str, Any]:
+    return {
+        "projection": row.projection,
+        "position": row.position,
+        "originator_id": None if row.originator_id is None else str(row.originator_id),
+        "originator_version": row.originator_version,
+        "topic": row.topic,
+        "queue_id": None if row.queue_id is None else str(row.queue_id),
+        "reason": row.reason,
+        "event_at": None if row.event_at is None else row.event_at.isoformat(),
+        "quarantined_at": row.quarantined_at.isoformat(),
+    }
+
+
+def _quarantined_from_json(data: dict[str, Any]) -> Quarantined:
+    return Quarantined(
+        projection=data["projection"],
+        position=data["position"],
+        originator_id=None if data["originator_id"] is None else UUID(data["originator_id"]),
+        originator_version=data["originator_version"],
+        topic=data["topic"],
+        queue_id=None if data["queue_id"] is None else UUID(data["queue_id"]),
+        reason=data["reason"],
+        event_at=None if data["event_at"] is None else datetime.fromisoformat(data["event_at"]),
+        quarantined_at=datetime.fromisoformat(data["quarantined_at"]),
+    )
+
+
+def _error_to_json(error: Exception) -> dict[str, Any]:
+    """A child's error as pickle would send it (its class, the arguments it is made again from, its
+    attributes), in JSON: the arguments only if JSON carries them unchanged, attributes JSON does not
+    carry left out (a psycopg error's diagnostics: the parent made its own decisions from the class and
+    message alone). Else, or for a class the parent cannot name, a StorageError of its first line."""
+    cls = type(error)
+    reduced = error.__reduce__()
+    args = list(reduced[1]) if isinstance(reduced, tuple) and len(reduced) > 1 else []
+    state = reduced[2] if isinstance(reduced, tuple) and len(reduced) > 2 and reduced[2] else {}
+    if not (isinstance(reduced, tuple) and reduced[0] is cls and _carried(args)):
+        cls, args, state = StorageError, [first_line(error)], {}
+    return {
+        "class": f"{cls.__module__}:{cls.__qualname__}",
+        "args": args,
+        "attributes": {key: value for key, value in dict(state).items() if _carried(value)},
+        "message": first_line(error),
+    }
+
+
+def _error_from_json(data: dict[str, Any]) -> Exception:
+    """The error a child sent (_error_to_json), of a class this process has loaded; else a StorageError."""
+    module, _, qualname = str(data["class"]).partition(":")
+    found: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if isinstance(found, type) and issubclass(found, Exception):
+        try:
+            error = found(*data["args"])
+            error.__dict__.update(data["attributes"])
+            return error
+        except Exception:  # noqa: S110 - made in another way than pickle's: the message, below
+            pass
+    return StorageError(str(data["message"]))
+
+
+def _carried(value: Any) -> bool:
+    """Whether JSON carries ``value`` unchanged."""
+    try:
+        return bool(json.loads(json.dumps(value)) == value)
+    except (TypeError, ValueError):
+        return False
 
 
 def _log_quarantined(row: Quarantined) -> None:

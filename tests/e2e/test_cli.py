@@ -328,6 +328,9 @@ def test_the_live_follower_of_a_killed_sync_stops_too(postgres_url: str) -> None
         assert killed.returncode == -signal.SIGKILL
         # wcsync() returned: the follower, which shares its output pipes, is gone too (else this would hang).
         leftover = subprocess.run(
-            ["pgrep", "-f", f"{sys.executable} -m projections"], capture_output=True, text=True, check=False
+            ["pgrep", "-f", f"{sys.executable} -m cli.processes follow"],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert leftover.stdout.strip() == ""
