@@ -133,7 +133,7 @@ def generate(database: DatabaseConfig, events: int) -> float:
 def phase(name: str, url: str, output: str) -> dict[str, Any]:
     """One measured step, run in its own process."""
     from infrastructure.services.audit import export_log, verify_export, verify_log
-    from projections import ProjectionRunner
+    from projections.runner import ProjectionRunner
 
     database = DatabaseConfig.from_url(url)
     reset_peak_rss()

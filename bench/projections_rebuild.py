@@ -44,8 +44,7 @@ from domain.queue import QueueOptions, SyncQueue  # noqa: E402
 from domain.sync import customer_keys, sync_batch  # noqa: E402
 from infrastructure.adapters.eventstore import SyncApplication, chunks  # noqa: E402
 from infrastructure.support.config import DatabaseConfig  # noqa: E402
-from projections import ProjectionRunner  # noqa: E402
-from projections.runner import PROJECTION_CLASSES  # noqa: E402
+from projections.runner import PROJECTION_CLASSES, ProjectionRunner  # noqa: E402
 from tests.support.pgserver import database_url_for  # noqa: E402
 
 ORG = "bench-org"

@@ -17,7 +17,6 @@ import orjson
 from cli import common
 from cli.output import print_json
 from domain.errors import EXIT_OK
-from infrastructure.adapters.eventstore import SyncApplication
 from infrastructure.services.audit import (
     customer_history,
     export_log,
@@ -26,7 +25,7 @@ from infrastructure.services.audit import (
     verify_log,
 )
 from infrastructure.support.config import check_output_file, check_store_url
-from infrastructure.wiring import require_wcsync_tables
+from infrastructure.wiring import open_event_log, require_wcsync_tables
 
 EXIT_NOT_INTACT = 1  # the log or the export is not intact
 
@@ -46,7 +45,6 @@ def _write(data: bytes) -> None:
 
 
 def _queue(args: argparse.Namespace) -> int:
-
     org = common.org(args)
     as_of = args.as_of
     with common.services(args, read_only=True) as services:
@@ -91,7 +89,6 @@ def _print_state(document: dict[str, Any]) -> None:
 
 
 def _customer(args: argparse.Namespace) -> int:
-
     org = common.org(args)
     store = check_store_url(args.store) if args.store else None
     with common.services(args, read_only=True) as services:
@@ -118,13 +115,11 @@ def _customer(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-
     org = common.org(args)
     since = args.since
     output = check_output_file(args.output)  # before any work: never a directory, a device or a FIFO
     database = common.database(args)
-    require_wcsync_tables(database)
-    app = SyncApplication(database, create_tables=False)  # reads only: creates nothing
+    app = open_event_log(database)  # reads only: creates nothing
     try:
         summary = export_log(app, org, output, since)
     finally:
@@ -141,7 +136,6 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-
     if args.file:
         report = verify_export(Path(args.file))
     else:

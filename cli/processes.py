@@ -37,10 +37,10 @@ from infrastructure.adapters.eventstore import SyncApplication
 from infrastructure.services.projections import ProjectionControl
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.logging import configure_logging
+from projections.names import PROJECTION_NAMES
 from projections.runner import (
     DATABASE_URL_VARIABLE,
     DEFAULT_BATCH_SIZE,
-    PROJECTION_NAMES,
     WORKER_COMMAND,
     ProjectionRunner,
     run_worker,

@@ -20,12 +20,17 @@ from eventsourcing.persistence import PersistenceError
 
 from infrastructure.adapters.eventlog import postgres_has_events_table, sqlite_has_events_table
 from infrastructure.adapters.eventstore import SyncApplication, require_database
+from infrastructure.adapters.woocommerce import (
+    ActivitySink,
+    ClientOptions,
+    StoreCredentials,
+    WooCommerceClient,
+)
 from infrastructure.services.sync import Progress, SyncEngine
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.errors import StorageError, storage_error
-from projections import ProjectionRunner
 from projections import queries as projection_queries
-from projections.runner import Reconnecting
+from projections.runner import ProjectionRunner, Reconnecting
 
 # What a database library raises; each becomes one StorageError (infrastructure.support.errors.storage_error).
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (PersistenceError, sqlite3.Error, psycopg.Error)
@@ -180,6 +185,7 @@ class Services:
         return SyncEngine(
             self.app,
             org_id,
+            client_factory=_store_client,
             actor=actor,
             on_saved=self._saved,
             known_customer_ids=lambda org, store: projection_queries.known_customer_ids(
@@ -292,6 +298,13 @@ class Services:
         self.close()
 
 
+def _store_client(
+    url: str, credentials: StoreCredentials, options: ClientOptions, on_activity: ActivitySink
+) -> WooCommerceClient:
+    """The engine's store client: the WooCommerce REST client."""
+    return WooCommerceClient(url, credentials, options, on_activity=on_activity)
+
+
 def migrate(database: DatabaseConfig) -> None:
     """Create every table once: the event store's and the projections'."""
     app = SyncApplication(database, create_tables=True)
@@ -332,6 +345,13 @@ def open_services(database: DatabaseConfig, read_only: bool = False) -> Services
         app.close()
         raise
     return Services(database=database, app=app, projections=runner)
+
+
+def open_event_log(database: DatabaseConfig) -> SyncApplication:
+    """The event store of an existing wcsync database, to read (audit export): creates nothing, and says
+    so (StorageError) when the database holds no wcsync tables."""
+    require_wcsync_tables(database)
+    return SyncApplication(database, create_tables=False)
 
 
 def require_wcsync_tables(database: DatabaseConfig) -> None:

@@ -20,8 +20,9 @@ from infrastructure.support.config import DatabaseConfig
 from projections import quarantine
 from projections.activity import ACTIVITY_TABLE
 from projections.customers import CUSTOMER_TABLE
+from projections.names import PROJECTION_NAMES
 from projections.queues import LINE_TABLE, QUEUE_TABLE
-from projections.runner import PROJECTION_NAMES, ProjectionRunner
+from projections.runner import ProjectionRunner
 
 Source = ProjectionRunner | DatabaseConfig
 

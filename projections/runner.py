@@ -74,7 +74,7 @@ PROJECTION_CLASSES: tuple[type[Projection], ...] = (
     ActivityProjection,
     LedgerProjection,
 )
-PROJECTION_NAMES: tuple[str, ...] = tuple(cls.name for cls in PROJECTION_CLASSES)
+# PROJECTION_NAMES (projections/names.py) lists these classes' names, in this order (a unit test checks).
 
 DEFAULT_BATCH_SIZE = 1000
 REBUILD_BATCH_SIZE = 2000

@@ -43,11 +43,7 @@ from infrastructure.adapters.eventlog import LogReader
 from infrastructure.adapters.eventstore import SyncApplication
 from infrastructure.adapters.schema import iso as utc_iso
 from infrastructure.support.config import DatabaseConfig, check_output_file
-from infrastructure.support.errors import (
-    ConfigurationError,
-    QueueNotFoundError,
-    quoted,
-)
+from infrastructure.support.errors import QueueNotFoundError
 from projections import queries
 from projections.ledger import (
     GENESIS,
@@ -76,22 +72,6 @@ class AuditError(WcsyncError):
 
 
 # ----- time ----------------------------------------------------------------------------------------------
-
-
-def parse_time(text: str) -> datetime:
-    """An ISO 8601 instant; without an offset it is taken as UTC."""
-    try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise ConfigurationError(
-            f"{quoted(text)} is not an ISO 8601 time (e.g. 2026-03-01T12:00:00+00:00 or 2026-03-01)"
-        ) from None
-    try:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    except (OverflowError, ValueError):  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
-        raise ConfigurationError(
-            f"{quoted(text)} is outside the times UTC can represent (years 1 to 9999)"
-        ) from None
 
 
 def iso(value: datetime | None) -> str | None:

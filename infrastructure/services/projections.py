@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from projections import PROJECTION_NAMES, ProjectionRunner, UnknownProjectionError
+from projections.names import PROJECTION_NAMES
+from projections.runner import ProjectionRunner, UnknownProjectionError
 
 __all__ = [
     "PROJECTION_NAMES",

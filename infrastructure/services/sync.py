@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Protocol, TypeVar
@@ -35,6 +36,7 @@ from domain.validation import RejectedRecord, check_records
 from infrastructure.adapters.eventstore import ConcurrentWriteError, SyncApplication, chunks
 from infrastructure.adapters.transcoder import canonical_bytes
 from infrastructure.adapters.woocommerce import (
+    ActivitySink,
     ClientOptions,
     ScanResult,
     StoreCredentials,
@@ -69,6 +71,12 @@ DATABASE_FAILURES: tuple[type[BaseException], ...] = (
 )
 
 T = TypeVar("T")
+
+# How the engine gets a store client (the composition root passes WooCommerceClient's): the store's URL,
+# its credentials, the client's options and where the client reports incidents (retries, fallbacks).
+StoreClientFactory = Callable[
+    [str, StoreCredentials, ClientOptions, ActivitySink], AbstractAsyncContextManager[WooCommerceClient]
+]
 
 
 class RunStopped(WcsyncError):
@@ -147,6 +155,7 @@ class SyncEngine:
         self,
         app: SyncApplication,
         org_id: str,
+        client_factory: StoreClientFactory,
         actor: str = "wcsync",
         on_saved: Callable[[bool], None] | None = None,
         known_customer_ids: Callable[[str, str], set[int]] | None = None,
@@ -154,6 +163,7 @@ class SyncEngine:
         stop: threading.Event | None = None,
     ) -> None:
         self.app = app
+        self.client_factory = client_factory
         # Set from any thread to stop a run between batches (its batch delay waits on it too).
         self.stop = stop if stop is not None else threading.Event()
         # A new queue stopped before its first save is saved anyway, with why it stopped (the HTTP API: its
@@ -262,8 +272,8 @@ class SyncEngine:
         credentials = StoreCredentials(store.consumer_key, store.consumer_secret)
         store_error: StoreError | None = None
         try:
-            async with WooCommerceClient(
-                store.url, credentials, client_options, on_activity=lambda *a: run.incidents.append(a)
+            async with self.client_factory(
+                store.url, credentials, client_options, lambda *a: run.incidents.append(a)
             ) as client:
                 await self._until_stopped(run, self._steps(run, client, mode))
         except StoreError as error:
