@@ -45,7 +45,7 @@ from domain.errors import SyncError, WcsyncError
 from domain.queue import QueueOptions
 from infrastructure.adapters.woocommerce import ClientOptions, StoreCredentials
 from infrastructure.services.runs import MAX_RUNS, BackgroundRuns, RunRequest
-from infrastructure.support.config import check_store_url
+from infrastructure.support.config import MAX_STORE_URL_LENGTH, check_store_url
 from infrastructure.support.errors import ConfigurationError
 from infrastructure.wiring import Services
 from projections import queries
@@ -188,8 +188,10 @@ def _uuid(value: Any, name: str) -> UUID:
 
 def _store_url(value: Any) -> str:
     # Never echo the value: a pasted URL can carry a password.
-    if not isinstance(value, str) or not value.strip() or len(value) > 2048:
-        raise _bad_request("config.url must be a non-empty string of at most 2048 characters")
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_STORE_URL_LENGTH:
+        raise _bad_request(
+            f"config.url must be a non-empty string of at most {MAX_STORE_URL_LENGTH} characters"
+        )
     try:
         return check_store_url(value)
     except ConfigurationError:

@@ -255,6 +255,9 @@ class StoreSettings:
         return cls(url=url, consumer_key=key, consumer_secret=secret)
 
 
+MAX_STORE_URL_LENGTH = 2048  # the API and the CLI refuse a longer one alike
+
+
 def check_store_url(url: str) -> str:
     """A store's site root, checked and normalised (see normalise_store_url): http:// or https://, a host,
     a port in 1..65535 when one is given, no credentials, query, fragment, spaces or control characters.
@@ -262,6 +265,8 @@ def check_store_url(url: str) -> str:
     text = url.strip()
     if not text:
         raise ConfigurationError("the store URL is empty; pass --url https://shop.example.com or set WOO_URL")
+    if len(text) > MAX_STORE_URL_LENGTH:
+        raise ConfigurationError(f"the store URL is longer than {MAX_STORE_URL_LENGTH} characters")
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in text):
         raise ConfigurationError("the store URL must not contain spaces or control characters")
     try:

@@ -25,6 +25,7 @@ from infrastructure.services import audit
 from infrastructure.services.sync import SyncOutcome
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.errors import ConfigurationError, QueueNotFoundError
+from infrastructure.support.times import parse_time
 from infrastructure.wiring import Services, migrate, open_services
 from projections.ledger import CHECKPOINT_TABLE_NAME, LEDGER_TABLE_NAME
 from tests.support.services import run_sync
@@ -267,7 +268,7 @@ def test_export_holds_every_event_of_the_org_only_in_log_order_and_verifies_offl
     assert audit.verify_export(output).ok
 
     since = events[len(events) // 2]["time"]
-    partial = audit.export_log(services.app, ORG, tmp_path / "since.jsonl", audit.parse_time(since))
+    partial = audit.export_log(services.app, ORG, tmp_path / "since.jsonl", parse_time(since))
     assert 0 < partial.events < summary.events
 
 
@@ -342,8 +343,8 @@ def test_as_of_replays_the_queue_up_to_that_instant(services: Services) -> None:
     save(queue)  # outside the frozen clock: its datetime subclass is not a transcoded type
 
     def state_at(text: str) -> dict[str, Any]:
-        rows = list(audit.queue_timeline(app, ORG, queue.id, audit.parse_time(text)))
-        assert rows[-1]["asOf"] == audit.parse_time(text).isoformat()
+        rows = list(audit.queue_timeline(app, ORG, queue.id, parse_time(text)))
+        assert rows[-1]["asOf"] == parse_time(text).isoformat()
         status: dict[str, Any] = rows[-1]["status"]
         return status
 
@@ -408,10 +409,10 @@ def test_a_customers_history_across_queues_with_changes_old_and_new_and_deletion
 
 
 def test_times_are_utc_with_offset() -> None:
-    assert audit.parse_time("2026-03-01") == datetime(2026, 3, 1, tzinfo=UTC)
-    assert audit.iso(audit.parse_time("2026-03-01T01:00:00+01:00")) == "2026-03-01T00:00:00+00:00"
+    assert parse_time("2026-03-01") == datetime(2026, 3, 1, tzinfo=UTC)
+    assert audit.iso(parse_time("2026-03-01T01:00:00+01:00")) == "2026-03-01T00:00:00+00:00"
     with pytest.raises(ConfigurationError):
-        audit.parse_time("yesterday")
+        parse_time("yesterday")
 
 
 def test_encrypted_events_audit_the_same_and_a_wrong_key_is_a_clear_error(

@@ -24,12 +24,14 @@ from domain.queue import SyncQueue
 from infrastructure.adapters.eventstore import SyncApplication
 from infrastructure.adapters.projection_db import Database
 from infrastructure.adapters.schema import POSTGRES
-from projections import PROJECTION_NAMES, ProjectionRunner, queries
 from projections import quarantine as quarantine_module
+from projections import queries
 from projections import runner as runner_module
 from projections.base import Item, topics_of
 from projections.customers import CustomersProjection
+from projections.names import PROJECTION_NAMES
 from projections.queues import QueuesProjection
+from projections.runner import ProjectionRunner
 from tests.support.aggregates import ORG, OTHER_ORG, STORE, Sync, make_record
 
 BIG = 2**63 + 5  # past the largest BIGINT

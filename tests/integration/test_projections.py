@@ -28,11 +28,13 @@ from domain.queue import SyncQueue
 from infrastructure.adapters.eventstore import SyncApplication, chunks
 from infrastructure.adapters.projection_db import Database
 from infrastructure.support.config import DatabaseConfig
-from projections import PROJECTION_NAMES, ProjectionRunner, queries
+from projections import queries
 from projections import runner as runner_module
 from projections.activity import ActivityProjection
 from projections.base import topics_of
+from projections.names import PROJECTION_NAMES
 from projections.queues import QueuesProjection
+from projections.runner import ProjectionRunner
 from tests.support.aggregates import ORG, OTHER_ORG, STORE, Sync, make_record
 from tests.support.paths import FIXTURE_DIR, ROOT
 from tests.support.waiting import wait_until
@@ -277,7 +279,7 @@ def test_catch_up_killed_mid_batch_then_restarted_gives_the_same_tables(
         import sys
         from infrastructure.support.config import DatabaseConfig
         from infrastructure.adapters.eventstore import SyncApplication
-        from projections import ProjectionRunner
+        from projections.runner import ProjectionRunner
         from projections.customers import CustomersProjection
 
         batches = 0

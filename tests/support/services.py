@@ -18,7 +18,7 @@ from infrastructure.adapters.woocommerce import ClientOptions
 from infrastructure.services.sync import SyncOutcome
 from infrastructure.support.config import DatabaseConfig, StoreSettings
 from infrastructure.wiring import Services, migrate, open_services
-from projections import ProjectionRunner
+from projections.runner import ProjectionRunner
 
 # Retries and the circuit breaker on a test's time scale, not a real store's.
 FAST = ClientOptions(backoff_base_s=0.01, backoff_max_s=0.05, circuit_reset_s=0.05)
