@@ -7,7 +7,6 @@ and the loser reloads and finds the customer already there. That is what makes "
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,10 +29,6 @@ def canonical_bytes(record: Mapping[str, Any]) -> bytes:
     """What the customer is, as bytes: equal records (key order aside) give equal bytes."""
     relevant = {k: v for k, v in record.items() if k not in VOLATILE_FIELDS}
     return json.dumps(relevant, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def content_hash(record: Mapping[str, Any]) -> str:
-    return hashlib.sha256(canonical_bytes(record)).hexdigest()
 
 
 def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -180,20 +180,7 @@ class LineBook:
             book._details[cid] = Line(state, result, attempts, error, at)
         return book
 
-    # Rows: one list of plain values per line (the first snapshot format; still read).
-    def to_rows(self) -> list[list[Any]]:
-        return [
-            [
-                cid,
-                line.state,
-                line.result,
-                line.attempts,
-                line.error,
-                line.error_at and line.error_at.isoformat(),
-            ]
-            for cid, line in self.items()
-        ]
-
+    # Rows: one list of plain values per line (the first snapshot format; still read, no longer written).
     @classmethod
     def from_rows(cls, rows: list[list[Any]]) -> LineBook:
         book = cls()

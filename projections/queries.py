@@ -134,15 +134,6 @@ def draft_status(org_id: str, queue_id: UUID, store_url: str | None) -> dict[str
     )
 
 
-def queue_org(source: Source, queue_id: UUID) -> str | None:
-    """The org that owns a queue, or None when no such queue is known."""
-    with _database(source) as db:
-        rows = db.fetchall(
-            f"SELECT org_id FROM {QUEUE_TABLE.name} WHERE id = %s", [db.value(UUID_, queue_id)]
-        )
-    return str(rows[0][0]) if rows else None
-
-
 def org_stores(source: Source, org_id: str) -> list[str]:
     """The stores the org has synced (the queue table as an index), sorted."""
     with _database(source) as db:
@@ -290,7 +281,6 @@ __all__ = [
     "known_customer_ids",
     "list_queues",
     "org_stores",
-    "queue_org",
     "queue_status",
     "queues_with_line",
 ]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from domain.customer import Customer, content_hash, customer_key
+from domain.customer import Customer, customer_key
 from infrastructure.adapters.eventstore import SyncApplication
 from infrastructure.support.config import DatabaseConfig
+from tests.support.digests import content_hash
 
 
 def record(cid: int, **extra: Any) -> dict[str, Any]:

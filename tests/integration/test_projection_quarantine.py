@@ -19,7 +19,7 @@ import pytest
 import structlog
 
 import cli.main
-from domain.customer import Customer, content_hash
+from domain.customer import Customer
 from domain.queue import SyncQueue
 from infrastructure.adapters.eventstore import SyncApplication
 from infrastructure.adapters.projection_db import Database
@@ -33,6 +33,7 @@ from projections.names import PROJECTION_NAMES
 from projections.queues import QueuesProjection
 from projections.runner import ProjectionRunner
 from tests.support.aggregates import ORG, OTHER_ORG, STORE, Sync, make_record
+from tests.support.digests import content_hash
 
 BIG = 2**63 + 5  # past the largest BIGINT
 OTHER_STORE = "https://other.example.com"

@@ -237,7 +237,6 @@ def test_queries_answer_for_the_cli(app: SyncApplication, runner: ProjectionRunn
     assert (latest["createdCount"], latest["updatedCount"], latest["unchangedCount"]) == (2, 12, 106)
     assert (latest["doneCount"], latest["draftCount"], latest["progress"]) == (120, 0, 100.0)
     assert queries.queue_status(runner, OTHER_ORG, sync.id) is None
-    assert queries.queue_org(runner, sync.id) == ORG
     assert [q["queueId"] for q in queries.list_queues(runner, ORG)] == [latest["queueId"], str(sync.id)]
 
     log = queries.activity(runner, ORG, sync.id)

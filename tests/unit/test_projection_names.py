@@ -7,4 +7,4 @@ from projections.runner import PROJECTION_CLASSES
 
 
 def test_the_parser_knows_every_projection_by_the_name_its_class_has() -> None:
-    assert PROJECTION_NAMES == tuple(cls.name for cls in PROJECTION_CLASSES)
+    assert tuple(cls.name for cls in PROJECTION_CLASSES) == PROJECTION_NAMES

@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
-from domain.customer import Customer, content_hash, customer_key
+from domain.customer import Customer, customer_key
 from domain.queue import QueueOptions, SyncQueue
 from domain.sync import sync_batch
 from domain.validation import InvalidCustomerRecord, validate_customer
+from tests.support.digests import content_hash
 
 
 def customer(cid: int, **changes: Any) -> dict[str, Any]:
