@@ -263,7 +263,8 @@ def test_queries_answer_for_the_cli(app: SyncApplication, runner: ProjectionRunn
     assert mirrored[9]["date_created_gmt"] == "2024-03-01T09:00:00.000000+00:00"
 
     # A DatabaseConfig works as a source too.
-    assert queries.queue_org(app.database, sync.id) == ORG
+    by_config = queries.queue_status(app.database, ORG, sync.id)
+    assert by_config is not None and by_config["orgId"] == ORG
 
 
 def test_catch_up_killed_mid_batch_then_restarted_gives_the_same_tables(
