@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
+import psycopg
 import structlog
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate, Snapshot
@@ -320,8 +321,6 @@ def _in_memory(path: Path) -> bool:
 def probe_postgres(database: DatabaseConfig) -> None:
     """One direct connection before the pool is made: a refused login or an unreachable server fails now,
     in the server's own words, instead of after the pool's 10 s wait as "couldn't get a connection"."""
-    import psycopg
-
     try:
         psycopg.connect(**database.pg_connect_kwargs()).close()
     except psycopg.Error as error:
