@@ -15,20 +15,20 @@ from domain import narrative
 from domain.narrative import QUEUE_CREATED
 from domain.queue import SyncQueue
 from infrastructure.adapters.projection_db import Database
-from infrastructure.adapters.schema import BIGINT, JSON, TEXT, TS, UUID_, Column, Index, Table
-from projections.base import Item, Projection, topics_of
+from infrastructure.adapters.schema import BIGINT, JSON, TEXT, Column, Index, Table
+from projections.base import CREATED_AT, ORG_ID, QUEUE_ID, Item, Projection, event_classes, topics_of
 
 ACTIVITY_TABLE = Table(
     "woo_sync_activity",
     (
         Column("id", BIGINT, not_null=True),
-        Column("queue_id", UUID_, not_null=True),
-        Column("org_id", TEXT, not_null=True),
+        QUEUE_ID,
+        ORG_ID,
         Column("activity_type", TEXT, not_null=True),
         Column("status", TEXT, not_null=True),
         Column("message", TEXT, not_null=True),
         Column("details", JSON),
-        Column("created_at", TS, not_null=True),
+        CREATED_AT,
     ),
     ("id",),
     (
@@ -54,23 +54,8 @@ class ActivityProjection(Projection):
     name = "activity"
     version = 1
     tables = (ACTIVITY_TABLE,)
-    topics = topics_of(
-        SyncQueue.Created,
-        SyncQueue.ProcessingStarted,
-        SyncQueue.LinesAdded,
-        SyncQueue.LinesRefetched,
-        SyncQueue.LinesRejected,
-        SyncQueue.LinesDone,
-        SyncQueue.LinesFailed,
-        SyncQueue.LinesCancelled,
-        SyncQueue.FetchFinished,
-        SyncQueue.FetchFailed,
-        SyncQueue.StoreIncident,
-        SyncQueue.RetryRequested,
-        SyncQueue.ActionRequired,
-        SyncQueue.ForcedDone,
-        SyncQueue.Finished,
-    )
+    # Every queue event: domain.narrative describes each (one with no activity row writes none).
+    topics = topics_of(*event_classes(SyncQueue))
     record_ids_only = topics_of(SyncQueue.LinesAdded, SyncQueue.LinesRefetched)
 
     def __init__(self) -> None:

@@ -7,17 +7,41 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from eventsourcing.domain import Aggregate
 from eventsourcing.utils import get_topic
 
+from domain.customer import Customer
 from infrastructure.adapters.projection_db import Database
-from infrastructure.adapters.schema import Table
+from infrastructure.adapters.schema import BIGINT, INT, TEXT, TS, UUID_, Column, Table
 
 # (notification id, domain event)
 Item = tuple[int, Any]
 
+# Columns that mean the same in every read model that has them, defined once.
+ORG_ID = Column("org_id", TEXT, not_null=True)
+STORE_URL = Column("store_url", TEXT, not_null=True)
+WOO_CUSTOMER_ID = Column("woo_customer_id", BIGINT, not_null=True)
+QUEUE_ID = Column("queue_id", UUID_, not_null=True)
+CREATED_AT = Column("created_at", TS, not_null=True)
+AGGREGATE_VERSION = Column("version", INT, not_null=True)  # the aggregate version last applied
+
 
 def topics_of(*classes: type) -> tuple[str, ...]:
     return tuple(get_topic(cls) for cls in classes)
+
+
+def event_classes(*aggregates: type[Aggregate]) -> list[type]:
+    """Every event class the aggregates declare, in declaration order."""
+    return [
+        value
+        for aggregate in aggregates
+        for value in vars(aggregate).values()
+        if isinstance(value, type)
+        and issubclass(value, aggregate.Event)
+        and value is not aggregate.Event
+        # the library defines a Created class on every aggregate; Customer is created by Registered instead
+        and not (value.__name__ == "Created" and aggregate is Customer)
+    ]
 
 
 class Projection(ABC):

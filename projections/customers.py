@@ -23,9 +23,7 @@ from domain.customer import Customer
 from infrastructure.adapters import eventlog
 from infrastructure.adapters.projection_db import Database
 from infrastructure.adapters.schema import (
-    BIGINT,
     BOOL,
-    INT,
     JSON,
     POSTGRES,
     TEXT,
@@ -36,26 +34,41 @@ from infrastructure.adapters.schema import (
     Table,
     as_uuid,
 )
-from projections.base import Item, Projection, topics_of
+from projections.base import (
+    AGGREGATE_VERSION,
+    ORG_ID,
+    STORE_URL,
+    WOO_CUSTOMER_ID,
+    Item,
+    Projection,
+    topics_of,
+)
+
+# The fields of the store's record the table keeps, each in a column of its own (NULL when the record has
+# no value of the kind): their order is the columns', _record_values' and REGISTERED_SELECT's.
+RECORD_KINDS = {
+    "email": TEXT,
+    "first_name": TEXT,
+    "last_name": TEXT,
+    "username": TEXT,
+    "role": TEXT,
+    "billing": JSON,
+    "shipping": JSON,
+    "is_paying_customer": BOOL,
+    "avatar_url": TEXT,
+    "date_created_gmt": TS,  # WooCommerce's UTC dates (_gmt)
+    "date_modified_gmt": TS,
+}
+RECORD_COLUMNS = tuple(RECORD_KINDS)
 
 CUSTOMER_TABLE = Table(
     "woo_customers",
     (
         Column("customer_id", UUID_, not_null=True),
-        Column("org_id", TEXT, not_null=True),
-        Column("store_url", TEXT, not_null=True),
-        Column("woo_customer_id", BIGINT, not_null=True),
-        Column("email", TEXT),
-        Column("first_name", TEXT),
-        Column("last_name", TEXT),
-        Column("username", TEXT),
-        Column("role", TEXT),
-        Column("billing", JSON),
-        Column("shipping", JSON),
-        Column("is_paying_customer", BOOL),
-        Column("avatar_url", TEXT),
-        Column("date_created_gmt", TS),
-        Column("date_modified_gmt", TS),
+        ORG_ID,
+        STORE_URL,
+        WOO_CUSTOMER_ID,
+        *(Column(name, kind) for name, kind in RECORD_KINDS.items()),
         Column("digest", TEXT, not_null=True),
         Column("first_synced_at", TS, not_null=True),
         Column("last_synced_at", TS, not_null=True),
@@ -63,7 +76,7 @@ CUSTOMER_TABLE = Table(
         Column("is_deleted", BOOL, not_null=True),
         Column("deleted_at", TS),
         Column("deleted_reason", TEXT),
-        Column("version", INT, not_null=True),  # the aggregate version last applied
+        AGGREGATE_VERSION,
     ),
     ("customer_id",),
     (
@@ -92,21 +105,6 @@ def _gmt(value: Any) -> datetime | None:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
-
-
-RECORD_COLUMNS = (
-    "email",
-    "first_name",
-    "last_name",
-    "username",
-    "role",
-    "billing",
-    "shipping",
-    "is_paying_customer",
-    "avatar_url",
-    "date_created_gmt",
-    "date_modified_gmt",
-)
 
 
 def _record_values(record: dict[str, Any]) -> tuple[Any, ...]:
@@ -181,18 +179,9 @@ def _sql_gmt(value: str) -> str:
 # range lets the notification id index find them. Three levels, each computed once (OFFSET 0 keeps
 # PostgreSQL from inlining a level into the next and so parsing or looking up again for every use): the
 # state parsed; its fields looked up; the row.
-_RECORD_FIELDS = {
-    "email": _SQL_STRING,
-    "first_name": _SQL_STRING,
-    "last_name": _SQL_STRING,
-    "username": _SQL_STRING,
-    "role": _SQL_STRING,
-    "billing": _SQL_OBJECT,
-    "shipping": _SQL_OBJECT,
-    "is_paying_customer": _SQL_BOOLEAN,
-    "avatar_url": _SQL_STRING,
-}
-_GMT_FIELDS = ("date_created_gmt", "date_modified_gmt")
+_SQL_FORMS = {TEXT: _SQL_STRING, JSON: _SQL_OBJECT, BOOL: _SQL_BOOLEAN}
+_RECORD_FIELDS = {name: _SQL_FORMS[kind] for name, kind in RECORD_KINDS.items() if kind != TS}
+_GMT_FIELDS = tuple(name for name, kind in RECORD_KINDS.items() if kind == TS)
 _REGISTERED_VALUES = (
     "originator_id",
     "org_id",

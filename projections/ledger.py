@@ -30,8 +30,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
-from eventsourcing.domain import Aggregate
-
 from domain.customer import Customer
 from domain.queue import SyncQueue
 from infrastructure.adapters import eventlog
@@ -47,7 +45,7 @@ from infrastructure.adapters.schema import (
     Table,
     as_uuid,
 )
-from projections.base import Item, Projection, topics_of
+from projections.base import Item, Projection, event_classes, topics_of
 
 CHECKPOINT_EVERY = 10_000
 GENESIS = bytes(32)  # the "previous chain hash" of the first event
@@ -76,20 +74,7 @@ CHECKPOINT_DDL = (
 )
 
 
-def _event_classes(*aggregates: type[Aggregate]) -> list[type]:
-    return [
-        value
-        for aggregate in aggregates
-        for value in vars(aggregate).values()
-        if isinstance(value, type)
-        and issubclass(value, aggregate.Event)
-        and value is not aggregate.Event
-        # the library defines a Created class on every aggregate; Customer is created by Registered instead
-        and not (value.__name__ == "Created" and aggregate is Customer)
-    ]
-
-
-ALL_EVENT_CLASSES = _event_classes(SyncQueue, Customer)
+ALL_EVENT_CLASSES = event_classes(SyncQueue, Customer)
 
 _HEADER = struct.Struct(">q16sqI")
 

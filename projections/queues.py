@@ -16,25 +16,45 @@ from domain.lines import CANCELLED, DONE, DRAFT, FAILED
 from domain.queue import Q_DONE, Q_DRAFT, Q_PROCESSING, RESULTS, SyncQueue
 from infrastructure.adapters.projection_db import Database
 from infrastructure.adapters.schema import BIGINT, BOOL, INT, JSON, TEXT, TS, UUID_, Column, Index, Table
-from projections.base import Item, Projection, topics_of
+from projections.base import (
+    AGGREGATE_VERSION,
+    CREATED_AT,
+    ORG_ID,
+    QUEUE_ID,
+    STORE_URL,
+    WOO_CUSTOMER_ID,
+    Item,
+    Projection,
+    topics_of,
+)
+
+# Columns the queue and line tables share.
+_STATE = Column("state", TEXT, not_null=True)
+_PROCESS_COUNT = Column("process_count", INT, not_null=True)
+_UPDATED_AT = Column("updated_at", TS, not_null=True)
+
+# A queue's counts of its lines: in each state, and done with each result.
+_STATE_COUNT = {
+    DRAFT: "draft_count",
+    DONE: "done_count",
+    FAILED: "failed_count",
+    CANCELLED: "cancelled_count",
+}
+_RESULT_COUNT = {result: f"{result}_count" for result in RESULTS}
 
 QUEUE_TABLE = Table(
     "woo_customer_sync_queue",
     (
         Column("id", UUID_, not_null=True),
-        Column("org_id", TEXT, not_null=True),
+        ORG_ID,
         Column("queue_name", TEXT, not_null=True),
-        Column("store_url", TEXT, not_null=True),
-        Column("state", TEXT, not_null=True),
-        Column("total_count", INT, not_null=True),
-        Column("draft_count", INT, not_null=True),
-        Column("done_count", INT, not_null=True),
-        Column("failed_count", INT, not_null=True),
-        Column("cancelled_count", INT, not_null=True),
-        Column("created_count", INT, not_null=True),
-        Column("updated_count", INT, not_null=True),
-        Column("unchanged_count", INT, not_null=True),
-        Column("process_count", INT, not_null=True),
+        STORE_URL,
+        _STATE,
+        *(
+            Column(name, INT, not_null=True)
+            for name in ("total_count", *_STATE_COUNT.values(), *_RESULT_COUNT.values())
+        ),
+        _PROCESS_COUNT,
         Column("is_action_required", BOOL, not_null=True),
         Column("action_required_reason", TEXT),
         Column("last_process_date", TS),
@@ -46,9 +66,9 @@ QUEUE_TABLE = Table(
         Column("fetch_error", TEXT),
         Column("forced_done_reason", TEXT),
         Column("forced_by", TEXT),
-        Column("version", INT, not_null=True),  # the aggregate version last applied
-        Column("created_at", TS, not_null=True),
-        Column("updated_at", TS, not_null=True),
+        AGGREGATE_VERSION,
+        CREATED_AT,
+        _UPDATED_AT,
     ),
     ("id",),
     (
@@ -60,16 +80,16 @@ QUEUE_TABLE = Table(
 LINE_TABLE = Table(
     "woo_customer_sync_queue_line",
     (
-        Column("queue_id", UUID_, not_null=True),
-        Column("woo_customer_id", BIGINT, not_null=True),
-        Column("org_id", TEXT, not_null=True),
-        Column("state", TEXT, not_null=True),
+        QUEUE_ID,
+        WOO_CUSTOMER_ID,
+        ORG_ID,
+        _STATE,
         Column("result", TEXT),
         Column("error_message", TEXT),
-        Column("process_count", INT, not_null=True),
+        _PROCESS_COUNT,
         Column("last_error_timestamp", TS),
-        Column("created_at", TS, not_null=True),
-        Column("updated_at", TS, not_null=True),
+        CREATED_AT,
+        _UPDATED_AT,
     ),
     ("queue_id", "woo_customer_id"),
     (
@@ -83,14 +103,6 @@ LINE_TABLE = Table(
         Index("woo_customer_sync_queue_line_org_idx", "org_id"),
     ),
 )
-
-_STATE_COUNT = {
-    DRAFT: "draft_count",
-    DONE: "done_count",
-    FAILED: "failed_count",
-    CANCELLED: "cancelled_count",
-}
-_RESULT_COUNT = {result: f"{result}_count" for result in RESULTS}
 
 
 class QueuesProjection(Projection):
