@@ -77,6 +77,26 @@ class Quarantined:
             "quarantinedAt": iso(self.quarantined_at),
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Quarantined:
+        """The row again from its ``as_dict`` (the form a projection-worker process hands its parent). Times
+        come back in UTC: the same moments."""
+        return cls(
+            projection=data["projection"],
+            position=data["position"],
+            originator_id=_uuid(data["originatorId"]),
+            originator_version=data["originatorVersion"],
+            topic=data["topic"],
+            queue_id=_uuid(data["queueId"]),
+            reason=data["reason"],
+            event_at=None if data["eventAt"] is None else datetime.fromisoformat(data["eventAt"]),
+            quarantined_at=datetime.fromisoformat(data["quarantinedAt"]),
+        )
+
+
+def _uuid(text: str | None) -> UUID | None:
+    return None if text is None else UUID(text)
+
 
 def quarantinable(error: BaseException) -> bool:
     """Is this error the event's (quarantine it) rather than the database's or the connection's (raise)?

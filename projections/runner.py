@@ -42,6 +42,7 @@ from eventsourcing.persistence import InterfaceError, OperationalError
 
 from domain.errors import WcsyncError
 from domain.queue import SyncQueue
+from infrastructure.adapters import eventlog
 from infrastructure.adapters.eventstore import SyncApplication
 from infrastructure.adapters.projection_db import CONNECTION_ERRORS, ConcurrentUpdate, Database
 from infrastructure.adapters.schema import (
@@ -653,9 +654,10 @@ class ProjectionRunner:
             recorder: Any = self.app.recorder
             table = f"{recorder.datastore.schema}.{recorder.events_table_name}"
             stateless = sorted(selection.stateless)
-            return db.select_notifications(
-                table, start, stop, topics, limit, selection.reads_events, stateless
-            )
+            with db.pg_connection() as conn:
+                return eventlog.select_notifications(
+                    conn, table, start, stop, topics, limit, selection.reads_events, stateless
+                )
         return self.app.recorder.select_notifications(
             start, limit, stop=stop, topics=topics, inclusive_of_start=False
         )
@@ -754,7 +756,7 @@ class _GroupProcess:
             raise failed from None
         if "error" in outcome:
             raise _error_from_json(outcome["error"])
-        return int(outcome["applied"]), [_quarantined_from_json(row) for row in outcome["quarantined"]]
+        return int(outcome["applied"]), [Quarantined.from_dict(row) for row in outcome["quarantined"]]
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -768,7 +770,8 @@ def run_worker(
     """A ``projection-worker`` process's work (cli/processes.py): catch the projections ``names`` up (their
     rebuild copies with ``rebuild``) in the database at ``database_url``, as one group. Returns the outcome
     for its parent's _GroupProcess.result, as JSON: ``{"applied": n, "quarantined": [event, ...]}`` (the
-    parent logs the quarantined events), or ``{"error": ...}``, which the parent raises."""
+    parent logs the quarantined events, each in its Quarantined.as_dict form), or ``{"error": ...}``, which
+    the parent raises."""
     set_aside: list[Quarantined] = []
     try:
         app = _open_app(DatabaseConfig.from_url(database_url))
@@ -783,7 +786,7 @@ def run_worker(
             app.close()
     except Exception as error:
         return {"error": _error_to_json(error)}
-    return {"applied": applied, "quarantined": [_quarantined_to_json(row) for row in set_aside]}
+    return {"applied": applied, "quarantined": [row.as_dict() for row in set_aside]}
 
 
 def _open_app(database: DatabaseConfig, attempts: int = 5) -> SyncApplication:
@@ -798,34 +801,6 @@ def _open_app(database: DatabaseConfig, attempts: int = 5) -> SyncApplication:
                 raise
             time.sleep(0.1 * attempt)
     raise AssertionError("unreachable")
-
-
-def _quarantined_to_json(row: Quarantined) -> dict[str, Any]:
-    return {
-        "projection": row.projection,
-        "position": row.position,
-        "originator_id": None if row.originator_id is None else str(row.originator_id),
-        "originator_version": row.originator_version,
-        "topic": row.topic,
-        "queue_id": None if row.queue_id is None else str(row.queue_id),
-        "reason": row.reason,
-        "event_at": None if row.event_at is None else row.event_at.isoformat(),
-        "quarantined_at": row.quarantined_at.isoformat(),
-    }
-
-
-def _quarantined_from_json(data: dict[str, Any]) -> Quarantined:
-    return Quarantined(
-        projection=data["projection"],
-        position=data["position"],
-        originator_id=None if data["originator_id"] is None else UUID(data["originator_id"]),
-        originator_version=data["originator_version"],
-        topic=data["topic"],
-        queue_id=None if data["queue_id"] is None else UUID(data["queue_id"]),
-        reason=data["reason"],
-        event_at=None if data["event_at"] is None else datetime.fromisoformat(data["event_at"]),
-        quarantined_at=datetime.fromisoformat(data["quarantined_at"]),
-    )
 
 
 def _error_to_json(error: Exception) -> dict[str, Any]:

@@ -20,11 +20,9 @@ from uuid import UUID
 import orjson
 import psycopg
 import structlog
-from eventsourcing.persistence import Notification
 from psycopg.types.json import Jsonb, set_json_dumps
 
 from domain.errors import WcsyncError
-from infrastructure.adapters import eventlog
 from infrastructure.adapters.schema import (
     BIGINT,
     BOOL,
@@ -318,22 +316,13 @@ class Database:
             chunk = [encode(v) for v in values[start : start + SQLITE_MAX_VARIABLES]]
             yield f"{column} IN ({', '.join(['%s'] * len(chunk))})", chunk
 
-    def select_notifications(
-        self,
-        events_table: str,
-        start: int,
-        stop: int,
-        topics: Sequence[str],
-        limit: int,
-        states: bool = True,
-        stateless: Sequence[str] = (),
-    ) -> list[Notification]:
-        """PostgreSQL: the notifications in (start, stop] of these topics, fetched in binary on this
-        connection (eventlog.select_notifications says what comes back)."""
+    @contextmanager
+    def pg_connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """PostgreSQL: this database's connection, held for the block (the lock), for statements written
+        by another adapter on a connection (eventlog.select_notifications)."""
+        assert self.dialect == POSTGRES
         with self.lock:
-            return eventlog.select_notifications(
-                self._connect_pg(), events_table, start, stop, topics, limit, states, stateless
-            )
+            yield self._connect_pg()
 
     # ----- values --------------------------------------------------------------------------------------
 
