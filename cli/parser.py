@@ -8,6 +8,7 @@ This module imports only argument types and bounds.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from cli.arguments import (
@@ -75,98 +76,95 @@ def build_parser() -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help_text, description=help_text, parents=[common])
 
     store_options = Parser(add_help=False)
-    store_options.add_argument(
-        "--url",
-        help="the store's site root (env WOO_URL); key and secret come from WOO_CONSUMER_KEY / WOO_CONSUMER_SECRET",
+    _add_options(
+        store_options,
+        (
+            (
+                "--url",
+                str,
+                None,
+                "the store's site root (env WOO_URL); key and secret come from WOO_CONSUMER_KEY / WOO_CONSUMER_SECRET",
+            ),
+            ("--concurrency", bounded(bounds.CONCURRENCY), 4, "pages fetched at once, 1-32 (default 4)"),
+            (
+                "--rate",
+                bounded(bounds.RATE),
+                0.0,
+                "max requests per second to the store (default 0: no limit)",
+            ),
+            ("--ca-file", str, None, "trust this CA certificate (PEM) for an HTTPS store"),
+            ("--timeout", bounded(bounds.TIMEOUT_S), 60.0, "seconds per request, more than 0 (default 60)"),
+            (
+                "--max-response-mb",
+                bounded(bounds.MAX_RESPONSE_MB),
+                bounds.DEFAULT_MAX_RESPONSE_MB,
+                "largest store answer read, in MB (default 8); a larger page is fetched customer by customer",
+            ),
+        ),
     )
-    store_options.add_argument(
-        "--concurrency",
-        type=bounded(bounds.CONCURRENCY),
-        default=4,
-        help="pages fetched at once, 1-32 (default 4)",
-    )
-    store_options.add_argument(
-        "--rate",
-        type=bounded(bounds.RATE),
-        default=0.0,
-        help="max requests per second to the store (default 0: no limit)",
-    )
-    store_options.add_argument("--ca-file", help="trust this CA certificate (PEM) for an HTTPS store")
-    store_options.add_argument(
-        "--timeout",
-        type=bounded(bounds.TIMEOUT_S),
-        default=60.0,
-        help="seconds per request, more than 0 (default 60)",
-    )
-    store_options.add_argument(
-        "--max-response-mb",
-        type=bounded(bounds.MAX_RESPONSE_MB),
-        default=bounds.DEFAULT_MAX_RESPONSE_MB,
-        help="largest store answer read, in MB (default 8); a larger page is fetched customer by customer",
-    )
-    store_options.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    _add_json(store_options, "print one JSON document on stdout")
 
     start = commands.add_parser(
         "start",
         help="create a queue and sync the store's customers to the end",
         parents=[common, store_options],
     )
-    start.add_argument(
-        "--batch-size",
-        type=bounded(bounds.BATCH_SIZE),
-        default=50,
-        help="lines saved per transaction, 1-1000 (default 50)",
-    )
-    start.add_argument(
-        "--batch-delay-ms",
-        type=bounded(bounds.BATCH_DELAY_MS),
-        default=0,
-        help="pause between batches, 0-60000 (default 0)",
-    )
-    start.add_argument(
-        "--max-retries",
-        type=bounded(bounds.MAX_RETRIES),
-        default=3,
-        help="attempts per line and per request, 1-100 (default 3)",
-    )
-    start.add_argument(
-        "--per-page",
-        type=bounded(bounds.PER_PAGE),
-        default=100,
-        help="customers per page, 1-100 (default 100)",
-    )
-    start.add_argument(
-        "--role",
-        type=checked(bounds.check_role),
-        default="customer",
-        help="WordPress role to sync, or 'all' (default customer)",
-    )
-    start.add_argument(
-        "--queue-name",
-        type=checked(bounds.check_text),
-        help=f"a name for the queue, at most {bounds.MAX_NAME_LENGTH} characters (default: 'customers <store url>')",
+    _add_options(
+        start,
+        (
+            (
+                "--batch-size",
+                bounded(bounds.BATCH_SIZE),
+                50,
+                "lines saved per transaction, 1-1000 (default 50)",
+            ),
+            (
+                "--batch-delay-ms",
+                bounded(bounds.BATCH_DELAY_MS),
+                0,
+                "pause between batches, 0-60000 (default 0)",
+            ),
+            (
+                "--max-retries",
+                bounded(bounds.MAX_RETRIES),
+                3,
+                "attempts per line and per request, 1-100 (default 3)",
+            ),
+            ("--per-page", bounded(bounds.PER_PAGE), 100, "customers per page, 1-100 (default 100)"),
+            (
+                "--role",
+                checked(bounds.check_role),
+                "customer",
+                "WordPress role to sync, or 'all' (default customer)",
+            ),
+            (
+                "--queue-name",
+                checked(bounds.check_text),
+                None,
+                f"a name for the queue, at most {bounds.MAX_NAME_LENGTH} characters (default: 'customers <store url>')",
+            ),
+        ),
     )
 
     for name, text in (
         ("resume", "continue an interrupted queue from where it stopped"),
         ("retry", "fetch the failed lines' customers again and sync them"),
     ):
-        sub = commands.add_parser(name, help=text, description=text, parents=[common, store_options])
-        sub.add_argument("queue_id", type=queue_id, metavar="QUEUE_ID")
+        _add_queue_id(commands.add_parser(name, help=text, description=text, parents=[common, store_options]))
 
     force = command("force-done", "cancel every unfinished line and mark the queue done")
-    force.add_argument("queue_id", type=queue_id, metavar="QUEUE_ID")
+    _add_queue_id(force)
     force.add_argument(
         "--reason",
         required=True,
         type=checked(reason),
         help=f"why, at most {bounds.MAX_REASON_LENGTH} characters (recorded in the audit log)",
     )
-    force.add_argument("--json", action="store_true")
+    _add_json(force)
 
     status = command("status", "show a queue's state and counts (the latest queue when no id is given)")
-    status.add_argument("queue_id", type=queue_id, nargs="?", metavar="QUEUE_ID")
-    status.add_argument("--json", action="store_true")
+    _add_queue_id(status, nargs="?")
+    _add_json(status)
     status.add_argument("--watch", action="store_true", help="refresh until the queue finishes")
     status.add_argument(
         "--interval",
@@ -176,16 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     queues = command("queues", "list the org's queues, newest first")
-    queues.add_argument("--json", action="store_true")
+    _add_json(queues)
     queues.add_argument("--limit", type=bounded(bounds.LIMIT), default=50)
 
     failed = command("failed", "list a queue's failed lines and their errors")
-    failed.add_argument("queue_id", type=queue_id, metavar="QUEUE_ID")
-    failed.add_argument("--json", action="store_true")
+    _add_queue_id(failed)
+    _add_json(failed)
 
     activity = command("activity", "show a queue's activity log, oldest first")
-    activity.add_argument("queue_id", type=queue_id, metavar="QUEUE_ID")
-    activity.add_argument("--json", action="store_true")
+    _add_queue_id(activity)
+    _add_json(activity)
     activity.add_argument("--limit", type=bounded(bounds.LIMIT), default=1000)
 
     db = command("db", "database administration")
@@ -207,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_status = p_commands.add_parser(
         "status", help="position, head of the log and lag of each projection", parents=[common]
     )
-    p_status.add_argument("--json", action="store_true")
+    _add_json(p_status)
 
     sandbox = command("sandbox", "run a WooCommerce-compatible sandbox store on this machine")
     _sandbox_arguments(sandbox)
@@ -219,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--invalid", type=positive_int, default=5, help="records that fail validation, fixed and retried"
     )
-    demo.add_argument("--json", action="store_true")
+    _add_json(demo)
     _add_audit_parser(commands, common)
     _add_serve_parser(commands, common)
     return parser
@@ -238,7 +236,7 @@ def _add_audit_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     queue = sub.add_parser(
         "queue", help="a queue's full timeline, or its state at an instant", parents=[common]
     )
-    queue.add_argument("queue_id", type=queue_id, metavar="QUEUE_ID")
+    _add_queue_id(queue)
     queue.add_argument(
         "--as-of",
         type=instant,
@@ -252,7 +250,7 @@ def _add_audit_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     customer = sub.add_parser("customer", help="one customer's history across every queue", parents=[common])
     customer.add_argument("woo_id", type=woo_id, metavar="WOO_ID")
     customer.add_argument("--store", metavar="URL", help="the store (needed when the org synced several)")
-    customer.add_argument("--json", action="store_true")
+    _add_json(customer)
 
     export = sub.add_parser(
         "export", help="every event of the org as JSON lines, with a digest", parents=[common]
@@ -261,13 +259,13 @@ def _add_audit_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         "--since", type=instant, metavar="TIMESTAMP", help="only events from this instant (ISO 8601)"
     )
     export.add_argument("--output", required=True, metavar="FILE.jsonl", help="file to write")
-    export.add_argument("--json", action="store_true")
+    _add_json(export)
 
     verify = sub.add_parser(
         "verify", help="check the stored log against its ledger, or an export offline", parents=[common]
     )
     verify.add_argument("--file", metavar="FILE.jsonl", help="an export to check (no database needed)")
-    verify.add_argument("--json", action="store_true")
+    _add_json(verify)
 
 
 def _add_serve_parser(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -280,21 +278,22 @@ def _add_serve_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _sandbox_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--customers", type=positive_int, default=797)
-    parser.add_argument(
-        "--invalid", type=positive_int, default=0, help="records that break a validation rule"
+    _add_options(
+        parser,
+        (
+            ("--customers", positive_int, 797, None),
+            ("--invalid", positive_int, 0, "records that break a validation rule"),
+            ("--other-roles", positive_int, 0, "extra users that are not customers"),
+            ("--seed", int, 42, None),
+            ("--latency-ms", float, 0.0, None),
+            ("--rate-limit", float, 0.0, "requests/s above which it answers 429"),
+            ("--error-rate", float, 0.0, "share of random 5xx answers"),
+            ("--html-rate", float, 0.0, "share of 200 answers with an HTML body"),
+            ("--truncated-rate", float, 0.0, "share of truncated JSON answers"),
+            ("--slow-rate", float, 0.0, None),
+            ("--slow-ms", float, 2000.0, None),
+        ),
     )
-    parser.add_argument(
-        "--other-roles", type=positive_int, default=0, help="extra users that are not customers"
-    )
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--rate-limit", type=float, default=0.0, help="requests/s above which it answers 429")
-    parser.add_argument("--error-rate", type=float, default=0.0, help="share of random 5xx answers")
-    parser.add_argument("--html-rate", type=float, default=0.0, help="share of 200 answers with an HTML body")
-    parser.add_argument("--truncated-rate", type=float, default=0.0, help="share of truncated JSON answers")
-    parser.add_argument("--slow-rate", type=float, default=0.0)
-    parser.add_argument("--slow-ms", type=float, default=2000.0)
     parser.add_argument(
         "--repeat-last-page",
         action="store_true",
@@ -307,3 +306,20 @@ def _sandbox_arguments(parser: argparse.ArgumentParser) -> None:
         help="create/edit/delete a customer every N list requests",
     )
     parser.add_argument("--tls", action="store_true", help="serve HTTPS (self-signed CA) with Basic auth")
+
+
+# An option given by its flag, argument type (str: the text as given), default and help text (None: none).
+Option = tuple[str, Callable[[str], Any], Any, str | None]
+
+
+def _add_options(parser: argparse.ArgumentParser, options: tuple[Option, ...]) -> None:
+    for flag, kind, default, help_text in options:
+        parser.add_argument(flag, type=kind, default=default, help=help_text)
+
+
+def _add_json(parser: argparse.ArgumentParser, help_text: str | None = None) -> None:
+    parser.add_argument("--json", action="store_true", help=help_text)
+
+
+def _add_queue_id(parser: argparse.ArgumentParser, nargs: str | None = None) -> None:
+    parser.add_argument("queue_id", type=queue_id, nargs=nargs, metavar="QUEUE_ID")
