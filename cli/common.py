@@ -4,6 +4,7 @@ services of the composition root, and stopping a run on Ctrl-C/SIGTERM."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -46,6 +47,12 @@ def org(args: argparse.Namespace) -> str:
         return bounds.check_identifier(value, "--org")
     except bounds.BoundError as error:
         raise ConfigurationError(f"--org (or WCSYNC_ORG) {error.problem}") from None
+
+
+def fields_from(args: argparse.Namespace, kind: Any) -> dict[str, Any]:
+    """The fields of dataclass ``kind`` that have an option of the same name (``--batch-size`` for
+    ``batch_size``), with the values given: options named after their fields are read in one place."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(kind) if hasattr(args, f.name)}
 
 
 def client_options(args: argparse.Namespace) -> ClientOptions:

@@ -4,7 +4,6 @@ alone or with a full sync of it."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from cli import common
 from cli.arguments import UsageError
@@ -14,30 +13,12 @@ from infrastructure.sandbox import Faults, SandboxConfig, serve_forever
 from infrastructure.support.config import check_listen_address
 
 
-def _sandbox_config(args: argparse.Namespace, **overrides: Any) -> SandboxConfig:
+def _sandbox_config(args: argparse.Namespace) -> SandboxConfig:
     try:
-        faults = Faults(
-            latency_ms=args.latency_ms,
-            rate_limit=args.rate_limit,
-            error_rate=args.error_rate,
-            html_rate=args.html_rate,
-            truncated_rate=args.truncated_rate,
-            slow_rate=args.slow_rate,
-            slow_ms=args.slow_ms,
-            repeat_last_page=args.repeat_last_page,
-            churn_every=args.churn_every,
-        )
+        faults = Faults(**common.fields_from(args, Faults))
         if args.invalid > args.customers:
             raise UsageError("--invalid cannot exceed --customers")
-        return SandboxConfig(
-            customers=args.customers,
-            invalid=args.invalid,
-            other_roles=args.other_roles,
-            seed=args.seed,
-            faults=faults,
-            tls=args.tls,
-            **overrides,
-        )
+        return SandboxConfig(**common.fields_from(args, SandboxConfig), faults=faults)
     except ValueError as error:
         # "error_rate must be ..." names the field; on the command line it is --error-rate.
         raise _option_error(error) from None

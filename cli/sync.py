@@ -41,13 +41,7 @@ def _run(args: argparse.Namespace, action: str) -> int:
         outcome: SyncOutcome
         if action == "start":
             try:
-                options = QueueOptions(
-                    batch_size=args.batch_size,
-                    batch_delay_ms=args.batch_delay_ms,
-                    max_retries=args.max_retries,
-                    per_page=args.per_page,
-                    role=args.role,
-                )
+                options = QueueOptions(**common.fields_from(args, QueueOptions))
             except ValueError as problem:
                 raise UsageError(str(problem)) from None
             store = StoreSettings.load(args.url)
