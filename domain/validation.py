@@ -40,7 +40,8 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _TEXT_FIELDS = ("first_name", "last_name", "username", "role")
 _DATE_FIELDS = ("date_created", "date_created_gmt", "date_modified", "date_modified_gmt")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$")
-_ADDRESS_FIELDS = (
+# The fields of a WooCommerce address, in the order the REST API writes them (a shipping address has no email).
+ADDRESS_FIELDS = (
     "first_name",
     "last_name",
     "company",
@@ -297,7 +298,7 @@ def validate_customer(record: Any, encoded_size: int | None = None) -> None:
             continue
         if not isinstance(address, dict):
             raise InvalidCustomerRecord(section, f"expected an object, got {type(address).__name__}")
-        for name in _ADDRESS_FIELDS:
+        for name in ADDRESS_FIELDS:
             _check_text(address, name, f"{section}.{name}")
     paying = record.get("is_paying_customer", False)
     if not isinstance(paying, bool):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from domain.validation import MAX_TEXT_LENGTH, InvalidCustomerRecord, validate_customer
+from domain.validation import ADDRESS_FIELDS, MAX_TEXT_LENGTH, InvalidCustomerRecord, validate_customer
 
 # The site's timezone setting is a manual offset ("UTC+1"), so local dates need no DST tables.
 SITE_UTC_OFFSET_SECONDS = 3600
@@ -143,17 +143,7 @@ _COMPANIES = (
     "Blue Fox Ltd",
 )
 _EMAIL_DOMAINS = ("example.com", "example.org", "example.net", "shop.example")
-_ADDRESS_KEYS = (
-    "first_name",
-    "last_name",
-    "company",
-    "address_1",
-    "address_2",
-    "city",
-    "state",
-    "postcode",
-    "country",
-)
+_SHIPPING_FIELDS = tuple(name for name in ADDRESS_FIELDS if name != "email")
 _MIN_CREATED = 1_451_606_400  # 2016-01-01T00:00:00Z
 _SPAN = 8 * 365 * 86_400
 _INVALID_KINDS = ("bad email", "wrong type", "oversized field", "bad date", "billing not an object")
@@ -190,8 +180,7 @@ def format_local(timestamp: float) -> str:
 
 
 def empty_address(section: str) -> dict[str, str]:
-    keys = (*_ADDRESS_KEYS, "email", "phone") if section == "billing" else (*_ADDRESS_KEYS, "phone")
-    return dict.fromkeys(keys, "")
+    return dict.fromkeys(ADDRESS_FIELDS if section == "billing" else _SHIPPING_FIELDS, "")
 
 
 def make_customer(
@@ -222,7 +211,7 @@ def make_customer(
     }
     shipping_roll = rng.random()
     if shipping_roll < 0.6:
-        shipping = {key: billing[key] for key in (*_ADDRESS_KEYS, "phone")}
+        shipping = {key: billing[key] for key in _SHIPPING_FIELDS}
     elif shipping_roll < 0.75:
         shipping = dict(billing, address_1=f"{int(shipping_roll * 300)} {country.streets[0]}", company="")
         del shipping["email"]
