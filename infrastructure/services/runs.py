@@ -52,10 +52,19 @@ RUN_ACTIONS = frozenset({"start", "retry", "resume"})
 # ----- refusals ------------------------------------------------------------------------------------------
 
 
-class OrgBusyError(WcsyncError):
-    """The org already runs MAX_RUNS_PER_ORG syncs here: one org cannot take every run for other orgs."""
+class AdmissionRefused(WcsyncError):
+    """A start refused for want of room (not for anything in the request): the client is told to try again
+    after RETRY_AFTER_S."""
 
     exit_code = EXIT_USAGE
+
+    def http_details(self) -> dict[str, Any]:
+        return {"retryAfterS": RETRY_AFTER_S}
+
+
+class OrgBusyError(AdmissionRefused):
+    """The org already runs MAX_RUNS_PER_ORG syncs here: one org cannot take every run for other orgs."""
+
     http_status = 429
     error_code = "org_busy"
 
@@ -65,22 +74,15 @@ class OrgBusyError(WcsyncError):
             "try again when one has finished"
         )
 
-    def http_details(self) -> dict[str, Any]:
-        return {"retryAfterS": RETRY_AFTER_S}
 
-
-class ServerBusyError(WcsyncError):
+class ServerBusyError(AdmissionRefused):
     """The process already runs MAX_RUNS syncs."""
 
-    exit_code = EXIT_USAGE
     http_status = 503
     error_code = "server_busy"
 
     def __init__(self) -> None:
         super().__init__(f"this server already runs {MAX_RUNS} syncs; try again when one has finished")
-
-    def http_details(self) -> dict[str, Any]:
-        return {"retryAfterS": RETRY_AFTER_S}
 
 
 class QueueBusyError(WcsyncError):
