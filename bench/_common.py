@@ -1,8 +1,9 @@
-"""What the benchmark scripts share: a PostgreSQL to measure on, fresh databases, a sandbox store process,
-the environment `wcsync` runs in."""
+"""What the benchmark scripts share: their command line, a PostgreSQL to measure on, fresh databases, a
+sandbox store process, and the environment `wcsync` runs in."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -14,6 +15,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WCSYNC = [sys.executable, "-m", "cli.main"]
+
+
+def script_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark script's command line, with its module docstring (as written) for --help."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 @contextlib.contextmanager

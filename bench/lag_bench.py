@@ -14,7 +14,6 @@ the oldest event not yet in every read model). Prints median, p95 and max.
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import statistics
 import subprocess
@@ -27,13 +26,11 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import WCSYNC, fresh_database, postgres, sandbox_process, wcsync_env  # noqa: E402
+from bench._common import WCSYNC, fresh_database, postgres, sandbox_process, script_parser, wcsync_env  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument(
         "--pg-url",

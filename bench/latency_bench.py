@@ -10,7 +10,6 @@ process's wall time (Python start-up and imports included), and the store's busi
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -23,13 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import WCSYNC, sandbox_process, wcsync_env  # noqa: E402
+from bench._common import WCSYNC, sandbox_process, script_parser, wcsync_env  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--latency-ms", type=float, default=300)
     parser.add_argument("--customers", type=int, default=797)
     parser.add_argument("--rate", type=float, default=0.0)

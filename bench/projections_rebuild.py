@@ -25,7 +25,6 @@ bench/RESULTS.md ("Projections") come from:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import postgres, postgres_server  # noqa: E402
+from bench._common import postgres, postgres_server, script_parser  # noqa: E402
 from domain.queue import QueueOptions, SyncQueue  # noqa: E402
 from domain.sync import customer_keys, sync_batch  # noqa: E402
 from infrastructure.adapters.eventstore import SyncApplication, chunks  # noqa: E402
@@ -262,9 +261,7 @@ def from_template(server_url: str, template: str, customers: int, layout: str) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--pg-url", default=None, help="an EMPTY PostgreSQL database to fill")
     parser.add_argument("--only", choices=("sqlite", "postgres"), default=None)

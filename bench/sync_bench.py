@@ -13,7 +13,6 @@ bench/results/.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -31,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import WCSYNC, fresh_database, postgres_server, sandbox_process, wcsync_env  # noqa: E402
+from bench._common import WCSYNC, fresh_database, postgres_server, sandbox_process, script_parser, wcsync_env  # noqa: E402
 
 
 def _tree_rss_kb(pid: int) -> int:
@@ -125,9 +124,7 @@ def bench_size(size: int, kind: str, admin_url: str | None, workdir: Path) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
     args = parser.parse_args()
