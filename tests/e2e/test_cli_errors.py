@@ -31,7 +31,7 @@ from infrastructure.sandbox import RunningSandbox, SandboxConfig, SandboxThread
 from infrastructure.sandbox.tls import write_tls_files
 from infrastructure.support.loop_thread import LoopThread
 from tests.support import pgserver
-from tests.support.cli import WCSYNC, as_json, wcsync, wcsync_env
+from tests.support.cli import WCSYNC, as_json, run_in_repo, wcsync, wcsync_env
 from tests.support.credentials import encodings
 from tests.support.databases import AdminConnection
 from tests.support.paths import ROOT
@@ -142,15 +142,7 @@ def unprivileged_wcsync(*args: str, env: dict[str, str]) -> subprocess.Completed
     namespace of its own (`unshare --user`), where it is nobody and file permissions hold again."""
     if os.geteuid() != 0:
         return wcsync(*args, env=env)
-    return subprocess.run(
-        ["unshare", "--user", *WCSYNC, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        check=False,
-    )
+    return run_in_repo(["unshare", "--user", *WCSYNC, *args], env=env)
 
 
 @pytest.fixture
@@ -856,15 +848,7 @@ sys.exit(m.main(sys.argv[1:]))
 
 
 def _boom(error: str, *argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", _BOOM.format(error=error), *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+    return run_in_repo([sys.executable, "-c", _BOOM.format(error=error), *argv], env=env, timeout=60)
 
 
 def test_an_unforeseen_error_is_one_line_with_the_traceback_in_the_log_only(tmp_path: Path) -> None:

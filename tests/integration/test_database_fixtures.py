@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -14,7 +13,7 @@ import psycopg
 import pytest
 
 from tests.support import pgserver
-from tests.support.paths import ROOT
+from tests.support.cli import run_in_repo
 
 # Read at import: the autouse fixture hides these names from the tests themselves.
 PROBE_FILE = os.environ.get("HARNESS_PROBE_FILE", "")
@@ -83,14 +82,8 @@ def test_server_is_removed_after_the_run(tmp_path: Path) -> None:
     probe = tmp_path / "probe.txt"
     env = {**os.environ, "HARNESS_PROBE_FILE": str(probe), "HARNESS_PROBE_FAIL": "1"}
     env.pop(pgserver.EXTERNAL_URL_VARIABLE, None)  # make the child start (and stop) its own server
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "probe"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    result = run_in_repo(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "probe"], env=env
     )
     assert result.returncode == 1, result.stdout + result.stderr  # the deliberate failure, nothing else
     assert "1 failed, 1 passed" in result.stdout, result.stdout

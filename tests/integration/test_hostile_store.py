@@ -24,8 +24,8 @@ from infrastructure.adapters.woocommerce import ClientOptions
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.wiring import Services, migrate
 from projections import queries
+from tests.support.cli import run_in_repo
 from tests.support.hostile_store import HostileStore, Raw, good
-from tests.support.paths import ROOT
 from tests.support.services import FAST, run_sync, store_of
 
 # sync(services, store, org="acme", per_page=100, client=FAST): a whole sync in batches of 10.
@@ -216,12 +216,9 @@ def run_measured(
 ) -> tuple[subprocess.CompletedProcess[str], int]:
     """(the finished `wcsync ARGS`, the peak RSS in KB of its whole process tree)."""
     report = tmp_path / "peak-rss-kb"
-    done = subprocess.run(
+    done = run_in_repo(
         [sys.executable, "-c", _MEASURE, str(report), sys.executable, "-m", "cli.main", *args],
         env=env,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
         timeout=300,
     )
     return done, int(report.read_text())

@@ -12,7 +12,7 @@ are defined here and registered by name in the conftest of each layer that uses 
     aggregates.py     Sync, make_record: events made by driving the real aggregates
     events.py         json_ready: stored events as JSON (the event fixtures)
     api.py            Api, ApiThread, config_of, error_of: the HTTP API in a thread, and its client
-    cli.py            wcsync, spawn_wcsync, wcsync_env, as_json: the command as a subprocess
+    cli.py            wcsync, spawn_wcsync, wcsync_env, as_json, run_in_repo: the command (or any) as a subprocess
     credentials.py    encodings: every form a credential travels in
     waiting.py        wait_until
     no_io.py          forbidding_io: the guard that fails a unit test doing I/O (tests/unit/conftest.py)

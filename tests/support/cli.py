@@ -1,5 +1,5 @@
 """The `wcsync` command as a user types it: a real subprocess, in the repository, with an environment of the
-test's making."""
+test's making (and any other command a test runs there the same way)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from infrastructure.sandbox import RunningSandbox
@@ -27,17 +28,19 @@ def wcsync_env(sandbox: RunningSandbox | None, database_url: str, **extra: str) 
     return env
 
 
+def run_in_repo(
+    argv: Sequence[str], env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """A command (``wcsync``, or Python given code or a module) run to its end in the repository; its output
+    captured as text, its exit status left for the test to judge."""
+    return subprocess.run(
+        list(argv), env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False
+    )
+
+
 def wcsync(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """`wcsync ARGS`, run to its end; its output captured as text."""
-    return subprocess.run(
-        [*WCSYNC, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        check=False,
-    )
+    return run_in_repo([*WCSYNC, *args], env=env, timeout=timeout)
 
 
 def spawn_wcsync(*args: str, env: dict[str, str], **popen: Any) -> subprocess.Popen[Any]:
