@@ -14,12 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 import structlog
-from eventsourcing.persistence import PersistenceError
 
 from infrastructure.adapters.eventlog import postgres_has_events_table, sqlite_has_events_table
-from infrastructure.adapters.eventstore import SyncApplication, require_database
+from infrastructure.adapters.eventstore import DATABASE_ERRORS, SyncApplication, require_database
 from infrastructure.adapters.woocommerce import (
     ActivitySink,
     ClientOptions,
@@ -31,9 +29,6 @@ from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.errors import StorageError, storage_error
 from projections import queries as projection_queries
 from projections.runner import ProjectionRunner, Reconnecting
-
-# What a database library raises; each becomes one StorageError (infrastructure.support.errors.storage_error).
-DATABASE_ERRORS: tuple[type[BaseException], ...] = (PersistenceError, sqlite3.Error, psycopg.Error)
 
 # How often the background follower looks for new events while a sync runs (the tables lag at most
 # about this much plus one catch-up batch).

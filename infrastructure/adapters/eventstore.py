@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -49,6 +50,10 @@ from infrastructure.support.errors import (
 log = structlog.get_logger("wcsync.eventstore")
 
 T = TypeVar("T")
+
+# What the database libraries under the event store raise; the composition root and the services turn
+# each into one StorageError (infrastructure.support.errors.storage_error).
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (PersistenceError, sqlite3.Error, psycopg.Error)
 
 # A queue is snapshotted every this many events, from the aggregate in memory (the library's own
 # snapshotting re-reads the aggregate from the store: for a big queue that costs more than the save).

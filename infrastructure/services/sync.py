@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -23,9 +22,7 @@ from functools import partial
 from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
-import psycopg
 import structlog
-from eventsourcing.persistence import PersistenceError
 
 from domain.customer import Customer, customer_key
 from domain.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, SyncError, WcsyncError
@@ -33,7 +30,7 @@ from domain.lines import DRAFT
 from domain.queue import Q_DONE, QueueOptions, SyncQueue
 from domain.sync import customer_keys, split_unchanged, sync_batch
 from domain.validation import RejectedRecord, check_records
-from infrastructure.adapters.eventstore import ConcurrentWriteError, SyncApplication, chunks
+from infrastructure.adapters.eventstore import DATABASE_ERRORS, ConcurrentWriteError, SyncApplication, chunks
 from infrastructure.adapters.transcoder import canonical_bytes
 from infrastructure.adapters.woocommerce import (
     ActivitySink,
@@ -63,12 +60,7 @@ CONFLICT_BACKOFF_S = 0.05
 # How often a run awaiting the store looks at its stop event (a stop cancels that wait).
 STOP_POLL_S = 0.1
 # What the database layers raise when they fail under a run (each becomes a StorageError naming the queue).
-DATABASE_FAILURES: tuple[type[BaseException], ...] = (
-    StorageError,
-    PersistenceError,
-    sqlite3.Error,
-    psycopg.Error,
-)
+DATABASE_FAILURES: tuple[type[BaseException], ...] = (StorageError, *DATABASE_ERRORS)
 
 T = TypeVar("T")
 
