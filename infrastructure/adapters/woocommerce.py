@@ -40,8 +40,9 @@ from domain.validation import (
     check_record,
     customer_id_of,
 )
+from infrastructure.support.config import store_site_root
 from infrastructure.support.redaction import redact, redact_value
-from infrastructure.support.woocommerce_api import CUSTOMERS_PATH, REST_ROOT
+from infrastructure.support.woocommerce_api import CUSTOMERS_PATH
 
 log = structlog.get_logger("wcsync.woocommerce")
 
@@ -362,17 +363,9 @@ class WooCommerceClient:
         options: ClientOptions = ClientOptions(),
         on_activity: ActivitySink | None = None,
     ) -> None:
-        parts = urlsplit(url.strip())
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise StoreRefused(
-                "the store URL is not an http(s) URL",
-                code="wcsync_bad_url",
-                hint="the store URL is the site root, e.g. https://shop.example.com",
-            )
-        root = url.strip().split("?", 1)[0].split("#", 1)[0].rstrip("/")
-        root = re.sub(re.escape(REST_ROOT) + r"(/.*)?$", "", root)  # tolerate a pasted API URL
-        self._endpoint = root + CUSTOMERS_PATH
-        self._https = parts.scheme == "https"
+        # ``url`` is a store URL as check_store_url returns it (the one rule): trusted, not checked again.
+        self._endpoint = store_site_root(url) + CUSTOMERS_PATH
+        self._https = urlsplit(url).scheme == "https"
         self._credentials = credentials
         self._options = options
         self._on_activity = on_activity

@@ -45,7 +45,7 @@ from domain.errors import SyncError, WcsyncError
 from domain.queue import QueueOptions
 from infrastructure.adapters.woocommerce import ClientOptions, StoreCredentials
 from infrastructure.services.runs import MAX_RUNS, BackgroundRuns, RunRequest
-from infrastructure.support.config import MAX_STORE_URL_LENGTH, check_store_url
+from infrastructure.support.config import MAX_STORE_URL_LENGTH, StoreUrlSizeError, check_store_url
 from infrastructure.support.errors import ConfigurationError
 from infrastructure.wiring import Services
 from projections import queries
@@ -187,13 +187,16 @@ def _uuid(value: Any, name: str) -> UUID:
 
 
 def _store_url(value: Any) -> str:
-    # Never echo the value: a pasted URL can carry a password.
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_STORE_URL_LENGTH:
-        raise _bad_request(
-            f"config.url must be a non-empty string of at most {MAX_STORE_URL_LENGTH} characters"
-        )
+    """config.url by the one store-URL rule (check_store_url), its refusals in the API's words. Never
+    echoes the value: a pasted URL can carry a password."""
+    size = f"config.url must be a non-empty string of at most {MAX_STORE_URL_LENGTH} characters"
+    # The bound is on the field as sent; check_store_url measures the URL without surrounding blanks.
+    if not isinstance(value, str) or len(value) > MAX_STORE_URL_LENGTH:
+        raise _bad_request(size)
     try:
         return check_store_url(value)
+    except StoreUrlSizeError:
+        raise _bad_request(size) from None
     except ConfigurationError:
         raise _bad_request(
             "config.url must be the store's site root: http:// or https://, a host, a port from 1 to 65535 if "

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from infrastructure.support.errors import ConfigurationError, quoted
+from infrastructure.support.woocommerce_api import REST_ROOT
 
 APP_NAME = "wcsync"
 
@@ -258,15 +259,20 @@ class StoreSettings:
 MAX_STORE_URL_LENGTH = 2048  # the API and the CLI refuse a longer one alike
 
 
+class StoreUrlSizeError(ConfigurationError):
+    """The store URL is empty, or longer than MAX_STORE_URL_LENGTH (the API words this one apart)."""
+
+
 def check_store_url(url: str) -> str:
     """A store's site root, checked and normalised (see normalise_store_url): http:// or https://, a host,
     a port in 1..65535 when one is given, no credentials, query, fragment, spaces or control characters.
-    Raises ConfigurationError naming the problem (never quoting the URL: a pasted one can carry a password)."""
+    Raises ConfigurationError naming the problem (never quoting the URL: a pasted one can carry a password).
+    The one rule for a store URL: the CLI, the API and the store client (through store_site_root) use it."""
     text = url.strip()
     if not text:
-        raise ConfigurationError("the store URL is empty; pass --url https://shop.example.com or set WOO_URL")
+        raise StoreUrlSizeError("the store URL is empty; pass --url https://shop.example.com or set WOO_URL")
     if len(text) > MAX_STORE_URL_LENGTH:
-        raise ConfigurationError(f"the store URL is longer than {MAX_STORE_URL_LENGTH} characters")
+        raise StoreUrlSizeError(f"the store URL is longer than {MAX_STORE_URL_LENGTH} characters")
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in text):
         raise ConfigurationError("the store URL must not contain spaces or control characters")
     try:
@@ -406,3 +412,13 @@ def normalise_store_url(url: str) -> str:
     parts = urlsplit(url.strip())
     path = parts.path.rstrip("/")
     return f"{parts.scheme.lower()}://{parts.netloc.lower()}{path}"
+
+
+_PASTED_API_PATH = re.compile(re.escape(REST_ROOT) + r"(/.*)?$")
+
+
+def store_site_root(url: str) -> str:
+    """The site a store URL checked by check_store_url names, under which its REST API lives: the URL
+    itself, or, for a pasted API URL (``https://shop.example.com/wp-json/wc/v3``), the part before the REST
+    root. The queue keeps the URL as checked; only the requests go to this root."""
+    return _PASTED_API_PATH.sub("", url)
