@@ -669,15 +669,21 @@ def _load_queue_events(app: SyncApplication, org_id: str, queue_id: UUID) -> Ite
 def timeline_rows(event: Any) -> list[dict[str, Any]]:
     """What one queue event did, as timeline rows: time, event, lines, outcome, message (domain.narrative's
     words)."""
-    head = {"time": iso(event.timestamp), "event": type(event).__name__, "version": event.originator_version}
-    rows = []
-    for entry in narrative.describe(event):
-        if (step := entry.step) is not None:
-            row = head | {"lines": list(step.lines), "outcome": step.outcome, "message": step.message}
-            if step.details:
-                row["details"] = dict(step.details)
-            rows.append(row)
-    return rows
+    return [_timeline_row(event, entry.step) for entry in narrative.describe(event) if entry.step is not None]
+
+
+def _timeline_row(event: Any, step: narrative.Step) -> dict[str, Any]:
+    row = {
+        "time": iso(event.timestamp),
+        "event": type(event).__name__,
+        "version": event.originator_version,
+        "lines": list(step.lines),
+        "outcome": step.outcome,
+        "message": step.message,
+    }
+    if step.details:
+        row["details"] = dict(step.details)
+    return row
 
 
 def queue_state(queue: SyncQueue) -> dict[str, Any]:
@@ -720,23 +726,13 @@ def queue_timeline(
 # ----- a customer's history ------------------------------------------------------------------------------
 
 
-_LINE_TOPICS = frozenset(
-    get_topic(cls)
-    for cls in (
-        SyncQueue.LinesAdded,
-        SyncQueue.LinesRefetched,
-        SyncQueue.LinesRejected,
-        SyncQueue.LinesDone,
-        SyncQueue.LinesFailed,
-        SyncQueue.LinesCancelled,
-        SyncQueue.RetryRequested,
-        SyncQueue.ForcedDone,
-    )
-)
+# The events a customer's line can be named in (domain.narrative says which): the others are not decoded.
+_LINE_TOPICS = frozenset(get_topic(cls) for cls in narrative.LINE_EVENTS)
 
 
 def _queue_line_history(app: SyncApplication, queue_id: UUID, woo_id: int) -> list[dict[str, Any]]:
-    """This customer's line in one queue: every event that named it (only those events are decoded)."""
+    """This customer's line in one queue: every event that named it (only those events are decoded), in
+    domain.narrative's words for one line."""
     entries: list[dict[str, Any]] = []
     position = 0
     while True:
@@ -747,15 +743,8 @@ def _queue_line_history(app: SyncApplication, queue_id: UUID, woo_id: int) -> li
             if item.topic not in _LINE_TOPICS:
                 continue
             event = app.mapper.to_domain_event(item)
-            for row in timeline_rows(event):
-                if woo_id in row["lines"]:
-                    row["lines"] = [woo_id]
-                    row["queueId"] = str(queue_id)
-                    if row["outcome"] == "added":
-                        row["message"] = row["message"].split(":")[0] + ": recorded to process"
-                    elif row["outcome"] in ("created", "updated", "unchanged"):
-                        row["message"] = f"line done: {row['outcome']}"
-                    entries.append(row)
+            for step in narrative.line_steps(event, woo_id):
+                entries.append(_timeline_row(event, step) | {"queueId": str(queue_id)})
         position = stored[-1].originator_version
 
 
