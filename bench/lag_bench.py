@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._common import WCSYNC, fresh_database, postgres, sandbox_process, script_parser, wcsync_env  # noqa: E402
+from infrastructure.adapters.eventlog import postgres_head_position  # noqa: E402
 
 
 def main() -> None:
@@ -54,9 +55,8 @@ def measure(url: str, customers: int) -> None:
         with psycopg.connect(url, autocommit=True) as conn:
             while sync.poll() is None:
                 now = time.monotonic()
-                head = conn.execute("SELECT COALESCE(MAX(notification_id), 0) FROM wcsync_events").fetchone()
+                head_id = postgres_head_position(conn)
                 rows = conn.execute("SELECT position FROM wcsync_projection_tracking").fetchall()
-                head_id = int(head[0]) if head else 0
                 if not seen or head_id > seen[-1][0]:
                     seen.append((head_id, now))
                 position = min((int(r[0]) for r in rows), default=0)

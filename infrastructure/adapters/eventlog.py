@@ -7,7 +7,8 @@ here:
 - the event store's bulk reads of many customers (``select_events_of``: SyncApplication.load_customers and
   customer_heads);
 - the projections' catch-up and rebuild reads: notifications in binary (``select_notifications``), the raw
-  rows the ledger chains (``select_for_ledger``, ``head_position``), and the stored states PostgreSQL turns
+  rows the ledger chains (``select_for_ledger``, ``head_position``; ``postgres_head_position`` on a bare
+  connection, for bench/lag_bench.py), and the stored states PostgreSQL turns
   into customer rows itself (``JSONB_STATES``);
 - the audit's consistent, streamed view of the log, the ledger and its checkpoints (``LogReader``);
 - whether a database holds the events table at all (``sqlite_has_events_table``,
@@ -170,10 +171,19 @@ def select_for_ledger(db: Reads, after: int, upto: int) -> tuple[list[tuple[Any,
     return rows, hashed
 
 
+def _head_statement(dialect: str) -> str:
+    return f"SELECT MAX({EVENTS_ID_COLUMN[dialect]}) FROM {EVENTS_TABLE[dialect]}"
+
+
 def head_position(db: Reads) -> int:
     """The position (notification id) of the last stored event, 0 when there is none."""
-    events, id_column = EVENTS_TABLE[db.dialect], EVENTS_ID_COLUMN[db.dialect]
-    return int(db.fetchall(f"SELECT MAX({id_column}) FROM {events}")[0][0] or 0)
+    return int(db.fetchall(_head_statement(db.dialect))[0][0] or 0)
+
+
+def postgres_head_position(conn: psycopg.Connection[Any]) -> int:
+    """``head_position`` on a PostgreSQL connection of the caller's own (bench/lag_bench.py polls one)."""
+    row = conn.execute(_head_statement(POSTGRES)).fetchone()
+    return int(row[0] or 0) if row else 0
 
 
 # PostgreSQL: the stored state, as jsonb, of each event of one topic among some notification ids (for SQL
