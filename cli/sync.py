@@ -66,8 +66,7 @@ def _run(args: argparse.Namespace, action: str) -> int:
                     hint=refused.hint,
                 ) from None
         else:
-            queue = engine.get_queue(args.queue_id)
-            store = StoreSettings.load(args.url or queue.store_url)
+            store = StoreSettings.load(engine.queue_store(args.queue_id, args.url).url)
             run = engine.resume if action == "resume" else engine.retry
             with services.live_projections():
                 outcome = asyncio.run(run(args.queue_id, store, client_options))

@@ -262,12 +262,12 @@ class BackgroundRuns:
         else:
             assert request.queue_id is not None
             queue_id = request.queue_id
-            queue = await self._in_thread(engine.get_queue, queue_id)
-            store = request.store(request.store_url or queue.store_url)
-            if store.url != queue.store_url:
+            chosen = await self._in_thread(engine.queue_store, queue_id, request.store_url)
+            if not chosen.matches:
                 raise StoreMismatchError(queue_id)
+            store = request.store(chosen.url)
             self._refuse_if_running(queue_id)  # again: another request may have launched it meanwhile
-            run.queue_id, run.store_url = queue_id, queue.store_url
+            run.queue_id, run.store_url = queue_id, chosen.queue_url
             self._runs[queue_id] = run
             run.named.set()
             run_engine = engine.resume if request.action == "resume" else engine.retry

@@ -142,6 +142,20 @@ class _Run:
     batches: int = 0  # batches saved by this run (the batch delay comes before every later one)
 
 
+@dataclass(frozen=True)
+class QueueStore:
+    """The store a resume or retry of a queue uses (SyncEngine.queue_store): ``url``, the one given or else
+    the queue's own; ``queue_url``, the queue's. Each interface says a mismatch in its own words."""
+
+    queue_id: UUID
+    queue_url: str
+    url: str
+
+    @property
+    def matches(self) -> bool:
+        return self.url == self.queue_url
+
+
 class SyncEngine:
     def __init__(
         self,
@@ -216,6 +230,12 @@ class SyncEngine:
         self.app.save_batch(queue)
         self._refresh(force=True)
         return self._outcome(queue, started)
+
+    def queue_store(self, queue_id: UUID, url: str | None = None) -> QueueStore:
+        """Which store a resume or retry of ``queue_id`` uses: ``url`` when one is given, else the store
+        the queue syncs (the CLI and the API alike). Reads the queue: QueueNotFoundError as get_queue."""
+        queue = self.get_queue(queue_id)
+        return QueueStore(queue_id=queue.id, queue_url=queue.store_url, url=url or queue.store_url)
 
     def get_queue(self, queue_id: UUID) -> SyncQueue:
         queue = self.app.get_queue(queue_id)
