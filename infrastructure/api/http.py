@@ -41,12 +41,12 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_protocol import RequestHandler
 
 from domain import bounds
-from domain.errors import SyncError, WcsyncError
+from domain.errors import WcsyncError
 from domain.queue import QueueOptions
 from infrastructure.adapters.woocommerce import ClientOptions, StoreCredentials
 from infrastructure.services.runs import MAX_RUNS, BackgroundRuns, RunRequest
 from infrastructure.support.config import MAX_STORE_URL_LENGTH, StoreUrlSizeError, check_store_url
-from infrastructure.support.errors import ConfigurationError
+from infrastructure.support.errors import ConfigurationError, QueueNotFoundError
 from infrastructure.wiring import Services
 from projections import queries
 
@@ -405,19 +405,11 @@ class SyncApi:
         self._health.shutdown(wait=False, cancel_futures=True)
 
     async def _status(self, org_id: str, queue_id: UUID) -> dict[str, Any]:
-        # Whether a run is in flight is read before catching up: once it is not, every event is saved.
-        run = self.runs.in_flight(org_id, queue_id)
-        await self._in_thread(self.services.catch_up, READ_CATCH_UP_S)
-        status = await self._in_thread(queries.queue_status, self.services.projections, org_id, queue_id)
-        if status is None:
-            if run is not None:
-                # Started, first page not saved yet (the start answered after start_confirm_s).
-                return {**queries.draft_status(org_id, queue_id, run.store_url), "isRunning": True}
-            refused = self.runs.refused_start(org_id, queue_id)
-            if refused is not None:
-                raise _as_api_error(refused)
-            raise _not_found(org_id, queue_id)
-        return {**status, "isRunning": run is not None}
+        async def read_status() -> dict[str, Any] | None:
+            await self._in_thread(self.services.catch_up, READ_CATCH_UP_S)
+            return await self._in_thread(queries.queue_status, self.services.projections, org_id, queue_id)
+
+        return await self.runs.status(org_id, queue_id, read_status)
 
     # ----- GET ------------------------------------------------------------------------------------------
 
@@ -468,7 +460,8 @@ class SyncApi:
     async def _known_queue(self, org_id: str, queue_id: UUID) -> None:
         await self._in_thread(self.services.catch_up, READ_CATCH_UP_S)
         if await self._in_thread(queries.queue_status, self.services.projections, org_id, queue_id) is None:
-            raise _not_found(org_id, queue_id)
+            # Same answer for a missing queue and another org's: another org's queues are not even confirmed.
+            raise QueueNotFoundError(f"no queue {queue_id} in org {org_id!r}")
 
 
 def _path_queue_id(request: web.Request) -> UUID:
@@ -477,11 +470,6 @@ def _path_queue_id(request: web.Request) -> UUID:
         return UUID(text)
     except ValueError:
         raise _bad_request("the queue id in the path must be a UUID") from None
-
-
-def _not_found(org_id: str, queue_id: UUID) -> ApiError:
-    # Same answer for a missing queue and another org's: another org's queues are not even confirmed.
-    return ApiError(404, "queue_not_found", f"no queue {queue_id} in org {org_id!r}")
 
 
 def _as_api_error(error: BaseException | None) -> ApiError:
@@ -532,7 +520,7 @@ async def _envelope(
             raise
         code = _HTTP_CODES.get(error.status, "http_error")
         return _failure(ApiError(error.status, code, error.reason))
-    except (WcsyncError, SyncError) as error:
+    except WcsyncError as error:
         return _failure(_as_api_error(error))
     except Exception as error:
         # Type and route only: the message of an unexpected error could quote what the request carried.

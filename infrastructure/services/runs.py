@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,6 +31,8 @@ from domain.queue import QueueOptions
 from infrastructure.adapters.woocommerce import ClientOptions, StoreCredentials, StoreError
 from infrastructure.services.sync import RunStopped, SyncEngine, SyncOutcome
 from infrastructure.support.config import StoreSettings
+from infrastructure.support.errors import QueueNotFoundError
+from projections import queries
 
 log = structlog.get_logger("wcsync.api")
 T = TypeVar("T")
@@ -221,6 +223,29 @@ class BackgroundRuns:
 
     def running_count(self) -> int:
         return sum(1 for run in self._runs.values() if run.running)
+
+    async def status(
+        self,
+        org_id: str,
+        queue_id: UUID,
+        read_status: Callable[[], Awaitable[dict[str, Any] | None]],
+    ) -> dict[str, Any]:
+        """The status of this org's queue with ``isRunning``: what ``read_status`` reads from the read
+        models (caught up), else the draft of a start in flight that has saved nothing yet. Raises the
+        store's error for a start it refused before anything was saved, else QueueNotFoundError (the same
+        answer for another org's queue: it is not even confirmed to exist)."""
+        # Whether a run is in flight is read before the read: once it is not, every event is saved.
+        run = self.in_flight(org_id, queue_id)
+        status = await read_status()
+        if status is None:
+            if run is not None:
+                # Started, first page not saved yet (the start answered after start_confirm_s).
+                return {**queries.draft_status(org_id, queue_id, run.store_url), "isRunning": True}
+            refused = self.refused_start(org_id, queue_id)
+            if refused is not None:
+                raise refused.with_traceback(None)  # raised at each poll: no traceback piling up
+            raise QueueNotFoundError(f"no queue {queue_id} in org {org_id!r}")
+        return {**status, "isRunning": run is not None}
 
     # ----- launch ------------------------------------------------------------------------------------
 
