@@ -10,6 +10,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,11 +25,12 @@ from infrastructure.adapters.woocommerce import (
     StoreCredentials,
     WooCommerceClient,
 )
+from infrastructure.services.runs import BackgroundRuns
 from infrastructure.services.sync import Progress, SyncEngine
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.errors import StorageError, storage_error
 from projections import queries as projection_queries
-from projections.runner import ProjectionRunner, Reconnecting
+from projections.runner import DATABASE_URL_VARIABLE, WORKER_MODULE, ProjectionRunner, Reconnecting
 
 # How often the background follower looks for new events while a sync runs (the tables lag at most
 # about this much plus one catch-up batch).
@@ -40,6 +42,13 @@ CATCH_UP_WAIT_S = 30.0
 WRITE_GATE_TIMEOUT_S = 60.0
 # The longest a stopping follower is waited for (it stops between catch-up batches).
 FOLLOWER_JOIN_S = 5.0
+
+# The live follower process on PostgreSQL: ``python -m cli.processes follow`` (WORKER_MODULE, the interface
+# layer's entry points, named by string), the database in its environment (DATABASE_URL_VARIABLE) with the
+# pid of the sync it follows; WCSYNC_LIVE_PROCESS=0 keeps the follower a thread instead.
+FOLLOW_COMMAND = "follow"
+FOLLOWER_PARENT_VARIABLE = "WCSYNC_FOLLOWER_PARENT"
+LIVE_PROCESS_VARIABLE = "WCSYNC_LIVE_PROCESS"
 
 log = structlog.get_logger("wcsync.bootstrap")
 
@@ -190,6 +199,13 @@ class Services:
             stop=stop,
         )
 
+    def background_runs(
+        self, executor: Executor, client_options: ClientOptions, start_confirm_s: float
+    ) -> BackgroundRuns:
+        """The runs a long-lived process (`wcsync serve`) keeps in flight, each on an engine of these
+        services; ``executor`` runs their short database reads (see BackgroundRuns)."""
+        return BackgroundRuns(self.engine, executor, client_options, start_confirm_s)
+
     def catch_up(self, timeout_s: float = CATCH_UP_WAIT_S) -> None:
         """Bring the read models up to every event saved before this call. With a live follower thread,
         wait for it (at most ``timeout_s``, then read what is there) rather than catch up beside it: on
@@ -223,7 +239,7 @@ class Services:
         """Keep the read models following the log meanwhile. ``server``: for `wcsync serve`, whose runs
         overlap: the follower never starts parallel catch-up processes (on SQLite they would only queue
         for the one write lock behind the runs) and a stop does not wait for a final catch-up."""
-        if self.database.backend == "postgres" and os.environ.get("WCSYNC_LIVE_PROCESS", "1") == "1":
+        if self.database.backend == "postgres" and os.environ.get(LIVE_PROCESS_VARIABLE, "1") == "1":
             with self._live_projections_process(final_catch_up=not server):
                 yield
             return
@@ -235,9 +251,13 @@ class Services:
         """On PostgreSQL the follower runs as a separate process: it uses the other core instead of
         competing with the sync for this process's interpreter lock. Its entry point is the interface
         layer's, named (cli/processes.py, `follow`): the database in its environment, never on argv."""
-        env = dict(os.environ, WCSYNC_DATABASE_URL=self.database.url, WCSYNC_FOLLOWER_PARENT=str(os.getpid()))
-        follower = subprocess.Popen(
-            [sys.executable, "-m", "cli.processes", "follow"],
+        env = {
+            **os.environ,
+            DATABASE_URL_VARIABLE: self.database.url,
+            FOLLOWER_PARENT_VARIABLE: str(os.getpid()),
+        }
+        follower = subprocess.Popen(  # noqa: S603 - this interpreter, our module, our command
+            [sys.executable, "-m", WORKER_MODULE, FOLLOW_COMMAND],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

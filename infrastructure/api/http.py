@@ -44,7 +44,7 @@ from domain import bounds
 from domain.errors import WcsyncError
 from domain.queue import QueueOptions
 from infrastructure.adapters.woocommerce import ClientOptions, StoreCredentials
-from infrastructure.services.runs import MAX_RUNS, BackgroundRuns, RunRequest
+from infrastructure.services.runs import MAX_RUNS, RunRequest
 from infrastructure.support.config import MAX_STORE_URL_LENGTH, StoreUrlSizeError, check_store_url
 from infrastructure.support.errors import ConfigurationError, QueueNotFoundError
 from infrastructure.wiring import Services
@@ -353,9 +353,7 @@ class SyncApi:
         self.services = services
         self.settings = settings
         self._reads = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="wcsync-api")
-        self.runs = BackgroundRuns(
-            services.engine, self._reads, settings.client_options, settings.start_confirm_s
-        )
+        self.runs = services.background_runs(self._reads, settings.client_options, settings.start_confirm_s)
         # /healthz: one thread and at most one read in flight, so it answers whatever the others wait on.
         self._health = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wcsync-health")
         self._health_read: asyncio.Future[list[dict[str, Any]]] | None = None
