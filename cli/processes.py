@@ -41,14 +41,13 @@ from projections.names import PROJECTION_NAMES
 from projections.runner import (
     DATABASE_URL_VARIABLE,
     DEFAULT_BATCH_SIZE,
+    FOLLOW_COMMAND,
+    FOLLOWER_PARENT_VARIABLE,
+    LIVE_POLL_S,
     WORKER_COMMAND,
     ProjectionRunner,
     run_worker,
 )
-
-FOLLOW_COMMAND = "follow"
-FOLLOWER_PARENT_VARIABLE = "WCSYNC_FOLLOWER_PARENT"
-LIVE_POLL_S = 0.25  # as infrastructure.wiring.LIVE_POLL_S, the follower thread's on SQLite
 
 
 def follow() -> int:

@@ -30,11 +30,16 @@ from infrastructure.services.sync import Progress, SyncEngine
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.errors import StorageError, storage_error
 from projections import queries as projection_queries
-from projections.runner import DATABASE_URL_VARIABLE, WORKER_MODULE, ProjectionRunner, Reconnecting
+from projections.runner import (
+    DATABASE_URL_VARIABLE,
+    FOLLOW_COMMAND,
+    FOLLOWER_PARENT_VARIABLE,
+    LIVE_POLL_S,
+    WORKER_MODULE,
+    ProjectionRunner,
+    Reconnecting,
+)
 
-# How often the background follower looks for new events while a sync runs (the tables lag at most
-# about this much plus one catch-up batch).
-LIVE_POLL_S = 0.25
 # The longest a caller that needs the read models current (a status request, the end of a run) waits for
 # the live follower to apply what was saved before it asked; then it reads what is there.
 CATCH_UP_WAIT_S = 30.0
@@ -46,8 +51,6 @@ FOLLOWER_JOIN_S = 5.0
 # The live follower process on PostgreSQL: ``python -m cli.processes follow`` (WORKER_MODULE, the interface
 # layer's entry points, named by string), the database in its environment (DATABASE_URL_VARIABLE) with the
 # pid of the sync it follows; WCSYNC_LIVE_PROCESS=0 keeps the follower a thread instead.
-FOLLOW_COMMAND = "follow"
-FOLLOWER_PARENT_VARIABLE = "WCSYNC_FOLLOWER_PARENT"
 LIVE_PROCESS_VARIABLE = "WCSYNC_LIVE_PROCESS"
 
 log = structlog.get_logger("wcsync.bootstrap")

@@ -710,6 +710,12 @@ class ProjectionRunner:
 # environment (never a password on argv), its outcome one JSON object on stdout.
 WORKER_MODULE = "cli.processes"
 WORKER_COMMAND = "projection-worker"
+# The live follower is started the same way (infrastructure/wiring.py) and told its parent's pid.
+FOLLOW_COMMAND = "follow"
+# How often a live follower (the thread on SQLite, the process on PostgreSQL) looks for new events while a
+# sync runs: the tables lag at most about this much plus one catch-up batch.
+LIVE_POLL_S = 0.25
+FOLLOWER_PARENT_VARIABLE = "WCSYNC_FOLLOWER_PARENT"
 DATABASE_URL_VARIABLE = "WCSYNC_DATABASE_URL"
 
 
