@@ -77,3 +77,30 @@ class NothingToRetryError(SyncError):
             message = f"queue {queue_id} has no failed lines to retry"
         super().__init__(message)
         self.exhausted = exhausted
+
+
+class StoreNotFoundError(WcsyncError):
+    """No such store in this org: never registered, removed, or another org's (the same answer for each)."""
+
+    exit_code = EXIT_USAGE
+    http_status = 404
+    error_code = "store_not_found"
+
+    def __init__(self, store_id: UUID, org_id: str) -> None:
+        super().__init__(f"no store {store_id} in org {org_id}")
+        self.store_id = store_id
+        self.org_id = org_id
+
+
+class StoreExistsError(WcsyncError):
+    """The store is registered in this org already (and not removed): rotate its credentials instead."""
+
+    exit_code = EXIT_USAGE
+    http_status = 409
+    error_code = "store_exists"
+
+    def __init__(self, store_id: UUID, org_id: str, url: str) -> None:
+        super().__init__(f"store {url} is already registered in org {org_id} as {store_id}")
+        self.store_id = store_id
+        self.org_id = org_id
+        self.url = url

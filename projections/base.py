@@ -10,7 +10,6 @@ from typing import Any, ClassVar
 from eventsourcing.domain import Aggregate
 from eventsourcing.utils import get_topic
 
-from domain.customer import Customer
 from infrastructure.adapters.projection_db import Database
 from infrastructure.adapters.schema import BIGINT, INT, TEXT, TS, UUID_, Column, Table
 
@@ -39,9 +38,18 @@ def event_classes(*aggregates: type[Aggregate]) -> list[type]:
         if isinstance(value, type)
         and issubclass(value, aggregate.Event)
         and value is not aggregate.Event
-        # the library defines a Created class on every aggregate; Customer is created by Registered instead
-        and not (value.__name__ == "Created" and aggregate is Customer)
+        # the library defines a Created class on every aggregate; one created by another event
+        # (Customer.Registered, Store.Registered) never stores it
+        and not (value.__name__ == "Created" and _created_otherwise(aggregate, value))
     ]
+
+
+def _created_otherwise(aggregate: type[Aggregate], created: type) -> bool:
+    """Whether the aggregate declares a created event other than ``created``."""
+    return any(
+        isinstance(value, type) and issubclass(value, Aggregate.Created) and value is not created
+        for value in vars(aggregate).values()
+    )
 
 
 class Projection(ABC):

@@ -32,6 +32,7 @@ from uuid import UUID
 
 from domain.customer import Customer
 from domain.queue import SyncQueue
+from domain.store import Store
 from infrastructure.adapters import eventlog
 from infrastructure.adapters.projection_db import Database
 from infrastructure.adapters.schema import (
@@ -74,7 +75,7 @@ CHECKPOINT_DDL = (
 )
 
 
-ALL_EVENT_CLASSES = event_classes(SyncQueue, Customer)
+ALL_EVENT_CLASSES = event_classes(SyncQueue, Customer, Store)
 
 _HEADER = struct.Struct(">q16sqI")
 

@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-PROJECTION_NAMES: tuple[str, ...] = ("customers", "queues", "activity", "ledger")
+PROJECTION_NAMES: tuple[str, ...] = ("customers", "queues", "activity", "ledger", "stores")

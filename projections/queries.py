@@ -23,6 +23,7 @@ from projections.customers import CUSTOMER_TABLE
 from projections.names import PROJECTION_NAMES
 from projections.queues import LINE_TABLE, QUEUE_TABLE
 from projections.runner import ProjectionRunner
+from projections.stores import STORE_TABLE
 
 Source = ProjectionRunner | DatabaseConfig
 
@@ -272,6 +273,70 @@ def customers(source: Source, org_id: str, store_url: str | None = None) -> list
         )
 
 
+_STORE_COLUMNS = (
+    "store_id",
+    "url",
+    "name",
+    "key_fingerprint",
+    "registered_at",
+    "registered_by",
+    "updated_at",
+    "removed",
+    "removed_at",
+)
+
+
+def _store_dict(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "storeId": row["store_id"],
+        "url": row["url"],
+        "name": row["name"],
+        "keyFingerprint": row["key_fingerprint"],
+        "registeredAt": row["registered_at"],
+        "registeredBy": row["registered_by"],
+        "updatedAt": row["updated_at"],
+        "removed": bool(row["removed"]),
+        "removedAt": row["removed_at"],
+    }
+
+
+def _stores(
+    db: Database, org_id: str, where: str, params: list[Any], include_removed: bool
+) -> list[dict[str, Any]]:
+    if not include_removed:
+        where += " AND removed = %s"
+        params = [*params, db.value(BOOL, False)]
+    rows = _select(
+        db, STORE_TABLE, _STORE_COLUMNS, f"org_id = %s{where}", [org_id, *params], "ORDER BY url, store_id"
+    )
+    return [_store_dict(row) for row in rows]
+
+
+def list_stores(source: Source, org_id: str, include_removed: bool = False) -> list[dict[str, Any]]:
+    """The org's registered stores by URL (with the removed ones, ``removed`` true, on request)."""
+    with _database(source) as db:
+        return _stores(db, org_id, "", [], include_removed)
+
+
+def store(
+    source: Source, org_id: str, store_id: UUID, include_removed: bool = False
+) -> dict[str, Any] | None:
+    """The org's store ``store_id`` as ``list_stores`` gives it; None when the org has no such store (another
+    org's store is the same answer), and for a removed one unless ``include_removed``."""
+    with _database(source) as db:
+        found = _stores(db, org_id, " AND store_id = %s", [db.value(UUID_, store_id)], include_removed)
+    return found[0] if found else None
+
+
+def store_by_url(
+    source: Source, org_id: str, url: str, include_removed: bool = False
+) -> dict[str, Any] | None:
+    """The org's store registered at ``url`` (normalised as it was registered), as ``store`` gives it."""
+    with _database(source) as db:
+        found = _stores(db, org_id, " AND url = %s", [url], include_removed)
+    return found[0] if found else None
+
+
 __all__ = [
     "Source",
     "activity",
@@ -280,7 +345,10 @@ __all__ = [
     "failed_lines",
     "known_customer_ids",
     "list_queues",
+    "list_stores",
     "org_stores",
     "queue_status",
     "queues_with_line",
+    "store",
+    "store_by_url",
 ]

@@ -63,6 +63,7 @@ from projections.customers import CustomersProjection
 from projections.ledger import LedgerProjection
 from projections.quarantine import Quarantined
 from projections.queues import QueuesProjection
+from projections.stores import StoresProjection
 
 log = structlog.get_logger("wcsync.projections")
 
@@ -74,6 +75,7 @@ PROJECTION_CLASSES: tuple[type[Projection], ...] = (
     QueuesProjection,
     ActivityProjection,
     LedgerProjection,
+    StoresProjection,
 )
 # PROJECTION_NAMES (projections/names.py) lists these classes' names, in this order (a unit test checks).
 

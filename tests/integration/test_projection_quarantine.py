@@ -170,6 +170,7 @@ def test_a_bad_customer_event_is_quarantined_and_every_other_event_applies(
         "queues": (0, 0),
         "activity": (0, 0),
         "ledger": (0, 0),
+        "stores": (0, 0),
     }
     other_status = queries.queue_status(runner, OTHER_ORG, other.id)
     assert other_status is not None
