@@ -19,6 +19,7 @@ import structlog
 
 from infrastructure.adapters.eventlog import postgres_has_events_table, sqlite_has_events_table
 from infrastructure.adapters.eventstore import DATABASE_ERRORS, SyncApplication, require_database
+from infrastructure.adapters.migrations import apply_migrations
 from infrastructure.adapters.woocommerce import (
     ActivitySink,
     ClientOptions,
@@ -324,7 +325,8 @@ def _store_client(
 
 
 def migrate(database: DatabaseConfig) -> None:
-    """Create every table once: the event store's and the projections'."""
+    """Create every table once: the event store's, the projections' and, by their versioned migrations,
+    wcsync's own (infrastructure/adapters/migrations.py)."""
     app = SyncApplication(database, create_tables=True)
     try:
         runner = ProjectionRunner(app)
@@ -332,6 +334,7 @@ def migrate(database: DatabaseConfig) -> None:
             runner.migrate()
         finally:
             runner.close()
+        apply_migrations(database)
     except DATABASE_ERRORS as error:
         raise storage_error(error, f"the database {database.display}") from None
     finally:
@@ -356,6 +359,7 @@ def open_services(database: DatabaseConfig, read_only: bool = False) -> Services
         runner = ProjectionRunner(app)
         if create:
             runner.migrate()
+            apply_migrations(database)  # a no-op (one read) when current
     except DATABASE_ERRORS as error:
         app.close()
         raise storage_error(error, f"the database {database.display}") from None

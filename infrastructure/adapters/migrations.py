@@ -1,0 +1,284 @@
+"""Versioned migrations of wcsync's own tables (not the event store's, not the projections').
+
+Each migration is a version, a name and its SQL per dialect, written out in full here once and never
+edited after release: a later change is a new migration. ``apply_migrations`` applies the missing ones in
+order, each in a transaction of its own together with its row in ``wcsync_schema_migrations``, so a
+migration is either applied and recorded or not at all, and running it again applies nothing. On
+PostgreSQL concurrent runs (two ``wcsync db migrate``, or workers starting) are serialised by a
+transaction-level advisory lock; on SQLite by the database's write lock (``BEGIN IMMEDIATE``).
+
+The tables live where the rest of wcsync's do: the SQLite file, or the PostgreSQL schema of the URL's
+``?schema=`` (through the connection's search_path, as the projections' connection does).
+
+``Connection`` is this package's connection to these tables (StoreSecrets uses it too): statements are
+written once with ``%s`` placeholders and run on either backend.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import structlog
+
+from infrastructure.adapters.schema import POSTGRES, SQLITE, iso
+from infrastructure.support.config import DatabaseConfig
+from infrastructure.support.errors import StorageError, storage_error
+
+Row = tuple[Any, ...]
+
+log = structlog.get_logger("wcsync.migrations")
+
+MIGRATIONS_TABLE = "wcsync_schema_migrations"
+STORE_SECRETS_TABLE = "wcsync_store_secrets"
+
+# The advisory lock that serialises migrations on PostgreSQL: (this constant, the schema's hash), so runs on
+# different schemas of one database do not wait for each other.
+_LOCK_KEY = zlib.crc32(MIGRATIONS_TABLE.encode()) & 0x7FFFFFFF
+
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, psycopg.Error)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: Mapping[str, tuple[str, ...]]  # dialect (schema.POSTGRES / schema.SQLITE) -> its statements
+
+
+_CREATE_MIGRATIONS_TABLE = (
+    f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
+    "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+)
+
+
+def _store_secrets(binary: str) -> str:
+    return (
+        f"CREATE TABLE {STORE_SECRETS_TABLE} (\n"
+        "  org_id TEXT NOT NULL,\n"
+        "  store_id TEXT NOT NULL,\n"
+        f"  nonce {binary} NOT NULL,\n"
+        f"  ciphertext {binary} NOT NULL,\n"
+        "  key_fingerprint TEXT NOT NULL,\n"
+        "  updated_at TEXT NOT NULL,\n"
+        f"  CONSTRAINT {STORE_SECRETS_TABLE}_pkey PRIMARY KEY (org_id, store_id)\n"
+        ")"
+    )
+
+
+# In order of version, versions 1, 2, 3 ... without a gap.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "store secrets: each registered store's credentials, sealed with AES-256-GCM",
+        {POSTGRES: (_store_secrets("BYTEA"),), SQLITE: (_store_secrets("BLOB"),)},
+    ),
+)
+
+
+# ----- the connection ------------------------------------------------------------------------------------
+
+
+def _missing_table(error: BaseException) -> bool:
+    if getattr(error, "sqlstate", None) == "42P01":  # PostgreSQL's undefined_table
+        return True
+    return isinstance(error, sqlite3.OperationalError) and "no such table" in str(error)
+
+
+@contextmanager
+def storage_errors(database: DatabaseConfig) -> Iterator[None]:
+    """A database library's error inside as a StorageError (exit 4) of one line; a table that is not
+    there yet as the advice to migrate."""
+    try:
+        yield
+    except DATABASE_ERRORS as error:
+        if _missing_table(error):
+            raise StorageError(
+                f"the database {database.display} lacks wcsync's tables: run `wcsync db migrate` once"
+            ) from None
+        raise storage_error(error, f"the database {database.display}") from None
+
+
+class Connection:
+    """One connection to the database of ``database``, opened at the first statement. Not thread-safe: its
+    owner serialises its use. ``create``: a SQLite file (and its directory) that does not exist is created;
+    otherwise it is a StorageError, and nothing is created."""
+
+    def __init__(self, database: DatabaseConfig, create: bool = False) -> None:
+        self.database = database
+        self.dialect = POSTGRES if database.backend == "postgres" else SQLITE
+        self.create = create
+        self._sqlite: sqlite3.Connection | None = None
+        self._pg: psycopg.Connection[Row] | None = None
+        self._in_transaction = False
+
+    def __repr__(self) -> str:
+        return f"Connection({self.database.display})"
+
+    def _sqlite_connection(self) -> sqlite3.Connection:
+        if self._sqlite is None:
+            path = self.database.sqlite_path
+            assert path is not None
+            if not path.exists():
+                if not self.create:
+                    raise StorageError(
+                        f"the database {self.database.display} does not exist: run `wcsync db migrate` once"
+                    )
+                path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+            try:
+                conn.execute("PRAGMA busy_timeout=30000")
+                if self.create:
+                    conn.execute("PRAGMA journal_mode=WAL")
+            except BaseException:
+                conn.close()
+                raise
+            self._sqlite = conn
+        return self._sqlite
+
+    def _pg_connection(self) -> psycopg.Connection[Row]:
+        if self._pg is None or self._pg.closed or self._pg.broken:
+            self._pg = psycopg.connect(**self.database.pg_connect_kwargs(), autocommit=True)
+        return self._pg
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Run one statement (``%s`` placeholders) and return its rows (none for a statement without)."""
+        if self.dialect == POSTGRES:
+            cursor = self._pg_connection().execute(statement.encode(), params)
+            return list(cursor.fetchall()) if cursor.description is not None else []
+        sqlite_cursor = self._sqlite_connection().execute(statement.replace("%s", "?"), tuple(params))
+        return list(sqlite_cursor.fetchall())
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction: committed when the block ends, rolled back when it raises. On SQLite it takes
+        the write lock at once (BEGIN IMMEDIATE), so a read-then-write inside cannot be overtaken."""
+        if self._in_transaction:
+            raise RuntimeError("transactions of a Connection do not nest")
+        self._in_transaction = True
+        try:
+            if self.dialect == POSTGRES:
+                with self._pg_connection().transaction():
+                    yield
+                return
+            conn = self._sqlite_connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                if conn.in_transaction:  # SQLite may have rolled back itself (a full disk, say)
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            self._in_transaction = False
+
+    def table_exists(self, name: str) -> bool:
+        if self.dialect == POSTGRES:
+            rows = self.execute("SELECT to_regclass(%s) IS NOT NULL", (name,))
+        else:
+            rows = self.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = %s", (name,)
+            )
+        return bool(rows[0][0])
+
+    def close(self) -> None:
+        if self._sqlite is not None:
+            self._sqlite.close()
+            self._sqlite = None
+        if self._pg is not None:
+            self._pg.close()
+            self._pg = None
+
+
+# ----- migrating -----------------------------------------------------------------------------------------
+
+
+def _applied(conn: Connection) -> set[int]:
+    if not conn.table_exists(MIGRATIONS_TABLE):
+        return set()
+    return {int(row[0]) for row in conn.execute(f"SELECT version FROM {MIGRATIONS_TABLE}")}
+
+
+def _missing(applied: set[int]) -> list[Migration]:
+    return [m for m in MIGRATIONS if m.version not in applied]
+
+
+def _lock(conn: Connection) -> None:
+    """Inside a transaction on PostgreSQL: wait for any other migration run on this schema to end."""
+    if conn.dialect == POSTGRES:
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (_LOCK_KEY,))
+
+
+def _ensure_schema(conn: Connection) -> None:
+    """On PostgreSQL, the URL's schema, created when the search_path names none that exists (only then:
+    CREATE SCHEMA needs a privilege a migrating user may lack where the schema is already there)."""
+    if conn.dialect == POSTGRES and conn.execute("SELECT current_schema()")[0][0] is None:
+        # pg_schema is a plain identifier (DatabaseConfig checks it), written unquoted as the search_path is.
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {conn.database.pg_schema}")
+
+
+def apply_migrations(database: DatabaseConfig) -> list[int]:
+    """Apply the migrations the database lacks, in order of version, each in its own transaction with its
+    row in wcsync_schema_migrations. Returns the versions applied by this call ([] when current). Safe to run
+    again and from several processes at once. A database error is a StorageError (exit 4)."""
+    conn = Connection(database, create=True)
+    applied_now: list[int] = []
+    try:
+        with storage_errors(database):
+            if not _missing(_applied(conn)):  # the common case, without any lock
+                return []
+            with conn.transaction():
+                _lock(conn)
+                _ensure_schema(conn)
+                conn.execute(_CREATE_MIGRATIONS_TABLE)
+            for migration in MIGRATIONS:
+                with conn.transaction():
+                    _lock(conn)
+                    if migration.version in _applied(conn):  # another run was first
+                        continue
+                    for statement in migration.sql[conn.dialect]:
+                        conn.execute(statement)
+                    conn.execute(
+                        f"INSERT INTO {MIGRATIONS_TABLE} (version, name, applied_at) VALUES (%s, %s, %s)",
+                        (migration.version, migration.name, iso(datetime.now(UTC))),
+                    )
+                applied_now.append(migration.version)
+                log.info("migration applied", version=migration.version, migration=migration.name)
+    finally:
+        conn.close()
+    return applied_now
+
+
+def pending_migrations(database: DatabaseConfig) -> list[int]:
+    """The versions the database lacks, in order (every one for a SQLite file that does not exist yet).
+    Creates nothing. A database error (unreachable, refused) is a StorageError (exit 4)."""
+    if database.backend != "postgres":
+        assert database.sqlite_path is not None
+        if not database.sqlite_path.exists():
+            return [m.version for m in MIGRATIONS]
+    conn = Connection(database)
+    try:
+        with storage_errors(database):
+            return [m.version for m in _missing(_applied(conn))]
+    finally:
+        conn.close()
+
+
+def applied_migrations(database: DatabaseConfig) -> list[tuple[int, str, str]]:
+    """The rows of wcsync_schema_migrations (version, name, applied_at), in order of version."""
+    conn = Connection(database)
+    try:
+        with storage_errors(database):
+            if not conn.table_exists(MIGRATIONS_TABLE):
+                return []
+            rows = conn.execute(f"SELECT version, name, applied_at FROM {MIGRATIONS_TABLE} ORDER BY version")
+            return [(int(v), str(n), str(a)) for v, n, a in rows]
+    finally:
+        conn.close()
