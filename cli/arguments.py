@@ -81,6 +81,15 @@ def queue_id(text: str) -> UUID:
         ) from None
 
 
+def store_id(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{quoted(text)} is not a store id (a UUID, as printed by `wcsync stores add` and `wcsync stores list`)"
+        ) from None
+
+
 def projection_name(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("the projection name is empty; leave it out to rebuild all")

@@ -20,6 +20,7 @@ from cli.arguments import (
     projection_name,
     queue_id,
     reason,
+    store_id,
     woo_id,
 )
 from domain import bounds
@@ -40,6 +41,7 @@ HANDLERS: dict[str, str] = {
     "demo": "cli.sandbox:demo",
     "audit": "cli.audit:run",
     "serve": "cli.serve:run",
+    "stores": "cli.stores:run",
 }
 
 
@@ -108,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         "start",
         help="create a queue and sync the store's customers to the end",
         parents=[common, store_options],
+    )
+    start.add_argument(
+        "--store",
+        type=store_id,
+        metavar="STORE_ID",
+        help="a registered store (`wcsync stores list`): its URL and credentials, no key in the environment",
     )
     _add_options(
         start,
@@ -185,6 +193,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_queue_id(activity)
     _add_json(activity)
     activity.add_argument("--limit", type=bounded(bounds.LIMIT), default=1000)
+
+    stores = command("stores", "the org's registered stores, their credentials kept encrypted")
+    s_commands = stores.add_subparsers(dest="stores_command", metavar="STORES_COMMAND", parser_class=Parser)
+    s_commands.required = True
+    add = s_commands.add_parser(
+        "add",
+        help="register a store (key and secret from WOO_CONSUMER_KEY / WOO_CONSUMER_SECRET, checked first)",
+        parents=[common, store_options],
+    )
+    add.add_argument(
+        "--name", type=checked(bounds.check_text), help="a name for the store (default: its URL)"
+    )
+    _add_json(s_commands.add_parser("list", help="the org's registered stores", parents=[common]))
+    remove = s_commands.add_parser("remove", help="remove a store and delete its secret", parents=[common])
+    remove.add_argument("store_id", type=store_id, metavar="STORE_ID")
+    s_commands.add_parser(
+        "rekey",
+        help="re-encrypt every store secret under WCSYNC_SECRET_KEY (the old key in WCSYNC_SECRET_KEY_OLD)",
+        parents=[common],
+    )
 
     db = command("db", "database administration")
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", parser_class=Parser)

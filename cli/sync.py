@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from uuid import UUID
 
@@ -13,9 +14,11 @@ from cli.output import error, print_json, render_status, status_exit
 from cli.progress import ProgressBar
 from domain.errors import EXIT_OK, EXIT_STORE
 from domain.queue import QueueOptions
+from infrastructure.adapters.secrets import SECRET_KEY_VARIABLE, SecretKey
 from infrastructure.adapters.woocommerce import StoreRefused
 from infrastructure.services.sync import SyncOutcome
 from infrastructure.support.config import StoreSettings
+from infrastructure.wiring import Services
 
 
 def start(args: argparse.Namespace) -> int:
@@ -44,7 +47,7 @@ def _run(args: argparse.Namespace, action: str) -> int:
                 options = QueueOptions(**common.fields_from(args, QueueOptions))
             except ValueError as problem:
                 raise UsageError(str(problem)) from None
-            store = StoreSettings.load(args.url)
+            store = _store(services, org, args.url, getattr(args, "store", None))
             if not json_out:
                 sys.stderr.write(f"database   {services.database.display}\n")
 
@@ -66,7 +69,7 @@ def _run(args: argparse.Namespace, action: str) -> int:
                     hint=refused.hint,
                 ) from None
         else:
-            store = StoreSettings.load(engine.queue_store(args.queue_id, args.url).url)
+            store = _store(services, org, engine.queue_store(args.queue_id, args.url).url, None)
             run = engine.resume if action == "resume" else engine.retry
             with services.live_projections():
                 outcome = asyncio.run(run(args.queue_id, store, client_options))
@@ -97,3 +100,21 @@ def force_done(args: argparse.Namespace) -> int:
         status = common.queue_status_or_fail(services, org, args.queue_id)
         print_json(status) if args.json else print(render_status(status))
         return EXIT_OK
+
+
+def _store(services: Services, org: str, url: str | None, store_id: UUID | None) -> StoreSettings:
+    """The store a run reads: a registered one (--store), else the URL with the key and secret of the
+    environment, else (no key in the environment) that URL's registered credentials."""
+    if store_id is not None:
+        if url is not None:
+            raise UsageError("give --store or --url, not both (a registered store has its URL)")
+        return services.store_registry(SecretKey.from_environment(), None).settings(org, store_id)
+    if not (os.environ.get("WOO_CONSUMER_KEY") or os.environ.get("WOO_CONSUMER_SECRET")):
+        target = url or os.environ.get("WOO_URL")
+        if target and os.environ.get(SECRET_KEY_VARIABLE):
+            registered = services.store_registry(SecretKey.from_environment(), None).settings_for_url(
+                org, target
+            )
+            if registered is not None:
+                return registered
+    return StoreSettings.load(url)

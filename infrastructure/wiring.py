@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import structlog
@@ -20,6 +21,7 @@ import structlog
 from infrastructure.adapters.eventlog import postgres_has_events_table, sqlite_has_events_table
 from infrastructure.adapters.eventstore import DATABASE_ERRORS, SyncApplication, require_database
 from infrastructure.adapters.migrations import apply_migrations
+from infrastructure.adapters.secrets import SecretKey, StoreSecrets
 from infrastructure.adapters.woocommerce import (
     ActivitySink,
     ClientOptions,
@@ -27,6 +29,7 @@ from infrastructure.adapters.woocommerce import (
     WooCommerceClient,
 )
 from infrastructure.services.runs import BackgroundRuns
+from infrastructure.services.stores import StoreRegistry
 from infrastructure.services.sync import Progress, SyncEngine
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.errors import StorageError, storage_error
@@ -210,6 +213,13 @@ class Services:
         services; ``executor`` runs their short database reads (see BackgroundRuns)."""
         return BackgroundRuns(self.engine, executor, client_options, start_confirm_s)
 
+    def store_registry(self, key: SecretKey | None, client_options: ClientOptions | None) -> StoreRegistry:
+        """The org stores' registry over these services: its secrets under ``key`` (None: a command that
+        only lists), a store checked with one request of the WooCommerce client (None: none checked)."""
+        secrets = StoreSecrets(self.database, key) if key is not None else None
+        check = None if client_options is None else partial(_check_store, client_options)
+        return StoreRegistry(self.app, self.projections, secrets, check, self.catch_up)
+
     def catch_up(self, timeout_s: float = CATCH_UP_WAIT_S) -> None:
         """Bring the read models up to every event saved before this call. With a live follower thread,
         wait for it (at most ``timeout_s``, then read what is there) rather than catch up beside it: on
@@ -322,6 +332,12 @@ def _store_client(
 ) -> WooCommerceClient:
     """The engine's store client: the WooCommerce REST client."""
     return WooCommerceClient(url, credentials, options, on_activity=on_activity)
+
+
+async def _check_store(options: ClientOptions, url: str, credentials: StoreCredentials) -> None:
+    """One request to the store with these credentials (read access), before they are registered."""
+    async with WooCommerceClient(url, credentials, options) as client:
+        await client.probe()
 
 
 def migrate(database: DatabaseConfig) -> None:

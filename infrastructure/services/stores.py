@@ -1,0 +1,158 @@
+"""The store registry's use cases: register a store (checked against the store first), list, remove,
+rotate the secrets' key, and the credentials a sync of a registered store runs with.
+
+Two things are kept, each where it belongs: the ``Store`` aggregate's events (who registered, rotated or
+removed which URL when, and the consumer key's fingerprint: never a secret), and the credentials
+themselves, encrypted under WCSYNC_SECRET_KEY in a table of their own (infrastructure.adapters.secrets),
+so removing a store really removes its secret. The secret is written first and the event second; if the
+event cannot be saved the secret is deleted again, so nothing is left half-registered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+from uuid import UUID
+
+import orjson
+import structlog
+from eventsourcing.application import AggregateNotFoundError
+
+from domain.errors import StoreNotFoundError
+from domain.store import Store, store_key
+from infrastructure.adapters.eventstore import SyncApplication
+from infrastructure.adapters.secrets import SecretKey, StoreSecrets
+from infrastructure.adapters.woocommerce import StoreCredentials
+from infrastructure.support.config import StoreSettings, check_store_url
+from infrastructure.support.errors import ConfigurationError
+from projections import queries
+from projections.runner import ProjectionRunner
+
+log = structlog.get_logger("wcsync.stores")
+
+# One request to the store with the given credentials (read access), raising StoreError when refused.
+StoreCheck = Callable[[str, StoreCredentials], Awaitable[None]]
+
+
+def key_fingerprint(consumer_key: str) -> str:
+    """What the registry shows and records of a consumer key: enough to tell two keys apart, nothing to
+    use (the first 12 hex digits of its SHA-256)."""
+    return hashlib.sha256(consumer_key.encode()).hexdigest()[:12]
+
+
+class StoreRegistry:
+    """The registered stores of every org (each call names its org; another org's store is not found)."""
+
+    def __init__(
+        self,
+        app: SyncApplication,
+        projections: ProjectionRunner,
+        secrets: StoreSecrets | None,
+        check_store: StoreCheck | None,
+        catch_up: Callable[[], None],
+    ) -> None:
+        self.app = app
+        self.projections = projections
+        self.secrets = secrets
+        self.check_store = check_store
+        self.catch_up = catch_up
+
+    async def add(
+        self, org_id: str, url: str, consumer_key: str, consumer_secret: str, name: str | None, actor: str
+    ) -> dict[str, Any]:
+        """Register a store (or give a registered one new credentials, or bring back a removed one) after
+        one request to it with those credentials. Returns the store as ``list`` shows it, plus ``action``:
+        registered | rotated | restored."""
+        url = check_store_url(url)
+        if not consumer_key or not consumer_secret:
+            raise ConfigurationError(
+                "the store's consumer key and secret are both needed (WOO_CONSUMER_KEY, WOO_CONSUMER_SECRET)"
+            )
+        if self.check_store is None:
+            raise ConfigurationError("this command cannot check a store (no store client)")
+        await self.check_store(url, StoreCredentials(consumer_key, consumer_secret))
+        store_id = store_key(org_id, url)
+        fingerprint = key_fingerprint(consumer_key)
+        store = self._get(store_id)
+        if store is None:
+            store, action = Store.register(org_id, url, name or url, fingerprint, actor), "registered"
+        elif store.removed:
+            store.restore(name or store.name, fingerprint, actor)
+            action = "restored"
+        else:
+            store.rotate(fingerprint, actor)
+            action = "rotated"
+        previous = self._secrets().get(org_id, str(store_id))
+        self._secrets().put(org_id, str(store_id), _credentials_bytes(consumer_key, consumer_secret))
+        try:
+            self.app.save(store)
+        except BaseException:
+            # The event is what makes the store registered: without it, its secret must not stay either.
+            if previous is None:
+                self._secrets().delete(org_id, str(store_id))
+            else:
+                self._secrets().put(org_id, str(store_id), previous)
+            raise
+        log.info("stores.saved", org_id=org_id, store_id=str(store_id), action=action, key=fingerprint)
+        self.catch_up()
+        shown = queries.store(self.projections, org_id, store_id)
+        return {**(shown or {"storeId": str(store_id), "url": url}), "action": action}
+
+    def list(self, org_id: str, include_removed: bool = False) -> list[dict[str, Any]]:
+        self.catch_up()
+        return queries.list_stores(self.projections, org_id, include_removed=include_removed)
+
+    def remove(self, org_id: str, store_id: UUID, actor: str) -> None:
+        """Remove a store: the event says who and when; the secret is deleted."""
+        store = self._of_org(org_id, store_id)
+        store.remove(actor)
+        self.app.save(store)
+        self._secrets().delete(org_id, str(store_id))
+        log.info("stores.removed", org_id=org_id, store_id=str(store_id))
+        self.catch_up()
+
+    def settings(self, org_id: str, store_id: UUID) -> StoreSettings:
+        """The URL and credentials a sync of a registered store runs with."""
+        store = self._of_org(org_id, store_id)
+        raw = self._secrets().get(org_id, str(store_id))
+        if raw is None:
+            raise ConfigurationError(
+                f"store {store_id} has no stored credentials; register it again with `wcsync stores add`"
+            )
+        document = orjson.loads(raw)
+        return StoreSettings(store.url, document["consumer_key"], document["consumer_secret"])
+
+    def settings_for_url(self, org_id: str, url: str) -> StoreSettings | None:
+        """A registered store's settings by its URL, or None when the org has not registered it."""
+        store = self._get(store_key(org_id, check_store_url(url)))
+        if store is None or store.removed or store.org_id != org_id:
+            return None
+        return self.settings(org_id, store.id)
+
+    def rekey(self, old: SecretKey, new: SecretKey) -> int:
+        """Re-encrypt every stored secret under ``new``, given ``old``: all or nothing."""
+        return self._secrets().rekey(old, new)
+
+    def _secrets(self) -> StoreSecrets:
+        if self.secrets is None:  # the interface opened the registry to read only
+            raise ConfigurationError("this command needs WCSYNC_SECRET_KEY to reach the stores' secrets")
+        return self.secrets
+
+    def _get(self, store_id: UUID) -> Store | None:
+        try:
+            store: Store = self.app.repository.get(store_id)
+        except AggregateNotFoundError:
+            return None
+        return store
+
+    def _of_org(self, org_id: str, store_id: UUID) -> Store:
+        store = self._get(store_id)
+        if store is None or store.org_id != org_id or store.removed:
+            # Another org's store is the same answer as none at all.
+            raise StoreNotFoundError(store_id, org_id)
+        return store
+
+
+def _credentials_bytes(consumer_key: str, consumer_secret: str) -> bytes:
+    return orjson.dumps({"consumer_key": consumer_key, "consumer_secret": consumer_secret})
