@@ -133,9 +133,10 @@ class Connection:
                 path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
             try:
+                # No journal-mode change here: switching to WAL takes an exclusive lock without waiting,
+                # so concurrent first runs failed "database is locked". The event store, which always
+                # opens the file first in `migrate` and `open_services`, sets WAL (it persists).
                 conn.execute("PRAGMA busy_timeout=30000")
-                if self.create:
-                    conn.execute("PRAGMA journal_mode=WAL")
             except BaseException:
                 conn.close()
                 raise
