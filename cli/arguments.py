@@ -72,22 +72,19 @@ def reason(text: str, field: str) -> str:
     return bounds.check_text(text, field, bounds.MAX_REASON_LENGTH)
 
 
-def queue_id(text: str) -> UUID:
+def _uuid(text: str, what: str) -> UUID:
     try:
         return UUID(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{quoted(text)} is not a queue id (a UUID, as printed by `wcsync start` and `wcsync queues`)"
-        ) from None
+        raise argparse.ArgumentTypeError(f"{quoted(text)} is not a {what}") from None
+
+
+def queue_id(text: str) -> UUID:
+    return _uuid(text, "queue id (a UUID, as printed by `wcsync start` and `wcsync queues`)")
 
 
 def store_id(text: str) -> UUID:
-    try:
-        return UUID(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{quoted(text)} is not a store id (a UUID, as printed by `wcsync stores add` and `wcsync stores list`)"
-        ) from None
+    return _uuid(text, "store id (a UUID, as printed by `wcsync stores add` and `wcsync stores list`)")
 
 
 def projection_name(text: str) -> str:
