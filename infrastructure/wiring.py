@@ -180,6 +180,7 @@ class Services:
     write_gate: WriteGate | None = field(default=None, repr=False)
     _live: _Follower | None = field(default=None, repr=False)  # the live follower thread's loop
     _catch_up_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _opened: list[StoreSecrets] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         if self.database.backend == "sqlite" and self.write_gate is None:
@@ -217,6 +218,8 @@ class Services:
         """The org stores' registry over these services: its secrets under ``key`` (None: a command that
         only lists), a store checked with one request of the WooCommerce client (None: none checked)."""
         secrets = StoreSecrets(self.database, key) if key is not None else None
+        if secrets is not None:
+            self._opened.append(secrets)  # closed with the services
         check = None if client_options is None else partial(_check_store, client_options)
         return StoreRegistry(self.app, self.projections, secrets, check, self.catch_up)
 
@@ -317,6 +320,8 @@ class Services:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            for secrets in self._opened:
+                secrets.close()
             self.projections.close()
             self.app.close()
 

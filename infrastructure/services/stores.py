@@ -114,21 +114,24 @@ class StoreRegistry:
 
     def settings(self, org_id: str, store_id: UUID) -> StoreSettings:
         """The URL and credentials a sync of a registered store runs with."""
-        store = self._of_org(org_id, store_id)
-        raw = self._secrets().get(org_id, str(store_id))
-        if raw is None:
-            raise ConfigurationError(
-                f"store {store_id} has no stored credentials; register it again with `wcsync stores add`"
-            )
-        document = orjson.loads(raw)
-        return StoreSettings(store.url, document["consumer_key"], document["consumer_secret"])
+        return self._settings_of(self._of_org(org_id, store_id))
 
     def settings_for_url(self, org_id: str, url: str) -> StoreSettings | None:
         """A registered store's settings by its URL, or None when the org has not registered it."""
+        # The id is derived from the org and the URL: the store found is the org's own.
         store = self._get(store_key(org_id, check_store_url(url)))
-        if store is None or store.removed or store.org_id != org_id:
+        if store is None or store.removed:
             return None
-        return self.settings(org_id, store.id)
+        return self._settings_of(store)
+
+    def _settings_of(self, store: Store) -> StoreSettings:
+        raw = self._secrets().get(store.org_id, str(store.id))
+        if raw is None:
+            raise ConfigurationError(
+                f"store {store.id} has no stored credentials; register it again with `wcsync stores add`"
+            )
+        document = orjson.loads(raw)
+        return StoreSettings(store.url, document["consumer_key"], document["consumer_secret"])
 
     def rekey(self, old: SecretKey, new: SecretKey) -> int:
         """Re-encrypt every stored secret under ``new``, given ``old``: all or nothing."""
