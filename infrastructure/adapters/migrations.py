@@ -37,6 +37,8 @@ log = structlog.get_logger("wcsync.migrations")
 
 MIGRATIONS_TABLE = "wcsync_schema_migrations"
 STORE_SECRETS_TABLE = "wcsync_store_secrets"
+API_TOKENS_TABLE = "wcsync_api_tokens"
+QUEUE_LEASES_TABLE = "wcsync_queue_leases"
 
 # The advisory lock that serialises migrations on PostgreSQL: (this constant, the schema's hash), so runs on
 # different schemas of one database do not wait for each other.
@@ -72,12 +74,56 @@ def _store_secrets(binary: str) -> str:
     )
 
 
+# Only a token's SHA-256 is kept. A revoked token keeps its row (revoked_at set): it still answers 401, and
+# `tokens list` shows it revoked; a name is unique among an org's tokens that are not revoked.
+_API_TOKENS = (
+    f"CREATE TABLE {API_TOKENS_TABLE} (\n"
+    "  token_hash TEXT NOT NULL,\n"
+    "  org_id TEXT NOT NULL,\n"
+    "  name TEXT NOT NULL,\n"
+    "  role TEXT NOT NULL,\n"
+    "  created_at TEXT NOT NULL,\n"
+    "  last_used_at TEXT,\n"
+    "  revoked_at TEXT,\n"
+    f"  CONSTRAINT {API_TOKENS_TABLE}_pkey PRIMARY KEY (token_hash)\n"
+    ")",
+    f"CREATE UNIQUE INDEX {API_TOKENS_TABLE}_name ON {API_TOKENS_TABLE} (org_id, name) WHERE revoked_at IS NULL",
+)
+
+
+def _queue_leases(seconds: str) -> str:
+    # Who processes a queue right now. heartbeat_at is epoch seconds (compared as numbers on both backends);
+    # since is UTC ISO text, for people.
+    return (
+        f"CREATE TABLE {QUEUE_LEASES_TABLE} (\n"
+        "  queue_id TEXT NOT NULL,\n"
+        "  org_id TEXT NOT NULL,\n"
+        "  holder TEXT NOT NULL,\n"
+        "  host TEXT NOT NULL,\n"
+        "  pid INTEGER NOT NULL,\n"
+        "  since TEXT NOT NULL,\n"
+        f"  heartbeat_at {seconds} NOT NULL,\n"
+        f"  CONSTRAINT {QUEUE_LEASES_TABLE}_pkey PRIMARY KEY (queue_id)\n"
+        ")"
+    )
+
+
 # In order of version, versions 1, 2, 3 ... without a gap.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "store secrets: each registered store's credentials, sealed with AES-256-GCM",
         {POSTGRES: (_store_secrets("BYTEA"),), SQLITE: (_store_secrets("BLOB"),)},
+    ),
+    Migration(
+        2,
+        "API tokens: each token's SHA-256, org, name and role",
+        {POSTGRES: _API_TOKENS, SQLITE: _API_TOKENS},
+    ),
+    Migration(
+        3,
+        "queue leases: which process is processing a queue, and its last heartbeat",
+        {POSTGRES: (_queue_leases("DOUBLE PRECISION"),), SQLITE: (_queue_leases("REAL"),)},
     ),
 )
 
