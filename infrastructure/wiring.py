@@ -22,6 +22,7 @@ from infrastructure.adapters.eventlog import postgres_has_events_table, sqlite_h
 from infrastructure.adapters.eventstore import DATABASE_ERRORS, SyncApplication, require_database
 from infrastructure.adapters.migrations import apply_migrations
 from infrastructure.adapters.secrets import SecretKey, StoreSecrets
+from infrastructure.adapters.tokens import ApiTokens
 from infrastructure.adapters.woocommerce import (
     ActivitySink,
     ClientOptions,
@@ -180,7 +181,8 @@ class Services:
     write_gate: WriteGate | None = field(default=None, repr=False)
     _live: _Follower | None = field(default=None, repr=False)  # the live follower thread's loop
     _catch_up_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _opened: list[StoreSecrets] = field(default_factory=list, repr=False)
+    _opened: list[StoreSecrets | ApiTokens] = field(default_factory=list, repr=False)
+    _tokens: ApiTokens | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.database.backend == "sqlite" and self.write_gate is None:
@@ -222,6 +224,14 @@ class Services:
             self._opened.append(secrets)  # closed with the services
         check = None if client_options is None else partial(_check_store, client_options)
         return StoreRegistry(self.app, self.projections, secrets, check, self.catch_up)
+
+    def api_tokens(self) -> ApiTokens:
+        """The API tokens on these services' database (one object, thread-safe, closed with the services);
+        on SQLite its one write, a token's last use, takes its turn at the process's write gate."""
+        if self._tokens is None:
+            self._tokens = ApiTokens(self.database, self.write_gate)
+            self._opened.append(self._tokens)
+        return self._tokens
 
     def catch_up(self, timeout_s: float = CATCH_UP_WAIT_S) -> None:
         """Bring the read models up to every event saved before this call. With a live follower thread,
