@@ -42,6 +42,7 @@ HANDLERS: dict[str, str] = {
     "audit": "cli.audit:run",
     "serve": "cli.serve:run",
     "stores": "cli.stores:run",
+    "tokens": "cli.tokens:run",
 }
 
 
@@ -214,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
 
+    _add_tokens_parser(commands, common)
+
     db = command("db", "database administration")
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", parser_class=Parser)
     db_commands.required = True
@@ -294,6 +297,43 @@ def _add_audit_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     verify.add_argument("--file", metavar="FILE.jsonl", help="an export to check (no database needed)")
     _add_json(verify)
+
+
+# infrastructure.adapters.tokens.ROLE_NAMES, lowest first (not imported: this module loads no database library).
+TOKEN_ROLES = ("viewer", "operator", "admin")
+
+
+def _add_tokens_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    text = "API tokens for `wcsync serve`: each acts for one org with one role; only its SHA-256 is kept"
+    tokens = commands.add_parser("tokens", help=text, description=text, parents=[common])
+    t_commands = tokens.add_subparsers(dest="tokens_command", metavar="TOKENS_COMMAND", parser_class=Parser)
+    t_commands.required = True
+    create = t_commands.add_parser(
+        "create", help="create a token for the org (--org) and print it, once", parents=[common]
+    )
+    create.add_argument(
+        "--name",
+        required=True,
+        type=checked(bounds.check_identifier),
+        help="the token's name, unique in the org (the recorded actor of its requests that name no user)",
+    )
+    create.add_argument(
+        "--role",
+        choices=TOKEN_ROLES,
+        default="viewer",
+        help="viewer reads; operator also starts, retries, resumes, force-finishes; admin also manages "
+        "stores (default viewer)",
+    )
+    _add_json(create, 'one JSON document: {"token", "name", "org", "role", "createdAt"}')
+    _add_json(
+        t_commands.add_parser(
+            "list", help="the tokens (of --org, else of every org), never the tokens", parents=[common]
+        )
+    )
+    revoke = t_commands.add_parser(
+        "revoke", help="revoke a token: it answers 401 from then on", parents=[common]
+    )
+    revoke.add_argument("name", type=checked(bounds.check_identifier), metavar="NAME")
 
 
 def _add_serve_parser(commands: Any, common: argparse.ArgumentParser) -> None:
