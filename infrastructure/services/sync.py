@@ -27,7 +27,7 @@ import structlog
 from domain.customer import Customer, customer_key
 from domain.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, SyncError, WcsyncError
 from domain.lines import DRAFT
-from domain.queue import Q_DONE, QueueOptions, SyncQueue
+from domain.queue import Q_DONE, Q_DRAFT, QueueOptions, SyncQueue
 from domain.sync import customer_keys, split_unchanged, sync_batch
 from domain.validation import RejectedRecord, check_records
 from infrastructure.adapters.eventstore import DATABASE_ERRORS, ConcurrentWriteError, SyncApplication, chunks
@@ -208,6 +208,25 @@ class SyncEngine:
             on_created(queue.id)
         return await self._run(queue, store, client_options, mode="start")
 
+    def create_draft(self, store_url: str, options: QueueOptions, queue_name: str | None = None) -> UUID:
+        """A new queue saved at once as a draft, nothing fetched (a detached start): its id is answered
+        before a worker runs it (``start_draft``), and `status` finds it meanwhile."""
+        queue = self.new_queue(store_url, options, queue_name)
+        self.app.save_batch(queue)
+        self._refresh(force=True)
+        return queue.id
+
+    async def start_draft(
+        self, queue_id: UUID, store: StoreSettings, client_options: ClientOptions
+    ) -> SyncOutcome:
+        """The first run of a queue saved by ``create_draft`` (recorded as a start); a queue already past
+        its draft (its first run was stopped or its worker died) is resumed instead."""
+        queue = await self._in_worker(self.get_queue, queue_id)
+        if queue.state != Q_DRAFT:
+            return await self.resume(queue_id, store, client_options)
+        self._check_store(queue, store)
+        return await self._run(queue, store, client_options, mode="start")
+
     async def resume(
         self, queue_id: UUID, store: StoreSettings, client_options: ClientOptions
     ) -> SyncOutcome:
@@ -252,15 +271,16 @@ class SyncEngine:
         started = time.monotonic()
         options = queue.queue_options
         client_options = _with_queue_options(client_options, options)
+        saved = mode != "start" or not queue.pending_events  # a draft's start (start_draft) is saved already
         queue.start_processing(mode)
         run = _Run(
             queue=queue,
             progress=self.progress,
-            saved=mode != "start",
+            saved=saved,
             initial_events=list(queue.pending_events),
         )
         try:
-            if mode != "start":
+            if run.saved:
                 await self._in_worker(self.app.save_batch, queue)
             store_error = await self._process_run(run, store, client_options, mode)
         except DATABASE_FAILURES as error:
