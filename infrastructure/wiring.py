@@ -20,6 +20,7 @@ import structlog
 
 from infrastructure.adapters.eventlog import postgres_has_events_table, sqlite_has_events_table
 from infrastructure.adapters.eventstore import DATABASE_ERRORS, SyncApplication, require_database
+from infrastructure.adapters.leases import QueueLeases
 from infrastructure.adapters.migrations import apply_migrations
 from infrastructure.adapters.secrets import SecretKey, StoreSecrets
 from infrastructure.adapters.tokens import ApiTokens
@@ -183,6 +184,7 @@ class Services:
     _catch_up_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _opened: list[StoreSecrets | ApiTokens] = field(default_factory=list, repr=False)
     _tokens: ApiTokens | None = field(default=None, repr=False)
+    _leases: QueueLeases | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.database.backend == "sqlite" and self.write_gate is None:
@@ -195,7 +197,9 @@ class Services:
         actor: str = "wcsync",
         progress: Progress | None = None,
         stop: threading.Event | None = None,
+        holder: str | None = None,
     ) -> SyncEngine:
+        """An engine for ``org_id``; its runs hold their queue's lease as ``holder`` (default pid@host)."""
         return SyncEngine(
             self.app,
             org_id,
@@ -207,7 +211,17 @@ class Services:
             ),
             progress=progress,
             stop=stop,
+            leases=self.queue_leases(),
+            holder=holder,
         )
+
+    def queue_leases(self) -> QueueLeases:
+        """The queue leases on these services' database: one object for every engine (one connection and
+        one heartbeat thread, both started at the first lease), closed with the services; on SQLite its
+        writes take their turn at the process's write gate."""
+        if self._leases is None:
+            self._leases = QueueLeases(self.database, write_gate=self.write_gate)
+        return self._leases
 
     def background_runs(
         self, executor: Executor, client_options: ClientOptions, start_confirm_s: float
@@ -332,6 +346,8 @@ class Services:
             self.closed = True
             for secrets in self._opened:
                 secrets.close()
+            if self._leases is not None:
+                self._leases.close()
             self.projections.close()
             self.app.close()
 

@@ -20,6 +20,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol, TypeVar
 from uuid import UUID
@@ -28,10 +29,11 @@ import structlog
 
 from domain.errors import EXIT_INTERNAL, EXIT_USAGE, WcsyncError
 from domain.queue import QueueOptions
+from infrastructure.adapters.leases import LEASE_STALE_S
 from infrastructure.adapters.woocommerce import ClientOptions, StoreCredentials, StoreError
 from infrastructure.services.sync import RunStopped, SyncEngine, SyncOutcome
 from infrastructure.support.config import StoreSettings
-from infrastructure.support.errors import QueueNotFoundError
+from infrastructure.support.errors import QueueBusyError, QueueNotFoundError
 from projections import queries
 
 log = structlog.get_logger("wcsync.api")
@@ -87,20 +89,10 @@ class ServerBusyError(AdmissionRefused):
         super().__init__(f"this server already runs {MAX_RUNS} syncs; try again when one has finished")
 
 
-class QueueBusyError(WcsyncError):
-    """A run of the queue is in flight in this process: no second run of it, and no force-done."""
-
-    exit_code = EXIT_USAGE
-    http_status = 409
-    error_code = "queue_busy"
-
-    def __init__(self, action: str, queue_id: UUID, *, force_done: bool = False) -> None:
-        if force_done:
-            message = f"a {action} of queue {queue_id} is running in this server; force-done it once it stops"
-        else:
-            message = f"a {action} of queue {queue_id} is already running in this server; poll its status"
-        super().__init__(message)
-        self.queue_id = queue_id
+def _busy(run: BackgroundRun, queue_id: UUID) -> QueueBusyError:
+    """A run of the queue is in flight in this process: refused at once, before any database read, in the
+    words the queue's lease uses for a run of another process (which the engine refuses itself)."""
+    return QueueBusyError(queue_id, run.holder, run.since, LEASE_STALE_S, org_id=run.org_id)
 
 
 class StoreMismatchError(WcsyncError):
@@ -180,6 +172,8 @@ class BackgroundRun:
     saved: asyncio.Event = field(default_factory=asyncio.Event)  # the run has saved a batch
     task: asyncio.Task[SyncOutcome] | None = None
     queue_id: UUID | None = None
+    holder: str = ""  # its engine's, as its queue's lease names it
+    since: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def running(self) -> bool:
@@ -255,7 +249,7 @@ class BackgroundRuns:
         refused a new queue, an unknown queue, nothing to retry...), RunCrashedError for an unforeseen
         one; a refused admission raises OrgBusyError, ServerBusyError or QueueBusyError."""
         if request.queue_id is not None:
-            self._refuse_if_running(request.queue_id)
+            self._refuse_if_running(request.org_id, request.queue_id)
         if self._org_slots[request.org_id] >= MAX_RUNS_PER_ORG:
             raise OrgBusyError(request.org_id)
         if self._org_slots.total() >= MAX_RUNS:
@@ -271,6 +265,7 @@ class BackgroundRuns:
 
     async def _launch_admitted(self, request: RunRequest, run: BackgroundRun) -> UUID | None:
         engine = self._engine(request.org_id, request.actor, stop=run.stop)
+        run.holder = engine.holder
         engine.keep_new_queue_on_stop = True  # the caller names the queue: a stopped start must leave it
         self._watch_saves(engine, run)
         if request.action == "start":
@@ -291,7 +286,8 @@ class BackgroundRuns:
             if not chosen.matches:
                 raise StoreMismatchError(queue_id)
             store = request.store(chosen.url)
-            self._refuse_if_running(queue_id)  # again: another request may have launched it meanwhile
+            # Again: another request may have launched it meanwhile.
+            self._refuse_if_running(request.org_id, queue_id)
             run.queue_id, run.store_url = queue_id, chosen.queue_url
             self._runs[queue_id] = run
             run.named.set()
@@ -314,10 +310,11 @@ class BackgroundRuns:
         )
         return run.queue_id
 
-    def _refuse_if_running(self, queue_id: UUID) -> None:
-        run = self._runs.get(queue_id)
-        if run is not None and run.running:
-            raise QueueBusyError(run.action, queue_id)
+    def _refuse_if_running(self, org_id: str, queue_id: UUID) -> None:
+        # Another org's run is not even confirmed: the engine answers that queue as one that does not exist.
+        run = self.in_flight(org_id, queue_id)
+        if run is not None:
+            raise _busy(run, queue_id)
 
     def _watch_saves(self, engine: SyncEngine, run: BackgroundRun) -> None:
         """Signal the run's first save to the waiting launch. On the loop's own thread (the end of a run)
@@ -382,7 +379,7 @@ class BackgroundRuns:
         """Force-done the queue, refused (QueueBusyError) while a run of it is in flight here."""
         run = self.in_flight(org_id, queue_id)
         if run is not None:
-            raise QueueBusyError(run.action, queue_id, force_done=True)
+            raise _busy(run, queue_id)
         engine = self._engine(org_id, actor)
         await self._in_thread(engine.force_done, queue_id, reason)
 

@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -31,6 +31,7 @@ from domain.queue import Q_DONE, Q_DRAFT, QueueOptions, SyncQueue
 from domain.sync import customer_keys, split_unchanged, sync_batch
 from domain.validation import RejectedRecord, check_records
 from infrastructure.adapters.eventstore import DATABASE_ERRORS, ConcurrentWriteError, SyncApplication, chunks
+from infrastructure.adapters.leases import Lease, QueueLeases, default_holder
 from infrastructure.adapters.transcoder import canonical_bytes
 from infrastructure.adapters.woocommerce import (
     ActivitySink,
@@ -43,6 +44,7 @@ from infrastructure.adapters.woocommerce import (
 )
 from infrastructure.support.config import StoreSettings
 from infrastructure.support.errors import (
+    QueueBusyError,
     QueueNotFoundError,
     StorageError,
     first_line,
@@ -167,8 +169,14 @@ class SyncEngine:
         known_customer_ids: Callable[[str, str], set[int]] | None = None,
         progress: Progress | None = None,
         stop: threading.Event | None = None,
+        leases: QueueLeases | None = None,
+        holder: str | None = None,
     ) -> None:
         self.app = app
+        # Whoever runs a queue holds its lease (None: no lease is taken); ``holder`` names this run to
+        # anyone refused meanwhile: pid@host by default, a worker passes its own words.
+        self.leases = leases
+        self.holder = holder or default_holder()
         self.client_factory = client_factory
         # Set from any thread to stop a run between batches (its batch delay waits on it too).
         self.stop = stop if stop is not None else threading.Event()
@@ -206,7 +214,8 @@ class SyncEngine:
         queue = self.new_queue(store.url, options, queue_name)
         if on_created is not None:
             on_created(queue.id)
-        return await self._run(queue, store, client_options, mode="start")
+        async with self._leased(queue.id):
+            return await self._run(queue, store, client_options, mode="start")
 
     def create_draft(self, store_url: str, options: QueueOptions, queue_name: str | None = None) -> UUID:
         """A new queue saved at once as a draft, nothing fetched (a detached start): its id is answered
@@ -221,13 +230,20 @@ class SyncEngine:
     ) -> SyncOutcome:
         """The first run of a queue saved by ``create_draft`` (recorded as a start); a queue already past
         its draft (its first run was stopped or its worker died) is resumed instead."""
-        queue = await self._in_worker(self.get_queue, queue_id)
-        if queue.state != Q_DRAFT:
-            return await self.resume(queue_id, store, client_options)
-        self._check_store(queue, store)
-        return await self._run(queue, store, client_options, mode="start")
+        async with self._leased(queue_id):
+            queue = await self._in_worker(self.get_queue, queue_id)
+            if queue.state != Q_DRAFT:
+                return await self._resume(queue_id, store, client_options)
+            self._check_store(queue, store)
+            return await self._run(queue, store, client_options, mode="start")
 
     async def resume(
+        self, queue_id: UUID, store: StoreSettings, client_options: ClientOptions
+    ) -> SyncOutcome:
+        async with self._leased(queue_id):
+            return await self._resume(queue_id, store, client_options)
+
+    async def _resume(
         self, queue_id: UUID, store: StoreSettings, client_options: ClientOptions
     ) -> SyncOutcome:
         queue = await self._in_worker(self.get_queue, queue_id)
@@ -237,16 +253,20 @@ class SyncEngine:
         return await self._run(queue, store, client_options, mode="resume")
 
     async def retry(self, queue_id: UUID, store: StoreSettings, client_options: ClientOptions) -> SyncOutcome:
-        queue = await self._in_worker(self.get_queue, queue_id)
-        self._check_store(queue, store)
-        queue.request_retry(self.actor)  # saved by _run, with the run's ProcessingStarted
-        return await self._run(queue, store, client_options, mode="retry")
+        async with self._leased(queue_id):
+            queue = await self._in_worker(self.get_queue, queue_id)
+            self._check_store(queue, store)
+            queue.request_retry(self.actor)  # saved by _run, with the run's ProcessingStarted
+            return await self._run(queue, store, client_options, mode="retry")
 
     def force_done(self, queue_id: UUID, reason: str) -> SyncOutcome:
+        """Refused (QueueBusyError) while a run of the queue holds its lease; holds it meanwhile itself, so
+        no run starts between the check and the save."""
         started = time.monotonic()
-        queue = self.get_queue(queue_id)
-        queue.force_done(reason, self.actor)
-        self.app.save_batch(queue)
+        with self._holding(queue_id):
+            queue = self.get_queue(queue_id)
+            queue.force_done(reason, self.actor)
+            self.app.save_batch(queue)
         self._refresh(force=True)
         return self._outcome(queue, started)
 
@@ -262,6 +282,44 @@ class SyncEngine:
             # Same answer as for a missing queue: another org's queues are not even confirmed to exist.
             raise QueueNotFoundError(f"no queue {queue_id} in org {self.org_id!r}")
         return queue
+
+    # ----- the queue's lease ---------------------------------------------------------------------------
+
+    def _take_lease(self, queue_id: UUID, held: list[Lease]) -> None:
+        """The queue's lease, put in ``held`` (so a caller cancelled while this thread works still releases
+        it). Taken before the queue is read: what a run reads then is what the last holder left. A live
+        lease of another org's run is the answer for a queue that does not exist (QueueNotFoundError)."""
+        if self.leases is None:
+            return
+        try:
+            held.append(self.leases.acquire(queue_id, self.org_id, self.holder))
+        except QueueBusyError as busy:
+            if busy.org_id != self.org_id:
+                raise QueueNotFoundError(f"no queue {queue_id} in org {self.org_id!r}") from None
+            raise
+
+    @contextlib.asynccontextmanager
+    async def _leased(self, queue_id: UUID) -> AsyncIterator[None]:
+        """Hold the queue's lease around a run, released however the run ends (its database calls in a
+        worker thread, as every step's)."""
+        held: list[Lease] = []
+        try:
+            await self._in_worker(self._take_lease, queue_id, held)
+            yield
+        finally:
+            for lease in held:
+                await self._in_worker(lease.release)
+
+    @contextlib.contextmanager
+    def _holding(self, queue_id: UUID) -> Iterator[None]:
+        """``_leased`` for a command of the calling thread (force-done)."""
+        held: list[Lease] = []
+        try:
+            self._take_lease(queue_id, held)
+            yield
+        finally:
+            for lease in held:
+                lease.release()
 
     # ----- one processing run --------------------------------------------------------------------------
 

@@ -4,6 +4,9 @@ database library errors into them, and how an error line quotes user input."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
 
 from domain.errors import EXIT_DATABASE, EXIT_USAGE, WcsyncError
 
@@ -55,6 +58,31 @@ class QueueNotFoundError(WcsyncError):
     exit_code = EXIT_USAGE
     http_status = 404
     error_code = "queue_not_found"
+
+
+class QueueBusyError(WcsyncError):
+    """Another run is processing the queue (in this process or another, on any machine: whoever holds its
+    lease, adapters/leases.py): no second run of it and no force-done until that run ends. Names the holder
+    and since when, so a person knows whom to wait for; ``org_id`` is the org of the run holding it."""
+
+    exit_code = EXIT_USAGE
+    http_status = 409
+    error_code = "queue_busy"
+
+    def __init__(
+        self, queue_id: UUID, holder: str, since: datetime, stale_after_s: float, org_id: str | None = None
+    ) -> None:
+        self.queue_id = queue_id
+        self.holder = printable(shortened(holder, 120))  # a worker's own words: never raw to a terminal
+        self.since = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.org_id = org_id
+        super().__init__(
+            f"queue {queue_id} is being processed by {self.holder} since {self.since}; wait for it to finish "
+            f"(a lease left by a process that died is taken over after {stale_after_s:g} s)"
+        )
+
+    def http_details(self) -> dict[str, Any]:
+        return {"holder": self.holder, "since": self.since}
 
 
 class StorageError(WcsyncError):
