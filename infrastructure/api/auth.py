@@ -58,7 +58,8 @@ __all__ = [
 
 log = structlog.get_logger("wcsync.api.auth")
 
-PRINCIPAL_KEY = "principal"  # request[PRINCIPAL_KEY]: the Principal, or None in no-auth mode
+# request[PRINCIPAL_KEY]: the Principal, or None in no-auth mode.
+PRINCIPAL_KEY: web.RequestKey[Principal | None] = web.RequestKey("principal")
 # An Authorization header longer than this is not read at all (a token is 47 characters).
 MAX_AUTHORIZATION_LENGTH = 512
 # More than MAX_FAILURES failed attempts from one address within FAILURE_WINDOW_S seconds: that address
@@ -185,8 +186,10 @@ class FailureLimiter:
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()  # least recently failing first
         self._lock = threading.Lock()
 
-    def __len__(self) -> int:
-        return len(self._failures)
+    def tracked(self) -> int:
+        """How many addresses' failures are remembered (not __len__: an empty limiter would be falsy)."""
+        with self._lock:
+            return len(self._failures)
 
     def retry_after(self, address: str) -> int | None:
         """Whole seconds until ``address`` may try again (at least 1), or None when it may now."""
@@ -285,8 +288,7 @@ def _principal_of(request: web.Request) -> Principal | None:
     a route wired without it) has none: refused, never let through."""
     if PRINCIPAL_KEY not in request:
         raise Unauthorized()
-    principal: Principal | None = request[PRINCIPAL_KEY]
-    return principal
+    return request[PRINCIPAL_KEY]
 
 
 def require_role(request: web.Request, role: Role) -> None:

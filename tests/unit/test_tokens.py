@@ -199,7 +199,7 @@ def test_the_limiter_tracks_a_bounded_number_of_addresses_forgetting_expired_one
     limiter.failed("hot")
     limiter.failed("b")
     limiter.failed("c")  # full: "old" has expired and goes
-    assert len(limiter) == 3 and limiter.retry_after("hot") is not None
+    assert limiter.tracked() == 3 and limiter.retry_after("hot") is not None
     for n in range(100):
         limiter.failed(f"flood-{n}")
-    assert len(limiter) == 3
+    assert limiter.tracked() == 3
