@@ -30,6 +30,7 @@ from infrastructure.adapters.woocommerce import (
     StoreCredentials,
     WooCommerceClient,
 )
+from infrastructure.services.jobs import JobWorker, SyncJobRunner, SyncJobs, WorkerSettings
 from infrastructure.services.runs import BackgroundRuns
 from infrastructure.services.stores import StoreRegistry
 from infrastructure.services.sync import Progress, SyncEngine
@@ -238,6 +239,27 @@ class Services:
             self._opened.append(secrets)  # closed with the services
         check = None if client_options is None else partial(_check_store, client_options)
         return StoreRegistry(self.app, self.projections, secrets, check, self.catch_up)
+
+    def sync_jobs(self) -> SyncJobs:
+        """Durable sync jobs on this database (PostgreSQL only: ConfigurationError on SQLite): defer a start,
+        retry or resume for the workers, list the jobs and the workers."""
+        return SyncJobs(self.database)
+
+    def job_runner(self, key: SecretKey, client_options: ClientOptions) -> SyncJobRunner:
+        """What a `wcsync worker` runs each job with: an engine of these services per job (the job's stop
+        event; the worker's name as the queue lease's holder) and the store's credentials from the registry
+        under ``key``."""
+        return SyncJobRunner(
+            lambda org, actor, stop, holder: self.engine(org, actor=actor, stop=stop, holder=holder),
+            self.store_registry(key, None),
+            client_options,
+        )
+
+    def job_worker(
+        self, key: SecretKey, client_options: ClientOptions, settings: WorkerSettings
+    ) -> JobWorker:
+        """A `wcsync worker`: procrastinate's worker on this database running each job with ``job_runner``."""
+        return JobWorker(self.database, self.job_runner(key, client_options), settings)
 
     def api_tokens(self) -> ApiTokens:
         """The API tokens on these services' database (one object, thread-safe, closed with the services);

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import sqlite3
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,6 +52,9 @@ class Migration:
     version: int
     name: str
     sql: Mapping[str, tuple[str, ...]]  # dialect (schema.POSTGRES / schema.SQLITE) -> its statements
+    # dialect -> a script another library owns (procrastinate's schema.sql), read only when the migration is
+    # applied (so the library is loaded only then) and run as it is, after ``sql``, in the same transaction.
+    scripts: Mapping[str, Callable[[], str]] = field(default_factory=dict)
 
 
 _CREATE_MIGRATIONS_TABLE = (
@@ -108,6 +111,15 @@ def _queue_leases(seconds: str) -> str:
     )
 
 
+def _procrastinate_schema() -> str:
+    """procrastinate's own schema (its tables, types, functions and triggers, unqualified: they land in the
+    URL's schema through the search_path), as the pinned release ships it (pyproject: >=3.10,<3.11). A
+    later release's changes to it become a later migration of ours, from its sql/migrations files."""
+    from procrastinate.schema import SchemaManager  # loaded only to migrate: it costs every CLI start ~0.1 s
+
+    return SchemaManager.get_schema()
+
+
 # In order of version, versions 1, 2, 3 ... without a gap.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -124,6 +136,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         3,
         "queue leases: which process is processing a queue, and its last heartbeat",
         {POSTGRES: (_queue_leases("DOUBLE PRECISION"),), SQLITE: (_queue_leases("REAL"),)},
+    ),
+    Migration(
+        4,
+        "durable jobs: procrastinate's schema (jobs, workers, events, periodic defers); nothing on SQLite",
+        {POSTGRES: (), SQLITE: ()},
+        scripts={POSTGRES: _procrastinate_schema},
     ),
 )
 
@@ -226,6 +244,13 @@ class Connection:
         finally:
             self._in_transaction = False
 
+    def execute_script(self, script: str) -> None:
+        """Run a script of several statements as it is: no placeholders (a ``%`` in it is a ``%``). PostgreSQL
+        only: SQLite's executescript would commit the migration's transaction half-way."""
+        if self.dialect != POSTGRES:
+            raise RuntimeError("a migration's script runs on PostgreSQL only")
+        self._pg_connection().execute(script.encode())
+
     def table_exists(self, name: str) -> bool:
         if self.dialect == POSTGRES:
             rows = self.execute("SELECT to_regclass(%s) IS NOT NULL", (name,))
@@ -292,6 +317,9 @@ def apply_migrations(database: DatabaseConfig) -> list[int]:
                         continue
                     for statement in migration.sql[conn.dialect]:
                         conn.execute(statement)
+                    script = migration.scripts.get(conn.dialect)
+                    if script is not None:
+                        conn.execute_script(script())
                     conn.execute(
                         f"INSERT INTO {MIGRATIONS_TABLE} (version, name, applied_at) VALUES (%s, %s, %s)",
                         (migration.version, migration.name, iso(datetime.now(UTC))),

@@ -1,0 +1,268 @@
+"""Durable sync jobs on procrastinate (issue 11, part 3), in-process on a real PostgreSQL: migration 4
+creates procrastinate's schema in the URL's schema; a detached start is a draft queue before its job runs;
+a worker runs it to done; a stop gives the job back for another worker; a dead worker's job is taken up
+again by the stalled-job retry; a job whose store cannot be opened fails with a clear reason."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from domain.errors import WcsyncError
+from domain.queue import QueueOptions
+from infrastructure.adapters.migrations import Connection, applied_migrations, apply_migrations
+from infrastructure.adapters.secrets import SecretKey
+from infrastructure.sandbox import RunningSandbox
+from infrastructure.sandbox.config import Faults
+from infrastructure.services.jobs import (
+    BUSY_RETRY_S,
+    JobWorker,
+    SyncJob,
+    SyncJobs,
+    WorkerSettings,
+    retry_delay,
+)
+from infrastructure.services.sync import RunStopped
+from infrastructure.support.config import DatabaseConfig
+from infrastructure.support.errors import ConfigurationError, StorageError
+from infrastructure.wiring import Services, migrate, open_services
+from projections import queries
+from tests.support.services import FAST
+from tests.support.waiting import wait_until
+
+# A worker on a test's time scale: dead after 2 s of silence, checked every second.
+QUICK = WorkerSettings(heartbeat_s=0.5, stalled_after_s=2.0, stalled_check_s=1, poll_s=0.2)
+
+
+def rows(database: DatabaseConfig, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    conn = Connection(database)
+    try:
+        return conn.execute(statement, params)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def key() -> SecretKey:
+    return SecretKey.generate()
+
+
+@pytest.fixture
+def pg_services(postgres_url: str) -> Iterator[Services]:
+    database = DatabaseConfig.from_url(postgres_url)
+    migrate(database)
+    with open_services(database) as opened:
+        yield opened
+
+
+def register(services: Services, key: SecretKey, sandbox: RunningSandbox, org: str = "acme") -> UUID:
+    registry = services.store_registry(key, FAST)
+    added = asyncio.run(
+        registry.add(org, sandbox.url, sandbox.consumer_key, sandbox.consumer_secret, None, "ops")
+    )
+    return UUID(added["storeId"])
+
+
+def detached_start(services: Services, store_id: UUID, org: str = "acme", **options: Any) -> tuple[UUID, int]:
+    engine = services.engine(org, actor="ops")
+    url = queries.store(services.projections, org, store_id)
+    assert url is not None
+    return services.sync_jobs().start_sync(engine, store_id, url["url"], QueueOptions(**options))
+
+
+def state(services: Services, queue_id: UUID, org: str = "acme") -> str | None:
+    services.catch_up()
+    status = queries.queue_status(services.projections, org, queue_id)
+    return None if status is None else str(status["state"])
+
+
+class WorkerThread:
+    """A JobWorker running on its own thread and event loop, stopped as SIGTERM stops `wcsync worker`."""
+
+    def __init__(self, worker: JobWorker) -> None:
+        self.worker = worker
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        async def run() -> None:
+            self.loop = asyncio.get_running_loop()
+            await self.worker.run()
+
+        try:
+            asyncio.run(run())
+        except BaseException as error:  # reported by stop()
+            self.error = error
+
+    def stop(self) -> None:
+        loop = wait_until(lambda: self.loop)
+        loop.call_soon_threadsafe(self.worker.stop)
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive(), "the worker did not stop"
+        assert self.error is None, self.error
+
+
+@contextmanager
+def worker_running(
+    services: Services, key: SecretKey, settings: WorkerSettings = QUICK
+) -> Iterator[WorkerThread]:
+    running = WorkerThread(services.job_worker(key, FAST, settings))
+    running.thread.start()
+    try:
+        yield running
+    finally:
+        if running.thread.is_alive():
+            running.stop()
+
+
+def jobs_of(services: Services, queue_id: UUID) -> list[dict[str, Any]]:
+    return [job for job in SyncJobs(services.database).jobs() if job["queueId"] == str(queue_id)]
+
+
+# ----- migration 4 -------------------------------------------------------------------------------------
+
+
+def test_migration_4_creates_procrastinates_tables_in_the_urls_schema_once(postgres_url: str) -> None:
+    rows(DatabaseConfig.from_url(postgres_url), "CREATE SCHEMA tenant_jobs")
+    tenant = DatabaseConfig.from_url(f"{postgres_url}?schema=tenant_jobs")
+    migrate(tenant)
+    migrate(tenant)  # idempotent: nothing applied twice, no error
+    assert apply_migrations(tenant) == []
+    assert 4 in [version for version, _, _ in applied_migrations(tenant)]
+    found = rows(
+        tenant,
+        "SELECT table_schema, table_name FROM information_schema.tables "
+        "WHERE table_name LIKE 'procrastinate%%' ORDER BY 2",
+    )
+    assert found == [
+        ("tenant_jobs", "procrastinate_events"),
+        ("tenant_jobs", "procrastinate_jobs"),
+        ("tenant_jobs", "procrastinate_periodic_defers"),
+        ("tenant_jobs", "procrastinate_workers"),
+    ]
+
+
+def test_migration_4_creates_nothing_on_sqlite(sqlite_url: str) -> None:
+    database = DatabaseConfig.from_url(sqlite_url)
+    migrate(database)
+    assert 4 in [version for version, _, _ in applied_migrations(database)]
+    assert rows(database, "SELECT count(*) FROM sqlite_master WHERE name LIKE 'procrastinate%%'") == [(0,)]
+    with pytest.raises(ConfigurationError, match="PostgreSQL workers"):
+        SyncJobs(database)
+
+
+# ----- running jobs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.sandbox(customers=250)
+def test_a_detached_start_is_a_draft_then_a_worker_runs_it_to_done(
+    pg_services: Services, key: SecretKey, sandbox: RunningSandbox
+) -> None:
+    store_id = register(pg_services, key, sandbox)
+    queue_id, job_id = detached_start(pg_services, store_id)
+    assert state(pg_services, queue_id) == "draft"  # it exists before any worker ran it
+    [job] = jobs_of(pg_services, queue_id)
+    assert job["jobId"] == job_id and job["status"] == "waiting" and job["action"] == "start"
+    assert job["org"] == "acme" and job["attempts"] == 0
+    args = rows(pg_services.database, "SELECT args::text FROM procrastinate_jobs WHERE id = %s", (job_id,))
+    assert sandbox.consumer_key not in args[0][0] and sandbox.consumer_secret not in args[0][0]
+
+    with worker_running(pg_services, key):
+        wait_until(lambda: state(pg_services, queue_id) == "done")
+        wait_until(lambda: not jobs_of(pg_services, queue_id))  # succeeded (and deleted)
+    status = queries.queue_status(pg_services.projections, "acme", queue_id)
+    assert status is not None and status["doneCount"] == 250 and status["processCount"] == 1
+    customers = queries.customers(pg_services.projections, "acme", sandbox.url)
+    assert sorted(c["woo_customer_id"] for c in customers) == sorted(sandbox.store.customer_ids())
+
+
+@pytest.mark.sandbox(customers=600, faults=Faults(latency_ms=40))
+def test_a_stopped_worker_gives_its_job_back_and_another_finishes_the_queue(
+    pg_services: Services, key: SecretKey, sandbox: RunningSandbox
+) -> None:
+    store_id = register(pg_services, key, sandbox)
+    queue_id, _ = detached_start(pg_services, store_id, per_page=20, batch_size=10)
+    first = WorkerThread(pg_services.job_worker(key, FAST, QUICK))
+    first.thread.start()
+    wait_until(lambda: pg_services.app.get_queue(queue_id).lines.count("done") >= 40)
+    first.stop()
+    queue = pg_services.app.get_queue(queue_id)
+    assert queue.state == "processing" and queue.lines.count("done") < 600
+    [job] = jobs_of(pg_services, queue_id)
+    assert job["status"] == "waiting" and job["attempts"] == 1  # given back, not failed
+
+    with worker_running(pg_services, key):
+        wait_until(lambda: state(pg_services, queue_id) == "done")
+    done = pg_services.app.get_queue(queue_id)
+    assert done.lines.count("done") == 600 and done.process_count == 2
+    customers = queries.customers(pg_services.projections, "acme", sandbox.url)
+    assert len(customers) == 600 == len({c["woo_customer_id"] for c in customers})
+
+
+@pytest.mark.sandbox(customers=120)
+def test_a_dead_workers_job_is_retried_by_the_stalled_job_check(
+    pg_services: Services, key: SecretKey, sandbox: RunningSandbox
+) -> None:
+    store_id = register(pg_services, key, sandbox)
+    queue_id, job_id = detached_start(pg_services, store_id)
+    database = pg_services.database
+    # A worker that took the job and died: its heartbeat an hour old, the job still 'doing' in its name.
+    [(dead,)] = rows(
+        database,
+        "INSERT INTO procrastinate_workers (last_heartbeat) VALUES (now() - interval '1 hour') RETURNING id",
+    )
+    rows(
+        database,
+        "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s WHERE id = %s",
+        (dead, job_id),
+    )
+    assert jobs_of(pg_services, queue_id)[0]["status"] == "running"
+
+    with worker_running(pg_services, key):
+        wait_until(lambda: state(pg_services, queue_id) == "done", deadline_s=30)
+    assert rows(database, "SELECT count(*) FROM procrastinate_workers WHERE id = %s", (dead,)) == [(0,)]
+
+
+@pytest.mark.sandbox(customers=10)
+def test_a_job_whose_store_secret_cannot_be_opened_fails_with_the_reason(
+    pg_services: Services, key: SecretKey, sandbox: RunningSandbox
+) -> None:
+    store_id = register(pg_services, key, sandbox)
+    queue_id, _ = detached_start(pg_services, store_id)
+    with worker_running(pg_services, SecretKey.generate()):  # not the key the secret was sealed with
+        wait_until(lambda: [j["status"] for j in jobs_of(pg_services, queue_id)] == ["failed"])
+    assert state(pg_services, queue_id) == "draft"  # nothing ran; a worker with the right key can resume it
+
+
+# ----- the rules, without a database --------------------------------------------------------------------
+
+
+def test_which_failures_give_a_job_back() -> None:
+    assert retry_delay(RunStopped(None, saved=True), 7) == 0.0
+    assert retry_delay(asyncio.CancelledError(), 0) == 0.0
+    busy = WcsyncError("busy")
+    busy.error_code = "queue_busy"
+    assert retry_delay(busy, 3) == BUSY_RETRY_S
+    assert retry_delay(StorageError("gone"), 0) is not None
+    assert retry_delay(StorageError("gone"), 99) is None
+    assert retry_delay(ConfigurationError("no such store"), 0) is None
+
+
+def test_a_jobs_arguments_are_checked_and_hold_no_credential() -> None:
+    job = SyncJob("resume", "acme", UUID(int=1), "ops", UUID(int=2))
+    assert SyncJob.from_args(job.as_args()) == job
+    assert set(job.as_args()) == {"action", "org_id", "queue_id", "actor", "store_id"}
+    assert job.lock == f"queue:{UUID(int=1)}"
+    with pytest.raises(ConfigurationError):
+        SyncJob("delete", "acme", UUID(int=1), "ops", UUID(int=2))
+    with pytest.raises(ConfigurationError):
+        SyncJob.from_args({"action": "start"})
+    with pytest.raises(ConfigurationError):
+        WorkerSettings(stalled_check_s=7)
