@@ -40,6 +40,7 @@ from domain.validation import (
     check_record,
     customer_id_of,
 )
+from infrastructure.support import metrics
 from infrastructure.support.config import store_site_root
 from infrastructure.support.redaction import redact, redact_value
 from infrastructure.support.woocommerce_api import CUSTOMERS_PATH
@@ -291,6 +292,14 @@ class _Circuit:
         self.last_failure = ""  # what the last failed attempt met, for the message once the circuit opens
         self._opened_at: float | None = None
         self._trial: asyncio.Future[None] | None = None
+        metrics.track_circuit(self)
+
+    @property
+    def state(self) -> str:
+        """closed, open or half_open (a trial request in flight), for the metrics' gauge of circuits."""
+        if self._opened_at is None:
+            return "closed"
+        return "half_open" if self._trial is not None else "open"
 
     async def before_attempt(self) -> bool:
         """Returns True when this attempt is the half-open trial; raises while the circuit is open."""
@@ -654,6 +663,7 @@ class WooCommerceClient:
                 if failure.retry_after is not None:
                     delay = max(delay, min(failure.retry_after, options.backoff_max_s))
                 self.stats.retries += 1
+                metrics.count_store_retry(failure.reason)
                 log.warning(
                     "store_request_retried",
                     path=CUSTOMERS_PATH + path,
@@ -933,6 +943,8 @@ class WooCommerceClient:
     def _log_outcome(
         self, path: str, params: dict[str, str], outcome: int | str, started: float, attempt: int
     ) -> None:
+        # Every attempt ends here, answered or not: the one place that counts them for /metrics too.
+        metrics.count_store_request(outcome)
         log.debug(
             "store_request",
             method="GET",
@@ -951,6 +963,7 @@ class WooCommerceClient:
         log.info("store_activity", activity=kind, level=status, message=message, details=details)
         if kind == "circuit_opened":
             self.stats.circuit_opened += 1
+            metrics.count_circuit_opened()
         if self._on_activity is not None:
             self._on_activity(kind, status, message, details)
 
