@@ -43,6 +43,9 @@ HANDLERS: dict[str, str] = {
     "serve": "cli.serve:run",
     "stores": "cli.stores:run",
     "tokens": "cli.tokens:run",
+    "worker": "cli.worker:worker",
+    "workers": "cli.worker:workers",
+    "jobs": "cli.worker:jobs",
 }
 
 
@@ -154,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
             ),
         ),
     )
+    start.add_argument(
+        "--detach",
+        action="store_true",
+        help="save the queue and hand its sync to `wcsync worker` (PostgreSQL, a registered store); answers at "
+        "once with the queue id (--json: queueId and jobId)",
+    )
 
     for name, text in (
         ("resume", "continue an interrupted queue from where it stopped"),
@@ -251,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(demo)
     _add_audit_parser(commands, common)
     _add_serve_parser(commands, common)
+    _add_worker_parsers(commands, common)
     return parser
 
 
@@ -336,12 +346,52 @@ def _add_tokens_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     revoke.add_argument("name", type=checked(bounds.check_identifier), metavar="NAME")
 
 
+def _add_worker_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
+    text = (
+        "run the sync jobs deferred by `start --detach` and the API (PostgreSQL; WCSYNC_SECRET_KEY opens the "
+        "stores' credentials) until Ctrl-C or SIGTERM, which stop it after the batches in hand"
+    )
+    worker = commands.add_parser("worker", help=text, description=text, parents=[common])
+    _add_options(
+        worker,
+        (
+            ("--concurrency", bounded(bounds.CONCURRENCY), 1, "sync jobs run at once, 1-32 (default 1)"),
+            ("--heartbeat-s", bounded(bounds.TIMEOUT_S), 10.0, "seconds between heartbeats (default 10)"),
+            (
+                "--stalled-after-s",
+                bounded(bounds.TIMEOUT_S),
+                30.0,
+                "a worker silent this long is dead: its jobs run again elsewhere (default 30)",
+            ),
+            (
+                "--stalled-check-s",
+                positive_int,
+                10,
+                "seconds between checks for dead workers' jobs, dividing 60 (default 10)",
+            ),
+        ),
+    )
+    _add_json(
+        commands.add_parser("workers", help="the running workers, their heartbeat and jobs", parents=[common])
+    )
+    _add_json(commands.add_parser("jobs", help="the sync jobs waiting, running or failed", parents=[common]))
+
+
 def _add_serve_parser(commands: Any, common: argparse.ArgumentParser) -> None:
-    text = "serve the HTTP API (the seed's sync endpoint and read-only queue routes) until Ctrl-C"
+    text = (
+        "serve the HTTP API (the seed's sync endpoint, queue and store routes; every route but /healthz, "
+        "/readyz and /api/openapi.json needs `Authorization: Bearer TOKEN`, see `wcsync tokens`) until Ctrl-C"
+    )
     serve = commands.add_parser("serve", help=text, description=text, parents=[common])
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument(
         "--port", type=bounded(bounds.PORT), default=8000, help="0 picks a free port (default 8000)"
+    )
+    serve.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="local development only: no token asked for, each request names its org_id (refused unless "
+        "--host is a loopback address)",
     )
 
 

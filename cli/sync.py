@@ -6,23 +6,74 @@ import argparse
 import asyncio
 import os
 import sys
+from typing import Any
 from uuid import UUID
 
 from cli import common
 from cli.arguments import UsageError
 from cli.output import error, print_json, render_status, status_exit
 from cli.progress import ProgressBar
-from domain.errors import EXIT_OK, EXIT_STORE
+from domain.errors import EXIT_OK, EXIT_STORE, StoreNotFoundError
 from domain.queue import QueueOptions
 from infrastructure.adapters.secrets import SECRET_KEY_VARIABLE, SecretKey
 from infrastructure.adapters.woocommerce import StoreRefused
 from infrastructure.services.sync import SyncOutcome
-from infrastructure.support.config import StoreSettings
+from infrastructure.support.config import StoreSettings, check_store_url
+from infrastructure.support.errors import ConfigurationError
 from infrastructure.wiring import Services
+from projections import queries
 
 
 def start(args: argparse.Namespace) -> int:
+    if args.detach:
+        return _start_detached(args)
     return _run(args, "start")
+
+
+def _start_detached(args: argparse.Namespace) -> int:
+    """`start --detach`: the queue saved as a draft and its sync deferred to the workers; answers at once.
+    Needs no key in this environment: the worker reads the registered store's credentials."""
+    actor = common.actor()
+    org = common.org(args)
+    database = common.database(args)
+    if database.backend != "postgres":
+        raise ConfigurationError("detached runs need PostgreSQL workers; on SQLite run `wcsync serve`")
+    try:
+        options = QueueOptions(**common.fields_from(args, QueueOptions))
+    except ValueError as problem:
+        raise UsageError(str(problem)) from None
+    with common.services(args) as services:
+        store_id, store_url = _registered_store(services, org, args.url, args.store)
+        queue_id, job_id = services.sync_jobs().start_sync(
+            services.engine(org, actor=actor), store_id, store_url, options, args.queue_name
+        )
+    if args.json:
+        print_json({"queueId": str(queue_id), "jobId": job_id})
+    else:
+        print(f"queue      {queue_id}")
+        print(f"job        {job_id} (a `wcsync worker` runs it; `wcsync status {queue_id}` follows it)")
+    return EXIT_OK
+
+
+def _registered_store(
+    services: Services, org: str, url: str | None, store_id: UUID | None
+) -> tuple[UUID, str]:
+    """The registered store a detached start syncs (--store, or --url / WOO_URL of a registered store):
+    its id and URL. Credentials given inline are not taken: the worker reads them from the registry."""
+    if store_id is not None and url is not None:
+        raise UsageError("give --store or --url, not both (a registered store has its URL)")
+    services.catch_up()
+    target = url or os.environ.get("WOO_URL")
+    found: dict[str, Any] | None = None
+    if store_id is not None:
+        found = queries.store(services.projections, org, store_id)
+        if found is None:
+            raise StoreNotFoundError(store_id, org)
+    elif target:
+        found = queries.store_by_url(services.projections, org, check_store_url(target))
+    if found is None:
+        raise UsageError("a detached start needs a registered store (wcsync stores add)")
+    return UUID(str(found["storeId"])), str(found["url"])
 
 
 def resume(args: argparse.Namespace) -> int:

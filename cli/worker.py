@@ -1,0 +1,123 @@
+"""`wcsync worker | workers | jobs`: the durable sync jobs on PostgreSQL (infrastructure.services.jobs).
+
+`wcsync worker` runs the jobs that `wcsync start --detach` (and the HTTP API) defer, on any machine sharing
+the database; SIGTERM or Ctrl-C stops it after the batches in hand (each job saved and given back for
+another worker), exit 0; a second signal stops it at once (its jobs are taken up again once its heartbeat
+is stale, as after SIGKILL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from cli import common
+from cli.output import print_json
+from domain.errors import EXIT_INTERRUPTED, EXIT_OK
+from infrastructure.adapters import jobqueue
+from infrastructure.adapters.secrets import SecretKey
+from infrastructure.adapters.woocommerce import ClientOptions
+from infrastructure.services.jobs import JobWorker, SyncJobs, WorkerSettings
+from infrastructure.support.config import DatabaseConfig
+from infrastructure.support.errors import ConfigurationError
+
+
+def worker(args: argparse.Namespace) -> int:
+    database = _postgres(
+        args, "wcsync worker runs jobs on PostgreSQL; on SQLite `wcsync serve` runs the syncs itself"
+    )
+    key = SecretKey.from_environment()  # the stores' credentials: checked before any job is taken
+    settings = WorkerSettings(
+        concurrency=args.concurrency,
+        heartbeat_s=args.heartbeat_s,
+        stalled_after_s=args.stalled_after_s,
+        stalled_check_s=args.stalled_check_s,
+    )
+    verbose = getattr(args, "verbose", 0) or 0
+    jobqueue.route_logs(logging.DEBUG if verbose > 1 else logging.INFO)
+    with common.services(args) as services:
+        job_worker = services.job_worker(key, ClientOptions(), settings)
+        sys.stderr.write(
+            f"wcsync worker: running sync jobs of {database.display} "
+            f"(concurrency {settings.concurrency}; Ctrl-C or SIGTERM stops it after the batches in hand)\n"
+        )
+        with services.live_projections(server=True):
+            asyncio.run(_run(job_worker))
+    return EXIT_OK
+
+
+async def _run(job_worker: JobWorker) -> None:
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            sys.stderr.write(
+                "wcsync worker: stopped at once; its jobs are taken up again by another worker\n"
+            )
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+        sys.stderr.write("wcsync worker: stopping after the batches in hand (again to stop at once)\n")
+        job_worker.stop()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal)
+    try:
+        await job_worker.run()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def workers(args: argparse.Namespace) -> int:
+    database = _postgres(
+        args, "workers run on PostgreSQL only; on SQLite `wcsync serve` runs the syncs itself"
+    )
+    rows = SyncJobs(database).workers()
+    if args.json:
+        print_json(rows)
+        return EXIT_OK
+    if not rows:
+        print("no worker is running; start one with `wcsync worker`")
+    for row in rows:
+        jobs = ", ".join(str(job) for job in row["jobs"]) or "none"
+        print(
+            f"worker {row['workerId']}  heartbeat {row['lastHeartbeat']} "
+            f"({row['secondsSinceHeartbeat']:g} s ago)  jobs {jobs}"
+        )
+    return EXIT_OK
+
+
+def jobs(args: argparse.Namespace) -> int:
+    database = _postgres(args, "jobs run on PostgreSQL only; on SQLite `wcsync serve` runs the syncs itself")
+    rows = SyncJobs(database).jobs()
+    if args.json:
+        print_json(rows)
+        return EXIT_OK
+    if not rows:
+        print("no sync job is waiting, running or failed")
+    for row in rows:
+        print(_job_line(row))
+    return EXIT_OK
+
+
+def _job_line(row: dict[str, Any]) -> str:
+    when = f"started {row['startedAt']}" if row["startedAt"] else f"deferred {row['deferredAt']}"
+    return (
+        f"job {row['jobId']}  {row['status']:<7}  {row['action']:<6}  queue {row['queueId']}  org {row['org']}"
+        f"  attempts {row['attempts']}  {when}"
+    )
+
+
+def _postgres(args: argparse.Namespace, refusal: str) -> DatabaseConfig:
+    database = common.database(args)
+    if database.backend != "postgres":
+        raise ConfigurationError(refusal)
+    return database
