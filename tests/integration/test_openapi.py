@@ -1,0 +1,223 @@
+"""The OpenAPI document (infrastructure/api/openapi.py) against the live server over a socket: schemathesis
+generates requests for every operation from the document the server serves, sends them, and checks each
+answer: no 500, its status documented for the operation, its body, content type and headers as the
+document says. A bounded, derandomised number of examples per operation, so it stays well under a minute.
+
+The server is the real one (create_app) with the operation routes; requests carry an admin token, which
+the server checks once its authentication is wired in. Every URL a generated body names is replaced by the
+sandbox's, so no request leaves this machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from infrastructure.adapters.tokens import Role
+from infrastructure.api import http as api_http
+from infrastructure.api import openapi
+from infrastructure.api.openapi import OPENAPI_PATH
+from infrastructure.api.operations import READY_PATH, add_operation_routes
+from infrastructure.sandbox import RunningSandbox
+from infrastructure.support.loop_thread import LoopThread
+from infrastructure.wiring import Services
+from tests.support.api import SETTINGS
+from tests.support.services import run_sync
+from tests.support.waiting import DEADLINE_S
+
+schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed in this venv")
+from schemathesis.specs.openapi.checks import (  # noqa: E402
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+EXAMPLES_PER_OPERATION = 25
+
+
+def no_internal_error(ctx: Any, response: Any, case: Any) -> bool:
+    """No failure nobody foresaw: 5xx answers are the documented ones (502 store refusals, 503 busy or
+    not ready, 500 server_misconfigured), never 500 internal_error."""
+    if response.status_code == 500:
+        code = response.json().get("error", {}).get("code")
+        assert code == "server_misconfigured", f"500 {code}: {response.text[:300]}"
+    return True
+
+
+CHECKS = [
+    no_internal_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+
+pytestmark = pytest.mark.sandbox(customers=12)
+
+
+def server_app(services: Services) -> web.Application:
+    """The server as `wcsync serve` builds it, plus the operation routes unless it has them already."""
+    app = api_http.create_app(services, SETTINGS)
+    if not any(route.resource and route.resource.canonical == READY_PATH for route in app.router.routes()):
+        add_operation_routes(app, services)
+    return app
+
+
+@asynccontextmanager
+async def live(services: Services) -> AsyncIterator[str]:
+    app = server_app(services)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+def server(services: Services) -> Iterator[str]:
+    with LoopThread(lambda: live(services), "the API", join_timeout=DEADLINE_S) as url:
+        yield url
+
+
+def _loopback_only(body: Any, store_url: str) -> Any:
+    """The body with every ``url`` (config.url, a store's url) replaced by the sandbox's."""
+    if isinstance(body, dict):
+        return {
+            key: store_url if key == "url" else _loopback_only(value, store_url)
+            for key, value in body.items()
+        }
+    if isinstance(body, list):
+        return [_loopback_only(item, store_url) for item in body]
+    return body
+
+
+def _grounded(case: Any, org: str, queue_id: str, sandbox: RunningSandbox) -> None:
+    """Point a generated case at what exists (the org, its queue, the store's credentials), so that the
+    answers of success (200, 202) and of state (409, 429, 503) are reached too, not only refusals."""
+    if "queue_id" in (case.path_parameters or {}):
+        case.path_parameters["queue_id"] = queue_id
+    if case.operation.path.startswith("/api/v1/queues"):
+        case.query = {**(case.query or {}), "org_id": org}
+    if isinstance(case.body, dict):
+        case.body = {**case.body, "org_id": org}
+        if "queue_id" in case.body:
+            case.body["queue_id"] = queue_id
+        if isinstance(case.body.get("config"), dict):
+            case.body["config"] = {
+                **case.body["config"],
+                "consumerKey": sandbox.consumer_key,
+                "consumerSecret": sandbox.consumer_secret,
+            }
+
+
+def _prepared(case: Any, queue_id: str, sandbox: RunningSandbox, grounded: bool = False) -> None:
+    if grounded:
+        _grounded(case, "acme", queue_id, sandbox)
+    if case.body is not None:
+        case.body = _loopback_only(case.body, sandbox.url)
+
+
+def _exchange(
+    operation: Any,
+    server: str,
+    headers: dict[str, str],
+    prepare: Callable[..., None],
+    statuses: set[int],
+) -> None:
+    """EXAMPLES_PER_OPERATION cases of the operation sent to the server, each answer checked; half of
+    them grounded in what exists (``prepare(case, grounded=True)``)."""
+    strategy = operation.as_strategy()
+
+    @settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(data=st.data())
+    def exchange(data: st.DataObject) -> None:
+        case = data.draw(strategy)
+        prepare(case, grounded=data.draw(st.booleans()))
+        response = case.call(base_url=server, headers=headers, timeout=30)
+        statuses.add(response.status_code)
+        case.validate_response(response, checks=CHECKS, headers=headers)
+
+    exchange()
+
+
+def test_every_answer_of_the_live_server_is_documented_and_conforms(
+    server: str, services: Services, sandbox: RunningSandbox
+) -> None:
+    queue_id = str(run_sync(services, sandbox, "acme", catch_up=True).queue_id)
+    secret, _ = services.api_tokens().create("acme", "schemathesis", Role.ADMIN)
+    headers = {"Authorization": f"Bearer {secret}"}
+    schema = schemathesis.openapi.from_url(
+        f"{server}{OPENAPI_PATH}", config=schemathesis.Config(), timeout=30
+    )
+    # (schemathesis leaves out the document's own route: test_operations.py fetches it)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {(op.method.upper(), op.path) for op in operations} >= {
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/metrics"),
+        ("POST", "/api/v1/integrations/woocommerce/sync/customers"),
+        ("GET", "/api/v1/queues"),
+        ("GET", "/api/v1/queues/{queue_id}"),
+    }
+    seen: dict[str, set[int]] = {}
+    for operation in operations:
+        statuses = seen.setdefault(f"{operation.method.upper()} {operation.path}", set())
+        _exchange(
+            operation, server, headers, partial(_prepared, queue_id=queue_id, sandbox=sandbox), statuses
+        )
+    assert len(seen) == len(operations)
+    assert 200 in seen["GET /readyz"] and 200 in seen["GET /healthz"]
+    # Until the server authenticates, /metrics finds no principal and refuses (401); with tokens, 200.
+    assert seen["GET /metrics"] & {200, 401}
+
+
+def test_every_route_of_the_server_is_in_the_document_and_nothing_else(services: Services) -> None:
+    routed = {
+        (route.method, route.resource.canonical)
+        for route in server_app(services).router.routes()
+        if route.resource is not None and route.method != "HEAD"
+    }
+    documented = {
+        (method.upper(), path)
+        for path, operations in openapi.document()["paths"].items()
+        for method in operations
+    }
+    assert routed <= documented, f"routes without a description: {sorted(routed - documented)}"
+    # What the document has beyond today's routes is what the server is getting (the store routes).
+    assert {path for _, path in documented - routed} <= {"/api/v1/stores", "/api/v1/stores/{store_id}"}
+
+
+def test_the_document_is_openapi_3_1_with_every_error_in_the_envelope() -> None:
+    document = openapi.document()
+    assert document["openapi"] == "3.1.0"
+    assert document["components"]["securitySchemes"] == {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "wcs_..."}
+    }
+    public = {path for path, ops in document["paths"].items() if ops.get("get", {}).get("security") == []}
+    assert public == {"/healthz", "/readyz", OPENAPI_PATH}
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for status, answer in operation["responses"].items():
+                if int(status) >= 400:
+                    schema = answer["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/Error"}, (method, path, status)
+            if path not in public:
+                assert "401" in operation["responses"], (method, path)
