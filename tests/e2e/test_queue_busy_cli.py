@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
+from infrastructure.adapters.leases import LEASE_HEARTBEAT_S
 from infrastructure.adapters.migrations import QUEUE_LEASES_TABLE, Connection
 from infrastructure.sandbox import Faults, RunningSandbox, SandboxConfig, SandboxThread
 from infrastructure.support.config import DatabaseConfig
@@ -23,8 +24,8 @@ from tests.support.cli import spawn_wcsync, wcsync, wcsync_env
 from tests.support.waiting import wait_until
 
 # Slow enough that the checks below all happen while the sync runs (it is killed at the end of each test):
-# 600 customers, 10 a page, one page at a time, 50 ms a request and 100 ms between batches: 90 s at least.
-SLOW_STORE = SandboxConfig(customers=600, faults=Faults(latency_ms=50))
+# 1,500 customers, 10 a page, one page at a time, 50 ms a request and 100 ms between batches: 20 s at least.
+SLOW_STORE = SandboxConfig(customers=1500, faults=Faults(latency_ms=50))
 SLOW_START = (
     "start",
     "--per-page",
@@ -73,6 +74,15 @@ def _leased_queue(database_url: str, process: subprocess.Popen[Any]) -> UUID | N
     return UUID(str(rows[0][0])) if rows else None
 
 
+def _heartbeat(database_url: str) -> float:
+    conn = Connection(DatabaseConfig.from_url(database_url))
+    try:
+        [(beat,)] = conn.execute(f"SELECT heartbeat_at FROM {QUEUE_LEASES_TABLE}")
+    finally:
+        conn.close()
+    return float(beat)
+
+
 def _holder(process: subprocess.Popen[Any]) -> str:
     return f"pid {process.pid}@{socket.gethostname()}"
 
@@ -98,6 +108,9 @@ def test_a_second_cli_run_of_a_queue_being_processed_exits_2_in_one_line_naming_
                 lines[0],
             ), (command, refused.stderr)
             assert refused.stdout == ""
+        # The holder's heartbeat thread keeps its lease fresh while it works (every 5 s).
+        first_beat = _heartbeat(database_url)
+        wait_until(lambda: _heartbeat(database_url) > first_beat, deadline_s=3 * LEASE_HEARTBEAT_S)
         assert process.poll() is None, "the sync ended before every second run was tried"
 
         # Killed, the sync's lease is no one's at once (no 30 s wait on the same host): force-done works.
