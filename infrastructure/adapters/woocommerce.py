@@ -292,7 +292,7 @@ class _Circuit:
         self.last_failure = ""  # what the last failed attempt met, for the message once the circuit opens
         self._opened_at: float | None = None
         self._trial: asyncio.Future[None] | None = None
-        metrics.track_circuit(self)
+        metrics.PROCESS.track_circuit(self)
 
     @property
     def state(self) -> str:
@@ -663,7 +663,7 @@ class WooCommerceClient:
                 if failure.retry_after is not None:
                     delay = max(delay, min(failure.retry_after, options.backoff_max_s))
                 self.stats.retries += 1
-                metrics.count_store_retry(failure.reason)
+                metrics.PROCESS.store_retry(failure.reason)
                 log.warning(
                     "store_request_retried",
                     path=CUSTOMERS_PATH + path,
@@ -944,7 +944,7 @@ class WooCommerceClient:
         self, path: str, params: dict[str, str], outcome: int | str, started: float, attempt: int
     ) -> None:
         # Every attempt ends here, answered or not: the one place that counts them for /metrics too.
-        metrics.count_store_request(outcome)
+        metrics.PROCESS.store_request(outcome)
         log.debug(
             "store_request",
             method="GET",
@@ -963,7 +963,7 @@ class WooCommerceClient:
         log.info("store_activity", activity=kind, level=status, message=message, details=details)
         if kind == "circuit_opened":
             self.stats.circuit_opened += 1
-            metrics.count_circuit_opened()
+            metrics.PROCESS.circuit_opened()
         if self._on_activity is not None:
             self._on_activity(kind, status, message, details)
 

@@ -34,9 +34,8 @@ from infrastructure.adapters.eventstore import DATABASE_ERRORS
 from infrastructure.adapters.jobstats import JobStats
 from infrastructure.adapters.migrations import pending_migrations
 from infrastructure.adapters.tokens import Role
-from infrastructure.api import openapi
+from infrastructure.api import exposition, openapi
 from infrastructure.api.auth import PRINCIPAL_KEY, require_role
-from infrastructure.support import metrics
 from infrastructure.support.metrics import ProjectionFigures, Snapshot
 from infrastructure.wiring import Services
 from projections.operations import last_moved, queue_totals
@@ -59,8 +58,7 @@ METRICS_PATH = "/metrics"
 OPENAPI_PATH = openapi.OPENAPI_PATH
 # The paths of this module that need no token (the server's public paths include them).
 PUBLIC_PATHS = frozenset({READY_PATH, OPENAPI_PATH})
-# Prometheus' text format 0.0.4, which every Prometheus server reads (generate_latest writes it).
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+METRICS_CONTENT_TYPE = exposition.CONTENT_TYPE
 # How long /readyz waits for the database to answer before it says not ready.
 READY_TIMEOUT_S = 2.0
 # How long /metrics waits for its reads before it answers without them (wcsync_database_up 0).
@@ -170,7 +168,7 @@ class Operations:
         except _READ_ERRORS as error:
             log.warning("api.metrics_read_failed", error=type(error).__name__)
             snapshot = Snapshot(database_up=False, read_s=time.monotonic() - started)
-        return web.Response(body=metrics.render(snapshot), headers={"Content-Type": METRICS_CONTENT_TYPE})
+        return web.Response(body=exposition.render(snapshot), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     def _read(self, org_id: str | None) -> Snapshot:
         """The scrape's reads (on the scrape's thread): a grouped read of the queue table, the projections'
