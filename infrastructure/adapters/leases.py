@@ -115,13 +115,16 @@ class StaleLease:
 @dataclass
 class Lease:
     """A lease this process holds (QueueLeases.acquire). ``lost``: another holder took it over (our
-    heartbeat had gone stale), or its row went; the heartbeat then stops refreshing it."""
+    heartbeat had gone stale: the database unreachable for LEASE_STALE_S, the process suspended), or its row
+    went; the heartbeat then stops refreshing it and calls ``on_lost`` once (the engine stops its run after
+    the batch in hand, so two runs do not race on the queue)."""
 
     leases: QueueLeases = field(repr=False)
     queue_id: UUID
     org_id: str
     holder: str
     since: str
+    on_lost: Callable[[], None] | None = field(default=None, repr=False)
     lost: bool = False
     released: bool = False
 
@@ -132,6 +135,8 @@ class Lease:
         if not self.leases._refresh(self):
             self.lost = True
             log.warning("lease.lost", queue_id=str(self.queue_id), holder=self.holder)
+            if self.on_lost is not None:
+                self.on_lost()
         return not self.lost
 
     def release(self) -> None:
@@ -185,22 +190,25 @@ class QueueLeases:
 
     # ----- taking and giving back ----------------------------------------------------------------------
 
-    def acquire(self, queue_id: UUID, org_id: str, holder: str) -> Lease:
-        """The queue's lease for ``holder``, kept fresh by the heartbeat until released. A live lease of
-        someone else (or of another run of this process): QueueBusyError naming its holder and since."""
+    def acquire(
+        self, queue_id: UUID, org_id: str, holder: str, on_lost: Callable[[], None] | None = None
+    ) -> Lease:
+        """The queue's lease for ``holder``, kept fresh by the heartbeat until released (``on_lost``: called
+        if it is taken over meanwhile). A live lease of someone else (or of another run of this process):
+        QueueBusyError naming its holder and since."""
         current: LeaseRow | None = None
         for _attempt in range(_ACQUIRE_ATTEMPTS):
             now = self.clock()
             since = iso(datetime.fromtimestamp(now, UTC))
             if self._insert_or_take_stale(queue_id, org_id, holder, since, now):
-                return self._held_lease(Lease(self, queue_id, org_id, holder, since))
+                return self._held_lease(Lease(self, queue_id, org_id, holder, since, on_lost))
             current = self.lease_of(queue_id)
             if current is None:
                 continue  # released meanwhile: try again
             if self._dead_here(current):
                 if self._take_over(current, org_id, holder, since, now):
                     log.info("lease.taken_over", queue_id=str(queue_id), holder=holder, dead=current.holder)
-                    return self._held_lease(Lease(self, queue_id, org_id, holder, since))
+                    return self._held_lease(Lease(self, queue_id, org_id, holder, since, on_lost))
                 continue  # someone else took it over first
             raise self.busy(current)
         if current is None:  # taken and released again and again meanwhile: busy, but by whom is unknown

@@ -288,11 +288,12 @@ class SyncEngine:
     def _take_lease(self, queue_id: UUID, held: list[Lease]) -> None:
         """The queue's lease, put in ``held`` (so a caller cancelled while this thread works still releases
         it). Taken before the queue is read: what a run reads then is what the last holder left. A live
-        lease of another org's run is the answer for a queue that does not exist (QueueNotFoundError)."""
+        lease of another org's run is the answer for a queue that does not exist (QueueNotFoundError). A
+        lease lost meanwhile (taken over once our heartbeat went stale) stops the run after its batch."""
         if self.leases is None:
             return
         try:
-            held.append(self.leases.acquire(queue_id, self.org_id, self.holder))
+            held.append(self.leases.acquire(queue_id, self.org_id, self.holder, on_lost=self.stop.set))
         except QueueBusyError as busy:
             if busy.org_id != self.org_id:
                 raise QueueNotFoundError(f"no queue {queue_id} in org {self.org_id!r}") from None

@@ -8,6 +8,8 @@ import asyncio
 import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,7 +21,7 @@ from domain.queue import QueueOptions
 from infrastructure.adapters.leases import LEASE_STALE_S, QueueLeases, StaleLease, default_holder
 from infrastructure.adapters.migrations import QUEUE_LEASES_TABLE, Connection, apply_migrations
 from infrastructure.sandbox import RunningSandbox
-from infrastructure.services.sync import SyncOutcome
+from infrastructure.services.sync import RunStopped, SyncOutcome
 from infrastructure.support.config import DatabaseConfig, StoreSettings
 from infrastructure.support.errors import QueueBusyError, QueueNotFoundError
 from infrastructure.wiring import Services
@@ -122,7 +124,8 @@ def test_a_stale_heartbeat_is_taken_over_and_the_old_holder_can_no_longer_touch_
     here: QueueLeases, elsewhere: QueueLeases, clock: Clock, database: DatabaseConfig
 ) -> None:
     queue_id = uuid.uuid4()
-    old = elsewhere.acquire(queue_id, "acme", "the old holder")
+    lost = threading.Event()
+    old = elsewhere.acquire(queue_id, "acme", "the old holder", on_lost=lost.set)
     clock.now += LEASE_STALE_S - 1
     with pytest.raises(QueueBusyError):
         here.acquire(queue_id, "acme", "too early")
@@ -134,7 +137,8 @@ def test_a_stale_heartbeat_is_taken_over_and_the_old_holder_can_no_longer_touch_
     assert new.since == datetime.fromtimestamp(clock.now, UTC).isoformat(timespec="microseconds")
 
     # The old holder's heartbeat finds the lease gone from it, and its release leaves the new one alone.
-    assert old.heartbeat() is False and old.lost
+    assert not lost.is_set()
+    assert old.heartbeat() is False and old.lost and lost.is_set()
     old.release()
     assert _rows(database) == [(str(queue_id), "the new holder")]
     assert new.heartbeat() is True
@@ -307,3 +311,38 @@ def test_a_run_that_fails_releases_its_lease(services: Services, sandbox: Runnin
     with pytest.raises(SyncError, match="pass --url with the queue's store"):
         asyncio.run(services.engine("acme").retry(outcome.queue_id, wrong_store, FAST))
     assert _rows(services.database) == []
+
+
+@pytest.mark.sandbox(customers=60)
+def test_a_run_whose_lease_is_taken_over_stops_after_its_batch_and_leaves_the_new_holders_lease(
+    services: Services, sandbox: RunningSandbox
+) -> None:
+    """Our heartbeat went stale (the database out of reach, the process suspended) and another process took
+    the queue over: the run's next heartbeat finds the lease gone, and the run stops instead of racing it."""
+    later = QueueLeases(
+        services.database, clock=lambda: time.time() + LEASE_STALE_S + 1, host="host-b", pid=7
+    )
+    queue_ids: list[uuid.UUID] = []
+    engine = services.engine("acme")
+
+    def first_saved(force: bool) -> None:
+        row = later.lease_of(queue_ids[0])
+        if row is not None and row.holder != "the new holder":
+            later.acquire(queue_ids[0], "acme", "the new holder")
+            services.queue_leases().heartbeat()  # what the heartbeat thread does every 5 s
+
+    engine.on_saved = first_saved
+    try:
+        with pytest.raises(RunStopped):
+            asyncio.run(
+                engine.start(
+                    store_of(sandbox),
+                    QueueOptions(batch_size=10, per_page=20),
+                    FAST,
+                    on_created=queue_ids.append,
+                )
+            )
+        row = later.lease_of(queue_ids[0])
+        assert row is not None and row.holder == "the new holder"
+    finally:
+        later.close()
