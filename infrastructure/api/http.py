@@ -1,9 +1,16 @@
 """The seed's HTTP endpoint (`wcsync serve`), on aiohttp.web, over the same services as the CLI.
 
-``POST /api/v1/integrations/woocommerce/sync/customers`` takes the seed's body (``config``, ``org_id``,
-``user_id``, ``action``, ``queue_id``, ``reason``, ``options``); ``GET /api/v1/queues[/{id}[/failed|/activity]]``
-and ``GET /healthz`` read the projections. Every answer is ``{"success": true, "data": ...}`` or
+``POST /api/v1/integrations/woocommerce/sync/customers`` takes the seed's body (``config`` or ``store_id``,
+``org_id``, ``user_id``, ``action``, ``queue_id``, ``reason``, ``options``); ``GET /api/v1/queues[/{id}[/failed|
+/activity]]`` read the projections; ``POST/GET/DELETE /api/v1/stores`` manage the org's registered stores;
+``GET /healthz`` says the process is alive. Every answer is ``{"success": true, "data": ...}`` or
 ``{"success": false, "error": {"code", "message"}}``.
+
+Every route but PUBLIC_PATHS needs ``Authorization: Bearer TOKEN`` (infrastructure.api.auth): the token
+names the org (a body or query ``org_id`` that differs is 403 org_mismatch) and the role (viewer reads;
+operator also starts, retries, resumes and force-finishes; admin also manages stores). Another org's queue
+or store is answered exactly as one that does not exist. The recorded actor is the body's ``user_id``, else
+the token's name.
 
 start / retry / resume run the engine as an asyncio task in the server's loop and answer ``202`` once the
 run has saved its first batch (so the queue exists and ``status`` finds it) or has ended, whichever is
@@ -11,9 +18,9 @@ first, and at the latest after ``start_confirm_s``. A store that refuses a new q
 saved is so answered with ``502`` and leaves nothing behind, like ``wcsync start``; later store errors are
 recorded in the queue by the engine and ``status`` shows it ``failed``.
 
-The store's key and secret live in the request's StoreSettings only: never logged, never echoed, never
-stored (the engine records the store URL, not credentials). The access log names method, path, status,
-size and time, never a body.
+The store's key and secret live in the request's StoreSettings only (or, for a registered store, sealed in
+the registry): never logged, never echoed, never stored in an event (the engine records the store URL, not
+credentials). The access log names method, path, status, size and time, never a body or a header.
 """
 
 from __future__ import annotations
@@ -41,11 +48,20 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_protocol import RequestHandler
 
 from domain import bounds
-from domain.errors import WcsyncError
+from domain.errors import StoreNotFoundError, WcsyncError
 from domain.queue import QueueOptions
+from infrastructure.adapters.secrets import SECRET_KEY_VARIABLE, SecretKey
 from infrastructure.adapters.woocommerce import ClientOptions, StoreCredentials
+from infrastructure.api import auth
+from infrastructure.api.auth import ADMIN, OPERATOR, VIEWER, Principal
 from infrastructure.services.runs import MAX_RUNS, RunRequest
-from infrastructure.support.config import MAX_STORE_URL_LENGTH, StoreUrlSizeError, check_store_url
+from infrastructure.services.stores import StoreRegistry
+from infrastructure.support.config import (
+    MAX_STORE_URL_LENGTH,
+    StoreSettings,
+    StoreUrlSizeError,
+    check_store_url,
+)
 from infrastructure.support.errors import ConfigurationError, QueueNotFoundError
 from infrastructure.wiring import Services
 from projections import queries
@@ -54,6 +70,8 @@ log = structlog.get_logger("wcsync.api")
 T = TypeVar("T")
 
 SYNC_PATH = "/api/v1/integrations/woocommerce/sync/customers"
+# The routes anyone may call: liveness, readiness and the API's description (every other needs a token).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/api/openapi.json"})
 ACTIONS = ("start", "status", "retry", "resume", "force-done")
 BACKGROUND_ACTIONS = frozenset({"start", "retry", "resume"})
 # The seed's camelCase option names -> QueueOptions fields.
@@ -76,6 +94,12 @@ class ApiSettings:
     # The longest a start/retry/resume request waits for its run's first save before answering 202.
     start_confirm_s: float = 10.0
     default_actor: str = "api"
+    # No token asked for (local development; `wcsync serve --no-auth` refuses any address but loopback): the
+    # org is the request's own org_id, as before authentication.
+    no_auth: bool = False
+    # The key of the registered stores' secrets (WCSYNC_SECRET_KEY): None, the routes that need a stored
+    # secret (store_id in a sync, POST /api/v1/stores) answer 503 not_configured.
+    secret_key: SecretKey | None = field(default=None, repr=False)
 
 
 class ApiError(WcsyncError):
@@ -89,6 +113,19 @@ class ApiError(WcsyncError):
         self.extra = extra
 
 
+class NotConfiguredError(WcsyncError):
+    """A route that needs the stores' secrets on a server started without WCSYNC_SECRET_KEY."""
+
+    http_status = 503
+    error_code = "not_configured"
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"this server has no {SECRET_KEY_VARIABLE}, so it cannot reach registered stores' secrets; "
+            f"start `wcsync serve` with {SECRET_KEY_VARIABLE} set (the key `wcsync stores add` used)"
+        )
+
+
 def _bad_request(message: str, code: str = "invalid_field") -> ApiError:
     return ApiError(400, code, message)
 
@@ -99,8 +136,8 @@ def _bad_request(message: str, code: str = "invalid_field") -> ApiError:
 @dataclass(frozen=True)
 class SyncRequest:
     action: str
-    org_id: str
-    actor: str
+    org_id: str | None  # the body's; the token's org decides (auth.request_org)
+    actor: str | None  # the body's user_id; else the token's name
     queue_id: UUID | None
     reason: str | None
     store_url: str | None
@@ -108,22 +145,24 @@ class SyncRequest:
     consumer_key: str | None = field(default=None, repr=False)
     consumer_secret: str | None = field(default=None, repr=False)
     options: QueueOptions | None = None
+    store_id: UUID | None = None  # a registered store instead of config
 
-    def run_request(self) -> RunRequest:
-        """A start, retry or resume as the runs service takes it (retry and resume without config.url:
-        the queue's own store)."""
-        if (
-            self.consumer_key is None
-            or self.consumer_secret is None
-            or (self.action == "start" and self.store_url is None)
-        ):
+    def run_request(self, org_id: str, actor: str, store: StoreSettings | None = None) -> RunRequest:
+        """A start, retry or resume as the runs service takes it, for the org and actor the request was
+        authenticated as: with the registered ``store`` when the body named one by store_id, else
+        config's (retry and resume without config.url: the queue's own store)."""
+        if store is not None:
+            key, secret, url = store.consumer_key, store.consumer_secret, store.url
+        else:
+            key, secret, url = self.consumer_key, self.consumer_secret, self.store_url
+        if key is None or secret is None or (self.action == "start" and url is None):
             raise _bad_request("config.url is required", "missing_field")
         return RunRequest(
             action=self.action,
-            org_id=self.org_id,
-            actor=self.actor,
-            credentials=StoreCredentials(self.consumer_key, self.consumer_secret),
-            store_url=self.store_url,
+            org_id=org_id,
+            actor=actor,
+            credentials=StoreCredentials(key, secret),
+            store_url=url,
             queue_id=self.queue_id,
             options=self.options,
         )
@@ -177,19 +216,22 @@ def _name(value: Any, name: str, required: bool) -> str | None:
         raise _bad_request(str(error)) from None
 
 
-def _uuid(value: Any, name: str) -> UUID:
+def _uuid(value: Any, name: str, what: str = "a queue id (a UUID, as returned by action 'start')") -> UUID:
     if value is None:
         raise _bad_request(f"{name} is required", "missing_field")
     if isinstance(value, str) and len(value) <= 64:
         with contextlib.suppress(ValueError):
             return UUID(value)
-    raise _bad_request(f"{name} must be a queue id (a UUID, as returned by action 'start')")
+    raise _bad_request(f"{name} must be {what}")
 
 
-def _store_url(value: Any) -> str:
-    """config.url by the one store-URL rule (check_store_url), its refusals in the API's words. Never
-    echoes the value: a pasted URL can carry a password."""
-    size = f"config.url must be a non-empty string of at most {MAX_STORE_URL_LENGTH} characters"
+STORE_ID_IS = "a store id (a UUID, as `wcsync stores list` or GET /api/v1/stores show it)"
+
+
+def _store_url(value: Any, where: str = "config.") -> str:
+    """config.url (``where`` + url) by the one store-URL rule (check_store_url), its refusals in the
+    API's words. Never echoes the value: a pasted URL can carry a password."""
+    size = f"{where}url must be a non-empty string of at most {MAX_STORE_URL_LENGTH} characters"
     # The bound is on the field as sent; check_store_url measures the URL without surrounding blanks.
     if not isinstance(value, str) or len(value) > MAX_STORE_URL_LENGTH:
         raise _bad_request(size)
@@ -199,17 +241,17 @@ def _store_url(value: Any) -> str:
         raise _bad_request(size) from None
     except ConfigurationError:
         raise _bad_request(
-            "config.url must be the store's site root: http:// or https://, a host, a port from 1 to 65535 if "
-            "any, no credentials, query string or spaces (send the key and secret as config.consumerKey "
-            "and config.consumerSecret)"
+            f"{where}url must be the store's site root: http:// or https://, a host, a port from 1 to 65535 "
+            f"if any, no credentials, query string or spaces (send the key and secret as {where}consumerKey "
+            f"and {where}consumerSecret)"
         ) from None
 
 
-def _credential(config: Mapping[str, Any], name: str) -> str:
+def _credential(config: Mapping[str, Any], name: str, where: str = "config.") -> str:
     # Never echo the value, in any form.
     value = config.get(name)
     if value is None:
-        raise _bad_request(f"config.{name} is required", "missing_field")
+        raise _bad_request(f"{where}{name} is required", "missing_field")
     if (
         not isinstance(value, str)
         or not value
@@ -217,7 +259,7 @@ def _credential(config: Mapping[str, Any], name: str) -> str:
         or not all(" " < c < "\x7f" for c in value)
     ):
         raise _bad_request(
-            f"config.{name} must be printable ASCII without spaces, at most {MAX_CREDENTIAL_LENGTH} "
+            f"{where}{name} must be printable ASCII without spaces, at most {MAX_CREDENTIAL_LENGTH} "
             "characters (as WooCommerce issues keys: ck_... / cs_...)"
         )
     return value
@@ -242,8 +284,9 @@ def _options(value: Any) -> QueueOptions:
         raise _bad_request(f"options.{key} {error.problem}", "invalid_options") from None
 
 
-def parse_sync_request(body: Any, default_actor: str) -> SyncRequest:
-    """The seed's body, checked field by field; an ApiError (400) names the first bad field."""
+def parse_sync_request(body: Any, org_required: bool = False) -> SyncRequest:
+    """The seed's body, checked field by field; an ApiError (400) names the first bad field. org_id is
+    required only without authentication (``org_required``): a token names its org."""
     if not isinstance(body, dict):
         raise _bad_request("the request body must be a JSON object", "invalid_json")
     action = body.get("action", "start")
@@ -253,9 +296,8 @@ def parse_sync_request(body: Any, default_actor: str) -> SyncRequest:
             + (f", not {action!r}" if isinstance(action, str) and len(action) <= 40 else ""),
             "invalid_action",
         )
-    org_id = _name(body.get("org_id"), "org_id", required=True)
-    assert org_id is not None
-    actor = _name(body.get("user_id"), "user_id", required=False) or default_actor
+    org_id = _name(body.get("org_id"), "org_id", required=org_required)
+    actor = _name(body.get("user_id"), "user_id", required=False)
     queue_id = _uuid(body.get("queue_id"), "queue_id") if action != "start" else None
     reason = None
     if action == "force-done":
@@ -270,19 +312,28 @@ def parse_sync_request(body: Any, default_actor: str) -> SyncRequest:
             raise _bad_request(str(error)) from None
     store_url = key = secret = None
     options = None
+    store_id = None
     if action in BACKGROUND_ACTIONS:
         config = body.get("config")
-        if config is None:
-            raise _bad_request("config is required (url, consumerKey, consumerSecret)", "missing_field")
-        if not isinstance(config, dict):
+        if body.get("store_id") is not None:
+            if config is not None:
+                raise _bad_request("give either store_id (a registered store) or config, not both")
+            store_id = _uuid(body["store_id"], "store_id", STORE_ID_IS)
+        elif config is None:
+            raise _bad_request(
+                "config (url, consumerKey, consumerSecret) or store_id (a registered store) is required",
+                "missing_field",
+            )
+        elif not isinstance(config, dict):
             raise _bad_request("config must be an object with url, consumerKey and consumerSecret")
         # retry and resume default to the queue's own store, as the CLI does.
-        if config.get("url") is not None or action == "start":
+        if config is not None and (config.get("url") is not None or action == "start"):
             if config.get("url") is None:
                 raise _bad_request("config.url is required", "missing_field")
             store_url = _store_url(config["url"])
-        key = _credential(config, "consumerKey")
-        secret = _credential(config, "consumerSecret")
+        if config is not None:
+            key = _credential(config, "consumerKey")
+            secret = _credential(config, "consumerSecret")
         if action == "start":
             options = _options(body.get("options"))
     return SyncRequest(
@@ -295,6 +346,50 @@ def parse_sync_request(body: Any, default_actor: str) -> SyncRequest:
         consumer_key=key,
         consumer_secret=secret,
         options=options,
+        store_id=store_id,
+    )
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    """POST /api/v1/stores: a store to register (or whose credentials to rotate)."""
+
+    org_id: str | None
+    actor: str | None
+    url: str
+    name: str | None
+    consumer_key: str = field(repr=False)
+    consumer_secret: str = field(repr=False)
+
+
+STORE_FIELDS = frozenset({"org_id", "user_id", "url", "name", "consumerKey", "consumerSecret"})
+
+
+def parse_store_request(body: Any, org_required: bool = False) -> StoreRequest:
+    """The body of POST /api/v1/stores: url, name (optional), consumerKey, consumerSecret, and the
+    seed's org_id / user_id. An ApiError (400) names the first bad field, never a value."""
+    if not isinstance(body, dict):
+        raise _bad_request("the request body must be a JSON object", "invalid_json")
+    unknown = sorted(str(k) for k in set(body) - STORE_FIELDS)
+    if unknown:
+        raise _bad_request(
+            f"{unknown[0][:40]} is not a field of a store (known: {', '.join(sorted(STORE_FIELDS))})"
+        )
+    if body.get("url") is None:
+        raise _bad_request("url is required", "missing_field")
+    name = body.get("name")
+    if name is not None:
+        try:
+            name = bounds.check_text(name, "name", bounds.MAX_REASON_LENGTH)
+        except bounds.BoundError as error:
+            raise _bad_request(str(error)) from None
+    return StoreRequest(
+        org_id=_name(body.get("org_id"), "org_id", required=org_required),
+        actor=_name(body.get("user_id"), "user_id", required=False),
+        url=_store_url(body["url"], where=""),
+        name=name,
+        consumer_key=_credential(body, "consumerKey", ""),
+        consumer_secret=_credential(body, "consumerSecret", ""),
     )
 
 
@@ -309,9 +404,19 @@ def _query(request: web.Request, name: str) -> str | None:
 
 
 def _query_org(request: web.Request) -> str:
-    org = _name(_query(request, "org_id"), "org_id (query parameter)", required=True)
-    assert org is not None
-    return org
+    """The org a read is for: the token's (a query org_id, if any, must be the same)."""
+    given = _name(_query(request, "org_id"), "org_id (query parameter)", required=_no_auth(request))
+    return auth.request_org(request, given)
+
+
+def _no_auth(request: web.Request) -> bool:
+    return request.get("principal") is None
+
+
+def _actor(request: web.Request, user_id: str | None, default: str) -> str:
+    """Who is recorded as having acted: the body's user_id, else the token's name."""
+    principal: Principal | None = request.get("principal")
+    return user_id or (principal.name if principal is not None else default)
 
 
 def _query_limit(request: web.Request, default: int) -> int:
@@ -357,6 +462,7 @@ class SyncApi:
         # /healthz: one thread and at most one read in flight, so it answers whatever the others wait on.
         self._health = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wcsync-health")
         self._health_read: asyncio.Future[list[dict[str, Any]]] | None = None
+        self._stores: StoreRegistry | None = None
 
     async def _in_thread(self, func: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reads, partial(func, *args))
@@ -364,30 +470,80 @@ class SyncApi:
     # ----- POST /api/v1/integrations/woocommerce/sync/customers ------------------------------------------
 
     async def sync_customers(self, request: web.Request) -> web.Response:
-        if (request.content_length or 0) > MAX_BODY_BYTES:
-            raise ApiError(
-                413, "payload_too_large", f"the request body is larger than {MAX_BODY_BYTES} bytes"
-            )
-        try:
-            raw = await request.read()
-        except web.HTTPException:
-            raise
-        except Exception as error:  # a body that does not decode as its Content-Encoding says, say
-            log.info("api.unreadable_body", error=type(error).__name__)
-            raise _bad_request(
-                "the request body could not be read (is its Content-Encoding right?)", "invalid_json"
-            ) from None
-        body = decode_body(raw)
-        sync = parse_sync_request(body, self.settings.default_actor)
+        body = decode_body(await _read_body(request))
+        sync = parse_sync_request(body, org_required=_no_auth(request))
+        auth.require_role(request, VIEWER if sync.action == "status" else OPERATOR)
+        org_id = auth.request_org(request, sync.org_id)
+        actor = _actor(request, sync.actor, self.settings.default_actor)
         if sync.action == "status":
             assert sync.queue_id is not None
-            return _ok(await self._status(sync.org_id, sync.queue_id))
+            return _ok(await self._status(org_id, sync.queue_id))
         if sync.action == "force-done":
             assert sync.queue_id is not None and sync.reason is not None
-            await self.runs.force_done(sync.org_id, sync.actor, sync.queue_id, sync.reason)
-            return _ok(await self._status(sync.org_id, sync.queue_id))
-        queue_id = await self.runs.launch(sync.run_request())
+            await self.runs.force_done(org_id, actor, sync.queue_id, sync.reason)
+            return _ok(await self._status(org_id, sync.queue_id))
+        store = None
+        if sync.store_id is not None:
+            store = await self._in_thread(self._registry().settings, org_id, sync.store_id)
+        queue_id = await self.runs.launch(sync.run_request(org_id, actor, store))
         return _ok({"queueId": str(queue_id), "action": sync.action}, status=202)
+
+    # ----- /api/v1/stores (admin) ----------------------------------------------------------------------
+
+    def _registry(self) -> StoreRegistry:
+        if self.settings.secret_key is None:
+            raise NotConfiguredError()
+        if self._stores is None:
+            self._stores = self.services.store_registry(
+                self.settings.secret_key, self.settings.client_options
+            )
+        return self._stores
+
+    async def add_store(self, request: web.Request) -> web.Response:
+        auth.require_role(request, ADMIN)
+        body = decode_body(await _read_body(request))
+        store = parse_store_request(body, org_required=_no_auth(request))
+        org_id = auth.request_org(request, store.org_id)
+        actor = _actor(request, store.actor, self.settings.default_actor)
+        registry = self._registry()
+
+        def add() -> dict[str, Any]:
+            # The registry checks the store (a request on a loop of this thread) and saves; never on the loop.
+            return asyncio.run(
+                registry.add(org_id, store.url, store.consumer_key, store.consumer_secret, store.name, actor)
+            )
+
+        document = await self._in_thread(add)
+        return _ok(document, status=201 if document.get("action") != "rotated" else 200)
+
+    async def list_stores(self, request: web.Request) -> web.Response:
+        auth.require_role(request, ADMIN)
+        org_id = _query_org(request)
+        rows = await self._in_thread(self._store_list, org_id)
+        return _ok(rows)
+
+    def _store_list(self, org_id: str) -> list[dict[str, Any]]:
+        self.services.catch_up(READ_CATCH_UP_S)
+        return queries.list_stores(self.services.projections, org_id)
+
+    async def store(self, request: web.Request) -> web.Response:
+        auth.require_role(request, ADMIN)
+        org_id, store_id = _query_org(request), _path_store_id(request)
+        return _ok(await self._in_thread(self._known_store, org_id, store_id))
+
+    def _known_store(self, org_id: str, store_id: UUID) -> dict[str, Any]:
+        self.services.catch_up(READ_CATCH_UP_S)
+        row = queries.store(self.services.projections, org_id, store_id)
+        if row is None:
+            raise StoreNotFoundError(store_id, org_id)
+        return row
+
+    async def remove_store(self, request: web.Request) -> web.Response:
+        auth.require_role(request, ADMIN)
+        org_id, store_id = _query_org(request), _path_store_id(request)
+        actor = _actor(request, None, self.settings.default_actor)
+        await self._in_thread(self._registry().remove, org_id, store_id, actor)
+        return _ok({"storeId": str(store_id), "removed": True})
 
     async def stop_runs(self, _: web.Application | None = None) -> None:
         """Ask every run in flight to stop after its current batch (app.on_shutdown: before aiohttp waits
@@ -412,6 +568,7 @@ class SyncApi:
     # ----- GET ------------------------------------------------------------------------------------------
 
     async def list_queues(self, request: web.Request) -> web.Response:
+        auth.require_role(request, VIEWER)
         org_id = _query_org(request)
         limit = _query_limit(request, 50)
         await self._in_thread(self.services.catch_up, READ_CATCH_UP_S)
@@ -421,14 +578,17 @@ class SyncApi:
         return _ok(rows)
 
     async def queue(self, request: web.Request) -> web.Response:
+        auth.require_role(request, VIEWER)
         return _ok(await self._status(_query_org(request), _path_queue_id(request)))
 
     async def failed(self, request: web.Request) -> web.Response:
+        auth.require_role(request, VIEWER)
         org_id, queue_id = _query_org(request), _path_queue_id(request)
         await self._known_queue(org_id, queue_id)
         return _ok(await self._in_thread(queries.failed_lines, self.services.projections, org_id, queue_id))
 
     async def activity(self, request: web.Request) -> web.Response:
+        auth.require_role(request, VIEWER)
         org_id, queue_id = _query_org(request), _path_queue_id(request)
         limit = _query_limit(request, 1000)
         await self._known_queue(org_id, queue_id)
@@ -460,6 +620,29 @@ class SyncApi:
         if await self._in_thread(queries.queue_status, self.services.projections, org_id, queue_id) is None:
             # Same answer for a missing queue and another org's: another org's queues are not even confirmed.
             raise QueueNotFoundError(f"no queue {queue_id} in org {org_id!r}")
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The raw body, refused above MAX_BODY_BYTES before it is read."""
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise ApiError(413, "payload_too_large", f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        return await request.read()
+    except web.HTTPException:
+        raise
+    except Exception as error:  # a body that does not decode as its Content-Encoding says, say
+        log.info("api.unreadable_body", error=type(error).__name__)
+        raise _bad_request(
+            "the request body could not be read (is its Content-Encoding right?)", "invalid_json"
+        ) from None
+
+
+def _path_store_id(request: web.Request) -> UUID:
+    text = request.match_info["store_id"]
+    try:
+        return UUID(text)
+    except ValueError:
+        raise _bad_request(f"the store id in the path must be {STORE_ID_IS}") from None
 
 
 def _path_queue_id(request: web.Request) -> UUID:
@@ -546,13 +729,25 @@ class AccessLogger(AbstractAccessLogger):
 
 def create_app(services: Services, settings: ApiSettings | None = None) -> web.Application:
     """The aiohttp application. ``services`` stay the caller's to close (after the app's cleanup)."""
-    api = SyncApi(services, settings or ApiSettings())
-    app = web.Application(middlewares=[_envelope])
+    settings = settings or ApiSettings()
+    api = SyncApi(services, settings)
+    tokens = services.tokens()
+    # The envelope outermost, so the authentication's refusals are answered like every other error.
+    app = web.Application(
+        middlewares=[
+            _envelope,
+            auth.auth_middleware(tokens.authenticate, PUBLIC_PATHS, no_auth=settings.no_auth),
+        ]
+    )
     app.router.add_post(SYNC_PATH, api.sync_customers)
     app.router.add_get("/api/v1/queues", api.list_queues)
     app.router.add_get("/api/v1/queues/{queue_id}", api.queue)
     app.router.add_get("/api/v1/queues/{queue_id}/failed", api.failed)
     app.router.add_get("/api/v1/queues/{queue_id}/activity", api.activity)
+    app.router.add_post("/api/v1/stores", api.add_store)
+    app.router.add_get("/api/v1/stores", api.list_stores)
+    app.router.add_get("/api/v1/stores/{store_id}", api.store)
+    app.router.add_delete("/api/v1/stores/{store_id}", api.remove_store)
     app.router.add_get("/healthz", api.health)
 
     async def lifetime(_: web.Application) -> AsyncIterator[None]:

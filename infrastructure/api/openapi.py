@@ -185,15 +185,27 @@ def _schemas() -> dict[str, Schema]:
             }
         ),
         "SyncRequest": _sync_request(),
-        "StoreRequest": _object(
-            {
-                "url": {"type": "string", "maxLength": MAX_STORE_URL_LENGTH},
-                "name": {"type": "string", "minLength": 1, "maxLength": bounds.MAX_NAME_LENGTH},
-                "consumerKey": _credential(),
-                "consumerSecret": _credential(),
-            },
-            required=("url", "consumerKey", "consumerSecret"),
-        ),
+        "StoreRequest": {
+            **_object(
+                {
+                    "url": {"type": "string", "maxLength": MAX_STORE_URL_LENGTH},
+                    "name": {"type": "string", "minLength": 1, "maxLength": bounds.MAX_REASON_LENGTH},
+                    "consumerKey": _credential(),
+                    "consumerSecret": _credential(),
+                    "org_id": {
+                        **IDENTIFIER,
+                        "description": "optional with a token (must be the token's org)",
+                    },
+                    "user_id": {
+                        **IDENTIFIER,
+                        "description": "the recorded actor (default: the token's name)",
+                    },
+                },
+                required=("url", "consumerKey", "consumerSecret"),
+            ),
+            "additionalProperties": False,
+        },
+        "StoreRemoved": _object({"storeId": UUID, "removed": {"const": True}}),
     }
 
 
@@ -451,6 +463,18 @@ def _paths() -> dict[str, Any]:
                 parameters=[QUEUE, ORG, LIMIT],
             )
         },
+        **_store_paths(),
+    }
+
+
+_NOT_CONFIGURED = "not_configured: the server has no WCSYNC_SECRET_KEY, so registered stores cannot be used"
+_STORE_NOT_FOUND = "store_not_found: no such store in the org (another org's is the same answer)"
+_BAD_STORE_ID = "invalid_field: the store id in the path is not a UUID"
+
+
+def _store_paths() -> dict[str, Any]:
+    """The store registry's routes (admin)."""
+    return {
         "/api/v1/stores": {
             "post": _operation(
                 "Register a store (checked with one request to it first), or give a registered one new "
@@ -458,20 +482,22 @@ def _paths() -> dict[str, Any]:
                 _answers(
                     _AUTHENTICATED,
                     _store_errors(),
-                    _200=_ok(_ref("StoreSaved"), "credentials rotated, or a removed store restored"),
-                    _201=_ok(_ref("StoreSaved"), "registered"),
-                    _400=_error(
-                        "invalid_json, invalid_field, missing_field: the body; server_misconfigured is 500"
-                    ),
+                    _200=_ok(_ref("StoreSaved"), "a registered store's credentials rotated"),
+                    _201=_ok(_ref("StoreSaved"), "registered, or a removed store restored"),
+                    _400=_error("invalid_json, invalid_field, missing_field: the body"),
                     _502=_error("store_unavailable, store_refused: the store refused the check"),
+                    _503=_error(_NOT_CONFIGURED),
                 ),
                 role="admin",
                 body="StoreRequest",
             ),
             "get": _operation(
                 "The org's registered stores.",
-                _answers(_AUTHENTICATED, _store_errors(), _200=_ok(_list("Store"), "the stores")),
+                _answers(
+                    _AUTHENTICATED, _QUERY_ERRORS, _store_errors(), _200=_ok(_list("Store"), "the stores")
+                ),
                 role="admin",
+                parameters=[ORG],
             ),
         },
         "/api/v1/stores/{store_id}": {
@@ -479,29 +505,28 @@ def _paths() -> dict[str, Any]:
                 "One registered store.",
                 _answers(
                     _AUTHENTICATED,
+                    _QUERY_ERRORS,
                     _store_errors(),
                     _200=_ok(_ref("Store"), "the store"),
-                    _400=_error("invalid_field: the store id in the path is not a UUID"),
-                    _404=_error(
-                        "store_not_found: no such store in the org (another org's is the same answer)"
-                    ),
+                    _400=_error(_BAD_STORE_ID),
+                    _404=_error(_STORE_NOT_FOUND),
                 ),
                 role="admin",
-                parameters=[STORE],
+                parameters=[STORE, ORG],
             ),
             "delete": _operation(
                 "Remove a store: its secret is deleted, its events are kept.",
                 _answers(
                     _AUTHENTICATED,
+                    _QUERY_ERRORS,
                     _store_errors(),
-                    _200=_ok(_ref("Store"), "removed"),
-                    _400=_error("invalid_field: the store id in the path is not a UUID"),
-                    _404=_error(
-                        "store_not_found: no such store in the org (another org's is the same answer)"
-                    ),
+                    _200=_ok(_ref("StoreRemoved"), "removed"),
+                    _400=_error(_BAD_STORE_ID),
+                    _404=_error(_STORE_NOT_FOUND),
+                    _503=_error(_NOT_CONFIGURED),
                 ),
                 role="admin",
-                parameters=[STORE],
+                parameters=[STORE, ORG],
             ),
         },
     }
@@ -549,8 +574,8 @@ def _sync_operation(status: dict[str, Any]) -> dict[str, Any]:
                 "store_unavailable, store_refused: the store refused the new sync before anything was saved"
             ),
             _503=_error(
-                "server_busy: the server runs as many syncs as it may (Retry-After); not_ready; "
-                "storage_unavailable; server_stopping",
+                "server_busy: the server runs as many syncs as it may (Retry-After); "
+                f"{_NOT_CONFIGURED}; storage_unavailable; server_stopping",
                 retry_after=True,
             ),
         ),
