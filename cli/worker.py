@@ -88,9 +88,10 @@ def workers(args: argparse.Namespace) -> int:
         print("no worker is running; start one with `wcsync worker`")
     for row in rows:
         jobs = ", ".join(str(job) for job in row["jobs"]) or "none"
+        queues = "".join(f"  queue {queue}" for queue in row["queues"])
         print(
             f"worker {row['workerId']}  heartbeat {row['lastHeartbeat']} "
-            f"({row['secondsSinceHeartbeat']:g} s ago)  jobs {jobs}"
+            f"({row['secondsSinceHeartbeat']:g} s ago)  jobs {jobs}{queues}"
         )
     return EXIT_OK
 

@@ -103,7 +103,9 @@ SELECT j.id, j.task_name, j.args, j.status::text, j.attempts, j.scheduled_at, j.
 _WORKERS = """
 SELECT w.id, w.last_heartbeat, extract(epoch FROM now() - w.last_heartbeat),
        (SELECT array_agg(j.id ORDER BY j.id) FROM procrastinate_jobs j
-         WHERE j.worker_id = w.id AND j.status = 'doing')
+         WHERE j.worker_id = w.id AND j.status = 'doing'),
+       (SELECT array_agg(j.args->>'queue_id' ORDER BY j.id) FROM procrastinate_jobs j
+         WHERE j.worker_id = w.id AND j.status = 'doing' AND j.task_name = %s)
   FROM procrastinate_workers w
  ORDER BY w.id
 """
@@ -116,8 +118,9 @@ def read_jobs(database: DatabaseConfig, statuses: tuple[str, ...]) -> list[tuple
 
 
 def read_workers(database: DatabaseConfig) -> list[tuple[Any, ...]]:
-    """The registered workers: id, last heartbeat, seconds since it, the ids of the jobs they run."""
-    return _read(database, _WORKERS, ())
+    """The registered workers: id, last heartbeat, seconds since it, the ids of the jobs they run (a sync
+    job or the stalled-job check), the sync queues those jobs process."""
+    return _read(database, _WORKERS, (SYNC_TASK,))
 
 
 def _read(database: DatabaseConfig, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:

@@ -161,7 +161,8 @@ class SyncJobs:
         deferrer = self._procrastinate().configure_task(
             jobqueue.SYNC_TASK, lock=job.lock, queue=jobqueue.JOB_QUEUE
         )
-        job_id = int(await deferrer.defer_async(**job.as_args()))
+        with StorageErrors(self.database):
+            job_id = int(await deferrer.defer_async(**job.as_args()))
         log.info("job.deferred", job_id=job_id, **_fields(job))
         return job_id
 
@@ -237,8 +238,9 @@ class SyncJobs:
                 "lastHeartbeat": _iso(heartbeat),
                 "secondsSinceHeartbeat": round(float(age), 1),
                 "jobs": list(job_ids or []),
+                "queues": list(queue_ids or []),
             }
-            for worker_id, heartbeat, age, job_ids in jobqueue.read_workers(self.database)
+            for worker_id, heartbeat, age, job_ids, queue_ids in jobqueue.read_workers(self.database)
         ]
 
 
@@ -404,6 +406,10 @@ class JobWorker:
     async def run(self) -> None:
         """Run jobs until ``stop()``; returns when every job in hand has ended (or given itself back)."""
         settings = self.settings
+        with StorageErrors(self.database):
+            await self._run(settings)
+
+    async def _run(self, settings: WorkerSettings) -> None:
         async with self.app.open_async():
             if self._stopping:
                 return

@@ -32,8 +32,8 @@ from tests.support.waiting import wait_until
 
 # Dead after 4 s of silence, checked every 2 s: the test need not wait out the 30 s default.
 QUICK_WORKER = ("worker", "--heartbeat-s", "1", "--stalled-after-s", "4", "--stalled-check-s", "2")
-# Slow enough to be caught mid-sync: 20 customers a page, 10 a batch, 40 ms between batches.
-SLOW_QUEUE = ("--per-page", "20", "--batch-size", "10", "--batch-delay-ms", "40")
+# Slow enough to be caught mid-sync: 20 customers a page, 10 a batch, 100 ms between batches.
+SLOW_QUEUE = ("--per-page", "20", "--batch-size", "10", "--batch-delay-ms", "100")
 
 
 def _key() -> str:
@@ -140,7 +140,7 @@ def _check_mirror(database: DatabaseConfig, org: str, queue_id: str, store: Runn
         assert len(finished) == len(ids) and set(finished.values()) == {1}
 
 
-@pytest.mark.sandbox(customers=300, faults=Faults(latency_ms=30))
+@pytest.mark.sandbox(customers=400, faults=Faults(latency_ms=30))
 def test_three_workers_six_syncs_one_killed_mid_sync_all_done(
     env: dict[str, str], workers: Workers, sandbox: RunningSandbox
 ) -> None:
@@ -160,13 +160,29 @@ def test_three_workers_six_syncs_one_killed_mid_sync_all_done(
 
     held = wait_until(three_held)
     assert {pid for _, pid in held.values()} == pids
+    listed = as_json(wcsync("workers", "--json", env=bare))
+    assert len(listed) == 3 and {q for row in listed for q in row["queues"]} <= set(queues.values())
+    assert any(row["queues"] for row in listed)
+    jobs = as_json(wcsync("jobs", "--json", env=bare))
+    assert {job["status"] for job in jobs} <= {"waiting", "running"} and "running" in {
+        j["status"] for j in jobs
+    }
+    assert {job["queueId"] for job in jobs} <= set(queues.values())
     victim = processes[0]
     [killed_queue] = [queue for queue, (_, pid) in held.items() if pid == victim.pid]
     wait_until(lambda: _done_lines(database, killed_queue) > 0)
+    listed = as_json(wcsync("workers", "--json", env=bare))
+    assert len(listed) == 3 and {q for row in listed for q in row["queues"]} <= set(queues.values())
+    assert killed_queue in {q for row in listed for q in row["queues"]}
+    jobs = as_json(wcsync("jobs", "--json", env=bare))
+    assert {job["status"] for job in jobs} <= {"waiting", "running"} and "running" in {
+        j["status"] for j in jobs
+    }
+    assert {job["queueId"] for job in jobs} <= set(queues.values())
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=10)
     killed_at = time.monotonic()
-    assert _done_lines(database, killed_queue) < 300  # mid-sync
+    assert _done_lines(database, killed_queue) < 400  # mid-sync
 
     # Another worker takes the killed worker's queue up within 60 s.
     killed_org = next(org for org in orgs if queues[org] == killed_queue)
@@ -175,7 +191,7 @@ def test_three_workers_six_syncs_one_killed_mid_sync_all_done(
         lease = _leases(database).get(killed_queue)
         if lease is not None:
             return lease[1] != victim.pid
-        return _done_lines(database, killed_queue) == 300  # finished already by its new worker
+        return _done_lines(database, killed_queue) == 400  # finished already by its new worker
 
     wait_until(taken_up, deadline_s=60)
     assert time.monotonic() - killed_at < 60
