@@ -183,6 +183,33 @@ def test_a_detached_start_is_a_draft_then_a_worker_runs_it_to_done(
     assert sorted(c["woo_customer_id"] for c in customers) == sorted(sandbox.store.customer_ids())
 
 
+@pytest.mark.sandbox(customers=30)
+def test_the_async_api_defers_as_the_cli_does(
+    pg_services: Services, key: SecretKey, sandbox: RunningSandbox
+) -> None:
+    store_id = register(pg_services, key, sandbox)
+    jobs = pg_services.sync_jobs()
+
+    async def defer_two() -> tuple[UUID, int, int]:
+        await jobs.open_async()
+        try:
+            engine = pg_services.engine("acme", actor="api-user")
+            queue_id, first = await jobs.start(engine, store_id, sandbox.url, QueueOptions())
+            second = await jobs.defer("resume", "acme", queue_id, "api-user", store_id)
+        finally:
+            await jobs.close_async()
+        return queue_id, first, second
+
+    queue_id, first, second = asyncio.run(defer_two())
+    assert state(pg_services, queue_id) == "draft"
+    listed = jobs_of(pg_services, queue_id)
+    assert [(j["jobId"], j["action"]) for j in listed] == [(first, "start"), (second, "resume")]
+    with worker_running(pg_services, key):  # one lock: the start runs, then the resume finds it done
+        wait_until(lambda: not jobs_of(pg_services, queue_id))
+    assert state(pg_services, queue_id) == "done"
+    assert pg_services.app.get_queue(queue_id).process_count == 1
+
+
 @pytest.mark.sandbox(customers=600, faults=Faults(latency_ms=40))
 def test_a_stopped_worker_gives_its_job_back_and_another_finishes_the_queue(
     pg_services: Services, key: SecretKey, sandbox: RunningSandbox
