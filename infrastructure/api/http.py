@@ -52,8 +52,8 @@ from domain.errors import StoreNotFoundError, WcsyncError
 from domain.queue import QueueOptions
 from infrastructure.adapters.secrets import SECRET_KEY_VARIABLE, SecretKey
 from infrastructure.adapters.woocommerce import ClientOptions, StoreCredentials
-from infrastructure.api import auth
-from infrastructure.api.auth import ADMIN, OPERATOR, VIEWER, Principal
+from infrastructure.api import auth, operations
+from infrastructure.api.auth import PRINCIPAL_KEY, Principal, Role
 from infrastructure.services.runs import MAX_RUNS, RunRequest
 from infrastructure.services.stores import StoreRegistry
 from infrastructure.support.config import (
@@ -70,8 +70,9 @@ log = structlog.get_logger("wcsync.api")
 T = TypeVar("T")
 
 SYNC_PATH = "/api/v1/integrations/woocommerce/sync/customers"
+HEALTH_PATH = "/healthz"
 # The routes anyone may call: liveness, readiness and the API's description (every other needs a token).
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/api/openapi.json"})
+PUBLIC_PATHS = operations.PUBLIC_PATHS | {HEALTH_PATH}
 ACTIONS = ("start", "status", "retry", "resume", "force-done")
 BACKGROUND_ACTIONS = frozenset({"start", "retry", "resume"})
 # The seed's camelCase option names -> QueueOptions fields.
@@ -151,10 +152,11 @@ class SyncRequest:
         """A start, retry or resume as the runs service takes it, for the org and actor the request was
         authenticated as: with the registered ``store`` when the body named one by store_id, else
         config's (retry and resume without config.url: the queue's own store)."""
+        key: str | None = self.consumer_key
+        secret: str | None = self.consumer_secret
+        url: str | None = self.store_url
         if store is not None:
             key, secret, url = store.consumer_key, store.consumer_secret, store.url
-        else:
-            key, secret, url = self.consumer_key, self.consumer_secret, self.store_url
         if key is None or secret is None or (self.action == "start" and url is None):
             raise _bad_request("config.url is required", "missing_field")
         return RunRequest(
@@ -397,7 +399,7 @@ def _query(request: web.Request, name: str) -> str | None:
     """A query parameter, decoded strictly: aiohttp turns bytes that are not UTF-8 (``%ff``) into U+FFFD,
     and ``org_id=evil%FForg`` would then read org ``evil\ufffdorg``."""
     try:
-        values = parse_qs(request.rel_url.raw_query_string, errors="strict").get(name)
+        values = parse_qs(request.rel_url.raw_query_string, keep_blank_values=True, errors="strict").get(name)
     except UnicodeDecodeError:
         raise _bad_request(f"{name} (query parameter) is not valid UTF-8 once percent-decoded") from None
     return values[0] if values else None
@@ -410,12 +412,12 @@ def _query_org(request: web.Request) -> str:
 
 
 def _no_auth(request: web.Request) -> bool:
-    return request.get("principal") is None
+    return request.get(PRINCIPAL_KEY) is None
 
 
 def _actor(request: web.Request, user_id: str | None, default: str) -> str:
     """Who is recorded as having acted: the body's user_id, else the token's name."""
-    principal: Principal | None = request.get("principal")
+    principal: Principal | None = request.get(PRINCIPAL_KEY)
     return user_id or (principal.name if principal is not None else default)
 
 
@@ -472,7 +474,7 @@ class SyncApi:
     async def sync_customers(self, request: web.Request) -> web.Response:
         body = decode_body(await _read_body(request))
         sync = parse_sync_request(body, org_required=_no_auth(request))
-        auth.require_role(request, VIEWER if sync.action == "status" else OPERATOR)
+        auth.require_role(request, Role.VIEWER if sync.action == "status" else Role.OPERATOR)
         org_id = auth.request_org(request, sync.org_id)
         actor = _actor(request, sync.actor, self.settings.default_actor)
         if sync.action == "status":
@@ -500,7 +502,7 @@ class SyncApi:
         return self._stores
 
     async def add_store(self, request: web.Request) -> web.Response:
-        auth.require_role(request, ADMIN)
+        auth.require_role(request, Role.ADMIN)
         body = decode_body(await _read_body(request))
         store = parse_store_request(body, org_required=_no_auth(request))
         org_id = auth.request_org(request, store.org_id)
@@ -517,7 +519,7 @@ class SyncApi:
         return _ok(document, status=201 if document.get("action") != "rotated" else 200)
 
     async def list_stores(self, request: web.Request) -> web.Response:
-        auth.require_role(request, ADMIN)
+        auth.require_role(request, Role.ADMIN)
         org_id = _query_org(request)
         rows = await self._in_thread(self._store_list, org_id)
         return _ok(rows)
@@ -527,7 +529,7 @@ class SyncApi:
         return queries.list_stores(self.services.projections, org_id)
 
     async def store(self, request: web.Request) -> web.Response:
-        auth.require_role(request, ADMIN)
+        auth.require_role(request, Role.ADMIN)
         org_id, store_id = _query_org(request), _path_store_id(request)
         return _ok(await self._in_thread(self._known_store, org_id, store_id))
 
@@ -539,7 +541,7 @@ class SyncApi:
         return row
 
     async def remove_store(self, request: web.Request) -> web.Response:
-        auth.require_role(request, ADMIN)
+        auth.require_role(request, Role.ADMIN)
         org_id, store_id = _query_org(request), _path_store_id(request)
         actor = _actor(request, None, self.settings.default_actor)
         await self._in_thread(self._registry().remove, org_id, store_id, actor)
@@ -568,7 +570,7 @@ class SyncApi:
     # ----- GET ------------------------------------------------------------------------------------------
 
     async def list_queues(self, request: web.Request) -> web.Response:
-        auth.require_role(request, VIEWER)
+        auth.require_role(request, Role.VIEWER)
         org_id = _query_org(request)
         limit = _query_limit(request, 50)
         await self._in_thread(self.services.catch_up, READ_CATCH_UP_S)
@@ -578,17 +580,17 @@ class SyncApi:
         return _ok(rows)
 
     async def queue(self, request: web.Request) -> web.Response:
-        auth.require_role(request, VIEWER)
+        auth.require_role(request, Role.VIEWER)
         return _ok(await self._status(_query_org(request), _path_queue_id(request)))
 
     async def failed(self, request: web.Request) -> web.Response:
-        auth.require_role(request, VIEWER)
+        auth.require_role(request, Role.VIEWER)
         org_id, queue_id = _query_org(request), _path_queue_id(request)
         await self._known_queue(org_id, queue_id)
         return _ok(await self._in_thread(queries.failed_lines, self.services.projections, org_id, queue_id))
 
     async def activity(self, request: web.Request) -> web.Response:
-        auth.require_role(request, VIEWER)
+        auth.require_role(request, Role.VIEWER)
         org_id, queue_id = _query_org(request), _path_queue_id(request)
         limit = _query_limit(request, 1000)
         await self._known_queue(org_id, queue_id)
@@ -731,14 +733,13 @@ def create_app(services: Services, settings: ApiSettings | None = None) -> web.A
     """The aiohttp application. ``services`` stay the caller's to close (after the app's cleanup)."""
     settings = settings or ApiSettings()
     api = SyncApi(services, settings)
-    tokens = services.tokens()
-    # The envelope outermost, so the authentication's refusals are answered like every other error.
-    app = web.Application(
-        middlewares=[
-            _envelope,
-            auth.auth_middleware(tokens.authenticate, PUBLIC_PATHS, no_auth=settings.no_auth),
-        ]
+    # The envelope outermost, so the authentication's refusals are answered like every other error. The
+    # token lookups run on the handlers' threads, never on the loop.
+    authenticate = auth.auth_middleware(
+        services.api_tokens().authenticate, PUBLIC_PATHS, no_auth=settings.no_auth, executor=api._reads
     )
+    app = web.Application(middlewares=[_envelope, authenticate])
+    app.on_response_prepare.append(auth.bearer_challenge)
     app.router.add_post(SYNC_PATH, api.sync_customers)
     app.router.add_get("/api/v1/queues", api.list_queues)
     app.router.add_get("/api/v1/queues/{queue_id}", api.queue)
@@ -748,7 +749,8 @@ def create_app(services: Services, settings: ApiSettings | None = None) -> web.A
     app.router.add_get("/api/v1/stores", api.list_stores)
     app.router.add_get("/api/v1/stores/{store_id}", api.store)
     app.router.add_delete("/api/v1/stores/{store_id}", api.remove_store)
-    app.router.add_get("/healthz", api.health)
+    app.router.add_get(HEALTH_PATH, api.health)
+    operations.add_operation_routes(app, services)
 
     async def lifetime(_: web.Application) -> AsyncIterator[None]:
         # One projection follower for the server's whole life rather than one per run: runs overlap here,

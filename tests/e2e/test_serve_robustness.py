@@ -23,7 +23,7 @@ from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.errors import StorageError
 from infrastructure.wiring import migrate, open_services
 from projections import queries
-from tests.support.api import Api, config_of, error_of
+from tests.support.api import Api, OrgTokens, config_of, error_of
 from tests.support.cli import spawn_wcsync, wcsync, wcsync_env
 from tests.support.services import FAST, store_of
 from tests.support.waiting import wait_until
@@ -50,7 +50,7 @@ def _first_line(process: subprocess.Popen[str], timeout: float = 60) -> str:
 
 def _serve(database_url: str) -> tuple[subprocess.Popen[str], Api]:
     process = spawn_wcsync("serve", "--port", "0", env=wcsync_env(None, database_url))
-    return process, Api(json.loads(_first_line(process))["url"])
+    return process, Api(json.loads(_first_line(process))["url"], tokens=OrgTokens.of(database_url))
 
 
 def test_slow_runs_never_block_healthz_and_sigterm_stops_the_server_within_10_s(database_url: str) -> None:

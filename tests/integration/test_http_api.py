@@ -25,7 +25,7 @@ from infrastructure.support.config import DatabaseConfig
 from infrastructure.wiring import Services, open_services
 from projections import queries
 from tests.support.api import Api, ApiThread, config_of, error_of
-from tests.support.cli import spawn_wcsync
+from tests.support.cli import spawn_wcsync, wcsync
 from tests.support.services import FAST
 from tests.support.waiting import DEADLINE_S, wait_until
 
@@ -200,7 +200,6 @@ QUEUE = str(uuid.uuid4())
 
 BAD_BODIES: list[tuple[Any, str, str]] = [
     ([], "invalid_json", "JSON object"),
-    ({"config": GOOD_CONFIG}, "missing_field", "org_id"),
     ({"org_id": "", "config": GOOD_CONFIG}, "invalid_field", "org_id"),
     ({"org_id": "o", "action": "explode"}, "invalid_action", "action"),
     ({"org_id": "o"}, "missing_field", "config"),
@@ -314,7 +313,8 @@ def test_bad_requests_are_400_naming_the_field_and_never_echo_a_secret(sqlite_ap
         )
     status, answer = sqlite_api.request("POST", SYNC_PATH, raw=b" " * 70_000 + b"{}")
     assert status == 413 and error_of(answer)["code"] == "payload_too_large"
-    for path in ("/api/v1/queues", f"/api/v1/queues/{QUEUE}", "/api/v1/queues?org_id="):
+    # org_id is the token's now: absent it is the token's org; present it must be an org id.
+    for path in ("/api/v1/queues?org_id=", f"/api/v1/queues/{QUEUE}?org_id=%20"):
         status, answer = sqlite_api.get(path)
         assert status == 400 and "org_id" in error_of(answer)["message"], (path, answer)
     status, answer = sqlite_api.get("/api/v1/queues/not-a-uuid?org_id=o")
@@ -431,6 +431,8 @@ def stored_bytes(database_url: str) -> bytes:
 def test_wcsync_serve_prints_its_url_serves_and_stops_on_sigterm(sqlite_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WCSYNC_", "WOO_"))}
     env["WCSYNC_DATABASE_URL"] = sqlite_url
+    created = wcsync("tokens", "create", "--name", "reader", "--json", env=env)
+    assert created.returncode == 0, created.stderr
     process = spawn_wcsync("serve", "--port", "0", env=env)
     try:
         assert process.stdout is not None
@@ -438,7 +440,7 @@ def test_wcsync_serve_prints_its_url_serves_and_stops_on_sigterm(sqlite_url: str
             selector.register(process.stdout, selectors.EVENT_READ)
             assert selector.select(timeout=DEADLINE_S), "serve printed nothing"
         line = json.loads(process.stdout.readline())
-        api = Api(line["url"])
+        api = Api(line["url"], token=json.loads(created.stdout)["token"])
         assert line["url"].startswith("http://127.0.0.1:") and line["database"] == sqlite_url
         code, answer = api.get("/healthz")
         assert code == 200 and answer == {
@@ -517,8 +519,10 @@ def test_what_the_http_parser_refuses_is_answered_in_the_envelope_without_echoin
         assert SECRET.encode() not in answer
         assert b'"success": false' in answer or b'"success":false' in answer, answer[:300]
     # A body that is not what its Content-Encoding says is a 400, not a 500.
+    token = sqlite_api.token_for("o")
     lying = (
-        f"POST {SYNC_PATH} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+        f"POST {SYNC_PATH} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Type: application/json\r\nContent-Encoding: gzip\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode() + body.encode()
     answer = _raw_exchange(sqlite_api.url, lying)
