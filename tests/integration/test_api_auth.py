@@ -25,7 +25,7 @@ from infrastructure.adapters.secrets import SecretKey
 from infrastructure.adapters.tokens import Role
 from infrastructure.api.auth import MAX_FAILURES, Unauthorized
 from infrastructure.api.http import SYNC_PATH
-from infrastructure.sandbox import RunningSandbox
+from infrastructure.sandbox import RunningSandbox, SandboxConfig, SandboxThread
 from infrastructure.wiring import Services
 from tests.support.api import SETTINGS, ApiThread, config_of
 from tests.support.cli import WCSYNC, run_in_repo, spawn_wcsync, wcsync_env
@@ -65,9 +65,19 @@ class Server:
     url: str
     services: Services
 
-    def call(self, method: str, path: str, body: Any = None, authorization: str | None = None) -> Answer:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        authorization: str | None = None,
+        source: str | None = None,
+    ) -> Answer:
+        """One request; from the loopback address ``source`` (127.0.0.x) when given."""
         address = urlsplit(self.url)
-        connection = http.client.HTTPConnection(address.hostname or "", address.port, timeout=30)
+        connection = http.client.HTTPConnection(
+            address.hostname or "", address.port, timeout=30, source_address=(source, 0) if source else None
+        )
         headers = {"Content-Type": "application/json"}
         if authorization is not None:
             headers["Authorization"] = authorization
@@ -314,6 +324,25 @@ def test_the_recorded_actor_is_the_user_id_else_the_tokens_name(
         assert created["message"].endswith(f"by {actor}"), created
 
 
+def test_a_retry_and_a_force_done_record_the_user_id_else_the_tokens_name(server: Server) -> None:
+    operator = server.token("acme", Role.OPERATOR, "night-shift")
+    viewer = server.token("acme", Role.VIEWER)
+    with SandboxThread(SandboxConfig(customers=20, invalid=1)) as store:
+        started = server.as_token(operator, "POST", SYNC_PATH, {"config": config_of(store)})
+        assert started.status == 202, started.body
+        queue_id = started.json["data"]["queueId"]
+        assert _finished(server, viewer, queue_id)["state"] == "failed"  # the invalid customer
+        retry = {"action": "retry", "queue_id": queue_id, "config": config_of(store)}
+        assert server.as_token(operator, "POST", SYNC_PATH, retry).status == 202
+        assert _finished(server, viewer, queue_id)["state"] == "failed"
+        forced = {"action": "force-done", "queue_id": queue_id, "reason": "known bad", "user_id": "bob"}
+        done = server.as_token(operator, "POST", SYNC_PATH, forced)
+        assert done.status == 200 and done.json["data"]["state"] == "done", done.body
+    entries = {row["activityType"]: row for row in _activity(server, viewer, queue_id)}
+    assert "by night-shift" in entries["retry_requested"]["message"], entries
+    assert entries["forced_done"]["details"]["forced_by"] == "bob", entries
+
+
 def _finished(server: Server, token: str, queue_id: str) -> dict[str, Any]:
     def ended() -> dict[str, Any] | None:
         data: dict[str, Any] = server.as_token(token, "POST", SYNC_PATH, _status(queue_id)).json["data"]
@@ -345,6 +374,11 @@ def test_failed_attempts_from_one_address_turn_it_to_429_with_retry_after(server
     assert server.as_token(valid, "GET", "/api/v1/queues").status == 429
     # The public routes still answer.
     assert server.call("GET", "/healthz").status == 200
+    # The limit is the address's: another one is answered as usual.
+    valid_header = f"Bearer {valid}"
+    elsewhere = server.call("GET", "/api/v1/queues", authorization=valid_header, source="127.0.0.2")
+    assert elsewhere.status == 200, elsewhere.body
+    assert server.call("GET", "/api/v1/queues", source="127.0.0.2").code == "unauthorized"
 
 
 # ----- wcsync serve --no-auth --------------------------------------------------------------------------------
