@@ -144,14 +144,18 @@ def test_no_token_a_revoked_token_and_another_orgs_token_on_a_queue_are_401_401_
         ("POST", SYNC_PATH, {"action": "force-done", "queue_id": "{}", "reason": "not mine"}),
         ("POST", SYNC_PATH, {"action": "retry", "queue_id": "{}", "config": config_of(sandbox)}),
         ("POST", SYNC_PATH, {"action": "resume", "queue_id": "{}", "config": config_of(sandbox)}),
+        # Without config: the queue's registered store, a job for a worker.
+        ("POST", SYNC_PATH, {"action": "retry", "queue_id": "{}"}),
+        ("POST", SYNC_PATH, {"action": "resume", "queue_id": "{}"}),
     ):
         theirs = server.as_token(other, method, route.format(queue_id), _with_id(body, queue_id))
         none = server.as_token(other, method, route.format(nowhere), _with_id(body, nowhere))
         assert theirs.status == 404, (route, body, theirs.body)
         # Byte for byte the answer for a queue that does not exist, but for the id the caller sent itself.
         if _replaced(theirs.as_sent(), queue_id, nowhere) != none.as_sent():
-            telling.append((body["action"] if body else route, theirs.body, none.body))
-    assert telling == []
+            what = f"{body['action']}{' with config' if 'config' in body else ''}" if body else route
+            telling.append(f"{what}: {theirs.body.decode()} but for none: {none.body.decode()}")
+    assert telling == [], "\n".join(telling)
     queues = server.as_token(other, "GET", "/api/v1/queues").json["data"]
     assert queues == []
     # None of it touched the queue.
@@ -305,6 +309,28 @@ def test_another_orgs_store_is_answered_as_no_such_store(server: Server, sandbox
     assert server.as_token(admin, "POST", SYNC_PATH, {"store_id": store_id}).status == 202
 
 
+def test_metrics_count_the_syncs_and_lines_of_the_tokens_org_only(
+    server: Server, sandbox: RunningSandbox
+) -> None:
+    _queue(server.services, sandbox)
+    mine = _org_figures(server.as_token(server.token("acme", Role.VIEWER), "GET", "/metrics"))
+    theirs = _org_figures(server.as_token(server.token("other", Role.VIEWER), "GET", "/metrics"))
+    assert mine['wcsync_syncs{state="done"}'] == 1.0 and mine['wcsync_sync_lines{state="done"}'] == 12.0
+    assert set(theirs) == set(mine) and set(theirs.values()) == {0.0}, theirs
+
+
+def _org_figures(answer: Answer) -> dict[str, float]:
+    """The per-org samples of a scrape (syncs, lines, line results), by name and labels."""
+    assert answer.status == 200, answer.body
+    samples = {}
+    for line in answer.body.decode().splitlines():
+        if line.startswith(("wcsync_syncs{", "wcsync_sync_lines{", "wcsync_sync_line_results{")):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    assert samples
+    return samples
+
+
 # ----- the actor ---------------------------------------------------------------------------------------------
 
 
@@ -384,13 +410,14 @@ def test_failed_attempts_from_one_address_turn_it_to_429_with_retry_after(server
 # ----- wcsync serve --no-auth --------------------------------------------------------------------------------
 
 
-def test_serve_without_auth_is_refused_on_any_address_but_loopback(sqlite_url: str) -> None:
+@pytest.mark.parametrize("host", [ANY_ADDRESS, "0"])
+def test_serve_without_auth_is_refused_on_any_address_but_loopback(sqlite_url: str, host: str) -> None:
     env = wcsync_env(None, sqlite_url)
-    refused = run_in_repo([*WCSYNC, "serve", "--no-auth", "--host", ANY_ADDRESS, "--port", "0"], env=env)
+    refused = run_in_repo([*WCSYNC, "serve", "--no-auth", "--host", host, "--port", "0"], env=env)
     assert refused.returncode == 2, refused.stderr
     assert refused.stdout == ""
     line = refused.stderr.strip()
-    assert len(line.splitlines()) == 1 and "--no-auth" in line and ANY_ADDRESS in line, line
+    assert len(line.splitlines()) == 1 and "--no-auth" in line and f"not on {host};" in line, line
     assert "Traceback" not in refused.stderr
 
 
