@@ -388,6 +388,12 @@ def _add_serve_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         "--port", type=bounded(bounds.PORT), default=8000, help="0 picks a free port (default 8000)"
     )
     serve.add_argument(
+        "--workers",
+        type=bounded(bounds.WORKERS),
+        default=1,
+        help="`wcsync worker` processes it runs for registered stores' syncs (default 1; 0: they run elsewhere)",
+    )
+    serve.add_argument(
         "--no-auth",
         action="store_true",
         help="local development only: no token asked for, each request names its org_id (refused unless "

@@ -1,6 +1,12 @@
 """`wcsync serve`: the seed's HTTP endpoint (infrastructure/api/http.py) until SIGINT/SIGTERM.
 
 Prints one JSON line with its URL on stdout once it accepts connections; logs go to stderr.
+
+With WCSYNC_SECRET_KEY (the stores' secrets), the server runs registered stores' syncs as durable jobs:
+it starts ``--workers`` `wcsync worker` processes of its own (default 1; 0 where workers run elsewhere),
+each in its own process, restarted if one dies and stopped with the server; before them it gives the
+queues a process that died left processing (a killed server, a crashed CLI run) a resume job, so they
+finish with nobody typing `resume`.
 """
 
 from __future__ import annotations
@@ -9,15 +15,25 @@ import argparse
 import asyncio
 import json
 import os
+import signal
+import subprocess
 import sys
+import threading
+import time
+
+import structlog
 
 from cli import common
+from cli.worker import PARENT_PID_VARIABLE
 from domain.errors import EXIT_OK
 from infrastructure.adapters.secrets import SECRET_KEY_VARIABLE, SecretKey
 from infrastructure.api.http import ApiSettings, serve
-from infrastructure.support.config import check_listen_address, is_loopback, listen_error
+from infrastructure.support.config import DatabaseConfig, check_listen_address, is_loopback, listen_error
 from infrastructure.support.errors import ConfigurationError
 from infrastructure.wiring import open_services
+from projections.runner import DATABASE_URL_VARIABLE
+
+log = structlog.get_logger("wcsync.serve")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,6 +46,11 @@ def run(args: argparse.Namespace) -> int:
     # The stores' secrets (store_id in a sync, POST /api/v1/stores): a key that is set must be valid.
     secret_key = SecretKey.from_environment() if os.environ.get(SECRET_KEY_VARIABLE) else None
     settings = ApiSettings(no_auth=args.no_auth, secret_key=secret_key)
+    if secret_key is None:
+        sys.stderr.write(
+            f"wcsync serve: no {SECRET_KEY_VARIABLE}: registered stores cannot run and no worker is started; "
+            "syncs sent with their credentials (config) run in this process\n"
+        )
     listened = False
 
     def listening(url: str) -> None:
@@ -38,11 +59,71 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps({"url": url, "database": services.database.display}) + "\n")
         sys.stdout.flush()
 
-    with open_services(common.database(args)) as services:
-        try:
-            asyncio.run(serve(services, args.host, args.port, listening, settings))
-        except OSError as error:
-            if listened:
-                raise
-            raise listen_error(error, args.host, args.port) from None  # the port taken meanwhile
+    database = common.database(args)
+    with open_services(database) as services:
+        workers = WorkerProcesses(database, args.workers if secret_key is not None else 0)
+        if secret_key is not None:
+            services.pickup_abandoned(secret_key)
+        with workers:
+            try:
+                asyncio.run(serve(services, args.host, args.port, listening, settings))
+            except OSError as error:
+                if listened:
+                    raise
+                raise listen_error(error, args.host, args.port) from None  # the port taken meanwhile
     return EXIT_OK
+
+
+class WorkerProcesses:
+    """The server's own `wcsync worker` processes: started on entry, each restarted (at most once per
+    RESTART_WAIT_S) if it ends while the server runs, and stopped on exit (SIGTERM: after the batches in
+    hand, within WORKER_STOP_S, else killed). The database is passed in the environment, never on argv;
+    PARENT_PID_VARIABLE makes a worker stop on its own when this server is killed."""
+
+    RESTART_WAIT_S = 5.0
+    WORKER_STOP_S = 9.0
+
+    def __init__(self, database: DatabaseConfig, count: int) -> None:
+        self.database = database
+        self.count = count
+        self._processes: list[subprocess.Popen[bytes]] = []
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        env = {**os.environ, DATABASE_URL_VARIABLE: self.database.url, PARENT_PID_VARIABLE: str(os.getpid())}
+        return subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "worker"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def __enter__(self) -> WorkerProcesses:
+        self._processes = [self._spawn() for _ in range(self.count)]
+        if self._processes:
+            self._watcher = threading.Thread(target=self._watch, name="wcsync-workers", daemon=True)
+            self._watcher.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(self.RESTART_WAIT_S):
+            for index, process in enumerate(self._processes):
+                if process.poll() is not None and not self._stopping.is_set():
+                    log.warning("serve.worker_restarted", pid=process.pid, exit_code=process.returncode)
+                    self._processes[index] = self._spawn()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join()
+        for process in self._processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.WORKER_STOP_S
+        for process in self._processes:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

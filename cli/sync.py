@@ -19,7 +19,6 @@ from infrastructure.adapters.secrets import SECRET_KEY_VARIABLE, SecretKey
 from infrastructure.adapters.woocommerce import StoreRefused
 from infrastructure.services.sync import SyncOutcome
 from infrastructure.support.config import StoreSettings, check_store_url
-from infrastructure.support.errors import ConfigurationError
 from infrastructure.wiring import Services
 from projections import queries
 
@@ -30,18 +29,21 @@ def start(args: argparse.Namespace) -> int:
     return _run(args, "start")
 
 
+NOT_REGISTERED = "a detached start needs a registered store (wcsync stores add)"
+
+
 def _start_detached(args: argparse.Namespace) -> int:
     """`start --detach`: the queue saved as a draft and its sync deferred to the workers; answers at once.
     Needs no key in this environment: the worker reads the registered store's credentials."""
     actor = common.actor()
     org = common.org(args)
-    database = common.database(args)
-    if database.backend != "postgres":
-        raise ConfigurationError("detached runs need PostgreSQL workers; on SQLite run `wcsync serve`")
     try:
         options = QueueOptions(**common.fields_from(args, QueueOptions))
     except ValueError as problem:
         raise UsageError(str(problem)) from None
+    database = common.database(args)
+    if database.sqlite_path is not None and not database.sqlite_path.exists():
+        raise UsageError(NOT_REGISTERED)  # no database, no registered store: and none is created for nothing
     with common.services(args) as services:
         store_id, store_url = _registered_store(services, org, args.url, args.store)
         queue_id, job_id = services.sync_jobs().start_sync(
@@ -72,7 +74,7 @@ def _registered_store(
     elif target:
         found = queries.store_by_url(services.projections, org, check_store_url(target))
     if found is None:
-        raise UsageError("a detached start needs a registered store (wcsync stores add)")
+        raise UsageError(NOT_REGISTERED)
     return UUID(str(found["storeId"])), str(found["url"])
 
 

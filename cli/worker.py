@@ -1,9 +1,11 @@
-"""`wcsync worker | workers | jobs`: the durable sync jobs on PostgreSQL (infrastructure.services.jobs).
+"""`wcsync worker | workers | jobs`: the durable sync jobs (infrastructure.services.jobs on PostgreSQL,
+infrastructure.services.localjobs on SQLite's one machine).
 
 `wcsync worker` runs the jobs that `wcsync start --detach` (and the HTTP API) defer, on any machine sharing
-the database; SIGTERM or Ctrl-C stops it after the batches in hand (each job saved and given back for
-another worker), exit 0; a second signal stops it at once (its jobs are taken up again once its heartbeat
-is stale, as after SIGKILL).
+the PostgreSQL database (on SQLite: this machine; `wcsync serve` runs one itself); SIGTERM or Ctrl-C stops
+it after the batches in hand (each job saved and given back for another worker), exit 0; a second signal
+stops it at once (its jobs are taken up again once its heartbeat is stale, as after SIGKILL). Started by
+`wcsync serve` (PARENT_PID_VARIABLE set), it also stops after its batches when that server is gone.
 """
 
 from __future__ import annotations
@@ -23,14 +25,16 @@ from infrastructure.adapters import jobqueue
 from infrastructure.adapters.secrets import SecretKey
 from infrastructure.adapters.woocommerce import ClientOptions
 from infrastructure.services.jobs import JobWorker, SyncJobs, WorkerSettings
-from infrastructure.support.config import DatabaseConfig
-from infrastructure.support.errors import ConfigurationError
+from infrastructure.services.localjobs import LocalJobWorker, LocalSyncJobs
+
+# Set by `wcsync serve` for the workers it starts: the server's pid; the worker stops when its parent changes.
+PARENT_PID_VARIABLE = "WCSYNC_SERVE_PID"
+# How often a worker started by a server looks whether that server is still there.
+PARENT_CHECK_S = 0.5
 
 
 def worker(args: argparse.Namespace) -> int:
-    database = _postgres(
-        args, "wcsync worker runs jobs on PostgreSQL; on SQLite `wcsync serve` runs the syncs itself"
-    )
+    database = common.database(args)
     key = SecretKey.from_environment()  # the stores' credentials: checked before any job is taken
     settings = WorkerSettings(
         concurrency=args.concurrency,
@@ -51,7 +55,7 @@ def worker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _run(job_worker: JobWorker) -> None:
+async def _run(job_worker: JobWorker | LocalJobWorker) -> None:
     loop = asyncio.get_running_loop()
     signals = 0
 
@@ -69,18 +73,36 @@ async def _run(job_worker: JobWorker) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal)
+    watch = asyncio.ensure_future(_watch_parent(job_worker))
     try:
         await job_worker.run()
     finally:
+        watch.cancel()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
 
 
-def workers(args: argparse.Namespace) -> int:
-    database = _postgres(
-        args, "workers run on PostgreSQL only; on SQLite `wcsync serve` runs the syncs itself"
+async def _watch_parent(job_worker: JobWorker | LocalJobWorker) -> None:
+    """Started by `wcsync serve`: stop after the batches in hand once that server is gone (killed), so its
+    jobs wait for the next server's worker instead of running on, unseen, beside it."""
+    parent = os.environ.get(PARENT_PID_VARIABLE)
+    if not parent:
+        return
+    while os.getppid() == int(parent):  # noqa: ASYNC110 - nothing signals a parent's death: polled
+        await asyncio.sleep(PARENT_CHECK_S)
+    sys.stderr.write(
+        "wcsync worker: the server that started it is gone; stopping after the batches in hand\n"
     )
-    rows = SyncJobs(database).workers()
+    job_worker.stop()
+
+
+def _jobs(args: argparse.Namespace) -> SyncJobs | LocalSyncJobs:
+    database = common.database(args)
+    return LocalSyncJobs(database) if database.backend == "sqlite" else SyncJobs(database)
+
+
+def workers(args: argparse.Namespace) -> int:
+    rows = _jobs(args).workers()
     if args.json:
         print_json(rows)
         return EXIT_OK
@@ -89,16 +111,17 @@ def workers(args: argparse.Namespace) -> int:
     for row in rows:
         jobs = ", ".join(str(job) for job in row["jobs"]) or "none"
         queues = "".join(f"  queue {queue}" for queue in row["queues"])
-        print(
-            f"worker {row['workerId']}  heartbeat {row['lastHeartbeat']} "
-            f"({row['secondsSinceHeartbeat']:g} s ago)  jobs {jobs}{queues}"
+        heartbeat = (
+            f"heartbeat {row['lastHeartbeat']} ({row['secondsSinceHeartbeat']:g} s ago)"
+            if row["lastHeartbeat"] is not None
+            else "running"
         )
+        print(f"worker {row['workerId']}  {heartbeat}  jobs {jobs}{queues}")
     return EXIT_OK
 
 
 def jobs(args: argparse.Namespace) -> int:
-    database = _postgres(args, "jobs run on PostgreSQL only; on SQLite `wcsync serve` runs the syncs itself")
-    rows = SyncJobs(database).jobs()
+    rows = _jobs(args).jobs()
     if args.json:
         print_json(rows)
         return EXIT_OK
@@ -115,10 +138,3 @@ def _job_line(row: dict[str, Any]) -> str:
         f"job {row['jobId']}  {row['status']:<7}  {row['action']:<6}  queue {row['queueId']}  org {row['org']}"
         f"  attempts {row['attempts']}  {when}"
     )
-
-
-def _postgres(args: argparse.Namespace, refusal: str) -> DatabaseConfig:
-    database = common.database(args)
-    if database.backend != "postgres":
-        raise ConfigurationError(refusal)
-    return database

@@ -106,6 +106,7 @@ MAX_RESPONSE_MB = NumberBound("max_response_mb", 1, 1024, unit="MB")
 # A page of 100 real customers is ~100-300 KB; a larger answer is not read whole.
 DEFAULT_MAX_RESPONSE_MB = 8
 LIMIT = NumberBound("limit", 1, 10_000, unit="rows")
+WORKERS = NumberBound("workers", 0, 16, unit="processes")
 INTERVAL_S = NumberBound("interval", 0.2, 3600, whole=False, unit="s")
 PORT = NumberBound("port", 0, 65_535, unit="(0: any free port)")
 

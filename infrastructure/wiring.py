@@ -15,12 +15,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
+from uuid import UUID
 
 import structlog
 
+from domain.store import store_key
 from infrastructure.adapters.eventlog import postgres_has_events_table, sqlite_has_events_table
 from infrastructure.adapters.eventstore import DATABASE_ERRORS, SyncApplication, require_database
 from infrastructure.adapters.leases import QueueLeases
+from infrastructure.adapters.localjobs import LocalJobs
 from infrastructure.adapters.migrations import apply_migrations
 from infrastructure.adapters.secrets import SecretKey, StoreSecrets
 from infrastructure.adapters.tokens import ApiTokens
@@ -31,6 +34,7 @@ from infrastructure.adapters.woocommerce import (
     WooCommerceClient,
 )
 from infrastructure.services.jobs import JobWorker, SyncJobRunner, SyncJobs, WorkerSettings
+from infrastructure.services.localjobs import LocalJobWorker, LocalSyncJobs, pickup_abandoned
 from infrastructure.services.runs import BackgroundRuns
 from infrastructure.services.stores import StoreRegistry
 from infrastructure.services.sync import Progress, SyncEngine
@@ -183,7 +187,7 @@ class Services:
     write_gate: WriteGate | None = field(default=None, repr=False)
     _live: _Follower | None = field(default=None, repr=False)  # the live follower thread's loop
     _catch_up_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _opened: list[StoreSecrets | ApiTokens] = field(default_factory=list, repr=False)
+    _opened: list[StoreSecrets | ApiTokens | LocalJobs] = field(default_factory=list, repr=False)
     _tokens: ApiTokens | None = field(default=None, repr=False)
     _leases: QueueLeases | None = field(default=None, repr=False)
 
@@ -240,9 +244,11 @@ class Services:
         check = None if client_options is None else partial(_check_store, client_options)
         return StoreRegistry(self.app, self.projections, secrets, check, self.catch_up)
 
-    def sync_jobs(self) -> SyncJobs:
-        """Durable sync jobs on this database (PostgreSQL only: ConfigurationError on SQLite): defer a start,
-        retry or resume for the workers, list the jobs and the workers."""
+    def sync_jobs(self) -> SyncJobs | LocalSyncJobs:
+        """Durable sync jobs on this database: defer a start, retry or resume for the workers, list the jobs
+        and the workers. procrastinate's on PostgreSQL; on SQLite the one-machine table's."""
+        if self.database.backend == "sqlite":
+            return LocalSyncJobs(self.database)
         return SyncJobs(self.database)
 
     def job_runner(self, key: SecretKey, client_options: ClientOptions) -> SyncJobRunner:
@@ -257,9 +263,26 @@ class Services:
 
     def job_worker(
         self, key: SecretKey, client_options: ClientOptions, settings: WorkerSettings
-    ) -> JobWorker:
-        """A `wcsync worker`: procrastinate's worker on this database running each job with ``job_runner``."""
-        return JobWorker(self.database, self.job_runner(key, client_options), settings)
+    ) -> JobWorker | LocalJobWorker:
+        """A `wcsync worker`: procrastinate's worker on this database (SQLite: the local job table's)
+        running each job with ``job_runner``."""
+        runner = self.job_runner(key, client_options)
+        if self.database.backend == "sqlite":
+            jobs = LocalJobs(self.database)
+            self._opened.append(jobs)
+            return LocalJobWorker(jobs, runner, settings)
+        return JobWorker(self.database, runner, settings)
+
+    def pickup_abandoned(self, key: SecretKey) -> list[UUID]:
+        """Give each queue a process that died left processing (stale lease, no job, a registered store) a
+        resume job (infrastructure.services.localjobs.pickup_abandoned); the queues picked up."""
+        registry = self.store_registry(key, None)
+
+        def registered(org_id: str, url: str) -> UUID | None:
+            return store_key(org_id, url) if registry.settings_for_url(org_id, url) is not None else None
+
+        jobs = self.sync_jobs()
+        return pickup_abandoned(self.queue_leases().stale_leases(), self.app.get_queue, registered, jobs)
 
     def api_tokens(self) -> ApiTokens:
         """The API tokens on these services' database (one object, thread-safe, closed with the services);

@@ -39,6 +39,7 @@ MIGRATIONS_TABLE = "wcsync_schema_migrations"
 STORE_SECRETS_TABLE = "wcsync_store_secrets"
 API_TOKENS_TABLE = "wcsync_api_tokens"
 QUEUE_LEASES_TABLE = "wcsync_queue_leases"
+LOCAL_JOBS_TABLE = "wcsync_local_jobs"
 
 # The advisory lock that serialises migrations on PostgreSQL: (this constant, the schema's hash), so runs on
 # different schemas of one database do not wait for each other.
@@ -111,6 +112,31 @@ def _queue_leases(seconds: str) -> str:
     )
 
 
+# SQLite only: the sync jobs of the one-machine mode, which procrastinate (PostgreSQL only) cannot hold. One
+# row per deferred start/retry/resume: waiting -> running (holder, pid, host) -> deleted when it ends, or
+# failed with why; a running job of a process that died goes back to waiting.
+_LOCAL_JOBS = (
+    f"CREATE TABLE {LOCAL_JOBS_TABLE} (\n"
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,\n"
+    "  action TEXT NOT NULL,\n"
+    "  org_id TEXT NOT NULL,\n"
+    "  queue_id TEXT NOT NULL,\n"
+    "  actor TEXT NOT NULL,\n"
+    "  store_id TEXT NOT NULL,\n"
+    "  status TEXT NOT NULL,\n"
+    "  attempts INTEGER NOT NULL DEFAULT 0,\n"
+    "  deferred_at TEXT NOT NULL,\n"
+    "  run_after REAL NOT NULL DEFAULT 0,\n"
+    "  started_at TEXT,\n"
+    "  holder TEXT,\n"
+    "  host TEXT,\n"
+    "  pid INTEGER,\n"
+    "  error TEXT\n"
+    ")",
+    f"CREATE INDEX {LOCAL_JOBS_TABLE}_waiting ON {LOCAL_JOBS_TABLE} (status, id)",
+)
+
+
 def _procrastinate_schema() -> str:
     """procrastinate's own schema (its tables, types, functions and triggers, unqualified: they land in the
     URL's schema through the search_path), as the pinned release ships it (pyproject: >=3.10,<3.11). A
@@ -142,6 +168,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "durable jobs: procrastinate's schema (jobs, workers, events, periodic defers); nothing on SQLite",
         {POSTGRES: (), SQLITE: ()},
         scripts={POSTGRES: _procrastinate_schema},
+    ),
+    Migration(
+        5,
+        "local jobs: the sync jobs of SQLite's one-machine mode (PostgreSQL keeps them in procrastinate's)",
+        {POSTGRES: (), SQLITE: _LOCAL_JOBS},
     ),
 )
 

@@ -50,11 +50,14 @@ from aiohttp.web_protocol import RequestHandler
 from domain import bounds
 from domain.errors import StoreNotFoundError, WcsyncError
 from domain.queue import QueueOptions
+from domain.store import store_key
 from infrastructure.adapters.secrets import SECRET_KEY_VARIABLE, SecretKey
 from infrastructure.adapters.woocommerce import ClientOptions, StoreCredentials
 from infrastructure.api import auth, operations
 from infrastructure.api.auth import PRINCIPAL_KEY, Principal, Role
-from infrastructure.services.runs import MAX_RUNS, RunRequest
+from infrastructure.services.jobs import SyncJobs
+from infrastructure.services.localjobs import LocalSyncJobs
+from infrastructure.services.runs import MAX_RUNS, RunRequest, StoreMismatchError
 from infrastructure.services.stores import StoreRegistry
 from infrastructure.support.config import (
     MAX_STORE_URL_LENGTH,
@@ -321,12 +324,12 @@ def parse_sync_request(body: Any, org_required: bool = False) -> SyncRequest:
             if config is not None:
                 raise _bad_request("give either store_id (a registered store) or config, not both")
             store_id = _uuid(body["store_id"], "store_id", STORE_ID_IS)
-        elif config is None:
+        elif config is None and action == "start":
             raise _bad_request(
                 "config (url, consumerKey, consumerSecret) or store_id (a registered store) is required",
                 "missing_field",
             )
-        elif not isinstance(config, dict):
+        elif config is not None and not isinstance(config, dict):
             raise _bad_request("config must be an object with url, consumerKey and consumerSecret")
         # retry and resume default to the queue's own store, as the CLI does.
         if config is not None and (config.get("url") is not None or action == "start"):
@@ -465,6 +468,20 @@ class SyncApi:
         self._health = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wcsync-health")
         self._health_read: asyncio.Future[list[dict[str, Any]]] | None = None
         self._stores: StoreRegistry | None = None
+        # The durable jobs (procrastinate's on PostgreSQL, the local table on SQLite): opened with the server
+        # when it has the stores' key (runs of registered stores need their secrets).
+        self._jobs: SyncJobs | LocalSyncJobs | None = None
+
+    async def open_jobs(self) -> None:
+        if self.settings.secret_key is not None:
+            jobs = self.services.sync_jobs()
+            await jobs.open_async()
+            self._jobs = jobs
+
+    async def close_jobs(self) -> None:
+        if self._jobs is not None:
+            await self._jobs.close_async()
+            self._jobs = None
 
     async def _in_thread(self, func: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reads, partial(func, *args))
@@ -484,11 +501,61 @@ class SyncApi:
             assert sync.queue_id is not None and sync.reason is not None
             await self.runs.force_done(org_id, actor, sync.queue_id, sync.reason)
             return _ok(await self._status(org_id, sync.queue_id))
-        store = None
-        if sync.store_id is not None:
-            store = await self._in_thread(self._registry().settings, org_id, sync.store_id)
-        queue_id = await self.runs.launch(sync.run_request(org_id, actor, store))
+        if sync.consumer_key is None and sync.store_id is None and self.settings.secret_key is None:
+            # Without the stores' key the queue's registered store is out of reach: the request must bring one.
+            raise _bad_request(
+                "config (url, consumerKey, consumerSecret) is required: this server has no WCSYNC_SECRET_KEY "
+                "to run registered stores",
+                "missing_field",
+            )
+        if sync.consumer_key is None:
+            # A registered store (store_id, or a retry/resume of a queue whose store is registered): a durable
+            # job, run by a worker; inline credentials are never stored, so their runs stay in this process.
+            return _ok(await self._defer(sync, org_id, actor), status=202)
+        queue_id = await self.runs.launch(sync.run_request(org_id, actor))
         return _ok({"queueId": str(queue_id), "action": sync.action}, status=202)
+
+    async def _defer(self, sync: SyncRequest, org_id: str, actor: str) -> dict[str, Any]:
+        """A start, retry or resume of a registered store, deferred as a job: the queue exists (a new one as
+        a draft) before the answer, and whatever the job would refuse at once is refused now."""
+        registry = self._registry()
+        jobs = self._jobs
+        if jobs is None:
+            raise NotConfiguredError()
+        engine = self.services.engine(org_id, actor=actor)
+        if sync.action == "start":
+            assert sync.store_id is not None and sync.options is not None
+            store = await self._in_thread(registry.settings, org_id, sync.store_id)
+            queue_id, job_id = await jobs.start(engine, sync.store_id, store.url, sync.options)
+        else:
+            assert sync.queue_id is not None
+            queue_id = sync.queue_id
+            self.runs.refuse_if_running(org_id, queue_id)
+            queue = await self._in_thread(engine.check_deferrable, sync.action, queue_id)
+            store_id = sync.store_id or store_key(org_id, queue.store_url)
+            store = await self._in_thread(self._registered, registry, org_id, store_id, sync.store_id is None)
+            if store.url != queue.store_url:
+                raise StoreMismatchError(queue_id)
+            job_id = await jobs.defer(sync.action, org_id, queue_id, actor, store_id)
+        log.info(
+            "api.sync_deferred", action=sync.action, org_id=org_id, queue_id=str(queue_id), job_id=job_id
+        )
+        return {"queueId": str(queue_id), "action": sync.action, "jobId": job_id}
+
+    @staticmethod
+    def _registered(registry: StoreRegistry, org_id: str, store_id: UUID, implied: bool) -> StoreSettings:
+        """The registered store's settings; for a store implied by the queue's URL, a missing one is the
+        request's mistake: it needs config or a store_id."""
+        try:
+            return registry.settings(org_id, store_id)
+        except StoreNotFoundError:
+            if implied:
+                raise _bad_request(
+                    "config (url, consumerKey, consumerSecret) or store_id is required: the queue's store is "
+                    "not registered (POST /api/v1/stores registers it)",
+                    "missing_field",
+                ) from None
+            raise
 
     # ----- /api/v1/stores (admin) ----------------------------------------------------------------------
 
@@ -565,7 +632,16 @@ class SyncApi:
             await self._in_thread(self.services.catch_up, READ_CATCH_UP_S)
             return await self._in_thread(queries.queue_status, self.services.projections, org_id, queue_id)
 
-        return await self.runs.status(org_id, queue_id, read_status)
+        status = await self.runs.status(org_id, queue_id, read_status)
+        if not status["isRunning"]:
+            # Run by a worker (or another process): whoever holds the queue's lease.
+            status["isRunning"] = await self._in_thread(self._leased, queue_id)
+        return status
+
+    def _leased(self, queue_id: UUID) -> bool:
+        leases = self.services.queue_leases()
+        lease = leases.lease_of(queue_id)
+        return lease is not None and not leases.is_stale(lease)
 
     # ----- GET ------------------------------------------------------------------------------------------
 
@@ -762,8 +838,12 @@ def create_app(services: Services, settings: ApiSettings | None = None) -> web.A
             ThreadPoolExecutor(max_workers=MAX_RUNS + 2, thread_name_prefix="wcsync-run")
         )
         with services.live_projections(server=True):
-            yield
-            await api.shutdown()
+            await api.open_jobs()
+            try:
+                yield
+                await api.shutdown()
+            finally:
+                await api.close_jobs()
 
     app.on_shutdown.append(api.stop_runs)
     app.cleanup_ctx.append(lifetime)

@@ -209,6 +209,10 @@ class SyncJobs:
             raise _draft_left(error, queue_id) from None
         return queue_id, job_id
 
+    def pending_for(self, queue_id: UUID) -> bool:
+        """Whether the queue has a job waiting or running."""
+        return any(job["queueId"] == str(queue_id) for job in self.jobs(("todo", "doing")))
+
     def jobs(self, statuses: tuple[str, ...] = LISTED_STATUSES) -> list[dict[str, Any]]:
         """The sync jobs waiting, running or failed, oldest first (every org's: an operator's view)."""
         rows = jobqueue.read_jobs(self.database, statuses)

@@ -249,7 +249,7 @@ class BackgroundRuns:
         refused a new queue, an unknown queue, nothing to retry...), RunCrashedError for an unforeseen
         one; a refused admission raises OrgBusyError, ServerBusyError or QueueBusyError."""
         if request.queue_id is not None:
-            self._refuse_if_running(request.org_id, request.queue_id)
+            self.refuse_if_running(request.org_id, request.queue_id)
         if self._org_slots[request.org_id] >= MAX_RUNS_PER_ORG:
             raise OrgBusyError(request.org_id)
         if self._org_slots.total() >= MAX_RUNS:
@@ -287,7 +287,7 @@ class BackgroundRuns:
                 raise StoreMismatchError(queue_id)
             store = request.store(chosen.url)
             # Again: another request may have launched it meanwhile.
-            self._refuse_if_running(request.org_id, queue_id)
+            self.refuse_if_running(request.org_id, queue_id)
             run.queue_id, run.store_url = queue_id, chosen.queue_url
             self._runs[queue_id] = run
             run.named.set()
@@ -310,7 +310,7 @@ class BackgroundRuns:
         )
         return run.queue_id
 
-    def _refuse_if_running(self, org_id: str, queue_id: UUID) -> None:
+    def refuse_if_running(self, org_id: str, queue_id: UUID) -> None:
         # Another org's run is not even confirmed: the engine answers that queue as one that does not exist.
         run = self.in_flight(org_id, queue_id)
         if run is not None:

@@ -270,6 +270,21 @@ class SyncEngine:
         self._refresh(force=True)
         return self._outcome(queue, started)
 
+    def check_deferrable(self, action: str, queue_id: UUID) -> SyncQueue:
+        """Refuse now what a deferred retry or resume of ``queue_id`` would refuse when its job runs, so the
+        caller is told at once: another org's or no queue (QueueNotFoundError), a queue a run holds
+        (QueueBusyError), a resume of a done queue, a retry with nothing to retry. Returns the queue."""
+        queue = self.get_queue(queue_id)
+        if self.leases is not None:
+            lease = self.leases.lease_of(queue_id)
+            if lease is not None and not self.leases.is_stale(lease):
+                raise self.leases.busy(lease)
+        if action == "resume" and queue.state == Q_DONE:
+            raise SyncError(f"queue {queue_id} is already done; nothing to resume")
+        if action == "retry":
+            queue.request_retry(self.actor)  # on this copy, never saved: refused as the job's run would be
+        return queue
+
     def queue_store(self, queue_id: UUID, url: str | None = None) -> QueueStore:
         """Which store a resume or retry of ``queue_id`` uses: ``url`` when one is given, else the store
         the queue syncs (the CLI and the API alike). Reads the queue: QueueNotFoundError as get_queue."""
