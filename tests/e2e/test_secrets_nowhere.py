@@ -101,8 +101,8 @@ def _leaks(evidence: Evidence) -> list[str]:
                 found.append(f"{name} in {where}")
     binary = {name: form.encode() for name, form in forms.items()}
     binary["WCSYNC_SECRET_KEY: its 32 bytes"] = SECRET_KEY_BYTES
-    for name, form in list(binary.items()):
-        binary[f"{name} (hex)"] = form.hex().encode()
+    for name, raw in list(binary.items()):
+        binary[f"{name} (hex)"] = raw.hex().encode()
     for where, blob in evidence.blobs:
         found.extend(f"{name} in {where}" for name, form in binary.items() if form in blob)
     return found
