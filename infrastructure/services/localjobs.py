@@ -240,7 +240,14 @@ def pickup_abandoned(
             continue  # a lease of a start that never saved its queue
         if queue.state == Q_DONE or jobs.pending_for(queue.id):
             continue
-        store_id = registered_store(queue.org_id, queue.store_url)
+        try:
+            store_id = registered_store(queue.org_id, queue.store_url)
+        except WcsyncError as error:
+            # One org's store that cannot be read (a secret sealed under another key) stops no other pickup.
+            log.warning(
+                "jobs.abandoned_queue_left", queue_id=str(queue.id), org_id=queue.org_id, error=str(error)
+            )
+            continue
         if store_id is None:
             log.warning(
                 "jobs.abandoned_queue_left",
