@@ -401,7 +401,10 @@ def run_once(
         cpu_of: dict[str, list[int]] = {}
         if args.pollers:
             serve_log = logs / f"serve-{workers}w.log"
-            server = stack.enter_context(spawned(["serve", "--port", "0"], worker_env, serve_log))
+            # No WCSYNC_SECRET_KEY: the server only answers the pollers here (with the key it would start
+            # workers of its own beside the measured ones).
+            server_env = {k: v for k, v in worker_env.items() if k != SECRET_KEY_VARIABLE}
+            server = stack.enter_context(spawned(["serve", "--port", "0"], server_env, serve_log))
             server_url = str(_first_line(server, serve_log)["url"])
             cpu_of["serve"] = [server.pid]
         processes = [
