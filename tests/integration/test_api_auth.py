@@ -72,13 +72,14 @@ class Server:
         body: Any = None,
         authorization: str | None = None,
         source: str | None = None,
+        extra: dict[str, str] | None = None,
     ) -> Answer:
         """One request; from the loopback address ``source`` (127.0.0.x) when given."""
         address = urlsplit(self.url)
         connection = http.client.HTTPConnection(
             address.hostname or "", address.port, timeout=30, source_address=(source, 0) if source else None
         )
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **(extra or {})}
         if authorization is not None:
             headers["Authorization"] = authorization
         try:
@@ -303,9 +304,16 @@ def test_another_orgs_store_is_answered_as_no_such_store(server: Server, sandbox
         assert theirs.status == 404, (method, route, theirs.body)
         assert _replaced(theirs.as_sent(), store_id, nowhere) == none.as_sent(), (method, route)
     assert server.as_token(other, "GET", "/api/v1/stores").json["data"] == []
-    # Still acme's, and usable by acme.
+    # The same URL registered by the other org is a store of its own: acme's is neither rotated nor renamed.
+    before = server.as_token(admin, "GET", f"/api/v1/stores/{store_id}").json["data"]
+    theirs = server.as_token(other, "POST", "/api/v1/stores", {**register, "name": "not acme's"})
+    assert theirs.status == 201 and theirs.json["data"]["storeId"] != store_id, theirs.body
+    # Still acme's, unchanged, and usable by acme.
     mine = server.as_token(admin, "GET", f"/api/v1/stores/{store_id}")
-    assert mine.status == 200 and mine.json["data"]["storeId"] == store_id
+    assert mine.status == 200 and mine.json["data"] == before
+    assert [row["storeId"] for row in server.as_token(admin, "GET", "/api/v1/stores").json["data"]] == [
+        store_id
+    ]
     assert server.as_token(admin, "POST", SYNC_PATH, {"store_id": store_id}).status == 202
 
 
@@ -396,8 +404,13 @@ def test_failed_attempts_from_one_address_turn_it_to_429_with_retry_after(server
     assert (limited.status, limited.code) == (429, "too_many_attempts"), limited.body
     retry_after = int(limited.headers["Retry-After"])
     assert 1 <= retry_after <= 60 and limited.json["error"]["retryAfterS"] == retry_after
-    # A valid token from that address is answered the same until the window passes (no oracle for guesses).
+    # A valid token from that address is answered the same until the window passes (no oracle for guesses),
+    # and a header claiming another address changes nothing.
     assert server.as_token(valid, "GET", "/api/v1/queues").status == 429
+    for header in ("X-Forwarded-For", "X-Real-IP", "Forwarded"):
+        value = "for=192.0.2.7" if header == "Forwarded" else "192.0.2.7"
+        spoofed = server.call("GET", "/api/v1/queues", authorization=f"Bearer {valid}", extra={header: value})
+        assert spoofed.status == 429, header
     # The public routes still answer.
     assert server.call("GET", "/healthz").status == 200
     # The limit is the address's: another one is answered as usual.
