@@ -75,8 +75,8 @@ from projections import queries  # noqa: E402
 SYNC_PATH = "/api/v1/integrations/woocommerce/sync/customers"
 TICKS = os.sysconf("SC_CLK_TCK")
 SETUP_PROCESSES = 2  # the setup's `wcsync` commands run this many at a time (one per core)
-READY_S = 60.0  # for a worker to register, a server to listen, every job to end is --timeout
-REQUEST_TIMEOUT_S = 30.0
+READY_S = 60.0  # for the workers to register (a run itself may take --timeout seconds)
+REQUEST_TIMEOUT_S = 30.0  # a status request not answered by then counts as an error
 
 
 @dataclass(frozen=True)
