@@ -132,7 +132,50 @@ class WorkerSettings:
 # ----- deferring and listing -----------------------------------------------------------------------------
 
 
-class SyncJobs:
+class DetachedStarts:
+    """A detached start over a job queue's ``defer`` / ``defer_sync``: the new queue saved as a draft first
+    (it exists and `status` finds it before the answer), then its job deferred; returns (queue id, job id).
+    A defer that fails leaves the draft, and the error says how to run it."""
+
+    async def defer(self, action: str, org_id: str, queue_id: UUID, actor: str, store_id: UUID) -> int:
+        raise NotImplementedError
+
+    def defer_sync(self, action: str, org_id: str, queue_id: UUID, actor: str, store_id: UUID) -> int:
+        raise NotImplementedError
+
+    async def start(
+        self,
+        engine: SyncEngine,
+        store_id: UUID,
+        store_url: str,
+        options: QueueOptions,
+        queue_name: str | None = None,
+    ) -> tuple[UUID, int]:
+        queue_id = await asyncio.to_thread(engine.create_draft, store_url, options, queue_name)
+        try:
+            job_id = await self.defer("start", engine.org_id, queue_id, engine.actor, store_id)
+        except StorageError as error:
+            raise _draft_left(error, queue_id) from None
+        return queue_id, job_id
+
+    def start_sync(
+        self,
+        engine: SyncEngine,
+        store_id: UUID,
+        store_url: str,
+        options: QueueOptions,
+        queue_name: str | None = None,
+    ) -> tuple[UUID, int]:
+        """``start`` for synchronous callers (the CLI)."""
+        queue_id = engine.create_draft(store_url, options, queue_name)
+        try:
+            job_id = self.defer_sync("start", engine.org_id, queue_id, engine.actor, store_id)
+        except StorageError as error:
+            raise _draft_left(error, queue_id) from None
+        return queue_id, job_id
+
+
+class SyncJobs(DetachedStarts):
     """Defer sync jobs and list jobs and workers, on the database of ``database`` (PostgreSQL). The HTTP
     server opens it once (``open_async``) and defers with ``defer``; the CLI defers with ``defer_sync``."""
 
@@ -175,39 +218,6 @@ class SyncJobs:
             job_id = int(deferrer.defer(**job.as_args()))
         log.info("job.deferred", job_id=job_id, **_fields(job))
         return job_id
-
-    async def start(
-        self,
-        engine: SyncEngine,
-        store_id: UUID,
-        store_url: str,
-        options: QueueOptions,
-        queue_name: str | None = None,
-    ) -> tuple[UUID, int]:
-        """A detached start (after ``open_async``): the new queue saved as a draft first (it exists and
-        `status` finds it before the answer), then its job deferred. Returns (queue id, job id)."""
-        queue_id = await asyncio.to_thread(engine.create_draft, store_url, options, queue_name)
-        try:
-            job_id = await self.defer("start", engine.org_id, queue_id, engine.actor, store_id)
-        except StorageError as error:
-            raise _draft_left(error, queue_id) from None
-        return queue_id, job_id
-
-    def start_sync(
-        self,
-        engine: SyncEngine,
-        store_id: UUID,
-        store_url: str,
-        options: QueueOptions,
-        queue_name: str | None = None,
-    ) -> tuple[UUID, int]:
-        """``start`` for synchronous callers (the CLI)."""
-        queue_id = engine.create_draft(store_url, options, queue_name)
-        try:
-            job_id = self.defer_sync("start", engine.org_id, queue_id, engine.actor, store_id)
-        except StorageError as error:
-            raise _draft_left(error, queue_id) from None
-        return queue_id, job_id
 
     def pending_for(self, queue_id: UUID) -> bool:
         """Whether the queue has a job waiting or running."""

@@ -27,13 +27,19 @@ from uuid import UUID
 import structlog
 
 from domain.errors import WcsyncError
-from domain.queue import Q_DONE, QueueOptions, SyncQueue
+from domain.queue import Q_DONE, SyncQueue
 from infrastructure.adapters.leases import StaleLease
 from infrastructure.adapters.localjobs import FAILED, RUNNING, WAITING, LocalJob, LocalJobs
-from infrastructure.services.jobs import LISTED_STATUSES, JobRunner, SyncJob, WorkerSettings, retry_delay
-from infrastructure.services.sync import RunStopped, SyncEngine
+from infrastructure.services.jobs import (
+    LISTED_STATUSES,
+    DetachedStarts,
+    JobRunner,
+    SyncJob,
+    WorkerSettings,
+    retry_delay,
+)
+from infrastructure.services.sync import RunStopped
 from infrastructure.support.config import DatabaseConfig
-from infrastructure.support.errors import StorageError
 
 log = structlog.get_logger("wcsync.jobs")
 
@@ -48,7 +54,7 @@ def local_holder() -> str:
     return f"worker (pid {os.getpid()}@{socket.gethostname()})"
 
 
-class LocalSyncJobs:
+class LocalSyncJobs(DetachedStarts):
     """SyncJobs' interface over the local job table (SQLite)."""
 
     def __init__(self, database: DatabaseConfig) -> None:
@@ -69,33 +75,6 @@ class LocalSyncJobs:
         job_id = self.table.defer(job.action, job.org_id, job.queue_id, job.actor, job.store_id)
         log.info("job.deferred", job_id=job_id, action=action, org_id=org_id, queue_id=str(queue_id))
         return job_id
-
-    async def start(
-        self,
-        engine: SyncEngine,
-        store_id: UUID,
-        store_url: str,
-        options: QueueOptions,
-        queue_name: str | None = None,
-    ) -> tuple[UUID, int]:
-        return await asyncio.to_thread(self.start_sync, engine, store_id, store_url, options, queue_name)
-
-    def start_sync(
-        self,
-        engine: SyncEngine,
-        store_id: UUID,
-        store_url: str,
-        options: QueueOptions,
-        queue_name: str | None = None,
-    ) -> tuple[UUID, int]:
-        queue_id = engine.create_draft(store_url, options, queue_name)
-        try:
-            job_id = self.defer_sync("start", engine.org_id, queue_id, engine.actor, store_id)
-        except StorageError as error:
-            raise StorageError(
-                f"{error}; queue {queue_id} is saved as a draft with no job: `wcsync resume {queue_id}` runs it"
-            ) from None
-        return queue_id, job_id
 
     def pending_for(self, queue_id: UUID) -> bool:
         return self.table.pending_for(queue_id)
