@@ -628,14 +628,26 @@ class SyncApi:
         self._health.shutdown(wait=False, cancel_futures=True)
 
     async def _status(self, org_id: str, queue_id: UUID) -> dict[str, Any]:
+        leased = False
+
+        def read() -> dict[str, Any] | None:
+            # A queue a run holds (this server's, a worker's, a CLI's: its lease) is answered from the tables
+            # as they are: its counts move anyway, and waiting for the read models to reach a log the runs
+            # keep extending made every poll as slow as the write load. Otherwise (not found yet, or its run
+            # ended) the read models first catch up with what was saved before the request.
+            nonlocal leased
+            status = queries.queue_status(self.services.projections, org_id, queue_id)
+            leased = self._leased(queue_id)
+            if status is not None and leased:
+                return status
+            self.services.catch_up(READ_CATCH_UP_S)
+            return queries.queue_status(self.services.projections, org_id, queue_id)
+
         async def read_status() -> dict[str, Any] | None:
-            await self._in_thread(self.services.catch_up, READ_CATCH_UP_S)
-            return await self._in_thread(queries.queue_status, self.services.projections, org_id, queue_id)
+            return await self._in_thread(read)
 
         status = await self.runs.status(org_id, queue_id, read_status)
-        if not status["isRunning"]:
-            # Run by a worker (or another process): whoever holds the queue's lease.
-            status["isRunning"] = await self._in_thread(self._leased, queue_id)
+        status["isRunning"] = status["isRunning"] or leased
         return status
 
     def _leased(self, queue_id: UUID) -> bool:

@@ -292,10 +292,14 @@ class SyncEngine:
         return QueueStore(queue_id=queue.id, queue_url=queue.store_url, url=url or queue.store_url)
 
     def get_queue(self, queue_id: UUID) -> SyncQueue:
-        queue = self.app.get_queue(queue_id)
+        # One answer, word for word, for a missing queue and another org's: the latter is not even confirmed.
+        missing = QueueNotFoundError(f"no queue {queue_id} in org {self.org_id!r}")
+        try:
+            queue = self.app.get_queue(queue_id)
+        except QueueNotFoundError:
+            raise missing from None
         if queue.org_id != self.org_id:
-            # Same answer as for a missing queue: another org's queues are not even confirmed to exist.
-            raise QueueNotFoundError(f"no queue {queue_id} in org {self.org_id!r}")
+            raise missing
         return queue
 
     # ----- the queue's lease ---------------------------------------------------------------------------
