@@ -9,7 +9,8 @@ event store and its read models. The database comes in the environment, as ``WCS
     `wcsync serve`). Started by ``Services._live_projections_process`` (infrastructure/wiring.py), which
     ends it with SIGTERM when the sync is done. Arguments: none; environment: ``WCSYNC_DATABASE_URL``,
     ``WCSYNC_FOLLOWER_PARENT`` (the sync's pid). Follows the log into the read models until SIGTERM or
-    SIGINT, or until the sync is gone (killed with SIGKILL, say). Exit status 0, or a wcsync error's exit
+    SIGINT, or until the sync is gone (killed with SIGKILL, say). One per schema follows at a time (the
+    others stand by: infrastructure/adapters/follower_lock.py). Exit status 0, or a wcsync error's exit
     code with one line on stderr.
 
 ``projection-worker [--batch-size N] [--rebuild] NAME...``
@@ -34,6 +35,7 @@ from collections.abc import Sequence
 
 from domain.errors import WcsyncError
 from infrastructure.adapters.eventstore import SyncApplication
+from infrastructure.adapters.follower_lock import FollowerLock
 from infrastructure.services.projections import ProjectionControl
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.logging import configure_logging
@@ -60,15 +62,21 @@ def follow() -> int:
     parent = int(os.environ.get(FOLLOWER_PARENT_VARIABLE) or os.getppid())
     threading.Thread(target=_stop_when_orphaned, args=(stop, parent), daemon=True).start()
     try:
-        app = SyncApplication(
-            DatabaseConfig.from_url(os.environ.get(DATABASE_URL_VARIABLE)), create_tables=False
-        )
-        runner = ProjectionRunner(app)
+        database = DatabaseConfig.from_url(os.environ.get(DATABASE_URL_VARIABLE))
+        # One follower per schema works; the others stand by and take over when it ends.
+        lock = FollowerLock(database)
         try:
-            ProjectionControl(runner).follow(stop, LIVE_POLL_S)
+            if not lock.wait(stop):
+                return 0
+            app = SyncApplication(database, create_tables=False)
+            runner = ProjectionRunner(app)
+            try:
+                ProjectionControl(runner).follow(stop, LIVE_POLL_S)
+            finally:
+                runner.close()
+                app.close()
         finally:
-            runner.close()
-            app.close()
+            lock.release()
     except WcsyncError as error:
         sys.stderr.write(f"wcsync projections: {error}\n")
         return error.exit_code

@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -320,17 +322,26 @@ def test_a_reader_that_goes_away_is_not_a_traceback(sandbox: RunningSandbox, sql
     assert "Traceback" not in stderr
 
 
+def _processes_with(entry: bytes) -> list[int]:
+    """The pids of this machine's processes whose environment holds ``entry`` (NAME=value)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if entry in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue  # ended meanwhile, or not ours to read
+    return found
+
+
 def test_the_live_follower_of_a_killed_sync_stops_too(postgres_url: str) -> None:
     with SandboxThread(SandboxConfig(customers=450, faults=Faults(latency_ms=2))) as store:
         env = wcsync_env(store, postgres_url)
         assert wcsync("db", "migrate", env=env).returncode == 0
-        killed = wcsync("start", "--json", env={**env, "WCSYNC_FAILPOINTS": "after_batch_save=3"}, timeout=60)
+        # A mark in the environment the follower inherits: this sync's follower, not another test's.
+        mark = f"WCSYNC_TEST_MARK={uuid.uuid4().hex}"
+        marked = {**env, "WCSYNC_FAILPOINTS": "after_batch_save=3", **dict([mark.split("=")])}
+        killed = wcsync("start", "--json", env=marked, timeout=60)
         assert killed.returncode == -signal.SIGKILL
         # wcsync() returned: the follower, which shares its output pipes, is gone too (else this would hang).
-        leftover = subprocess.run(
-            ["pgrep", "-f", f"{sys.executable} -m cli.processes follow"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert leftover.stdout.strip() == ""
+        assert _processes_with(mark.encode()) == []
