@@ -16,6 +16,7 @@ SCRIPTS = [
     ["projections_rebuild.py"],
     ["lag_bench.py"],
     ["audit_bench.py"],
+    ["service_bench.py"],
 ]
 
 
