@@ -1,0 +1,226 @@
+"""The issue's acceptance for the one-command service (issue 11, part 3): `wcsync serve` SIGKILLed during a
+sync it started, then started again, and the queue finishes with nobody typing `resume` (both backends).
+
+A real `wcsync serve` (WCSYNC_SECRET_KEY set, so it runs its own `wcsync worker`), a store registered with
+`wcsync stores add`, a start through the API naming ``store_id``; once some lines are done, SIGKILL:
+- the server alone: its worker sees its parent gone, stops after the batch in hand and gives the job back;
+- the whole process group (server and worker at once): the job is left running in a dead process's name and
+  the queue's lease in a dead pid's; the next server's worker gives it back (SQLite: the dead pid on this
+  host; PostgreSQL: procrastinate's stalled-job check once the dead worker's heartbeat is stale).
+Then `wcsync serve` again: the queue ends done with exactly the store's customers, each Customer registered
+once, no line finished twice, and no command typed but `serve`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import selectors
+import signal
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from domain.customer import Customer
+from domain.queue import SyncQueue
+from infrastructure.adapters.tokens import Role
+from infrastructure.sandbox import RunningSandbox
+from infrastructure.sandbox.config import Faults
+from infrastructure.services.jobs import JobWorker, WorkerSettings
+from infrastructure.support.config import DatabaseConfig
+from infrastructure.wiring import open_services
+from projections import queries
+from tests.support.api import Api, OrgTokens
+from tests.support.cli import as_json, spawn_wcsync, wcsync, wcsync_env
+from tests.support.waiting import wait_until
+
+CUSTOMERS = 300
+# Slow enough to be caught mid-sync (30 batches, 100 ms apart), quick enough to finish in a few seconds.
+SLOW = {"perPage": 20, "batchSize": 10, "batchDelayMs": 100}
+ORG = "acme"
+STALLED_CRON_BUG = (
+    "product bug: JobWorker schedules wcsync.retry_stalled with cron '*/N * * * * *', which croniter reads "
+    "as every second of every N-th minute (seconds are its 6th field), not every N seconds; so on "
+    "PostgreSQL a SIGKILLed worker's job waits for the next minute divisible by N (up to 10 min by default)"
+)
+
+
+@pytest.fixture
+def env(sandbox: RunningSandbox, database_url: str) -> dict[str, str]:
+    key = base64.b64encode(os.urandom(32)).decode()
+    environment = wcsync_env(sandbox, database_url, WCSYNC_SECRET_KEY=key)
+    migrated = wcsync("db", "migrate", env=environment)
+    assert migrated.returncode == 0, migrated.stderr
+    return environment
+
+
+def _register(env: dict[str, str], url: str) -> str:
+    added = wcsync("--org", ORG, "stores", "add", "--url", url, "--json", env=env)
+    assert added.returncode == 0, added.stderr
+    return str(as_json(added)["storeId"])
+
+
+class Server:
+    """One `wcsync serve` in a session (process group) of its own, its stderr (and its workers') in a file."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.process = spawn_wcsync(
+            "serve", "--port", "0", env=env, stderr=log.open("w"), start_new_session=True
+        )
+        self.url = json.loads(_first_line(self.process))["url"]
+
+    def stderr(self) -> str:
+        return self.log.read_text()
+
+    def kill(self, whole_group: bool) -> None:
+        if whole_group:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        else:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def reap(self) -> None:
+        """Whatever of this server's group is left (a failed test): killed, by its group id."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def _first_line(process: subprocess.Popen[str], timeout: float = 60) -> str:
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        assert selector.select(timeout=timeout), "wcsync serve printed nothing"
+    return process.stdout.readline()
+
+
+@contextmanager
+def _servers(env: dict[str, str], logs: Path) -> Iterator[list[Server]]:
+    started: list[Server] = []
+    try:
+        yield started
+    finally:
+        for server in started:
+            server.reap()
+
+
+def _queue(database: DatabaseConfig, queue_id: str) -> SyncQueue:
+    with open_services(database, read_only=True) as services:
+        return services.app.get_queue(UUID(queue_id))
+
+
+def _jobs(env: dict[str, str]) -> list[dict[str, Any]]:
+    listed = wcsync("jobs", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    return list(as_json(listed))
+
+
+def _check_mirror(database: DatabaseConfig, queue_id: str, store: RunningSandbox) -> None:
+    """Exactly the store's customers, each registered once, no line of the queue finished twice."""
+    with open_services(database) as services:
+        services.catch_up()
+        ids = [row["woo_customer_id"] for row in queries.customers(services.projections, ORG, store.url)]
+        assert sorted(ids) == sorted(store.store.customer_ids())
+        registered: Counter[int] = Counter()
+        for notification in services.app.recorder.select_notifications(start=1, limit=10**7):
+            event = services.app.mapper.to_domain_event(notification)
+            if isinstance(event, Customer.Registered) and event.org_id == ORG:
+                registered[event.woo_id] += 1
+        assert set(registered) == set(ids) and set(registered.values()) == {1}
+        finished = Counter(
+            customer
+            for event in services.app.queue_events(UUID(queue_id))
+            if isinstance(event, SyncQueue.LinesDone)
+            for customers in event.results.values()
+            for customer in customers
+        )
+        assert len(finished) == len(ids) == CUSTOMERS and set(finished.values()) == {1}
+
+
+@pytest.mark.parametrize("whole_group", [False, True], ids=["serve", "serve-and-worker"])
+@pytest.mark.sandbox(customers=CUSTOMERS, faults=Faults(latency_ms=20))
+def test_serve_sigkilled_mid_sync_then_started_again_finishes_the_queue_untouched(
+    env: dict[str, str],
+    sandbox: RunningSandbox,
+    tmp_path: Path,
+    whole_group: bool,
+    request: pytest.FixtureRequest,
+) -> None:
+    database = DatabaseConfig.from_url(env["WCSYNC_DATABASE_URL"])
+    if whole_group and database.backend == "postgres":
+        # Passes only when the wall clock enters a minute divisible by 10 meanwhile: see the test below.
+        request.applymarker(pytest.mark.xfail(reason=STALLED_CRON_BUG, strict=False))
+    store_id = _register(env, sandbox.url)
+    # From here on no store credential anywhere: the server reads the registered store's.
+    bare = {k: v for k, v in env.items() if not k.startswith("WOO_")}
+    tokens = OrgTokens.of(env["WCSYNC_DATABASE_URL"], Role.OPERATOR)
+    with _servers(bare, tmp_path) as servers:
+        first = Server(bare, tmp_path / "serve-1.log")
+        servers.append(first)
+        code, answer = Api(first.url, tokens=tokens).sync(store_id=store_id, options=SLOW)
+        assert code == 202, answer
+        queue_id = answer["data"]["queueId"]
+
+        wait_until(lambda: _queue(database, queue_id).lines.count("done") >= 30)
+        first.kill(whole_group)
+        if not whole_group:
+            # Its worker sees the server gone, stops after the batch in hand and gives the job back.
+            wait_until(lambda: "the server that started it is gone" in first.stderr())
+            wait_until(lambda: [job["status"] for job in _jobs(bare)] == ["waiting"])
+        left = _queue(database, queue_id)
+        assert left.state == "processing" and left.lines.count("done") < CUSTOMERS, left.state
+        assert "Traceback" not in first.stderr(), first.stderr()
+
+        second = Server(bare, tmp_path / "serve-2.log")
+        servers.append(second)
+        api = Api(second.url, tokens=tokens)
+        # A dead worker's job waits out its heartbeat (30 s: serve's workers take the defaults) and the next
+        # stalled-job check (10 s); the run itself takes a few seconds.
+        done = wait_until(lambda: (s := api.status(ORG, queue_id))["state"] == "done" and s, deadline_s=60)
+        assert (done["doneCount"], done["totalCount"]) == (CUSTOMERS, CUSTOMERS), done
+        wait_until(lambda: _jobs(bare) == [])  # the job succeeded: none left waiting, running or failed
+        second.process.send_signal(signal.SIGTERM)
+        assert second.process.wait(timeout=30) == 0, second.stderr()
+
+    _check_mirror(database, queue_id, sandbox)
+    finished = _queue(database, queue_id)
+    assert (
+        finished.state == "done" and finished.process_count >= 2
+    )  # started by one server, ended by the next
+    log = second.stderr()
+    assert "Traceback" not in log, log
+    if whole_group:
+        # The dead worker's job was given back by the machinery, not by anyone typing.
+        given_back = (
+            "job.dead_worker_job_given_back" if database.backend == "sqlite" else "job.stalled_retried"
+        )
+        assert given_back in log, log
+
+
+@pytest.mark.xfail(reason=STALLED_CRON_BUG, strict=True)
+def test_the_stalled_job_check_runs_every_stalled_check_s_seconds() -> None:
+    """Why the PostgreSQL serve-and-worker case above waits minutes: the check's schedule, read as procrastinate
+    reads it (croniter), from a fixed instant. No database is opened."""
+
+    async def never_run(*args: Any) -> str:
+        raise AssertionError("no job runs here")
+
+    worker = JobWorker(
+        DatabaseConfig.from_url("postgresql://nobody@127.0.0.1:9/none"), never_run, WorkerSettings()
+    )
+    [check] = worker.app.periodic_registry.periodic_tasks.values()
+    ticks = check.croniter
+    ticks.set_current(start_time=datetime(2026, 12, 1, 14, 31, 5, tzinfo=UTC))
+    assert [ticks.get_next(datetime) for _ in range(3)] == [
+        datetime(2026, 12, 1, 14, 31, second, tzinfo=UTC) for second in (10, 20, 30)
+    ], check.cron
