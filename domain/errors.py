@@ -87,7 +87,7 @@ class StoreNotFoundError(WcsyncError):
     error_code = "store_not_found"
 
     def __init__(self, store_id: UUID, org_id: str) -> None:
-        super().__init__(f"no store {store_id} in org {org_id}")
+        super().__init__(f"no store {store_id} in org {org_id!r}")  # worded as QueueNotFoundError
         self.store_id = store_id
         self.org_id = org_id
 

@@ -55,7 +55,7 @@ def test_a_registered_store_syncs_without_a_key_in_the_environment(
 
     # Another org: the same answer as for no such store.
     other = wcsync("--org", "other", "stores", "remove", store_id, env=bare)
-    assert other.returncode == 2 and other.stderr.strip() == f"wcsync: no store {store_id} in org other"
+    assert other.returncode == 2 and other.stderr.strip() == f"wcsync: no store {store_id} in org 'other'"
     assert as_json(wcsync("--org", "other", "stores", "list", "--json", env=bare)) == []
 
     # Rekey: the old key no longer opens it, the new one does.

@@ -303,6 +303,8 @@ def test_another_orgs_store_is_answered_as_no_such_store(server: Server, sandbox
         none = server.as_token(other, method, route.format(nowhere), _with_id(body, nowhere))
         assert theirs.status == 404, (method, route, theirs.body)
         assert _replaced(theirs.as_sent(), store_id, nowhere) == none.as_sent(), (method, route)
+        # Worded as a missing queue is ("no queue Q in org 'other'"): the org quoted.
+        assert none.json["error"]["message"] == f"no store {nowhere} in org 'other'", none.body
     assert server.as_token(other, "GET", "/api/v1/stores").json["data"] == []
     # The same URL registered by the other org is a store of its own: acme's is neither rotated nor renamed.
     before = server.as_token(admin, "GET", f"/api/v1/stores/{store_id}").json["data"]

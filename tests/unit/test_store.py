@@ -95,7 +95,7 @@ def test_a_removed_store_is_no_such_store() -> None:
     with pytest.raises(StoreNotFoundError):
         store.rotate("9b8c7d6e5f40", "bob")
     error = removed_twice.value
-    assert str(error) == f"no store {store.id} in org {ORG}"
+    assert str(error) == f"no store {store.id} in org {ORG!r}"
     assert isinstance(error, WcsyncError)
     assert (error.exit_code, error.http_status, error.error_code) == (EXIT_USAGE, 404, "store_not_found")
     assert store.version == 2  # nothing recorded by the refusals
