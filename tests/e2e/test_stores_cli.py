@@ -75,7 +75,7 @@ def test_a_registered_store_syncs_without_a_key_in_the_environment(
     rows = sqlite3.connect(path).execute("SELECT COUNT(*) FROM wcsync_store_secrets").fetchone()
     assert rows == (0,)
     gone = wcsync("start", "--store", store_id, env=renewed)
-    assert gone.returncode == 2 and gone.stderr.strip() == f"wcsync: no store {store_id} in org default"
+    assert gone.returncode == 2 and gone.stderr.strip() == f"wcsync: no store {store_id} in org 'default'"
 
 
 def test_a_store_is_checked_before_it_is_registered(sandbox: RunningSandbox, sqlite_url: str) -> None:
