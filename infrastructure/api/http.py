@@ -699,7 +699,7 @@ class SyncApi:
         return _ok(
             {
                 "status": "ok",
-                "database": self.services.database.display,
+                "database": operations.backend_name(self.services.database),  # a public route: no location
                 "running": self.runs.running_count(),
                 "projectionLag": lag,
             }

@@ -58,6 +58,12 @@ STRING: Schema = {"type": "string"}
 TIME: Schema = {"type": "string", "description": "ISO-8601 with offset"}
 COUNT: Schema = {"type": "integer", "minimum": 0}
 UUID: Schema = {"type": "string", "format": "uuid"}
+# What the public probes say of the database: its kind only, never its user, host, name or path.
+BACKEND: Schema = {
+    "type": "string",
+    "enum": ["postgresql", "sqlite"],
+    "description": "the database's kind only (the probes need no token, so they do not locate it)",
+}
 IDENTIFIER: Schema = {
     "type": "string",
     "minLength": 1,
@@ -131,7 +137,7 @@ def _schemas() -> dict[str, Schema]:
                         "storeCode": STRING,
                         "storeStatus": _nullable({"type": "integer"}),
                         "pendingMigrations": _nullable({"type": "array", "items": {"type": "integer"}}),
-                        "database": STRING,
+                        "database": BACKEND,
                     },
                     "required": ["code", "message"],
                 },
@@ -170,7 +176,7 @@ def _schemas() -> dict[str, Schema]:
         "Health": _object(
             {
                 "status": {"const": "ok"},
-                "database": {"type": "string", "description": "the database URL, any password hidden"},
+                "database": BACKEND,
                 "running": {**COUNT, "description": "syncs this server is running"},
                 "projectionLag": _nullable(
                     {**COUNT, "description": "events not applied yet (null: unknown)"}
@@ -180,7 +186,7 @@ def _schemas() -> dict[str, Schema]:
         "Ready": _object(
             {
                 "ready": {"const": True},
-                "database": STRING,
+                "database": BACKEND,
                 "pendingMigrations": {"type": "array", "maxItems": 0},
             }
         ),
@@ -385,8 +391,9 @@ def _paths() -> dict[str, Any]:
                     {"200": _ok(_ref("Ready"), "ready")},
                     {
                         "503": _error(
-                            "not_ready: the database did not answer in time, cannot be read, or migrations "
-                            "are pending (run `wcsync db migrate`)"
+                            "not_ready: the database did not answer in time, cannot be read (a fixed message: "
+                            "the error itself is in the server log), or migrations are pending (run `wcsync db "
+                            "migrate`); `database` is its kind only"
                         )
                     },
                 ),

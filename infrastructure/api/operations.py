@@ -11,6 +11,10 @@ of each kind in flight at a time, and waits for it a bounded time (READY_TIMEOUT
 A read still running past that is not waited for; the next probe waits for it again instead of starting
 one more, so a database that hangs costs one thread, not one per probe.
 
+The probes answer anyone, so they name the database's kind only (``backend_name``: ``postgresql`` or
+``sqlite``), never its user, host, database name or file path, and a database error is a fixed message
+(its text, which may carry any of those, goes to the log).
+
 This module must not import infrastructure.api.http, which imports it; the answers' envelope
 (``{"success": ..., "data" | "error": ...}``) is written here the same way.
 """
@@ -36,6 +40,7 @@ from infrastructure.adapters.migrations import pending_migrations
 from infrastructure.adapters.tokens import Role
 from infrastructure.api import exposition, openapi
 from infrastructure.api.auth import PRINCIPAL_KEY, require_role
+from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.metrics import ProjectionFigures, Snapshot
 from infrastructure.wiring import Services
 from projections.operations import last_moved, queue_totals
@@ -48,6 +53,7 @@ __all__ = [
     "READY_PATH",
     "Operations",
     "add_operation_routes",
+    "backend_name",
 ]
 
 log = structlog.get_logger("wcsync.api.operations")
@@ -65,6 +71,17 @@ READY_TIMEOUT_S = 2.0
 SCRAPE_TIMEOUT_S = 3.0
 # What a scrape's reads may raise when the database fails them: the scrape then answers without them.
 _READ_ERRORS: tuple[type[BaseException], ...] = (WcsyncError, *DATABASE_ERRORS)
+
+
+# What an unauthenticated probe says of the database: its kind, nothing that locates it.
+_BACKEND_NAMES = {"postgres": "postgresql", "sqlite": "sqlite"}
+# /readyz's words for a database it cannot read (the error itself is logged).
+UNREADABLE = "the database cannot be read (the server log has the details)"
+
+
+def backend_name(database: DatabaseConfig) -> str:
+    """The database's kind as a public probe shows it: ``postgresql`` or ``sqlite``."""
+    return _BACKEND_NAMES.get(database.backend, database.backend)
 
 
 def _envelope(document: dict[str, Any], status: int) -> web.Response:
@@ -130,7 +147,9 @@ class Operations:
         except TimeoutError:
             return self._not_ready(f"the database did not answer within {self._ready.timeout_s:g} s", None)
         except WcsyncError as error:  # pending_migrations words every database error as a StorageError
-            return self._not_ready(f"the database cannot be read: {error}", None)
+            # The error's text can name the user, host, database or file: the log's, not a public answer's.
+            log.warning("api.not_ready_database_error", error=str(error))
+            return self._not_ready(UNREADABLE, None)
         if pending:
             versions = ", ".join(str(v) for v in pending)
             return self._not_ready(
@@ -138,7 +157,7 @@ class Operations:
                 f"{versions}): run `wcsync db migrate`",
                 pending,
             )
-        data = {"ready": True, "database": database.display, "pendingMigrations": []}
+        data = {"ready": True, "database": backend_name(database), "pendingMigrations": []}
         return _envelope({"success": True, "data": data}, 200)
 
     def _not_ready(self, why: str, pending: list[int] | None) -> web.Response:
@@ -146,7 +165,7 @@ class Operations:
         error = {
             "code": "not_ready",
             "message": f"not ready: {why}",
-            "database": self.services.database.display,
+            "database": backend_name(self.services.database),
             "pendingMigrations": pending,
         }
         return _envelope({"success": False, "error": error}, 503)

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+import structlog
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -41,6 +42,8 @@ from tests.support.services import FAST, run_sync
 from tests.support.waiting import DEADLINE_S, wait_until
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+# What the public probes name the database (its kind only).
+BACKENDS = {"postgres": "postgresql", "sqlite": "sqlite"}
 
 
 @dataclass(frozen=True)
@@ -158,8 +161,30 @@ def test_readyz_answers_ready_on_a_migrated_database_without_a_token(
     assert answer.status == 200, answer.body
     assert answer.json == {
         "success": True,
-        "data": {"ready": True, "database": services.database.display, "pendingMigrations": []},
+        "data": {"ready": True, "database": BACKENDS[services.database.backend], "pendingMigrations": []},
     }
+    assert services.database.display not in answer.body.decode()  # anyone may ask: nothing that locates it
+
+
+def test_readyz_on_a_database_it_cannot_read_says_so_in_fixed_words_and_logs_the_error(
+    client: Client, services: Services
+) -> None:
+    conn = Connection(services.database)
+    try:
+        conn.execute(f"ALTER TABLE {MIGRATIONS_TABLE} RENAME COLUMN version TO renamed_version")
+    finally:
+        conn.close()
+    with structlog.testing.capture_logs() as logs:
+        answer = client.get("/readyz")
+    assert answer.status == 503, answer.body
+    assert error_of(answer) == {
+        "code": "not_ready",
+        "message": "not ready: the database cannot be read (the server log has the details)",
+        "database": BACKENDS[services.database.backend],
+        "pendingMigrations": None,
+    }
+    logged = [entry for entry in logs if entry["event"] == "api.not_ready_database_error"]
+    assert len(logged) == 1 and "version" in logged[0]["error"], logs
 
 
 def test_readyz_names_the_migrations_pending_and_what_to_run(client: Client, services: Services) -> None:
