@@ -7,6 +7,12 @@ errors below, WcsyncError subclasses, into its answer. A missing, malformed, unk
 answer, byte for byte (``Unauthorized``): the caller learns nothing about which it was, and a 401 carries
 ``WWW-Authenticate: Bearer`` (``bearer_challenge``, a response hook: the envelope builds the answer).
 
+Failed attempts are limited per client address (``FailureLimiter``; an IPv6 address counts as its /64,
+which one host or subscriber usually has whole, ``client_address``). An address over the limit still has
+its token looked up: a valid one passes, and only a failure is answered 429 (and counted). So a shared
+address (a load balancer's, a NAT's) that someone guesses from does not lock out the clients behind it,
+and telling a valid token from another gives a guesser nothing: tokens are 256 random bits.
+
 Handlers then ask ``require_role`` (403 ``forbidden``) and ``request_org`` (the token's org; a body or query
 org_id naming another is 403 ``org_mismatch``). With ``no_auth`` (local development) every request passes
 with no principal (None) and names its org itself, as before tokens existed.
@@ -17,6 +23,7 @@ This module must not import infrastructure.api.http, which imports it.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import math
 import re
 import threading
@@ -52,6 +59,7 @@ __all__ = [
     "auth_middleware",
     "bearer_challenge",
     "bearer_token",
+    "client_address",
     "request_org",
     "require_role",
 ]
@@ -62,8 +70,9 @@ log = structlog.get_logger("wcsync.api.auth")
 PRINCIPAL_KEY: web.RequestKey[Principal | None] = web.RequestKey("principal")
 # An Authorization header longer than this is not read at all (a token is 47 characters).
 MAX_AUTHORIZATION_LENGTH = 512
-# More than MAX_FAILURES failed attempts from one address within FAILURE_WINDOW_S seconds: that address
-# is answered 429 until the oldest of them is FAILURE_WINDOW_S old (a sliding window).
+# More than MAX_FAILURES failed attempts from one address within FAILURE_WINDOW_S seconds: that address's
+# failures are answered 429 until the oldest of them is FAILURE_WINDOW_S old (a sliding window, which each
+# further failure moves on); its valid tokens still pass.
 MAX_FAILURES = 10
 FAILURE_WINDOW_S = 60.0
 # The most addresses whose failures are remembered (each costs at most MAX_FAILURES + 1 timestamps); past
@@ -167,6 +176,26 @@ def bearer_token(values: list[str]) -> str | None:
 
 # ----- failed attempts ---------------------------------------------------------------------------------
 
+# An IPv6 client counts as its /64: one host or subscriber usually has a whole /64 and could otherwise
+# guess from a new address each time.
+IPV6_PREFIX = 64
+
+
+def client_address(remote: str | None) -> str:
+    """The address whose failures are counted together: an IPv4 address as it is (an IPv4-mapped IPv6
+    one as the IPv4), an IPv6 address as its /64 (``2001:db8:1:2::/64``), anything else as given."""
+    if remote is None:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(remote.split("%", 1)[0])  # no zone: fe80::1%eth0
+    except ValueError:
+        return remote
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
+    return str(address)
+
 
 class FailureLimiter:
     """Failed attempts per client address, in bounded memory. Thread-safe. ``clock`` is monotonic seconds
@@ -234,10 +263,11 @@ def auth_middleware(
     executor: Executor | None = None,
 ) -> Middleware:
     """The middleware that authenticates every request but those to ``public_paths`` (exact paths):
-    ``request["principal"]`` is the token's Principal, or None with ``no_auth``. Raises Unauthorized (401)
-    or, for an address with too many failures (``limiter``, one of its own by default), TooManyAttempts
-    (429) before the token is even looked at. ``authenticate`` runs in ``executor`` (None: the loop's
-    default). Put it inside the envelope middleware, and ``bearer_challenge`` in on_response_prepare."""
+    ``request["principal"]`` is the token's Principal, or None with ``no_auth``. A request without a valid
+    token raises Unauthorized (401) or, from an address with too many failures already (``limiter``, one of
+    its own by default; ``client_address``), TooManyAttempts (429); either is counted. A valid token passes
+    whatever its address's failures. ``authenticate`` runs in ``executor`` (None: the loop's default). Put
+    it inside the envelope middleware, and ``bearer_challenge`` in on_response_prepare."""
     failures = limiter if limiter is not None else FailureLimiter()
 
     @web.middleware
@@ -247,13 +277,13 @@ def auth_middleware(
         if no_auth:
             request[PRINCIPAL_KEY] = None
             return await handler(request)
-        address = request.remote or "unknown"
-        wait = failures.retry_after(address)
-        if wait is not None:
-            raise TooManyAttempts(wait)
         principal = await _principal(request, authenticate, executor)
         if principal is None:
+            address = client_address(request.remote)
+            wait = failures.retry_after(address)  # over the limit before this failure?
             failures.failed(address)
+            if wait is not None:
+                raise TooManyAttempts(failures.retry_after(address) or wait)
             raise Unauthorized()
         request[PRINCIPAL_KEY] = principal
         return await handler(request)

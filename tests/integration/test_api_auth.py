@@ -397,7 +397,9 @@ def _activity(server: Server, token: str, queue_id: str) -> list[dict[str, Any]]
 # ----- guessing ----------------------------------------------------------------------------------------------
 
 
-def test_failed_attempts_from_one_address_turn_it_to_429_with_retry_after(server: Server) -> None:
+def test_failed_attempts_from_one_address_turn_its_failures_to_429_and_valid_tokens_still_pass(
+    server: Server,
+) -> None:
     valid = server.token("acme", Role.ADMIN)
     for attempt in range(MAX_FAILURES + 1):
         guess = server.as_token(f"wcs_guess{attempt}", "GET", "/api/v1/queues")
@@ -406,19 +408,19 @@ def test_failed_attempts_from_one_address_turn_it_to_429_with_retry_after(server
     assert (limited.status, limited.code) == (429, "too_many_attempts"), limited.body
     retry_after = int(limited.headers["Retry-After"])
     assert 1 <= retry_after <= 60 and limited.json["error"]["retryAfterS"] == retry_after
-    # A valid token from that address is answered the same until the window passes (no oracle for guesses),
-    # and a header claiming another address changes nothing.
-    assert server.as_token(valid, "GET", "/api/v1/queues").status == 429
+    # A valid token from that address still passes (behind a load balancer its clients share the address;
+    # a 256-bit token told apart gives a guesser nothing), and a header claiming another address takes no
+    # failure out of the 429.
+    assert server.as_token(valid, "GET", "/api/v1/queues").status == 200
     for header in ("X-Forwarded-For", "X-Real-IP", "Forwarded"):
         value = "for=192.0.2.7" if header == "Forwarded" else "192.0.2.7"
-        spoofed = server.call("GET", "/api/v1/queues", authorization=f"Bearer {valid}", extra={header: value})
+        spoofed = server.call(
+            "GET", "/api/v1/queues", authorization="Bearer wcs_spoof", extra={header: value}
+        )
         assert spoofed.status == 429, header
     # The public routes still answer.
     assert server.call("GET", "/healthz").status == 200
-    # The limit is the address's: another one is answered as usual.
-    valid_header = f"Bearer {valid}"
-    elsewhere = server.call("GET", "/api/v1/queues", authorization=valid_header, source="127.0.0.2")
-    assert elsewhere.status == 200, elsewhere.body
+    # The limit is the address's: another one's failure is the usual 401.
     assert server.call("GET", "/api/v1/queues", source="127.0.0.2").code == "unauthorized"
 
 

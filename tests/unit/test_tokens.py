@@ -31,6 +31,7 @@ from infrastructure.api.auth import (
     TooManyAttempts,
     Unauthorized,
     bearer_token,
+    client_address,
 )
 
 
@@ -188,6 +189,26 @@ def test_failures_spread_wider_than_the_window_never_block() -> None:
         limiter.failed("a")
         clock.now += 5
         assert limiter.retry_after("a") is None
+
+
+@pytest.mark.parametrize(
+    ("remote", "counted_as"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:DB8:1:2:ffff::9", "2001:db8:1:2::/64"),  # the same /64: one host's, one count
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("::1", "::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),  # an IPv4 client on a dual-stack socket is its IPv4 address
+        ("not-an-address", "not-an-address"),
+        (None, "unknown"),
+    ],
+)
+def test_failures_are_counted_per_ipv4_address_and_per_ipv6_slash_64(
+    remote: str | None, counted_as: str
+) -> None:
+    assert client_address(remote) == counted_as
 
 
 def test_the_limiter_tracks_a_bounded_number_of_addresses_forgetting_expired_ones_first() -> None:
