@@ -17,6 +17,14 @@ Handlers then ask ``require_role`` (403 ``forbidden``) and ``request_org`` (the 
 org_id naming another is 403 ``org_mismatch``). With ``no_auth`` (local development) every request passes
 with no principal (None) and names its org itself, as before tokens existed.
 
+No-auth mode listens on loopback only, but a web page the developer visits can still reach it: a
+cross-origin ``text/plain`` POST needs no CORS preflight, and DNS rebinding makes the page's own name
+resolve to 127.0.0.1. So in that mode (``local_request``) a request whose Host is not a loopback name or
+address (``localhost``, ``127.x.y.z``, ``[::1]``, any port) is 403 ``forbidden_host``, and a body sent with
+any method but GET, HEAD and OPTIONS (POST, DELETE) must be ``Content-Type: application/json`` (415
+``unsupported_media_type``), which a browser sends cross-origin only after a preflight this server never
+grants.
+
 This module must not import infrastructure.api.http, which imports it.
 """
 
@@ -50,16 +58,20 @@ __all__ = [
     "Authenticate",
     "FailureLimiter",
     "Forbidden",
+    "ForbiddenHost",
     "OrgMismatch",
     "OrgRequired",
     "Principal",
     "Role",
     "TooManyAttempts",
     "Unauthorized",
+    "UnsupportedMediaType",
     "auth_middleware",
     "bearer_challenge",
     "bearer_token",
     "client_address",
+    "local_request",
+    "loopback_host",
     "request_org",
     "require_role",
 ]
@@ -157,6 +169,29 @@ class TooManyAttempts(WcsyncError):
         return {"retryAfterS": self.retry_after_s}  # the envelope makes it a Retry-After header
 
 
+class ForbiddenHost(WcsyncError):
+    """No-auth mode only: the request's Host is not a loopback name or address (a DNS-rebound page's)."""
+
+    http_status = 403
+    error_code = "forbidden_host"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the server runs without tokens and answers only requests to a loopback Host "
+            "(localhost, 127.0.0.1, [::1], any port)"
+        )
+
+
+class UnsupportedMediaType(WcsyncError):
+    """No-auth mode only: a body that is not sent as application/json (a cross-site form or text/plain)."""
+
+    http_status = 415
+    error_code = "unsupported_media_type"
+
+    def __init__(self) -> None:
+        super().__init__("the request body must be sent with Content-Type: application/json")
+
+
 # ----- the header ------------------------------------------------------------------------------------
 
 
@@ -252,6 +287,50 @@ class FailureLimiter:
             self._failures.popitem(last=False)
 
 
+# ----- no-auth mode's own checks ----------------------------------------------------------------------
+
+# Methods whose body no-auth mode does not check (a browser sends none cross-origin with them).
+_BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_PORT = re.compile(r"(:[0-9]*)?")
+
+
+def loopback_host(value: str) -> bool:
+    """Whether a Host header names this machine's loopback: ``localhost`` (any case, a trailing dot too),
+    an IPv4 address in 127/8 or the IPv6 ``[::1]``, each with or without a port."""
+    if value.startswith("["):
+        inside, bracket, port = value[1:].partition("]")
+        if not bracket or _PORT.fullmatch(port) is None:
+            return False
+        try:
+            return ipaddress.IPv6Address(inside).is_loopback
+        except ValueError:
+            return False
+    name, colon, port = value.partition(":")
+    if _PORT.fullmatch(colon + port) is None:
+        return False
+    if name.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.IPv4Address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def local_request(request: web.Request) -> None:
+    """No-auth mode's refusals of what a web page could send: a Host that is not loopback (ForbiddenHost,
+    403; exactly one Host header), then a body not sent as application/json (UnsupportedMediaType, 415)."""
+    hosts = request.headers.getall("Host", [])
+    if len(hosts) != 1 or not loopback_host(hosts[0]):
+        log.info("api.host_refused", remote=request.remote, path=request.path)
+        raise ForbiddenHost()
+    if (
+        request.method not in _BODYLESS_METHODS
+        and request.body_exists
+        and request.content_type != "application/json"
+    ):
+        raise UnsupportedMediaType()
+
+
 # ----- the middleware ----------------------------------------------------------------------------------
 
 
@@ -267,11 +346,14 @@ def auth_middleware(
     token raises Unauthorized (401) or, from an address with too many failures already (``limiter``, one of
     its own by default; ``client_address``), TooManyAttempts (429); either is counted. A valid token passes
     whatever its address's failures. ``authenticate`` runs in ``executor`` (None: the loop's default). Put
-    it inside the envelope middleware, and ``bearer_challenge`` in on_response_prepare."""
+    it inside the envelope middleware, and ``bearer_challenge`` in on_response_prepare. With ``no_auth``
+    every request, to a public path too, first passes ``local_request`` (403 / 415)."""
     failures = limiter if limiter is not None else FailureLimiter()
 
     @web.middleware
     async def authenticated(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if no_auth:
+            local_request(request)
         if request.path in public_paths:
             return await handler(request)
         if no_auth:

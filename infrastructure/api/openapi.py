@@ -296,6 +296,10 @@ def _error(description: str, retry_after: bool = False) -> dict[str, Any]:
 # What any route may answer, whatever it does.
 _COMMON = {
     "400": _error("bad_request: the request could not be read as HTTP"),
+    "403": _error(
+        "forbidden_host: the server runs without tokens (--no-auth) and the Host header is not a loopback "
+        "name or address (localhost, 127.x.y.z, [::1], any port): a DNS-rebound page's request"
+    ),
     "404": _error("not_found: no such route"),
     "405": _error("method_not_allowed: the route takes another method"),
     "413": _error("payload_too_large: the request (or its body) is too large"),
@@ -309,6 +313,14 @@ _AUTHENTICATED = {
         "headers": {"WWW-Authenticate": {"schema": {"const": "Bearer"}}},
     },
     "429": _error("too_many_attempts: too many failed authentications from this address", retry_after=True),
+}
+# What a route with a body may answer besides (--no-auth mode only: a cross-site form or text/plain body,
+# which a browser sends cross-origin without a preflight).
+_BODY_ERRORS = {
+    "415": _error(
+        "unsupported_media_type: the server runs without tokens (--no-auth) and the body was not sent as "
+        "Content-Type: application/json"
+    ),
 }
 _QUERY_ERRORS = {
     "400": _error(
@@ -488,6 +500,7 @@ def _store_paths() -> dict[str, Any]:
                 "credentials, or bring back a removed one.",
                 _answers(
                     _AUTHENTICATED,
+                    _BODY_ERRORS,
                     _store_errors(),
                     _200=_ok(_ref("StoreSaved"), "a registered store's credentials rotated"),
                     _201=_ok(_ref("StoreSaved"), "registered, or a removed store restored"),
@@ -525,6 +538,7 @@ def _store_paths() -> dict[str, Any]:
                 "Remove a store: its secret is deleted, its events are kept.",
                 _answers(
                     _AUTHENTICATED,
+                    _BODY_ERRORS,
                     _QUERY_ERRORS,
                     _store_errors(),
                     _200=_ok(_ref("StoreRemoved"), "removed"),
@@ -552,6 +566,7 @@ def _sync_operation(status: dict[str, Any]) -> dict[str, Any]:
         "status needs a viewer token, the other actions an operator's.",
         _answers(
             _AUTHENTICATED,
+            _BODY_ERRORS,
             _200=status,
             _202=_ok(_ref("Started"), "the run is under way (start, retry, resume): poll action status"),
             _400=_error(
@@ -600,7 +615,10 @@ def document() -> dict[str, Any]:
             "description": (
                 "Mirrors WooCommerce customers into an event-sourced store. Every route but /healthz, /readyz "
                 "and this document needs Authorization: Bearer TOKEN (`wcsync tokens create`). Every answer "
-                'is {"success": true, "data": ...} or {"success": false, "error": {"code", "message", ...}}.'
+                'is {"success": true, "data": ...} or {"success": false, "error": {"code", "message", ...}}. '
+                "A server started with --no-auth (loopback only, for local development) asks for no token "
+                "but answers only a loopback Host (else 403 forbidden_host) and takes a request body only as "
+                "Content-Type: application/json (else 415 unsupported_media_type)."
             ),
         },
         "servers": [{"url": "/"}],

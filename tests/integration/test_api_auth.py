@@ -464,6 +464,16 @@ def test_serve_without_auth_on_loopback_answers_without_a_token_and_needs_the_or
             unnamed = server.call(method, path, body)
             assert (unnamed.status, unnamed.code) == (400, "missing_field"), (method, path, unnamed.body)
             assert "org_id" in unnamed.json["error"]["message"]
+        # What a web page the developer visits could send is refused: a cross-origin text/plain POST (no
+        # preflight) and, after DNS rebinding, a request whose Host is the page's own name.
+        as_text = {"Content-Type": "text/plain"}
+        simple = server.call(
+            "POST", SYNC_PATH, {"org_id": "acme", "config": config_of(sandbox)}, extra=as_text
+        )
+        assert (simple.status, simple.code) == (415, "unsupported_media_type"), simple.body
+        rebound = server.call("GET", "/api/v1/queues?org_id=acme", extra={"Host": "attacker.example:80"})
+        assert (rebound.status, rebound.code) == (403, "forbidden_host"), rebound.body
+        assert server.call("GET", "/api/v1/queues?org_id=acme", extra={"Host": "localhost"}).status == 200
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=DEADLINE_S) == 0
     finally:

@@ -132,6 +132,8 @@ async def served(authenticate: Authenticate, no_auth: bool, limiter: FailureLimi
     )
     app.on_response_prepare.append(bearer_challenge)
     app.router.add_get("/whoami", whoami)
+    app.router.add_post("/whoami", whoami)
+    app.router.add_delete("/whoami", whoami)
     app.router.add_get("/operate", operate)
     app.router.add_get("/org", org)
     app.router.add_get("/healthz", health)
@@ -260,6 +262,105 @@ def test_without_auth_every_request_passes_and_names_its_org(serve: Callable[...
     assert client.get("/org?org_id=globex").json["data"] == "globex"
     missing = client.get("/org")
     assert missing.status == 400 and missing.error["code"] == "missing_field"
+
+
+def _status_of(answer: bytes) -> tuple[int, bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def _sent(client: Client, method: str, headers: list[str], body: bytes = b"") -> tuple[int, bytes]:
+    """One request exactly as given (``headers`` as sent: Host among them, or not); status and body."""
+    lines = [f"{method} /whoami HTTP/1.1", "Connection: close", *headers]
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return _status_of(client.raw(("\r\n".join(lines) + "\r\n\r\n").encode() + body))
+
+
+LOOPBACK_HOSTS = (
+    "localhost",
+    "LOCALHOST:8080",
+    "localhost.",
+    "127.0.0.1",
+    "127.9.8.7:1",
+    "[::1]",
+    "[::1]:80",
+)
+FOREIGN_HOSTS = (
+    "attacker.example",
+    "attacker.example:8080",
+    "localhost.attacker.example",
+    "127.0.0.1.nip.io",
+    "192.168.1.5",
+    "0.0.0.0",  # noqa: S104 (a Host, not a binding)
+    "[::2]",
+    "::1",
+    "localhost:80:80",
+    "",
+)
+
+
+def test_without_auth_only_a_loopback_host_and_a_json_body_are_answered(
+    serve: Callable[..., Client],
+) -> None:
+    """A page the developer visits can reach a no-auth server on loopback (DNS rebinding, a cross-origin
+    text/plain POST that needs no preflight): its Host is not loopback (403), its body not JSON (415)."""
+
+    def authenticate(token: str) -> Principal | None:
+        raise AssertionError("no-auth mode looks no token up")
+
+    client = serve(authenticate, no_auth=True)
+    for host in LOOPBACK_HOSTS:
+        assert _sent(client, "GET", [f"Host: {host}"])[0] == 200, host
+    for host in FOREIGN_HOSTS:
+        status, body = _sent(client, "GET", [f"Host: {host}"])
+        assert status == 403 and json.loads(body)["error"]["code"] == "forbidden_host", (host, body)
+    refused_public = client.raw(
+        b"GET /healthz HTTP/1.1\r\nHost: attacker.example\r\nConnection: close\r\n\r\n"
+    )
+    assert _status_of(refused_public)[0] == 403  # the public routes too
+    no_host = _status_of(client.raw(b"GET /whoami HTTP/1.0\r\n\r\n"))
+    assert no_host[0] == 403
+    # Two Host headers: aiohttp's parser refuses the request itself (400), never reaching a handler.
+    assert _sent(client, "GET", ["Host: localhost", "Host: attacker.example"])[0] == 400
+
+    local = ["Host: 127.0.0.1"]
+    body = b'{"org_id": "acme"}'
+    for method in ("POST", "DELETE"):
+        for content_type in (
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+        ):
+            status, answer = _sent(client, method, [*local, f"Content-Type: {content_type}"], body)
+            assert (status, json.loads(answer)["error"]["code"]) == (415, "unsupported_media_type"), (
+                method,
+                content_type,
+            )
+        assert _sent(client, method, local, body)[0] == 415  # no Content-Type at all
+        assert _sent(client, method, [*local, "Content-Type: application/json"], body)[0] == 200
+        assert (
+            _sent(client, method, [*local, "Content-Type: Application/JSON; charset=utf-8"], body)[0] == 200
+        )
+        assert _sent(client, method, local)[0] == 200  # no body: nothing to check
+    chunked = ["Transfer-Encoding: chunked", "Content-Type: text/plain"]
+    status, _ = _status_of(
+        client.raw(
+            b"POST /whoami HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+            + "\r\n".join(chunked).encode()
+            + b"\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+        )
+    )
+    assert status == 415  # a chunked body is a body
+
+
+def test_with_tokens_neither_the_host_nor_the_content_type_is_checked(
+    tokens: ApiTokens, serve: Callable[..., Client]
+) -> None:
+    client = serve(tokens.authenticate)
+    token, _ = tokens.create("acme", "ci", Role.VIEWER)
+    sent = ["Host: api.example.com", f"Authorization: Bearer {token}", "Content-Type: text/plain"]
+    assert _sent(client, "POST", sent, b"{}")[0] == 200
 
 
 def test_past_too_many_failures_an_address_s_failures_are_429_and_its_valid_tokens_pass(
