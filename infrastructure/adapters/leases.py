@@ -26,7 +26,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -284,6 +284,21 @@ class QueueLeases:
 
     def is_stale(self, lease: LeaseRow) -> bool:
         return lease.heartbeat_at < self.clock() - self.stale_s or self._dead_here(lease)
+
+    def live(self, queue_ids: Collection[UUID]) -> set[UUID]:
+        """Which of ``queue_ids`` a run holds now (a lease, not stale): one query for them all (a page of
+        the queue list), none for no ids."""
+        ids = list(dict.fromkeys(str(queue_id) for queue_id in queue_ids))
+        if not ids:
+            return set()
+        marks = ", ".join(["%s"] * len(ids))
+        rows = self._execute(
+            f"SELECT {_COLUMNS} FROM {QUEUE_LEASES_TABLE} WHERE queue_id IN ({marks})",
+            tuple(ids),
+            write=False,
+        )
+        leases = [LeaseRow.of(row) for row in rows]
+        return {lease.queue_id for lease in leases if not self.is_stale(lease)}
 
     def stale_leases(self) -> list[StaleLease]:
         """The leases whose holder is gone (stale heartbeat, or a process of this host that died): the

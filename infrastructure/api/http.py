@@ -663,8 +663,12 @@ class SyncApi:
         limit = _query_limit(request, 50)
         await self._in_thread(self.services.catch_up, READ_CATCH_UP_S)
         rows = await self._in_thread(queries.list_queues, self.services.projections, org_id, limit)
-        for row in rows:
-            row["isRunning"] = self.runs.in_flight(org_id, UUID(row["queueId"])) is not None
+        # Running as status says it: this server's run, or anyone's live lease (a worker's, a CLI's), the
+        # page's leases read in one query.
+        queue_ids = [UUID(row["queueId"]) for row in rows]
+        leased = await self._in_thread(self.services.queue_leases().live, queue_ids)
+        for row, queue_id in zip(rows, queue_ids, strict=True):
+            row["isRunning"] = queue_id in leased or self.runs.in_flight(org_id, queue_id) is not None
         return _ok(rows)
 
     async def queue(self, request: web.Request) -> web.Response:

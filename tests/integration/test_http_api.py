@@ -8,6 +8,7 @@ import os
 import selectors
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from psycopg import sql
 from structlog.testing import capture_logs
 
+from infrastructure.adapters.leases import QueueLeases
 from infrastructure.api.http import SYNC_PATH, ApiSettings
 from infrastructure.sandbox import Faults, RunningSandbox, SandboxConfig, SandboxThread
 from infrastructure.support.config import DatabaseConfig
@@ -364,6 +366,42 @@ def test_another_orgs_queue_is_not_found_and_not_listed(api: Api) -> None:
             assert api.get(f"/api/v1/queues/{queue_id}{suffix}?org_id=org-b")[0] == 404
         assert api.get("/api/v1/queues?org_id=org-b")[1]["data"] == []
         assert api.status("org-a", queue_id)["state"] == "failed"  # untouched by org-b's attempts
+
+
+def test_the_queue_list_says_running_for_a_queue_another_process_holds_in_one_lease_query(
+    api: Api, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's (or a CLI's) run holds the queue's lease: the list says isRunning as status does, not only
+    for this server's own runs, and reads the page's leases in one query; a stale lease is no run."""
+    with SandboxThread(SandboxConfig(customers=5)) as sandbox:
+        queue_ids = []
+        for _ in range(3):  # one after the other: the org runs one sync at a time
+            queue_ids.append(start(api, sandbox))
+            api.finished("acme", queue_ids[-1])
+    held, stale_id = uuid.UUID(queue_ids[0]), uuid.UUID(queue_ids[1])
+    worker = QueueLeases(services.database, host="host-b", pid=4242)  # a worker on another machine
+    gone = QueueLeases(services.database, host="host-c", pid=4243, clock=lambda: time.time() - 3600)
+    statements: list[str] = []
+    server_leases = services.queue_leases()
+    execute = server_leases._execute
+
+    def counted(statement: str, *args: Any, **kwargs: Any) -> list[tuple[Any, ...]]:
+        statements.append(statement)
+        return execute(statement, *args, **kwargs)
+
+    try:
+        with worker.acquire(held, "acme", "worker 17 (pid 4242@host-b)"), gone.acquire(stale_id, "acme", "x"):
+            monkeypatch.setattr(server_leases, "_execute", counted)
+            code, answer = api.get("/api/v1/queues?org_id=acme")
+            assert code == 200, answer
+            running = {row["queueId"]: row["isRunning"] for row in answer["data"]}
+            assert running == {queue_ids[0]: True, queue_ids[1]: False, queue_ids[2]: False}
+            assert len(statements) == 1, statements  # the page's leases in one query, not one per queue
+            assert api.status("acme", queue_ids[0])["isRunning"] is True  # the list agrees with status
+        assert not any(row["isRunning"] for row in api.get("/api/v1/queues?org_id=acme")[1]["data"])
+    finally:
+        worker.close()
+        gone.close()
 
 
 # ----- secrets -------------------------------------------------------------------------------------------------
