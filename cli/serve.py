@@ -25,12 +25,12 @@ import structlog
 
 from cli import common
 from cli.worker import PARENT_PID_VARIABLE
-from domain.errors import EXIT_OK
+from domain.errors import EXIT_OK, WcsyncError
 from infrastructure.adapters.secrets import SECRET_KEY_VARIABLE, SecretKey
 from infrastructure.api.http import ApiSettings, serve
 from infrastructure.support.config import DatabaseConfig, check_listen_address, is_loopback, listen_error
 from infrastructure.support.errors import ConfigurationError
-from infrastructure.wiring import open_services
+from infrastructure.wiring import Services, open_services
 from projections.runner import DATABASE_URL_VARIABLE
 
 log = structlog.get_logger("wcsync.serve")
@@ -62,9 +62,8 @@ def run(args: argparse.Namespace) -> int:
     database = common.database(args)
     with open_services(database) as services:
         workers = WorkerProcesses(database, args.workers if secret_key is not None else 0)
-        if secret_key is not None:
-            services.pickup_abandoned(secret_key)
-        with workers:
+        pickup = Pickup(services, secret_key)
+        with workers, pickup:
             try:
                 asyncio.run(serve(services, args.host, args.port, listening, settings))
             except OSError as error:
@@ -72,6 +71,43 @@ def run(args: argparse.Namespace) -> int:
                     raise
                 raise listen_error(error, args.host, args.port) from None  # the port taken meanwhile
     return EXIT_OK
+
+
+class Pickup:
+    """At the server's start, and every EVERY_S while it runs: a resume job for each queue a process that
+    died left processing (a killed server, worker or CLI run of a registered store), so it finishes with
+    nobody typing `resume` (Services.pickup_abandoned). Nothing without the stores' key."""
+
+    EVERY_S = 30.0
+
+    def __init__(self, services: Services, key: SecretKey | None) -> None:
+        self.services = services
+        self.key = key
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _once(self) -> None:
+        assert self.key is not None
+        try:
+            self.services.pickup_abandoned(self.key)
+        except WcsyncError as error:  # the database away for a moment: the next round tries again
+            log.warning("serve.pickup_failed", error=str(error))
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.EVERY_S):
+            self._once()
+
+    def __enter__(self) -> Pickup:
+        if self.key is not None:
+            self._once()
+            self._thread = threading.Thread(target=self._run, name="wcsync-pickup", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
 
 class WorkerProcesses:
@@ -95,6 +131,9 @@ class WorkerProcesses:
         return subprocess.Popen(
             [sys.executable, "-m", "cli.main", "worker"],
             env=env,
+            # A session of its own: a Ctrl-C at the terminal reaches the server only, which then stops its
+            # workers with one SIGTERM (after their batch); a second signal would stop them at once.
+            start_new_session=True,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
         )

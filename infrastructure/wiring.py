@@ -190,6 +190,7 @@ class Services:
     _opened: list[StoreSecrets | ApiTokens | LocalJobs] = field(default_factory=list, repr=False)
     _tokens: ApiTokens | None = field(default=None, repr=False)
     _leases: QueueLeases | None = field(default=None, repr=False)
+    _pickup: tuple[StoreRegistry, SyncJobs | LocalSyncJobs] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.database.backend == "sqlite" and self.write_gate is None:
@@ -275,13 +276,18 @@ class Services:
 
     def pickup_abandoned(self, key: SecretKey) -> list[UUID]:
         """Give each queue a process that died left processing (stale lease, no job, a registered store) a
-        resume job (infrastructure.services.localjobs.pickup_abandoned); the queues picked up."""
-        registry = self.store_registry(key, None)
+        resume job (infrastructure.services.localjobs.pickup_abandoned); the queues picked up. Called again
+        and again by a server: its registry and job queue are made once and closed with the services."""
+        if self._pickup is None:
+            jobs = self.sync_jobs()
+            if isinstance(jobs, LocalSyncJobs):
+                self._opened.append(jobs.table)
+            self._pickup = (self.store_registry(key, None), jobs)
+        registry, jobs = self._pickup
 
         def registered(org_id: str, url: str) -> UUID | None:
             return store_key(org_id, url) if registry.settings_for_url(org_id, url) is not None else None
 
-        jobs = self.sync_jobs()
         return pickup_abandoned(self.queue_leases().stale_leases(), self.app.get_queue, registered, jobs)
 
     def api_tokens(self) -> ApiTokens:

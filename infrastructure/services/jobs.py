@@ -308,9 +308,11 @@ class SyncJobRunner:
         outcome: SyncOutcome
         if job.action == "start" or queue.state == Q_DRAFT:
             outcome = await engine.start_draft(job.queue_id, store, self.client_options)
-        elif job.action == "retry" and queue.state != Q_PROCESSING:
+        elif job.action == "retry" and (queue.state != Q_PROCESSING or queue.retryable_ids()):
+            # A retry not applied yet: the queue's failed lines are still failed (a queue left processing by
+            # a stopped run has them too, and the CLI's `retry` retries them as well).
             outcome = await engine.retry(job.queue_id, store, self.client_options)
-        else:  # a resume, or a retry taken up again after its first run was stopped
+        else:  # a resume, or a retry taken up again after its first run put the lines back and was stopped
             outcome = await engine.resume(job.queue_id, store, self.client_options)
         if outcome.store_error is not None:
             log.warning("job.store_error", error=str(outcome.store_error), **_fields(job))
@@ -368,12 +370,7 @@ class JobWorker:
         async def sync(context: Any, /, **args: Any) -> str:
             return await self._sync(context, args)
 
-        @app.periodic(cron=f"*/{settings.stalled_check_s} * * * * *", periodic_id="stalled")
-        @app.task(name=jobqueue.STALLED_TASK, queue=jobqueue.JOB_QUEUE, queueing_lock=jobqueue.STALLED_TASK)
-        async def retry_stalled(timestamp: int) -> int:
-            return await self._retry_stalled()
-
-        del sync, retry_stalled
+        del sync, settings
 
     async def _sync(self, context: Any, args: dict[str, Any]) -> str:
         job = SyncJob.from_args(args)
@@ -400,22 +397,36 @@ class JobWorker:
 
     async def _retry_stalled(self) -> int:
         """Give back the jobs of workers whose heartbeat is stale (procrastinate's documented pattern,
-        docs/howto/production/retry_stalled_jobs), then forget those workers."""
-        from procrastinate.jobs import Status
+        docs/howto/production/retry_stalled_jobs), then forget those workers. Several workers may check
+        at once: a job another one gave back first is no longer stalled, and its retry is skipped."""
+        from procrastinate.exceptions import ProcrastinateException
 
         manager = self.app.job_manager
         stalled = await manager.get_stalled_jobs(seconds_since_heartbeat=self.settings.stalled_after_s)
         count = 0
         for job in stalled:
             if job.task_name == jobqueue.STALLED_TASK:
-                # A check that died with its worker: the next one is deferred on schedule.
-                await manager.finish_job(job=job, status=Status.FAILED, delete_job=True)
+                continue  # a check of an older release, queued as a job: nothing to give back
+            try:
+                await manager.retry_job(job)
+            except ProcrastinateException as error:
+                log.info("job.stalled_retry_skipped", job_id=job.id, error=type(error).__name__)
                 continue
             log.warning("job.stalled_retried", job_id=job.id, worker_id=job.worker_id, lock=job.lock)
-            await manager.retry_job(job)
             count += 1
         await manager.prune_stalled_workers(self.settings.stalled_after_s)
         return count
+
+    async def _check_stalled(self) -> None:
+        """Every ``stalled_check_s``, beside the jobs (not as a job: one behind a backlog of syncs, or
+        waiting for a worker slot every long sync holds, would give a dead worker's job back only once the
+        backlog drained). Every worker checks; what one gives back the others find given back."""
+        while not self._stopping:
+            await asyncio.sleep(self.settings.stalled_check_s)
+            try:
+                await self._retry_stalled()
+            except Exception as error:  # a database hiccup: the next check tries again
+                log.warning("job.stalled_check_failed", error=type(error).__name__)
 
     async def run(self) -> None:
         """Run jobs until ``stop()``; returns when every job in hand has ended (or given itself back)."""
@@ -441,11 +452,14 @@ class JobWorker:
                     delete_jobs="successful",
                 )
             )
+            checks = asyncio.ensure_future(self._check_stalled())
             try:
                 await self._task
             except asyncio.CancelledError:
                 if not self._stopping:
                     raise
+            finally:
+                checks.cancel()
 
     def stop(self) -> None:
         """Stop after the batches in hand: each run saves and its job is given back; no new job starts.

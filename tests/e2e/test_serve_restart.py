@@ -44,11 +44,6 @@ CUSTOMERS = 300
 # Slow enough to be caught mid-sync (30 batches, 100 ms apart), quick enough to finish in a few seconds.
 SLOW = {"perPage": 20, "batchSize": 10, "batchDelayMs": 100}
 ORG = "acme"
-STALLED_CRON_BUG = (
-    "product bug: JobWorker schedules wcsync.retry_stalled with cron '*/N * * * * *', which croniter reads "
-    "as every second of every N-th minute (seconds are its 6th field), not every N seconds; so on "
-    "PostgreSQL a SIGKILLed worker's job waits for the next minute divisible by N (up to 10 min by default)"
-)
 
 
 @pytest.fixture
@@ -166,12 +161,8 @@ def test_serve_sigkilled_mid_sync_then_started_again_finishes_the_queue_untouche
     sandbox: RunningSandbox,
     tmp_path: Path,
     whole_group: bool,
-    request: pytest.FixtureRequest,
 ) -> None:
     database = DatabaseConfig.from_url(env["WCSYNC_DATABASE_URL"])
-    if whole_group and database.backend == "postgres":
-        # Passes only when the wall clock enters a minute divisible by 10 meanwhile (STALLED_CRON_BUG).
-        request.applymarker(pytest.mark.xfail(reason=STALLED_CRON_BUG, strict=False))
     store_id = _register(env, sandbox.url)
     # From here on no store credential anywhere: the server reads the registered store's.
     bare = {k: v for k, v in env.items() if not k.startswith("WOO_")}

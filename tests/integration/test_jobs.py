@@ -257,6 +257,34 @@ def test_a_dead_workers_job_is_retried_by_the_stalled_job_check(
     assert rows(database, "SELECT count(*) FROM procrastinate_workers WHERE id = %s", (dead,)) == [(0,)]
 
 
+@pytest.mark.sandbox(customers=300)
+def test_the_stalled_job_check_runs_while_every_slot_of_the_worker_is_busy(
+    pg_services: Services, key: SecretKey, sandbox: RunningSandbox
+) -> None:
+    store_id = register(pg_services, key, sandbox)
+    # The worker's one slot: a sync that takes a while (30 batches, 200 ms apart).
+    busy_queue, _ = detached_start(pg_services, store_id, batch_size=10, batch_delay_ms=200)
+    stalled_queue, stalled_job = detached_start(pg_services, store_id)
+    database = pg_services.database
+    [(dead,)] = rows(
+        database,
+        "INSERT INTO procrastinate_workers (last_heartbeat) VALUES (now() - interval '1 hour') RETURNING id",
+    )
+    rows(
+        database,
+        "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s WHERE id = %s",
+        (dead, stalled_job),
+    )
+    with worker_running(pg_services, key):
+        wait_until(lambda: state(pg_services, busy_queue) == "processing")
+        # Given back while the slot is still taken: the check is not a job waiting for that slot.
+        wait_until(
+            lambda: [j["status"] for j in jobs_of(pg_services, stalled_queue)] == ["waiting"], deadline_s=15
+        )
+        assert state(pg_services, busy_queue) == "processing"
+        wait_until(lambda: state(pg_services, stalled_queue) == "done", deadline_s=60)
+
+
 @pytest.mark.sandbox(customers=10)
 def test_a_job_whose_store_secret_cannot_be_opened_fails_with_the_reason(
     pg_services: Services, key: SecretKey, sandbox: RunningSandbox
