@@ -3,6 +3,11 @@ PROCESS) and a scrape's Snapshot, written by prometheus_client (generate_latest)
 per scrape. prometheus_client's global registry is never used: a library could fill it behind our back,
 and this module owns every name it answers (``wcsync_*``, units in the names, ``_total`` for counters,
 seconds as the base unit).
+
+A scrape mixes figures of three scopes, and each family's HELP ends saying which (``ORG_SCOPE``,
+``PROCESS_SCOPE``, ``SERVICE_SCOPE``): the syncs and lines are the scraping token's org's; the store
+requests, retries and circuits are this process's, every org's stores together (they name no store); jobs,
+workers and projection lag are the whole service's, every org's, as the shared database holds them.
 """
 
 from __future__ import annotations
@@ -23,10 +28,14 @@ from infrastructure.support.metrics import (
     Snapshot,
 )
 
-__all__ = ["CONTENT_TYPE", "render"]
+__all__ = ["CONTENT_TYPE", "ORG_SCOPE", "PROCESS_SCOPE", "SERVICE_SCOPE", "render"]
 
 # Prometheus' text format 0.0.4, which every Prometheus server reads (what generate_latest writes).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# The last sentence of every family's HELP: whose figures these are.
+ORG_SCOPE = "Scope: the scraping token's org only (every org's with --no-auth)."
+PROCESS_SCOPE = "Scope: this process (this server), every org's stores together."
+SERVICE_SCOPE = "Scope: the whole service, every org (the shared database)."
 
 
 def _labelled(
@@ -50,7 +59,7 @@ def _process_families(counters: ProcessCounters) -> Iterator[Metric]:
         CounterMetricFamily(
             "wcsync_store_requests",
             "Requests this process sent to WooCommerce stores, by the answer's HTTP status class (or "
-            "timeout, connection_error when none came). Process-wide, no store URL (one org's data).",
+            f"timeout, connection_error when none came); no store URL (that is one org's data). {PROCESS_SCOPE}",
             labels=["status_class"],
         ),
         counters.requests(),
@@ -59,20 +68,22 @@ def _process_families(counters: ProcessCounters) -> Iterator[Metric]:
         CounterMetricFamily(
             "wcsync_store_retries",
             "Store requests this process sent again after a transient failure, by reason (timeout, "
-            "connection, server_error, ...).",
+            f"connection, server_error, ...). {PROCESS_SCOPE}",
             labels=["reason"],
         ),
         counters.retries(),
     )
     yield CounterMetricFamily(
         "wcsync_store_circuit_opened",
-        "Times a store client of this process stopped calling its store after consecutive failures.",
+        f"Times a store client of this process stopped calling its store after consecutive failures. "
+        f"{PROCESS_SCOPE}",
         value=counters.circuits_opened(),
     )
     yield _gauge(
         "wcsync_store_circuits",
         "Store clients alive in this process by the state of their circuit breaker (closed: calling the "
-        "store; open: paused after consecutive failures; half_open: one trial request in flight).",
+        f"store; open: paused after consecutive failures; half_open: one trial request in flight). "
+        f"{PROCESS_SCOPE}",
         "state",
         counters.circuits(),
     )
@@ -81,29 +92,32 @@ def _process_families(counters: ProcessCounters) -> Iterator[Metric]:
 def _database_families(snapshot: Snapshot) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "wcsync_database_up",
-        "1 when this scrape read the database in time, else 0 (the figures read from it are then absent).",
+        "1 when this scrape read the database in time, else 0 (the figures read from it are then absent). "
+        f"{PROCESS_SCOPE}",
         value=1 if snapshot.database_up else 0,
     )
     yield GaugeMetricFamily(
-        "wcsync_scrape_read_seconds", "Time this scrape spent reading the database.", value=snapshot.read_s
+        "wcsync_scrape_read_seconds",
+        f"Time this scrape spent reading the database. {PROCESS_SCOPE}",
+        value=snapshot.read_s,
     )
     if not snapshot.database_up:
         return
     yield _gauge(
         "wcsync_syncs",
-        "Sync queues of the scraping token's org by state.",
+        f"Sync queues by state. {ORG_SCOPE}",
         "state",
         _with_zeros(snapshot.syncs, QUEUE_STATES),
     )
     yield _gauge(
         "wcsync_sync_lines",
-        "Lines (one customer each) of the org's sync queues by state (draft: not processed yet).",
+        f"Lines (one customer each) of the sync queues by state (draft: not processed yet). {ORG_SCOPE}",
         "state",
         _with_zeros(snapshot.lines, LINE_STATES),
     )
     yield _gauge(
         "wcsync_sync_line_results",
-        "Lines of the org's sync queues processed, by result.",
+        f"Lines of the sync queues processed, by result. {ORG_SCOPE}",
         "result",
         _with_zeros(snapshot.line_results, LINE_RESULTS),
     )
@@ -112,19 +126,26 @@ def _database_families(snapshot: Snapshot) -> Iterator[Metric]:
 
 
 def _job_families(jobs: JobFigures) -> Iterator[Metric]:
-    yield GaugeMetricFamily("wcsync_jobs_waiting", "Sync jobs waiting for a worker.", value=jobs.waiting)
-    yield GaugeMetricFamily("wcsync_jobs_running", "Sync jobs a worker has taken.", value=jobs.running)
+    yield GaugeMetricFamily(
+        "wcsync_jobs_waiting", f"Sync jobs waiting for a worker. {SERVICE_SCOPE}", value=jobs.waiting
+    )
+    yield GaugeMetricFamily(
+        "wcsync_jobs_running", f"Sync jobs a worker has taken. {SERVICE_SCOPE}", value=jobs.running
+    )
     yield GaugeMetricFamily(
         "wcsync_jobs_oldest_waiting_age_seconds",
-        "Age of the oldest job waiting for a worker (0 when none waits).",
+        f"Age of the oldest job waiting for a worker (0 when none waits). {SERVICE_SCOPE}",
         value=jobs.oldest_waiting_age_s,
     )
     yield GaugeMetricFamily(
-        "wcsync_workers", "Workers registered with the job engine.", value=len(jobs.heartbeat_age_s)
+        "wcsync_workers",
+        f"Workers registered with the job engine, on any machine. {SERVICE_SCOPE}",
+        value=len(jobs.heartbeat_age_s),
     )
     yield _gauge(
         "wcsync_worker_heartbeat_age_seconds",
-        "Seconds since each worker's last heartbeat (a stalled worker's jobs are taken up again).",
+        f"Seconds since each worker's last heartbeat (a stalled worker's jobs are taken up again). "
+        f"{SERVICE_SCOPE}",
         "worker",
         jobs.heartbeat_age_s,
     )
@@ -133,13 +154,14 @@ def _job_families(jobs: JobFigures) -> Iterator[Metric]:
 def _projection_families(projections: Sequence[ProjectionFigures]) -> Iterator[Metric]:
     yield _gauge(
         "wcsync_projection_lag_events",
-        "Events saved that the projection has not applied yet.",
+        f"Events saved that the projection has not applied yet. {SERVICE_SCOPE}",
         "projection",
         {p.name: p.lag_events for p in projections},
     )
     yield _gauge(
         "wcsync_projection_lag_seconds",
-        "Seconds since the projection last applied an event while events wait for it (0 when caught up).",
+        "Seconds since the projection last applied an event while events wait for it (0 when caught up). "
+        f"{SERVICE_SCOPE}",
         "projection",
         {p.name: p.lag_s for p in projections},
     )

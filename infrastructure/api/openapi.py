@@ -414,8 +414,13 @@ def _paths() -> dict[str, Any]:
         },
         "/metrics": {
             "get": _operation(
-                "Prometheus metrics (text format 0.0.4): the process's store requests, retries and circuit "
-                "breakers; the token's org's syncs and lines; jobs, workers and projection lag.",
+                "Prometheus metrics (text format 0.0.4) of three scopes, each family's HELP ending with its "
+                "own: the token's org only (every org's with --no-auth): wcsync_syncs, wcsync_sync_lines, "
+                "wcsync_sync_line_results; this process, every org's stores together: wcsync_store_requests, "
+                "wcsync_store_retries, wcsync_store_circuit_opened, wcsync_store_circuits, "
+                "wcsync_database_up, wcsync_scrape_read_seconds; the whole service, every org: "
+                "wcsync_jobs_*, wcsync_workers, wcsync_worker_heartbeat_age_seconds, "
+                "wcsync_projection_lag_*.",
                 _answers(
                     _AUTHENTICATED,
                     {"403": _error("forbidden: the token's role is too low")},

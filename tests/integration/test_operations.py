@@ -26,6 +26,7 @@ from infrastructure.adapters.migrations import MIGRATIONS_TABLE, Connection
 from infrastructure.adapters.tokens import Role
 from infrastructure.adapters.woocommerce import ClientOptions, StoreCredentials, WooCommerceClient
 from infrastructure.api import http as api_http
+from infrastructure.api import openapi
 from infrastructure.api.auth import auth_middleware, bearer_challenge
 from infrastructure.api.operations import (
     METRICS_CONTENT_TYPE,
@@ -276,6 +277,39 @@ def test_metrics_are_prometheus_text_with_wcsync_names(client: Client, services:
         value(answer.samples, "wcsync_syncs", state=s) for s in ("draft", "processing", "done", "failed")
     } == {0}
     assert value(answer.samples, "wcsync_jobs_waiting") == 0 and value(answer.samples, "wcsync_workers") == 0
+
+
+# Whose figures each family is (its HELP's last sentence), and the document's /metrics description.
+ORG_FAMILIES = {"wcsync_syncs", "wcsync_sync_lines", "wcsync_sync_line_results"}
+PROCESS_FAMILIES = {
+    "wcsync_store_requests",
+    "wcsync_store_retries",
+    "wcsync_store_circuit_opened",
+    "wcsync_store_circuits",
+    "wcsync_database_up",
+    "wcsync_scrape_read_seconds",
+}
+
+
+def test_every_metric_says_whether_it_is_the_tokens_orgs_or_process_or_service_wide(
+    client: Client, services: Services
+) -> None:
+    answer = client.get("/metrics", token=token(services, "acme"))
+    scopes = {
+        family.name: family.documentation.rsplit("Scope: ", 1)[-1]
+        for family in text_string_to_metric_families(answer.body.decode())
+    }
+    org = {name for name, scope in scopes.items() if scope.startswith("the scraping token's org only")}
+    process = {name for name, scope in scopes.items() if scope.startswith("this process")}
+    service = {name for name, scope in scopes.items() if scope.startswith("the whole service, every org")}
+    assert org == ORG_FAMILIES
+    assert process == PROCESS_FAMILIES
+    assert service == set(scopes) - ORG_FAMILIES - PROCESS_FAMILIES
+    assert {"wcsync_jobs_waiting", "wcsync_workers", "wcsync_projection_lag_events"} <= service
+    described = openapi.document()["paths"]["/metrics"]["get"]["summary"]
+    for name in ORG_FAMILIES | PROCESS_FAMILIES:
+        assert name in described, name
+    assert "the token's org only" in described and "the whole service, every org" in described
 
 
 # ----- /metrics: figures ----------------------------------------------------------------------------------
