@@ -30,6 +30,7 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -60,6 +61,19 @@ _MINE = "queue_id = %s AND host = %s AND pid = %s AND since = %s"
 def default_holder() -> str:
     """This process in words: ``pid 4242@host-a``."""
     return f"pid {os.getpid()}@{socket.gethostname()}"
+
+
+def this_machine() -> str:
+    """Who "this host" is when a pid is judged dead or alive: the host name, the kernel's boot and the pid
+    namespace. A host name alone let two containers of one name (one pod, host networking) read each
+    other's live pids as dead and take their leases, and a reboot or container restart reuse small pids
+    that then looked alive forever."""
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8])
+    with contextlib.suppress(OSError):
+        parts.append(os.readlink("/proc/self/ns/pid").removeprefix("pid:").strip("[]"))
+    return "/".join(parts)
 
 
 def pid_exists(pid: int) -> bool:
@@ -174,7 +188,7 @@ class QueueLeases:
     ) -> None:
         self.database = database
         self.clock = clock
-        self.host = host if host is not None else socket.gethostname()
+        self.host = host if host is not None else this_machine()
         self.pid = pid if pid is not None else os.getpid()
         self.heartbeat_s = heartbeat_s
         self.stale_s = stale_s

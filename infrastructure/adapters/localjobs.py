@@ -12,7 +12,6 @@ SQLite's write lock (``BEGIN IMMEDIATE``) makes a claim atomic: two workers neve
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from uuid import UUID
 
 import structlog
 
-from infrastructure.adapters.leases import pid_exists
+from infrastructure.adapters.leases import pid_exists, this_machine
 from infrastructure.adapters.migrations import LOCAL_JOBS_TABLE, Connection, storage_errors
 from infrastructure.adapters.schema import iso
 from infrastructure.support.config import DatabaseConfig
@@ -103,7 +102,7 @@ class LocalJobs:
         self._conn = Connection(database)
         self._lock = threading.Lock()
         self._clock = clock
-        self.host = host or socket.gethostname()
+        self.host = host or this_machine()
         self._alive = alive
 
     def __repr__(self) -> str:
