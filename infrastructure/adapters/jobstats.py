@@ -1,5 +1,6 @@
-"""The job engine's tables (procrastinate's, on PostgreSQL) as /metrics reports them: jobs waiting and
-running, the age of the oldest waiting, each worker's last heartbeat.
+"""The job engine's tables (procrastinate's, on PostgreSQL; the local job table on SQLite) as /metrics
+reports them: jobs waiting and running, the age of the oldest waiting, each worker's last heartbeat (on
+SQLite, which keeps no worker table, a worker is seen by the lease heartbeat of the job it runs).
 
 Plain SQL on procrastinate's tables rather than its API: a scrape must not import the job engine (it
 costs a tenth of a second) nor depend on it being set up. Where the tables are not there (SQLite, a
@@ -10,8 +11,15 @@ bounded by a statement timeout, so a scrape never waits long on a locked table.
 from __future__ import annotations
 
 import threading
+import time
+from datetime import datetime
 
-from infrastructure.adapters.migrations import Connection, storage_errors
+from infrastructure.adapters.migrations import (
+    LOCAL_JOBS_TABLE,
+    QUEUE_LEASES_TABLE,
+    Connection,
+    storage_errors,
+)
 from infrastructure.adapters.schema import POSTGRES
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.metrics import JobFigures
@@ -37,18 +45,28 @@ _HEARTBEATS = (
 )
 
 
+_LOCAL_WAITING = (
+    f"SELECT COUNT(*), MIN(deferred_at) FROM {LOCAL_JOBS_TABLE} WHERE status = 'waiting' AND run_after <= %s"
+)
+_LOCAL_RUNNING = f"SELECT COUNT(*) FROM {LOCAL_JOBS_TABLE} WHERE status = 'running'"
+_LOCAL_HEARTBEATS = (
+    f"SELECT j.holder, MAX(l.heartbeat_at) FROM {LOCAL_JOBS_TABLE} j JOIN {QUEUE_LEASES_TABLE} l "
+    f"ON l.queue_id = j.queue_id WHERE j.status = 'running' GROUP BY j.holder LIMIT {MAX_WORKERS}"
+)
+
+
 class JobStats:
     """Reads JobFigures for /metrics on a connection of its own, one scrape at a time (thread-safe)."""
 
     def __init__(self, database: DatabaseConfig) -> None:
         self.database = database
-        self._conn = Connection(database) if database.backend == "postgres" else None
+        self._conn = Connection(database)
         self._lock = threading.Lock()
 
     def read(self) -> JobFigures:
         """The figures now (zeros without the job engine's tables). A database error is a StorageError."""
-        if self._conn is None:
-            return JobFigures()
+        if self._conn.dialect != POSTGRES:
+            return self._read_local()
         with self._lock, storage_errors(self.database):
             conn = self._conn
             assert conn.dialect == POSTGRES
@@ -69,7 +87,23 @@ class JobStats:
             heartbeat_age_s=heartbeats,
         )
 
+    def _read_local(self) -> JobFigures:
+        now = time.time()
+        with self._lock, storage_errors(self.database):
+            conn = self._conn
+            if not conn.table_exists(LOCAL_JOBS_TABLE):
+                return JobFigures()
+            waiting, oldest = conn.execute(_LOCAL_WAITING, (now,))[0]
+            running = conn.execute(_LOCAL_RUNNING)[0][0]
+            beats = conn.execute(_LOCAL_HEARTBEATS)
+        age = now - datetime.fromisoformat(oldest).timestamp() if oldest else 0.0
+        return JobFigures(
+            waiting=int(waiting),
+            running=int(running),
+            oldest_waiting_age_s=max(0.0, age),
+            heartbeat_age_s={str(holder): max(0.0, now - float(beat)) for holder, beat in beats},
+        )
+
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
+            self._conn.close()

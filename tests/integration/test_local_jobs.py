@@ -20,6 +20,7 @@ import pytest
 import structlog
 
 from domain.queue import QueueOptions
+from infrastructure.adapters.jobstats import JobStats
 from infrastructure.adapters.leases import QueueLeases
 from infrastructure.adapters.localjobs import FAILED, RUNNING, WAITING, LocalJob, LocalJobs
 from infrastructure.adapters.secrets import SecretKey
@@ -28,6 +29,7 @@ from infrastructure.sandbox.config import Faults
 from infrastructure.services.jobs import WorkerSettings
 from infrastructure.services.localjobs import LocalJobWorker, LocalSyncJobs
 from infrastructure.support.config import DatabaseConfig
+from infrastructure.support.metrics import JobFigures
 from infrastructure.wiring import Services, migrate, open_services
 from projections import queries
 from tests.support.services import FAST, run_sync
@@ -406,3 +408,31 @@ def test_no_resume_job_for_an_unregistered_store_and_the_log_says_what_to_do(
     [left] = [e for e in logs if e["event"] == "jobs.abandoned_queue_left"]
     assert left["queue_id"] == str(queue_id) and f"wcsync resume {queue_id}" in left["advice"]
     assert sandbox.consumer_secret not in repr(logs)
+
+
+# ----- what /metrics reads of them ---------------------------------------------------------------------
+
+
+def test_the_metrics_figures_count_local_jobs_and_see_a_worker_by_its_lease(
+    database: DatabaseConfig, table: LocalJobs
+) -> None:
+    stats = JobStats(database)
+    try:
+        assert stats.read() == JobFigures()
+        running_queue = uuid4()
+        defer(table, running_queue)
+        defer(table, uuid4())
+        defer(table, uuid4())
+        job = table.claim("worker (pid 1@test)", 1)
+        assert job is not None and job.queue_id == running_queue
+        leases = QueueLeases(database, pid=1, host="elsewhere")
+        try:
+            leases.acquire(running_queue, "acme", "worker (pid 1@test)")
+            figures = stats.read()
+        finally:
+            leases.close()
+        assert (figures.waiting, figures.running) == (2, 1)
+        assert figures.oldest_waiting_age_s >= 0.0
+        assert list(figures.heartbeat_age_s) == ["worker (pid 1@test)"]
+    finally:
+        stats.close()
