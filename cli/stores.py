@@ -16,7 +16,7 @@ import sys
 from cli import common
 from cli.output import print_json
 from domain.errors import EXIT_OK
-from infrastructure.adapters.secrets import SecretKey
+from infrastructure.adapters.secrets import SECRET_KEY_VARIABLE, SecretKey
 from infrastructure.support.errors import ConfigurationError
 
 
@@ -69,8 +69,10 @@ def _list(args: argparse.Namespace) -> int:
 def _remove(args: argparse.Namespace) -> int:
     actor = common.actor()
     org = common.org(args)
+    # No key needed: a removal deletes the sealed secret unread (a lost key must not keep a store registered).
+    key = SecretKey.from_environment() if os.environ.get(SECRET_KEY_VARIABLE) else None
     with common.services(args) as services:
-        services.store_registry(SecretKey.from_environment(), None).remove(org, args.store_id, actor)
+        services.store_registry(key, None).remove(org, args.store_id, actor)
     print(f"removed store {args.store_id}; its secret is deleted")
     return EXIT_OK
 

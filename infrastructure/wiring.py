@@ -239,9 +239,9 @@ class Services:
     def store_registry(self, key: SecretKey | None, client_options: ClientOptions | None) -> StoreRegistry:
         """The org stores' registry over these services: its secrets under ``key`` (None: a command that
         only lists), a store checked with one request of the WooCommerce client (None: none checked)."""
-        secrets = StoreSecrets(self.database, key) if key is not None else None
-        if secrets is not None:
-            self._opened.append(secrets)  # closed with the services
+        # Without a key the secrets can still be deleted (a store removed), never read or written.
+        secrets = StoreSecrets(self.database, key)
+        self._opened.append(secrets)  # closed with the services
         check = None if client_options is None else partial(_check_store, client_options)
         return StoreRegistry(self.app, self.projections, secrets, check, self.catch_up)
 

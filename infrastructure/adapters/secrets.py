@@ -152,16 +152,29 @@ _COLUMNS = "org_id, store_id, nonce, ciphertext, key_fingerprint, updated_at"
 
 class StoreSecrets:
     """The sealed secrets of the stores, on the events' database. Thread-safe (one connection, a lock).
-    Every database error is a StorageError (exit 4); a database not migrated yet says to migrate."""
+    Every database error is a StorageError (exit 4); a database not migrated yet says to migrate.
+    ``key`` None: only ``delete`` (removing a store must not need the key: a lost key would keep every
+    store registered)."""
 
-    def __init__(self, database: DatabaseConfig, key: SecretKey) -> None:
+    def __init__(self, database: DatabaseConfig, key: SecretKey | None) -> None:
         self.database = database
-        self.key = key
+        self._key = key
         self._conn = Connection(database)
         self._lock = threading.Lock()
 
+    @property
+    def key(self) -> SecretKey:
+        if self._key is None:
+            raise SecretKeyError(f"this command needs {SECRET_KEY_VARIABLE} to reach the stores' secrets")
+        return self._key
+
+    @key.setter
+    def key(self, key: SecretKey) -> None:
+        self._key = key
+
     def __repr__(self) -> str:
-        return f"StoreSecrets({self.database.display}, key={self.key.fingerprint})"
+        shown = self._key.fingerprint if self._key is not None else None
+        return f"StoreSecrets({self.database.display}, key={shown})"
 
     def put(self, org_id: str, store_id: str, plaintext: bytes) -> None:
         """Seal and save the store's secret, replacing any it had."""

@@ -108,7 +108,8 @@ class StoreRegistry:
         store = self._of_org(org_id, store_id)
         store.remove(actor)
         self.app.save(store)
-        self._secrets().delete(org_id, str(store_id))
+        if self.secrets is not None:  # deleting needs no key (StoreSecrets)
+            self.secrets.delete(org_id, str(store_id))
         log.info("stores.removed", org_id=org_id, store_id=str(store_id))
         self.catch_up()
 

@@ -69,8 +69,10 @@ def test_a_registered_store_syncs_without_a_key_in_the_environment(
     renewed = {**bare, "WCSYNC_SECRET_KEY": new}
     assert wcsync("start", "--store", store_id, "--json", env=renewed).returncode == 0
 
-    # Removed: its secret row is gone, and a run of it is no such store.
-    removed = wcsync("stores", "remove", store_id, env=renewed)
+    # Removed, with no key at all (a lost key must not keep a store registered): its secret row is gone,
+    # and a run of it is no such store.
+    keyless = {k: v for k, v in renewed.items() if k != "WCSYNC_SECRET_KEY"}
+    removed = wcsync("stores", "remove", store_id, env=keyless)
     assert removed.returncode == 0, removed.stderr
     rows = sqlite3.connect(path).execute("SELECT COUNT(*) FROM wcsync_store_secrets").fetchone()
     assert rows == (0,)
