@@ -306,13 +306,12 @@ class SyncJobRunner:
             return Q_DONE
         store = await asyncio.to_thread(self._settings, job)
         outcome: SyncOutcome
-        if job.action == "start" or queue.state == Q_DRAFT:
+        kind = run_kind(job.action, queue.state, bool(queue.retryable_ids()))
+        if kind == "start":
             outcome = await engine.start_draft(job.queue_id, store, self.client_options)
-        elif job.action == "retry" and (queue.state != Q_PROCESSING or queue.retryable_ids()):
-            # A retry not applied yet: the queue's failed lines are still failed (a queue left processing by
-            # a stopped run has them too, and the CLI's `retry` retries them as well).
+        elif kind == "retry":
             outcome = await engine.retry(job.queue_id, store, self.client_options)
-        else:  # a resume, or a retry taken up again after its first run put the lines back and was stopped
+        else:
             outcome = await engine.resume(job.queue_id, store, self.client_options)
         if outcome.store_error is not None:
             log.warning("job.store_error", error=str(outcome.store_error), **_fields(job))
@@ -324,6 +323,18 @@ class SyncJobRunner:
 
 
 JobRunner = Callable[[SyncJob, threading.Event, str], Awaitable[str]]
+
+
+def run_kind(action: str, state: str, retryable: bool) -> str:
+    """How a job runs its queue (state ``state``; ``retryable``: it has failed lines to retry): a draft is
+    started; a retry not applied yet retries (its failed lines still failed, a queue a stopped run left
+    processing included, as the CLI's `retry` does); anything else resumes (a resume, a retry taken up again
+    after its first run put the lines back and was stopped)."""
+    if action == "start" or state == Q_DRAFT:
+        return "start"
+    if action == "retry" and (state != Q_PROCESSING or retryable):
+        return "retry"
+    return "resume"
 
 
 def holder_name(worker_id: int | None) -> str:

@@ -27,6 +27,7 @@ from infrastructure.services.jobs import (
     SyncJobs,
     WorkerSettings,
     retry_delay,
+    run_kind,
 )
 from infrastructure.services.sync import RunStopped
 from infrastructure.support.config import DatabaseConfig
@@ -297,6 +298,18 @@ def test_a_job_whose_store_secret_cannot_be_opened_fails_with_the_reason(
 
 
 # ----- the rules, without a database --------------------------------------------------------------------
+
+
+def test_a_job_starts_a_draft_retries_what_is_still_failed_and_resumes_the_rest() -> None:
+    assert run_kind("start", "draft", False) == "start"
+    assert run_kind("resume", "draft", False) == "start"  # a draft whose start job was lost: started
+    assert run_kind("retry", "failed", True) == "retry"
+    assert run_kind("retry", "done", True) == "retry"  # the engine refuses it, as the CLI's retry is
+    # A queue a stopped run left processing, with failed lines: the retry asked for retries them ...
+    assert run_kind("retry", "processing", True) == "retry"
+    # ... and once its first run put them back to draft and was stopped, the job taken up again resumes.
+    assert run_kind("retry", "processing", False) == "resume"
+    assert run_kind("resume", "processing", True) == "resume"
 
 
 def test_which_failures_give_a_job_back() -> None:
