@@ -468,6 +468,7 @@ class SyncApi:
         self._health = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wcsync-health")
         self._health_read: asyncio.Future[list[dict[str, Any]]] | None = None
         self._stores: StoreRegistry | None = None
+        self._keyless: StoreRegistry | None = None
         # The durable jobs (procrastinate's on PostgreSQL, the local table on SQLite): opened with the server
         # when it has the stores' key (runs of registered stores need their secrets).
         self._jobs: SyncJobs | LocalSyncJobs | None = None
@@ -611,8 +612,15 @@ class SyncApi:
         auth.require_role(request, Role.ADMIN)
         org_id, store_id = _query_org(request), _path_store_id(request)
         actor = _actor(request, None, self.settings.default_actor)
-        await self._in_thread(self._registry().remove, org_id, store_id, actor)
+        # No key needed: a removal deletes the sealed secret unread (a lost key must not keep stores registered).
+        registry = self._registry() if self.settings.secret_key is not None else self._keyless_registry()
+        await self._in_thread(registry.remove, org_id, store_id, actor)
         return _ok({"storeId": str(store_id), "removed": True})
+
+    def _keyless_registry(self) -> StoreRegistry:
+        if self._keyless is None:
+            self._keyless = self.services.store_registry(None, None)
+        return self._keyless
 
     async def stop_runs(self, _: web.Application | None = None) -> None:
         """Ask every run in flight to stop after its current batch (app.on_shutdown: before aiohttp waits

@@ -21,6 +21,7 @@ import pytest
 
 from domain.queue import QueueOptions
 from infrastructure.adapters.leases import QueueLeases
+from infrastructure.adapters.migrations import STORE_SECRETS_TABLE, Connection
 from infrastructure.adapters.secrets import SecretKey
 from infrastructure.adapters.tokens import Role
 from infrastructure.sandbox import RunningSandbox, SandboxConfig, SandboxThread
@@ -290,4 +291,14 @@ def test_without_the_secret_key_store_id_is_503_and_a_bare_retry_is_400(
         code, answer = api.sync(config=config_of(sandbox))
         assert code == 202 and set(answer["data"]) == {"queueId", "action"}, answer
         assert api.finished("acme", answer["data"]["queueId"])["state"] == "done"
+        # Removing a store needs no key: its sealed secret is deleted unread.
+        code, answer = api.request("DELETE", f"/api/v1/stores/{store_id}")
+        assert code == 200 and answer["data"] == {"storeId": store_id, "removed": True}, answer
+        code, answer = api.get(f"/api/v1/stores/{store_id}")
+        assert code == 404 and answer["error"]["code"] == "store_not_found", answer
+    secrets = Connection(services.database)
+    try:
+        assert secrets.execute(f"SELECT count(*) FROM {STORE_SECRETS_TABLE}") == [(0,)]
+    finally:
+        secrets.close()
     assert services.sync_jobs().jobs() == []
