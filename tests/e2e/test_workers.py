@@ -269,5 +269,7 @@ def test_the_refusals_are_one_line_exit_2(
         "a detached start needs a registered store (wcsync stores add)",
     )
     listed = wcsync("jobs", "--json", env=lite)
-    assert listed.returncode == 4 and "does not exist: run `wcsync db migrate`" in listed.stderr, listed.stderr
+    assert listed.returncode == 4 and "does not exist: run `wcsync db migrate`" in listed.stderr, (
+        listed.stderr
+    )
     assert not (tmp_path / "wcsync.db").exists()  # nothing was created on the way
