@@ -3,3 +3,4 @@
 from __future__ import annotations
 
 PROJECTION_NAMES: tuple[str, ...] = ("customers", "queues", "activity", "ledger", "stores")
+QUEUES = "queues"  # the projection of the queues' status rows

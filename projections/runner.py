@@ -316,6 +316,15 @@ class ProjectionRunner:
             )
         return result
 
+    def applied_all_of(self, name: str, originator_id: UUID) -> bool:
+        """Whether projection ``name`` has applied every event of one aggregate stored so far (its position
+        is at or past the aggregate's last event): a read of that aggregate's rows is then current, with no
+        catch-up to wait for. Two index probes."""
+        with self.db.reading():
+            last = eventlog.last_position_of(self.db, originator_id)
+            tracked = self._tracking_rows([name])
+        return tracked.get(name, (0, 0))[0] >= last
+
     def quarantined(self, names: Sequence[str] | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The events the projections (all, or those named) have set aside and walked past, by projection
         and position: the first ``limit`` of them (``status()`` counts them all)."""

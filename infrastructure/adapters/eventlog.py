@@ -180,6 +180,18 @@ def head_position(db: Reads) -> int:
     return int(db.fetchall(_head_statement(db.dialect))[0][0] or 0)
 
 
+def last_position_of(db: Reads, originator_id: UUID) -> int:
+    """The position (notification id) of the last stored event of one aggregate, 0 when it has none: one
+    probe of the (originator_id, originator_version) index."""
+    key: Any = originator_id if db.dialect == POSTGRES else originator_id.hex
+    rows = db.fetchall(
+        f"SELECT {EVENTS_ID_COLUMN[db.dialect]} FROM {EVENTS_TABLE[db.dialect]} WHERE originator_id = %s "
+        "ORDER BY originator_version DESC LIMIT 1",
+        [key],
+    )
+    return int(rows[0][0]) if rows else 0
+
+
 def postgres_head_position(conn: psycopg.Connection[Any]) -> int:
     """``head_position`` on a PostgreSQL connection of the caller's own (bench/lag_bench.py polls one)."""
     row = conn.execute(_head_statement(POSTGRES)).fetchone()

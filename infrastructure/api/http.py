@@ -68,6 +68,7 @@ from infrastructure.support.config import (
 from infrastructure.support.errors import ConfigurationError, QueueNotFoundError
 from infrastructure.wiring import Services
 from projections import queries
+from projections.names import QUEUES
 
 log = structlog.get_logger("wcsync.api")
 T = TypeVar("T")
@@ -641,13 +642,14 @@ class SyncApi:
         def read() -> dict[str, Any] | None:
             # A queue a run holds (this server's, a worker's, a CLI's: its lease) is answered from the tables
             # as they are: its counts move anyway, and waiting for the read models to reach a log the runs
-            # keep extending made every poll as slow as the write load. Otherwise (not found yet, or its run
-            # ended) the read models first catch up with what was saved before the request.
+            # keep extending made every poll as slow as the write load. So is a queue whose every event the
+            # queues projection has applied (a draft waiting for a worker, a finished queue). Otherwise (not
+            # found yet, or its run just ended) the read models first catch up with what was saved before.
             nonlocal leased
             status = queries.queue_status(self.services.projections, org_id, queue_id)
             leased = self._leased(queue_id)
-            if status is not None and leased:
-                return status
+            if status is not None and (leased or self.services.projections.applied_all_of(QUEUES, queue_id)):
+                return status  # running, or every event of the queue is in the tables already
             self.services.catch_up(READ_CATCH_UP_S)
             return queries.queue_status(self.services.projections, org_id, queue_id)
 

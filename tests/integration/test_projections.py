@@ -207,6 +207,23 @@ def test_a_projection_that_reads_no_events_gets_a_pass_of_its_own() -> None:
     assert runner_module._applied(groups, [120, 80]) == 120  # the events of one log, not 200
 
 
+def test_a_projection_knows_whether_it_has_applied_every_event_of_one_aggregate(
+    app: SyncApplication, runner: ProjectionRunner
+) -> None:
+    sync = Sync(app)
+    other = Sync(app)
+    assert not runner.applied_all_of("queues", sync.id)  # saved, not applied yet
+    runner.catch_up()
+    assert runner.applied_all_of("queues", sync.id) and runner.applied_all_of("queues", other.id)
+    sync.queue.record_incident("note", "info", "one more event of this queue", {})
+    app.save_batch(sync.queue)
+    assert not runner.applied_all_of("queues", sync.id)
+    assert runner.applied_all_of("queues", other.id)  # nothing new of that one
+    assert runner.applied_all_of("queues", UUID(int=1))  # no events at all: nothing to wait for
+    runner.catch_up()
+    assert runner.applied_all_of("queues", sync.id)
+
+
 def test_queries_answer_for_the_cli(app: SyncApplication, runner: ProjectionRunner) -> None:
     sync = sync_with_failures(app, count=120, bad=frozenset({5, 77}))
     resync_with_changes(app, count=120)
