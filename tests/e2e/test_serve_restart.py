@@ -18,7 +18,6 @@ import os
 import selectors
 import signal
 import subprocess
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -27,7 +26,6 @@ from uuid import UUID
 
 import pytest
 
-from domain.customer import Customer
 from domain.queue import SyncQueue
 from infrastructure.adapters.migrations import QUEUE_LEASES_TABLE, Connection
 from infrastructure.adapters.tokens import Role
@@ -35,10 +33,10 @@ from infrastructure.sandbox import RunningSandbox
 from infrastructure.sandbox.config import Faults
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.wiring import open_services
-from projections import queries
 from tests.support.api import Api, OrgTokens
 from tests.support.cli import as_json, spawn_wcsync, wcsync, wcsync_env
 from tests.support.waiting import wait_until
+from tests.support.workers import check_mirror
 
 CUSTOMERS = 300
 # Slow enough to be caught mid-sync (30 batches, 100 ms apart), quick enough to finish in a few seconds.
@@ -132,28 +130,6 @@ def _jobs(env: dict[str, str]) -> list[dict[str, Any]]:
     return list(as_json(listed))
 
 
-def _check_mirror(database: DatabaseConfig, queue_id: str, store: RunningSandbox) -> None:
-    """Exactly the store's customers, each registered once, no line of the queue finished twice."""
-    with open_services(database) as services:
-        services.catch_up()
-        ids = [row["woo_customer_id"] for row in queries.customers(services.projections, ORG, store.url)]
-        assert sorted(ids) == sorted(store.store.customer_ids())
-        registered: Counter[int] = Counter()
-        for notification in services.app.recorder.select_notifications(start=1, limit=10**7):
-            event = services.app.mapper.to_domain_event(notification)
-            if isinstance(event, Customer.Registered) and event.org_id == ORG:
-                registered[event.woo_id] += 1
-        assert set(registered) == set(ids) and set(registered.values()) == {1}
-        finished = Counter(
-            customer
-            for event in services.app.queue_events(UUID(queue_id))
-            if isinstance(event, SyncQueue.LinesDone)
-            for customers in event.results.values()
-            for customer in customers
-        )
-        assert len(finished) == len(ids) == CUSTOMERS and set(finished.values()) == {1}
-
-
 @pytest.mark.parametrize("whole_group", [False, True], ids=["serve", "serve-and-worker"])
 @pytest.mark.sandbox(customers=CUSTOMERS, faults=Faults(latency_ms=20))
 def test_serve_sigkilled_mid_sync_then_started_again_finishes_the_queue_untouched(
@@ -198,7 +174,7 @@ def test_serve_sigkilled_mid_sync_then_started_again_finishes_the_queue_untouche
         second.process.send_signal(signal.SIGTERM)
         assert second.process.wait(timeout=30) == 0, second.stderr()
 
-    _check_mirror(database, queue_id, sandbox)
+    assert check_mirror(database, ORG, queue_id, sandbox) == CUSTOMERS
     finished = _queue(database, queue_id)
     assert (
         finished.state == "done" and finished.process_count >= 2

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,16 +18,14 @@ from uuid import UUID
 
 import pytest
 
-from domain.customer import Customer
-from domain.queue import SyncQueue
 from infrastructure.adapters.migrations import QUEUE_LEASES_TABLE, Connection
 from infrastructure.sandbox import RunningSandbox
 from infrastructure.sandbox.config import Faults
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.wiring import open_services
-from projections import queries
 from tests.support.cli import as_json, spawn_wcsync, wcsync, wcsync_env
 from tests.support.waiting import wait_until
+from tests.support.workers import check_mirror
 
 # Dead after 4 s of silence, checked every 2 s: the test need not wait out the 30 s default.
 QUICK_WORKER = ("worker", "--heartbeat-s", "1", "--stalled-after-s", "4", "--stalled-check-s", "2")
@@ -118,28 +115,6 @@ def _done_lines(database: DatabaseConfig, queue_id: str) -> int:
         return int(services.app.get_queue(UUID(queue_id)).lines.count("done"))
 
 
-def _check_mirror(database: DatabaseConfig, org: str, queue_id: str, store: RunningSandbox) -> None:
-    """Exactly the store's customers, each registered once, no line of the queue finished twice."""
-    with open_services(database) as services:
-        services.catch_up()
-        ids = [row["woo_customer_id"] for row in queries.customers(services.projections, org, store.url)]
-        assert sorted(ids) == sorted(store.store.customer_ids())
-        registered: Counter[int] = Counter()
-        for notification in services.app.recorder.select_notifications(start=1, limit=10**7):
-            event = services.app.mapper.to_domain_event(notification)
-            if isinstance(event, Customer.Registered) and event.org_id == org:
-                registered[event.woo_id] += 1
-        assert set(registered) == set(ids) and set(registered.values()) == {1}
-        finished = Counter(
-            customer
-            for event in services.app.queue_events(UUID(queue_id))
-            if isinstance(event, SyncQueue.LinesDone)
-            for customers in event.results.values()
-            for customer in customers
-        )
-        assert len(finished) == len(ids) and set(finished.values()) == {1}
-
-
 @pytest.mark.sandbox(customers=400, faults=Faults(latency_ms=30))
 def test_three_workers_six_syncs_one_killed_mid_sync_all_done(
     env: dict[str, str], workers: Workers, sandbox: RunningSandbox
@@ -201,7 +176,7 @@ def test_three_workers_six_syncs_one_killed_mid_sync_all_done(
 
     wait_until(lambda: all(_state(bare, org, queues[org]) == "done" for org in orgs), deadline_s=120)
     for org in orgs:
-        _check_mirror(database, org, queues[org], sandbox)
+        check_mirror(database, org, queues[org], sandbox)
     assert all(p.poll() is None for p in processes[1:]), "the other workers kept running"
 
     listed = wcsync("jobs", "--json", env=bare)
@@ -234,7 +209,7 @@ def test_a_sigterm_stops_a_worker_after_its_batch_and_the_queue_ends_done(
 
     workers.start()
     wait_until(lambda: _state(bare, "default", queue_id) == "done", deadline_s=60)
-    _check_mirror(database, "default", queue_id, sandbox)
+    check_mirror(database, "default", queue_id, sandbox)
 
 
 @pytest.mark.sandbox(customers=5)

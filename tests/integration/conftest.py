@@ -4,6 +4,6 @@ sandbox store."""
 from __future__ import annotations
 
 from tests.support.sandbox import sandbox, shared_sandbox
-from tests.support.services import app, runner, services
+from tests.support.services import app, pg_services, runner, services
 
-__all__ = ["app", "runner", "sandbox", "services", "shared_sandbox"]
+__all__ = ["app", "pg_services", "runner", "sandbox", "services", "shared_sandbox"]

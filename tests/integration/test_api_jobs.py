@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 from uuid import UUID
@@ -26,18 +24,15 @@ from infrastructure.adapters.secrets import SecretKey
 from infrastructure.adapters.tokens import Role
 from infrastructure.sandbox import RunningSandbox, SandboxConfig, SandboxThread
 from infrastructure.sandbox.config import Faults
-from infrastructure.services.jobs import JobWorker, WorkerSettings
-from infrastructure.services.localjobs import LocalJobWorker
 from infrastructure.wiring import Services
 from projections import queries
 from tests.support.api import SETTINGS, Api, ApiThread, config_of, error_of
 from tests.support.services import FAST, run_sync
 from tests.support.waiting import wait_until
+from tests.support.workers import worker_running
 
 KEY = SecretKey.generate()
 WITH_KEY = replace(SETTINGS, secret_key=KEY)
-# A worker on a test's time scale.
-QUICK = WorkerSettings(heartbeat_s=0.5, stalled_after_s=2.0, stalled_check_s=1, poll_s=0.2)
 # Slow enough that a status catches the run in progress.
 SLOW = {"perPage": 20, "batchSize": 10, "batchDelayMs": 30}
 
@@ -80,45 +75,6 @@ def activity(api: Api, queue_id: str) -> dict[str, dict[str, Any]]:
     return {row["activityType"]: row for row in answer["data"]}
 
 
-class WorkerThread:
-    """The database's worker (LocalJobWorker on SQLite, procrastinate's JobWorker on PostgreSQL) on a
-    thread and event loop of its own, stopped as SIGTERM stops `wcsync worker`."""
-
-    def __init__(self, worker: JobWorker | LocalJobWorker) -> None:
-        self.worker = worker
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._main, daemon=True)
-
-    def _main(self) -> None:
-        async def run() -> None:
-            self.loop = asyncio.get_running_loop()
-            await self.worker.run()
-
-        try:
-            asyncio.run(run())
-        except BaseException as error:  # reported by stop()
-            self.error = error
-
-    def stop(self) -> None:
-        loop = wait_until(lambda: self.loop)
-        loop.call_soon_threadsafe(self.worker.stop)
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive(), "the worker did not stop"
-        assert self.error is None, self.error
-
-
-@contextmanager
-def worker_running(services: Services) -> Iterator[WorkerThread]:
-    running = WorkerThread(services.job_worker(KEY, FAST, QUICK))
-    running.thread.start()
-    try:
-        yield running
-    finally:
-        if running.thread.is_alive():
-            running.stop()
-
-
 @pytest.fixture
 def api(services: Services) -> Iterator[Api]:
     with ApiThread(services, WITH_KEY) as running:
@@ -155,7 +111,7 @@ def test_a_start_by_store_id_is_deferred_then_a_worker_runs_it_to_done(
         "acme",
     )
 
-    with worker_running(services):
+    with worker_running(services, KEY):
 
         def in_progress() -> dict[str, Any] | None:
             status = api.status("acme", queue_id)
@@ -179,7 +135,7 @@ def test_a_retry_of_a_registered_stores_queue_needs_no_config_and_records_its_ac
     store_id = register(services, sandbox)
     token = operator(services, "night-shift")
     path = "/api/v1/integrations/woocommerce/sync/customers"
-    with worker_running(services):
+    with worker_running(services, KEY):
         start = deferred(
             api.request("POST", path, {"store_id": store_id, "user_id": "alice"}, token=token), "start"
         )

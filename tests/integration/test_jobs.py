@@ -6,9 +6,6 @@ again by the stalled-job retry; a job whose store cannot be opened fails with a 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
@@ -22,7 +19,6 @@ from infrastructure.sandbox import RunningSandbox
 from infrastructure.sandbox.config import Faults
 from infrastructure.services.jobs import (
     BUSY_RETRY_S,
-    JobWorker,
     SyncJob,
     SyncJobs,
     WorkerSettings,
@@ -32,13 +28,11 @@ from infrastructure.services.jobs import (
 from infrastructure.services.sync import RunStopped
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.errors import ConfigurationError, StorageError
-from infrastructure.wiring import Services, migrate, open_services
+from infrastructure.wiring import Services, migrate
 from projections import queries
 from tests.support.services import FAST
 from tests.support.waiting import wait_until
-
-# A worker on a test's time scale: dead after 2 s of silence, checked every second.
-QUICK = WorkerSettings(heartbeat_s=0.5, stalled_after_s=2.0, stalled_check_s=1, poll_s=0.2)
+from tests.support.workers import QUICK, WorkerThread, worker_running
 
 
 def rows(database: DatabaseConfig, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -52,14 +46,6 @@ def rows(database: DatabaseConfig, statement: str, params: tuple[Any, ...] = ())
 @pytest.fixture
 def key() -> SecretKey:
     return SecretKey.generate()
-
-
-@pytest.fixture
-def pg_services(postgres_url: str) -> Iterator[Services]:
-    database = DatabaseConfig.from_url(postgres_url)
-    migrate(database)
-    with open_services(database) as opened:
-        yield opened
 
 
 def register(services: Services, key: SecretKey, sandbox: RunningSandbox, org: str = "acme") -> UUID:
@@ -83,48 +69,23 @@ def state(services: Services, queue_id: UUID, org: str = "acme") -> str | None:
     return None if status is None else str(status["state"])
 
 
-class WorkerThread:
-    """A JobWorker running on its own thread and event loop, stopped as SIGTERM stops `wcsync worker`."""
-
-    def __init__(self, worker: JobWorker) -> None:
-        self.worker = worker
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._main, daemon=True)
-
-    def _main(self) -> None:
-        async def run() -> None:
-            self.loop = asyncio.get_running_loop()
-            await self.worker.run()
-
-        try:
-            asyncio.run(run())
-        except BaseException as error:  # reported by stop()
-            self.error = error
-
-    def stop(self) -> None:
-        loop = wait_until(lambda: self.loop)
-        loop.call_soon_threadsafe(self.worker.stop)
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive(), "the worker did not stop"
-        assert self.error is None, self.error
-
-
-@contextmanager
-def worker_running(
-    services: Services, key: SecretKey, settings: WorkerSettings = QUICK
-) -> Iterator[WorkerThread]:
-    running = WorkerThread(services.job_worker(key, FAST, settings))
-    running.thread.start()
-    try:
-        yield running
-    finally:
-        if running.thread.is_alive():
-            running.stop()
-
-
 def jobs_of(services: Services, queue_id: UUID) -> list[dict[str, Any]]:
     return [job for job in SyncJobs(services.database).jobs() if job["queueId"] == str(queue_id)]
+
+
+def fake_dead_worker(database: DatabaseConfig, job_id: int) -> int:
+    """A worker that took ``job_id`` and died: its heartbeat an hour old, the job still 'doing' in its name;
+    that worker's id."""
+    [(dead,)] = rows(
+        database,
+        "INSERT INTO procrastinate_workers (last_heartbeat) VALUES (now() - interval '1 hour') RETURNING id",
+    )
+    rows(
+        database,
+        "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s WHERE id = %s",
+        (dead, job_id),
+    )
+    return int(dead)
 
 
 # ----- migration 4 -------------------------------------------------------------------------------------
@@ -241,16 +202,7 @@ def test_a_dead_workers_job_is_retried_by_the_stalled_job_check(
     store_id = register(pg_services, key, sandbox)
     queue_id, job_id = detached_start(pg_services, store_id)
     database = pg_services.database
-    # A worker that took the job and died: its heartbeat an hour old, the job still 'doing' in its name.
-    [(dead,)] = rows(
-        database,
-        "INSERT INTO procrastinate_workers (last_heartbeat) VALUES (now() - interval '1 hour') RETURNING id",
-    )
-    rows(
-        database,
-        "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s WHERE id = %s",
-        (dead, job_id),
-    )
+    dead = fake_dead_worker(database, job_id)
     assert jobs_of(pg_services, queue_id)[0]["status"] == "running"
 
     with worker_running(pg_services, key):
@@ -266,16 +218,7 @@ def test_the_stalled_job_check_runs_while_every_slot_of_the_worker_is_busy(
     # The worker's one slot: a sync that takes a while (30 batches, 200 ms apart).
     busy_queue, _ = detached_start(pg_services, store_id, batch_size=10, batch_delay_ms=200)
     stalled_queue, stalled_job = detached_start(pg_services, store_id)
-    database = pg_services.database
-    [(dead,)] = rows(
-        database,
-        "INSERT INTO procrastinate_workers (last_heartbeat) VALUES (now() - interval '1 hour') RETURNING id",
-    )
-    rows(
-        database,
-        "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s WHERE id = %s",
-        (dead, stalled_job),
-    )
+    fake_dead_worker(pg_services.database, stalled_job)
     with worker_running(pg_services, key):
         wait_until(lambda: state(pg_services, busy_queue) == "processing")
         # Given back while the slot is still taken: the check is not a job waiting for that slot.

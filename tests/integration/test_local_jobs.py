@@ -26,7 +26,6 @@ from infrastructure.adapters.localjobs import FAILED, RUNNING, WAITING, LocalJob
 from infrastructure.adapters.secrets import SecretKey
 from infrastructure.sandbox import RunningSandbox
 from infrastructure.sandbox.config import Faults
-from infrastructure.services.jobs import WorkerSettings
 from infrastructure.services.localjobs import LocalJobWorker, LocalSyncJobs
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.metrics import JobFigures
@@ -34,9 +33,7 @@ from infrastructure.wiring import Services, migrate, open_services
 from projections import queries
 from tests.support.services import FAST, run_sync
 from tests.support.waiting import wait_until
-
-# A worker on a test's time scale (SQLite's workers poll; the dead-pid check every second).
-QUICK = WorkerSettings(heartbeat_s=0.5, stalled_after_s=2.0, stalled_check_s=1, poll_s=0.2)
+from tests.support.workers import QUICK, WorkerThread, running
 
 
 class Clock:
@@ -239,44 +236,13 @@ def state(services: Services, queue_id: UUID) -> str | None:
     return None if status is None else str(status["state"])
 
 
-class WorkerThread:
-    """A LocalJobWorker on its own thread and event loop, stopped as SIGTERM stops `wcsync worker`."""
-
-    def __init__(self, worker: LocalJobWorker) -> None:
-        self.worker = worker
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._main, daemon=True)
-
-    def _main(self) -> None:
-        async def run() -> None:
-            self.loop = asyncio.get_running_loop()
-            await self.worker.run()
-
-        try:
-            asyncio.run(run())
-        except BaseException as error:  # reported by stop()
-            self.error = error
-
-    def stop(self) -> None:
-        loop = wait_until(lambda: self.loop)
-        loop.call_soon_threadsafe(self.worker.stop)
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive(), "the worker did not stop"
-        assert self.error is None, self.error
-
-
 @contextmanager
-def worker_running(services: Services, key: SecretKey) -> Iterator[WorkerThread]:
+def worker_running(services: Services, key: SecretKey) -> Iterator[WorkerThread[LocalJobWorker]]:
+    """SQLite's worker, as `wcsync worker` makes it, running (tests.support.workers)."""
     worker = services.job_worker(key, FAST, QUICK)
     assert isinstance(worker, LocalJobWorker)
-    running = WorkerThread(worker)
-    running.thread.start()
-    try:
-        yield running
-    finally:
-        if running.thread.is_alive():
-            running.stop()
+    with running(worker) as started:
+        yield started
 
 
 @pytest.mark.sandbox(customers=150)

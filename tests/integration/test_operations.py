@@ -37,7 +37,7 @@ from infrastructure.api.operations import (
 from infrastructure.sandbox import Faults, RunningSandbox
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.loop_thread import LoopThread
-from infrastructure.wiring import Services, migrate, open_services
+from infrastructure.wiring import Services
 from projections.queues import QUEUE_TABLE
 from tests.support.services import FAST, run_sync
 from tests.support.waiting import DEADLINE_S, wait_until
@@ -123,15 +123,6 @@ def serve() -> Iterator[Callable[..., Client]]:
 @pytest.fixture
 def client(serve: Callable[..., Client], services: Services) -> Client:
     return serve(services)
-
-
-@pytest.fixture
-def pg_services(postgres_url: str) -> Iterator[Services]:
-    """The application on a fresh, migrated PostgreSQL database (for what only PostgreSQL can show)."""
-    database = DatabaseConfig.from_url(postgres_url)
-    migrate(database)
-    with open_services(database) as opened:
-        yield opened
 
 
 def token(services: Services, org: str, role: Role = Role.VIEWER) -> str:

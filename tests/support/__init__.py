@@ -8,12 +8,13 @@ are defined here and registered by name in the conftest of each layer that uses 
     network.py        free_port
     sandbox.py        sandbox / shared_sandbox: the sandbox store, configured by @pytest.mark.sandbox(...)
     hostile_store.py  HostileStore: a store that answers whatever a test scripts
-    services.py       services / app / runner fixtures, FAST client options, store_of, run_sync
+    services.py       services / pg_services / app / runner fixtures, FAST client options, store_of, run_sync
     aggregates.py     Sync, make_record: events made by driving the real aggregates
     events.py         json_ready: stored events as JSON (the event fixtures)
     api.py            Api, ApiThread, config_of, error_of: the HTTP API in a thread, and its client
     cli.py            wcsync, spawn_wcsync, wcsync_env, as_json, run_in_repo: the command (or any) as a subprocess
     credentials.py    encodings: every form a credential travels in
     waiting.py        wait_until
+    workers.py        worker_running, WorkerThread, QUICK: a job worker on a thread; check_mirror
     no_io.py          forbidding_io: the guard that fails a unit test doing I/O (tests/unit/conftest.py)
 """

@@ -1,7 +1,8 @@
 """The application on a test database, and one way to run a sync with it.
 
-Fixtures: ``services`` (the whole application, migrated, on each backend), ``app`` (the event store alone),
-``runner`` (the projections over ``app``). ``run_sync`` runs one sync to its end the way the CLI does.
+Fixtures: ``services`` (the whole application, migrated, on each backend; ``pg_services`` on PostgreSQL
+only), ``app`` (the event store alone), ``runner`` (the projections over ``app``). ``run_sync`` runs one sync
+to its end the way the CLI does.
 """
 
 from __future__ import annotations
@@ -64,6 +65,15 @@ def services(database_url: str) -> Iterator[Services]:
     """The application on a fresh, migrated database of each backend (as `wcsync db migrate` leaves it;
     on SQLite migrate does what opening it does anyway)."""
     database = DatabaseConfig.from_url(database_url)
+    migrate(database)
+    with open_services(database) as opened:
+        yield opened
+
+
+@pytest.fixture
+def pg_services(postgres_url: str) -> Iterator[Services]:
+    """The application on a fresh, migrated PostgreSQL database (for what only PostgreSQL can show)."""
+    database = DatabaseConfig.from_url(postgres_url)
     migrate(database)
     with open_services(database) as opened:
         yield opened
