@@ -160,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--detach",
         action="store_true",
-        help="save the queue and hand its sync to `wcsync worker` (PostgreSQL, a registered store); answers at "
-        "once with the queue id (--json: queueId and jobId)",
+        help="save the queue and hand its sync to `wcsync worker` (a registered store); answers at once with "
+        "the queue id (--json: queueId and jobId)",
     )
 
     for name, text in (
@@ -348,8 +348,8 @@ def _add_tokens_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def _add_worker_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     text = (
-        "run the sync jobs deferred by `start --detach` and the API (PostgreSQL; WCSYNC_SECRET_KEY opens the "
-        "stores' credentials) until Ctrl-C or SIGTERM, which stop it after the batches in hand"
+        "run the sync jobs deferred by `start --detach` and the API (WCSYNC_SECRET_KEY opens the stores' "
+        "credentials) until Ctrl-C or SIGTERM, which stop it after the batches in hand"
     )
     worker = commands.add_parser("worker", help=text, description=text, parents=[common])
     _add_options(
@@ -368,6 +368,25 @@ def _add_worker_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
                 positive_int,
                 10,
                 "seconds between checks for dead workers' jobs, dividing 60 (default 10)",
+            ),
+            (
+                "--rate",
+                bounded(bounds.RATE),
+                0.0,
+                "max requests per second to each store (default 0: no limit)",
+            ),
+            ("--ca-file", str, None, "trust this CA certificate (PEM) for HTTPS stores"),
+            (
+                "--timeout",
+                bounded(bounds.TIMEOUT_S),
+                60.0,
+                "seconds per store request, more than 0 (default 60)",
+            ),
+            (
+                "--max-response-mb",
+                bounded(bounds.MAX_RESPONSE_MB),
+                bounds.DEFAULT_MAX_RESPONSE_MB,
+                "largest store answer read, in MB (default 8)",
             ),
         ),
     )

@@ -26,6 +26,7 @@ from infrastructure.adapters.secrets import SecretKey
 from infrastructure.adapters.woocommerce import ClientOptions
 from infrastructure.services.jobs import JobWorker, SyncJobs, WorkerSettings
 from infrastructure.services.localjobs import LocalJobWorker, LocalSyncJobs
+from infrastructure.support.config import check_ca_file
 
 # Set by `wcsync serve` for the workers it starts: the server's pid; the worker stops when its parent changes.
 PARENT_PID_VARIABLE = "WCSYNC_SERVE_PID"
@@ -36,6 +37,7 @@ PARENT_CHECK_S = 0.5
 def worker(args: argparse.Namespace) -> int:
     database = common.database(args)
     key = SecretKey.from_environment()  # the stores' credentials: checked before any job is taken
+    options = _client_options(args)
     settings = WorkerSettings(
         concurrency=args.concurrency,
         heartbeat_s=args.heartbeat_s,
@@ -45,7 +47,7 @@ def worker(args: argparse.Namespace) -> int:
     verbose = getattr(args, "verbose", 0) or 0
     jobqueue.route_logs(logging.DEBUG if verbose > 1 else logging.INFO)
     with common.services(args) as services:
-        job_worker = services.job_worker(key, ClientOptions(), settings)
+        job_worker = services.job_worker(key, options, settings)
         sys.stderr.write(
             f"wcsync worker: running sync jobs of {database.display} "
             f"(concurrency {settings.concurrency}; Ctrl-C or SIGTERM stops it after the batches in hand)\n"
@@ -53,6 +55,18 @@ def worker(args: argparse.Namespace) -> int:
         with services.live_projections(server=True):
             asyncio.run(_run(job_worker))
     return EXIT_OK
+
+
+def _client_options(args: argparse.Namespace) -> ClientOptions:
+    """The store client of every job: the worker's flags (the fetch concurrency stays the client's own:
+    `--concurrency` here is the jobs run at once). A garbled --ca-file is exit 2 before any job."""
+    ca_file = check_ca_file(args.ca_file) if args.ca_file is not None else None
+    return ClientOptions(
+        rate=args.rate,
+        ca_file=ca_file,
+        timeout_s=args.timeout,
+        max_response_bytes=args.max_response_mb * 1024 * 1024,
+    )
 
 
 async def _run(job_worker: JobWorker | LocalJobWorker) -> None:
