@@ -46,6 +46,7 @@ HANDLERS: dict[str, str] = {
     "worker": "cli.worker:worker",
     "workers": "cli.worker:workers",
     "jobs": "cli.worker:jobs",
+    "schedule": "cli.schedules:run",
 }
 
 
@@ -225,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _add_tokens_parser(commands, common)
+    _add_schedule_parser(commands, common)
 
     db = command("db", "database administration")
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", parser_class=Parser)
@@ -311,6 +313,32 @@ def _add_audit_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 
 # infrastructure.adapters.tokens.ROLE_NAMES, lowest first (not imported: this module loads no database library).
 TOKEN_ROLES = ("viewer", "operator", "admin")
+
+
+def _add_schedule_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    text = "periodic full syncs of a registered store, started by the workers once per period"
+    schedule = commands.add_parser("schedule", help=text, description=text, parents=[common])
+    sc_commands = schedule.add_subparsers(
+        dest="schedule_command", metavar="SCHEDULE_COMMAND", parser_class=Parser
+    )
+    sc_commands.required = True
+    add = sc_commands.add_parser(
+        "add",
+        help="sync a registered store every period (--every) or at a cron expression's times",
+        parents=[common],
+    )
+    add.add_argument("--store", required=True, type=store_id, metavar="STORE_ID", help="a registered store")
+    when = add.add_mutually_exclusive_group(required=True)
+    when.add_argument("--every", metavar="PERIOD", help="e.g. 15m, 1h, 1d (at least 1m, at most 31d)")
+    when.add_argument("--cron", metavar="EXPR", help="five fields in UTC, e.g. '0 3 * * *'")
+    _add_json(add)
+    _add_json(
+        sc_commands.add_parser("list", help="the org's schedules, when each runs next", parents=[common])
+    )
+    remove = sc_commands.add_parser(
+        "remove", help="remove a schedule (its syncs so far stay)", parents=[common]
+    )
+    remove.add_argument("schedule_id", metavar="SCHEDULE_ID", help="as `wcsync schedule list` prints it")
 
 
 def _add_tokens_parser(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -435,7 +463,15 @@ def _sandbox_arguments(parser: argparse.ArgumentParser) -> None:
             ("--truncated-rate", float, 0.0, "share of truncated JSON answers"),
             ("--slow-rate", float, 0.0, None),
             ("--slow-ms", float, 2000.0, None),
+            ("--drop-deliveries", float, 0.0, "share of webhook deliveries lost without being sent"),
+            ("--delivery-timeout-s", float, 60.0, "seconds a webhook delivery may take (WooCommerce: 60)"),
         ),
+    )
+    parser.add_argument(
+        "--read-only-key",
+        dest="read_only_pair",
+        action="store_true",
+        help="also accept the public read-only key pair (ck_sandbox_readonly_..., for 401 tests)",
     )
     parser.add_argument(
         "--repeat-last-page",

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +25,7 @@ from infrastructure.adapters.eventstore import DATABASE_ERRORS, SyncApplication,
 from infrastructure.adapters.leases import QueueLeases
 from infrastructure.adapters.localjobs import LocalJobs
 from infrastructure.adapters.migrations import apply_migrations
+from infrastructure.adapters.schedules import ScheduleTable
 from infrastructure.adapters.secrets import SecretKey, StoreSecrets
 from infrastructure.adapters.tokens import ApiTokens
 from infrastructure.adapters.woocommerce import (
@@ -36,6 +37,7 @@ from infrastructure.adapters.woocommerce import (
 from infrastructure.services.jobs import JobWorker, SyncJobRunner, SyncJobs, WorkerSettings
 from infrastructure.services.localjobs import LocalJobWorker, LocalSyncJobs, pickup_abandoned
 from infrastructure.services.runs import BackgroundRuns
+from infrastructure.services.schedules import MIN_EVERY_S, ScheduleRunner, Schedules
 from infrastructure.services.stores import StoreRegistry
 from infrastructure.services.sync import Progress, SyncEngine
 from infrastructure.support.config import DatabaseConfig
@@ -187,7 +189,9 @@ class Services:
     write_gate: WriteGate | None = field(default=None, repr=False)
     _live: _Follower | None = field(default=None, repr=False)  # the live follower thread's loop
     _catch_up_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _opened: list[StoreSecrets | ApiTokens | LocalJobs] = field(default_factory=list, repr=False)
+    _opened: list[StoreSecrets | ApiTokens | LocalJobs | ScheduleTable] = field(
+        default_factory=list, repr=False
+    )
     _tokens: ApiTokens | None = field(default=None, repr=False)
     _leases: QueueLeases | None = field(default=None, repr=False)
     _pickup: tuple[StoreRegistry, SyncJobs | LocalSyncJobs] | None = field(default=None, repr=False)
@@ -263,16 +267,48 @@ class Services:
         )
 
     def job_worker(
-        self, key: SecretKey, client_options: ClientOptions, settings: WorkerSettings
+        self,
+        key: SecretKey,
+        client_options: ClientOptions,
+        settings: WorkerSettings,
+        clock: Callable[[], float] = time.time,
     ) -> JobWorker | LocalJobWorker:
         """A `wcsync worker`: procrastinate's worker on this database (SQLite: the local job table's)
-        running each job with ``job_runner``."""
+        running each job with ``job_runner``, and the due schedules by ``clock``."""
         runner = self.job_runner(key, client_options)
+        due = self.schedule_runner(clock).run_due
         if self.database.backend == "sqlite":
             jobs = LocalJobs(self.database)
             self._opened.append(jobs)
-            return LocalJobWorker(jobs, runner, settings)
-        return JobWorker(self.database, runner, settings)
+            return LocalJobWorker(jobs, runner, settings, due)
+        return JobWorker(self.database, runner, settings, due)
+
+    def _schedule_table(self) -> ScheduleTable:
+        table = ScheduleTable(self.database, write_gate=self.write_gate)
+        self._opened.append(table)  # closed with the services
+        return table
+
+    def _registered(self, org_id: str, store_id: UUID) -> dict[str, Any] | None:
+        self.catch_up()
+        return projection_queries.store(self.projections, org_id, store_id)
+
+    def schedules(self, clock: Callable[[], float] = time.time, min_every_s: int = MIN_EVERY_S) -> Schedules:
+        """`wcsync schedule add | list | remove` on this database (a store must be registered in the org)."""
+        return Schedules(self._schedule_table(), self._registered, clock, min_every_s)
+
+    def schedule_runner(self, clock: Callable[[], float] = time.time) -> ScheduleRunner:
+        """A worker's look at the due schedules: each period's sync started once, as `start --detach`."""
+        jobs = self.sync_jobs()
+        if isinstance(jobs, LocalSyncJobs):
+            self._opened.append(jobs.table)
+        return ScheduleRunner(
+            self._schedule_table(),
+            lambda org, actor: self.engine(org, actor=actor),
+            jobs,
+            self._registered,
+            self.app.get_queue,
+            clock,
+        )
 
     def pickup_abandoned(self, key: SecretKey) -> list[UUID]:
         """Give each queue a process that died left processing (stale lease, no job, a registered store) a

@@ -40,6 +40,7 @@ STORE_SECRETS_TABLE = "wcsync_store_secrets"
 API_TOKENS_TABLE = "wcsync_api_tokens"
 QUEUE_LEASES_TABLE = "wcsync_queue_leases"
 LOCAL_JOBS_TABLE = "wcsync_local_jobs"
+SCHEDULES_TABLE = "wcsync_schedules"
 
 # The advisory lock that serialises migrations on PostgreSQL: (this constant, the schema's hash), so runs on
 # different schemas of one database do not wait for each other.
@@ -137,6 +138,30 @@ _LOCAL_JOBS = (
 )
 
 
+def _schedules(seconds: str) -> tuple[str, ...]:
+    # The periodic syncs of a store (`wcsync schedule add`): every ``every_s`` seconds or at a cron expression's
+    # times (one of the two). next_due_at and last_run_at are epoch seconds (compared as numbers); a worker
+    # claims a due one by moving next_due_at from the value it read (compare-and-set), so one claims it. One
+    # schedule per store of an org: a second would only run the same full scan again beside the first.
+    return (
+        f"CREATE TABLE {SCHEDULES_TABLE} (\n"
+        "  id TEXT NOT NULL,\n"
+        "  org_id TEXT NOT NULL,\n"
+        "  store_id TEXT NOT NULL,\n"
+        "  every_s INTEGER,\n"
+        "  cron TEXT,\n"
+        f"  next_due_at {seconds} NOT NULL,\n"
+        "  created_by TEXT NOT NULL,\n"
+        "  created_at TEXT NOT NULL,\n"
+        f"  last_run_at {seconds},\n"
+        "  last_queue_id TEXT,\n"
+        f"  CONSTRAINT {SCHEDULES_TABLE}_pkey PRIMARY KEY (id),\n"
+        f"  CONSTRAINT {SCHEDULES_TABLE}_store UNIQUE (org_id, store_id)\n"
+        ")",
+        f"CREATE INDEX {SCHEDULES_TABLE}_due ON {SCHEDULES_TABLE} (next_due_at)",
+    )
+
+
 def _procrastinate_schema() -> str:
     """procrastinate's own schema (its tables, types, functions and triggers, unqualified: they land in the
     URL's schema through the search_path), as the pinned release ships it (pyproject: >=3.10,<3.11). A
@@ -173,6 +198,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         5,
         "local jobs: the sync jobs of SQLite's one-machine mode (PostgreSQL keeps them in procrastinate's)",
         {POSTGRES: (), SQLITE: _LOCAL_JOBS},
+    ),
+    Migration(
+        6,
+        "schedules: each store's periodic full sync, and when it is due next",
+        {POSTGRES: _schedules("DOUBLE PRECISION"), SQLITE: _schedules("REAL")},
     ),
 )
 

@@ -115,6 +115,8 @@ class WorkerSettings:
     shutdown_timeout_s: float = 8.0
     # procrastinate polls for jobs this often besides LISTEN/NOTIFY (a notification lost, a job retried).
     poll_s: float = 2.0
+    # Due schedules (infrastructure.services.schedules) are looked for this often.
+    schedule_check_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.concurrency <= 32:
@@ -354,15 +356,34 @@ def retry_delay(error: BaseException, attempts: int) -> float | None:
     return None
 
 
-class JobWorker:
-    """One `wcsync worker`: procrastinate's worker running sync jobs with ``run``, and the periodic
-    stalled-job retry. ``stop()`` (the CLI calls it on SIGTERM/SIGINT) stops every run after its batch and
-    the worker after its jobs gave themselves back."""
+# A worker's look at the due schedules (ScheduleRunner.run_due): starts what is due, once of all workers.
+DueStep = Callable[[], Awaitable[object]]
 
-    def __init__(self, database: DatabaseConfig, run: JobRunner, settings: WorkerSettings) -> None:
+
+async def run_due_schedules(due: DueStep | None, stopping: Callable[[], bool], every_s: float) -> None:
+    """A worker's side loop beside its jobs (as the stalled-job check, and for the same reason: a look
+    queued behind long syncs would start a period late): ``due`` every ``every_s`` until ``stopping()``;
+    a database hiccup is logged and the next look tries again."""
+    while due is not None and not stopping():
+        try:
+            await due()
+        except Exception as error:
+            log.warning("schedule.check_failed", error=type(error).__name__)
+        await asyncio.sleep(every_s)
+
+
+class JobWorker:
+    """One `wcsync worker`: procrastinate's worker running sync jobs with ``run``, the periodic
+    stalled-job retry and the due schedules (``due``). ``stop()`` (the CLI calls it on SIGTERM/SIGINT) stops
+    every run after its batch and the worker after its jobs gave themselves back."""
+
+    def __init__(
+        self, database: DatabaseConfig, run: JobRunner, settings: WorkerSettings, due: DueStep | None = None
+    ) -> None:
         self.database = database
         self.run_job = run
         self.settings = settings
+        self.due = due
         self._stops: set[threading.Event] = set()
         self._task: asyncio.Future[None] | None = None
         self._stopping = False
@@ -464,6 +485,9 @@ class JobWorker:
                 )
             )
             checks = asyncio.ensure_future(self._check_stalled())
+            schedules = asyncio.ensure_future(
+                run_due_schedules(self.due, lambda: self._stopping, settings.schedule_check_s)
+            )
             try:
                 await self._task
             except asyncio.CancelledError:
@@ -471,6 +495,7 @@ class JobWorker:
                     raise
             finally:
                 checks.cancel()
+                schedules.cancel()
 
     def stop(self) -> None:
         """Stop after the batches in hand: each run saves and its job is given back; no new job starts.

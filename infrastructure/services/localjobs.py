@@ -33,10 +33,12 @@ from infrastructure.adapters.localjobs import FAILED, RUNNING, WAITING, LocalJob
 from infrastructure.services.jobs import (
     LISTED_STATUSES,
     DetachedStarts,
+    DueStep,
     JobRunner,
     SyncJob,
     WorkerSettings,
     retry_delay,
+    run_due_schedules,
 )
 from infrastructure.services.sync import RunStopped
 from infrastructure.support.config import DatabaseConfig
@@ -117,12 +119,16 @@ def _job_document(job: LocalJob) -> dict[str, Any]:
 class LocalJobWorker:
     """A worker of the local job table: claims a job when it has room (``settings.concurrency``), runs it
     with ``run`` and ends it: deleted when its run ended, given back when the worker stopped it or it is to
-    be tried again (retry_delay, as on procrastinate), failed otherwise. ``stop()`` on the worker's loop."""
+    be tried again (retry_delay, as on procrastinate), failed otherwise; beside them, the due schedules
+    (``due``). ``stop()`` on the worker's loop."""
 
-    def __init__(self, jobs: LocalJobs, run: JobRunner, settings: WorkerSettings) -> None:
+    def __init__(
+        self, jobs: LocalJobs, run: JobRunner, settings: WorkerSettings, due: DueStep | None = None
+    ) -> None:
         self.jobs = jobs
         self.run_job = run
         self.settings = settings
+        self.due = due
         self.holder = local_holder()
         self._stops: set[threading.Event] = set()
         self._stopping = False
@@ -132,6 +138,9 @@ class LocalJobWorker:
         self._wake = asyncio.Event()
         running: set[asyncio.Task[None]] = set()
         next_check = 0.0
+        schedules = asyncio.ensure_future(
+            run_due_schedules(self.due, lambda: self._stopping, self.settings.schedule_check_s)
+        )
         while not self._stopping:
             if time.monotonic() >= next_check:  # a job of a worker of this host that died: given back
                 await asyncio.to_thread(self.jobs.reset_dead)
@@ -147,6 +156,7 @@ class LocalJobWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), LOCAL_POLL_S)
             self._wake.clear()
+        schedules.cancel()
         if running:
             await asyncio.gather(*running, return_exceptions=True)
 
