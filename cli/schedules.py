@@ -34,7 +34,7 @@ def _add(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     org = common.org(args)
-    with common.services(args) as services:
+    with common.services(args, read_only=True) as services:
         rows = services.schedules().list(org)
     if args.json:
         print_json(rows)
