@@ -236,6 +236,21 @@ def test_the_claim_is_taken_by_one_of_many_at_once(
     assert len(queue_ids(services)) == 1
 
 
+def test_a_schedule_of_a_removed_store_starts_nothing_and_says_so(
+    services: Services, table: ScheduleTable, key: SecretKey, sandbox: RunningSandbox, now: list[float]
+) -> None:
+    store_id = register(services, key, sandbox)
+    schedule_id = schedule_of(services, store_id, now)["scheduleId"]
+    services.store_registry(key, None).remove(ORG, store_id, "ops")
+    now[0] = START + 3600
+    with capture_logs() as logs:
+        outcome = services.schedule_runner(lambda: now[0]).run_due_sync()
+    assert outcome == DueOutcome() and queue_ids(services) == []
+    [missing] = [entry for entry in logs if entry["event"] == "schedule.store_missing"]
+    assert missing["schedule_id"] == schedule_id and "schedule remove" in missing["advice"]
+    assert due_at(table, schedule_id) == START + 7200  # the period is spent: no retry every few seconds
+
+
 def delete_in_store(sandbox: RunningSandbox, customer_id: int) -> None:
     """The sandbox's admin endpoint, as a shop manager deleting a customer."""
     url = f"{sandbox.url}/_sandbox/customers/{customer_id}"
