@@ -9,7 +9,13 @@ from cli import common
 from cli.arguments import UsageError
 from cli.demo import run_demo
 from domain.errors import EXIT_OK
-from infrastructure.sandbox import Faults, SandboxConfig, serve_forever
+from infrastructure.sandbox import (
+    READ_ONLY_CONSUMER_KEY,
+    READ_ONLY_CONSUMER_SECRET,
+    Faults,
+    SandboxConfig,
+    serve_forever,
+)
 from infrastructure.support.config import check_listen_address
 
 
@@ -18,7 +24,15 @@ def _sandbox_config(args: argparse.Namespace) -> SandboxConfig:
         faults = Faults(**common.fields_from(args, Faults))
         if args.invalid > args.customers:
             raise UsageError("--invalid cannot exceed --customers")
-        return SandboxConfig(**common.fields_from(args, SandboxConfig), faults=faults)
+        read_only = (
+            (READ_ONLY_CONSUMER_KEY, READ_ONLY_CONSUMER_SECRET) if args.read_only_pair else (None, None)
+        )
+        return SandboxConfig(
+            **common.fields_from(args, SandboxConfig),
+            faults=faults,
+            read_only_key=read_only[0],
+            read_only_secret=read_only[1],
+        )
     except ValueError as error:
         # "error_rate must be ..." names the field; on the command line it is --error-rate.
         raise _option_error(error) from None

@@ -1,5 +1,6 @@
-"""The sandbox's aiohttp application: the store front (WooCommerce's customers routes behind the faulty
-host and the REST authentication) and the admin routes under /_sandbox (no auth, no faults: loopback only)."""
+"""The sandbox's aiohttp application: the store front (WooCommerce's customers and webhooks routes behind the
+faulty host and the REST authentication), the admin routes under /_sandbox (no auth, no faults: loopback only)
+and the webhook sender's lifetime."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import json
 import math
 import re
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
 import structlog
 from aiohttp import web
 
-from infrastructure.sandbox.auth import Authenticator, AuthRefused
+from infrastructure.sandbox.auth import ApiKey, Authenticator, AuthRefused
 from infrastructure.sandbox.config import SandboxConfig
+from infrastructure.sandbox.deliveries import Deliveries
 from infrastructure.sandbox.faults import Churn, FaultyHost
 from infrastructure.sandbox.queries import (
     InvalidParams,
@@ -25,6 +28,7 @@ from infrastructure.sandbox.queries import (
 )
 from infrastructure.sandbox.responses import html, wc_error
 from infrastructure.sandbox.store import SandboxStore
+from infrastructure.sandbox.webhooks import Webhooks, WebhooksResource
 from infrastructure.support.woocommerce_api import CUSTOMERS_PATH, REST_ROOT
 
 logger = structlog.get_logger("wcsync.sandbox")
@@ -36,16 +40,18 @@ _NOT_FOUND_HTML = (
 
 
 class _StoreFront:
-    def __init__(self, store: SandboxStore, config: SandboxConfig) -> None:
+    def __init__(self, store: SandboxStore, config: SandboxConfig, webhooks: WebhooksResource) -> None:
         self.store = store
         self.host = FaultyHost(config.faults, config.seed)
-        self.auth = Authenticator(config.consumer_key, config.consumer_secret, tls=config.tls)
+        self.auth = Authenticator(_keys(config), tls=config.tls)
+        self.webhooks = webhooks
         self.churn = Churn(store, config.faults.churn_every, config.seed + 1)
         self.repeat_last_page = config.faults.repeat_last_page
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        response, in_window = await self.host.respond(lambda: self._dispatch(request))
+        body = await request.read() if request.body_exists else b""
+        response, in_window = await self.host.respond(lambda: self._dispatch(request, body))
         self.store.note_request(response.status, in_window)
         # The path only: the query carries oauth_consumer_key and, over TLS, possibly the secret.
         logger.debug(
@@ -57,14 +63,18 @@ class _StoreFront:
         )
         return response
 
-    def _dispatch(self, request: web.Request) -> web.Response:
+    def _dispatch(self, request: web.Request, body: bytes) -> web.Response:
         path = request.path
         if not (path == REST_ROOT or path.startswith(f"{REST_ROOT}/")):
             return html(404, _NOT_FOUND_HTML)
         try:
-            authenticated = self.auth.check(request)
+            key = self.auth.check(request)
         except AuthRefused as refused:
             return wc_error(401, "woocommerce_rest_authentication_error", refused.message)
+        answer = self.webhooks.dispatch(request, body, key)
+        if answer is not None:
+            return answer
+        authenticated = key is not None
         if request.method in ("GET", "HEAD"):
             if path.rstrip("/") == CUSTOMERS_PATH:
                 return self._list(request, authenticated)
@@ -134,7 +144,16 @@ class _StoreFront:
         return f"{request.scheme}://{request.host}{request.path}?{urlencode(kept)}"
 
 
-def _admin_routes(store: SandboxStore) -> web.RouteTableDef:
+def _keys(config: SandboxConfig) -> list[ApiKey]:
+    keys = [ApiKey(config.consumer_key, config.consumer_secret, write=True)]
+    if config.read_only_key is not None and config.read_only_secret is not None:
+        keys.append(ApiKey(config.read_only_key, config.read_only_secret, write=False))
+    return keys
+
+
+def _admin_routes(store: SandboxStore, deliveries: Deliveries) -> web.RouteTableDef:
+    """The admin routes: changes to customers (each queues the webhooks' deliveries, as an edit in
+    wp-admin would), the stats, and the webhook sender's log and knobs."""
     routes = web.RouteTableDef()
 
     async def body_object(request: web.Request) -> dict[str, Any] | None:
@@ -156,6 +175,7 @@ def _admin_routes(store: SandboxStore) -> web.RouteTableDef:
         if record is None:
             return wc_error(400, "rest_invalid_json", "Expected a JSON object.")
         created = store.create(record)
+        deliveries.customer_changed("created", created["id"])
         return web.json_response(store.api_object(created["id"]), status=201)
 
     @routes.put(r"/_sandbox/customers/{customer_id:\d+}")
@@ -167,6 +187,7 @@ def _admin_routes(store: SandboxStore) -> web.RouteTableDef:
             updated = store.update(int(request.match_info["customer_id"]), changes)
         except KeyError:
             return wc_error(404, "wc_user_invalid_id", "Invalid user ID.")
+        deliveries.customer_changed("updated", updated["id"])
         return web.json_response(store.api_object(updated["id"]))
 
     @routes.delete(r"/_sandbox/customers/{customer_id:\d+}")
@@ -176,18 +197,57 @@ def _admin_routes(store: SandboxStore) -> web.RouteTableDef:
             store.delete(customer_id)
         except KeyError:
             return wc_error(404, "wc_user_invalid_id", "Invalid user ID.")
+        deliveries.customer_changed("deleted", customer_id)
         return web.json_response({"id": customer_id, "deleted": True})
 
     @routes.get("/_sandbox/stats")
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(store.stats.as_dict())
 
+    @routes.get("/_sandbox/deliveries")
+    async def delivery_log(request: web.Request) -> web.Response:
+        """Every attempt (newest last): webhook, kind (delivery / ping), topic, customer, delivery id,
+        status answered, ok, outcome (delivered / failed / dropped), error, at; never a body or a secret."""
+        return web.json_response({"deliveries": list(deliveries.log), "pending": deliveries.pending})
+
+    @routes.post("/_sandbox/deliveries/drop-next")
+    async def drop_next(request: web.Request) -> web.Response:
+        fields = await body_object(request)
+        count = None if fields is None else fields.get("count")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            return wc_error(400, "rest_invalid_param", 'Expected {"count": N}, N a whole number >= 0.')
+        deliveries.drop_next = count
+        return web.json_response({"drop_next": count})
+
+    @routes.post("/_sandbox/deliveries/hold")
+    async def hold(request: web.Request) -> web.Response:
+        fields = await body_object(request)
+        held = None if fields is None else fields.get("hold")
+        if not isinstance(held, bool):
+            return wc_error(400, "rest_invalid_param", 'Expected {"hold": true} or {"hold": false}.')
+        deliveries.hold(held)
+        return web.json_response({"held": held, "pending": deliveries.pending})
+
     return routes
 
 
-def build_app(store: SandboxStore, config: SandboxConfig) -> web.Application:
+def build_app(store: SandboxStore, config: SandboxConfig, hooks: Webhooks) -> web.Application:
+    deliveries = Deliveries(
+        hooks,
+        store,
+        timeout_s=config.delivery_timeout_s,
+        drop_share=config.faults.drop_deliveries,
+        seed=config.seed,
+    )
+
+    async def sender(app: web.Application) -> AsyncIterator[None]:
+        await deliveries.start()
+        yield
+        await deliveries.stop()
+
     app = web.Application()
-    app.add_routes(_admin_routes(store))
-    front = _StoreFront(store, config)
+    app.cleanup_ctx.append(sender)
+    app.add_routes(_admin_routes(store, deliveries))
+    front = _StoreFront(store, config, WebhooksResource(hooks, deliveries.ping))
     app.router.add_route("*", "/{tail:.*}", front.handle)
     return app

@@ -11,6 +11,8 @@ import hmac
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from aiohttp import web
@@ -28,41 +30,59 @@ class AuthRefused(Exception):
         self.message = message
 
 
-class Authenticator:
-    """Checks each request's credentials against the store's one key (and remembers OAuth nonces)."""
+@dataclass(frozen=True)
+class ApiKey:
+    """One of the store's REST keys, as WooCommerce > Settings > Advanced > REST API lists them: a read-only
+    key may list and read; creating, editing and deleting need a read/write one."""
 
-    def __init__(self, consumer_key: str, consumer_secret: str, *, tls: bool) -> None:
-        self.consumer_key = consumer_key
-        self.consumer_secret = consumer_secret
+    consumer_key: str
+    consumer_secret: str
+    write: bool
+
+    def __repr__(self) -> str:
+        return f"ApiKey(write={self.write})"
+
+
+class Authenticator:
+    """Checks each request's credentials against the store's keys (and remembers OAuth nonces)."""
+
+    def __init__(self, keys: Sequence[ApiKey], *, tls: bool) -> None:
+        self.keys = tuple(keys)
         self.tls = tls
         self.nonces: OrderedDict[str, float] = OrderedDict()
 
-    def check(self, request: web.Request) -> bool:
-        """Whether the request is authenticated; AuthRefused when its credentials are wrong. No credentials at
-        all is not an error here: permissions refuse later."""
+    def check(self, request: web.Request) -> ApiKey | None:
+        """The key the request is authenticated with (None: no credentials at all, which is not an error here:
+        permissions refuse later); AuthRefused when its credentials are wrong."""
         if self.tls:
             return self._basic(request)
         return self._oauth(request)
 
-    def _basic(self, request: web.Request) -> bool:
+    def _key(self, consumer_key: str) -> ApiKey:
+        """The key of that consumer key, as WooCommerce looks it up; AuthRefused when the store has none."""
+        for key in self.keys:
+            if _same(consumer_key, key.consumer_key):
+                return key
+        raise AuthRefused("Consumer key is invalid.")
+
+    def _basic(self, request: web.Request) -> ApiKey | None:
         header = request.headers.get("Authorization", "")
         if header[:6].lower() == "basic ":
             try:
                 decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
             except (binascii.Error, UnicodeDecodeError):
-                return False
-            key, _, secret = decoded.partition(":")
+                return None
+            given_key, _, secret = decoded.partition(":")
         elif "consumer_key" in request.query and "consumer_secret" in request.query:
-            key, secret = request.query["consumer_key"], request.query["consumer_secret"]
+            given_key, secret = request.query["consumer_key"], request.query["consumer_secret"]
         else:
-            return False
-        if not _same(key, self.consumer_key):
-            raise AuthRefused("Consumer key is invalid.")
-        if not _same(secret, self.consumer_secret):
+            return None
+        key = self._key(given_key)
+        if not _same(secret, key.consumer_secret):
             raise AuthRefused("Consumer secret is invalid.")
-        return True
+        return key
 
-    def _oauth(self, request: web.Request) -> bool:
+    def _oauth(self, request: web.Request) -> ApiKey | None:
         query_pairs = list(request.query.items())
         signed = [(k, v) for k, v in query_pairs if k != "oauth_signature"]
         params = {k: v for k, v in query_pairs if k.startswith("oauth_")}
@@ -75,7 +95,7 @@ class Authenticator:
                 if key != "oauth_signature":
                     signed.append((key, value))
         if not params:
-            return False
+            return None
         for name in (
             "oauth_consumer_key",
             "oauth_timestamp",
@@ -85,8 +105,7 @@ class Authenticator:
         ):
             if not params.get(name):
                 raise AuthRefused(f"{name} parameter is missing")
-        if not _same(params["oauth_consumer_key"], self.consumer_key):
-            raise AuthRefused("Consumer key is invalid.")
+        api_key = self._key(params["oauth_consumer_key"])
         digest = {"HMAC-SHA1": hashlib.sha1, "HMAC-SHA256": hashlib.sha256}.get(
             params["oauth_signature_method"]
         )
@@ -99,7 +118,7 @@ class Authenticator:
         base_uri = f"{scheme}://{host}{request.raw_path.split('?', 1)[0]}"
         normalized = "&".join(f"{k}={v}" for k, v in sorted((_enc(k), _enc(v)) for k, v in signed))
         base_string = "&".join((request.method.upper(), _enc(base_uri), _enc(normalized)))
-        signing_key = f"{self.consumer_secret}&".encode()
+        signing_key = f"{api_key.consumer_secret}&".encode()
         expected = base64.b64encode(hmac.new(signing_key, base_string.encode(), digest).digest()).decode()
         if not _same(params["oauth_signature"], expected):
             raise AuthRefused("Invalid signature - provided signature does not match.")
@@ -119,7 +138,7 @@ class Authenticator:
         if params["oauth_nonce"] in nonces:
             raise AuthRefused("Invalid nonce - nonce has already been used.")
         nonces[params["oauth_nonce"]] = now
-        return True
+        return api_key
 
 
 def _enc(value: str) -> str:

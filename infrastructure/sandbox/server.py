@@ -24,6 +24,7 @@ from infrastructure.sandbox.config import SandboxConfig
 from infrastructure.sandbox.data import generate_customers
 from infrastructure.sandbox.store import SandboxStore
 from infrastructure.sandbox.tls import write_tls_files
+from infrastructure.sandbox.webhooks import Webhooks
 from infrastructure.support.config import is_loopback
 from infrastructure.support.loop_thread import LoopThread
 
@@ -40,6 +41,10 @@ class RunningSandbox:
     consumer_secret: str
     store: SandboxStore
     ca_file: str | None = None
+    # The read-only key pair, when the store has one (SandboxConfig.read_only_key).
+    read_only_key: str | None = None
+    read_only_secret: str | None = None
+    webhooks: Webhooks | None = None
 
     def __repr__(self) -> str:
         return f"RunningSandbox(url={self.url!r}, ca_file={self.ca_file!r})"
@@ -74,7 +79,8 @@ async def start_sandbox(
             ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_context.load_cert_chain(cert_path, key_path)
             ca_file = str(ca_path)
-        runner = web.AppRunner(build_app(store, config), access_log=None)
+        hooks = Webhooks()
+        runner = web.AppRunner(build_app(store, config, hooks), access_log=None)
         await runner.setup()
         try:
             site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
@@ -83,8 +89,18 @@ async def start_sandbox(
             url_host = f"[{host}]" if ":" in host else host
             url = f"{'https' if config.tls else 'http'}://{url_host}:{bound_port}"
             store.set_base_url(url)
+            hooks.base_url = url
             logger.info("sandbox listening", url=url, customers=config.customers, tls=config.tls)
-            yield RunningSandbox(url, config.consumer_key, config.consumer_secret, store, ca_file)
+            yield RunningSandbox(
+                url,
+                config.consumer_key,
+                config.consumer_secret,
+                store,
+                ca_file,
+                config.read_only_key,
+                config.read_only_secret,
+                hooks,
+            )
         finally:
             await runner.cleanup()
 
