@@ -405,6 +405,14 @@ def test_a_timeout_fails_and_a_redirect_succeeds_without_being_followed(
     assert not receiver.received("/redirected")
 
 
+def test_only_this_machine_is_posted_to(sandbox: RunningSandbox) -> None:
+    webhook_id = create_webhook(sandbox, "http://192.0.2.1/hook", "customer.updated")["id"]
+    assert pinged(sandbox, webhook_id)[0]["error"] == "not a loopback address"
+    admin(sandbox, "PUT", f"/_sandbox/customers/{sandbox.store.customer_ids()[0]}", {"first_name": "Far"})
+    refused = attempts(sandbox, 1)[-1]
+    assert (refused["outcome"], refused["error"]) == ("failed", "not a loopback address")
+
+
 def test_the_drop_fault_loses_the_next_deliveries(sandbox: RunningSandbox, receiver: Receiver) -> None:
     webhook_id = create_webhook(sandbox, f"{receiver.url}/hook", "customer.created")["id"]
     pinged(sandbox, webhook_id)
