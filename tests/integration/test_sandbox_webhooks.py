@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import json
+import ssl
 import threading
 import urllib.error
 import urllib.request
@@ -281,6 +282,38 @@ def test_a_read_only_key_reads_webhooks_but_may_not_change_them(
     assert (anonymous.status, anonymous.json()["code"]) == (401, "woocommerce_rest_cannot_view")
     wrong = rest(sandbox, "GET", WEBHOOKS_PATH, secret="cs_wrong")
     assert (wrong.status, wrong.json()["code"]) == (401, "woocommerce_rest_authentication_error")
+
+
+@pytest.mark.sandbox(
+    customers=2, tls=True, read_only_key=READ_ONLY_CONSUMER_KEY, read_only_secret=READ_ONLY_CONSUMER_SECRET
+)
+def test_over_https_the_keys_are_checked_with_basic_auth(sandbox: RunningSandbox) -> None:
+    assert sandbox.url.startswith("https://127.0.0.1:") and sandbox.ca_file is not None
+    context = ssl.create_default_context(cafile=sandbox.ca_file)
+
+    def basic(key: str, secret: str, method: str, body: Any = None) -> Reply:
+        token = base64.b64encode(f"{key}:{secret}".encode()).decode()
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(  # noqa: S310 - the sandbox's loopback https URL, checked above
+            sandbox.url + WEBHOOKS_PATH,
+            data=data,
+            method=method,
+            headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=context) as response:  # noqa: S310
+                return Reply(response.status, dict(response.headers), response.read())
+        except urllib.error.HTTPError as error:
+            with error:
+                return Reply(error.code, dict(error.headers), error.read())
+
+    hook = {"topic": "customer.created", "delivery_url": "http://127.0.0.1:9/hook"}
+    refused = basic(READ_ONLY_CONSUMER_KEY, READ_ONLY_CONSUMER_SECRET, "POST", hook)
+    assert (refused.status, refused.json()["code"]) == (401, "woocommerce_rest_cannot_create")
+    assert basic(READ_ONLY_CONSUMER_KEY, READ_ONLY_CONSUMER_SECRET, "GET").status == 200
+    assert basic(DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET, "POST", hook).status == 201
+    wrong = basic(READ_ONLY_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET, "GET")
+    assert (wrong.status, wrong.json()["message"]) == (401, "Consumer secret is invalid.")
 
 
 # -- the ping and the deliveries
