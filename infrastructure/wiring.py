@@ -40,6 +40,7 @@ from infrastructure.services.runs import BackgroundRuns
 from infrastructure.services.schedules import MIN_EVERY_S, ScheduleRunner, Schedules
 from infrastructure.services.stores import StoreRegistry
 from infrastructure.services.sync import Progress, SyncEngine
+from infrastructure.services.webhooks import StoreWebhooks
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.errors import StorageError, storage_error
 from projections import queries as projection_queries
@@ -248,6 +249,14 @@ class Services:
         self._opened.append(secrets)  # closed with the services
         check = None if client_options is None else partial(_check_store, client_options)
         return StoreRegistry(self.app, self.projections, secrets, check, self.catch_up)
+
+    def store_webhooks(self, key: SecretKey, client_options: ClientOptions) -> StoreWebhooks:
+        """`wcsync webhooks install | status | uninstall`: a registered store's webhooks, through the
+        WooCommerce client with its credentials (and its webhook secret) from the registry under ``key``."""
+        return StoreWebhooks(
+            self.store_registry(key, None),
+            lambda url, credentials: WooCommerceClient(url, credentials, client_options),
+        )
 
     def sync_jobs(self) -> SyncJobs | LocalSyncJobs:
         """Durable sync jobs on this database: defer a start, retry or resume for the workers, list the jobs

@@ -43,7 +43,7 @@ from domain.validation import (
 from infrastructure.support import metrics
 from infrastructure.support.config import store_site_root
 from infrastructure.support.redaction import redact, redact_value
-from infrastructure.support.woocommerce_api import CUSTOMERS_PATH
+from infrastructure.support.woocommerce_api import API_ROOT, CUSTOMERS_PATH
 
 log = structlog.get_logger("wcsync.woocommerce")
 
@@ -53,6 +53,13 @@ DEFAULT_MAX_RESPONSE_BYTES = bounds.DEFAULT_MAX_RESPONSE_MB * 1024 * 1024
 _READ_CHUNK_BYTES = 64 * 1024
 MAX_HEADER_NUMBER = 2**63 - 1  # X-WP-Total and X-WP-TotalPages beyond this are ignored, as garbled
 INVALID_ID_CODES = frozenset({"wc_user_invalid_id", "woocommerce_rest_invalid_id"})
+WEBHOOKS_PATH = f"{API_ROOT}/webhooks"
+WEBHOOK_INVALID_ID = "woocommerce_rest_shop_webhook_invalid_id"
+# What to change when the store refuses a write (any 401/403 on one): the key can only read.
+READ_ONLY_KEY_HINT = (
+    "the key is read-only: create a Read/Write key in WooCommerce > Settings > Advanced > REST API "
+    "and register it with `wcsync stores add`"
+)
 
 ActivitySink = Callable[[str, str, str, dict[str, Any]], None]
 
@@ -191,6 +198,20 @@ class _Response:
     total: int | None
     total_pages: int | None
     rejected: tuple[RejectedRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Call:
+    """A request that is not a customers read (the webhooks resource): its method, its path under the API
+    root and its JSON body. It goes through the same signing, rate limit, circuit and retries as a read."""
+
+    method: str
+    path: str
+    payload: bytes | None = None
+
+    @property
+    def writes(self) -> bool:
+        return self.method != "GET"
 
 
 class _TooLarge(Exception):
@@ -374,6 +395,7 @@ class WooCommerceClient:
     ) -> None:
         # ``url`` is a store URL as check_store_url returns it (the one rule): trusted, not checked again.
         self._endpoint = store_site_root(url) + CUSTOMERS_PATH
+        self._api_root = store_site_root(url) + API_ROOT
         self._https = urlsplit(url).scheme == "https"
         self._credentials = credentials
         self._options = options
@@ -517,6 +539,63 @@ class WooCommerceClient:
             )
         return first | second
 
+    # -- webhooks (the store's /webhooks resource; writing needs a Read/Write key)
+
+    async def webhooks(self) -> list[dict[str, Any]]:
+        """Every webhook of the store, as WooCommerce answers them (secrets included: keep them in)."""
+        hooks: list[dict[str, Any]] = []
+        page = 1
+        while page <= self._options.max_pages:
+            params = {"per_page": str(bounds.MAX_PER_PAGE), "page": str(page), "status": "all"}
+            answer = await self._call(_Call("GET", "/webhooks"), params)
+            if not isinstance(answer, list):
+                raise self._not_webhooks("a list")
+            hooks.extend(h for h in answer if isinstance(h, dict) and isinstance(h.get("id"), int))
+            if len(answer) < bounds.MAX_PER_PAGE:
+                break
+            page += 1
+        return hooks
+
+    async def create_webhook(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """POST /webhooks: the webhook created (a read-only key: StoreRefused saying what to change)."""
+        return await self._write_webhook(_Call("POST", "/webhooks", self._payload(fields)))
+
+    async def update_webhook(self, webhook_id: int, fields: dict[str, Any]) -> dict[str, Any]:
+        """PUT /webhooks/<id> with ``fields``: the webhook as it is now."""
+        return await self._write_webhook(_Call("PUT", f"/webhooks/{webhook_id}", self._payload(fields)))
+
+    async def delete_webhook(self, webhook_id: int) -> bool:
+        """DELETE /webhooks/<id>?force=true (WooCommerce does not trash webhooks). False: it was gone."""
+        answer = await self._call(_Call("DELETE", f"/webhooks/{webhook_id}"), {"force": "true"})
+        return answer is not None
+
+    async def _write_webhook(self, call: _Call) -> dict[str, Any]:
+        answer = await self._call(call, {})
+        if not isinstance(answer, dict) or not isinstance(answer.get("id"), int):
+            raise self._not_webhooks("a webhook")
+        return answer
+
+    def _payload(self, fields: dict[str, Any]) -> bytes:
+        secret = fields.get("secret")
+        if isinstance(secret, str) and secret and secret not in self._secrets:
+            self._secrets.append(secret)  # the webhook's secret is redacted like the key's
+        return orjson.dumps(fields)
+
+    async def _call(self, call: _Call, params: dict[str, str]) -> Any:
+        """The JSON answer to ``call`` with its retries; None for a webhook that does not exist."""
+        try:
+            response = await self._get_with_retries(call.path, params, listing=False, call=call)
+        except _TooLarge:
+            raise self._too_large(API_ROOT + call.path) from None
+        return response.body
+
+    def _not_webhooks(self, what: str) -> StoreRefused:
+        return StoreRefused(
+            f"the store's answer at {WEBHOOKS_PATH} is not {what}",
+            code="wcsync_malformed",
+            hint="that the URL is a WooCommerce store (a plugin or cache may be answering instead)",
+        )
+
     # -- scanning
 
     async def _list_ids(self) -> set[int]:
@@ -628,7 +707,9 @@ class WooCommerceClient:
                 raise
             raise self._too_large(f"{CUSTOMERS_PATH + path}") from None
 
-    async def _get_with_retries(self, path: str, params: dict[str, str], *, listing: bool) -> _Response:
+    async def _get_with_retries(
+        self, path: str, params: dict[str, str], *, listing: bool, call: _Call | None = None
+    ) -> _Response:
         options = self._options
         attempt = 0
         throttled = 0
@@ -636,7 +717,7 @@ class WooCommerceClient:
             trial = await self._circuit.before_attempt()
             started = await self._limiter.acquire()
             try:
-                response = await self._attempt(path, params, listing=listing, attempt=attempt)
+                response = await self._attempt(path, params, listing=listing, attempt=attempt, call=call)
             except _Transient as failure:
                 rate_limited = failure.status == 429
                 if rate_limited:
@@ -658,7 +739,7 @@ class WooCommerceClient:
                     self._circuit.failed(trial, self._redact(failure.message))
                 # A 429 is the store pacing us, not failing: it gets its own, larger budget.
                 if attempt > options.max_retries or throttled > max(10, 3 * options.max_retries):
-                    raise self._unavailable(failure, path, attempt + throttled) from None
+                    raise self._unavailable(failure, self._shown(path, call), attempt + throttled) from None
                 delay = self._backoff(attempt + throttled)
                 if failure.retry_after is not None:
                     delay = max(delay, min(failure.retry_after, options.backoff_max_s))
@@ -666,7 +747,7 @@ class WooCommerceClient:
                 metrics.PROCESS.store_retry(failure.reason)
                 log.warning(
                     "store_request_retried",
-                    path=CUSTOMERS_PATH + path,
+                    path=self._shown(path, call),
                     reason=failure.reason,
                     status=failure.status,
                     attempt=attempt + throttled,
@@ -739,29 +820,44 @@ class WooCommerceClient:
         elif failure.status == 429:
             hint = "the host's rate limit; set a lower request rate"
         return StoreUnavailable(
-            f"the store failed {attempts} attempts at {CUSTOMERS_PATH + path}; "
-            f"last: {self._redact(failure.message)}",
+            f"the store failed {attempts} attempts at {path}; last: {self._redact(failure.message)}",
             code=failure.code or f"wcsync_{failure.reason}",
             status=failure.status,
             hint=hint,
         )
 
-    async def _attempt(self, path: str, params: dict[str, str], *, listing: bool, attempt: int) -> _Response:
+    def _shown(self, path: str, call: _Call | None) -> str:
+        """The path a log line or message names (never the query: it holds the OAuth signature)."""
+        return API_ROOT + path if call is not None else CUSTOMERS_PATH + path
+
+    async def _attempt(
+        self, path: str, params: dict[str, str], *, listing: bool, attempt: int, call: _Call | None = None
+    ) -> _Response:
         assert self._session is not None, "use the client inside 'async with'"
-        url = self._signed_url(self._endpoint + path, params)
+        method = call.method if call is not None else "GET"
+        base = self._api_root + call.path if call is not None else self._endpoint + path
+        url = self._signed_url(base, params, method)
+        shown = self._shown(path, call)
         self.stats.requests += 1
         started = time.monotonic()
         status: int | None = None
+        payload = call.payload if call is not None else None
         try:
-            async with self._session.get(yarl.URL(url, encoded=True), allow_redirects=False) as reply:
+            async with self._session.request(
+                method,
+                yarl.URL(url, encoded=True),
+                allow_redirects=False,
+                data=payload,
+                headers={"Content-Type": "application/json"} if payload is not None else None,
+            ) as reply:
                 status = reply.status
                 headers = reply.headers
                 body = await self._read_capped(reply)
         except TimeoutError:
-            self._log_outcome(path, params, "timeout", started, attempt)
+            self._log_outcome(shown, params, "timeout", started, attempt, method)
             raise _Transient("timeout", f"did not answer within {self._options.timeout_s:g} s") from None
         except aiohttp.ClientError as error:
-            self._log_outcome(path, params, "connection_error", started, attempt)
+            self._log_outcome(shown, params, "connection_error", started, attempt, method)
             if isinstance(error, aiohttp.ClientConnectorDNSError):
                 raise StoreRefused(
                     f"the store's host name {urlsplit(self._endpoint).hostname!r} does not resolve",
@@ -779,7 +875,9 @@ class WooCommerceClient:
             ) from None
         self.stats.responses[status] = self.stats.responses.get(status, 0) + 1
         self.stats.bytes += len(body)
-        self._log_outcome(path, params, status, started, attempt)
+        self._log_outcome(shown, params, status, started, attempt, method)
+        if call is not None:
+            return self._interpret_call(call, status, headers, body)
         return self._interpret(status, headers, body, listing=listing)
 
     async def _read_capped(self, reply: aiohttp.ClientResponse) -> bytes:
@@ -798,12 +896,13 @@ class WooCommerceClient:
             parts.append(chunk)
         return b"".join(parts)
 
-    def _signed_url(self, url: str, params: dict[str, str]) -> str:
+    def _signed_url(self, url: str, params: dict[str, str], method: str = "GET") -> str:
         query = urlencode(params, quote_via=quote, safe="")
         full = f"{url}?{query}" if query else url
         if self._https:
             return full
-        signed, _, _ = self._oauth.sign(full, http_method="GET")  # fresh nonce and timestamp every call
+        # A JSON body is not signed (OAuth 1.0a signs form bodies only), as WooCommerce checks it.
+        signed, _, _ = self._oauth.sign(full, http_method=method)  # fresh nonce and timestamp every call
         return str(signed)
 
     def _interpret(self, status: int, headers: Any, body: bytes, *, listing: bool) -> _Response:
@@ -890,6 +989,37 @@ class WooCommerceClient:
             )
         raise StoreRefused(f"the store answered HTTP {status}: {message}", code=code, status=status)
 
+    def _interpret_call(self, call: _Call, status: int, headers: Any, body: bytes) -> _Response:
+        """A webhooks answer: its JSON on success; a webhook that does not exist is None; any 401 or 403 on
+        a write is a key that cannot write (unless it is the OAuth clock); the rest as for reads."""
+        if status in (200, 201):
+            try:
+                return _Response(status, orjson.loads(body), None, None)
+            except orjson.JSONDecodeError:
+                if body.lstrip()[:1] == b"<":
+                    raise _Transient("html", "answered with a web page instead of JSON") from None
+                raise _Transient("truncated", "sent JSON that is cut off or garbled") from None
+        code, message, data = self._error_fields(body)
+        clock = re.search(r"\binvalid (nonce|timestamp)\b", message, re.IGNORECASE)
+        if call.writes and status in (401, 403) and code and not clock:
+            raise StoreRefused(
+                f"the store refused to change its webhooks: {message}",
+                code=code,
+                status=status,
+                hint=READ_ONLY_KEY_HINT,
+            )
+        if status == 404 and code == WEBHOOK_INVALID_ID:
+            return _Response(status, None, None, None)
+        if status == 400:
+            param = _invalid_param(message, data)
+            raise StoreRefused(
+                f"the store rejected the webhook{f' field {param!r}' if param else ''}: {message}",
+                code=code,
+                status=status,
+                hint=f"the value given for {param}" if param else "",
+            )
+        return self._interpret(status, headers, body, listing=True)
+
     def _parse_json(self, body: bytes, unreadable: list[RejectedRecord] | None = None) -> Any:
         """The answer's JSON. With ``unreadable`` (a listing): an array whose elements cannot all be read
         is read element by element, and each element that cannot be (nested thousands deep, an integer of
@@ -941,14 +1071,20 @@ class WooCommerceClient:
         return redact(text, self._secrets)
 
     def _log_outcome(
-        self, path: str, params: dict[str, str], outcome: int | str, started: float, attempt: int
+        self,
+        shown: str,
+        params: dict[str, str],
+        outcome: int | str,
+        started: float,
+        attempt: int,
+        method: str = "GET",
     ) -> None:
         # Every attempt ends here, answered or not: the one place that counts them for /metrics too.
         metrics.PROCESS.store_request(outcome)
         log.debug(
             "store_request",
-            method="GET",
-            path=CUSTOMERS_PATH + path,
+            method=method,
+            path=shown,
             params={k: v for k, v in params.items() if k != "include"}
             | ({"include_count": len(params["include"].split(","))} if "include" in params else {}),
             status=outcome,

@@ -11,6 +11,7 @@ event cannot be saved the secret is deleted again, so nothing is left half-regis
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
@@ -84,7 +85,9 @@ class StoreRegistry:
             store.rotate(fingerprint, actor)
             action = "rotated"
         previous = self._secrets().get(org_id, str(store_id))
-        self._secrets().put(org_id, str(store_id), _credentials_bytes(consumer_key, consumer_secret))
+        # New credentials keep the webhook secret: the store's installed webhooks sign with it.
+        webhook = _webhook_secret_of(previous)
+        self._secrets().put(org_id, str(store_id), _credentials_bytes(consumer_key, consumer_secret, webhook))
         try:
             self.app.save(store)
         except BaseException:
@@ -134,6 +137,28 @@ class StoreRegistry:
         document = orjson.loads(raw)
         return StoreSettings(store.url, document["consumer_key"], document["consumer_secret"])
 
+    def webhook_secret(self, org_id: str, store_id: UUID, create: bool = False) -> str | None:
+        """The secret the store's webhooks sign their deliveries with (HMAC-SHA256), sealed with its
+        credentials in the same document: one row, so rekeying re-encrypts it and removing the store deletes
+        it. None when no webhook was ever installed, unless ``create``: then one is made (32 random bytes,
+        URL-safe) and kept, so every later install and the receiver use the same."""
+        store = self._of_org(org_id, store_id)
+        raw = self._secrets().get(store.org_id, str(store.id))
+        if raw is None:
+            raise ConfigurationError(
+                f"store {store.id} has no stored credentials; register it again with `wcsync stores add`"
+            )
+        document = orjson.loads(raw)
+        secret = document.get("webhook_secret")
+        if isinstance(secret, str) and secret:
+            return secret
+        if not create:
+            return None
+        document["webhook_secret"] = secrets.token_urlsafe(32)
+        self._secrets().put(store.org_id, str(store.id), orjson.dumps(document))
+        log.info("stores.webhook_secret_created", org_id=org_id, store_id=str(store.id))
+        return str(document["webhook_secret"])
+
     def rekey(self, old: SecretKey, new: SecretKey) -> int:
         """Re-encrypt every stored secret under ``new``, given ``old``: all or nothing."""
         return self._secrets().rekey(old, new)
@@ -158,5 +183,16 @@ class StoreRegistry:
         return store
 
 
-def _credentials_bytes(consumer_key: str, consumer_secret: str) -> bytes:
-    return orjson.dumps({"consumer_key": consumer_key, "consumer_secret": consumer_secret})
+def _credentials_bytes(consumer_key: str, consumer_secret: str, webhook_secret: str | None = None) -> bytes:
+    document = {"consumer_key": consumer_key, "consumer_secret": consumer_secret}
+    if webhook_secret:
+        document["webhook_secret"] = webhook_secret
+    return orjson.dumps(document)
+
+
+def _webhook_secret_of(raw: bytes | None) -> str | None:
+    """The webhook secret of a sealed document (None: none, or no document)."""
+    if raw is None:
+        return None
+    secret = orjson.loads(raw).get("webhook_secret")
+    return secret if isinstance(secret, str) and secret else None
