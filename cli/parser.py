@@ -47,6 +47,7 @@ HANDLERS: dict[str, str] = {
     "workers": "cli.worker:workers",
     "jobs": "cli.worker:jobs",
     "schedule": "cli.schedules:run",
+    "webhooks": "cli.webhooks:run",
 }
 
 
@@ -227,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_tokens_parser(commands, common)
     _add_schedule_parser(commands, common)
+    _add_webhooks_parser(commands, common)
 
     db = command("db", "database administration")
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", parser_class=Parser)
@@ -339,6 +341,54 @@ def _add_schedule_parser(commands: Any, common: argparse.ArgumentParser) -> None
         "remove", help="remove a schedule (its syncs so far stay)", parents=[common]
     )
     remove.add_argument("schedule_id", metavar="SCHEDULE_ID", help="as `wcsync schedule list` prints it")
+
+
+def _add_webhooks_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    text = (
+        "a registered store's customer webhooks in the store itself (needs a Read/Write key to change them)"
+    )
+    webhooks = commands.add_parser("webhooks", help=text, description=text, parents=[common])
+    w_commands = webhooks.add_subparsers(
+        dest="webhooks_command", metavar="WEBHOOKS_COMMAND", parser_class=Parser
+    )
+    w_commands.required = True
+    client = Parser(add_help=False)
+    client.add_argument(
+        "--store", required=True, type=store_id, metavar="STORE_ID", help="a registered store"
+    )
+    _add_options(
+        client,
+        (
+            ("--ca-file", str, None, "trust this CA certificate (PEM) for an HTTPS store"),
+            ("--timeout", bounded(bounds.TIMEOUT_S), 60.0, "seconds per request, more than 0 (default 60)"),
+        ),
+    )
+    install = w_commands.add_parser(
+        "install",
+        help="create (or update) the customer.created/updated/deleted webhooks, active, to wcsync serve",
+        parents=[common, client],
+    )
+    install.add_argument(
+        "--public-url",
+        required=True,
+        metavar="URL",
+        help="where the store reaches `wcsync serve` (http(s)://host[:port][/prefix])",
+    )
+    _add_json(install)
+    _add_json(
+        w_commands.add_parser(
+            "status",
+            help="each webhook as the store has it; exit 1 when one is disabled, paused or missing",
+            parents=[common, client],
+        )
+    )
+    _add_json(
+        w_commands.add_parser(
+            "uninstall",
+            help="delete the store's wcsync webhooks (none left is fine)",
+            parents=[common, client],
+        )
+    )
 
 
 def _add_tokens_parser(commands: Any, common: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
+from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
@@ -239,6 +240,32 @@ def test_the_webhook_secret_is_sealed_rekeyed_kept_by_new_credentials_and_remove
     services.store_registry(None, None).remove(ORG, store_id, "ops")
     assert services.store_registry(new, None).secrets is not None
     assert services.store_registry(new, None).secrets.get(ORG, str(store_id)) is None  # type: ignore[union-attr]
+
+
+@pytest.mark.sandbox(
+    customers=2, tls=True, read_only_key=READ_ONLY_CONSUMER_KEY, read_only_secret=READ_ONLY_CONSUMER_SECRET
+)
+def test_over_https_the_writes_authenticate_as_the_reads_do(
+    services: Services, key: SecretKey, sandbox: RunningSandbox
+) -> None:
+    options = replace(FAST, ca_file=sandbox.ca_file)
+    registry = services.store_registry(key, options)
+    added = asyncio.run(
+        registry.add(ORG, sandbox.url, sandbox.consumer_key, sandbox.consumer_secret, None, "ops")
+    )
+    store_id = UUID(added["storeId"])
+    webhooks = services.store_webhooks(key, options)
+
+    installed = asyncio.run(webhooks.install(ORG, store_id, "https://wcsync.example.com"))
+    assert [row["action"] for row in installed["webhooks"]] == ["created"] * 3
+    assert asyncio.run(webhooks.status(ORG, store_id))["healthy"] is True
+    assert len(asyncio.run(webhooks.uninstall(ORG, store_id))["removed"]) == 3
+
+    asyncio.run(
+        registry.add(ORG, sandbox.url, READ_ONLY_CONSUMER_KEY, READ_ONLY_CONSUMER_SECRET, None, "ops")
+    )
+    with pytest.raises(StoreRefused, match="read-only"):
+        asyncio.run(webhooks.install(ORG, store_id, "https://wcsync.example.com"))
 
 
 @pytest.mark.parametrize(
