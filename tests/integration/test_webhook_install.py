@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
-from dataclasses import replace
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID
 
 import pytest
+from aiohttp import web
 
 from domain.errors import EXIT_STORE, EXIT_USAGE
 from infrastructure.adapters.secrets import SecretKey
@@ -27,6 +30,7 @@ from infrastructure.sandbox import (
 )
 from infrastructure.services.webhooks import TOPICS, check_public_url, webhook_name
 from infrastructure.support.errors import ConfigurationError
+from infrastructure.support.loop_thread import LoopThread
 from infrastructure.wiring import Services
 from tests.support.network import free_port
 from tests.support.services import FAST
@@ -316,3 +320,79 @@ def _admin_update(sandbox: RunningSandbox, customer_id: int) -> None:
     )
     with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310
         assert reply.status == 200
+
+
+# -- the client's writes against a scripted store: retried like reads, refused with what to change
+
+
+@dataclass
+class Scripted:
+    """A store whose /webhooks answers, one per request, are scripted: (status, body)."""
+
+    answers: list[tuple[int, Any]]
+    url: str = ""
+    seen: list[tuple[str, str, bytes]] = field(default_factory=list)
+
+
+@asynccontextmanager
+async def _scripted(store: Scripted) -> AsyncIterator[Scripted]:
+    async def answer(request: web.Request) -> web.Response:
+        store.seen.append((request.method, request.path, await request.read()))
+        status, body = store.answers.pop(0)
+        return web.json_response(body, status=status)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        store.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        yield store
+    finally:
+        await runner.cleanup()
+
+
+def _write_with(answers: list[tuple[int, Any]]) -> tuple[Any, Scripted]:
+    """create_webhook against a store answering ``answers`` in turn: (its result or the error, the store)."""
+    fields = {"name": "wcsync customer.created", "topic": "customer.created", "secret": "whsec_SCRIPTED_42"}
+    with LoopThread(lambda: _scripted(Scripted(list(answers))), "the scripted store") as store:
+
+        async def write() -> Any:
+            credentials = StoreCredentials("ck_scripted", "cs_scripted")
+            async with WooCommerceClient(store.url, credentials, FAST) as client:
+                try:
+                    return await client.create_webhook(fields)
+                except StoreRefused as error:
+                    return error
+
+        return asyncio.run(write()), store
+
+
+def test_a_failed_write_is_retried_as_a_read_is_and_the_clock_is_not_a_read_only_key() -> None:
+    created = {"id": 7, "status": "active", "topic": "customer.created"}
+    result, store = _write_with(
+        [
+            (503, {"code": "down", "message": "Maintenance"}),
+            (401, {"code": "woocommerce_rest_authentication_error", "message": "Invalid timestamp."}),
+            (201, created),
+        ]
+    )
+    assert result == created
+    assert [(method, path) for method, path, _ in store.seen] == [("POST", "/wp-json/wc/v3/webhooks")] * 3
+    assert json.loads(store.seen[-1][2])["secret"] == "whsec_SCRIPTED_42"  # a JSON body, as WooCommerce reads
+
+
+def test_any_401_on_a_write_says_the_key_is_read_only_and_hides_the_webhook_secret() -> None:
+    # Real WooCommerce's words for a read key's write; the answer echoes the secret it was sent.
+    refusal = {
+        "code": "woocommerce_rest_authentication_error",
+        "message": "The API key provided does not have write permissions (secret whsec_SCRIPTED_42).",
+    }
+    result, store = _write_with([(401, refusal)])
+    assert isinstance(result, StoreRefused) and len(store.seen) == 1  # not retried
+    text = str(result)
+    assert "does not have write permissions" in text and "woocommerce_rest_authentication_error" in text
+    assert "read-only: create a Read/Write key" in text
+    assert "whsec_SCRIPTED_42" not in text
