@@ -1,4 +1,5 @@
-"""The WooCommerce customers client: the only code that talks to a store.
+"""The WooCommerce customers client: the only code that talks to a store (its customers, read; its webhooks,
+listed and changed for `wcsync webhooks`).
 
 It meets the API as it really behaves (WooCommerce's REST controllers and issue tracker): id-ordered page scans that
 always end, OAuth 1.0a over plain HTTP and Basic over HTTPS, retries with backoff for what is transient,
@@ -384,7 +385,8 @@ class _Circuit:
 
 
 class WooCommerceClient:
-    """Reads customers from one WooCommerce store. Use as ``async with WooCommerceClient(...) as client``."""
+    """Reads customers from one WooCommerce store, and lists and changes its webhooks. Use as
+    ``async with WooCommerceClient(...) as client``."""
 
     def __init__(
         self,
