@@ -2,7 +2,8 @@
 WCSYNC_SECRET_KEY, in a table of their own (wcsync_store_secrets, migration 1 of adapters/migrations.py).
 
 The org and store id are the associated data of each sealed secret: a row copied to another store or org
-does not decrypt. What is sealed is the caller's bytes (the service stores the JSON of key and secret).
+does not decrypt. What is sealed is the caller's bytes (the service stores the JSON of the consumer key and
+secret, and the store's webhook secret once webhooks are installed).
 Removing a store's secret deletes its row. No key, nonce, secret or plaintext appears in a log line, an
 exception message or a repr: a key shows only its fingerprint (the first 12 hex digits of its SHA-256).
 """
