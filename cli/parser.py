@@ -94,20 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "the store's site root (env WOO_URL); key and secret come from WOO_CONSUMER_KEY / WOO_CONSUMER_SECRET",
             ),
             ("--concurrency", bounded(bounds.CONCURRENCY), 4, "pages fetched at once, 1-32 (default 4)"),
-            (
-                "--rate",
-                bounded(bounds.RATE),
-                0.0,
-                "max requests per second to the store (default 0: no limit)",
-            ),
-            ("--ca-file", str, None, "trust this CA certificate (PEM) for an HTTPS store"),
-            ("--timeout", bounded(bounds.TIMEOUT_S), 60.0, "seconds per request, more than 0 (default 60)"),
-            (
-                "--max-response-mb",
-                bounded(bounds.MAX_RESPONSE_MB),
-                bounds.DEFAULT_MAX_RESPONSE_MB,
-                "largest store answer read, in MB (default 8); a larger page is fetched customer by customer",
-            ),
+            *STORE_CLIENT_OPTIONS,
         ),
     )
     _add_json(store_options, "print one JSON document on stdout")
@@ -447,25 +434,7 @@ def _add_worker_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
                 10,
                 "seconds between checks for dead workers' jobs, dividing 60 (default 10)",
             ),
-            (
-                "--rate",
-                bounded(bounds.RATE),
-                0.0,
-                "max requests per second to each store (default 0: no limit)",
-            ),
-            ("--ca-file", str, None, "trust this CA certificate (PEM) for HTTPS stores"),
-            (
-                "--timeout",
-                bounded(bounds.TIMEOUT_S),
-                60.0,
-                "seconds per store request, more than 0 (default 60)",
-            ),
-            (
-                "--max-response-mb",
-                bounded(bounds.MAX_RESPONSE_MB),
-                bounds.DEFAULT_MAX_RESPONSE_MB,
-                "largest store answer read, in MB (default 8)",
-            ),
+            *STORE_CLIENT_OPTIONS,
         ),
     )
     _add_json(
@@ -539,6 +508,18 @@ def _sandbox_arguments(parser: argparse.ArgumentParser) -> None:
 
 # An option given by its flag, argument type (str: the text as given), default and help text (None: none).
 Option = tuple[str, Callable[[str], Any], Any, str | None]
+# How the store client talks to a store: `start`, `resume`, `retry` and `wcsync worker` (for its jobs) alike.
+STORE_CLIENT_OPTIONS: tuple[Option, ...] = (
+    ("--rate", bounded(bounds.RATE), 0.0, "max requests per second to the store (default 0: no limit)"),
+    ("--ca-file", str, None, "trust this CA certificate (PEM) for an HTTPS store"),
+    ("--timeout", bounded(bounds.TIMEOUT_S), 60.0, "seconds per request, more than 0 (default 60)"),
+    (
+        "--max-response-mb",
+        bounded(bounds.MAX_RESPONSE_MB),
+        bounds.DEFAULT_MAX_RESPONSE_MB,
+        "largest store answer read, in MB (default 8); a larger page is fetched customer by customer",
+    ),
+)
 
 
 def _add_options(parser: argparse.ArgumentParser, options: tuple[Option, ...]) -> None:
