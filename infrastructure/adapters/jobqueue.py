@@ -117,6 +117,17 @@ def read_jobs(database: DatabaseConfig, statuses: tuple[str, ...]) -> list[tuple
     return _read(database, _JOBS, (SYNC_TASK, list(statuses)))
 
 
+# Whether a lock (a queue's: `queue:<id>`) has a job waiting or running: one probe of procrastinate's lock index.
+_PENDING = (
+    "SELECT EXISTS (SELECT 1 FROM procrastinate_jobs WHERE lock = %s AND status::text IN ('todo', 'doing'))"
+)
+
+
+def has_pending(database: DatabaseConfig, lock: str) -> bool:
+    """Whether a job of this lock is waiting or running."""
+    return bool(_read(database, _PENDING, (lock,))[0][0])
+
+
 def read_workers(database: DatabaseConfig) -> list[tuple[Any, ...]]:
     """The registered workers: id, last heartbeat, seconds since it, the ids of the jobs they run (a sync
     job or the stalled-job check), the sync queues those jobs process."""

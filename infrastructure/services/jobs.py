@@ -75,7 +75,12 @@ class SyncJob:
 
     @property
     def lock(self) -> str:
-        return f"queue:{self.queue_id}"
+        return self.lock_of(self.queue_id)
+
+    @staticmethod
+    def lock_of(queue_id: UUID) -> str:
+        """procrastinate's lock of a queue's jobs: one at a time, in order."""
+        return f"queue:{queue_id}"
 
     def as_args(self) -> dict[str, str]:
         return {
@@ -222,8 +227,8 @@ class SyncJobs(DetachedStarts):
         return job_id
 
     def pending_for(self, queue_id: UUID) -> bool:
-        """Whether the queue has a job waiting or running."""
-        return any(job["queueId"] == str(queue_id) for job in self.jobs(("todo", "doing")))
+        """Whether the queue has a job waiting or running (by its lock: not every org's jobs read)."""
+        return jobqueue.has_pending(self.database, SyncJob.lock_of(queue_id))
 
     def jobs(self, statuses: tuple[str, ...] = LISTED_STATUSES) -> list[dict[str, Any]]:
         """The sync jobs waiting, running or failed, oldest first (every org's: an operator's view)."""

@@ -135,10 +135,13 @@ def test_a_detached_start_is_a_draft_then_a_worker_runs_it_to_done(
     assert job["org"] == "acme" and job["attempts"] == 0
     args = rows(pg_services.database, "SELECT args::text FROM procrastinate_jobs WHERE id = %s", (job_id,))
     assert sandbox.consumer_key not in args[0][0] and sandbox.consumer_secret not in args[0][0]
+    jobs = pg_services.sync_jobs()
+    assert jobs.pending_for(queue_id) and not jobs.pending_for(UUID(int=9))
 
     with worker_running(pg_services, key):
         wait_until(lambda: state(pg_services, queue_id) == "done")
         wait_until(lambda: not jobs_of(pg_services, queue_id))  # succeeded (and deleted)
+    assert not jobs.pending_for(queue_id)
     status = queries.queue_status(pg_services.projections, "acme", queue_id)
     assert status is not None and status["doneCount"] == 250 and status["processCount"] == 1
     customers = queries.customers(pg_services.projections, "acme", sandbox.url)
