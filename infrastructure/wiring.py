@@ -19,7 +19,6 @@ from uuid import UUID
 
 import structlog
 
-from domain.store import store_key
 from infrastructure.adapters.eventlog import postgres_has_events_table, sqlite_has_events_table
 from infrastructure.adapters.eventstore import DATABASE_ERRORS, SyncApplication, require_database
 from infrastructure.adapters.leases import QueueLeases
@@ -329,11 +328,9 @@ class Services:
                 self._opened.append(jobs.table)
             self._pickup = (self.store_registry(key, None), jobs)
         registry, jobs = self._pickup
-
-        def registered(org_id: str, url: str) -> UUID | None:
-            return store_key(org_id, url) if registry.settings_for_url(org_id, url) is not None else None
-
-        return pickup_abandoned(self.queue_leases().stale_leases(), self.app.get_queue, registered, jobs)
+        return pickup_abandoned(
+            self.queue_leases().stale_leases(), self.app.get_queue, registry.registered_id, jobs
+        )
 
     def api_tokens(self) -> ApiTokens:
         """The API tokens on these services' database (one object, thread-safe, closed with the services);

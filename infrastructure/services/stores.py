@@ -120,6 +120,11 @@ class StoreRegistry:
         """The URL and credentials a sync of a registered store runs with."""
         return self._settings_of(self._of_org(org_id, store_id))
 
+    def registered_id(self, org_id: str, url: str) -> UUID | None:
+        """The id of the org's registered store of this URL, None when it has none (no secret is read)."""
+        store = self._get(store_key(org_id, check_store_url(url)))
+        return None if store is None or store.removed else store.id
+
     def settings_for_url(self, org_id: str, url: str) -> StoreSettings | None:
         """A registered store's settings by its URL, or None when the org has not registered it."""
         # The id is derived from the org and the URL: the store found is the org's own.
