@@ -200,6 +200,22 @@ def _admin_routes(store: SandboxStore, deliveries: Deliveries) -> web.RouteTable
         deliveries.customer_changed("deleted", customer_id)
         return web.json_response({"id": customer_id, "deleted": True})
 
+    @routes.post("/_sandbox/customers/edit-random")
+    async def edit_random(request: web.Request) -> web.Response:
+        """{"count": N, "seed": S}: N customers picked at random (seeded) each edited once, as PUT would."""
+        fields = await body_object(request)
+        count = None if fields is None else fields.get("count")
+        seed = 0 if fields is None else fields.get("seed", 0)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (count, seed)):
+            return wc_error(
+                400, "rest_invalid_param", 'Expected {"count": N, "seed": S}, whole numbers >= 0.'
+            )
+        assert isinstance(count, int) and isinstance(seed, int)
+        edited = store.edit_random(count, seed)
+        for customer_id in edited:
+            deliveries.customer_changed("updated", customer_id)
+        return web.json_response({"edited": len(edited), "ids": edited})
+
     @routes.get("/_sandbox/stats")
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(store.stats.as_dict())
