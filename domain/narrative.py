@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from domain.queue import SyncQueue
+from domain.webhook import RefusedDeliveries, WebhookDelivery
 
 # The activity type of a queue's first row (the activity projection finds a queue's org by it).
 QUEUE_CREATED = "queue_created"
@@ -366,6 +367,84 @@ def _added_lines(page: int | None, added: list[int], unchanged_rows: Sequence[Se
         )
     steps = steps or [Step((), "added", f"{where}: no customers")]
     return [Entry(activity, steps[0])] + [Entry(step=step) for step in steps[1:]]
+
+
+# ----- webhook deliveries (their activity rows name the delivery, not a queue) ----------------------------
+
+# The activity type of a delivery's first row (the activity projection finds a delivery's org by it).
+WEBHOOK_RECEIVED = "webhook_received"
+WEBHOOK_REFUSED = "webhook_refused"
+
+_RESULT_WORDS = {
+    "created": "created",
+    "updated": "updated",
+    "unchanged": "unchanged (the mirror already had it)",
+    "deleted": "marked deleted",
+    "already deleted": "already marked deleted",
+    "not mirrored": "not mirrored (nothing to delete)",
+    "older": "left as mirrored (the delivery is older than the mirror)",
+}
+
+
+def _customer_of(woo_id: int | None) -> str:
+    return f"customer {woo_id}" if woo_id is not None else "a customer with no usable id"
+
+
+@_describes(WebhookDelivery.Received, names_lines=False)
+def _delivery_received(event: Any) -> list[Entry]:
+    what = f"{event.topic} of {_customer_of(event.woo_id)} from {event.store_url}"
+    details: dict[str, Any] = {
+        "store_id": event.store_id,
+        "store_url": event.store_url,
+        "topic": event.topic,
+        "customer_id": event.woo_id,
+        "delivery_id": event.delivery_id,
+        "webhook_id": event.webhook_id,
+    }
+    return _both(
+        Activity(WEBHOOK_RECEIVED, "info", f"Webhook delivery received: {what}", details),
+        Step((), "received", f"webhook delivery {event.delivery_id or '(no id)'}: {what}", details),
+    )
+
+
+@_describes(WebhookDelivery.Applied, names_lines=False)
+def _delivery_applied(event: Any) -> list[Entry]:
+    words = _RESULT_WORDS.get(event.result, event.result)
+    return _both(
+        Activity(
+            "webhook_applied",
+            "success",
+            f"Webhook delivery applied: customer {words}",
+            {"result": event.result, "customer_version": event.customer_version},
+        ),
+        Step((), event.result, f"webhook delivery applied: {words}"),
+    )
+
+
+@_describes(WebhookDelivery.Failed, names_lines=False)
+def _delivery_failed(event: Any) -> list[Entry]:
+    return _both(
+        Activity("line_failed", "error", f"Webhook delivery failed: {event.reason}", {"error": event.reason}),
+        Step((), "failed", f"webhook delivery failed: {event.reason}"),
+    )
+
+
+@_describes(RefusedDeliveries.Recorded, names_lines=False)
+def _deliveries_refused(event: Any) -> list[Entry]:
+    count = _plural(event.count, "request")
+    message = (
+        f"Webhook receiver refused {count} for store {event.store_id} since {event.first_at}: {event.reason}"
+    )
+    details = {
+        "store_id": event.store_id,
+        "reason": event.reason,
+        "count": event.count,
+        "since": event.first_at,
+    }
+    return _both(
+        Activity(WEBHOOK_REFUSED, "warning", message, details),
+        Step((), "refused", message, details),
+    )
 
 
 # The events whose timeline rows can name customers' lines, in the order their describers are registered.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import subprocess
@@ -24,6 +25,7 @@ from infrastructure.adapters.eventstore import DATABASE_ERRORS, SyncApplication,
 from infrastructure.adapters.leases import QueueLeases
 from infrastructure.adapters.localjobs import LocalJobs
 from infrastructure.adapters.migrations import apply_migrations
+from infrastructure.adapters.positions import LogPositions
 from infrastructure.adapters.schedules import ScheduleTable
 from infrastructure.adapters.secrets import SecretKey, StoreSecrets
 from infrastructure.adapters.tokens import ApiTokens
@@ -33,6 +35,7 @@ from infrastructure.adapters.woocommerce import (
     StoreCredentials,
     WooCommerceClient,
 )
+from infrastructure.services.deliveries import DeliveryApplier, WebhookReceiver
 from infrastructure.services.jobs import JobWorker, SyncJobRunner, SyncJobs, WorkerSettings
 from infrastructure.services.localjobs import LocalJobWorker, LocalSyncJobs, pickup_abandoned
 from infrastructure.services.runs import BackgroundRuns
@@ -65,6 +68,8 @@ FOLLOWER_JOIN_S = 5.0
 # layer's entry points, named by string), the database in its environment (DATABASE_URL_VARIABLE) with the
 # pid of the sync it follows; WCSYNC_LIVE_PROCESS=0 keeps the follower a thread instead.
 LIVE_PROCESS_VARIABLE = "WCSYNC_LIVE_PROCESS"
+# The name the webhook deliveries' applier keeps its position in the log under (wcsync_positions).
+DELIVERIES_POSITION = "webhook-deliveries"
 
 log = structlog.get_logger("wcsync.bootstrap")
 
@@ -189,7 +194,7 @@ class Services:
     write_gate: WriteGate | None = field(default=None, repr=False)
     _live: _Follower | None = field(default=None, repr=False)  # the live follower thread's loop
     _catch_up_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _opened: list[StoreSecrets | ApiTokens | LocalJobs | ScheduleTable] = field(
+    _opened: list[StoreSecrets | ApiTokens | LocalJobs | ScheduleTable | LogPositions] = field(
         default_factory=list, repr=False
     )
     _tokens: ApiTokens | None = field(default=None, repr=False)
@@ -285,11 +290,31 @@ class Services:
         running each job with ``job_runner``, and the due schedules by ``clock``."""
         runner = self.job_runner(key, client_options)
         due = self.schedule_runner(clock).run_due
+        applier = self.delivery_applier()
+
+        async def deliveries() -> int:
+            return await asyncio.to_thread(applier.step)
+
         if self.database.backend == "sqlite":
             jobs = LocalJobs(self.database)
             self._opened.append(jobs)
-            return LocalJobWorker(jobs, runner, settings, due)
-        return JobWorker(self.database, runner, settings, due)
+            return LocalJobWorker(jobs, runner, settings, due, deliveries)
+        return JobWorker(self.database, runner, settings, due, deliveries)
+
+    def delivery_applier(self) -> DeliveryApplier:
+        """The step that applies the recorded webhook deliveries to their customers (every worker runs it
+        beside its jobs), its position in the log kept in the database."""
+        positions = LogPositions(self.database, write_gate=self.write_gate)
+        self._opened.append(positions)  # closed with the services
+        return DeliveryApplier(
+            self.app,
+            lambda: positions.get(DELIVERIES_POSITION),
+            lambda position: positions.put(DELIVERIES_POSITION, position),
+        )
+
+    def webhook_receiver(self, key: SecretKey) -> WebhookReceiver:
+        """`wcsync serve`'s webhook receiver: a store's webhook secret from the registry under ``key``."""
+        return WebhookReceiver(self.app, self.store_registry(key, None).webhook_target)
 
     def _schedule_table(self) -> ScheduleTable:
         table = ScheduleTable(self.database, write_gate=self.write_gate)

@@ -1,4 +1,6 @@
-"""The activity log an operator reads: ``woo_sync_activity``, one row per meaningful happening of a queue.
+"""The activity log an operator reads: ``woo_sync_activity``, one row per meaningful happening of a queue,
+of a webhook delivery (``queue_id`` then holds the delivery's id, ``details`` its store) or of a store's
+webhook receiver refusing requests (``queue_id``: the incident's id).
 
 Rows are only ever appended. A row's id is derived from its event's notification id and its place among
 that event's rows, so a rebuild writes the same ids, and applying an event twice would collide on the key
@@ -12,8 +14,9 @@ from typing import Any
 from uuid import UUID
 
 from domain import narrative
-from domain.narrative import QUEUE_CREATED
+from domain.narrative import QUEUE_CREATED, WEBHOOK_RECEIVED
 from domain.queue import SyncQueue
+from domain.webhook import RefusedDeliveries, WebhookDelivery
 from infrastructure.adapters.projection_db import Database
 from infrastructure.adapters.schema import BIGINT, JSON, TEXT, Column, Index, Table
 from projections.base import CREATED_AT, ORG_ID, QUEUE_ID, Item, Projection, event_classes, topics_of
@@ -42,7 +45,7 @@ ROWS_PER_EVENT = 1_000_000
 
 
 def describe(event: Any) -> list[tuple[str, str, str, dict[str, Any] | None]]:
-    """(activity_type, status, message, details) rows for one queue event (domain.narrative's words)."""
+    """(activity_type, status, message, details) rows for one event (domain.narrative's words)."""
     return [
         (entry.activity.type, entry.activity.status, entry.activity.message, entry.activity.details)
         for entry in narrative.describe(event)
@@ -54,8 +57,8 @@ class ActivityProjection(Projection):
     name = "activity"
     version = 1
     tables = (ACTIVITY_TABLE,)
-    # Every queue event: domain.narrative describes each (one with no activity row writes none).
-    topics = topics_of(*event_classes(SyncQueue))
+    # Every queue and delivery event: domain.narrative describes each (one with no activity row writes none).
+    topics = topics_of(*event_classes(SyncQueue, WebhookDelivery, RefusedDeliveries))
     record_ids_only = topics_of(SyncQueue.LinesAdded, SyncQueue.LinesRefetched)
 
     def __init__(self) -> None:
@@ -64,18 +67,20 @@ class ActivityProjection(Projection):
 
     def apply(self, db: Database, suffix: str, items: Sequence[Item]) -> None:
         for _, event in items:
-            if isinstance(event, SyncQueue.Created):
+            if isinstance(event, SyncQueue.Created | WebhookDelivery.Received | RefusedDeliveries.Recorded):
                 self._orgs[event.originator_id] = event.org_id
         missing = sorted({e.originator_id for _, e in items} - self._orgs.keys())
-        for row in db.load(
-            ACTIVITY_TABLE, suffix, "queue_id", missing, "activity_type = %s", [QUEUE_CREATED]
-        ):
-            self._orgs[row["queue_id"]] = row["org_id"]
+        for first in (QUEUE_CREATED, WEBHOOK_RECEIVED):
+            if not missing:
+                break
+            for row in db.load(ACTIVITY_TABLE, suffix, "queue_id", missing, "activity_type = %s", [first]):
+                self._orgs[row["queue_id"]] = row["org_id"]
+            missing = [queue_id for queue_id in missing if queue_id not in self._orgs]
 
         rows: list[tuple[Any, ...]] = []
         for notification_id, event in items:
             org_id = self._orgs.get(event.originator_id)
-            if org_id is None:  # a queue this table never saw created
+            if org_id is None:  # a queue (or delivery) this table never saw created
                 continue
             described = describe(event)
             if len(described) > ROWS_PER_EVENT:

@@ -2,5 +2,5 @@
 
 from __future__ import annotations
 
-PROJECTION_NAMES: tuple[str, ...] = ("customers", "queues", "activity", "ledger", "stores")
+PROJECTION_NAMES: tuple[str, ...] = ("customers", "queues", "activity", "ledger", "stores", "webhooks")
 QUEUES = "queues"  # the projection of the queues' status rows

@@ -24,6 +24,7 @@ from projections.names import PROJECTION_NAMES
 from projections.queues import LINE_TABLE, QUEUE_TABLE
 from projections.runner import ProjectionRunner
 from projections.stores import STORE_TABLE
+from projections.webhooks import DELIVERY_TABLE, REFUSAL_TABLE
 
 Source = ProjectionRunner | DatabaseConfig
 
@@ -337,6 +338,78 @@ def store_by_url(
     return found[0] if found else None
 
 
+_DELIVERY_COLUMNS = (
+    "delivery_key",
+    "topic",
+    "woo_customer_id",
+    "delivery_id",
+    "webhook_id",
+    "received_at",
+    "state",
+    "result",
+    "error",
+    "applied_at",
+)
+
+
+def webhook_deliveries(source: Source, org_id: str, store_id: UUID, limit: int = 100) -> list[dict[str, Any]]:
+    """The store's latest webhook deliveries, newest first (camelCase keys, as the API and --json show)."""
+    with _database(source) as db:
+        rows = _select(
+            db,
+            DELIVERY_TABLE,
+            _DELIVERY_COLUMNS,
+            "org_id = %s AND store_id = %s",
+            [org_id, db.value(UUID_, store_id)],
+            f"ORDER BY received_at DESC, delivery_key LIMIT {int(limit)}",
+        )
+    return [{_camel(name): value for name, value in row.items()} for row in rows]
+
+
+def webhook_summary(source: Source, org_id: str, store_id: UUID) -> dict[str, Any]:
+    """What the receiving side knows of a store's webhooks: the last delivery received, the deliveries by
+    state, and the requests refused for their signature (with the last incident's time and reason)."""
+    with _database(source) as db:
+        key = db.value(UUID_, store_id)
+        states = {
+            str(state): int(count)
+            for state, count in db.fetchall(
+                f"SELECT state, count(*) FROM {DELIVERY_TABLE.name} WHERE org_id = %s AND store_id = %s "
+                "GROUP BY state",
+                [org_id, key],
+            )
+        }
+        last = _select(
+            db,
+            DELIVERY_TABLE,
+            ("received_at",),
+            "org_id = %s AND store_id = %s",
+            [org_id, key],
+            "ORDER BY received_at DESC LIMIT 1",
+        )
+        refused = _select(
+            db,
+            REFUSAL_TABLE,
+            ("requests", "reason", "recorded_at"),
+            "org_id = %s AND store_id = %s",
+            [org_id, key],
+            "ORDER BY recorded_at DESC",
+        )
+    return {
+        "lastDeliveryAt": last[0]["received_at"] if last else None,
+        "deliveries": {name: states.get(name, 0) for name in ("pending", "applied", "failed")},
+        "refused": sum(int(row["requests"]) for row in refused),
+        "lastRefusal": (
+            {"at": refused[0]["recorded_at"], "reason": refused[0]["reason"]} if refused else None
+        ),
+    }
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
 __all__ = [
     "Source",
     "activity",
@@ -351,4 +424,6 @@ __all__ = [
     "queues_with_line",
     "store",
     "store_by_url",
+    "webhook_deliveries",
+    "webhook_summary",
 ]

@@ -64,6 +64,7 @@ from projections.ledger import LedgerProjection
 from projections.quarantine import Quarantined
 from projections.queues import QueuesProjection
 from projections.stores import StoresProjection
+from projections.webhooks import WebhooksProjection
 
 log = structlog.get_logger("wcsync.projections")
 
@@ -76,6 +77,7 @@ PROJECTION_CLASSES: tuple[type[Projection], ...] = (
     ActivityProjection,
     LedgerProjection,
     StoresProjection,
+    WebhooksProjection,
 )
 # PROJECTION_NAMES (projections/names.py) lists these classes' names, in this order (a unit test checks).
 

@@ -41,6 +41,7 @@ API_TOKENS_TABLE = "wcsync_api_tokens"
 QUEUE_LEASES_TABLE = "wcsync_queue_leases"
 LOCAL_JOBS_TABLE = "wcsync_local_jobs"
 SCHEDULES_TABLE = "wcsync_schedules"
+POSITIONS_TABLE = "wcsync_positions"
 
 # The advisory lock that serialises migrations on PostgreSQL: (this constant, the schema's hash), so runs on
 # different schemas of one database do not wait for each other.
@@ -162,6 +163,18 @@ def _schedules(seconds: str) -> tuple[str, ...]:
     )
 
 
+# How far a reader of the event log that writes no projection has got (the webhook deliveries' applier):
+# a name, the last notification id it is done with. Ahead of it lies only what it has still to do.
+_POSITIONS = (
+    f"CREATE TABLE {POSITIONS_TABLE} (\n"
+    "  name TEXT NOT NULL,\n"
+    "  position BIGINT NOT NULL,\n"
+    "  updated_at TEXT NOT NULL,\n"
+    f"  CONSTRAINT {POSITIONS_TABLE}_pkey PRIMARY KEY (name)\n"
+    ")",
+)
+
+
 def _procrastinate_schema() -> str:
     """procrastinate's own schema (its tables, types, functions and triggers, unqualified: they land in the
     URL's schema through the search_path), as the pinned release ships it (pyproject: >=3.10,<3.11). A
@@ -203,6 +216,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         6,
         "schedules: each store's periodic full sync, and when it is due next",
         {POSTGRES: _schedules("DOUBLE PRECISION"), SQLITE: _schedules("REAL")},
+    ),
+    Migration(
+        7,
+        "log positions: how far the webhook deliveries' applier has applied the event log",
+        {POSTGRES: _POSITIONS, SQLITE: _POSITIONS},
     ),
 )
 

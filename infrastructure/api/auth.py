@@ -340,8 +340,11 @@ def auth_middleware(
     no_auth: bool,
     limiter: FailureLimiter | None = None,
     executor: Executor | None = None,
+    signed_prefixes: tuple[str, ...] = (),
 ) -> Middleware:
-    """The middleware that authenticates every request but those to ``public_paths`` (exact paths):
+    """The middleware that authenticates every request but those to ``public_paths`` (exact paths) and
+    under ``signed_prefixes`` (the webhook receivers, whose handler checks each request's signature: no
+    token, and no-auth mode's refusals do not apply, a store being no web page):
     ``request["principal"]`` is the token's Principal, or None with ``no_auth``. A request without a valid
     token raises Unauthorized (401) or, from an address with too many failures already (``limiter``, one of
     its own by default; ``client_address``), TooManyAttempts (429); either is counted. A valid token passes
@@ -352,6 +355,8 @@ def auth_middleware(
 
     @web.middleware
     async def authenticated(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if signed_prefixes and request.path.startswith(signed_prefixes):
+            return await handler(request)
         if no_auth:
             local_request(request)
         if request.path in public_paths:

@@ -79,6 +79,16 @@ def _process_families(counters: ProcessCounters) -> Iterator[Metric]:
         f"{PROCESS_SCOPE}",
         value=counters.circuits_opened(),
     )
+    yield _labelled(
+        CounterMetricFamily(
+            "wcsync_webhook_requests",
+            "Requests this process's webhook receiver answered, by outcome (recorded: a delivery made "
+            "durable; duplicate: one recorded before; ping; refused: a missing or wrong signature, answered "
+            f"401; unknown_store: 404). {PROCESS_SCOPE}",
+            labels=["outcome"],
+        ),
+        counters.webhook_requests(),
+    )
     yield _gauge(
         "wcsync_store_circuits",
         "Store clients alive in this process by the state of their circuit breaker (closed: calling the "

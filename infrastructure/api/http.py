@@ -55,10 +55,12 @@ from infrastructure.adapters.secrets import SECRET_KEY_VARIABLE, SecretKey
 from infrastructure.adapters.woocommerce import ClientOptions, StoreCredentials
 from infrastructure.api import auth, operations
 from infrastructure.api.auth import PRINCIPAL_KEY, Principal, Role
+from infrastructure.services.deliveries import MAX_DELIVERY_BYTES, SignatureRefused, WebhookReceiver
 from infrastructure.services.jobs import SyncJobs
 from infrastructure.services.localjobs import LocalSyncJobs
 from infrastructure.services.runs import MAX_RUNS, RunRequest, StoreMismatchError
 from infrastructure.services.stores import StoreRegistry
+from infrastructure.services.webhooks import RECEIVER_ROOT
 from infrastructure.support.config import (
     MAX_STORE_URL_LENGTH,
     StoreSettings,
@@ -77,6 +79,11 @@ SYNC_PATH = "/api/v1/integrations/woocommerce/sync/customers"
 HEALTH_PATH = "/healthz"
 # The routes anyone may call: liveness, readiness and the API's description (every other needs a token).
 PUBLIC_PATHS = operations.PUBLIC_PATHS | {HEALTH_PATH}
+# The stores' webhook receivers (+ store id): no token (WooCommerce sends none), the signature instead.
+WEBHOOK_ROOT = RECEIVER_ROOT
+SIGNED_PREFIXES = (WEBHOOK_ROOT,)
+# Its own threads: a delivery is answered however busy the readers are (WooCommerce waits 60 s at most).
+DELIVERY_THREADS = 4
 ACTIONS = ("start", "status", "retry", "resume", "force-done")
 BACKGROUND_ACTIONS = frozenset({"start", "retry", "resume"})
 # The seed's camelCase option names -> QueueOptions fields.
@@ -473,6 +480,10 @@ class SyncApi:
         # The durable jobs (procrastinate's on PostgreSQL, the local table on SQLite): opened with the server
         # when it has the stores' key (runs of registered stores need their secrets).
         self._jobs: SyncJobs | LocalSyncJobs | None = None
+        self._deliveries = ThreadPoolExecutor(max_workers=DELIVERY_THREADS, thread_name_prefix="wcsync-hooks")
+        self._receiver: WebhookReceiver | None = None
+        # Requests refused for their signature, per address: past the limit, 429 before any work.
+        self._refused = auth.FailureLimiter()
 
     async def open_jobs(self) -> None:
         if self.settings.secret_key is not None:
@@ -559,6 +570,38 @@ class SyncApi:
                 ) from None
             raise
 
+    # ----- POST /api/v1/webhooks/woocommerce/{store_id} (signed, no token) -----------------------------
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        """A store's webhook delivery: 200 once it is durable (or was already, or for the ping); 401 for a
+        missing or wrong signature, 404 for no such store; from an address with too many refusals, 429."""
+        try:
+            store_id = UUID(request.match_info["store_id"])
+        except ValueError:
+            raise ApiError(404, "not_found", "no registered store of this id") from None
+        address = auth.client_address(request.remote)
+        wait = self._refused.retry_after(address)
+        if wait is not None:
+            raise auth.TooManyAttempts(wait)
+        if self.settings.secret_key is None:
+            raise NotConfiguredError()
+        if self._receiver is None:
+            self._receiver = self.services.webhook_receiver(self.settings.secret_key)
+        if (request.content_length or 0) > MAX_DELIVERY_BYTES:
+            raise ApiError(
+                413, "payload_too_large", f"a webhook delivery is at most {MAX_DELIVERY_BYTES} bytes"
+            )
+        body = await request.read()
+        loop = asyncio.get_running_loop()
+        try:
+            receipt = await loop.run_in_executor(
+                self._deliveries, self._receiver.receive, store_id, request.headers, body
+            )
+        except SignatureRefused:
+            self._refused.failed(address)
+            raise
+        return _ok({"outcome": receipt.outcome})
+
     # ----- /api/v1/stores (admin) ----------------------------------------------------------------------
 
     def _registry(self) -> StoreRegistry:
@@ -634,6 +677,7 @@ class SyncApi:
         await self.runs.shutdown()
         await asyncio.get_running_loop().shutdown_default_executor()
         self._reads.shutdown(wait=True)
+        self._deliveries.shutdown(wait=True)
         self._health.shutdown(wait=False, cancel_futures=True)
 
     async def _status(self, org_id: str, queue_id: UUID) -> dict[str, Any]:
@@ -838,7 +882,11 @@ def create_app(services: Services, settings: ApiSettings | None = None) -> web.A
     # The envelope outermost, so the authentication's refusals are answered like every other error. The
     # token lookups run on the handlers' threads, never on the loop.
     authenticate = auth.auth_middleware(
-        services.api_tokens().authenticate, PUBLIC_PATHS, no_auth=settings.no_auth, executor=api._reads
+        services.api_tokens().authenticate,
+        PUBLIC_PATHS,
+        no_auth=settings.no_auth,
+        executor=api._reads,
+        signed_prefixes=SIGNED_PREFIXES,
     )
     app = web.Application(middlewares=[_envelope, authenticate])
     app.on_response_prepare.append(auth.bearer_challenge)
@@ -852,6 +900,7 @@ def create_app(services: Services, settings: ApiSettings | None = None) -> web.A
     app.router.add_get("/api/v1/stores/{store_id}", api.store)
     app.router.add_delete("/api/v1/stores/{store_id}", api.remove_store)
     app.router.add_get(HEALTH_PATH, api.health)
+    app.router.add_post(WEBHOOK_ROOT + "{store_id}", api.webhook)
     operations.add_operation_routes(app, services)
 
     async def lifetime(_: web.Application) -> AsyncIterator[None]:

@@ -417,7 +417,7 @@ def _paths() -> dict[str, Any]:
                 "Prometheus metrics (text format 0.0.4) of three scopes, each family's HELP ending with its "
                 "own: the token's org only (every org's with --no-auth): wcsync_syncs, wcsync_sync_lines, "
                 "wcsync_sync_line_results; this process, every org's stores together: wcsync_store_requests, "
-                "wcsync_store_retries, wcsync_store_circuit_opened, wcsync_store_circuits, "
+                "wcsync_store_retries, wcsync_store_circuit_opened, wcsync_store_circuits, wcsync_webhook_requests, "
                 "wcsync_database_up, wcsync_scrape_read_seconds; the whole service, every org: "
                 "wcsync_jobs_*, wcsync_workers, wcsync_worker_heartbeat_age_seconds, "
                 "wcsync_projection_lag_*.",
@@ -524,6 +524,47 @@ def _store_paths() -> dict[str, Any]:
                 role="admin",
                 parameters=[ORG],
             ),
+        },
+        "/api/v1/webhooks/woocommerce/{store_id}": {
+            "post": {
+                **_operation(
+                    "A WooCommerce webhook delivery for a registered store (customer.created, customer.updated, "
+                    "customer.deleted), or the ping WooCommerce sends when a webhook is created. No token: the "
+                    "X-WC-Webhook-Signature header (base64 HMAC-SHA256 of the exact body, keyed with the store's "
+                    "webhook secret, which `wcsync webhooks install` set) authenticates it. Answered 200 once the "
+                    "delivery is durable; a worker applies it to the customer.",
+                    _answers(
+                        _200=_ok(
+                            {
+                                "type": "object",
+                                "properties": {"outcome": {"enum": ["recorded", "duplicate", "ping"]}},
+                                "required": ["outcome"],
+                                "additionalProperties": False,
+                            },
+                            "recorded (made durable), duplicate (recorded before: once is enough) or ping",
+                        ),
+                        _401=_error(
+                            "bad_signature: the signature is missing or is not the store's for this body"
+                        ),
+                        _404=_error("not_found: no registered store of this id"),
+                        _413=_error("payload_too_large: a delivery is larger than a customer record can be"),
+                        _429=_error(
+                            "too_many_attempts: too many refused signatures from this address",
+                            retry_after=True,
+                        ),
+                        _503=_error(f"{_NOT_CONFIGURED}; storage_unavailable"),
+                    ),
+                    public=True,
+                    parameters=[_path("store_id", "the store id, as `wcsync stores list` shows it")],
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"type": "object"}},
+                        "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
+                    },
+                },
+            }
         },
         "/api/v1/stores/{store_id}": {
             "get": _operation(

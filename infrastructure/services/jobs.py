@@ -122,6 +122,9 @@ class WorkerSettings:
     poll_s: float = 2.0
     # Due schedules (infrastructure.services.schedules) are looked for this often.
     schedule_check_s: float = 5.0
+    # Webhook deliveries recorded by a server (infrastructure.services.deliveries) are looked for this often:
+    # most of the time from a delivery's receipt to its customer's row.
+    delivery_check_s: float = 0.25
 
     def __post_init__(self) -> None:
         if not 1 <= self.concurrency <= 32:
@@ -365,30 +368,40 @@ def retry_delay(error: BaseException, attempts: int) -> float | None:
 DueStep = Callable[[], Awaitable[object]]
 
 
-async def run_due_schedules(due: DueStep | None, stopping: Callable[[], bool], every_s: float) -> None:
+async def run_due_schedules(
+    due: DueStep | None, stopping: Callable[[], bool], every_s: float, what: str = "schedule"
+) -> None:
     """A worker's side loop beside its jobs (as the stalled-job check, and for the same reason: a look
     queued behind long syncs would start a period late): ``due`` every ``every_s`` until ``stopping()``;
-    a database hiccup is logged and the next look tries again."""
+    a database hiccup is logged and the next look tries again. The webhook deliveries' applier runs in
+    one too (``what``: the log's name for it)."""
     while due is not None and not stopping():
         try:
             await due()
         except Exception as error:
-            log.warning("schedule.check_failed", error=type(error).__name__)
+            log.warning(f"{what}.check_failed", error=type(error).__name__, message=str(error)[:200])
         await asyncio.sleep(every_s)
 
 
 class JobWorker:
     """One `wcsync worker`: procrastinate's worker running sync jobs with ``run``, the periodic
-    stalled-job retry and the due schedules (``due``). ``stop()`` (the CLI calls it on SIGTERM/SIGINT) stops
-    every run after its batch and the worker after its jobs gave themselves back."""
+    stalled-job retry, the due schedules (``due``) and the webhook deliveries (``deliveries``). ``stop()``
+    (the CLI calls it on SIGTERM/SIGINT) stops every run after its batch and the worker after its jobs gave
+    themselves back."""
 
     def __init__(
-        self, database: DatabaseConfig, run: JobRunner, settings: WorkerSettings, due: DueStep | None = None
+        self,
+        database: DatabaseConfig,
+        run: JobRunner,
+        settings: WorkerSettings,
+        due: DueStep | None = None,
+        deliveries: DueStep | None = None,
     ) -> None:
         self.database = database
         self.run_job = run
         self.settings = settings
         self.due = due
+        self.deliveries = deliveries
         self._stops: set[threading.Event] = set()
         self._task: asyncio.Future[None] | None = None
         self._stopping = False
@@ -493,6 +506,11 @@ class JobWorker:
             schedules = asyncio.ensure_future(
                 run_due_schedules(self.due, lambda: self._stopping, settings.schedule_check_s)
             )
+            deliveries = asyncio.ensure_future(
+                run_due_schedules(
+                    self.deliveries, lambda: self._stopping, settings.delivery_check_s, "webhooks.apply"
+                )
+            )
             try:
                 await self._task
             except asyncio.CancelledError:
@@ -501,6 +519,7 @@ class JobWorker:
             finally:
                 checks.cancel()
                 schedules.cancel()
+                deliveries.cancel()
 
     def stop(self) -> None:
         """Stop after the batches in hand: each run saves and its job is given back; no new job starts.

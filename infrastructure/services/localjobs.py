@@ -120,15 +120,21 @@ class LocalJobWorker:
     """A worker of the local job table: claims a job when it has room (``settings.concurrency``), runs it
     with ``run`` and ends it: deleted when its run ended, given back when the worker stopped it or it is to
     be tried again (retry_delay, as on procrastinate), failed otherwise; beside them, the due schedules
-    (``due``). ``stop()`` on the worker's loop."""
+    (``due``) and the webhook deliveries (``deliveries``). ``stop()`` on the worker's loop."""
 
     def __init__(
-        self, jobs: LocalJobs, run: JobRunner, settings: WorkerSettings, due: DueStep | None = None
+        self,
+        jobs: LocalJobs,
+        run: JobRunner,
+        settings: WorkerSettings,
+        due: DueStep | None = None,
+        deliveries: DueStep | None = None,
     ) -> None:
         self.jobs = jobs
         self.run_job = run
         self.settings = settings
         self.due = due
+        self.deliveries = deliveries
         self.holder = local_holder()
         self._stops: set[threading.Event] = set()
         self._stopping = False
@@ -140,6 +146,11 @@ class LocalJobWorker:
         next_check = 0.0
         schedules = asyncio.ensure_future(
             run_due_schedules(self.due, lambda: self._stopping, self.settings.schedule_check_s)
+        )
+        deliveries = asyncio.ensure_future(
+            run_due_schedules(
+                self.deliveries, lambda: self._stopping, self.settings.delivery_check_s, "webhooks.apply"
+            )
         )
         while not self._stopping:
             if time.monotonic() >= next_check:  # a job of a worker of this host that died: given back
@@ -157,6 +168,7 @@ class LocalJobWorker:
                 await asyncio.wait_for(self._wake.wait(), LOCAL_POLL_S)
             self._wake.clear()
         schedules.cancel()
+        deliveries.cancel()
         if running:
             await asyncio.gather(*running, return_exceptions=True)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -40,6 +41,16 @@ def key_fingerprint(consumer_key: str) -> str:
     """What the registry shows and records of a consumer key: enough to tell two keys apart, nothing to
     use (the first 12 hex digits of its SHA-256)."""
     return hashlib.sha256(consumer_key.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    """A registered store as its webhook receiver sees it. The secret is never shown (repr)."""
+
+    org_id: str
+    store_id: UUID
+    url: str
+    secret: str | None = field(repr=False)
 
 
 class StoreRegistry:
@@ -163,6 +174,20 @@ class StoreRegistry:
         self._secrets().put(store.org_id, str(store.id), orjson.dumps(document))
         log.info("stores.webhook_secret_created", org_id=org_id, store_id=str(store.id))
         return str(document["webhook_secret"])
+
+    def webhook_target(self, store_id: UUID) -> WebhookTarget | None:
+        """What the webhook receiver needs of a store it knows only by id (a delivery names no org): its
+        org, URL and webhook secret (None: no webhook was ever installed). None for no registered store
+        of that id (never registered, or removed)."""
+        store = self._get(store_id)
+        if store is None or store.removed:
+            return None
+        return WebhookTarget(
+            store.org_id,
+            store.id,
+            store.url,
+            _webhook_secret_of(self._secrets().get(store.org_id, str(store.id))),
+        )
 
     def rekey(self, old: SecretKey, new: SecretKey) -> int:
         """Re-encrypt every stored secret under ``new``, given ``old``: all or nothing."""

@@ -33,6 +33,7 @@ __all__ = [
     "PROCESS",
     "QUEUE_STATES",
     "STATUS_CLASSES",
+    "WEBHOOK_OUTCOMES",
     "Circuit",
     "JobFigures",
     "ProcessCounters",
@@ -48,6 +49,8 @@ LINE_RESULTS = RESULTS
 # A store answer's status class, or what happened instead of an answer.
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "timeout", "connection_error")
 CIRCUIT_STATES = ("closed", "open", "half_open")
+# What the webhook receiver did with a request (infrastructure/services/deliveries.py).
+WEBHOOK_OUTCOMES = ("recorded", "duplicate", "ping", "refused", "unknown_store")
 
 
 class Circuit(Protocol):
@@ -72,6 +75,7 @@ class ProcessCounters:
         self._retries: dict[str, int] = {}
         self._circuits_opened = 0
         self._circuits: weakref.WeakSet[Circuit] = weakref.WeakSet()
+        self._webhooks = dict.fromkeys(WEBHOOK_OUTCOMES, 0)
 
     def store_request(self, outcome: int | str) -> None:
         """One attempt's outcome: an HTTP status, or the name of what happened instead ("timeout", ...)."""
@@ -94,6 +98,15 @@ class ProcessCounters:
         """Count this circuit breaker by its state while it lives."""
         with self._lock:
             self._circuits.add(circuit)
+
+    def webhook_request(self, outcome: str) -> None:
+        """One request to the webhook receiver, by what it did (one of WEBHOOK_OUTCOMES)."""
+        with self._lock:
+            self._webhooks[outcome] = self._webhooks.get(outcome, 0) + 1
+
+    def webhook_requests(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._webhooks)
 
     def requests(self) -> dict[str, int]:
         with self._lock:

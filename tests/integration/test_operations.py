@@ -247,6 +247,7 @@ def test_metrics_are_prometheus_text_with_wcsync_names(client: Client, services:
         "wcsync_store_retries",
         "wcsync_store_circuit_opened",
         "wcsync_store_circuits",
+        "wcsync_webhook_requests",
         "wcsync_database_up",
         "wcsync_syncs",
         "wcsync_sync_lines",
@@ -261,7 +262,12 @@ def test_metrics_are_prometheus_text_with_wcsync_names(client: Client, services:
     }
     assert all(name.startswith("wcsync_") for name in names)
     counters = {family.name for family in families if family.type == "counter"}
-    assert counters == {"wcsync_store_requests", "wcsync_store_retries", "wcsync_store_circuit_opened"}
+    assert counters == {
+        "wcsync_store_requests",
+        "wcsync_store_retries",
+        "wcsync_store_circuit_opened",
+        "wcsync_webhook_requests",
+    }
     assert value(answer.samples, "wcsync_database_up") == 1
     # Nothing synced yet: every state is there, at 0; no jobs, no workers without the job engine's tables.
     assert {
@@ -277,6 +283,7 @@ PROCESS_FAMILIES = {
     "wcsync_store_retries",
     "wcsync_store_circuit_opened",
     "wcsync_store_circuits",
+    "wcsync_webhook_requests",
     "wcsync_database_up",
     "wcsync_scrape_read_seconds",
 }

@@ -1,0 +1,353 @@
+"""WooCommerce webhook deliveries: receiving them (`wcsync serve`'s receiver) and applying them (a worker).
+
+Receiving (``WebhookReceiver.receive``): the delivery's signature is its only authentication (WooCommerce
+sends no token), so it is checked first, in constant time, against the store's own webhook secret; a
+missing or wrong one is refused (401), counted, and recorded as a store incident that names the reason,
+never the body. A good delivery is checked like a fetched record and made durable (a
+``WebhookDelivery.Received`` event) before the answer: WooCommerce never sends it again, so what was
+answered 200 must not be lost. A delivery recorded before (same topic, customer and body) is answered
+200 and recorded once. Nothing else happens in the request: applying is a worker's job.
+
+Applying (``DeliveryApplier.step``): the deliveries not yet applied, in the order they were recorded (the
+log's), each applied to its ``Customer`` with the same checks and digest as a sync, the customer's events
+and the delivery's outcome saved in one transaction. Saved together, a delivery is applied once: a second
+applier (another worker, the same one after a crash) finds it applied, or loses the race to save.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+import structlog
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.utils import get_topic
+
+from domain.customer import Customer, customer_key
+from domain.errors import WcsyncError
+from domain.validation import MAX_RECORD_BYTES, RejectedRecord, check_record, customer_id_of, describe_id
+from domain.webhook import DELETED, TOPICS, RefusedDeliveries, WebhookDelivery
+from infrastructure.adapters.eventstore import ConcurrentWriteError, SyncApplication
+from infrastructure.adapters.schema import iso
+from infrastructure.adapters.transcoder import canonical_bytes
+from infrastructure.services.stores import WebhookTarget
+from infrastructure.support.metrics import PROCESS
+
+log = structlog.get_logger("wcsync.webhooks")
+
+SIGNATURE_HEADER = "X-WC-Webhook-Signature"
+TOPIC_HEADER = "X-WC-Webhook-Topic"
+DELIVERY_ID_HEADER = "X-WC-Webhook-Delivery-ID"
+WEBHOOK_ID_HEADER = "X-WC-Webhook-ID"
+# A customer record is at most MAX_RECORD_BYTES canonical; its JSON as WooCommerce writes it (escaped
+# slashes, indentation of none) stays well within twice that. Anything larger is not a customer delivery.
+MAX_DELIVERY_BYTES = 2 * MAX_RECORD_BYTES
+# WooCommerce's ping (WC_Webhook::deliver_ping): a form body naming the webhook, nothing else.
+_PING = re.compile(rb"webhook_id=\d{1,20}")
+# At most one incident event per store this often; the requests refused meanwhile are counted into it.
+REFUSAL_PERIOD_S = 60.0
+_MAX_HEADER_CHARS = 200
+MAX_APPLY_ATTEMPTS = 5
+_RECEIVED_TOPIC = get_topic(WebhookDelivery.Received)
+
+
+class UnknownStoreError(WcsyncError):
+    """A delivery for a store id no org has registered (or one removed)."""
+
+    http_status = 404
+    error_code = "not_found"
+
+    def __init__(self, store_id: UUID) -> None:
+        super().__init__(f"no registered store {store_id}")
+
+
+class SignatureRefused(WcsyncError):
+    """A delivery whose signature is missing or is not the store's: 401, the reason in general words."""
+
+    http_status = 401
+    error_code = "bad_signature"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+
+
+class DeliveryTooLarge(WcsyncError):
+    http_status = 413
+    error_code = "body_too_large"
+
+    def __init__(self) -> None:
+        super().__init__(f"a webhook delivery is at most {MAX_DELIVERY_BYTES} bytes")
+
+
+class DeliveryConflict(WcsyncError):
+    """Other writers kept changing a delivery's customer while it was applied: tried again next step."""
+
+    def __init__(self, delivery_id: UUID) -> None:
+        super().__init__(
+            f"webhook delivery {delivery_id}: its customer kept changing under {MAX_APPLY_ATTEMPTS} attempts"
+        )
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What the receiver did: ``outcome`` recorded | duplicate | ping; the delivery's id when recorded."""
+
+    outcome: str
+    delivery: UUID | None = None
+
+
+def signature_of(secret: str, body: bytes) -> str:
+    """WooCommerce's signature of a body: base64 of the raw HMAC-SHA256 keyed with the webhook secret."""
+    return base64.b64encode(hmac.new(secret.encode("utf-8"), body, hashlib.sha256).digest()).decode("ascii")
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    value = headers.get(name)
+    return value.strip()[:_MAX_HEADER_CHARS] if isinstance(value, str) else ""
+
+
+def _webhook_id(headers: Mapping[str, str]) -> int | None:
+    text = _header(headers, WEBHOOK_ID_HEADER)
+    return int(text) if text.isdigit() and len(text) <= 18 else None
+
+
+class _Refusals:
+    """The requests refused per store, turned into at most one incident event per REFUSAL_PERIOD_S."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        # store id -> (time the last incident was recorded, requests refused since, first of them)
+        self._stores: dict[UUID, tuple[float, int, float]] = {}
+
+    def refused(self, store_id: UUID) -> tuple[int, float] | None:
+        """Count one refusal; (count, first refusal time) when an incident is due now, else None."""
+        now = self.clock()
+        with self._lock:
+            recorded_at, count, first = self._stores.get(store_id, (float("-inf"), 0, now))
+            count += 1
+            if now - recorded_at >= REFUSAL_PERIOD_S:
+                self._stores[store_id] = (now, 0, now)
+                return count, first
+            self._stores[store_id] = (recorded_at, count, first if count > 1 else now)
+            return None
+
+
+class WebhookReceiver:
+    """`wcsync serve`'s side of the deliveries: check, record, answer. ``target``: a store by id as the
+    registry knows it (None: no such store)."""
+
+    def __init__(
+        self,
+        app: SyncApplication,
+        target: Callable[[UUID], WebhookTarget | None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.app = app
+        self.target = target
+        self._refusals = _Refusals(clock)
+
+    def receive(self, store_id: UUID, headers: Mapping[str, str], body: bytes) -> Receipt:
+        """Check one request to the store's receiver and record the delivery it carries. Raises
+        UnknownStoreError (404), SignatureRefused (401), DeliveryTooLarge (413); a storage error
+        propagates (the store counts a failure: nothing was acknowledged)."""
+        store = self.target(store_id)
+        if store is None:
+            PROCESS.webhook_request("unknown_store")
+            raise UnknownStoreError(store_id)
+        signature = _header(headers, SIGNATURE_HEADER)
+        if not signature and not _header(headers, TOPIC_HEADER) and _PING.fullmatch(body.strip()):
+            PROCESS.webhook_request("ping")
+            log.info("webhooks.ping", store_id=str(store_id), webhook_id=body.strip()[11:].decode())
+            return Receipt("ping")
+        if not signature:
+            self._refuse(store, "the request has no X-WC-Webhook-Signature")
+        if store.secret is None:
+            self._refuse(store, "no webhook of this store was installed by wcsync (it has no webhook secret)")
+        assert store.secret is not None
+        if not hmac.compare_digest(
+            signature.encode("ascii", "replace"), signature_of(store.secret, body).encode()
+        ):
+            self._refuse(store, "the signature is not the store's webhook secret's for this body")
+        if len(body) > MAX_DELIVERY_BYTES:
+            raise DeliveryTooLarge()
+        delivery = self._delivery(store, headers, body)
+        try:
+            self.app.save_batch(delivery)
+        except ConcurrentWriteError:
+            PROCESS.webhook_request("duplicate")
+            log.info("webhooks.duplicate", store_id=str(store_id), delivery=str(delivery.id))
+            return Receipt("duplicate", delivery.id)
+        PROCESS.webhook_request("recorded")
+        log.info(
+            "webhooks.recorded",
+            store_id=str(store_id),
+            delivery=str(delivery.id),
+            topic=delivery.topic,
+            customer_id=delivery.woo_id,
+        )
+        return Receipt("recorded", delivery.id)
+
+    def _refuse(self, store: WebhookTarget, reason: str) -> None:
+        PROCESS.webhook_request("refused")
+        log.warning("webhooks.refused", store_id=str(store.store_id), reason=reason)
+        due = self._refusals.refused(store.store_id)
+        if due is not None:
+            count, first = due
+            incident = RefusedDeliveries(
+                org_id=store.org_id,
+                store_id=str(store.store_id),
+                reason=reason,
+                count=count,
+                first_at=iso(datetime.fromtimestamp(first, UTC)),
+            )
+            try:
+                self.app.save_batch(incident)
+            except Exception as error:  # the refusal is answered either way; its record is best effort
+                log.warning("webhooks.incident_not_recorded", store_id=str(store.store_id), error=str(error))
+        raise SignatureRefused(reason)
+
+    def _delivery(self, store: WebhookTarget, headers: Mapping[str, str], body: bytes) -> WebhookDelivery:
+        topic = _header(headers, TOPIC_HEADER)
+        record, problem, excerpt = _checked(topic, body)
+        return WebhookDelivery(
+            org_id=store.org_id,
+            store_id=str(store.store_id),
+            store_url=store.url,
+            topic=topic,
+            woo_id=customer_id_of(record) if record is not None else _id_of(body),
+            record=record,
+            problem=problem,
+            excerpt=excerpt,
+            body_digest=hashlib.sha256(body).hexdigest(),
+            delivery_id=_header(headers, DELIVERY_ID_HEADER),
+            webhook_id=_webhook_id(headers),
+        )
+
+
+def _id_of(body: bytes) -> int | None:
+    try:
+        return customer_id_of(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _checked(topic: str, body: bytes) -> tuple[dict[str, Any] | None, str | None, str | None]:
+    """(record, problem, excerpt) of a delivery's body: the record checked as a fetched one is, or why it
+    cannot be applied and a bounded excerpt of it."""
+    if topic not in TOPICS:
+        return None, f"topic {topic!r} is not one of {', '.join(TOPICS)}", None
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, "the body is not JSON", body[:300].decode("utf-8", "replace")
+    woo_id = customer_id_of(raw)
+    if woo_id is None:
+        return None, f"id: {describe_id(raw)}", None
+    if topic == DELETED:
+        return {"id": woo_id}, None, None
+    checked = check_record(raw, canonical_bytes)
+    if isinstance(checked, RejectedRecord):
+        return None, checked.error, checked.excerpt
+    return checked, None, None
+
+
+class DeliveryApplier:
+    """A worker's step that applies the recorded deliveries, in order, from a position it keeps."""
+
+    def __init__(
+        self,
+        app: SyncApplication,
+        load_position: Callable[[], int],
+        save_position: Callable[[int], None],
+        on_applied: Callable[[], None] | None = None,
+        batch: int = 100,
+    ) -> None:
+        self.app = app
+        self.load_position = load_position
+        self.save_position = save_position
+        self.on_applied = on_applied
+        self.batch = batch
+        self._position: int | None = None
+
+    def step(self) -> int:
+        """Apply what was recorded since the last step; how many deliveries it applied or failed. A
+        storage error propagates, the position kept at the last delivery done: the next step starts there."""
+        if self._position is None:
+            self._position = self.load_position()
+        head = int(self.app.recorder.max_notification_id() or 0)
+        done = 0
+        start = self._position
+        try:
+            while start < head:
+                found = self.app.recorder.select_notifications(
+                    start, self.batch, stop=head, topics=[_RECEIVED_TOPIC], inclusive_of_start=False
+                )
+                for notification in found:
+                    if self._apply(UUID(str(notification.originator_id))):
+                        done += 1
+                    start = notification.id
+                if len(found) < self.batch:
+                    start = head
+        finally:
+            if start != self._position:
+                self.save_position(start)
+                self._position = start
+            if done and self.on_applied is not None:
+                self.on_applied()
+        return done
+
+    def _apply(self, delivery_id: UUID) -> bool:
+        """Apply one delivery (True) unless it was already (False). A customer another writer changed
+        meanwhile (a sync's batch) is reloaded and the delivery applied again on top of it."""
+        for attempt in range(1, MAX_APPLY_ATTEMPTS + 1):
+            try:
+                delivery: WebhookDelivery = self.app.repository.get(delivery_id)
+            except AggregateNotFoundError:
+                return False
+            if not delivery.pending:
+                return False
+            record = delivery.record
+            digest = (
+                hashlib.sha256(canonical_bytes(record)).hexdigest()
+                if record is not None and delivery.topic != DELETED
+                else None
+            )
+            changed = delivery.apply_to(self._customer(delivery), digest)
+            try:
+                if changed is not None and changed.pending_events:
+                    self.app.save_batch(delivery, changed)
+                else:
+                    self.app.save_batch(delivery)
+            except ConcurrentWriteError:
+                log.info("webhooks.apply_conflict", delivery=str(delivery_id), attempt=attempt)
+                continue
+            log.info(
+                "webhooks.applied",
+                delivery=str(delivery_id),
+                topic=delivery.topic,
+                customer_id=delivery.woo_id,
+                outcome=delivery.outcome,
+            )
+            return True
+        raise DeliveryConflict(delivery_id)
+
+    def _customer(self, delivery: WebhookDelivery) -> Customer | None:
+        if delivery.woo_id is None:
+            return None
+        key = customer_key(delivery.org_id, delivery.store_url, delivery.woo_id)
+        try:
+            customer: Customer = self.app.repository.get(key)
+        except AggregateNotFoundError:
+            return None
+        return customer
