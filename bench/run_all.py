@@ -17,6 +17,7 @@ SCRIPTS = [
     ["lag_bench.py"],
     ["audit_bench.py"],
     ["service_bench.py"],
+    ["webhook_bench.py", "--json"],
 ]
 
 
