@@ -20,7 +20,7 @@ from tests.support.databases import (
     postgres_url,
     sqlite_url,
 )
-from tests.support.environment import isolated_environment
+from tests.support.environment import allow_bytecode_cache, isolated_environment
 
 __all__ = [  # the fixtures every layer may use
     "database_url",
@@ -37,6 +37,7 @@ __all__ = [  # the fixtures every layer may use
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", sandbox.MARK_HELP)
+    allow_bytecode_cache()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
