@@ -243,7 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=bounded(bounds.PORT), default=8080, help="0 picks a free port")
 
-    demo = command("demo", "start a sandbox store and sync it into the default database, end to end")
+    demo = command(
+        "demo",
+        "start a sandbox store, sync it into the default database, then change it and follow by webhooks",
+    )
     demo.add_argument("--customers", type=positive_int, default=797)
     demo.add_argument(
         "--invalid", type=positive_int, default=5, help="records that fail validation, fixed and retried"
@@ -421,19 +424,7 @@ def _add_worker_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
         worker,
         (
             ("--concurrency", bounded(bounds.CONCURRENCY), 1, "sync jobs run at once, 1-32 (default 1)"),
-            ("--heartbeat-s", bounded(bounds.TIMEOUT_S), 10.0, "seconds between heartbeats (default 10)"),
-            (
-                "--stalled-after-s",
-                bounded(bounds.TIMEOUT_S),
-                30.0,
-                "a worker silent this long is dead: its jobs run again elsewhere (default 30)",
-            ),
-            (
-                "--stalled-check-s",
-                positive_int,
-                10,
-                "seconds between checks for dead workers' jobs, dividing 60 (default 10)",
-            ),
+            *WORKER_TIMING_OPTIONS,
             *STORE_CLIENT_OPTIONS,
         ),
     )
@@ -459,6 +450,8 @@ def _add_serve_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         default=1,
         help="`wcsync worker` processes it runs for registered stores' syncs (default 1; 0: they run elsewhere)",
     )
+    # Its workers' heartbeat and stall timeout, as `wcsync worker` takes them (forwarded to each).
+    _add_options(serve, WORKER_TIMING_OPTIONS)
     serve.add_argument(
         "--no-auth",
         action="store_true",
@@ -518,6 +511,25 @@ STORE_CLIENT_OPTIONS: tuple[Option, ...] = (
         bounded(bounds.MAX_RESPONSE_MB),
         bounds.DEFAULT_MAX_RESPONSE_MB,
         "largest store answer read, in MB (default 8); a larger page is fetched customer by customer",
+    ),
+)
+
+
+# How a worker shows it is alive and how soon a silent one's jobs run elsewhere: `wcsync worker` and the
+# workers `wcsync serve` starts alike.
+WORKER_TIMING_OPTIONS: tuple[Option, ...] = (
+    ("--heartbeat-s", bounded(bounds.TIMEOUT_S), 10.0, "seconds between heartbeats (default 10)"),
+    (
+        "--stalled-after-s",
+        bounded(bounds.TIMEOUT_S),
+        30.0,
+        "a worker silent this long is dead: its jobs run again elsewhere (default 30)",
+    ),
+    (
+        "--stalled-check-s",
+        positive_int,
+        10,
+        "seconds between checks for dead workers' jobs, dividing 60 (default 10)",
     ),
 )
 

@@ -4,8 +4,9 @@ Prints one JSON line with its URL on stdout once it accepts connections; logs go
 
 With WCSYNC_SECRET_KEY (the stores' secrets), the server runs registered stores' syncs as durable jobs:
 it starts ``--workers`` `wcsync worker` processes of its own (default 1; 0 where workers run elsewhere),
-each in its own process, restarted if one dies and stopped with the server; before them it gives the
-queues a process that died left processing (a killed server, a crashed CLI run) a resume job, so they
+each in its own process, restarted if one dies and stopped with the server, and given the server's
+--heartbeat-s / --stalled-after-s / --stalled-check-s (as `wcsync worker` takes them); before them it gives
+the queues a process that died left processing (a killed server, a crashed CLI run) a resume job, so they
 finish with nobody typing `resume`.
 """
 
@@ -28,6 +29,7 @@ from cli.worker import PARENT_PID_VARIABLE
 from domain.errors import EXIT_OK, WcsyncError
 from infrastructure.adapters.secrets import SECRET_KEY_VARIABLE, SecretKey
 from infrastructure.api.http import ApiSettings, serve
+from infrastructure.services.jobs import WorkerSettings
 from infrastructure.support.config import DatabaseConfig, check_listen_address, is_loopback, listen_error
 from infrastructure.support.errors import ConfigurationError
 from infrastructure.wiring import Services, open_services
@@ -43,6 +45,12 @@ def run(args: argparse.Namespace) -> int:
             f"--no-auth answers anyone without a token, so it only listens on loopback, not on {args.host}; "
             "use --host 127.0.0.1, or create tokens with `wcsync tokens create` and drop --no-auth"
         )
+    # The workers' timing is checked here (exit 2, one line), not by each worker failing again and again.
+    timing = WorkerSettings(
+        heartbeat_s=args.heartbeat_s,
+        stalled_after_s=args.stalled_after_s,
+        stalled_check_s=args.stalled_check_s,
+    )
     # The stores' secrets (store_id in a sync, POST /api/v1/stores): a key that is set must be valid.
     secret_key = SecretKey.from_environment() if os.environ.get(SECRET_KEY_VARIABLE) else None
     settings = ApiSettings(no_auth=args.no_auth, secret_key=secret_key)
@@ -61,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     database = common.database(args)
     with open_services(database) as services:
-        workers = WorkerProcesses(database, args.workers if secret_key is not None else 0)
+        workers = WorkerProcesses(database, args.workers if secret_key is not None else 0, timing)
         pickup = Pickup(services, secret_key)
         with workers, pickup:
             try:
@@ -114,22 +122,24 @@ class WorkerProcesses:
     """The server's own `wcsync worker` processes: started on entry, each restarted (at most once per
     RESTART_WAIT_S) if it ends while the server runs, and stopped on exit (SIGTERM: after the batches in
     hand, within WORKER_STOP_S, else killed). The database is passed in the environment, never on argv;
-    PARENT_PID_VARIABLE makes a worker stop on its own when this server is killed."""
+    PARENT_PID_VARIABLE makes a worker stop on its own when this server is killed. ``timing``'s heartbeat
+    and stall settings are passed on as `wcsync worker`'s flags (its other settings are the worker's own)."""
 
     RESTART_WAIT_S = 5.0
     WORKER_STOP_S = 9.0
 
-    def __init__(self, database: DatabaseConfig, count: int) -> None:
+    def __init__(self, database: DatabaseConfig, count: int, timing: WorkerSettings | None = None) -> None:
         self.database = database
         self.count = count
+        self.flags = worker_flags(timing or WorkerSettings())
         self._processes: list[subprocess.Popen[bytes]] = []
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, DATABASE_URL_VARIABLE: self.database.url, PARENT_PID_VARIABLE: str(os.getpid())}
-        return subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "worker"],
+        return subprocess.Popen(  # noqa: S603 - this interpreter, our command, flags of numbers
+            [sys.executable, "-m", "cli.main", "worker", *self.flags],
             env=env,
             # A session of its own: a Ctrl-C at the terminal reaches the server only, which then stops its
             # workers with one SIGTERM (after their batch); a second signal would stop them at once.
@@ -166,3 +176,15 @@ class WorkerProcesses:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def worker_flags(timing: WorkerSettings) -> tuple[str, ...]:
+    """`wcsync worker`'s flags for ``timing``'s heartbeat and stall settings."""
+    return (
+        "--heartbeat-s",
+        str(timing.heartbeat_s),
+        "--stalled-after-s",
+        str(timing.stalled_after_s),
+        "--stalled-check-s",
+        str(timing.stalled_check_s),
+    )

@@ -313,6 +313,18 @@ def test_a_port_in_use_is_exit_2_one_line(tmp_path: Path, taken_port: int, comma
     )
 
 
+def test_serve_refuses_a_worker_timing_its_workers_would_refuse_in_one_line_exit_2(tmp_path: Path) -> None:
+    """Checked by the server before it starts anything, not by each of its workers failing in a loop."""
+    env = wcsync_env(
+        None, f"sqlite:///{tmp_path}/w.db", WCSYNC_SECRET_KEY=base64.b64encode(b"k" * 32).decode()
+    )
+    result = wcsync(
+        "serve", "--port", "0", "--heartbeat-s", "5", "--stalled-after-s", "2", env=env, timeout=30
+    )
+    assert_one_line(result, EXIT_USAGE, "the heartbeat interval must be more than 0 and less than the stall")
+    assert not (tmp_path / "w.db").exists()
+
+
 @pytest.mark.parametrize("command", ["serve", "sandbox"])
 @pytest.mark.parametrize(
     ("host", "phrase"),

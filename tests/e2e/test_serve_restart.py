@@ -42,6 +42,8 @@ CUSTOMERS = 300
 # Slow enough to be caught mid-sync (30 batches, 100 ms apart), quick enough to finish in a few seconds.
 SLOW = {"perPage": 20, "batchSize": 10, "batchDelayMs": 100}
 ORG = "acme"
+# Its workers dead after 4 s of silence, checked every 2 s: the test need not wait out the 30 s default.
+QUICK_WORKERS = ("--heartbeat-s", "1", "--stalled-after-s", "4", "--stalled-check-s", "2")
 
 
 @pytest.fixture
@@ -65,7 +67,7 @@ class Server:
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.log = log
         self.process = spawn_wcsync(
-            "serve", "--port", "0", env=env, stderr=log.open("w"), start_new_session=True
+            "serve", "--port", "0", *QUICK_WORKERS, env=env, stderr=log.open("w"), start_new_session=True
         )
         self.url = json.loads(_first_line(self.process))["url"]
 
@@ -166,9 +168,10 @@ def test_serve_sigkilled_mid_sync_then_started_again_finishes_the_queue_untouche
         second = Server(bare, tmp_path / "serve-2.log")
         servers.append(second)
         api = Api(second.url, tokens=tokens)
-        # A dead worker's job waits out its heartbeat (30 s: serve's workers take the defaults) and the next
-        # stalled-job check (10 s); the run itself takes a few seconds.
-        done = wait_until(lambda: (s := api.status(ORG, queue_id))["state"] == "done" and s, deadline_s=60)
+        # On PostgreSQL a dead worker's job waits out its heartbeat (4 s: serve passed QUICK_WORKERS on to its
+        # workers; with the 30 s default it could not be done by the deadline) and the next stalled-job check
+        # (2 s); SQLite's sees the dead pid at once. The run itself takes a few seconds.
+        done = wait_until(lambda: (s := api.status(ORG, queue_id))["state"] == "done" and s, deadline_s=30)
         assert (done["doneCount"], done["totalCount"]) == (CUSTOMERS, CUSTOMERS), done
         wait_until(lambda: _jobs(bare) == [])  # the job succeeded: none left waiting, running or failed
         second.process.send_signal(signal.SIGTERM)
