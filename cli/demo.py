@@ -63,6 +63,7 @@ def run_demo(
     invalid: int,
     json_out: bool,
 ) -> int:
+    key = demo_secret_key()  # a key in the environment that cannot be used: exit 2 before any work
     say = (lambda text: None) if json_out else (lambda text: sys.stderr.write(text + "\n"))
     # Light faults, as a real host has: a little latency, the odd 5xx and maintenance page.
     faults = Faults(latency_ms=20, error_rate=0.03, html_rate=0.01)
@@ -99,7 +100,7 @@ def run_demo(
         loop = None
         if first.store_error is None:
             show = (lambda text: None) if json_out else _show
-            loop = WebhookLoop(services, sandbox, org, client_options, show).run()
+            loop = WebhookLoop(services, sandbox, org, client_options, show, key).run()
         if json_out:
             document: dict[str, Any] = {
                 "firstRun": first_status,
@@ -118,6 +119,12 @@ def run_demo(
             sys.stderr.write(f"wcsync: {loop.problem()}\n")
             return loop.exit_code
         return status_exit(final)
+
+
+def demo_secret_key() -> SecretKey:
+    """The key of the demo store's secrets: the environment's when it has one, else one for this run only
+    (the demo's store is removed at the end, so nothing is left sealed with a key nobody has)."""
+    return SecretKey.from_environment() if os.environ.get(SECRET_KEY_VARIABLE) else SecretKey.generate()
 
 
 def _show(text: str) -> None:
@@ -226,6 +233,7 @@ class WebhookLoop:
     org: str
     client_options: ClientOptions
     show: Callable[[str], None]
+    key: SecretKey = field(repr=False)
     wait_s: float = WEBHOOK_WAIT_S
     store_id: UUID | None = None
     delivery_url: str | None = None
@@ -233,9 +241,7 @@ class WebhookLoop:
     changes: list[Change] = field(default_factory=list)
 
     def run(self) -> WebhookLoop:
-        # The stores' secrets need a key: the environment's when it has one, else one for this run only
-        # (the demo's store is removed at the end, so nothing is left sealed with a key nobody has).
-        key = SecretKey.from_environment() if os.environ.get(SECRET_KEY_VARIABLE) else SecretKey.generate()
+        key = self.key
         registry = self.services.store_registry(key, self.client_options)
         added = asyncio.run(
             registry.add(
