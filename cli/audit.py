@@ -98,11 +98,13 @@ def _customer(args: argparse.Namespace) -> int:
         return EXIT_OK
     summary = document["customer"]
     print(f"customer {summary['wooId']} of {summary['storeUrl']} (org {summary['orgId']})")
-    print(f"first synced {summary['firstSyncedAt']} by queue {summary['firstQueueId']}")
+    history = document["history"]
+    first = _writer(history[0]) if history else f"queue {summary['firstQueueId']}"
+    print(f"first synced {summary['firstSyncedAt']} by {first}")
     if summary["deleted"]:
         print(f"deleted      {summary['deletedAt']}")
-    for entry in document["history"]:
-        print(f"{entry['time']}  v{entry['version']:<3} {entry['event']:10}  queue {entry['queueId']}")
+    for entry in history:
+        print(f"{entry['time']}  v{entry['version']:<3} {entry['event']:10}  {_writer(entry)}")
         for name, change in entry.get("changes", {}).items():
             print(f"      {name}: {change['old']!r} -> {change['new']!r}")
         if "reason" in entry:
@@ -112,6 +114,17 @@ def _customer(args: argparse.Namespace) -> int:
         for row in document["lines"]:
             print(f"{row['time']}  queue {row['queueId']}  {row['outcome']:10}  {row['message']}")
     return EXIT_OK
+
+
+def _writer(entry: dict[str, Any]) -> str:
+    """Who wrote a customer's change: its queue, or the webhook delivery (WooCommerce's delivery id)."""
+    delivery = entry.get("webhookDelivery")
+    if delivery is None:
+        return f"queue {entry['queueId']}"
+    return (
+        f"webhook delivery {delivery['deliveryId'] or '(no id)'} ({delivery['topic']}, "
+        f"received {delivery['receivedAt']}, key {delivery['deliveryKey']})"
+    )
 
 
 def _export(args: argparse.Namespace) -> int:

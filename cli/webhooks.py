@@ -64,6 +64,17 @@ def _status(args: argparse.Namespace) -> int:
         print(f"webhooks of store {document['storeId']}:")
         for row in document["webhooks"]:
             print(f"  {row['topic']:<16}  {_line(row)}")
+            last = row.get("lastDeliveryAt") or "none yet"
+            print(
+                f"  {'':<16}  last delivery received {last}, {row.get('failuresCounted') or 0} failed to apply"
+            )
+        receiver = document.get("receiver")
+        if receiver:
+            counts = receiver["deliveries"]
+            print(
+                f"receiver: {counts['applied']} applied, {counts['pending']} pending, {counts['failed']} failed; "
+                f"{receiver['refused']} request(s) refused for their signature"
+            )
         if not document["healthy"]:
             print(
                 "action required: `wcsync webhooks install --store STORE_ID --public-url URL` makes them active"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from domain.queue import SyncQueue
+from domain.store import WEBHOOK_ACTIVE, Store
 from domain.webhook import RefusedDeliveries, WebhookDelivery
 
 # The activity type of a queue's first row (the activity projection finds a queue's org by it).
@@ -445,6 +446,16 @@ def _deliveries_refused(event: Any) -> list[Entry]:
         Activity(WEBHOOK_REFUSED, "warning", message, details),
         Step((), "refused", message, details),
     )
+
+
+@_describes(Store.WebhookStatusSeen, names_lines=False)
+def _webhook_status_seen(event: Any) -> list[Entry]:
+    details = {"topic": event.topic, "status": event.status, "seen_by": event.actor}
+    if event.status == WEBHOOK_ACTIVE:
+        message = f"The store's {event.topic} webhook is active again"
+        return _both(Activity("webhook_active", "info", message, details), Step((), "active", message))
+    message = f"The store's {event.topic} webhook is {event.status}: the store pushes none of those changes"
+    return _both(Activity("webhook_not_active", "warning", message, details), Step((), event.status, message))
 
 
 # The events whose timeline rows can name customers' lines, in the order their describers are registered.

@@ -35,6 +35,26 @@ def store_key(org_id: str, url: str) -> UUID:
     return uuid5(STORE_NAMESPACE, f"{org_id}\x1f{url}")
 
 
+WEBHOOK_ACTIVE = "active"
+
+
+def webhook_problem(statuses: dict[str, str]) -> str | None:
+    """The action-required reason for installed webhooks not all active (topic -> status), else None."""
+    if not statuses:
+        return None
+    listed = ", ".join(f"{topic} {status}" for topic, status in sorted(statuses.items()))
+    disabled = (
+        " (WooCommerce disables a webhook after more than 5 failed deliveries in a row)"
+        if ("disabled" in statuses.values())
+        else ""
+    )
+    return (
+        f"webhooks not active in the store: {listed}{disabled}; changes are not pushed until they are: "
+        "check that `wcsync serve` is reachable at the delivery URL, then run `wcsync webhooks install` "
+        "again (scheduled scans still reconcile meanwhile)"
+    )
+
+
 def check_fingerprint(value: Any, field: str = "key_fingerprint") -> str:
     """A key fingerprint: a non-empty string of at most MAX_FINGERPRINT_LENGTH printable characters, no space."""
     text = bounds.check_identifier(value, field)
@@ -76,6 +96,24 @@ class Store(Aggregate):
         key_fingerprint: str
         actor: str
 
+    class WebhooksInstalled(Event):
+        """wcsync's customer webhooks were created (or brought back to active) in the store."""
+
+        delivery_url: str
+        actor: str
+
+    class WebhooksUninstalled(Event):
+        actor: str
+
+    class WebhookStatusSeen(Event):
+        """An installed webhook was seen in a status other than the last recorded (WooCommerce disables a
+        webhook after more than 5 consecutive failed deliveries; someone may pause or delete it)."""
+
+        org_id: str
+        topic: str
+        status: str  # active | paused | disabled | missing
+        actor: str
+
     @staticmethod
     def create_id(org_id: str, url: str, **_: Any) -> UUID:
         return store_key(org_id, url)
@@ -99,6 +137,8 @@ class Store(Aggregate):
         self.key_fingerprint = key_fingerprint
         self.registered_by = actor
         self.removed = False
+        self.webhooks_installed = False
+        self.webhook_status: dict[str, str] = {}
 
     # ----- commands ------------------------------------------------------------------------------------
 
@@ -122,6 +162,9 @@ class Store(Aggregate):
     @event(Removed)
     def _removed(self, actor: str) -> None:
         self.removed = True
+        # Its secrets go with it: webhooks installed before sign with a secret no longer kept.
+        self.webhooks_installed = False
+        self.webhook_status = {}
 
     def restore(self, name: str, key_fingerprint: str, actor: str) -> None:
         """Register a removed store again; one that is registered already is refused (StoreExistsError)."""
@@ -139,6 +182,55 @@ class Store(Aggregate):
         self.key_fingerprint = key_fingerprint
         self.registered_by = actor
         self.removed = False
+
+    def webhooks_installed_at(self, delivery_url: str, actor: str) -> None:
+        """The store's webhooks were installed (all active, delivering to ``delivery_url``)."""
+        self._check_present()
+        self._webhooks_installed(
+            delivery_url=bounds.check_text(delivery_url, "delivery_url", MAX_URL_LENGTH),
+            actor=bounds.check_text(actor, "actor"),
+        )
+
+    @event(WebhooksInstalled)
+    def _webhooks_installed(self, delivery_url: str, actor: str) -> None:
+        self.webhooks_installed = True
+        self.webhook_status = {}
+
+    def webhooks_uninstalled(self, actor: str) -> None:
+        self._check_present()
+        if self.webhooks_installed:
+            self._webhooks_uninstalled(actor=bounds.check_text(actor, "actor"))
+
+    @event(WebhooksUninstalled)
+    def _webhooks_uninstalled(self, actor: str) -> None:
+        self.webhooks_installed = False
+        self.webhook_status = {}
+
+    def saw_webhook(self, topic: str, status: str, actor: str) -> bool:
+        """Record an installed webhook's status when it is not the last recorded (active after an install);
+        True when it was recorded. Nothing for a store without installed webhooks."""
+        if self.removed or not self.webhooks_installed:
+            return False
+        if self.webhook_status.get(topic, WEBHOOK_ACTIVE) == status:
+            return False
+        self._webhook_status_seen(
+            org_id=self.org_id,
+            topic=bounds.check_text(topic, "topic"),
+            status=bounds.check_text(status, "status"),
+            actor=bounds.check_text(actor, "actor"),
+        )
+        return True
+
+    @event(WebhookStatusSeen)
+    def _webhook_status_seen(self, org_id: str, topic: str, status: str, actor: str) -> None:
+        if status == WEBHOOK_ACTIVE:
+            self.webhook_status.pop(topic, None)
+        else:
+            self.webhook_status[topic] = status
+
+    def webhooks_action_required(self) -> str | None:
+        """Why the store's webhooks need an operator (None: none, or none installed)."""
+        return webhook_problem(self.webhook_status)
 
     def _check_present(self) -> None:
         if self.removed:

@@ -22,7 +22,7 @@ import structlog
 
 from infrastructure.adapters.eventlog import postgres_has_events_table, sqlite_has_events_table
 from infrastructure.adapters.eventstore import DATABASE_ERRORS, SyncApplication, require_database
-from infrastructure.adapters.leases import QueueLeases
+from infrastructure.adapters.leases import QueueLeases, default_holder
 from infrastructure.adapters.localjobs import LocalJobs
 from infrastructure.adapters.migrations import apply_migrations
 from infrastructure.adapters.positions import LogPositions
@@ -260,7 +260,12 @@ class Services:
         return StoreWebhooks(
             self.store_registry(key, None),
             lambda url, credentials: WooCommerceClient(url, credentials, client_options),
+            self._webhook_summary,
         )
+
+    def _webhook_summary(self, org_id: str, store_id: UUID) -> dict[str, Any]:
+        self.catch_up()
+        return projection_queries.webhook_summary(self.projections, org_id, store_id)
 
     def sync_jobs(self) -> SyncJobs | LocalSyncJobs:
         """Durable sync jobs on this database: defer a start, retry or resume for the workers, list the jobs
@@ -292,14 +297,25 @@ class Services:
         due = self.schedule_runner(clock).run_due
         applier = self.delivery_applier()
 
+        hooks = self.store_webhooks(key, client_options)
+        watcher = f"worker {default_holder()}"
+
         async def deliveries() -> int:
             return await asyncio.to_thread(applier.step)
+
+        async def webhooks() -> dict[UUID, bool]:
+            stores = await asyncio.to_thread(self._stores_with_webhooks)
+            return await hooks.watch(stores, watcher)
 
         if self.database.backend == "sqlite":
             jobs = LocalJobs(self.database)
             self._opened.append(jobs)
-            return LocalJobWorker(jobs, runner, settings, due, deliveries)
-        return JobWorker(self.database, runner, settings, due, deliveries)
+            return LocalJobWorker(jobs, runner, settings, due, deliveries, webhooks)
+        return JobWorker(self.database, runner, settings, due, deliveries, webhooks)
+
+    def _stores_with_webhooks(self) -> list[tuple[str, UUID]]:
+        self.catch_up()
+        return projection_queries.stores_with_webhooks(self.projections)
 
     def delivery_applier(self) -> DeliveryApplier:
         """The step that applies the recorded webhook deliveries to their customers (every worker runs it

@@ -16,6 +16,7 @@ from uuid import UUID
 from domain import narrative
 from domain.narrative import QUEUE_CREATED, WEBHOOK_RECEIVED
 from domain.queue import SyncQueue
+from domain.store import Store
 from domain.webhook import RefusedDeliveries, WebhookDelivery
 from infrastructure.adapters.projection_db import Database
 from infrastructure.adapters.schema import BIGINT, JSON, TEXT, Column, Index, Table
@@ -58,7 +59,10 @@ class ActivityProjection(Projection):
     version = 1
     tables = (ACTIVITY_TABLE,)
     # Every queue and delivery event: domain.narrative describes each (one with no activity row writes none).
-    topics = topics_of(*event_classes(SyncQueue, WebhookDelivery, RefusedDeliveries))
+    topics = (
+        *topics_of(*event_classes(SyncQueue, WebhookDelivery, RefusedDeliveries)),
+        *topics_of(Store.WebhookStatusSeen),
+    )
     record_ids_only = topics_of(SyncQueue.LinesAdded, SyncQueue.LinesRefetched)
 
     def __init__(self) -> None:
@@ -67,7 +71,13 @@ class ActivityProjection(Projection):
 
     def apply(self, db: Database, suffix: str, items: Sequence[Item]) -> None:
         for _, event in items:
-            if isinstance(event, SyncQueue.Created | WebhookDelivery.Received | RefusedDeliveries.Recorded):
+            if isinstance(
+                event,
+                SyncQueue.Created
+                | WebhookDelivery.Received
+                | RefusedDeliveries.Recorded
+                | Store.WebhookStatusSeen,
+            ):
                 self._orgs[event.originator_id] = event.org_id
         missing = sorted({e.originator_id for _, e in items} - self._orgs.keys())
         for first in (QUEUE_CREATED, WEBHOOK_RECEIVED):

@@ -14,6 +14,11 @@ from domain.queue import RESULTS
 from infrastructure.adapters.schema import TEXT, TRACKING_TABLE, TS
 from projections.queues import QUEUE_TABLE
 from projections.runner import ProjectionRunner
+from projections.stores import STORE_TABLE
+from projections.webhooks import APPLIED, DELIVERY_TABLE, PENDING
+from projections.webhooks import FAILED as DELIVERY_FAILED
+
+DELIVERY_STATES = (PENDING, APPLIED, DELIVERY_FAILED)
 
 _LINE_STATES = (DRAFT, DONE, FAILED, CANCELLED)
 _LINE_RESULTS = RESULTS
@@ -49,6 +54,23 @@ def queue_totals(runner: ProjectionRunner, org_id: str | None) -> QueueTotals:
         lines={name: lines[name] for name in _LINE_STATES},
         line_results={name: lines[name] for name in _LINE_RESULTS},
     )
+
+
+def webhook_totals(runner: ProjectionRunner, org_id: str | None) -> tuple[int, dict[str, int]]:
+    """The org's stores whose installed webhooks need an operator (some not active in the store), and its
+    webhook deliveries by state (pending | applied | failed): two grouped reads."""
+    where, params = ("AND org_id = %s", [org_id]) if org_id is not None else ("", [])
+    with runner.db.reading() as db:
+        rows = db.fetchall(
+            f"SELECT COUNT(*) FROM {STORE_TABLE.name} WHERE webhooks_action_required IS NOT NULL {where}",
+            params,
+        )
+        states = db.fetchall(
+            f"SELECT state, COUNT(*) FROM {DELIVERY_TABLE.name} WHERE 1 = 1 {where} GROUP BY state", params
+        )
+    deliveries = dict.fromkeys(DELIVERY_STATES, 0)
+    deliveries.update({str(state): int(count) for state, count in states})
+    return int(rows[0][0]), deliveries
 
 
 def last_moved(runner: ProjectionRunner) -> dict[str, datetime | None]:

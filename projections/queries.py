@@ -15,7 +15,7 @@ from uuid import UUID
 
 from domain import status
 from infrastructure.adapters.projection_db import Database, iso
-from infrastructure.adapters.schema import BOOL, UUID_, Table
+from infrastructure.adapters.schema import BOOL, TS, UUID_, Table
 from infrastructure.support.config import DatabaseConfig
 from projections import quarantine
 from projections.activity import ACTIVITY_TABLE
@@ -284,6 +284,8 @@ _STORE_COLUMNS = (
     "updated_at",
     "removed",
     "removed_at",
+    "webhooks_installed",
+    "webhooks_action_required",
 )
 
 
@@ -298,6 +300,8 @@ def _store_dict(row: dict[str, Any]) -> dict[str, Any]:
         "updatedAt": row["updated_at"],
         "removed": bool(row["removed"]),
         "removedAt": row["removed_at"],
+        "webhooksInstalled": bool(row["webhooks_installed"]),
+        "actionRequired": row["webhooks_action_required"],
     }
 
 
@@ -379,14 +383,19 @@ def webhook_summary(source: Source, org_id: str, store_id: UUID) -> dict[str, An
                 [org_id, key],
             )
         }
-        last = _select(
-            db,
-            DELIVERY_TABLE,
-            ("received_at",),
-            "org_id = %s AND store_id = %s",
+        by_topic: dict[str, dict[str, Any]] = {}
+        for topic, state, count, last_at in db.fetchall(
+            f"SELECT topic, state, count(*), max(received_at) FROM {DELIVERY_TABLE.name} "
+            "WHERE org_id = %s AND store_id = %s GROUP BY topic, state",
             [org_id, key],
-            "ORDER BY received_at DESC LIMIT 1",
-        )
+        ):
+            shown = by_topic.setdefault(str(topic), {"lastDeliveryAt": None, "failed": 0})
+            when = _json_ready(db.decoder([TS])([last_at])[0])
+            if shown["lastDeliveryAt"] is None or (when is not None and when > shown["lastDeliveryAt"]):
+                shown["lastDeliveryAt"] = when
+            if state == "failed":
+                shown["failed"] = int(count)
+        last = max((t["lastDeliveryAt"] for t in by_topic.values() if t["lastDeliveryAt"]), default=None)
         refused = _select(
             db,
             REFUSAL_TABLE,
@@ -396,13 +405,27 @@ def webhook_summary(source: Source, org_id: str, store_id: UUID) -> dict[str, An
             "ORDER BY recorded_at DESC",
         )
     return {
-        "lastDeliveryAt": last[0]["received_at"] if last else None,
+        "lastDeliveryAt": last,
+        "byTopic": by_topic,
         "deliveries": {name: states.get(name, 0) for name in ("pending", "applied", "failed")},
         "refused": sum(int(row["requests"]) for row in refused),
         "lastRefusal": (
             {"at": refused[0]["recorded_at"], "reason": refused[0]["reason"]} if refused else None
         ),
     }
+
+
+def stores_with_webhooks(source: Source) -> list[tuple[str, UUID]]:
+    """(org, store id) of every org's registered store whose webhooks wcsync installed (a worker watches
+    them: it serves every org)."""
+    with _database(source) as db:
+        rows = db.fetchall(
+            f"SELECT org_id, store_id FROM {STORE_TABLE.name} WHERE webhooks_installed = %s AND removed = %s "
+            "ORDER BY org_id, store_id",
+            [db.value(BOOL, True), db.value(BOOL, False)],
+        )
+        decode = db.decoder(["text", UUID_])
+    return [(str(org), store) for org, store in (decode(row) for row in rows)]
 
 
 def _camel(name: str) -> str:
@@ -424,6 +447,7 @@ __all__ = [
     "queues_with_line",
     "store",
     "store_by_url",
+    "stores_with_webhooks",
     "webhook_deliveries",
     "webhook_summary",
 ]

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from domain.store import Store
+from domain.store import WEBHOOK_ACTIVE, Store, webhook_problem
 from infrastructure.adapters.projection_db import Database
-from infrastructure.adapters.schema import BOOL, TEXT, TS, UUID_, Column, Index, Table
+from infrastructure.adapters.schema import BOOL, JSON, TEXT, TS, UUID_, Column, Index, Table
 from projections.base import AGGREGATE_VERSION, ORG_ID, Item, Projection, event_classes, topics_of
 
 STORE_TABLE = Table(
@@ -30,12 +30,21 @@ STORE_TABLE = Table(
         Column("updated_at", TS, not_null=True),
         Column("removed", BOOL, not_null=True),
         Column("removed_at", TS),
+        Column("webhooks_installed", BOOL, not_null=True),
+        # The installed webhooks not active in the store, as last seen: {topic: status}.
+        Column("webhooks_not_active", JSON),
+        # Why the installed webhooks need an operator (some not active in the store), NULL when none do.
+        Column("webhooks_action_required", TEXT),
         AGGREGATE_VERSION,
     ),
     ("store_id",),
     # The id is a uuid5 of (org, URL): one row per org and URL either way; the index serves lookups by URL.
     (Index("woo_stores_org_url_idx", "org_id, url", unique=True),),
 )
+
+
+def _webhooks(installed: bool) -> dict[str, Any]:
+    return {"webhooks_installed": installed, "webhooks_not_active": None, "webhooks_action_required": None}
 
 
 def _registered_row(event: Store.Registered) -> dict[str, Any]:
@@ -50,13 +59,16 @@ def _registered_row(event: Store.Registered) -> dict[str, Any]:
         "updated_at": event.timestamp,
         "removed": False,
         "removed_at": None,
+        "webhooks_installed": False,
+        "webhooks_not_active": None,
+        "webhooks_action_required": None,
         "version": event.originator_version,
     }
 
 
 class StoresProjection(Projection):
     name = "stores"
-    version = 1
+    version = 2  # 2: the webhooks' columns
     tables = (STORE_TABLE,)
     topics = topics_of(*event_classes(Store))
 
@@ -79,7 +91,18 @@ class StoresProjection(Projection):
             if isinstance(event, Store.CredentialsRotated):
                 row["key_fingerprint"] = event.key_fingerprint
             elif isinstance(event, Store.Removed):
-                row.update(removed=True, removed_at=event.timestamp)
+                row.update(removed=True, removed_at=event.timestamp, **_webhooks(False))
+            elif isinstance(event, Store.WebhooksInstalled):
+                row.update(_webhooks(True))
+            elif isinstance(event, Store.WebhooksUninstalled):
+                row.update(_webhooks(False))
+            elif isinstance(event, Store.WebhookStatusSeen):
+                seen = dict(row["webhooks_not_active"] or {})
+                if event.status == WEBHOOK_ACTIVE:
+                    seen.pop(event.topic, None)
+                else:
+                    seen[event.topic] = event.status
+                row.update(webhooks_not_active=seen or None, webhooks_action_required=webhook_problem(seen))
             elif isinstance(event, Store.Restored):
                 row.update(
                     name=event.name,

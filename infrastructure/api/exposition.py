@@ -131,6 +131,18 @@ def _database_families(snapshot: Snapshot) -> Iterator[Metric]:
         "result",
         _with_zeros(snapshot.line_results, LINE_RESULTS),
     )
+    yield GaugeMetricFamily(
+        "wcsync_stores_webhooks_action_required",
+        "Registered stores whose installed webhooks are not all active in the store (WooCommerce disabled "
+        f"one after failed deliveries, or it was paused or deleted), as last seen. {ORG_SCOPE}",
+        value=snapshot.stores_action_required,
+    )
+    yield _gauge(
+        "wcsync_webhook_deliveries",
+        f"Webhook deliveries recorded, by state (pending: not applied yet). {ORG_SCOPE}",
+        "state",
+        _with_zeros(snapshot.webhook_deliveries, ("pending", "applied", "failed")),
+    )
     yield from _job_families(snapshot.jobs or JobFigures())
     yield from _projection_families(snapshot.projections)
 

@@ -116,6 +116,13 @@ def _schemas() -> dict[str, Schema]:
             "updatedAt": _nullable(TIME),
             "removed": {"type": "boolean"},
             "removedAt": _nullable(TIME),
+            "webhooksInstalled": {"type": "boolean", "description": "`wcsync webhooks install` made them"},
+            "actionRequired": _nullable(
+                {
+                    "type": "string",
+                    "description": "why the installed webhooks need an operator (some not active in the store)",
+                }
+            ),
         },
         required=("storeId", "url", "name"),
     )
@@ -416,7 +423,7 @@ def _paths() -> dict[str, Any]:
             "get": _operation(
                 "Prometheus metrics (text format 0.0.4) of three scopes, each family's HELP ending with its "
                 "own: the token's org only (every org's with --no-auth): wcsync_syncs, wcsync_sync_lines, "
-                "wcsync_sync_line_results; this process, every org's stores together: wcsync_store_requests, "
+                "wcsync_sync_line_results, wcsync_stores_webhooks_action_required, wcsync_webhook_deliveries; this process, every org's stores together: wcsync_store_requests, "
                 "wcsync_store_retries, wcsync_store_circuit_opened, wcsync_store_circuits, wcsync_webhook_requests, "
                 "wcsync_database_up, wcsync_scrape_read_seconds; the whole service, every org: "
                 "wcsync_jobs_*, wcsync_workers, wcsync_worker_heartbeat_age_seconds, "

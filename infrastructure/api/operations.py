@@ -43,7 +43,7 @@ from infrastructure.api.auth import PRINCIPAL_KEY, require_role
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.metrics import ProjectionFigures, Snapshot
 from infrastructure.wiring import Services
-from projections.operations import last_moved, queue_totals
+from projections.operations import last_moved, queue_totals, webhook_totals
 
 __all__ = [
     "METRICS_CONTENT_TYPE",
@@ -195,6 +195,7 @@ class Operations:
         started = time.monotonic()
         runner = self.services.projections
         totals = queue_totals(runner, org_id)
+        action_required, deliveries = webhook_totals(runner, org_id)
         positions = runner.status()
         moved = last_moved(runner)
         jobs = self._jobs.read()
@@ -208,6 +209,8 @@ class Operations:
             jobs=jobs,
             projections=lags,
             read_s=time.monotonic() - started,
+            stores_action_required=action_required,
+            webhook_deliveries=deliveries,
         )
 
     # ----- GET /api/openapi.json ----------------------------------------------------------------------------

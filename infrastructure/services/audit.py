@@ -38,6 +38,7 @@ from domain import narrative, status
 from domain.customer import Customer, customer_key
 from domain.errors import EXIT_USAGE, WcsyncError
 from domain.queue import SyncQueue
+from domain.webhook import WebhookDelivery
 from infrastructure.adapters.cipher import KeyCheckingMapper, decrypt_error
 from infrastructure.adapters.eventlog import LogReader
 from infrastructure.adapters.eventstore import SyncApplication
@@ -748,6 +749,28 @@ def _queue_line_history(app: SyncApplication, queue_id: UUID, woo_id: int) -> li
         position = stored[-1].originator_version
 
 
+_RECEIVED_TOPIC = get_topic(WebhookDelivery.Received)
+
+
+def _delivery_of(app: SyncApplication, writer: str) -> dict[str, Any] | None:
+    """The webhook delivery a customer event's writer id names (its key, topic, WooCommerce's delivery and
+    webhook ids, when it was received), or None when the writer is a queue."""
+    try:
+        first = app.recorder.select_events(UUID(writer), limit=1)
+    except ValueError:
+        return None
+    if not first or first[0].topic != _RECEIVED_TOPIC:
+        return None
+    received: Any = app.mapper.to_domain_event(first[0])
+    return {
+        "deliveryKey": writer,
+        "topic": received.topic,
+        "deliveryId": received.delivery_id,
+        "webhookId": received.webhook_id,
+        "receivedAt": iso(received.timestamp),
+    }
+
+
 def customer_history(services: Any, org_id: str, woo_id: int, store_url: str | None) -> dict[str, Any]:
     app: SyncApplication = services.app
     services.catch_up()
@@ -775,6 +798,7 @@ def customer_history(services: Any, org_id: str, woo_id: int, store_url: str | N
         "deletedAt": None,
         "version": 0,
     }
+    writers: dict[str, dict[str, Any] | None] = {}
     for stored in app.recorder.select_events(key):
         event: Any = app.mapper.to_domain_event(stored)
         entry: dict[str, Any] = {
@@ -783,6 +807,13 @@ def customer_history(services: Any, org_id: str, woo_id: int, store_url: str | N
             "version": event.originator_version,
             "queueId": str(event.queue_id),
         }
+        if event.queue_id not in writers:
+            writers[event.queue_id] = _delivery_of(app, event.queue_id)
+        delivery = writers[event.queue_id]
+        if delivery is not None:
+            # A webhook delivery wrote this change, not a queue: the entry names the delivery instead.
+            entry["queueId"] = None
+            entry["webhookDelivery"] = delivery
         if isinstance(event, Customer.Registered):
             record = dict(event.record)
             entry["record"] = record

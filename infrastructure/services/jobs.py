@@ -125,6 +125,9 @@ class WorkerSettings:
     # Webhook deliveries recorded by a server (infrastructure.services.deliveries) are looked for this often:
     # most of the time from a delivery's receipt to its customer's row.
     delivery_check_s: float = 0.25
+    # The stores' installed webhooks are looked at in each store this often (a webhook WooCommerce disabled
+    # becomes an activity and the store's action-required reason).
+    webhook_check_s: float = 300.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.concurrency <= 32:
@@ -385,7 +388,8 @@ async def run_due_schedules(
 
 class JobWorker:
     """One `wcsync worker`: procrastinate's worker running sync jobs with ``run``, the periodic
-    stalled-job retry, the due schedules (``due``) and the webhook deliveries (``deliveries``). ``stop()``
+    stalled-job retry, the due schedules (``due``), the webhook deliveries (``deliveries``) and the stores'
+    webhooks (``webhooks``). ``stop()``
     (the CLI calls it on SIGTERM/SIGINT) stops every run after its batch and the worker after its jobs gave
     themselves back."""
 
@@ -396,12 +400,14 @@ class JobWorker:
         settings: WorkerSettings,
         due: DueStep | None = None,
         deliveries: DueStep | None = None,
+        webhooks: DueStep | None = None,
     ) -> None:
         self.database = database
         self.run_job = run
         self.settings = settings
         self.due = due
         self.deliveries = deliveries
+        self.webhooks = webhooks
         self._stops: set[threading.Event] = set()
         self._task: asyncio.Future[None] | None = None
         self._stopping = False
@@ -511,6 +517,11 @@ class JobWorker:
                     self.deliveries, lambda: self._stopping, settings.delivery_check_s, "webhooks.apply"
                 )
             )
+            webhooks = asyncio.ensure_future(
+                run_due_schedules(
+                    self.webhooks, lambda: self._stopping, settings.webhook_check_s, "webhooks.watch"
+                )
+            )
             try:
                 await self._task
             except asyncio.CancelledError:
@@ -520,6 +531,7 @@ class JobWorker:
                 checks.cancel()
                 schedules.cancel()
                 deliveries.cancel()
+                webhooks.cancel()
 
     def stop(self) -> None:
         """Stop after the batches in hand: each run saves and its job is given back; no new job starts.

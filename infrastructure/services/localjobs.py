@@ -120,7 +120,8 @@ class LocalJobWorker:
     """A worker of the local job table: claims a job when it has room (``settings.concurrency``), runs it
     with ``run`` and ends it: deleted when its run ended, given back when the worker stopped it or it is to
     be tried again (retry_delay, as on procrastinate), failed otherwise; beside them, the due schedules
-    (``due``) and the webhook deliveries (``deliveries``). ``stop()`` on the worker's loop."""
+    (``due``), the webhook deliveries (``deliveries``) and the stores' webhooks (``webhooks``). ``stop()`` on
+    the worker's loop."""
 
     def __init__(
         self,
@@ -129,12 +130,14 @@ class LocalJobWorker:
         settings: WorkerSettings,
         due: DueStep | None = None,
         deliveries: DueStep | None = None,
+        webhooks: DueStep | None = None,
     ) -> None:
         self.jobs = jobs
         self.run_job = run
         self.settings = settings
         self.due = due
         self.deliveries = deliveries
+        self.webhooks = webhooks
         self.holder = local_holder()
         self._stops: set[threading.Event] = set()
         self._stopping = False
@@ -150,6 +153,11 @@ class LocalJobWorker:
         deliveries = asyncio.ensure_future(
             run_due_schedules(
                 self.deliveries, lambda: self._stopping, self.settings.delivery_check_s, "webhooks.apply"
+            )
+        )
+        webhooks = asyncio.ensure_future(
+            run_due_schedules(
+                self.webhooks, lambda: self._stopping, self.settings.webhook_check_s, "webhooks.watch"
             )
         )
         while not self._stopping:
@@ -169,6 +177,7 @@ class LocalJobWorker:
             self._wake.clear()
         schedules.cancel()
         deliveries.cancel()
+        webhooks.cancel()
         if running:
             await asyncio.gather(*running, return_exceptions=True)
 

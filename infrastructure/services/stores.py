@@ -23,7 +23,7 @@ from eventsourcing.application import AggregateNotFoundError
 
 from domain.errors import StoreNotFoundError
 from domain.store import Store, store_key
-from infrastructure.adapters.eventstore import SyncApplication
+from infrastructure.adapters.eventstore import ConcurrentWriteError, SyncApplication
 from infrastructure.adapters.secrets import SecretKey, StoreSecrets
 from infrastructure.adapters.woocommerce import StoreCredentials
 from infrastructure.support.config import StoreSettings, check_store_url
@@ -188,6 +188,48 @@ class StoreRegistry:
             store.url,
             _webhook_secret_of(self._secrets().get(store.org_id, str(store.id))),
         )
+
+    def webhooks_installed(self, org_id: str, store_id: UUID, delivery_url: str, actor: str) -> None:
+        """Record that the store's webhooks were installed (all active, delivering to ``delivery_url``)."""
+        self._change(org_id, store_id, lambda store: store.webhooks_installed_at(delivery_url, actor))
+
+    def webhooks_uninstalled(self, org_id: str, store_id: UUID, actor: str) -> None:
+        self._change(org_id, store_id, lambda store: store.webhooks_uninstalled(actor))
+
+    def webhook_statuses_seen(
+        self, org_id: str, store_id: UUID, statuses: dict[str, str], actor: str
+    ) -> tuple[str, ...]:
+        """Record the installed webhooks' statuses that changed since last recorded (a webhook WooCommerce
+        disabled becomes an activity and the store's action-required reason); the topics recorded."""
+        recorded: dict[str, str] = {}
+
+        def see(store: Store) -> None:
+            recorded.clear()
+            recorded.update({t: s for t, s in statuses.items() if store.saw_webhook(t, s, actor)})
+
+        self._change(org_id, store_id, see)
+        if recorded:
+            log.warning("stores.webhook_status", org_id=org_id, store_id=str(store_id), statuses=recorded)
+        return tuple(recorded)
+
+    def _change(
+        self, org_id: str, store_id: UUID, change: Callable[[Store], None], attempts: int = 3
+    ) -> None:
+        """Apply ``change`` to the org's store and save it; another writer first (a concurrent `stores add`,
+        a second worker seeing the same status): reloaded and applied again."""
+        for attempt in range(1, attempts + 1):
+            store = self._of_org(org_id, store_id)
+            change(store)
+            if not store.pending_events:
+                return
+            try:
+                self.app.save_batch(store)
+            except ConcurrentWriteError:
+                if attempt == attempts:
+                    raise
+                continue
+            self.catch_up()
+            return
 
     def rekey(self, old: SecretKey, new: SecretKey) -> int:
         """Re-encrypt every stored secret under ``new``, given ``old``: all or nothing."""

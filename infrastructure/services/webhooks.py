@@ -87,11 +87,20 @@ def delivery_url(public_url: str, store_id: UUID) -> str:
 class StoreWebhooks:
     """`wcsync webhooks install | status | uninstall` for the org's registered stores."""
 
-    def __init__(self, registry: StoreRegistry, client: ClientFactory) -> None:
+    def __init__(
+        self,
+        registry: StoreRegistry,
+        client: ClientFactory,
+        receiver: Callable[[str, UUID], dict[str, Any]] | None = None,
+    ) -> None:
         self.registry = registry
         self.client = client
+        # What the receiving side recorded of the org's store (projections.queries.webhook_summary).
+        self.receiver = receiver
 
-    async def install(self, org_id: str, store_id: UUID, public_url: str) -> dict[str, Any]:
+    async def install(
+        self, org_id: str, store_id: UUID, public_url: str, actor: str = "wcsync webhooks install"
+    ) -> dict[str, Any]:
         """Create the three webhooks, or update the ones the store has to active, this delivery URL and
         the store's webhook secret (made on the first install); delete duplicates. Each webhook's
         ``action``: created | updated | unchanged. A key that cannot write: StoreRefused (exit 3)."""
@@ -117,6 +126,7 @@ class StoreWebhooks:
                     await client.delete_webhook(duplicate["id"])
                     removed.append(duplicate["id"])
                 rows.append({**_shown(topic, hook), "action": action})
+        self.registry.webhooks_installed(org_id, store_id, target, actor)
         log.info(
             "webhooks.installed",
             org_id=org_id,
@@ -131,10 +141,14 @@ class StoreWebhooks:
             "duplicatesRemoved": removed,
         }
 
-    async def status(self, org_id: str, store_id: UUID) -> dict[str, Any]:
-        """Each topic's webhook as the store has it (status active | paused | disabled, or missing);
-        ``healthy`` only when all three are active. ``lastDeliveryAt`` and ``failuresCounted`` are None
-        until the receiver records deliveries (issue 12, item 1)."""
+    async def status(
+        self, org_id: str, store_id: UUID, actor: str = "wcsync webhooks status"
+    ) -> dict[str, Any]:
+        """Each topic's webhook as the store has it (status active | paused | disabled, or missing), with the
+        last delivery of its topic the receiver recorded and the deliveries of it that failed; ``healthy``
+        only when all three are active; ``receiver``: the store's deliveries by state and the requests
+        refused for their signature. A status that changed since last recorded is recorded (an activity,
+        the store's action-required reason)."""
         settings = self.registry.settings(org_id, store_id)
         async with self.client(settings.url, _credentials(settings)) as client:
             hooks = await client.webhooks()
@@ -142,13 +156,39 @@ class StoreWebhooks:
         for topic in TOPICS:
             found = _matches(hooks, topic, store_id)
             rows.append(_shown(topic, found[0]) if found else _missing(topic))
+        self.registry.webhook_statuses_seen(
+            org_id, store_id, {row["topic"]: str(row["status"]) for row in rows}, actor
+        )
+        receiver = self.receiver(org_id, store_id) if self.receiver is not None else None
+        for row in rows:
+            topic = (receiver or {}).get("byTopic", {}).get(row["topic"], {})
+            row.update(lastDeliveryAt=topic.get("lastDeliveryAt"), failuresCounted=topic.get("failed", 0))
         return {
             "storeId": str(store_id),
             "healthy": all(row["status"] == ACTIVE for row in rows),
             "webhooks": rows,
+            "receiver": receiver,
         }
 
-    async def uninstall(self, org_id: str, store_id: UUID) -> dict[str, Any]:
+    async def watch(self, stores: list[tuple[str, UUID]], actor: str) -> dict[UUID, bool]:
+        """A worker's look at the installed webhooks of ``stores`` (org, store id): each store's status read
+        and what changed recorded (``status``); whether each was healthy. A store that cannot be reached is
+        logged and left for the next look."""
+        healthy: dict[UUID, bool] = {}
+        for org_id, store_id in stores:
+            try:
+                document = await self.status(org_id, store_id, actor)
+            except Exception as error:  # one store down must not stop the look at the others
+                log.warning(
+                    "webhooks.watch_failed", org_id=org_id, store_id=str(store_id), error=str(error)[:200]
+                )
+                continue
+            healthy[store_id] = bool(document["healthy"])
+        return healthy
+
+    async def uninstall(
+        self, org_id: str, store_id: UUID, actor: str = "wcsync webhooks uninstall"
+    ) -> dict[str, Any]:
         """Delete every webhook of this store's (force: WooCommerce does not trash them). Idempotent: none
         left is success, ``removed`` empty."""
         settings = self.registry.settings(org_id, store_id)
@@ -159,6 +199,7 @@ class StoreWebhooks:
                 for hook in _matches(hooks, topic, store_id):
                     if await client.delete_webhook(hook["id"]):
                         removed.append({"id": hook["id"], "topic": topic})
+        self.registry.webhooks_uninstalled(org_id, store_id, actor)
         log.info("webhooks.uninstalled", org_id=org_id, store_id=str(store_id), removed=len(removed))
         return {"storeId": str(store_id), "removed": removed}
 

@@ -169,3 +169,6 @@ class Snapshot:
     jobs: JobFigures | None = None
     projections: Sequence[ProjectionFigures] = ()
     read_s: float = 0.0
+    # The org's stores whose installed webhooks are not all active; its webhook deliveries by state.
+    stores_action_required: int = 0
+    webhook_deliveries: Mapping[str, int] = field(default_factory=dict)

@@ -277,7 +277,13 @@ def test_metrics_are_prometheus_text_with_wcsync_names(client: Client, services:
 
 
 # Whose figures each family is (its HELP's last sentence), and the document's /metrics description.
-ORG_FAMILIES = {"wcsync_syncs", "wcsync_sync_lines", "wcsync_sync_line_results"}
+ORG_FAMILIES = {
+    "wcsync_syncs",
+    "wcsync_sync_lines",
+    "wcsync_sync_line_results",
+    "wcsync_stores_webhooks_action_required",
+    "wcsync_webhook_deliveries",
+}
 PROCESS_FAMILIES = {
     "wcsync_store_requests",
     "wcsync_store_retries",

@@ -70,7 +70,10 @@ def test_stores_are_listed_per_org_with_their_history_applied(
         "updatedAt",
         "removed",
         "removedAt",
+        "webhooksInstalled",
+        "actionRequired",
     }
+    assert (first["webhooksInstalled"], first["actionRequired"]) == (False, None)
     assert first["storeId"] == str(store_key(ORG, SHOP)) == str(shop.id)
     assert (first["name"], first["keyFingerprint"], first["registeredBy"]) == (
         "Shop",

@@ -32,6 +32,7 @@ from infrastructure.services.webhooks import TOPICS, check_public_url, webhook_n
 from infrastructure.support.errors import ConfigurationError
 from infrastructure.support.loop_thread import LoopThread
 from infrastructure.wiring import Services
+from projections.operations import webhook_totals
 from tests.support.network import free_port
 from tests.support.services import FAST
 from tests.support.waiting import wait_until
@@ -142,7 +143,11 @@ def test_status_names_a_disabled_and_a_missing_webhook(
     assert [(r["topic"], r["status"], r["deliveryUrl"]) for r in status["webhooks"]] == [
         (topic, "active", installed["deliveryUrl"]) for topic in TOPICS
     ]
-    assert all(r["lastDeliveryAt"] is None and r["failuresCounted"] is None for r in status["webhooks"])
+    # Nothing received yet: no last delivery, no failure counted.
+    assert all(r["lastDeliveryAt"] is None and r["failuresCounted"] == 0 for r in status["webhooks"])
+    assert status["receiver"]["deliveries"] == {"pending": 0, "applied": 0, "failed": 0}
+    shown = services.store_registry(key, None).list(ORG)[0]
+    assert (shown["webhooksInstalled"], shown["actionRequired"]) == (True, None)
 
     # WooCommerce disables a webhook after more than five failed deliveries in a row (nothing listens).
     customers = sandbox.store.customer_ids()
@@ -165,9 +170,35 @@ def test_status_names_a_disabled_and_a_missing_webhook(
         ("customer.deleted", "missing"),
     ]
     assert status["webhooks"][2]["id"] is None
+    # Seen once, it is recorded: the store's action-required reason and an activity; seen again, nothing new.
+    reason = services.store_registry(key, None).list(ORG)[0]["actionRequired"]
+    assert reason is not None
+    assert "customer.updated disabled" in reason and "customer.deleted missing" in reason
+    assert "wcsync webhooks install" in reason
+    assert webhook_totals(services.projections, ORG)[0] == 1  # wcsync_stores_webhooks_action_required
+    assert webhook_totals(services.projections, "another-org")[0] == 0
+    assert _webhook_activity(services) == [
+        ("webhook_not_active", "warning", "customer.updated"),
+        ("webhook_not_active", "warning", "customer.deleted"),
+    ]
+    asyncio.run(webhooks.status(ORG, store_id))
+    assert len(_webhook_activity(services)) == 2
 
     asyncio.run(webhooks.install(ORG, store_id, installed["deliveryUrl"].split("/api/")[0]))
     assert asyncio.run(webhooks.status(ORG, store_id))["healthy"] is True
+    assert services.store_registry(key, None).list(ORG)[0]["actionRequired"] is None
+    assert webhook_totals(services.projections, ORG)[0] == 0
+
+
+def _webhook_activity(services: Services) -> list[tuple[str, str, str]]:
+    services.catch_up()
+    with services.projections.db.reading() as db:
+        rows = db.fetchall(
+            "SELECT activity_type, status, message FROM woo_sync_activity "
+            "WHERE org_id = %s AND activity_type LIKE %s ORDER BY id",
+            [ORG, "webhook_%active"],
+        )
+    return [(str(t), str(s), str(m).split("'s ", 1)[1].split(" ", 1)[0]) for t, s, m in rows]
 
 
 def test_uninstall_removes_them_and_again_removes_nothing(

@@ -23,6 +23,7 @@ from domain.webhook import RefusedDeliveries, WebhookDelivery
 from infrastructure.adapters.secrets import SecretKey
 from infrastructure.api.http import WEBHOOK_ROOT
 from infrastructure.sandbox import RunningSandbox
+from infrastructure.services.audit import customer_history
 from infrastructure.services.deliveries import DeliveryApplier, signature_of
 from infrastructure.support.metrics import PROCESS
 from infrastructure.wiring import Services
@@ -161,6 +162,12 @@ def test_the_sandboxs_deliveries_of_each_topic_change_the_mirror(
     versions = {cid: row["version"] for cid, row in rows.items()}
     assert applier.step() == 0
     assert {cid: row["version"] for cid, row in mirror(services, sandbox).items()} == versions
+    # The audit names the delivery that wrote each change.
+    history = customer_history(services, ORG, changed, sandbox.url)["history"]
+    assert history[-1]["event"] == "Changed" and history[-1]["queueId"] is None
+    assert history[-1]["webhookDelivery"]["topic"] == "customer.updated"
+    assert history[-1]["webhookDelivery"]["deliveryKey"] == deliveries[changed]["deliveryKey"]
+    assert "webhookDelivery" not in history[0]  # registered by the sync's queue
     # The activity log tells it, by delivery.
     kinds = [row["activityType"] for row in _org_activity(services)]
     assert kinds.count("webhook_received") == 3 and kinds.count("webhook_applied") == 3
