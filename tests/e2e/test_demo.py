@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from domain.errors import EXIT_USAGE
 from infrastructure.sandbox import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET
 from tests.support.cli import as_json, wcsync, wcsync_env
 from tests.support.credentials import encodings
@@ -121,3 +122,14 @@ def test_the_demos_json_has_each_webhook_change_and_its_delivery(postgres_url: s
     assert [c["fields"] for c in changes[:3]] == [["email"], ["first_name", "last_name"], ["email"]]
 
     assert_nothing_secret(result, key)
+
+
+def test_an_unusable_secret_key_is_exit_2_before_any_work(tmp_path: Path) -> None:
+    env = wcsync_env(None, f"sqlite:///{tmp_path}/wcsync.db", WCSYNC_SECRET_KEY="not a key!")
+    result = wcsync("demo", env=env, timeout=30)
+    assert result.returncode == EXIT_USAGE
+    assert result.stderr.splitlines() == [
+        "wcsync: WCSYNC_SECRET_KEY is not valid base64; set it to the base64 of 32 random bytes "
+        "(`openssl rand -base64 32`)"
+    ]
+    assert result.stdout == "" and not (tmp_path / "wcsync.db").exists()
