@@ -241,8 +241,7 @@ class WebhookLoop:
     changes: list[Change] = field(default_factory=list)
 
     def run(self) -> WebhookLoop:
-        key = self.key
-        registry = self.services.store_registry(key, self.client_options)
+        registry = self.services.store_registry(self.key, self.client_options)
         added = asyncio.run(
             registry.add(
                 self.org,
@@ -255,9 +254,11 @@ class WebhookLoop:
         )
         self.store_id = UUID(added["storeId"])
         try:
-            settings = ApiSettings(client_options=self.client_options, secret_key=key, default_actor=ACTOR)
+            settings = ApiSettings(
+                client_options=self.client_options, secret_key=self.key, default_actor=ACTOR
+            )
             with _receiver(self.services, settings) as receiver_url, DeliveryLoop(self.services) as applier:
-                self._install(key, receiver_url)
+                self._install(receiver_url)
                 self.changes = demo_changes(self._mirrored_ids())
                 for change in self.changes:
                     self._make(change)
@@ -266,9 +267,9 @@ class WebhookLoop:
             registry.remove(self.org, self.store_id, ACTOR)
         return self
 
-    def _install(self, key: SecretKey, receiver_url: str) -> None:
+    def _install(self, receiver_url: str) -> None:
         assert self.store_id is not None
-        webhooks = self.services.store_webhooks(key, self.client_options)
+        webhooks = self.services.store_webhooks(self.key, self.client_options)
         answer = asyncio.run(webhooks.install(self.org, self.store_id, receiver_url))
         self.delivery_url = answer["deliveryUrl"]
         self.installed = {row["topic"]: row["action"] for row in answer["webhooks"]}
