@@ -27,6 +27,8 @@ from infrastructure.services.sync import RunStopped
 from infrastructure.support.errors import ConfigurationError
 from infrastructure.wiring import Services
 from projections import queries
+from tests.support.api import SETTINGS, ApiThread
+from tests.support.sandbox_admin import admin
 from tests.support.services import FAST, store_of
 from tests.support.waiting import wait_until
 from tests.support.workers import QUICK, WorkerThread, running
@@ -287,6 +289,39 @@ def test_a_scheduled_scan_marks_deleted_what_a_complete_scan_misses_and_a_partia
     customers = mirrored(services, sandbox)
     assert customers[gone]["is_deleted"] and "complete scan" in customers[gone]["deleted_reason"]
     assert {i for i, c in customers.items() if not c["is_deleted"]} == set(sandbox.store.customer_ids())
+
+
+def test_a_dropped_webhook_delivery_is_reconciled_by_the_next_scheduled_scan(
+    services: Services, table: ScheduleTable, key: SecretKey, sandbox: RunningSandbox, now: list[float]
+) -> None:
+    store_id = register(services, key, sandbox)
+    schedule_id = schedule_of(services, store_id, now)["scheduleId"]
+    clock = Clock(now)
+    with (
+        ApiThread(services, dataclasses.replace(SETTINGS, secret_key=key)) as api,
+        worker(services, key, clock),
+    ):
+        run_period(services, table, schedule_id, now, [clock])
+        asyncio.run(services.store_webhooks(key, FAST).install(ORG, store_id, api.url))
+        missed, pushed = sandbox.store.customer_ids()[10:12]
+        admin(sandbox, "POST", "/_sandbox/deliveries/drop-next", {"count": 1})
+        admin(sandbox, "PUT", f"/_sandbox/customers/{missed}", {"last_name": "Missed"})
+        wait_until(lambda: _outcomes(sandbox).count("dropped") == 1 or None)
+        admin(sandbox, "PUT", f"/_sandbox/customers/{pushed}", {"last_name": "Pushed"})
+        # The delivered one is applied by the worker within seconds; the dropped one is not there.
+        wait_until(lambda: mirrored(services, sandbox)[pushed]["last_name"] == "Pushed" or None)
+        assert mirrored(services, sandbox)[missed]["last_name"] != "Missed"
+
+        scan = run_period(services, table, schedule_id, now, [clock])
+    customers = mirrored(services, sandbox)
+    assert customers[missed]["last_name"] == "Missed"
+    assert str(customers[missed]["last_queue_id"]) == scan  # the scheduled scan wrote it
+    assert customers[pushed]["last_name"] == "Pushed"
+    assert str(customers[pushed]["last_queue_id"]) != scan  # already current: the scan left it unchanged
+
+
+def _outcomes(sandbox: RunningSandbox) -> list[str]:
+    return [entry["outcome"] for entry in admin(sandbox, "GET", "/_sandbox/deliveries")["deliveries"]]
 
 
 def test_every_and_cron_bounds() -> None:

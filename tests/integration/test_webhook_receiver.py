@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -29,6 +28,7 @@ from infrastructure.support.metrics import PROCESS
 from infrastructure.wiring import Services
 from projections import queries
 from tests.support.api import SETTINGS, Api, ApiThread, error_of
+from tests.support.sandbox_admin import admin
 from tests.support.services import FAST, run_sync
 from tests.support.waiting import wait_until
 
@@ -127,11 +127,11 @@ def test_the_sandboxs_deliveries_of_each_topic_change_the_mirror(
     changed, gone = ids[2], ids[4]
 
     renamed = {"email": "renamed@example.org", "first_name": "Renée"}
-    _admin(sandbox, "PUT", f"/_sandbox/customers/{changed}", renamed)
-    created = _admin(
+    admin(sandbox, "PUT", f"/_sandbox/customers/{changed}", renamed)
+    created = admin(
         sandbox, "POST", "/_sandbox/customers", {"email": "new@example.org", "first_name": "Nova"}
     )
-    _admin(sandbox, "DELETE", f"/_sandbox/customers/{gone}")
+    admin(sandbox, "DELETE", f"/_sandbox/customers/{gone}")
 
     rows = apply_all(
         applier,
@@ -224,7 +224,7 @@ def test_the_sandboxs_ping_on_install_reaches_the_receiver(
     pings = PROCESS.webhook_requests()["ping"]
     install(services, api, store_id)
     wait_until(lambda: PROCESS.webhook_requests()["ping"] - pings >= 3 or None)
-    log = _admin(sandbox, "GET", "/_sandbox/deliveries")["deliveries"]
+    log = admin(sandbox, "GET", "/_sandbox/deliveries")["deliveries"]
     assert [(e["kind"], e["ok"]) for e in log] == [("ping", True)] * 3
 
 
@@ -342,11 +342,3 @@ def _org_activity(services: Services) -> list[dict[str, Any]]:
             [ORG],
         )
     return [{"activityType": r[0], "status": r[1], "message": r[2]} for r in rows]
-
-
-def _admin(sandbox: RunningSandbox, method: str, path: str, body: Any = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(sandbox.url + path, data=data, method=method)  # noqa: S310
-    request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - the sandbox on loopback
-        return json.loads(answer.read())
