@@ -36,6 +36,14 @@ def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in keys if old.get(k) != new.get(k))
 
 
+def is_older(record: Mapping[str, Any], than: Mapping[str, Any]) -> bool:
+    """Whether ``record`` was last modified strictly before ``than`` by the store's own clock
+    (``date_modified_gmt``, WooCommerce's "YYYY-MM-DDTHH:MM:SS", which sorts as text). Unknown either
+    side: not older."""
+    new, old = record.get("date_modified_gmt"), than.get("date_modified_gmt")
+    return isinstance(new, str) and isinstance(old, str) and len(new) == len(old) and new < old
+
+
 @dataclass(frozen=True)
 class CustomerHead:
     """A mirrored customer as its latest event tells it, without replaying the aggregate: enough to
@@ -87,8 +95,12 @@ class Customer(Aggregate):
         self.deleted = False
 
     def sync(self, record: dict[str, Any], digest: str, queue_id: str) -> str:
-        """Bring the mirror up to date with ``record``; returns the line's result."""
+        """Bring the mirror up to date with ``record``; returns the line's result. A record the store
+        modified before the one mirrored (a page fetched before a webhook delivery applied a later change,
+        then processed after it; a queue resumed hours later) leaves the mirror as it is: "unchanged"."""
         if digest == self.digest and not self.deleted:
+            return "unchanged"
+        if not self.deleted and is_older(record, self.record):
             return "unchanged"
         self._changed(
             record=record, digest=digest, fields=changed_fields(self.record, record), queue_id=queue_id

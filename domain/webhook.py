@@ -21,7 +21,7 @@ from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.customer import Customer
+from domain.customer import Customer, is_older
 
 DELIVERY_NAMESPACE = UUID("6f2b8c1e-9d3a-4b7f-a5e0-2c8d4f1b7a39")
 
@@ -42,14 +42,6 @@ def delivery_key(org_id: str, store_id: str, topic: str, woo_id: int | None, bod
 
 def deletion_reason(delivery_id: str) -> str:
     return f"deleted in the store (webhook delivery {delivery_id})" if delivery_id else "deleted in the store"
-
-
-def is_older(record: dict[str, Any], than: dict[str, Any]) -> bool:
-    """Whether ``record`` was last modified strictly before ``than`` by the store's own clock
-    (``date_modified_gmt``, WooCommerce's "YYYY-MM-DDTHH:MM:SS", which sorts as text). Unknown either
-    side: not older (the delivery is applied)."""
-    new, old = record.get("date_modified_gmt"), than.get("date_modified_gmt")
-    return isinstance(new, str) and isinstance(old, str) and len(new) == len(old) and new < old
 
 
 class WebhookDelivery(Aggregate):

@@ -1,0 +1,99 @@
+"""The WebhookDelivery aggregate's rules (pure): each delivery ends with one outcome, applied to its
+customer as a sync would (created / updated / unchanged / deleted), never moving the mirror back to an
+older record, and failed with its problem when its body could not be checked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from domain.customer import Customer, is_older
+from domain.webhook import CREATED, DELETED, UPDATED, WebhookDelivery, delivery_key
+
+
+def record(woo_id: int = 7, modified: str = "2026-01-02T03:04:05", **fields: Any) -> dict[str, Any]:
+    return {"id": woo_id, "email": "a@example.org", "date_modified_gmt": modified, **fields}
+
+
+def delivery(topic: str, body: dict[str, Any] | None, problem: str | None = None) -> WebhookDelivery:
+    return WebhookDelivery(
+        org_id="acme",
+        store_id="s",
+        store_url="https://shop.example",
+        topic=topic,
+        woo_id=None if body is None else body["id"],
+        record=body,
+        problem=problem,
+        excerpt=None,
+        body_digest="b" * 64,
+        delivery_id="d1",
+        webhook_id=3,
+    )
+
+
+def customer(body: dict[str, Any], digest: str = "old") -> Customer:
+    return Customer(
+        org_id="acme",
+        store_url="https://shop.example",
+        woo_id=body["id"],
+        record=body,
+        digest=digest,
+        queue_id="q",
+    )
+
+
+def test_a_first_sight_creates_the_customer_and_names_the_delivery() -> None:
+    d = delivery(CREATED, record())
+    created = d.apply_to(None, "new")
+    assert created is not None and created.record == record() and created.last_queue_id == str(d.id)
+    assert d.outcome == "created" and not d.pending
+    assert d.apply_to(None, "new") is None  # applied once: a second apply does nothing
+
+
+@pytest.mark.parametrize(
+    ("digest", "modified", "outcome"),
+    [("new", "2026-01-02T03:04:06", "updated"), ("old", "2026-01-02T03:04:06", "unchanged")],
+)
+def test_an_update_changes_the_customer_unless_it_is_the_same(
+    digest: str, modified: str, outcome: str
+) -> None:
+    mirrored = customer(record())
+    d = delivery(UPDATED, record(modified=modified, email="b@example.org"))
+    d.apply_to(mirrored, digest)
+    assert d.outcome == outcome
+
+
+def test_an_older_record_leaves_the_mirror_as_it_is_by_delivery_and_by_sync() -> None:
+    mirrored = customer(record(modified="2026-05-05T00:00:00"))
+    d = delivery(UPDATED, record(modified="2026-01-01T00:00:00", email="stale@example.org"))
+    assert d.apply_to(mirrored, "new") is None and d.outcome == "older"
+    assert mirrored.sync(record(modified="2026-01-01T00:00:00"), "new", "q2") == "unchanged"
+    assert mirrored.record["date_modified_gmt"] == "2026-05-05T00:00:00"
+    # Unknown dates are never "older": the record is applied.
+    assert not is_older({"id": 1}, record()) and not is_older(record(), {"id": 1})
+
+
+def test_a_deletion_marks_the_customer_deleted_once_and_names_the_delivery_id() -> None:
+    mirrored = customer(record())
+    d = delivery(DELETED, {"id": 7})
+    assert d.apply_to(mirrored, None) is mirrored and d.outcome == "deleted"
+    assert mirrored.deleted
+    again = delivery(DELETED, {"id": 7})
+    again.apply_to(mirrored, None)
+    assert again.outcome == "already deleted"
+    unknown = delivery(DELETED, {"id": 99})
+    assert unknown.apply_to(None, None) is None and unknown.outcome == "not mirrored"
+
+
+def test_a_refused_body_fails_with_its_problem() -> None:
+    d = delivery(UPDATED, None, problem="email: not an email address")
+    assert d.apply_to(None, None) is None and d.outcome == "failed"
+    assert [type(e).__name__ for e in d.collect_events()] == ["Received", "Failed"]
+
+
+def test_the_key_is_the_same_for_the_same_body_of_the_same_topic_and_customer() -> None:
+    key = delivery_key("acme", "s", UPDATED, 7, "b" * 64)
+    assert key == delivery(UPDATED, record()).id
+    assert key != delivery_key("acme", "s", CREATED, 7, "b" * 64)
+    assert key != delivery_key("other", "s", UPDATED, 7, "b" * 64)
