@@ -24,7 +24,7 @@ from uuid import UUID
 
 import structlog
 
-from domain.customer import Customer, customer_key
+from domain.customer import Customer, CustomerHead, customer_key
 from domain.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, SyncError, WcsyncError
 from domain.lines import DRAFT
 from domain.queue import Q_DONE, Q_DRAFT, QueueOptions, SyncQueue
@@ -36,6 +36,7 @@ from infrastructure.adapters.transcoder import canonical_bytes
 from infrastructure.adapters.woocommerce import (
     ActivitySink,
     ClientOptions,
+    Page,
     ScanResult,
     StoreCredentials,
     StoreError,
@@ -56,6 +57,15 @@ log = structlog.get_logger("wcsync.engine")
 
 # How often (at most) the in-process projections are brought up to date while a sync runs.
 PROJECTION_REFRESH_S = 0.5
+# Pages whose every line is unchanged (or refused) change no customer: their LinesAdded wait in memory and
+# are saved together, in one transaction, once this many are waiting or the oldest has waited this long
+# (or with the run's next save of any kind). A re-sync of an unchanged store so commits a few dozen times,
+# not once a page; a process killed meanwhile loses only pages that resume fetches again.
+UNCHANGED_PAGES_PER_SAVE = 50
+UNCHANGED_SAVE_MAX_S = 1.0
+# Pages fetched while the worker thread records earlier ones wait for it, at most this many (then the fetch
+# waits too); they are recorded in its next step, their customers' heads read in one query.
+RECORD_PAGES_AT_ONCE = 10
 # A batch whose save loses a race with another writer is reloaded and redone at most this many times.
 MAX_CONFLICT_ATTEMPTS = 10
 CONFLICT_BACKOFF_S = 0.05
@@ -142,6 +152,10 @@ class _Run:
     # loses a race, since there is nothing in the store to reload it from.
     initial_events: list[Any] = field(default_factory=list)
     batches: int = 0  # batches saved by this run (the batch delay comes before every later one)
+    # Pages recorded in memory and not saved yet (see UNCHANGED_PAGES_PER_SAVE): what each was recorded
+    # from, (page, records, refused records), so a reload after a lost race can record them again.
+    unsaved_pages: list[tuple[int, list[dict[str, Any]], list[RejectedRecord]]] = field(default_factory=list)
+    unsaved_since: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -489,15 +503,45 @@ class SyncEngine:
         totals: set[int] = set()
         pages = queue.pages_recorded
         scan = ScanResult()
-        async for page in client.pages(start_page=queue.next_page, seen_ids=seen, result=scan):
-            if page.total is not None:
-                totals.add(page.total)
-                run.progress.set_total(max(page.total, run.queue.lines.total))
-            failpoint("page_fetched")
-            await self._in_worker(self._record_page, run, page.number, page.records, page.rejected)
-            pages = page.number
-            if self.stop.is_set():
-                raise RunStopped(queue.id, run.saved)
+        # Pages are recorded in the worker thread while the next ones are fetched; those that arrive while
+        # it is busy wait (RECORD_PAGES_AT_ONCE at most) and are recorded together in its next step.
+        waiting: list[Page] = []
+        recording: asyncio.Future[None] | None = None
+        try:
+            async for page in client.pages(start_page=queue.next_page, seen_ids=seen, result=scan):
+                if page.total is not None:
+                    totals.add(page.total)
+                    run.progress.set_total(max(page.total, run.queue.lines.total))
+                failpoint("page_fetched")
+                waiting.append(page)
+                pages = page.number
+                if recording is not None and not recording.done() and len(waiting) < RECORD_PAGES_AT_ONCE:
+                    continue
+                if recording is not None:
+                    await recording
+                recording = asyncio.ensure_future(self._in_worker(self._record_pages, run, waiting))
+                waiting = []
+                if self.stop.is_set() or not run.saved:
+                    # A new queue is saved with its first page before the next is taken: from then on
+                    # it exists (`status` finds it, a run killed later leaves it to resume).
+                    await recording
+                if self.stop.is_set():
+                    raise RunStopped(queue.id, run.saved)
+            if recording is not None:
+                await recording
+            if waiting:
+                await self._in_worker(self._record_pages, run, waiting)
+        except BaseException as error:
+            # A step in flight ends before the run moves on (no two threads ever change the queue). A store
+            # that failed mid-scan: the pages it did send are recorded first, as they were before.
+            if recording is not None:
+                await _until_done(recording)
+                failed = None if recording.cancelled() else recording.exception()
+                if failed is not None and failed is not error:
+                    raise failed from None  # the step's own failure, as _in_worker raises it
+                if waiting and isinstance(error, StoreError):
+                    await self._in_worker(self._record_pages, run, waiting)
+            raise
         # A store that changed while we paged (totals moved) can have shifted a customer across a page
         # boundary: list every id and fetch the ones the scan missed.
         last_total = max(totals) if totals else None
@@ -557,6 +601,20 @@ class SyncEngine:
 
     # ----- worker-thread steps (never run two at once for one run) ------------------------------------
 
+    def _record_pages(self, run: _Run, pages: list[Page]) -> None:
+        """Record pages fetched while the worker was busy with earlier ones, in page order, each as
+        _record_page does; the heads of all their customers are read in one query first."""
+        checked = [
+            (page.number, *self._checked_page(run, page.number, page.records, page.rejected))
+            for page in pages
+        ]
+        lines = run.queue.lines
+        fresh = [r for _, good, _ in checked for r in good if r["id"] not in lines]
+        heads = self._heads(run.queue, fresh)
+        for number, good, with_id in checked:
+            hint = [heads]  # for the first attempt only: after a lost race the heads are read again
+            self._until_saved(run, partial(self._record_checked, run, number, good, with_id, hint))
+
     def _record_page(
         self,
         run: _Run,
@@ -567,6 +625,14 @@ class SyncEngine:
         """Record a page (or a reconciliation's records): each record through the boundary first
         (domain.validation.check_record), so what is stored is what may be stored; a record refused there
         fails its own line, with an excerpt and a digest in the log instead of the record."""
+        good, with_id = self._checked_page(run, page, records, refused)
+        self._until_saved(run, partial(self._record_checked, run, page, good, with_id, []))
+
+    def _checked_page(
+        self, run: _Run, page: int | None, records: list[dict[str, Any]], refused: Iterable[RejectedRecord]
+    ) -> tuple[list[dict[str, Any]], list[RejectedRecord]]:
+        """A page's records through the boundary: (the good ones, the refused ones with a customer id);
+        the refused ones without an id become an incident of the run."""
         checked = check_records(records, canonical_bytes)
         good = checked.records
         rejected = [*checked.rejected, *refused]
@@ -591,29 +657,84 @@ class SyncEngine:
                     },
                 )
             )
+        return good, with_id
 
-        def record() -> None:
-            queue = run.queue
-            if page is not None and page <= queue.pages_recorded:
-                # Recorded already (by us before a lost race, or by another process): finish its drafts.
-                self._process(run, [r for r in good if _is_draft(queue, r["id"])])
-                return
-            fresh = [r for r in good if r["id"] not in queue.lines]
-            fresh_rejected = [r.as_entry() for r in with_id if r.customer_id not in queue.lines]
-            if page is None and not fresh and not fresh_rejected:
-                return
-            keys = dict(zip(customer_keys(queue, fresh), (r["id"] for r in fresh), strict=True))
-            heads = {keys[key]: head for key, head in self.app.customer_heads(list(keys)).items()}
-            to_process, unchanged = split_unchanged(fresh, heads, canonical=canonical_bytes)
-            # Only customers that exist and changed need replaying; new ones need nothing loaded.
-            changed = [r for r in to_process if r["id"] in heads]
-            customers = self._mirrored(queue, changed) if changed else {}
-            queue.add_lines(to_process, page=page, unchanged=unchanged)
-            queue.reject_lines(fresh_rejected, page=page)
-            run.progress.advance(len(unchanged) + len(fresh_rejected))
-            self._process(run, to_process, customers)
+    def _heads(self, queue: SyncQueue, records: list[dict[str, Any]]) -> dict[int, CustomerHead]:
+        """What is mirrored of these records' customers (their latest events' heads), by WooCommerce id."""
+        keys = dict(zip(customer_keys(queue, records), (r["id"] for r in records), strict=True))
+        return {keys[key]: head for key, head in self.app.customer_heads(list(keys)).items()}
 
-        self._until_saved(run, record)
+    def _record_checked(
+        self,
+        run: _Run,
+        page: int | None,
+        good: list[dict[str, Any]],
+        with_id: list[RejectedRecord],
+        heads_read: list[dict[int, CustomerHead]],
+    ) -> None:
+        """The worker step of _record_page, once its records are checked (``with_id``: the refused ones
+        with a customer id; ``heads_read``: the heads of its customers when _record_pages read them, used
+        once). Run again, whole, after a lost race (_until_saved)."""
+        self._record_unsaved_again(run)
+        queue = run.queue
+        if page is not None and page <= queue.pages_recorded:
+            # Recorded already (by us before a lost race, or by another process): finish its drafts.
+            self._process(run, [r for r in good if _is_draft(queue, r["id"])])
+            return
+        fresh = [r for r in good if r["id"] not in queue.lines]
+        fresh_rejected = [r.as_entry() for r in with_id if r.customer_id not in queue.lines]
+        if page is None and not fresh and not fresh_rejected:
+            return
+        # Heads read by _record_pages cover every record of the page: one missing is a customer not mirrored.
+        heads = heads_read.pop() if heads_read else self._heads(queue, fresh)
+        to_process, unchanged = split_unchanged(fresh, heads, canonical=canonical_bytes)
+        # Only customers that exist and changed need replaying; new ones need nothing loaded.
+        changed = [r for r in to_process if r["id"] in heads]
+        customers = self._mirrored(queue, changed) if changed else {}
+        queue.add_lines(to_process, page=page, unchanged=unchanged)
+        queue.reject_lines(fresh_rejected, page=page)
+        run.progress.advance(len(unchanged) + len(fresh_rejected))
+        if page is not None and not to_process and run.saved:
+            self._save_unchanged_page(run, (page, good, with_id))
+            return
+        self._process(run, to_process, customers)
+
+    def _save_unchanged_page(
+        self, run: _Run, recorded: tuple[int, list[dict[str, Any]], list[RejectedRecord]]
+    ) -> None:
+        """A page that changes no customer (its lines all unchanged or refused) is saved with the pages
+        after it (UNCHANGED_PAGES_PER_SAVE, UNCHANGED_SAVE_MAX_S): what a re-sync writes of it is one small
+        LinesAdded, and a commit a page was most of such a page's time."""
+        if run.batches and self.stop.is_set():
+            raise RunStopped(run.queue.id, run.saved)  # as _process would before the page's first batch
+        self._drain_incidents(run)
+        now = time.monotonic()
+        if not run.unsaved_pages:
+            run.unsaved_since = now
+        run.unsaved_pages.append(recorded)
+        if (
+            len(run.unsaved_pages) < UNCHANGED_PAGES_PER_SAVE
+            and now - run.unsaved_since < UNCHANGED_SAVE_MAX_S
+        ):
+            return
+        delay_s = run.queue.queue_options.batch_delay_ms / 1000.0
+        if delay_s and self.stop.wait(delay_s):
+            raise RunStopped(run.queue.id, run.saved)
+        failpoint("before_batch_save")
+        self._save(run, [])
+        run.batches += 1
+        failpoint("after_batch_save")
+
+    def _record_unsaved_again(self, run: _Run) -> None:
+        """After a lost race the queue was reloaded without the pages this run had recorded and not saved
+        yet: record those again first (each as it would be now), in page order. Otherwise (the queue in
+        memory holds them) nothing."""
+        lost = [entry for entry in run.unsaved_pages if entry[0] > run.queue.pages_recorded]
+        if not lost:
+            return
+        run.unsaved_pages = []
+        for page, good, with_id in lost:
+            self._record_checked(run, page, good, with_id, [])
 
     def _process_recorded_drafts(self, run: _Run) -> None:
         if not run.queue.lines.count(DRAFT):
@@ -693,8 +814,10 @@ class SyncEngine:
         run.queue = self.app.get_queue(run.queue.id)
 
     def _save(self, run: _Run, customers: Iterable[Customer]) -> None:
+        # Every save stores all of the queue's pending events: unsaved pages' too.
         self.app.save_batch(run.queue, *customers)
         run.saved = True
+        run.unsaved_pages = []
         self._refresh()
 
     def _drain_incidents(self, run: _Run) -> None:

@@ -17,6 +17,7 @@ from domain.errors import NothingToRetryError
 from domain.queue import QueueOptions, SyncQueue
 from infrastructure.adapters.woocommerce import ClientOptions, StoreRefused
 from infrastructure.sandbox import Faults, RunningSandbox, SandboxConfig, SandboxThread
+from infrastructure.services import sync as sync_service
 from infrastructure.services.sync import SyncOutcome
 from infrastructure.support.config import DatabaseConfig, StoreSettings
 from infrastructure.support.errors import QueueNotFoundError
@@ -221,7 +222,9 @@ def sandbox_on(port: int, config: SandboxConfig) -> Iterator[tuple[RunningSandbo
 
 def test_a_store_that_dies_mid_scan_is_resumed_from_the_first_page_not_recorded(services: Services) -> None:
     port = free_port()
-    config = SandboxConfig(customers=1000, faults=Faults(latency_ms=5))
+    # 30 pages: more than the engine fetches ahead of what it has recorded (RECORD_PAGES_AT_ONCE and the
+    # client's pages in flight), so the store dies mid-scan.
+    config = SandboxConfig(customers=3000, faults=Faults(latency_ms=5))
     with sandbox_on(port, config) as (sandbox, stop):
         store = store_of(sandbox)
         store_ids = set(sandbox.store.customer_ids())
@@ -232,7 +235,7 @@ def test_a_store_that_dies_mid_scan_is_resumed_from_the_first_page_not_recorded(
     assert outcome.store_error is not None
     queue = services.app.get_queue(outcome.queue_id)
     recorded = queue.pages_recorded
-    assert 3 <= recorded < 10
+    assert 3 <= recorded < 30
     assert queue.lines.total == recorded * 100 and queue.lines.count("draft") == 0
 
     with sandbox_on(port, config) as (sandbox, _stop):
@@ -240,10 +243,8 @@ def test_a_store_that_dies_mid_scan_is_resumed_from_the_first_page_not_recorded(
         first_page_fetched = [
             e.page for e in services.app.queue_events(outcome.queue_id) if isinstance(e, SyncQueue.LinesAdded)
         ]
-    assert resumed.state == "done" and resumed.counts["created"] == 1000
-    assert first_page_fetched == list(
-        range(1, 11)
-    )  # every page once, in order: nothing refetched from page 1
+    assert resumed.state == "done" and resumed.counts["created"] == 3000
+    assert first_page_fetched == list(range(1, 31))  # every page once, in order: nothing refetched
     assert set(mirrored(services, sandbox)) == store_ids
 
 
@@ -367,3 +368,65 @@ def test_batch_delay_spaces_the_batches_out(services: Services) -> None:
         gaps = [(b.timestamp - a.timestamp).total_seconds() for a, b in itertools.pairwise(done)]
         # Within a page the next batch waits the delay (a lower bound; pages are 100 lines, batches 40).
         assert max(gaps) >= 0.06
+
+
+def _counting_saves(services: Services, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of LinesAdded each save of the event store carries, in order (the real save runs)."""
+    saves: list[int] = []
+    real = services.app.save_batch
+
+    def save_batch(*aggregates: Any) -> None:
+        saves.append(sum(isinstance(e, SyncQueue.LinesAdded) for a in aggregates for e in a.pending_events))
+        real(*aggregates)
+
+    monkeypatch.setattr(services.app, "save_batch", save_batch)
+    return saves
+
+
+def test_a_resync_of_an_unchanged_store_saves_its_pages_together(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SandboxThread(SandboxConfig(customers=1200)) as sandbox:
+        run_sync(services, sandbox)
+        saves = _counting_saves(services, monkeypatch)
+        second = run_sync(services, sandbox)
+
+    assert second.state == "done" and second.counts["unchanged"] == 1200
+    pages = [
+        e.page for e in services.app.queue_events(second.queue_id) if isinstance(e, SyncQueue.LinesAdded)
+    ]
+    assert pages == list(range(1, 13))  # every page recorded once, in order
+    assert sum(saves) == 12
+    # The first page is saved at once (the queue exists from then on); the others wait for each other.
+    assert len(saves) <= 6 and max(saves) >= 2
+
+
+def test_a_lost_race_while_unchanged_pages_wait_records_them_again(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer saves to the queue while pages recorded in memory wait for their save: the engine
+    reloads the queue, which lacks them, and records them again before going on."""
+    monkeypatch.setattr(sync_service, "UNCHANGED_PAGES_PER_SAVE", 3)
+    with SandboxThread(SandboxConfig(customers=1200)) as sandbox, open_services(services.database) as other:
+        run_sync(services, sandbox)
+        real = services.app.save_batch
+        raced: list[int] = []
+
+        def save_batch(*aggregates: Any) -> None:
+            queue = aggregates[0]
+            waiting = sum(isinstance(e, SyncQueue.LinesAdded) for e in queue.pending_events)
+            if waiting >= 2 and not raced:
+                theirs = other.app.get_queue(queue.id)
+                theirs.record_incident("note", "info", "another writer", {})
+                other.app.save_batch(theirs)
+                raced.append(waiting)
+            real(*aggregates)
+
+        monkeypatch.setattr(services.app, "save_batch", save_batch)
+        second = run_sync(services, sandbox)
+
+    assert raced, "the race was not run"
+    assert second.state == "done" and second.counts == {**second.counts, "unchanged": 1200, "done": 1200}
+    events = list(services.app.queue_events(second.queue_id))
+    assert [e.page for e in events if isinstance(e, SyncQueue.LinesAdded)] == list(range(1, 13))
+    assert [e.message for e in events if isinstance(e, SyncQueue.StoreIncident)] == ["another writer"]
