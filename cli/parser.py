@@ -379,6 +379,16 @@ def _add_webhooks_parser(commands: Any, common: argparse.ArgumentParser) -> None
             parents=[common, client],
         )
     )
+    deliveries = w_commands.add_parser(
+        "deliveries",
+        help="the deliveries the receiver recorded for a store, newest first: state, result, error",
+        parents=[common],
+    )
+    deliveries.add_argument(
+        "--store", required=True, type=store_id, metavar="STORE_ID", help="a registered store"
+    )
+    deliveries.add_argument("--limit", type=bounded(bounds.LIMIT), default=50)
+    _add_json(deliveries)
 
 
 def _add_tokens_parser(commands: Any, common: argparse.ArgumentParser) -> None:

@@ -1,10 +1,11 @@
-"""`wcsync webhooks install | status | uninstall`: a registered store's customer webhooks, in the store
+"""`wcsync webhooks install | status | uninstall | deliveries`: a registered store's customer webhooks, in the store
 (infrastructure.services.webhooks). Each needs WCSYNC_SECRET_KEY (the store's credentials, and for install
 its webhook secret, are sealed under it); changing webhooks needs a Read/Write key (a read-only one: exit 3,
 saying what to change).
 
 `status` exits 1 (action required) when a webhook is disabled, paused or missing, 0 when all three are
-active, so a monitor can run it as it is. The webhook secret is never printed.
+active, so a monitor can run it as it is. The webhook secret is never printed. `deliveries` lists what the
+receiver recorded (read from the projections: it needs no key and asks the store nothing).
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ from typing import Any
 from cli import common
 from cli.arguments import UsageError
 from cli.output import print_json
-from domain.errors import EXIT_OK, EXIT_UNFINISHED
+from domain.errors import EXIT_OK, EXIT_UNFINISHED, StoreNotFoundError
 from infrastructure.adapters.secrets import SecretKey
 from infrastructure.adapters.woocommerce import ClientOptions
 from infrastructure.services.webhooks import ACTIVE, check_public_url
 from infrastructure.support.config import check_ca_file
+from projections import queries
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"install": _install, "status": _status, "uninstall": _uninstall}[args.webhooks_command](args)
+    handlers = {"install": _install, "status": _status, "uninstall": _uninstall, "deliveries": _deliveries}
+    return handlers[args.webhooks_command](args)
 
 
 def _client_options(args: argparse.Namespace) -> ClientOptions:
@@ -93,6 +96,29 @@ def _line(row: dict[str, Any]) -> str:
     else:
         shown = ACTIVE
     return f"#{row['id']}  {shown}  {row['deliveryUrl']}"
+
+
+def _deliveries(args: argparse.Namespace) -> int:
+    """The store's recorded deliveries (read from the projections: no key, no store request)."""
+    org = common.org(args)
+    with common.services(args, read_only=True) as services:
+        services.catch_up()
+        if queries.store(services.projections, org, args.store) is None:
+            raise StoreNotFoundError(args.store, org)
+        rows = queries.webhook_deliveries(services.projections, org, args.store, args.limit)
+    if args.json:
+        print_json(rows)
+        return EXIT_OK
+    if not rows:
+        print(f"no webhook delivery recorded for store {args.store}")
+    for row in rows:
+        customer = row["wooCustomerId"] if row["wooCustomerId"] is not None else "?"
+        outcome = row["result"] or row["error"] or ""
+        print(
+            f"{row['receivedAt']}  {row['topic']:<16}  customer {customer:<8}  {row['state']:<7}  {outcome}"
+            f"  (delivery {row['deliveryId'] or '-'})"
+        )
+    return EXIT_OK
 
 
 def _uninstall(args: argparse.Namespace) -> int:

@@ -106,5 +106,17 @@ def test_a_delivery_answered_200_by_a_server_killed_at_once_is_applied_after_res
         wait_until(lambda: last_name(database_url, sandbox, target) == "Durable" or None)
     finally:
         second.stop()
+    listed = wcsync("--org", ORG, "webhooks", "deliveries", "--store", store_id, "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    [delivery] = as_json(listed)
+    assert (delivery["topic"], delivery["wooCustomerId"], delivery["state"], delivery["result"]) == (
+        "customer.updated",
+        target,
+        "applied",
+        "updated",
+    )
+    other = wcsync("--org", "other-org", "webhooks", "deliveries", "--store", store_id, env=env)
+    assert other.returncode == 2 and "Traceback" not in other.stderr  # another org's store is no store
+    assert len(other.stderr.strip().splitlines()) == 1
     log = (tmp_path / "serve-1.log").read_text() + (tmp_path / "serve-2.log").read_text()
     assert env["WCSYNC_SECRET_KEY"] not in log and "Traceback" not in log
