@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from uuid import UUID
 
-from domain.customer import Customer, canonical_bytes, customer_key
+from domain.customer import CUSTOMER_NAMESPACE, Customer, canonical_bytes
 from domain.lines import DRAFT
 from domain.queue import SyncQueue
 from domain.validation import InvalidCustomerRecord, validate_customer
@@ -29,7 +29,20 @@ class BatchOutcome:
 
 
 def customer_keys(queue: SyncQueue, records: Iterable[Mapping[str, Any]]) -> list[UUID]:
-    return [customer_key(queue.org_id, queue.store_url, record["id"]) for record in records]
+    """customer_key of each record's customer. The same UUIDs as customer_key gives (a name-based UUID 5,
+    SHA-1 over the namespace and the name), with the hash of the part of the name shared by the whole
+    queue computed once: a re-sync asks this of every customer, and uuid5 hashed it anew each time."""
+    # customer_key's name is f"{org_id}\x1f{store_url}\x1f{woo_id}" (tests/unit/test_sync_batch.py holds
+    # the two equal).
+    shared = hashlib.sha1(  # noqa: S324 - UUID 5 is defined with SHA-1; an identifier, not a protection
+        CUSTOMER_NAMESPACE.bytes + f"{queue.org_id}\x1f{queue.store_url}\x1f".encode()
+    )
+    keys: list[UUID] = []
+    for record in records:
+        name = shared.copy()
+        name.update(str(record["id"]).encode())
+        keys.append(UUID(bytes=name.digest()[:16], version=5))
+    return keys
 
 
 class Mirrored(Protocol):

@@ -139,6 +139,27 @@ class SyncOutcome:
     store_error: StoreError | None = None
 
 
+class _Encodings:
+    """canonical_bytes that remembers what it encoded during one worker step: check_records encodes every
+    record for its checks, and the digest of the same record (split_unchanged, sync_batch) reuses those
+    bytes instead of encoding the record again. Holds the records it encoded until it is dropped."""
+
+    def __init__(self) -> None:
+        self._encoded: dict[int, tuple[Mapping[str, Any], bytes]] = {}
+
+    def __call__(self, record: Mapping[str, Any]) -> bytes:
+        encoded = canonical_bytes(record)
+        self._encoded[id(record)] = (record, encoded)
+        return encoded
+
+    def again(self, record: Mapping[str, Any]) -> bytes:
+        """The record's canonical bytes: remembered when this very object was encoded, else encoded now."""
+        known = self._encoded.get(id(record))
+        if known is not None and known[0] is record:
+            return known[1]
+        return canonical_bytes(record)
+
+
 @dataclass
 class _Run:
     """What one processing run of a queue holds in memory."""
@@ -156,6 +177,7 @@ class _Run:
     # from, (page, records, refused records), so a reload after a lost race can record them again.
     unsaved_pages: list[tuple[int, list[dict[str, Any]], list[RejectedRecord]]] = field(default_factory=list)
     unsaved_since: float = 0.0
+    encodings: _Encodings = field(default_factory=_Encodings)  # of the worker step under way
 
 
 @dataclass(frozen=True)
@@ -604,6 +626,7 @@ class SyncEngine:
     def _record_pages(self, run: _Run, pages: list[Page]) -> None:
         """Record pages fetched while the worker was busy with earlier ones, in page order, each as
         _record_page does; the heads of all their customers are read in one query first."""
+        run.encodings = _Encodings()
         checked = [
             (page.number, *self._checked_page(run, page.number, page.records, page.rejected))
             for page in pages
@@ -625,6 +648,7 @@ class SyncEngine:
         """Record a page (or a reconciliation's records): each record through the boundary first
         (domain.validation.check_record), so what is stored is what may be stored; a record refused there
         fails its own line, with an excerpt and a digest in the log instead of the record."""
+        run.encodings = _Encodings()
         good, with_id = self._checked_page(run, page, records, refused)
         self._until_saved(run, partial(self._record_checked, run, page, good, with_id, []))
 
@@ -633,7 +657,7 @@ class SyncEngine:
     ) -> tuple[list[dict[str, Any]], list[RejectedRecord]]:
         """A page's records through the boundary: (the good ones, the refused ones with a customer id);
         the refused ones without an id become an incident of the run."""
-        checked = check_records(records, canonical_bytes)
+        checked = check_records(records, run.encodings)
         good = checked.records
         rejected = [*checked.rejected, *refused]
         without_id = [r for r in rejected if r.customer_id is None]
@@ -687,7 +711,7 @@ class SyncEngine:
             return
         # Heads read by _record_pages cover every record of the page: one missing is a customer not mirrored.
         heads = heads_read.pop() if heads_read else self._heads(queue, fresh)
-        to_process, unchanged = split_unchanged(fresh, heads, canonical=canonical_bytes)
+        to_process, unchanged = split_unchanged(fresh, heads, canonical=run.encodings.again)
         # Only customers that exist and changed need replaying; new ones need nothing loaded.
         changed = [r for r in to_process if r["id"] in heads]
         customers = self._mirrored(queue, changed) if changed else {}
@@ -772,7 +796,7 @@ class SyncEngine:
             queue = run.queue
             todo = [r for r in batch if _is_draft(queue, r["id"])]
             known = customers if customers is not None else self._mirrored(queue, todo)
-            outcome = sync_batch(queue, todo, known, canonical=canonical_bytes)
+            outcome = sync_batch(queue, todo, known, canonical=run.encodings.again)
             self._drain_incidents(run)
             failpoint("before_batch_save")
             self._save(run, outcome.changed)

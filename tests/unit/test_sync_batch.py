@@ -8,7 +8,7 @@ import pytest
 
 from domain.customer import Customer, customer_key
 from domain.queue import QueueOptions, SyncQueue
-from domain.sync import sync_batch
+from domain.sync import customer_keys, sync_batch
 from domain.validation import InvalidCustomerRecord, validate_customer
 from tests.support.digests import content_hash
 
@@ -89,6 +89,20 @@ def test_customer_ids_are_deterministic_per_org_store_and_id() -> None:
         queue_id=customer_key("q", "", 0),
     )
     assert created.id == customer_key("a", "http://s", 1)
+
+
+def test_customer_keys_of_a_queue_are_customer_key_of_each_record() -> None:
+    queue = SyncQueue(
+        org_id="Ørg 1",
+        store_url="https://shop.example/é",
+        options=QueueOptions().as_dict(),
+        queue_name="q",
+        started_by="t",
+    )
+    ids = [1, 9, 10, 99, 12345, 2**63 - 1]
+    assert customer_keys(queue, [{"id": cid} for cid in ids]) == [
+        customer_key("Ørg 1", "https://shop.example/é", cid) for cid in ids
+    ]
 
 
 def test_content_hash_ignores_key_order_and_links() -> None:
