@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import math
 import os
@@ -48,6 +49,7 @@ import platform
 import random
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -64,7 +66,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import fresh_database, postgres_server, sandbox_process, script_parser, wcsync_env  # noqa: E402
+from bench._common import WCSYNC, fresh_database, postgres_server, sandbox_process, script_parser, wcsync_env  # noqa: E402
 from bench.service_bench import cpu_by_role, machine_busy_s, spawned, wait_for_workers, wcsync  # noqa: E402
 from infrastructure.adapters.eventlog import postgres_head_position  # noqa: E402
 from infrastructure.adapters.secrets import SECRET_KEY_VARIABLE  # noqa: E402
@@ -74,14 +76,18 @@ from infrastructure.support.config import check_store_url  # noqa: E402
 from infrastructure.support.logging import configure_logging  # noqa: E402
 
 ORG = "bench"
+WAIT_KINDS = 12  # the commonest waits kept per phase
+EVIDENCE = 3  # lost changes whose customer's history is kept in the results
 UNDER_WAY_PAGES = 2  # the sync counts as under way once the sandbox has served this many list pages
 READY_S = 120.0  # for the sync to get under way, the projections to catch up, the deliveries' rows
-# The rows still pending, by an index probe each (a plain `= ANY(...)` on a table growing by thousands of
-# rows a second, without statistics yet, can be planned as a bitmap scan, with JIT: tens of ms a poll).
+# The rows still pending, by an index probe each: a plain `= ANY(...)` on a table growing by thousands of
+# rows a second, without statistics yet, can be planned as a bitmap scan, with JIT (tens of ms a poll), and
+# the planner flattens a plain LATERAL subquery into a hash join over the whole table; OFFSET 0 keeps it a
+# subquery, run once per id on the unique index.
 PENDING_ROWS = (
     "SELECT c.woo_customer_id, c.email FROM unnest(%s::bigint[]) AS p(id) "
     "CROSS JOIN LATERAL (SELECT woo_customer_id, email FROM woo_customers "
-    "WHERE org_id = %s AND store_url = %s AND woo_customer_id = p.id) AS c"
+    "WHERE org_id = %s AND store_url = %s AND woo_customer_id = p.id OFFSET 0) AS c"
 )
 FINAL_ROWS = (
     "SELECT c.woo_customer_id, c.email, c.last_queue_id, c.version FROM unnest(%s::bigint[]) AS p(id) "
@@ -228,6 +234,29 @@ async def poll_rows(
             await asyncio.sleep(max(0.0, started + interval - time.time()))
 
 
+WAITS = (
+    "SELECT coalesce(wait_event_type, 'CPU'), coalesce(wait_event, '-'), left(query, 40) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()"
+)
+
+
+async def sample_waits(database_url: str, every: float, stop: asyncio.Event) -> dict[str, int]:
+    """What the database's active sessions wait on, sampled every ``every`` s until ``stop``: counts by
+    wait (CPU: none, running) and the statement's start (the event inserts of the sync and the applier
+    alike, the projections' writes, this poller's reads)."""
+    counted: dict[str, int] = {"samples": 0}
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        while not stop.is_set():
+            cursor = await conn.execute(WAITS)
+            for kind, event, query in await cursor.fetchall():
+                key = f"{kind}/{event}: {' '.join(str(query).split())}"
+                counted[key] = counted.get(key, 0) + 1
+            counted["samples"] += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+    return dict(sorted(counted.items(), key=lambda item: -item[1])[:WAIT_KINDS])
+
+
 async def watch_job(database_url: str, job_id: int) -> tuple[float, str]:
     """When the sync's job ended (a worker deletes a job that succeeded: gone counts as succeeded)."""
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
@@ -251,6 +280,12 @@ async def phase(
 ) -> dict[str, Any]:
     """One phase: (with ``start_sync``, the environment to defer it in) the sync deferred and under way,
     then the changes sent at --rate and polled until seen; its raw figures."""
+    stop_sampling = asyncio.Event()
+    waits = asyncio.create_task(
+        sample_waits(database_url, args.sample_waits_ms / 1000, stop_sampling)
+        if args.sample_waits_ms
+        else asyncio.sleep(0, {})
+    )
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         job: asyncio.Task[tuple[float, str]] | None = None
         deferred, queue_id = math.nan, ""
@@ -276,7 +311,9 @@ async def phase(
         sent.set()
         poller = await polling
         ended, job_state = await job if job is not None else (math.nan, "")
+    stop_sampling.set()
     return {
+        "waits": await waits,
         "deferred": deferred,
         "first_put": first_put,
         "sync_end": ended,
@@ -328,6 +365,32 @@ def reverted(database_url: str, target: Target, changes: list[Change], queue_id:
                 }
             )
     return lost
+
+
+def history(env: dict[str, str], target: Target, woo_id: int, changes: list[Change]) -> list[str]:
+    """A lost change's evidence: its times, then `wcsync audit customer` (every write of the customer,
+    the writer named: the sync's queue or the delivery)."""
+    change = next(c for c in changes if c.woo_id == woo_id)
+    times = {
+        "put": change.put_at,
+        "received": change.received_at,
+        "applied": change.applied_at,
+        "seen": change.seen_at,
+    }
+    shown = " ".join(f"{k} {_clock(v)}" for k, v in times.items())
+    audit = subprocess.run(
+        [*WCSYNC, "--org", ORG, "audit", "customer", str(woo_id), "--store", target.store_url],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return [f"customer {woo_id}: {shown}", *(audit.stdout or audit.stderr).splitlines()]
+
+
+def _clock(at: float) -> str:
+    return "-" if math.isnan(at) else datetime.fromtimestamp(at, UTC).strftime("%H:%M:%S.%f")[:-3]
 
 
 def caught_up(database_url: str) -> float:
@@ -393,6 +456,15 @@ def figures_of(label: str, changes: list[Change], raw: dict[str, Any], cpu: dict
             "mean_query_ms": round(statistics.fmean(poller.queries) * 1000, 2) if poller.queries else None,
         },
         "cpu_s": cpu,
+        "database_waits": raw["waits"],
+        # Each change: id, then PUT answered, received, applied, row seen, in s after the first PUT.
+        "changes": [
+            [
+                c.woo_id,
+                *(_after(at, raw["first_put"]) for at in (c.put_at, c.received_at, c.applied_at, c.seen_at)),
+            ]
+            for c in changes
+        ],
     }
     if not math.isnan(raw["sync_end"]):
         end = raw["sync_end"]
@@ -405,6 +477,10 @@ def figures_of(label: str, changes: list[Change], raw: dict[str, Any], cpu: dict
             during_sync=breakdown(during),
         )
     return document
+
+
+def _after(at: float, origin: float) -> float | None:
+    return None if math.isnan(at) else round(at - origin, 4)
 
 
 def _counts(values: Any) -> dict[str, int]:
@@ -449,6 +525,10 @@ def print_phase(document: dict[str, Any]) -> None:
     )
     problems = {k: document[k] for k in ("put_errors", "not_seen", "reverted_rows") if document.get(k)}
     print(f"  states {document['states']} results {document['results']} {problems or ''}", flush=True)
+    if document["database_waits"]:
+        print(f"  database waits (sampled): {document['database_waits']}")
+    for lines in document["histories"]:
+        print("\n".join(f"    | {line}" for line in lines), flush=True)
 
 
 # ----- the run ----------------------------------------------------------------------------------------
@@ -504,6 +584,7 @@ def run(admin_url: str, args: Any, logs: Path) -> dict[str, Any]:
         for document, changes in zip(results, measured, strict=True):
             lost = reverted(database_url, target, changes, sync_queue)
             document.update(reverted=len(lost), reverted_rows=lost[:20])
+            document["histories"] = [history(env, target, row["id"], changes) for row in lost[:EVIDENCE]]
             print_phase(document)
         rows = customer_rows(database_url)
         print(f"  woo_customers: {rows} rows (the store: {args.customers})", flush=True)
@@ -525,6 +606,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="seconds after the last change to see all"
+    )
+    parser.add_argument(
+        "--sample-waits-ms",
+        type=float,
+        default=0.0,
+        help="sample what the database's sessions wait on this often (default 0: not sampled)",
     )
     parser.add_argument("--seed", type=int, default=12, help="which customers are changed")
     parser.add_argument(
