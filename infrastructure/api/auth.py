@@ -55,6 +55,7 @@ __all__ = [
     "MAX_FAILURES",
     "MAX_TRACKED_ADDRESSES",
     "PRINCIPAL_KEY",
+    "SIGNED_KEY",
     "Authenticate",
     "FailureLimiter",
     "Forbidden",
@@ -80,6 +81,8 @@ log = structlog.get_logger("wcsync.api.auth")
 
 # request[PRINCIPAL_KEY]: the Principal, or None in no-auth mode.
 PRINCIPAL_KEY: web.RequestKey[Principal | None] = web.RequestKey("principal")
+# request[SIGNED_KEY]: True for a request to a signed route (a webhook receiver): no bearer token asked.
+SIGNED_KEY: web.RequestKey[bool] = web.RequestKey("signed")
 # An Authorization header longer than this is not read at all (a token is 47 characters).
 MAX_AUTHORIZATION_LENGTH = 512
 # More than MAX_FAILURES failed attempts from one address within FAILURE_WINDOW_S seconds: that address's
@@ -356,6 +359,7 @@ def auth_middleware(
     @web.middleware
     async def authenticated(request: web.Request, handler: Handler) -> web.StreamResponse:
         if signed_prefixes and request.path.startswith(signed_prefixes):
+            request[SIGNED_KEY] = True
             return await handler(request)
         if no_auth:
             local_request(request)
@@ -392,8 +396,9 @@ async def _principal(
 
 
 async def bearer_challenge(request: web.Request, response: web.StreamResponse) -> None:
-    """app.on_response_prepare: every 401 answer says how to authenticate (RFC 6750)."""
-    if response.status == 401:
+    """app.on_response_prepare: every 401 answer says how to authenticate (RFC 6750); a signed route's
+    does not ask for a bearer token (its 401 is about the signature)."""
+    if response.status == 401 and not request.get(SIGNED_KEY, False):
         response.headers["WWW-Authenticate"] = "Bearer"
 
 

@@ -8,10 +8,12 @@ line with its reason in the activity log; an unknown store is 404."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 from uuid import UUID, uuid4
 
 import pytest
@@ -202,6 +204,7 @@ def test_refused_signatures_change_nothing_and_are_one_incident_without_the_body
     assert summary["refused"] == 1 and "signature" in summary["lastRefusal"]["reason"]
     assert mirror(services, sandbox)[target]["email"] != "tampered-marker@example.org"
     assert all(secret.encode() not in raw for raw in api.answers)
+    assert "WWW-Authenticate" not in _headers_of_refusal(api, store_id, body)  # no bearer token asked
 
 
 def test_the_ping_is_answered_200_and_does_nothing(
@@ -342,3 +345,18 @@ def _org_activity(services: Services) -> list[dict[str, Any]]:
             [ORG],
         )
     return [{"activityType": r[0], "status": r[1], "message": r[2]} for r in rows]
+
+
+def _headers_of_refusal(api: Api, store_id: UUID, body: bytes) -> dict[str, str]:
+    address = urlsplit(api.url)
+    connection = http.client.HTTPConnection(address.hostname or "", address.port, timeout=30)
+    try:
+        connection.request(
+            "POST", f"{WEBHOOK_ROOT}{store_id}", body=body, headers={"Content-Type": "application/json"}
+        )
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 401
+        return dict(response.getheaders())
+    finally:
+        connection.close()
