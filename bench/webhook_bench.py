@@ -24,17 +24,22 @@ server's receipt, which the goal names), to the microsecond. (The sandbox's deli
 but it is written after the receiver answered, so after the durable save, and only to the second.)
 t1 = the start of the first poll that sees the row carry the new email: this process polls the still-pending
 ids every --poll-ms with one query (an index probe per id on woo_customers' unique (org, store, id)
-index, JIT off), so t1 is late by at most one interval plus nothing of the query; the poller's own cost (its
-query times, this process's CPU) is reported. Both clocks are this machine's wall clock.
+index, JIT off), so t1 is late by less than one interval (plus the previous poll's query); the poller's own
+cost (its query times, this process's CPU) is reported. Both clocks are this machine's wall clock.
 
 Reported per phase: p50 / p95 / max of t1 - t0 (nearest rank), and where the time went (the sandbox's queue:
-PUT answered -> receipt; the applier: receipt -> the delivery's ``applied_at``, its Applied event saved
-with the customer's change; the projection: applied -> row seen); for the sync phase also the deliveries
+PUT answered -> receipt; the applier: receipt -> the delivery's ``applied_at``, the timestamp of its Applied
+event, taken as the applier decided, before the save; then applied -> row seen: the save's lock wait and
+commit, the live projection and the poll); for the sync phase also the deliveries
 received while the sync ran (t0 before the job ended, the figures that answer the goal, separately), how
 many of those were still being applied when it ended, the sync's own time (job deferred -> job ended), and
-whether any row later lost its new value (the sync writing an older page over a delivery). CPU seconds of
-`wcsync serve` and of its workers with their projection followers, and of the machine, over each phase.
-Results go to stdout and, with --json, to bench/results/webhook-*.json.
+whether any row later lost its new value (the sync writing an older page over a delivery: the customer's
+`wcsync audit customer` history is printed for the first few). CPU seconds of `wcsync serve` and of its
+workers with their projection followers, of this process (the poller and the sender) and of the machine,
+over each phase. With --sample-waits-ms, what the database's sessions wait on during each phase (a lock
+wait with what its holder is doing), to see where the time goes.
+Results go to stdout and, with --json, to bench/results/webhook-*.json (with each change's times). Exits 1
+when a change never reached its row or lost it.
 """
 
 from __future__ import annotations
@@ -234,27 +239,40 @@ async def poll_rows(
             await asyncio.sleep(max(0.0, started + interval - time.time()))
 
 
+# Each active session's wait, and for one waiting on a lock, what the session holding it is doing then.
 WAITS = (
-    "SELECT coalesce(wait_event_type, 'CPU'), coalesce(wait_event, '-'), left(query, 40) FROM pg_stat_activity "
-    "WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()"
+    "SELECT coalesce(a.wait_event_type, 'CPU'), coalesce(a.wait_event, '-'), left(a.query, 40), "
+    "b.state, coalesce(b.wait_event_type, 'CPU'), coalesce(b.wait_event, '-'), left(b.query, 40) "
+    "FROM pg_stat_activity AS a "
+    "LEFT JOIN LATERAL (SELECT blocker FROM unnest(pg_blocking_pids(a.pid)) AS blocker LIMIT 1) AS p "
+    "ON a.wait_event_type = 'Lock' "
+    "LEFT JOIN pg_stat_activity AS b ON b.pid = p.blocker "
+    "WHERE a.datname = current_database() AND a.state = 'active' AND a.pid <> pg_backend_pid()"
 )
 
 
 async def sample_waits(database_url: str, every: float, stop: asyncio.Event) -> dict[str, int]:
     """What the database's active sessions wait on, sampled every ``every`` s until ``stop``: counts by
     wait (CPU: none, running) and the statement's start (the event inserts of the sync and the applier
-    alike, the projections' writes, this poller's reads)."""
+    alike, the projections' writes, this poller's reads); a lock wait names what its holder was doing
+    (its state, wait and statement: "idle in transaction" or ClientRead is the holder's Python at work)."""
     counted: dict[str, int] = {"samples": 0}
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         while not stop.is_set():
             cursor = await conn.execute(WAITS)
-            for kind, event, query in await cursor.fetchall():
-                key = f"{kind}/{event}: {' '.join(str(query).split())}"
+            for kind, event, query, *blocker in await cursor.fetchall():
+                key = f"{kind}/{event}: {_words(query)}"
+                if blocker[0] is not None:
+                    key += f" <- held by ({blocker[0]}) {blocker[1]}/{blocker[2]}: {_words(blocker[3])}"
                 counted[key] = counted.get(key, 0) + 1
             counted["samples"] += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every)
     return dict(sorted(counted.items(), key=lambda item: -item[1])[:WAIT_KINDS])
+
+
+def _words(text: object) -> str:
+    return " ".join(str(text).split())
 
 
 async def watch_job(database_url: str, job_id: int) -> tuple[float, str]:
@@ -310,12 +328,14 @@ async def phase(
         await send(session, store_url, changes, args.rate)
         sent.set()
         poller = await polling
+        finished = time.time()
         ended, job_state = await job if job is not None else (math.nan, "")
     stop_sampling.set()
     return {
         "waits": await waits,
         "deferred": deferred,
         "first_put": first_put,
+        "finished": finished,
         "sync_end": ended,
         "job_state": job_state,
         "queue_id": queue_id,
@@ -444,6 +464,7 @@ def figures_of(label: str, changes: list[Change], raw: dict[str, Any], cpu: dict
         "phase": label,
         "deliveries": len(changes),
         "sent_s": round(max(c.put_at for c in changes) - raw["first_put"], 2),
+        "window_s": round(raw["finished"] - raw["first_put"], 2),  # the CPU figures' window (about)
         "put_errors": sum(c.put_status != 200 for c in changes),
         "not_seen": len(unseen),
         "not_seen_ids": [c.woo_id for c in unseen[:20]],
