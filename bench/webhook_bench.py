@@ -626,7 +626,10 @@ def main() -> None:
         "--poll-ms", type=float, default=50.0, help="the row poller's interval (default 50 ms)"
     )
     parser.add_argument(
-        "--timeout", type=float, default=120.0, help="seconds after the last change to see all"
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds after the last change for every row to show its change (default 60)",
     )
     parser.add_argument(
         "--sample-waits-ms",
