@@ -97,7 +97,7 @@ PENDING_ROWS = (
 FINAL_ROWS = (
     "SELECT c.woo_customer_id, c.email, c.last_queue_id, c.version FROM unnest(%s::bigint[]) AS p(id) "
     "CROSS JOIN LATERAL (SELECT woo_customer_id, email, last_queue_id, version FROM woo_customers "
-    "WHERE org_id = %s AND store_url = %s AND woo_customer_id = p.id) AS c"
+    "WHERE org_id = %s AND store_url = %s AND woo_customer_id = p.id OFFSET 0) AS c"
 )
 DELIVERY_ROWS = (
     "SELECT woo_customer_id, received_at, applied_at, state, result, error FROM woo_webhook_deliveries "
