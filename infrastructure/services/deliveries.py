@@ -293,10 +293,15 @@ class DeliveryApplier:
                 found = self.app.recorder.select_notifications(
                     start, self.batch, stop=head, topics=[_RECEIVED_TOPIC], inclusive_of_start=False
                 )
-                for notification in found:
-                    if self._apply(UUID(str(notification.originator_id))):
-                        done += 1
-                    start = notification.id
+                together = self._apply_together([UUID(str(n.originator_id)) for n in found])
+                if together is not None:
+                    done += together
+                    start = found[-1].id if found else start
+                else:  # another writer changed one of their customers meanwhile: one at a time
+                    for notification in found:
+                        if self._apply(UUID(str(notification.originator_id))):
+                            done += 1
+                        start = notification.id
                 if len(found) < self.batch:
                     start = head
         finally:
@@ -306,6 +311,45 @@ class DeliveryApplier:
             if done and self.on_applied is not None:
                 self.on_applied()
         return done
+
+    def _apply_together(self, delivery_ids: list[UUID]) -> int | None:
+        """Apply these deliveries in order in one transaction (a burst of them costs one commit, not one
+        each: the event store's insert lock is taken once); how many it applied, or None when another
+        writer got there first (nothing of it is saved: the caller applies them one at a time)."""
+        deliveries: list[WebhookDelivery] = []
+        for delivery_id in delivery_ids:
+            try:
+                delivery: WebhookDelivery = self.app.repository.get(delivery_id)
+            except AggregateNotFoundError:
+                continue
+            if delivery.pending:
+                deliveries.append(delivery)
+        if not deliveries:
+            return 0
+        keys = {d.id: self._key(d) for d in deliveries}
+        wanted = sorted({key for key in keys.values() if key is not None})
+        customers: dict[UUID, Customer | None] = dict.fromkeys(wanted)
+        customers.update(self.app.load_customers(wanted))
+        changed: dict[UUID, Customer] = {}
+        for delivery in deliveries:
+            key = keys[delivery.id]
+            customer = delivery.apply_to(None if key is None else customers.get(key), _digest_of(delivery))
+            if customer is not None and key is not None:
+                customers[key] = changed[key] = customer  # the next delivery of it applies on top
+        try:
+            self.app.save_batch(*deliveries, *(c for c in changed.values() if c.pending_events))
+        except ConcurrentWriteError:
+            log.info("webhooks.apply_conflict", deliveries=len(deliveries))
+            return None
+        for delivery in deliveries:
+            log.info(
+                "webhooks.applied",
+                delivery=str(delivery.id),
+                topic=delivery.topic,
+                customer_id=delivery.woo_id,
+                outcome=delivery.outcome,
+            )
+        return len(deliveries)
 
     def _apply(self, delivery_id: UUID) -> bool:
         """Apply one delivery (True) unless it was already (False). A customer another writer changed
@@ -317,13 +361,7 @@ class DeliveryApplier:
                 return False
             if not delivery.pending:
                 return False
-            record = delivery.record
-            digest = (
-                hashlib.sha256(canonical_bytes(record)).hexdigest()
-                if record is not None and delivery.topic != DELETED
-                else None
-            )
-            changed = delivery.apply_to(self._customer(delivery), digest)
+            changed = delivery.apply_to(self._customer(delivery), _digest_of(delivery))
             try:
                 if changed is not None and changed.pending_events:
                     self.app.save_batch(delivery, changed)
@@ -342,12 +380,25 @@ class DeliveryApplier:
             return True
         raise DeliveryConflict(delivery_id)
 
-    def _customer(self, delivery: WebhookDelivery) -> Customer | None:
+    @staticmethod
+    def _key(delivery: WebhookDelivery) -> UUID | None:
         if delivery.woo_id is None:
             return None
-        key = customer_key(delivery.org_id, delivery.store_url, delivery.woo_id)
+        return customer_key(delivery.org_id, delivery.store_url, delivery.woo_id)
+
+    def _customer(self, delivery: WebhookDelivery) -> Customer | None:
+        key = self._key(delivery)
+        if key is None:
+            return None
         try:
             customer: Customer = self.app.repository.get(key)
         except AggregateNotFoundError:
             return None
         return customer
+
+
+def _digest_of(delivery: WebhookDelivery) -> str | None:
+    """The SHA-256 of a created/updated delivery's record in canonical form (as a sync digests one)."""
+    if delivery.record is None or delivery.topic == DELETED:
+        return None
+    return hashlib.sha256(canonical_bytes(delivery.record)).hexdigest()

@@ -21,6 +21,7 @@ from eventsourcing.utils import get_topic
 
 from domain.customer import customer_key
 from domain.webhook import RefusedDeliveries, WebhookDelivery
+from infrastructure.adapters.eventstore import ConcurrentWriteError
 from infrastructure.adapters.secrets import SecretKey
 from infrastructure.api.http import WEBHOOK_ROOT
 from infrastructure.sandbox import RunningSandbox
@@ -90,6 +91,12 @@ def signed(secret: str, topic: str, body: bytes, delivery: str = "d-1", webhook:
         "X-WC-Webhook-ID": str(webhook),
         "X-WC-Webhook-Delivery-ID": delivery,
     }
+
+
+def store_record(sandbox: RunningSandbox, woo_id: int) -> dict[str, Any]:
+    found = sandbox.store.api_object(woo_id)
+    assert found is not None
+    return found
 
 
 def mirror(services: Services, sandbox: RunningSandbox) -> dict[int, dict[str, Any]]:
@@ -182,7 +189,7 @@ def test_refused_signatures_change_nothing_and_are_one_incident_without_the_body
     store_id = register(services, sandbox)
     secret = secret_of(services, store_id)
     target = sorted(mirror(services, sandbox))[0]
-    body = json.dumps({**sandbox.store.api_object(target), "email": "tampered-marker@example.org"}).encode()
+    body = json.dumps({**store_record(sandbox, target), "email": "tampered-marker@example.org"}).encode()
     good = signed(secret, "customer.updated", body)
     refused_before = PROCESS.webhook_requests()["refused"]
 
@@ -239,7 +246,7 @@ def test_a_repeated_delivery_is_recorded_and_applied_once(
     secret = secret_of(services, store_id)
     target = sorted(mirror(services, sandbox))[1]
     record = {
-        **sandbox.store.api_object(target),
+        **store_record(sandbox, target),
         "last_name": "Twice",
         "date_modified_gmt": "2099-01-01T00:00:00",
     }
@@ -269,7 +276,7 @@ def test_an_invalid_body_is_a_failed_line_with_its_reason(
     store_id = register(services, sandbox)
     secret = secret_of(services, store_id)
     target = sorted(mirror(services, sandbox))[0]
-    bad_email = json.dumps({**sandbox.store.api_object(target), "email": "not an email"}).encode()
+    bad_email = json.dumps({**store_record(sandbox, target), "email": "not an email"}).encode()
     not_json = b"{not json"
     no_id = json.dumps({"id": "seven"}).encode()
     for index, body in enumerate((bad_email, not_json, no_id)):
@@ -299,7 +306,7 @@ def test_a_delivery_older_than_the_mirror_and_a_deletion_of_an_unknown_customer_
     store_id = register(services, sandbox)
     secret = secret_of(services, store_id)
     target = sorted(mirror(services, sandbox))[3]
-    current = sandbox.store.api_object(target)
+    current = store_record(sandbox, target)
     older = json.dumps({**current, "last_name": "Stale", "date_modified_gmt": "2000-01-01T00:00:00"}).encode()
     unknown = json.dumps({"id": 987654}).encode()
     post(api, store_id, older, signed(secret, "customer.updated", older))
@@ -360,3 +367,59 @@ def _headers_of_refusal(api: Api, store_id: UUID, body: bytes) -> dict[str, str]
         return dict(response.getheaders())
     finally:
         connection.close()
+
+
+def test_a_burst_is_applied_in_order_in_one_step_and_a_conflict_falls_back_to_one_at_a_time(
+    services: Services, api: Api, sandbox: RunningSandbox
+) -> None:
+    store_id = register(services, sandbox)
+    secret = secret_of(services, store_id)
+    record = store_record(sandbox, sandbox.store.customer_ids()[0])
+    bodies = [
+        {**record, "date_modified_gmt": t}
+        for t in ("2030-01-01T00:00:00", "2030-01-01T00:00:01", "2030-01-01T00:00:02")
+    ]
+    for index, body in enumerate(bodies):
+        raw = json.dumps({**body, "last_name": f"Take {index}"}).encode()
+        topic = "customer.created" if index == 0 else "customer.updated"
+        assert post(api, store_id, raw, signed(secret, topic, raw, delivery=str(index)))[0] == 200
+    woo_id = record["id"]
+
+    # The first save of the burst loses to "another writer": nothing of it is kept, then one at a time.
+    saves: list[int] = []
+    original = services.app.save_batch
+
+    def losing_once(*aggregates: Any) -> None:
+        saves.append(len(aggregates))
+        if len(saves) == 1:
+            raise ConcurrentWriteError("another writer saved first")
+        original(*aggregates)
+
+    services.app.save_batch = losing_once  # type: ignore[method-assign]
+    try:
+        assert services.delivery_applier().step() == 3
+    finally:
+        services.app.save_batch = original  # type: ignore[method-assign]
+    assert saves[0] == 4  # three deliveries and their customer, together
+    assert saves[1:] == [2, 2, 2]  # then each delivery with its customer
+    row = mirror(services, sandbox)[woo_id]
+    assert row["last_name"] == "Take 2" and row["version"] == 3
+    results = [d["result"] for d in queries.webhook_deliveries(services.projections, ORG, store_id)]
+    assert sorted(results) == ["created", "updated", "updated"]
+
+    # Without the conflict a burst is one save.
+    more = []
+    for index in range(3, 6):
+        changed = {**record, "date_modified_gmt": f"2030-01-01T00:00:0{index}", "last_name": f"Take {index}"}
+        payload = json.dumps(changed).encode()
+        more.append(post(api, store_id, payload, signed(secret, "customer.updated", payload))[0])
+    assert more == [200, 200, 200]
+    saves.clear()
+    services.app.save_batch = losing_once  # type: ignore[method-assign]
+    saves.append(0)  # no loss this time
+    try:
+        assert services.delivery_applier().step() == 3
+    finally:
+        services.app.save_batch = original  # type: ignore[method-assign]
+    assert saves[1:] == [4]  # three deliveries and their customer
+    assert mirror(services, sandbox)[woo_id]["last_name"] == "Take 5"
