@@ -29,18 +29,23 @@ class BatchOutcome:
 
 
 def customer_keys(queue: SyncQueue, records: Iterable[Mapping[str, Any]]) -> list[UUID]:
-    """customer_key of each record's customer. The same UUIDs as customer_key gives (a name-based UUID 5,
-    SHA-1 over the namespace and the name), with the hash of the part of the name shared by the whole
-    queue computed once: a re-sync asks this of every customer, and uuid5 hashed it anew each time."""
+    return customer_keys_of(queue, (record["id"] for record in records))
+
+
+def customer_keys_of(queue: SyncQueue, ids: Iterable[int]) -> list[UUID]:
+    """customer_key of each of these customers of the queue's store. The same UUIDs as customer_key gives
+    (a name-based UUID 5, SHA-1 over the namespace and the name), with the hash of the part of the name
+    shared by the whole queue computed once: a re-sync asks this of every customer, and uuid5 hashed it
+    anew each time."""
     # customer_key's name is f"{org_id}\x1f{store_url}\x1f{woo_id}" (tests/unit/test_sync_batch.py holds
     # the two equal).
     shared = hashlib.sha1(  # noqa: S324 - UUID 5 is defined with SHA-1; an identifier, not a protection
         CUSTOMER_NAMESPACE.bytes + f"{queue.org_id}\x1f{queue.store_url}\x1f".encode()
     )
     keys: list[UUID] = []
-    for record in records:
+    for cid in ids:
         name = shared.copy()
-        name.update(str(record["id"]).encode())
+        name.update(str(cid).encode())
         keys.append(UUID(bytes=name.digest()[:16], version=5))
     return keys
 
@@ -59,16 +64,18 @@ def split_unchanged(
     records: Iterable[dict[str, Any]],
     customers: Mapping[int, Mirrored],
     canonical: Callable[[Mapping[str, Any]], bytes] = canonical_bytes,
+    digest_of: Callable[[Mapping[str, Any]], str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
     """Split fetched records into those to process and (id, digest) of those identical to the mirror.
 
-    ``customers``: what is mirrored of these records' customers, by WooCommerce id."""
+    ``customers``: what is mirrored of these records' customers, by WooCommerce id; ``digest_of``: a
+    record's digest (SHA-256 of ``canonical``'s bytes) when the caller has it already."""
     to_process: list[dict[str, Any]] = []
     unchanged: list[tuple[int, str]] = []
     for record in records:
         customer = customers.get(record["id"])
         if customer is not None and not customer.deleted:
-            digest = hashlib.sha256(canonical(record)).hexdigest()
+            digest = digest_of(record) if digest_of else hashlib.sha256(canonical(record)).hexdigest()
             if digest == customer.digest:
                 unchanged.append((record["id"], digest))
                 continue

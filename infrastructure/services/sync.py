@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import random
 import threading
 import time
@@ -28,8 +29,8 @@ from domain.customer import Customer, CustomerHead, customer_key
 from domain.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, SyncError, WcsyncError
 from domain.lines import DRAFT
 from domain.queue import Q_DONE, Q_DRAFT, QueueOptions, SyncQueue
-from domain.sync import customer_keys, split_unchanged, sync_batch
-from domain.validation import RejectedRecord, check_records
+from domain.sync import customer_keys, customer_keys_of, split_unchanged, sync_batch
+from domain.validation import RejectedRecord, check_record, check_records, customer_id_of
 from infrastructure.adapters.eventstore import DATABASE_ERRORS, ConcurrentWriteError, SyncApplication, chunks
 from infrastructure.adapters.leases import Lease, QueueLeases, default_holder
 from infrastructure.adapters.transcoder import canonical_bytes
@@ -146,6 +147,9 @@ class _Encodings:
 
     def __init__(self) -> None:
         self._encoded: dict[int, tuple[Mapping[str, Any], bytes]] = {}
+        self._digests: dict[int, tuple[Mapping[str, Any], str]] = {}
+        # Records taken as unchanged without the boundary's checks (_Run.as_fetched): by id, with the record.
+        self.unchecked: dict[int, Mapping[str, Any]] = {}
 
     def __call__(self, record: Mapping[str, Any]) -> bytes:
         encoded = canonical_bytes(record)
@@ -158,6 +162,15 @@ class _Encodings:
         if known is not None and known[0] is record:
             return known[1]
         return canonical_bytes(record)
+
+    def digest(self, record: Mapping[str, Any]) -> str:
+        """The record's digest (SHA-256 of its canonical bytes), computed once a step."""
+        known = self._digests.get(id(record))
+        if known is not None and known[0] is record:
+            return known[1]
+        digest = hashlib.sha256(self.again(record)).hexdigest()
+        self._digests[id(record)] = (record, digest)
+        return digest
 
 
 @dataclass
@@ -627,13 +640,13 @@ class SyncEngine:
         """Record pages fetched while the worker was busy with earlier ones, in page order, each as
         _record_page does; the heads of all their customers are read in one query first."""
         run.encodings = _Encodings()
+        lines = run.queue.lines
+        ids = (customer_id_of(raw) for page in pages for raw in page.records)
+        heads = self._heads(run.queue, [cid for cid in ids if cid is not None and cid not in lines])
         checked = [
-            (page.number, *self._checked_page(run, page.number, page.records, page.rejected))
+            (page.number, *self._checked_page(run, page.number, page.records, page.rejected, heads))
             for page in pages
         ]
-        lines = run.queue.lines
-        fresh = [r for _, good, _ in checked for r in good if r["id"] not in lines]
-        heads = self._heads(run.queue, fresh)
         for number, good, with_id in checked:
             hint = [heads]  # for the first attempt only: after a lost race the heads are read again
             self._until_saved(run, partial(self._record_checked, run, number, good, with_id, hint))
@@ -653,13 +666,28 @@ class SyncEngine:
         self._until_saved(run, partial(self._record_checked, run, page, good, with_id, []))
 
     def _checked_page(
-        self, run: _Run, page: int | None, records: list[dict[str, Any]], refused: Iterable[RejectedRecord]
+        self,
+        run: _Run,
+        page: int | None,
+        records: list[dict[str, Any]],
+        refused: Iterable[RejectedRecord],
+        heads: Mapping[int, CustomerHead] | None = None,
     ) -> tuple[list[dict[str, Any]], list[RejectedRecord]]:
         """A page's records through the boundary: (the good ones, the refused ones with a customer id);
-        the refused ones without an id become an incident of the run."""
-        checked = check_records(records, run.encodings)
-        good = checked.records
-        rejected = [*checked.rejected, *refused]
+        the refused ones without an id become an incident of the run. With ``heads`` (the mirrored
+        customers'), a record exactly as its customer was last synced skips the checks (_as_synced)."""
+        good: list[dict[str, Any]] = []
+        checked_rejected: list[RejectedRecord] = []
+        for raw in records:
+            if heads and self._as_synced(run, raw, heads):
+                good.append(raw)
+                continue
+            outcome = check_record(raw, run.encodings)
+            if isinstance(outcome, RejectedRecord):
+                checked_rejected.append(outcome)
+            else:
+                good.append(outcome)
+        rejected = [*checked_rejected, *refused]
         without_id = [r for r in rejected if r.customer_id is None]
         with_id = [r for r in rejected if r.customer_id is not None]
         if without_id:
@@ -683,10 +711,51 @@ class SyncEngine:
             )
         return good, with_id
 
-    def _heads(self, queue: SyncQueue, records: list[dict[str, Any]]) -> dict[int, CustomerHead]:
-        """What is mirrored of these records' customers (their latest events' heads), by WooCommerce id."""
-        keys = dict(zip(customer_keys(queue, records), (r["id"] for r in records), strict=True))
+    def _heads(self, queue: SyncQueue, ids: list[int]) -> dict[int, CustomerHead]:
+        """What is mirrored of these customers (their latest events' heads), by WooCommerce id."""
+        keys = dict(zip(customer_keys_of(queue, ids), ids, strict=True))
         return {keys[key]: head for key, head in self.app.customer_heads(list(keys)).items()}
+
+    def _as_synced(self, run: _Run, raw: Any, heads: Mapping[int, CustomerHead]) -> bool:
+        """Whether a fetched record is, byte for byte in canonical form, what its mirrored customer's
+        digest names. Such a record passed the boundary's checks when it was stored (the digest is of what
+        was stored, after cleaning), so checking it again can only agree: a re-sync skips that, the most
+        expensive step of an unchanged record (text to clean, a NUL or a lone surrogate, gives other bytes
+        or none). Not for what the canonical form cannot tell apart: a float the stdlib read as infinity
+        is written `null`, so bytes with a null are checked. Such a record's line is unchanged; if a lost
+        race finds it changed after all, it is checked then (_late_checked)."""
+        cid = customer_id_of(raw)
+        head = heads.get(cid) if cid is not None else None
+        if head is None or head.deleted or head.digest is None:
+            return False
+        try:
+            encoded = run.encodings(raw)
+        except (TypeError, ValueError, OverflowError, RecursionError):
+            return False
+        if b"null" in encoded or run.encodings.digest(raw) != head.digest:
+            return False
+        run.encodings.unchecked[id(raw)] = raw
+        return True
+
+    def _late_checked(
+        self, run: _Run, records: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[RejectedRecord]]:
+        """Records to process, each through the boundary's checks if _as_synced let it skip them."""
+        unchecked = run.encodings.unchecked
+        if not unchecked:
+            return records, []
+        good: list[dict[str, Any]] = []
+        rejected: list[RejectedRecord] = []
+        for record in records:
+            if unchecked.get(id(record)) is not record:
+                good.append(record)
+                continue
+            outcome = check_record(record, run.encodings)
+            if isinstance(outcome, RejectedRecord):
+                rejected.append(outcome)
+            else:
+                good.append(outcome)
+        return good, rejected
 
     def _record_checked(
         self,
@@ -703,15 +772,19 @@ class SyncEngine:
         queue = run.queue
         if page is not None and page <= queue.pages_recorded:
             # Recorded already (by us before a lost race, or by another process): finish its drafts.
-            self._process(run, [r for r in good if _is_draft(queue, r["id"])])
+            drafts, late = self._late_checked(run, [r for r in good if _is_draft(queue, r["id"])])
+            queue.fail_lines({r.customer_id: r.error for r in late if r.customer_id is not None})
+            self._process(run, drafts)
             return
         fresh = [r for r in good if r["id"] not in queue.lines]
         fresh_rejected = [r.as_entry() for r in with_id if r.customer_id not in queue.lines]
         if page is None and not fresh and not fresh_rejected:
             return
         # Heads read by _record_pages cover every record of the page: one missing is a customer not mirrored.
-        heads = heads_read.pop() if heads_read else self._heads(queue, fresh)
-        to_process, unchanged = split_unchanged(fresh, heads, canonical=run.encodings.again)
+        heads = heads_read.pop() if heads_read else self._heads(queue, [r["id"] for r in fresh])
+        to_process, unchanged = split_unchanged(fresh, heads, digest_of=run.encodings.digest)
+        to_process, late = self._late_checked(run, to_process)
+        fresh_rejected += [r.as_entry() for r in late]
         # Only customers that exist and changed need replaying; new ones need nothing loaded.
         changed = [r for r in to_process if r["id"] in heads]
         customers = self._mirrored(queue, changed) if changed else {}

@@ -15,6 +15,7 @@ import pytest
 from domain.customer import Customer
 from domain.errors import NothingToRetryError
 from domain.queue import QueueOptions, SyncQueue
+from infrastructure.adapters.transcoder import canonical_bytes
 from infrastructure.adapters.woocommerce import ClientOptions, StoreRefused
 from infrastructure.sandbox import Faults, RunningSandbox, SandboxConfig, SandboxThread
 from infrastructure.services import sync as sync_service
@@ -430,3 +431,38 @@ def test_a_lost_race_while_unchanged_pages_wait_records_them_again(
     events = list(services.app.queue_events(second.queue_id))
     assert [e.page for e in events if isinstance(e, SyncQueue.LinesAdded)] == list(range(1, 13))
     assert [e.message for e in events if isinstance(e, SyncQueue.StoreIncident)] == ["another writer"]
+
+
+def test_a_resync_checks_only_the_records_that_are_not_exactly_as_last_synced(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unchanged record is what was checked when it was stored: the boundary's checks run again only
+    for changed records, and for records with a null (the canonical form writes infinity as null too)."""
+    checked: list[int] = []
+    real = sync_service.check_record
+
+    def counting(raw: Any, canonical: Any = None) -> Any:
+        checked.append(raw["id"])
+        return real(raw, canonical)
+
+    with SandboxThread(SandboxConfig(customers=250)) as sandbox:
+        run_sync(services, sandbox)
+        edited, nulled = sandbox.store.customer_ids()[3], sandbox.store.customer_ids()[9]
+        sandbox.store.update(edited, {"last_name": "Changed"})
+        sandbox.store.update(nulled, {"first_name": None})
+        with_null = {
+            cid
+            for cid in sandbox.store.customer_ids()
+            if b"null" in canonical_bytes(sandbox.store.api_object(cid) or {})
+        }
+        assert nulled in with_null and edited not in with_null and len(with_null) < 20
+        monkeypatch.setattr(sync_service, "check_record", counting)
+        second = run_sync(services, sandbox)
+        assert second.counts == {**second.counts, "updated": 2, "unchanged": 248}
+        assert sorted(checked) == sorted({edited} | with_null)
+
+        checked.clear()
+        third = run_sync(services, sandbox)
+        assert third.counts == {**third.counts, "unchanged": 250, "done": 250}
+        assert sorted(checked) == sorted(with_null)
+        assert mirrored(services, sandbox)[edited]["last_name"] == "Changed"
