@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -36,12 +37,36 @@ def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in keys if old.get(k) != new.get(k))
 
 
+# How much older than the mirrored record a fetched or pushed one may be and still be taken for a stale
+# copy of it (a page fetched just before a webhook delivery was applied, processed just after): such a
+# record leaves the mirror as it is. A record older than that is the store's word (a store restored from
+# a backup; a mirrored date far in the future from a store's wrong clock must not freeze the mirror).
+STALE_WINDOW = timedelta(hours=1)
+# The start of the reason of a deletion a webhook delivery pushed (domain.webhook.deletion_reason).
+PUSHED_DELETION = "deleted in the store (webhook delivery"
+
+
+def _modified(record: Mapping[str, Any]) -> datetime | None:
+    value = record.get("date_modified_gmt")
+    if not isinstance(value, str) or len(value) != 19:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
 def is_older(record: Mapping[str, Any], than: Mapping[str, Any]) -> bool:
-    """Whether ``record`` was last modified strictly before ``than`` by the store's own clock
-    (``date_modified_gmt``, WooCommerce's "YYYY-MM-DDTHH:MM:SS", which sorts as text). Unknown either
-    side: not older."""
-    new, old = record.get("date_modified_gmt"), than.get("date_modified_gmt")
-    return isinstance(new, str) and isinstance(old, str) and len(new) == len(old) and new < old
+    """Whether ``record`` is a stale copy of ``than``: last modified (the store's ``date_modified_gmt``)
+    before it, by at most STALE_WINDOW. Unknown either side: not older."""
+    new, old = _modified(record), _modified(than)
+    return new is not None and old is not None and old - STALE_WINDOW <= new < old
+
+
+def is_newer(record: Mapping[str, Any], than: Mapping[str, Any]) -> bool:
+    """Whether ``record`` was modified after ``than`` by the store's clock (unknown either side: not)."""
+    new, old = _modified(record), _modified(than)
+    return new is not None and old is not None and new > old
 
 
 @dataclass(frozen=True)
@@ -93,6 +118,7 @@ class Customer(Aggregate):
         self.digest = digest
         self.last_queue_id = queue_id
         self.deleted = False
+        self.deleted_reason = ""
 
     def sync(self, record: dict[str, Any], digest: str, queue_id: str) -> str:
         """Bring the mirror up to date with ``record``; returns the line's result. A record the store
@@ -101,6 +127,14 @@ class Customer(Aggregate):
         if digest == self.digest and not self.deleted:
             return "unchanged"
         if not self.deleted and is_older(record, self.record):
+            return "unchanged"
+        if (
+            self.deleted
+            and self.deleted_reason.startswith(PUSHED_DELETION)
+            and not is_newer(record, self.record)
+        ):
+            # The store said it deleted this customer; a copy from before (a page fetched before the
+            # deletion arrived) brings it back only once the store shows it changed since.
             return "unchanged"
         self._changed(
             record=record, digest=digest, fields=changed_fields(self.record, record), queue_id=queue_id
@@ -121,4 +155,5 @@ class Customer(Aggregate):
     @event(Deleted)
     def _deleted(self, reason: str, queue_id: str) -> None:
         self.deleted = True
+        self.deleted_reason = reason
         self.last_queue_id = queue_id

@@ -21,7 +21,7 @@ from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.customer import Customer, is_older
+from domain.customer import PUSHED_DELETION, Customer, is_older
 
 DELIVERY_NAMESPACE = UUID("6f2b8c1e-9d3a-4b7f-a5e0-2c8d4f1b7a39")
 
@@ -41,7 +41,8 @@ def delivery_key(org_id: str, store_id: str, topic: str, woo_id: int | None, bod
 
 
 def deletion_reason(delivery_id: str) -> str:
-    return f"deleted in the store (webhook delivery {delivery_id})" if delivery_id else "deleted in the store"
+    """The reason a pushed deletion records (it starts with domain.customer.PUSHED_DELETION)."""
+    return f"{PUSHED_DELETION} {delivery_id or 'without an id'})"
 
 
 class WebhookDelivery(Aggregate):

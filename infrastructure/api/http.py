@@ -55,7 +55,12 @@ from infrastructure.adapters.secrets import SECRET_KEY_VARIABLE, SecretKey
 from infrastructure.adapters.woocommerce import ClientOptions, StoreCredentials
 from infrastructure.api import auth, operations
 from infrastructure.api.auth import PRINCIPAL_KEY, Principal, Role
-from infrastructure.services.deliveries import MAX_DELIVERY_BYTES, SignatureRefused, WebhookReceiver
+from infrastructure.services.deliveries import (
+    MAX_DELIVERY_BYTES,
+    SignatureRefused,
+    UnknownStoreError,
+    WebhookReceiver,
+)
 from infrastructure.services.jobs import SyncJobs
 from infrastructure.services.localjobs import LocalSyncJobs
 from infrastructure.services.runs import MAX_RUNS, RunRequest, StoreMismatchError
@@ -482,8 +487,9 @@ class SyncApi:
         self._jobs: SyncJobs | LocalSyncJobs | None = None
         self._deliveries = ThreadPoolExecutor(max_workers=DELIVERY_THREADS, thread_name_prefix="wcsync-hooks")
         self._receiver: WebhookReceiver | None = None
-        # Requests refused for their signature, per address: past the limit, 429 before any work.
+        # Requests refused for their signature, per address and store; unknown store ids, per address.
         self._refused = auth.FailureLimiter()
+        self._unknown = auth.FailureLimiter()
 
     async def open_jobs(self) -> None:
         if self.settings.secret_key is not None:
@@ -574,15 +580,14 @@ class SyncApi:
 
     async def webhook(self, request: web.Request) -> web.Response:
         """A store's webhook delivery: 200 once it is durable (or was already, or for the ping); 401 for a
-        missing or wrong signature, 404 for no such store; from an address with too many refusals, 429."""
+        missing or wrong signature, 404 for no such store. A good signature is never refused for what
+        others sent: the refusals are counted per address and store (10 in 60 s: 429 from then on for that
+        store from that address), the unknown store ids per address (the same)."""
+        address = auth.client_address(request.remote)
         try:
             store_id = UUID(request.match_info["store_id"])
         except ValueError:
-            raise ApiError(404, "not_found", "no registered store of this id") from None
-        address = auth.client_address(request.remote)
-        wait = self._refused.retry_after(address)
-        if wait is not None:
-            raise auth.TooManyAttempts(wait)
+            raise self._unknown_store(address) from None
         if self.settings.secret_key is None:
             raise NotConfiguredError()
         if self._receiver is None:
@@ -597,10 +602,23 @@ class SyncApi:
             receipt = await loop.run_in_executor(
                 self._deliveries, self._receiver.receive, store_id, request.headers, body
             )
+        except UnknownStoreError:
+            raise self._unknown_store(address) from None
         except SignatureRefused:
-            self._refused.failed(address)
+            key = f"{address} {store_id}"
+            self._refused.failed(key)
+            wait = self._refused.retry_after(key)
+            if wait is not None:
+                raise auth.TooManyAttempts(wait) from None
             raise
         return _ok({"outcome": receipt.outcome})
+
+    def _unknown_store(self, address: str) -> WcsyncError:
+        self._unknown.failed(address)
+        wait = self._unknown.retry_after(address)
+        if wait is not None:
+            return auth.TooManyAttempts(wait)
+        return ApiError(404, "not_found", "no registered store of this id")
 
     # ----- /api/v1/stores (admin) ----------------------------------------------------------------------
 

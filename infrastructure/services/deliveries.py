@@ -58,6 +58,9 @@ _PING = re.compile(rb"webhook_id=\d{1,20}")
 REFUSAL_PERIOD_S = 60.0
 _MAX_HEADER_CHARS = 200
 MAX_APPLY_ATTEMPTS = 5
+# What every customer record WooCommerce sends has besides its id (a created/updated body lacking one is
+# not a customer record: a deletion's body replayed, say).
+_RECORD_FIELDS = ("email", "billing", "shipping")
 _RECEIVED_TOPIC = get_topic(WebhookDelivery.Received)
 
 
@@ -112,13 +115,17 @@ def signature_of(secret: str, body: bytes) -> str:
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:
+    """A header's value as recorded: printable ASCII only (anything else, e.g. the lone surrogates aiohttp
+    makes of bytes that are not UTF-8, would not even store), trimmed, at most _MAX_HEADER_CHARS."""
     value = headers.get(name)
-    return value.strip()[:_MAX_HEADER_CHARS] if isinstance(value, str) else ""
+    if not isinstance(value, str):
+        return ""
+    return "".join(c if " " <= c <= "~" else "?" for c in value.strip()[:_MAX_HEADER_CHARS])
 
 
 def _webhook_id(headers: Mapping[str, str]) -> int | None:
     text = _header(headers, WEBHOOK_ID_HEADER)
-    return int(text) if text.isdigit() and len(text) <= 18 else None
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
 class _Refusals:
@@ -254,8 +261,15 @@ def _checked(topic: str, body: bytes) -> tuple[dict[str, Any] | None, str | None
     woo_id = customer_id_of(raw)
     if woo_id is None:
         return None, f"id: {describe_id(raw)}", None
+    # The signature covers the body, not the topic header: a body must be what its topic sends, so a
+    # signed body replayed under another topic does nothing (a deletion's is {"id": N} and only that).
     if topic == DELETED:
+        if set(raw) != {"id"}:
+            return None, 'a customer.deleted body is {"id": N} and nothing else', None
         return {"id": woo_id}, None, None
+    missing = [name for name in _RECORD_FIELDS if name not in raw]
+    if missing:
+        return None, f"a {topic} body is a whole customer record; it has no {', '.join(missing)}", None
     checked = check_record(raw, canonical_bytes)
     if isinstance(checked, RejectedRecord):
         return None, checked.error, checked.excerpt

@@ -12,6 +12,7 @@ import http.client
 import json
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID, uuid4
@@ -307,7 +308,9 @@ def test_a_delivery_older_than_the_mirror_and_a_deletion_of_an_unknown_customer_
     secret = secret_of(services, store_id)
     target = sorted(mirror(services, sandbox))[3]
     current = store_record(sandbox, target)
-    older = json.dumps({**current, "last_name": "Stale", "date_modified_gmt": "2000-01-01T00:00:00"}).encode()
+    modified = datetime.fromisoformat(current["date_modified_gmt"]) - timedelta(minutes=10)
+    stale = {**current, "last_name": "Stale", "date_modified_gmt": modified.isoformat()}
+    older = json.dumps(stale).encode()
     unknown = json.dumps({"id": 987654}).encode()
     post(api, store_id, older, signed(secret, "customer.updated", older))
     post(api, store_id, unknown, signed(secret, "customer.deleted", unknown))
@@ -337,11 +340,47 @@ def test_an_unknown_store_is_404_and_a_server_without_the_key_is_503(
     assert code == 503 and error_of(answer)["code"] == "not_configured"
 
 
-def test_an_address_refused_too_often_gets_429(services: Services, api: Api, sandbox: RunningSandbox) -> None:
+def test_refusals_are_limited_per_address_and_store_and_never_refuse_a_good_signature(
+    services: Services, api: Api, sandbox: RunningSandbox
+) -> None:
+    run_sync(services, sandbox)
     store_id = register(services, sandbox)
+    secret = secret_of(services, store_id)
     body = b"{}"
     codes = [post(api, store_id, body, signed("wrong", "customer.updated", body))[0] for _ in range(12)]
     assert codes[:10] == [401] * 10 and codes[-1] == 429
+    # The same address's good delivery still passes: a flood of bad ones blocks nobody's good ones.
+    good = json.dumps(store_record(sandbox, sorted(mirror(services, sandbox))[0])).encode()
+    assert post(api, store_id, good, signed(secret, "customer.updated", good))[0] == 200
+    # Unknown store ids: 404, then 429 for that address once it guessed too often.
+    unknown = [post(api, uuid4(), body, signed("x", "customer.updated", body))[0] for _ in range(12)]
+    assert unknown[:10] == [404] * 10 and unknown[-1] == 429
+    assert post(api, store_id, good, signed(secret, "customer.updated", good))[0] == 200
+
+
+def test_a_body_must_be_what_its_topic_sends_and_odd_headers_are_recorded_safely(
+    services: Services, api: Api, sandbox: RunningSandbox
+) -> None:
+    run_sync(services, sandbox)
+    store_id = register(services, sandbox)
+    secret = secret_of(services, store_id)
+    target = sorted(mirror(services, sandbox))[5]
+    full = json.dumps(store_record(sandbox, target)).encode()
+    # A signed customer.updated body replayed as a deletion, and a deletion's body replayed as an update.
+    replayed = {**signed(secret, "customer.deleted", full), "X-WC-Webhook-ID": "\u00b2"}
+    assert post(api, store_id, full, replayed)[0] == 200
+    deletion = json.dumps({"id": target}).encode()
+    odd = {**signed(secret, "customer.updated", deletion), "X-WC-Webhook-Delivery-ID": "d\u00e9j\u00e0"}
+    assert post(api, store_id, deletion, odd)[0] == 200
+    assert services.delivery_applier().step() == 2
+    services.catch_up()
+    rows = queries.webhook_deliveries(services.projections, ORG, store_id)
+    assert {row["state"] for row in rows} == {"failed"}
+    errors = sorted(row["error"] for row in rows)
+    assert 'is {"id": N} and nothing else' in errors[0] and "whole customer record" in errors[1]
+    assert {row["webhookId"] for row in rows} == {None, 7}
+    assert all(row["deliveryId"].isascii() and row["deliveryId"].isprintable() for row in rows)
+    assert not mirror(services, sandbox)[target]["is_deleted"]
 
 
 def _org_activity(services: Services) -> list[dict[str, Any]]:

@@ -65,13 +65,42 @@ def test_an_update_changes_the_customer_unless_it_is_the_same(
 
 
 def test_an_older_record_leaves_the_mirror_as_it_is_by_delivery_and_by_sync() -> None:
-    mirrored = customer(record(modified="2026-05-05T00:00:00"))
-    d = delivery(UPDATED, record(modified="2026-01-01T00:00:00", email="stale@example.org"))
+    mirrored = customer(record(modified="2026-05-05T00:30:00"))
+    d = delivery(UPDATED, record(modified="2026-05-05T00:00:00", email="stale@example.org"))
     assert d.apply_to(mirrored, "new") is None and d.outcome == "older"
-    assert mirrored.sync(record(modified="2026-01-01T00:00:00"), "new", "q2") == "unchanged"
-    assert mirrored.record["date_modified_gmt"] == "2026-05-05T00:00:00"
+    assert mirrored.sync(record(modified="2026-05-05T00:00:00"), "new", "q2") == "unchanged"
+    assert mirrored.record["date_modified_gmt"] == "2026-05-05T00:30:00"
     # Unknown dates are never "older": the record is applied.
     assert not is_older({"id": 1}, record()) and not is_older(record(), {"id": 1})
+
+
+def test_a_record_much_older_than_the_mirror_is_the_stores_word() -> None:
+    """A store restored from a backup, or a mirrored date far in the future from a wrong clock: older by
+    more than STALE_WINDOW is applied, so nothing freezes the mirror."""
+    mirrored = customer(record(modified="9999-12-31T23:59:59"))
+    assert (
+        mirrored.sync(record(modified="2026-05-05T00:00:00", email="b@example.org"), "new", "q2") == "updated"
+    )
+    restored = customer(record(modified="2026-05-05T00:00:00"))
+    assert restored.sync(record(modified="2026-04-01T00:00:00"), "new", "q2") == "updated"
+    assert is_older(record(modified="2026-05-04T23:00:00"), record(modified="2026-05-05T00:00:00"))
+    assert not is_older(record(modified="2026-05-04T22:59:59"), record(modified="2026-05-05T00:00:00"))
+
+
+def test_a_pushed_deletion_is_undone_only_by_a_record_changed_since() -> None:
+    mirrored = customer(record(modified="2026-05-05T00:00:00"))
+    delivery(DELETED, {"id": 7}).apply_to(mirrored, None)
+    # A page fetched before the deletion arrived: the same record, or an older one.
+    assert (
+        mirrored.sync(record(modified="2026-05-05T00:00:00", email="x@example.org"), "n", "q") == "unchanged"
+    )
+    assert mirrored.deleted
+    assert mirrored.sync(record(modified="2026-05-06T00:00:00"), "n2", "q") == "updated"
+    assert not mirrored.deleted
+    # A deletion by a complete scan is undone by the store listing the customer again, as before.
+    scanned = customer(record())
+    scanned.delete("absent from a complete scan of the store", "q")
+    assert scanned.sync(record(), "n", "q2") == "updated"
 
 
 def test_a_deletion_marks_the_customer_deleted_once_and_names_the_delivery_id() -> None:
