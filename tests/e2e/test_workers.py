@@ -115,7 +115,22 @@ def _done_lines(database: DatabaseConfig, queue_id: str) -> int:
         return int(services.app.get_queue(UUID(queue_id)).lines.count("done"))
 
 
-@pytest.mark.sandbox(customers=400, faults=Faults(latency_ms=30))
+def _frozen_mid_sync(database: DatabaseConfig, victim: subprocess.Popen[Any], customers: int) -> str | None:
+    """SIGSTOP ``victim`` and give the queue it was then mid-sync of (its lease held, some lines done, not
+    all); if it held none such (between queues, or not started), let it go on (SIGCONT) and give None.
+    Frozen, it cannot finish that queue while the test looks at it, however slow the machine is."""
+    victim.send_signal(signal.SIGSTOP)
+    for queue_id, (_, pid) in _leases(database).items():
+        if pid == victim.pid and 0 < _done_lines(database, queue_id) < customers:
+            return queue_id
+    victim.send_signal(signal.SIGCONT)
+    return None
+
+
+MANY = 300
+
+
+@pytest.mark.sandbox(customers=MANY, faults=Faults(latency_ms=30))
 def test_three_workers_six_syncs_one_killed_mid_sync_all_done(
     env: dict[str, str], workers: Workers, sandbox: RunningSandbox
 ) -> None:
@@ -126,7 +141,7 @@ def test_three_workers_six_syncs_one_killed_mid_sync_all_done(
     queues = {org: _detach(bare, org, stores[org])["queueId"] for org in orgs}
     processes = [workers.start() for _ in range(3)]
 
-    # Each worker mid-sync of a queue (its lease held, lines done); kill the first worker's.
+    # Each worker mid-sync of a queue (its lease held, lines done); kill the first one, frozen mid-sync.
     pids = {p.pid for p in processes}
 
     def three_held() -> dict[str, tuple[str, int]] | None:
@@ -144,8 +159,7 @@ def test_three_workers_six_syncs_one_killed_mid_sync_all_done(
     }
     assert {job["queueId"] for job in jobs} <= set(queues.values())
     victim = processes[0]
-    [killed_queue] = [queue for queue, (_, pid) in held.items() if pid == victim.pid]
-    wait_until(lambda: _done_lines(database, killed_queue) > 0)
+    killed_queue = wait_until(lambda: _frozen_mid_sync(database, victim, MANY))
     listed = as_json(wcsync("workers", "--json", env=bare))
     assert len(listed) == 3 and {q for row in listed for q in row["queues"]} <= set(queues.values())
     assert killed_queue in {q for row in listed for q in row["queues"]}
@@ -157,7 +171,7 @@ def test_three_workers_six_syncs_one_killed_mid_sync_all_done(
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=10)
     killed_at = time.monotonic()
-    assert _done_lines(database, killed_queue) < 400  # mid-sync
+    assert _done_lines(database, killed_queue) < MANY  # mid-sync
 
     # Another worker takes the killed worker's queue up within 60 s.
     killed_org = next(org for org in orgs if queues[org] == killed_queue)
@@ -166,7 +180,7 @@ def test_three_workers_six_syncs_one_killed_mid_sync_all_done(
         lease = _leases(database).get(killed_queue)
         if lease is not None:
             return lease[1] != victim.pid
-        return _done_lines(database, killed_queue) == 400  # finished already by its new worker
+        return _done_lines(database, killed_queue) == MANY  # finished already by its new worker
 
     wait_until(taken_up, deadline_s=60)
     assert time.monotonic() - killed_at < 60
