@@ -22,7 +22,7 @@ import structlog
 
 from infrastructure.adapters.eventlog import postgres_has_events_table, sqlite_has_events_table
 from infrastructure.adapters.eventstore import DATABASE_ERRORS, SyncApplication, require_database
-from infrastructure.adapters.leases import QueueLeases, default_holder
+from infrastructure.adapters.leases import QueueLeases, default_holder, pid_exists, this_machine
 from infrastructure.adapters.localjobs import LocalJobs
 from infrastructure.adapters.migrations import apply_migrations
 from infrastructure.adapters.positions import LogPositions
@@ -35,7 +35,7 @@ from infrastructure.adapters.woocommerce import (
     StoreCredentials,
     WooCommerceClient,
 )
-from infrastructure.services.deliveries import DeliveryApplier, WebhookReceiver
+from infrastructure.services.deliveries import APPLIER_STALE_S, DeliveryApplier, WebhookReceiver
 from infrastructure.services.jobs import JobWorker, SyncJobRunner, SyncJobs, WorkerSettings
 from infrastructure.services.localjobs import LocalJobWorker, LocalSyncJobs, pickup_abandoned
 from infrastructure.services.runs import BackgroundRuns
@@ -70,6 +70,8 @@ FOLLOWER_JOIN_S = 5.0
 LIVE_PROCESS_VARIABLE = "WCSYNC_LIVE_PROCESS"
 # The name the webhook deliveries' applier keeps its position in the log under (wcsync_positions).
 DELIVERIES_POSITION = "webhook-deliveries"
+# The turn of the worker that looks at the stores' installed webhooks (a row of wcsync_positions, no position).
+WATCH_TURN = "webhook-watch"
 
 log = structlog.get_logger("wcsync.bootstrap")
 
@@ -194,8 +196,8 @@ class Services:
     write_gate: WriteGate | None = field(default=None, repr=False)
     _live: _Follower | None = field(default=None, repr=False)  # the live follower thread's loop
     _catch_up_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _opened: list[StoreSecrets | ApiTokens | LocalJobs | ScheduleTable | LogPositions] = field(
-        default_factory=list, repr=False
+    _opened: list[StoreSecrets | ApiTokens | LocalJobs | ScheduleTable | LogPositions | DeliveryApplier] = (
+        field(default_factory=list, repr=False)
     )
     _tokens: ApiTokens | None = field(default=None, repr=False)
     _leases: QueueLeases | None = field(default=None, repr=False)
@@ -303,7 +305,18 @@ class Services:
         async def deliveries() -> int:
             return await asyncio.to_thread(applier.step)
 
+        watch_turn = LogPositions(self.database, write_gate=self.write_gate)
+        self._opened.append(watch_turn)
+        holder = f"{os.getpid()}@{this_machine()}"
+
         async def webhooks() -> dict[UUID, bool]:
+            # One worker of all looks (its turn held from look to look, taken over when it goes silent).
+            stale_s = 3 * settings.webhook_check_s
+            mine = await asyncio.to_thread(
+                watch_turn.claim, WATCH_TURN, holder, time.time(), stale_s, _dead_here
+            )
+            if not mine:
+                return {}
             stores = await asyncio.to_thread(self._stores_with_webhooks)
             return await hooks.watch(stores, watcher)
 
@@ -321,12 +334,19 @@ class Services:
         """The step that applies the recorded webhook deliveries to their customers (every worker runs it
         beside its jobs), its position in the log kept in the database."""
         positions = LogPositions(self.database, write_gate=self.write_gate)
-        self._opened.append(positions)  # closed with the services
-        return DeliveryApplier(
+        holder = f"{os.getpid()}@{this_machine()}"
+        applier = DeliveryApplier(
             self.app,
             lambda: positions.get(DELIVERIES_POSITION),
             lambda position: positions.put(DELIVERIES_POSITION, position),
+            claim=lambda: positions.claim(
+                DELIVERIES_POSITION, holder, time.time(), APPLIER_STALE_S, _dead_here
+            ),
+            release=lambda: positions.release(DELIVERIES_POSITION, holder),
         )
+        # Closed with the services, the applier first: it gives its turn up through the positions' connection.
+        self._opened.extend([applier, positions])
+        return applier
 
     def webhook_receiver(self, key: SecretKey) -> WebhookReceiver:
         """`wcsync serve`'s webhook receiver: a store's webhook secret from the registry under ``key``."""
@@ -490,6 +510,12 @@ class Services:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _dead_here(holder: str) -> bool:
+    """Whether an applier's holder (``pid@machine``) was a process of this machine that is gone."""
+    pid, _, machine = holder.partition("@")
+    return machine == this_machine() and pid.isdigit() and not pid_exists(int(pid))
 
 
 def _store_client(

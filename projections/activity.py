@@ -41,6 +41,8 @@ ACTIVITY_TABLE = Table(
     ),
 )
 
+# The queues' (and deliveries') orgs kept in memory at most; past it they are read from the table again.
+MAX_KNOWN_ORGS = 100_000
 # Room for this many rows per event in the id (notification id * ROWS_PER_EVENT + index).
 ROWS_PER_EVENT = 1_000_000
 
@@ -70,6 +72,8 @@ class ActivityProjection(Projection):
         self._orgs: dict[UUID, str] = {}
 
     def apply(self, db: Database, suffix: str, items: Sequence[Item]) -> None:
+        if len(self._orgs) > MAX_KNOWN_ORGS:  # a delivery a row: bounded, the table has them all anyway
+            self._orgs.clear()
         for _, event in items:
             if isinstance(
                 event,

@@ -402,13 +402,17 @@ def webhook_summary(source: Source, org_id: str, store_id: UUID) -> dict[str, An
             ("requests", "reason", "recorded_at"),
             "org_id = %s AND store_id = %s",
             [org_id, key],
-            "ORDER BY recorded_at DESC",
+            "ORDER BY recorded_at DESC LIMIT 1",
+        )
+        total = db.fetchall(
+            f"SELECT COALESCE(SUM(requests), 0) FROM {REFUSAL_TABLE.name} WHERE org_id = %s AND store_id = %s",
+            [org_id, key],
         )
     return {
         "lastDeliveryAt": last,
         "byTopic": by_topic,
         "deliveries": {name: states.get(name, 0) for name in ("pending", "applied", "failed")},
-        "refused": sum(int(row["requests"]) for row in refused),
+        "refused": int(total[0][0]),
         "lastRefusal": (
             {"at": refused[0]["recorded_at"], "reason": refused[0]["reason"]} if refused else None
         ),

@@ -164,15 +164,19 @@ def _schedules(seconds: str) -> tuple[str, ...]:
 
 
 # How far a reader of the event log that writes no projection has got (the webhook deliveries' applier):
-# a name, the last notification id it is done with. Ahead of it lies only what it has still to do.
-_POSITIONS = (
-    f"CREATE TABLE {POSITIONS_TABLE} (\n"
-    "  name TEXT NOT NULL,\n"
-    "  position BIGINT NOT NULL,\n"
-    "  updated_at TEXT NOT NULL,\n"
-    f"  CONSTRAINT {POSITIONS_TABLE}_pkey PRIMARY KEY (name)\n"
-    ")",
-)
+# a name, the last notification id it is done with (ahead of it lies only what it has still to do), and
+# which process reads it now (``holder``, its heartbeat epoch seconds): one at a time, taken over once stale.
+def _positions(seconds: str) -> tuple[str, ...]:
+    return (
+        f"CREATE TABLE {POSITIONS_TABLE} (\n"
+        "  name TEXT NOT NULL,\n"
+        "  position BIGINT NOT NULL,\n"
+        "  updated_at TEXT NOT NULL,\n"
+        "  holder TEXT,\n"
+        f"  heartbeat_at {seconds},\n"
+        f"  CONSTRAINT {POSITIONS_TABLE}_pkey PRIMARY KEY (name)\n"
+        ")",
+    )
 
 
 def _procrastinate_schema() -> str:
@@ -220,7 +224,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         7,
         "log positions: how far the webhook deliveries' applier has applied the event log",
-        {POSTGRES: _POSITIONS, SQLITE: _POSITIONS},
+        {POSTGRES: _positions("DOUBLE PRECISION"), SQLITE: _positions("REAL")},
     ),
 )
 

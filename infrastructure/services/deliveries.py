@@ -37,10 +37,11 @@ from domain.customer import Customer, customer_key
 from domain.errors import WcsyncError
 from domain.validation import MAX_RECORD_BYTES, RejectedRecord, check_record, customer_id_of, describe_id
 from domain.webhook import DELETED, TOPICS, RefusedDeliveries, WebhookDelivery
-from infrastructure.adapters.eventstore import ConcurrentWriteError, SyncApplication
+from infrastructure.adapters.eventstore import DATABASE_ERRORS, ConcurrentWriteError, SyncApplication
 from infrastructure.adapters.schema import iso
 from infrastructure.adapters.transcoder import canonical_bytes
 from infrastructure.services.stores import WebhookTarget
+from infrastructure.support.errors import StorageError
 from infrastructure.support.metrics import PROCESS
 
 log = structlog.get_logger("wcsync.webhooks")
@@ -58,10 +59,20 @@ _PING = re.compile(rb"webhook_id=\d{1,20}")
 REFUSAL_PERIOD_S = 60.0
 _MAX_HEADER_CHARS = 200
 MAX_APPLY_ATTEMPTS = 5
+# The applier's turn (one of all workers) is claimed again this often; a holder silent for
+# APPLIER_STALE_S is taken over (at once when it was a process of this host that died).
+CLAIM_EVERY_S = 2.0
+APPLIER_STALE_S = 10.0
+POSITION_EVERY_S = 5.0
+# A delivery whose apply failed this many times (not a conflict, not the database) is failed with the
+# error, so one delivery cannot hold up every later one of every org.
+MAX_DELIVERY_ERRORS = 3
 # What every customer record WooCommerce sends has besides its id (a created/updated body lacking one is
 # not a customer record: a deletion's body replayed, say).
 _RECORD_FIELDS = ("email", "billing", "shipping")
 _RECEIVED_TOPIC = get_topic(WebhookDelivery.Received)
+# The database's own failures: the step stops and the next tries again (nothing is the delivery's fault).
+STORAGE_ERRORS: tuple[type[BaseException], ...] = (StorageError, *DATABASE_ERRORS)
 
 
 class UnknownStoreError(WcsyncError):
@@ -286,17 +297,52 @@ class DeliveryApplier:
         save_position: Callable[[int], None],
         on_applied: Callable[[], None] | None = None,
         batch: int = 100,
+        claim: Callable[[], bool] | None = None,
+        release: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
         self.load_position = load_position
         self.save_position = save_position
         self.on_applied = on_applied
         self.batch = batch
+        # One applier at a time of all workers (``claim``: take or keep the turn, refreshing its heartbeat),
+        # looked at every CLAIM_EVERY_S; None: this one always applies (a test, the demo).
+        self.claim = claim
+        self.release = release
+        self.clock = clock
         self._position: int | None = None
+        self._turn_until = float("-inf")  # this applier's turn is known to be its own until then
+        self._saved_at = float("-inf")
+        self._failures: dict[UUID, int] = {}
+
+    def _my_turn(self) -> bool:
+        if self.claim is None:
+            return True
+        now = self.clock()
+        if now < self._turn_until:
+            return True
+        if self.claim():
+            self._turn_until = now + CLAIM_EVERY_S
+            return True
+        self._position = None  # another applier moves the position meanwhile: read it again on our turn
+        self._turn_until = float("-inf")
+        return False
+
+    def close(self) -> None:
+        """Give the turn up (a worker stopping): another applier takes it at its next look."""
+        if self.release is not None and self._turn_until > float("-inf"):
+            try:
+                self.release()
+            except Exception as error:  # its heartbeat goes stale anyway
+                log.warning("webhooks.release_failed", error=str(error)[:200])
 
     def step(self) -> int:
-        """Apply what was recorded since the last step; how many deliveries it applied or failed. A
-        storage error propagates, the position kept at the last delivery done: the next step starts there."""
+        """Apply what was recorded since the last step, when it is this applier's turn; how many deliveries
+        it applied or failed. A storage error propagates, the position kept at the last delivery done: the
+        next step starts there."""
+        if not self._my_turn():
+            return 0
         if self._position is None:
             self._position = self.load_position()
         head = int(self.app.recorder.max_notification_id() or 0)
@@ -313,15 +359,19 @@ class DeliveryApplier:
                     start = found[-1].id if found else start
                 else:  # another writer changed one of their customers meanwhile: one at a time
                     for notification in found:
-                        if self._apply(UUID(str(notification.originator_id))):
+                        if self._apply_alone(UUID(str(notification.originator_id))):
                             done += 1
                         start = notification.id
                 if len(found) < self.batch:
                     start = head
         finally:
+            # Saved when a delivery was applied, else at most every POSITION_EVERY_S: a busy log moves it
+            # every step, and a position a little behind only means a few notifications read again.
             if start != self._position:
-                self.save_position(start)
                 self._position = start
+                if done or self.clock() - self._saved_at >= POSITION_EVERY_S:
+                    self.save_position(start)
+                    self._saved_at = self.clock()
             if done and self.on_applied is not None:
                 self.on_applied()
         return done
@@ -329,7 +379,17 @@ class DeliveryApplier:
     def _apply_together(self, delivery_ids: list[UUID]) -> int | None:
         """Apply these deliveries in order in one transaction (a burst of them costs one commit, not one
         each: the event store's insert lock is taken once); how many it applied, or None when another
-        writer got there first (nothing of it is saved: the caller applies them one at a time)."""
+        writer got there first or one of them fails (nothing of it is saved: the caller applies them one
+        at a time)."""
+        try:
+            return self._together(delivery_ids)
+        except STORAGE_ERRORS:
+            raise
+        except Exception as error:  # one delivery that cannot be applied: found one at a time
+            log.warning("webhooks.apply_together_failed", error=type(error).__name__)
+            return None
+
+    def _together(self, delivery_ids: list[UUID]) -> int | None:
         deliveries: list[WebhookDelivery] = []
         for delivery_id in delivery_ids:
             try:
@@ -364,6 +424,27 @@ class DeliveryApplier:
                 outcome=delivery.outcome,
             )
         return len(deliveries)
+
+    def _apply_alone(self, delivery_id: UUID) -> bool:
+        """``_apply``, and a delivery that keeps failing for a reason of its own (not the database's) is
+        failed with the error after MAX_DELIVERY_ERRORS attempts, so it holds up no later delivery."""
+        try:
+            applied = self._apply(delivery_id)
+        except STORAGE_ERRORS:
+            raise
+        except Exception as error:
+            count = self._failures[delivery_id] = self._failures.get(delivery_id, 0) + 1
+            log.warning(
+                "webhooks.apply_failed", delivery=str(delivery_id), attempt=count, error=type(error).__name__
+            )
+            if count < MAX_DELIVERY_ERRORS:
+                raise
+            delivery: WebhookDelivery = self.app.repository.get(delivery_id)
+            delivery.fail(f"could not be applied: {type(error).__name__}: {str(error)[:200]}")
+            self.app.save_batch(delivery)
+            applied = True
+        self._failures.pop(delivery_id, None)
+        return applied
 
     def _apply(self, delivery_id: UUID) -> bool:
         """Apply one delivery (True) unless it was already (False). A customer another writer changed

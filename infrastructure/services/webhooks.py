@@ -15,6 +15,7 @@ field from the store's answers, and the store's ``secret`` is not one of those f
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
@@ -105,8 +106,8 @@ class StoreWebhooks:
         the store's webhook secret (made on the first install); delete duplicates. Each webhook's
         ``action``: created | updated | unchanged. A key that cannot write: StoreRefused (exit 3)."""
         target = delivery_url(public_url, store_id)  # checked before anything is read or made
-        settings = self.registry.settings(org_id, store_id)
-        secret = self.registry.webhook_secret(org_id, store_id, create=True)
+        settings = await asyncio.to_thread(self.registry.settings, org_id, store_id)
+        secret = await asyncio.to_thread(self.registry.webhook_secret, org_id, store_id, True)
         assert secret is not None
         wanted = {"status": ACTIVE, "delivery_url": target, "secret": secret}
         rows: list[dict[str, Any]] = []
@@ -126,7 +127,7 @@ class StoreWebhooks:
                     await client.delete_webhook(duplicate["id"])
                     removed.append(duplicate["id"])
                 rows.append({**_shown(topic, hook), "action": action})
-        self.registry.webhooks_installed(org_id, store_id, target, actor)
+        await asyncio.to_thread(self.registry.webhooks_installed, org_id, store_id, target, actor)
         log.info(
             "webhooks.installed",
             org_id=org_id,
@@ -149,17 +150,18 @@ class StoreWebhooks:
         only when all three are active; ``receiver``: the store's deliveries by state and the requests
         refused for their signature. A status that changed since last recorded is recorded (an activity,
         the store's action-required reason)."""
-        settings = self.registry.settings(org_id, store_id)
+        settings = await asyncio.to_thread(self.registry.settings, org_id, store_id)
         async with self.client(settings.url, _credentials(settings)) as client:
             hooks = await client.webhooks()
         rows = []
         for topic in TOPICS:
             found = _matches(hooks, topic, store_id)
             rows.append(_shown(topic, found[0]) if found else _missing(topic))
-        self.registry.webhook_statuses_seen(
-            org_id, store_id, {row["topic"]: str(row["status"]) for row in rows}, actor
+        seen = {row["topic"]: _status_word(row["status"]) for row in rows}
+        await asyncio.to_thread(self.registry.webhook_statuses_seen, org_id, store_id, seen, actor)
+        receiver = (
+            await asyncio.to_thread(self.receiver, org_id, store_id) if self.receiver is not None else None
         )
-        receiver = self.receiver(org_id, store_id) if self.receiver is not None else None
         for row in rows:
             topic = (receiver or {}).get("byTopic", {}).get(row["topic"], {})
             row.update(lastDeliveryAt=topic.get("lastDeliveryAt"), failuresCounted=topic.get("failed", 0))
@@ -191,7 +193,7 @@ class StoreWebhooks:
     ) -> dict[str, Any]:
         """Delete every webhook of this store's (force: WooCommerce does not trash them). Idempotent: none
         left is success, ``removed`` empty."""
-        settings = self.registry.settings(org_id, store_id)
+        settings = await asyncio.to_thread(self.registry.settings, org_id, store_id)
         removed: list[dict[str, Any]] = []
         async with self.client(settings.url, _credentials(settings)) as client:
             hooks = await client.webhooks()
@@ -199,9 +201,18 @@ class StoreWebhooks:
                 for hook in _matches(hooks, topic, store_id):
                     if await client.delete_webhook(hook["id"]):
                         removed.append({"id": hook["id"], "topic": topic})
-        self.registry.webhooks_uninstalled(org_id, store_id, actor)
+        await asyncio.to_thread(self.registry.webhooks_uninstalled, org_id, store_id, actor)
         log.info("webhooks.uninstalled", org_id=org_id, store_id=str(store_id), removed=len(removed))
         return {"storeId": str(store_id), "removed": removed}
+
+
+# A webhook's status as recorded: WooCommerce's three, wcsync's "missing", else "unknown" (a store's answer
+# is not trusted to be one of them: whatever it says must not become an event's text).
+STATUS_WORDS = frozenset({ACTIVE, "paused", "disabled", MISSING})
+
+
+def _status_word(status: Any) -> str:
+    return status if isinstance(status, str) and status in STATUS_WORDS else "unknown"
 
 
 def _credentials(settings: StoreSettings) -> StoreCredentials:
@@ -244,7 +255,7 @@ def _shown(topic: str, hook: dict[str, Any]) -> dict[str, Any]:
         "topic": topic,
         "id": hook.get("id"),
         "name": hook.get("name"),
-        "status": hook.get("status"),
+        "status": _status_word(hook.get("status")),
         "deliveryUrl": hook.get("delivery_url"),
         "lastDeliveryAt": None,
         "failuresCounted": None,

@@ -56,6 +56,18 @@ def register(services: Services, sandbox: RunningSandbox) -> UUID:
     return UUID(added["storeId"])
 
 
+def register_with(services: Services, sandbox: RunningSandbox, key: SecretKey) -> tuple[UUID, str]:
+    """The sandbox registered under ``key``, and its webhook secret (made)."""
+    registry = services.store_registry(key, FAST)
+    added = asyncio.run(
+        registry.add(ORG, sandbox.url, sandbox.consumer_key, sandbox.consumer_secret, None, "ops")
+    )
+    store_id = UUID(added["storeId"])
+    secret = services.store_registry(key, None).webhook_secret(ORG, store_id, create=True)
+    assert secret is not None
+    return store_id, secret
+
+
 def install(services: Services, api: Api, store_id: UUID) -> None:
     asyncio.run(services.store_webhooks(KEY, FAST).install(ORG, store_id, api.url))
 
