@@ -18,6 +18,7 @@ SCRIPTS = [
     ["audit_bench.py"],
     ["service_bench.py"],
     ["webhook_bench.py", "--json"],
+    ["side_by_side.py", "--first-sync", "--plain-loop", "--json"],
 ]
 
 

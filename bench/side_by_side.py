@@ -4,6 +4,7 @@ plain loop), against one sandbox store process and one durable PostgreSQL (issue
     .venv/bin/python bench/side_by_side.py                      # 100,000 customers, 3 rounds
     .venv/bin/python bench/side_by_side.py --customers 10000 --runs 5 --first-sync --plain-loop
     .venv/bin/python bench/side_by_side.py --json               # also bench/results/side-by-side-*.json
+    git archive COMMIT | tar -x -C /tmp/base && bench/side_by_side.py --baseline /tmp/base   # before/after
 
 Each round runs, one after the other (so a busy machine slows all of them alike):
 
@@ -14,7 +15,9 @@ Each round runs, one after the other (so a busy machine slows all of them alike)
             then `wcsync start` again (which brings the database back in line for the next round);
   first     (--first-sync) `wcsync start` into a fresh database;
   plain     (--plain-loop) bench/plain_loop.py: requests + psycopg, an upsert per customer, a commit
-            per page, into a fresh database.
+            per page, into a fresh database;
+  *_base    (--baseline DIR) the re-syncs again with the wcsync in DIR, in the same rounds (each round
+            alternates which version goes first), against the same store and database.
 
 Each is a process of its own, measured with wait4: wall, CPU (user + system of the process and of every
 child it waited for, so `wcsync start`'s live projection follower is counted), peak RSS of the largest
@@ -52,7 +55,7 @@ from bench._common import (  # noqa: E402
 )
 
 BENCH = ROOT / "bench"
-KINDS = ("fetch", "resync", "changed", "first", "plain")
+KINDS = ("fetch", "resync", "changed", "resync_base", "changed_base", "first", "plain")
 
 
 def tree_rss_kb(pid: int) -> tuple[int, int]:
@@ -72,10 +75,10 @@ def tree_rss_kb(pid: int) -> tuple[int, int]:
     return total, largest
 
 
-def measure(args: list[str], env: dict[str, str]) -> tuple[dict[str, Any], str]:
-    """Run one process to its end; its figures and its stdout."""
+def measure(args: list[str], env: dict[str, str], cwd: Path = ROOT) -> tuple[dict[str, Any], str]:
+    """Run one process (in ``cwd``: the code `python -m` runs) to its end; its figures and its stdout."""
     started = time.perf_counter()
-    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     peak_tree = peak_one = 0
     done = threading.Event()
 
@@ -118,8 +121,8 @@ def measure(args: list[str], env: dict[str, str]) -> tuple[dict[str, Any], str]:
     return figures, out
 
 
-def wcsync_start(env: dict[str, str]) -> dict[str, Any]:
-    figures, out = measure([*WCSYNC, "start", "--json"], env)
+def wcsync_start(env: dict[str, str], code: Path = ROOT) -> dict[str, Any]:
+    figures, out = measure([*WCSYNC, "start", "--json"], env, cwd=code)
     report = json.loads(out)
     counts = {k: report.get(f"{k}Count") for k in ("created", "updated", "unchanged", "failed")}
     figures.update(sync_s=round(float(report.get("seconds", 0.0)), 2), state=report.get("state"), **counts)
@@ -166,27 +169,29 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, A
         if floor_cpu:
             row["cpu_ratio"] = round(row["cpu_s"] / floor_cpu, 2)
         summary[kind] = row
-    resync, changed = summary.get("resync"), summary.get("changed")
-    if resync and changed:
-        changed["vs_resync"] = round(changed["wall_s"] / resync["wall_s"], 2)
+    for suffix in ("", "_base"):
+        resync, changed = summary.get(f"resync{suffix}"), summary.get(f"changed{suffix}")
+        if resync and changed:
+            changed["vs_resync"] = round(changed["wall_s"] / resync["wall_s"], 2)
     return summary
 
 
 def print_summary(customers: int, summary: dict[str, dict[str, Any]], load: tuple[float, ...]) -> None:
     print(f"\n{customers} customers, medians of each (load average at the end: {load[0]:.2f} {load[1]:.2f})")
     print(
-        f"{'':10} {'wall s':>8} {'CPU s':>8} {'RSS MB':>8} {'tree MB':>8} {'x floor':>8} {'CPU x':>8}  walls"
+        f"{'':13} {'wall s':>8} {'CPU s':>8} {'RSS MB':>8} {'tree MB':>8} {'x floor':>8} {'CPU x':>8}  walls"
     )
     for kind in KINDS:
         row = summary.get(kind)
         if row is None:
             continue
         print(
-            f"{kind:10} {row['wall_s']:>8} {row['cpu_s']:>8} {row['peak_rss_mb']:>8} {row['peak_tree_rss_mb']:>8} "
+            f"{kind:13} {row['wall_s']:>8} {row['cpu_s']:>8} {row['peak_rss_mb']:>8} {row['peak_tree_rss_mb']:>8} "
             f"{row.get('wall_ratio', '-'):>8} {row.get('cpu_ratio', '-'):>8}  {row['walls']}"
         )
-    if "vs_resync" in summary.get("changed", {}):
-        print(f"1% changed / unchanged re-sync: {summary['changed']['vs_resync']}")
+    for suffix in ("", "_base"):
+        if "vs_resync" in summary.get(f"changed{suffix}", {}):
+            print(f"changed{suffix} / resync{suffix}: {summary[f'changed{suffix}']['vs_resync']}")
 
 
 def main() -> None:
@@ -197,6 +202,12 @@ def main() -> None:
     parser.add_argument("--first-sync", action="store_true", help="also a first sync into a fresh database")
     parser.add_argument(
         "--plain-loop", action="store_true", help="also the plain loop, into a fresh database"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a copy of another version of wcsync (e.g. `git archive COMMIT | tar -x -C DIR`): its re-syncs "
+        "run in the same rounds, against the same store and database (resync_base, changed_base)",
     )
     parser.add_argument("--json", action="store_true", help="write the results to bench/results/")
     args = parser.parse_args()
@@ -213,14 +224,20 @@ def main() -> None:
             fetch.update(json.loads(out))
             results["fetch"].append(fetch)
             print(f"round {number}: fetch   {fetch}", flush=True)
-            resync = wcsync_start(env)
-            results["resync"].append(resync)
-            print(f"round {number}: resync  {resync}", flush=True)
-            edited = edit_random(store_url, max(1, round(args.customers * args.changed_share)), seed=number)
-            changed = wcsync_start(env)
-            changed["edited"] = edited
-            results["changed"].append(changed)
-            print(f"round {number}: changed {changed}", flush=True)
+            variants = [("", ROOT)] + ([("_base", args.baseline.resolve())] if args.baseline else [])
+            if number % 2 == 0:
+                variants.reverse()  # neither version always goes first
+            for suffix, code in variants:
+                resync = wcsync_start(env, code)
+                results[f"resync{suffix}"].append(resync)
+                print(f"round {number}: resync{suffix}  {resync}", flush=True)
+            for index, (suffix, code) in enumerate(variants):
+                share = max(1, round(args.customers * args.changed_share))
+                edited = edit_random(store_url, share, seed=number * 10 + index)
+                changed = wcsync_start(env, code)
+                changed["edited"] = edited
+                results[f"changed{suffix}"].append(changed)
+                print(f"round {number}: changed{suffix} {changed}", flush=True)
             if args.first_sync:
                 fresh = fresh_database(admin, "sbs_first")
                 migrate(fresh)
@@ -247,6 +264,7 @@ def main() -> None:
             "python": platform.python_version(),
             "customers": args.customers,
             "runs": args.runs,
+            "baseline": str(args.baseline) if args.baseline else None,
             "load_average": [round(x, 2) for x in load],
         }
         path.write_text(json.dumps({"meta": meta, "summary": summary, "rounds": results}, indent=2) + "\n")

@@ -58,12 +58,14 @@ log = structlog.get_logger("wcsync.engine")
 
 # How often (at most) the in-process projections are brought up to date while a sync runs.
 PROJECTION_REFRESH_S = 0.5
-# Pages whose every line is unchanged (or refused) change no customer: their LinesAdded wait in memory and
-# are saved together, in one transaction, once this many are waiting or the oldest has waited this long
-# (or with the run's next save of any kind). A re-sync of an unchanged store so commits a few dozen times,
-# not once a page; a process killed meanwhile loses only pages that resume fetches again.
-UNCHANGED_PAGES_PER_SAVE = 50
-UNCHANGED_SAVE_MAX_S = 1.0
+# A page's last batch waits in memory (its LinesAdded, its lines' outcomes, its customers' events) and is
+# saved with the pages after it, in one transaction, until this many pages wait, or the oldest has waited
+# this long, or the lines processed (created, updated, failed: not unchanged) would pass the queue's
+# batch_size; or with the run's next save of any kind. A re-sync of an unchanged store so commits a few
+# dozen times, not once a page, and one where 1% changed not much more; a process killed meanwhile loses
+# only pages that resume fetches again. With a batch delay every page is saved at once, as before.
+PAGES_PER_SAVE = 50
+PAGES_SAVE_MAX_S = 1.0
 # Pages fetched while the worker thread records earlier ones wait for it, at most this many (then the fetch
 # waits too); they are recorded in its next step, their customers' heads read in one query.
 RECORD_PAGES_AT_ONCE = 10
@@ -186,10 +188,13 @@ class _Run:
     # loses a race, since there is nothing in the store to reload it from.
     initial_events: list[Any] = field(default_factory=list)
     batches: int = 0  # batches saved by this run (the batch delay comes before every later one)
-    # Pages recorded in memory and not saved yet (see UNCHANGED_PAGES_PER_SAVE): what each was recorded
-    # from, (page, records, refused records), so a reload after a lost race can record them again.
+    # Pages recorded in memory and not saved yet (see PAGES_PER_SAVE): what each was recorded from, (page,
+    # records, refused records), so a reload after a lost race can record them again; the customers they
+    # changed (saved with them) and how many lines they processed.
     unsaved_pages: list[tuple[int, list[dict[str, Any]], list[RejectedRecord]]] = field(default_factory=list)
     unsaved_since: float = 0.0
+    unsaved_customers: list[Customer] = field(default_factory=list)
+    unsaved_lines: int = 0
     encodings: _Encodings = field(default_factory=_Encodings)  # of the worker step under way
 
 
@@ -630,7 +635,7 @@ class SyncEngine:
                 queue.cancel_lines(still_gone, "customer no longer exists in WooCommerce (deleted)")
                 run.progress.advance(len(still_gone))
             self._drain_incidents(run)
-            self._save(run, [])
+            self._save(run)
 
         await self._in_worker(self._until_saved, run, refetched)
 
@@ -791,34 +796,37 @@ class SyncEngine:
         queue.add_lines(to_process, page=page, unchanged=unchanged)
         queue.reject_lines(fresh_rejected, page=page)
         run.progress.advance(len(unchanged) + len(fresh_rejected))
-        if page is not None and not to_process and run.saved:
-            self._save_unchanged_page(run, (page, good, with_id))
-            return
-        self._process(run, to_process, customers)
+        later = (page, good, with_id) if page is not None and run.saved else None
+        self._process(run, to_process, customers, later)
 
-    def _save_unchanged_page(
-        self, run: _Run, recorded: tuple[int, list[dict[str, Any]], list[RejectedRecord]]
-    ) -> None:
-        """A page that changes no customer (its lines all unchanged or refused) is saved with the pages
-        after it (UNCHANGED_PAGES_PER_SAVE, UNCHANGED_SAVE_MAX_S): what a re-sync writes of it is one small
-        LinesAdded, and a commit a page was most of such a page's time."""
-        if run.batches and self.stop.is_set():
-            raise RunStopped(run.queue.id, run.saved)  # as _process would before the page's first batch
-        self._drain_incidents(run)
+    def _may_wait(
+        self, run: _Run, page: tuple[int, list[dict[str, Any]], list[RejectedRecord]], lines: int
+    ) -> bool:
+        """Whether a page's last batch (``lines`` processed) may wait to be saved with the pages after it
+        (PAGES_PER_SAVE); if so it is counted among the unsaved ones."""
+        options = run.queue.queue_options
         now = time.monotonic()
         if not run.unsaved_pages:
             run.unsaved_since = now
-        run.unsaved_pages.append(recorded)
         if (
-            len(run.unsaved_pages) < UNCHANGED_PAGES_PER_SAVE
-            and now - run.unsaved_since < UNCHANGED_SAVE_MAX_S
+            options.batch_delay_ms
+            or len(run.unsaved_pages) + 1 >= PAGES_PER_SAVE
+            or now - run.unsaved_since >= PAGES_SAVE_MAX_S
+            or run.unsaved_lines + lines >= options.batch_size
         ):
-            return
-        delay_s = run.queue.queue_options.batch_delay_ms / 1000.0
-        if delay_s and self.stop.wait(delay_s):
-            raise RunStopped(run.queue.id, run.saved)
+            return False
+        run.unsaved_pages.append(page)
+        run.unsaved_lines += lines
+        return True
+
+    def _save_unsaved(self, run: _Run) -> None:
+        """A worker step: the pages waiting to be saved (recorded again first after a lost race)."""
+        self._record_unsaved_again(run)
+        self._save_batch(run)
+
+    def _save_batch(self, run: _Run) -> None:
         failpoint("before_batch_save")
-        self._save(run, [])
+        self._save(run)
         run.batches += 1
         failpoint("after_batch_save")
 
@@ -853,14 +861,21 @@ class SyncEngine:
         return iter(latest.values())
 
     def _process(
-        self, run: _Run, records: list[dict[str, Any]], customers: Mapping[int, Customer] | None = None
+        self,
+        run: _Run,
+        records: list[dict[str, Any]],
+        customers: Mapping[int, Customer] | None = None,
+        later: tuple[int, list[dict[str, Any]], list[RejectedRecord]] | None = None,
     ) -> None:
-        """Process records whose lines are draft, in batches; each batch is one atomic save. Raises
-        ConcurrentWriteError when another writer got there first (the caller reloads and calls again)."""
+        """Process records whose lines are draft, in batches; each batch is one atomic save. With
+        ``later`` (the page being recorded, as _record_checked has it), its last batch may wait to be saved
+        with the next pages' (_may_wait). Raises ConcurrentWriteError when another writer got there first
+        (the caller reloads and calls again)."""
         options = run.queue.queue_options
         delay_s = options.batch_delay_ms / 1000.0
         # An empty page still saves once: its LinesAdded (and any incidents) must be stored.
-        for index, batch in enumerate(list(chunks(records, options.batch_size)) or [[]]):
+        batches = list(chunks(records, options.batch_size)) or [[]]
+        for index, batch in enumerate(batches):
             # The pause comes between any two batches of the run, across pages too (batch_size >= per_page
             # made it no pause at all). A stop before a page's first batch leaves the page's lines recorded
             # and draft (RunStopped's incident saves them): resume processes them.
@@ -868,13 +883,20 @@ class SyncEngine:
                 raise RunStopped(run.queue.id, run.saved)
             queue = run.queue
             todo = [r for r in batch if _is_draft(queue, r["id"])]
+            if run.unsaved_lines and run.unsaved_lines + len(todo) > options.batch_size:
+                self._save_batch(run)  # the waiting pages' lines first: a save holds batch_size at most
             known = customers if customers is not None else self._mirrored(queue, todo)
             outcome = sync_batch(queue, todo, known, canonical=run.encodings.again)
             self._drain_incidents(run)
-            failpoint("before_batch_save")
-            self._save(run, outcome.changed)
-            run.batches += 1
-            failpoint("after_batch_save")
+            run.unsaved_customers.extend(outcome.changed)
+            if (
+                later is not None
+                and index == len(batches) - 1
+                and self._may_wait(run, later, outcome.line_count)
+            ):
+                run.progress.advance(outcome.line_count)
+                return
+            self._save_batch(run)
             run.progress.advance(outcome.line_count)
 
     def _mirrored(self, queue: SyncQueue, records: list[dict[str, Any]]) -> dict[int, Customer]:
@@ -901,6 +923,9 @@ class SyncEngine:
 
     def _reload(self, run: _Run) -> None:
         """After a lost race the queue in memory is ahead of the store: read it back."""
+        # What waited to be saved with the queue is not in the store: its pages are recorded again
+        # (_record_unsaved_again), their customers read again.
+        run.unsaved_customers, run.unsaved_lines = [], 0
         if not run.saved:
             queue: Any = None
             for initial in run.initial_events:
@@ -910,11 +935,12 @@ class SyncEngine:
             return
         run.queue = self.app.get_queue(run.queue.id)
 
-    def _save(self, run: _Run, customers: Iterable[Customer]) -> None:
-        # Every save stores all of the queue's pending events: unsaved pages' too.
-        self.app.save_batch(run.queue, *customers)
+    def _save(self, run: _Run) -> None:
+        # Every save stores all of the queue's pending events and the customers' changed with them: the
+        # unsaved pages' too.
+        self.app.save_batch(run.queue, *run.unsaved_customers)
         run.saved = True
-        run.unsaved_pages = []
+        run.unsaved_pages, run.unsaved_customers, run.unsaved_lines = [], [], 0
         self._refresh()
 
     def _drain_incidents(self, run: _Run) -> None:
@@ -954,6 +980,9 @@ class SyncEngine:
         self._save_or_fail(run)
 
     def _record_fetch_finished(self, run: _Run, pages: int, complete: bool, seen: set[int]) -> None:
+        if run.unsaved_pages:
+            # Saved first on their own, where a lost race is redone (the fetch's end is not).
+            self._until_saved(run, partial(self._save_unsaved, run))
         queue = run.queue
         self._drain_incidents(run)
         queue.finish_fetch(pages=pages, total=len(seen), complete=complete)
@@ -992,7 +1021,7 @@ class SyncEngine:
 
     def _save_or_fail(self, run: _Run) -> None:
         try:
-            self._save(run, [])
+            self._save(run)
         except ConcurrentWriteError:
             raise SyncError(
                 f"queue {run.queue.id} was changed by another process during this run; "

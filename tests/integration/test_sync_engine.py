@@ -384,15 +384,26 @@ def _counting_saves(services: Services, monkeypatch: pytest.MonkeyPatch) -> list
     return saves
 
 
-def test_a_resync_of_an_unchanged_store_saves_its_pages_together(
-    services: Services, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("edited_pages", [0, 6])
+def test_a_resync_saves_its_pages_together(
+    services: Services, monkeypatch: pytest.MonkeyPatch, edited_pages: int
 ) -> None:
+    """Pages that change no customer, or a few, are saved several in one transaction."""
     with SandboxThread(SandboxConfig(customers=1200)) as sandbox:
         run_sync(services, sandbox)
+        ids = sandbox.store.customer_ids()
+        for page in range(edited_pages):
+            sandbox.store.update(ids[page * 100 + 50], {"first_name": "Edited"})
         saves = _counting_saves(services, monkeypatch)
         second = run_sync(services, sandbox)
+        mirror = mirrored(services, sandbox)
 
-    assert second.state == "done" and second.counts["unchanged"] == 1200
+    assert second.state == "done" and second.counts["unchanged"] == 1200 - edited_pages
+    assert second.counts["updated"] == edited_pages
+    assert (
+        sum(mirror[ids[page * 100 + 50]]["first_name"] == "Edited" for page in range(edited_pages))
+        == edited_pages
+    )
     pages = [
         e.page for e in services.app.queue_events(second.queue_id) if isinstance(e, SyncQueue.LinesAdded)
     ]
@@ -402,14 +413,20 @@ def test_a_resync_of_an_unchanged_store_saves_its_pages_together(
     assert len(saves) <= 6 and max(saves) >= 2
 
 
-def test_a_lost_race_while_unchanged_pages_wait_records_them_again(
-    services: Services, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("edited_pages", [0, 4])
+def test_a_lost_race_while_pages_wait_records_them_again(
+    services: Services, monkeypatch: pytest.MonkeyPatch, edited_pages: int
 ) -> None:
-    """Another writer saves to the queue while pages recorded in memory wait for their save: the engine
-    reloads the queue, which lacks them, and records them again before going on."""
-    monkeypatch.setattr(sync_service, "UNCHANGED_PAGES_PER_SAVE", 3)
+    """Another writer saves to the queue while pages recorded in memory wait for their save (unchanged
+    ones, or ones with a changed customer whose event waits too): the engine reloads the queue, which
+    lacks them, and records them again before going on; each change is stored once."""
+    monkeypatch.setattr(sync_service, "PAGES_PER_SAVE", 3)
     with SandboxThread(SandboxConfig(customers=1200)) as sandbox, open_services(services.database) as other:
         run_sync(services, sandbox)
+        ids = sandbox.store.customer_ids()
+        edited = [ids[page * 100 + 7] for page in range(1, 1 + edited_pages)]  # on pages 2, 3, ...
+        for cid in edited:
+            sandbox.store.update(cid, {"last_name": f"Edited {cid}"})
         real = services.app.save_batch
         raced: list[int] = []
 
@@ -426,11 +443,21 @@ def test_a_lost_race_while_unchanged_pages_wait_records_them_again(
         monkeypatch.setattr(services.app, "save_batch", save_batch)
         second = run_sync(services, sandbox)
 
+        mirror = mirrored(services, sandbox)
+
     assert raced, "the race was not run"
-    assert second.state == "done" and second.counts == {**second.counts, "unchanged": 1200, "done": 1200}
+    assert second.state == "done" and second.counts == {
+        **second.counts,
+        "unchanged": 1200 - edited_pages,
+        "updated": edited_pages,
+        "done": 1200,
+    }
     events = list(services.app.queue_events(second.queue_id))
     assert [e.page for e in events if isinstance(e, SyncQueue.LinesAdded)] == list(range(1, 13))
     assert [e.message for e in events if isinstance(e, SyncQueue.StoreIncident)] == ["another writer"]
+    changed = events_of_type(services, Customer.Changed)
+    assert sorted(e.record["id"] for e in changed) == sorted(edited)
+    assert all(mirror[cid]["last_name"] == f"Edited {cid}" for cid in edited)
 
 
 def test_a_resync_checks_only_the_records_that_are_not_exactly_as_last_synced(
