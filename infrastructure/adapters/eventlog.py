@@ -127,23 +127,25 @@ def select_heads_of(
             f"FROM {table} AS e WHERE originator_id IN ({placeholders}) AND originator_version = "
             f"(SELECT MAX(originator_version) FROM {table} WHERE originator_id = e.originator_id)"
         )
+        by_hex = {i.hex: i for i in ids}  # the caller's UUIDs, not new ones parsed from each row
         with recorder.datastore.transaction(commit=False) as curs:
-            curs.execute(statement, [i.hex for i in ids])
+            curs.execute(statement, list(by_hex))
             return [
-                (UUID(row["originator_id"]), row["originator_version"], row["topic"], bytes(row["tail"]))
+                (by_hex[row["originator_id"]], row["originator_version"], row["topic"], bytes(row["tail"]))
                 for row in curs.fetchall()
             ]
-    # As select_events_of: one index probe per id.
+    # As select_events_of: one index probe per id. Each row names its id by its place in the list sent
+    # (WITH ORDINALITY): the caller's UUIDs are reused instead of a new one loaded from every row.
     statement_pg = SQL(
-        "SELECT e.originator_id, e.originator_version, e.topic, "
+        "SELECT k.n, e.originator_version, e.topic, "
         "substring(e.state FROM greatest(1, length(e.state) - %s::int + 1)) "
-        "FROM unnest(%s::uuid[]) AS k(id) CROSS JOIN LATERAL ("
+        "FROM unnest(%s::uuid[]) WITH ORDINALITY AS k(id, n) CROSS JOIN LATERAL ("
         "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
         "WHERE originator_id = k.id ORDER BY originator_version DESC LIMIT 1) AS e"
     ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(table))
     with recorder.datastore.get_connection() as conn, conn.cursor(binary=True, row_factory=tuple_row) as curs:
         curs.execute(statement_pg, (tail_bytes, list(ids)), prepare=True)
-        return [(oid, version, topic, bytes(tail)) for oid, version, topic, tail in curs.fetchall()]
+        return [(ids[n - 1], version, topic, bytes(tail)) for n, version, topic, tail in curs.fetchall()]
 
 
 # ----- the projections' reads ----------------------------------------------------------------------------
