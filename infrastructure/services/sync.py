@@ -64,7 +64,7 @@ PROJECTION_REFRESH_S = 0.5
 # batch_size; or with the run's next save of any kind. A re-sync of an unchanged store so commits a few
 # dozen times, not once a page, and one where 1% changed not much more; a process killed meanwhile loses
 # only pages that resume fetches again. With a batch delay every page is saved at once, as before.
-PAGES_PER_SAVE = 20
+PAGES_PER_SAVE = 50
 PAGES_SAVE_MAX_S = 1.0
 # Pages fetched while the worker thread records earlier ones wait for it, at most this many (then the fetch
 # waits too); they are recorded in its next step, their customers' heads read in one query.
