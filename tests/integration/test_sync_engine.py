@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import json
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -493,3 +496,34 @@ def test_a_resync_checks_only_the_records_that_are_not_exactly_as_last_synced(
         assert third.counts == {**third.counts, "unchanged": 250, "done": 250}
         assert sorted(checked) == sorted(with_null)
         assert mirrored(services, sandbox)[edited]["last_name"] == "Changed"
+
+
+def _sandbox_post(url: str, body: Any) -> tuple[int, Any]:
+    """POST to the sandbox's admin routes: (status, JSON answer)."""
+    assert url.startswith("http://127.0.0.1:")
+    # S310: the scheme and host are checked just above; only the test's sandbox is ever opened.
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_customers_edited_through_the_sandboxs_edit_random_are_what_a_resync_updates(
+    services: Services,
+) -> None:
+    """POST /_sandbox/customers/edit-random (bench/side_by_side.py's 1%) edits that many customers, each
+    as an admin's edit would: a re-sync updates exactly those."""
+    with SandboxThread(SandboxConfig(customers=300)) as sandbox:
+        run_sync(services, sandbox)
+        route = f"{sandbox.url}/_sandbox/customers/edit-random"
+        status, answer = _sandbox_post(route, {"count": 7, "seed": 3})
+        refused, _ = _sandbox_post(route, {"count": -1})
+        second = run_sync(services, sandbox)
+
+    assert status == 200 and answer["edited"] == 7 and len(set(answer["ids"])) == 7
+    assert refused == 400
+    assert second.counts == {**second.counts, "updated": 7, "unchanged": 293}
+    changed = events_of_type(services, Customer.Changed)
+    assert sorted(e.record["id"] for e in changed) == sorted(answer["ids"])
