@@ -33,6 +33,7 @@ from uuid import UUID
 from domain.customer import Customer
 from domain.queue import SyncQueue
 from domain.store import Store
+from domain.webhook import RefusedDeliveries, WebhookDelivery
 from infrastructure.adapters import eventlog
 from infrastructure.adapters.projection_db import Database
 from infrastructure.adapters.schema import (
@@ -75,7 +76,7 @@ CHECKPOINT_DDL = (
 )
 
 
-ALL_EVENT_CLASSES = event_classes(SyncQueue, Customer, Store)
+ALL_EVENT_CLASSES = event_classes(SyncQueue, Customer, Store, WebhookDelivery, RefusedDeliveries)
 
 _HEADER = struct.Struct(">q16sqI")
 
