@@ -38,7 +38,8 @@ from domain import narrative, status
 from domain.customer import Customer, customer_key
 from domain.errors import EXIT_USAGE, WcsyncError
 from domain.queue import SyncQueue
-from domain.webhook import WebhookDelivery
+from domain.store import Store
+from domain.webhook import RefusedDeliveries, WebhookDelivery
 from infrastructure.adapters.cipher import KeyCheckingMapper, decrypt_error
 from infrastructure.adapters.eventlog import LogReader
 from infrastructure.adapters.eventstore import SyncApplication
@@ -63,7 +64,17 @@ _LINK_SUFFIX_LEN = len(_LINK_PREFIX) + 64 + 2  # ,"link":"<64 hex>"}
 
 QUEUE_CREATED_TOPIC = get_topic(SyncQueue.Created)
 CUSTOMER_REGISTERED_TOPIC = get_topic(Customer.Registered)
-ORG_TOPICS = frozenset({QUEUE_CREATED_TOPIC, CUSTOMER_REGISTERED_TOPIC})
+# The first events of the aggregates an org's export holds (each names its org): queues, customers,
+# registered stores, webhook deliveries and refused-delivery incidents.
+ORG_TOPICS = frozenset(
+    {
+        QUEUE_CREATED_TOPIC,
+        CUSTOMER_REGISTERED_TOPIC,
+        get_topic(Store.Registered),
+        get_topic(WebhookDelivery.Received),
+        get_topic(RefusedDeliveries.Recorded),
+    }
+)
 
 
 class AuditError(WcsyncError):

@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID, uuid4
@@ -26,7 +27,7 @@ from infrastructure.adapters.eventstore import ConcurrentWriteError
 from infrastructure.adapters.secrets import SecretKey
 from infrastructure.api.http import WEBHOOK_ROOT
 from infrastructure.sandbox import RunningSandbox
-from infrastructure.services.audit import customer_history
+from infrastructure.services.audit import customer_history, export_log, verify_log
 from infrastructure.services.deliveries import DeliveryApplier, signature_of
 from infrastructure.support.metrics import PROCESS
 from infrastructure.wiring import Services
@@ -139,7 +140,7 @@ def every_stored_state(services: Services) -> bytes:
 
 
 def test_the_sandboxs_deliveries_of_each_topic_change_the_mirror(
-    services: Services, api: Api, sandbox: RunningSandbox
+    services: Services, api: Api, sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
     run_sync(services, sandbox)
     store_id = register(services, sandbox)
@@ -193,6 +194,15 @@ def test_the_sandboxs_deliveries_of_each_topic_change_the_mirror(
     # The activity log tells it, by delivery.
     kinds = [row["activityType"] for row in _org_activity(services)]
     assert kinds.count("webhook_received") == 3 and kinds.count("webhook_applied") == 3
+    # The ledger chains the deliveries' events too (nothing left out of verify), and the org's export has them.
+    report = verify_log(services.database)
+    assert report.ok and report.unledgered == 0 and report.events == report.ledger_rows, report.as_dict()
+    exported = tmp_path / "acme.jsonl"
+    export_log(services.app, ORG, exported)
+    types = [json.loads(line).get("aggregateType") for line in exported.read_text().splitlines()]
+    assert types.count("WebhookDelivery") == 6  # three received, three applied
+    export_log(services.app, "another-org", tmp_path / "other.jsonl")
+    assert "WebhookDelivery" not in (tmp_path / "other.jsonl").read_text()
 
 
 def test_refused_signatures_change_nothing_and_are_one_incident_without_the_body(
