@@ -120,11 +120,23 @@ class Customer(Aggregate):
         self.deleted = False
         self.deleted_reason = ""
 
-    def sync(self, record: dict[str, Any], digest: str, queue_id: str) -> str:
+    def sync(
+        self, record: dict[str, Any], digest: str, queue_id: str, read_after: datetime | None = None
+    ) -> str:
         """Bring the mirror up to date with ``record``; returns the line's result. A record the store
         modified before the one mirrored (a page fetched before a webhook delivery applied a later change,
         then processed after it; a queue resumed hours later) leaves the mirror as it is: "unchanged"."""
         if digest == self.digest and not self.deleted:
+            return "unchanged"
+        if (
+            read_after is not None
+            and self.last_queue_id != queue_id
+            and self.modified_on > read_after
+            and not is_newer(record, self.record)
+        ):
+            # Another writer (a webhook delivery, mostly) changed the customer after ``record`` may have
+            # been read (``read_after``: the earliest it was): it is a stale copy unless the store shows it
+            # modified later than what the mirror holds.
             return "unchanged"
         if not self.deleted and is_older(record, self.record):
             return "unchanged"

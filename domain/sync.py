@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -88,11 +89,14 @@ def sync_batch(
     records: Iterable[dict[str, Any]],
     customers: Mapping[int, Customer],
     canonical: Callable[[Mapping[str, Any]], bytes] = canonical_bytes,
+    read_after: datetime | None = None,
 ) -> BatchOutcome:
     """Apply fetched records to their lines (only lines still draft) and to the mirrored customers.
 
     Triggers the queue's LinesDone / LinesFailed and the customers' events; returns what changed.
-    ``customers``: the mirrored customers of these records, by WooCommerce id.
+    ``customers``: the mirrored customers of these records, by WooCommerce id. ``read_after``: the earliest
+    the records may have been fetched; a customer another writer changed since is left as it is unless the
+    record is newer (Customer.sync).
     """
     outcome = BatchOutcome()
     for record in records:
@@ -119,7 +123,7 @@ def sync_batch(
             )
             result = "created"
         else:
-            result = customer.sync(record, digest, str(queue.id))
+            result = customer.sync(record, digest, str(queue.id), read_after)
         outcome.results[result].append(cid)
         if customer.pending_events:
             outcome.changed.append(customer)

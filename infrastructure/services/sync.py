@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol, TypeVar
 from uuid import UUID
@@ -196,6 +197,9 @@ class _Run:
     unsaved_customers: list[Customer] = field(default_factory=list)
     unsaved_lines: int = 0
     encodings: _Encodings = field(default_factory=_Encodings)  # of the worker step under way
+    # When this run began: what it fetches was read after it, so a customer another writer (a webhook
+    # delivery) changed since is not put back by an older copy of it (Customer.sync).
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 @dataclass(frozen=True)
@@ -844,10 +848,12 @@ class SyncEngine:
     def _process_recorded_drafts(self, run: _Run) -> None:
         if not run.queue.lines.count(DRAFT):
             return
+        # Fetched by an earlier run of the queue: read after the queue was created, at the earliest.
+        read_after = run.queue.created_on
         for batch in chunks(self._draft_records(run.queue), 1000):
             if self.stop.is_set():
                 raise RunStopped(run.queue.id, run.saved)
-            self._until_saved(run, partial(self._process, run, batch))
+            self._until_saved(run, partial(self._process, run, batch, read_after=read_after))
 
     def _draft_records(self, queue: SyncQueue) -> Iterator[dict[str, Any]]:
         """The latest fetched record of every draft line, read back from the queue's own events."""
@@ -866,6 +872,7 @@ class SyncEngine:
         records: list[dict[str, Any]],
         customers: Mapping[int, Customer] | None = None,
         later: tuple[int, list[dict[str, Any]], list[RejectedRecord]] | None = None,
+        read_after: datetime | None = None,
     ) -> None:
         """Process records whose lines are draft, in batches; each batch is one atomic save. With
         ``later`` (the page being recorded, as _record_checked has it), its last batch may wait to be saved
@@ -886,7 +893,9 @@ class SyncEngine:
             if run.unsaved_lines and run.unsaved_lines + len(todo) > options.batch_size:
                 self._save_batch(run)  # the waiting pages' lines first: a save holds batch_size at most
             known = customers if customers is not None else self._mirrored(queue, todo)
-            outcome = sync_batch(queue, todo, known, canonical=run.encodings.again)
+            outcome = sync_batch(
+                queue, todo, known, canonical=run.encodings.again, read_after=read_after or run.started_at
+            )
             self._drain_incidents(run)
             run.unsaved_customers.extend(outcome.changed)
             if (

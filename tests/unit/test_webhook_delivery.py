@@ -4,6 +4,7 @@ older record, and failed with its problem when its body could not be checked."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -126,3 +127,24 @@ def test_the_key_is_the_same_for_the_same_body_of_the_same_topic_and_customer() 
     assert key == delivery(UPDATED, record()).id
     assert key != delivery_key("acme", "s", CREATED, 7, "b" * 64)
     assert key != delivery_key("other", "s", UPDATED, 7, "b" * 64)
+
+
+def test_a_record_read_before_another_writer_changed_the_customer_does_not_put_it_back() -> None:
+    """A sync's page fetched before a webhook delivery was applied and processed after it: years older by
+    the store's clock (the customer had not changed for years before the push), so only the time it was
+    read tells it is stale."""
+    mirrored = customer(record(modified="2019-03-03T00:00:00"))
+    read_at = mirrored.modified_on
+    pushed = delivery(UPDATED, record(modified="2026-12-01T10:00:00", email="pushed@example.org"))
+    pushed.apply_to(mirrored, "pushed")
+    stale = record(modified="2019-03-03T00:00:00", email="stale@example.org")
+    assert mirrored.sync(stale, "stale", "queue-2", read_after=read_at) == "unchanged"
+    assert mirrored.record["email"] == "pushed@example.org"
+    # A record the store modified after what the mirror holds is applied; so is one read after the push.
+    newer = record(modified="2026-12-01T11:00:00", email="newer@example.org")
+    assert mirrored.sync(newer, "newer", "queue-2", read_after=read_at) == "updated"
+    later = customer(record(modified="2026-12-01T10:00:00"))
+    assert later.sync(stale, "stale", "queue-2", read_after=later.modified_on) == "updated"
+    # The same queue's own earlier write is no other writer.
+    own = customer(record(modified="2026-01-01T00:00:00"))
+    assert own.sync(stale, "stale", "q", read_after=own.modified_on - timedelta(seconds=1)) == "updated"
