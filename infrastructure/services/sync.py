@@ -835,10 +835,16 @@ class SyncEngine:
         failpoint("after_batch_save")
 
     def _record_unsaved_again(self, run: _Run) -> None:
-        """After a lost race the queue was reloaded without the pages this run had recorded and not saved
-        yet: record those again first (each as it would be now), in page order. Otherwise (the queue in
-        memory holds them) nothing."""
-        lost = [entry for entry in run.unsaved_pages if entry[0] > run.queue.pages_recorded]
+        """After a lost race the queue was reloaded without what this run had recorded and not saved yet:
+        the pages not recorded at all, and the last batches of pages whose first batches were saved (their
+        lines draft again). Record those pages again, or process their drafts, first (each as it would be
+        now), in page order. Otherwise (the queue in memory holds them) nothing."""
+        queue = run.queue
+        lost = [
+            entry
+            for entry in run.unsaved_pages
+            if entry[0] > queue.pages_recorded or any(_is_draft(queue, record["id"]) for record in entry[1])
+        ]
         if not lost:
             return
         run.unsaved_pages = []

@@ -463,6 +463,37 @@ def test_a_lost_race_while_pages_wait_records_them_again(
     assert all(mirror[cid]["last_name"] == f"Edited {cid}" for cid in edited)
 
 
+def test_a_lost_race_while_a_page_s_last_batch_waits_processes_it_again(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first sync's page is saved with its first batches and its last one waits for the next pages'
+    save; another writer (a webhook delivery creating a customer of a later page, say) wins a save
+    meanwhile. The reloaded queue has that page recorded and its last batch's lines draft: they are
+    processed again, and the queue ends done (it failed with "lines are still draft")."""
+    with SandboxThread(SandboxConfig(customers=600)) as sandbox, open_services(services.database) as other:
+        real = services.app.save_batch
+        raced: list[int] = []
+
+        def save_batch(*aggregates: Any) -> None:
+            queue = aggregates[0]
+            if isinstance(queue, SyncQueue) and queue.pages_recorded >= 3 and not raced:
+                theirs = other.app.get_queue(queue.id)
+                theirs.record_incident("note", "info", "another writer", {})
+                other.app.save_batch(theirs)
+                raced.append(queue.pages_recorded)
+            real(*aggregates)
+
+        monkeypatch.setattr(services.app, "save_batch", save_batch)
+        outcome = run_sync(services, sandbox, batch_size=40)
+        mirror = mirrored(services, sandbox)
+
+    assert raced, "the race was not run"
+    assert outcome.state == "done", outcome
+    assert outcome.counts["created"] == 600 and outcome.counts["done"] == 600
+    assert len(events_of_type(services, Customer.Registered)) == 600
+    assert sorted(mirror) == sorted(sandbox.store.customer_ids())
+
+
 def test_a_resync_checks_only_the_records_that_are_not_exactly_as_last_synced(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
