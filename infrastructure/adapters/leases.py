@@ -285,7 +285,8 @@ class QueueLeases:
                 (str(lease.queue_id), self.host, self.pid, lease.since),
             )
         except Exception as error:  # a StorageError: the row goes stale once the heartbeat stops
-            log.warning("lease.not_released", queue_id=str(lease.queue_id), error=str(error))
+            # info: the run it ends reports its own error (a full disk, say); the row goes stale by itself.
+            log.info("lease.not_released", queue_id=str(lease.queue_id), error=str(error))
 
     # ----- reading -------------------------------------------------------------------------------------
 

@@ -171,6 +171,7 @@ def test_a_bad_customer_event_is_quarantined_and_every_other_event_applies(
         "activity": (0, 0),
         "ledger": (0, 0),
         "stores": (0, 0),
+        "webhooks": (0, 0),
     }
     other_status = queries.queue_status(runner, OTHER_ORG, other.id)
     assert other_status is not None
