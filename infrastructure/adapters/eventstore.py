@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -256,7 +257,7 @@ _DELETED_TOPIC = get_topic(Customer.Deleted)
 # that plus its list of changed field names.
 HEAD_TAIL_BYTES = 384
 _DIGEST_KEY = b'"digest":"'
-_HEX = frozenset(b"0123456789abcdef")
+_DIGEST_VALUE = re.compile(rb'"digest":"([0-9a-f]{64})"')
 
 
 def _stored_digest(state: bytes) -> str | None:
@@ -271,14 +272,9 @@ def _stored_digest(state: bytes) -> str | None:
     at = state.rfind(_DIGEST_KEY)
     if at < 0:
         return None
-    value = state[at + len(_DIGEST_KEY) : at + len(_DIGEST_KEY) + 64]
-    if (
-        len(value) != 64
-        or not _HEX.issuperset(value)
-        or state[at + len(_DIGEST_KEY) + 64 : at + len(_DIGEST_KEY) + 65] != b'"'
-    ):
-        return None
-    return value.decode("ascii")
+    # One C-level match (a set test per byte was 2 us a customer).
+    found = _DIGEST_VALUE.match(state, at)
+    return found.group(1).decode("ascii") if found else None
 
 
 def retry_storage(func: Callable[[], T], max_retries: int = 3, backoff_s: float = 1.0) -> T:
