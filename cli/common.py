@@ -4,10 +4,10 @@ services of the composition root, and stopping a run on Ctrl-C/SIGTERM."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -114,7 +114,11 @@ def stop_on_signals() -> Iterator[threading.Event]:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        sys.stderr.write("\nwcsync: stopping after the current batch (again to stop at once)\n")
+        # os.write, not sys.stderr: the handler runs between two bytecodes of the main thread, which may be
+        # inside a write to stderr itself (the progress bar, a log line): a second write to that buffered
+        # stream from here is "reentrant call inside <_io.BufferedWriter>", and the run ended exit 70.
+        with contextlib.suppress(OSError):
+            os.write(2, b"\nwcsync: stopping after the current batch (again to stop at once)\n")
 
     previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
