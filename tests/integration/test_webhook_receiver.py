@@ -57,6 +57,12 @@ def register(services: Services, sandbox: RunningSandbox) -> UUID:
     return UUID(added["storeId"])
 
 
+def synced(services: Services, sandbox: RunningSandbox) -> tuple[UUID, str]:
+    """The sandbox synced once, registered under KEY, and its webhook secret (made)."""
+    run_sync(services, sandbox)
+    return register_with(services, sandbox, KEY)
+
+
 def register_with(services: Services, sandbox: RunningSandbox, key: SecretKey) -> tuple[UUID, str]:
     """The sandbox registered under ``key``, and its webhook secret (made)."""
     registry = services.store_registry(key, FAST)
@@ -208,9 +214,7 @@ def test_the_sandboxs_deliveries_of_each_topic_change_the_mirror(
 def test_refused_signatures_change_nothing_and_are_one_incident_without_the_body(
     services: Services, api: Api, sandbox: RunningSandbox
 ) -> None:
-    run_sync(services, sandbox)
-    store_id = register(services, sandbox)
-    secret = secret_of(services, store_id)
+    store_id, secret = synced(services, sandbox)
     target = sorted(mirror(services, sandbox))[0]
     body = json.dumps({**store_record(sandbox, target), "email": "tampered-marker@example.org"}).encode()
     good = signed(secret, "customer.updated", body)
@@ -264,9 +268,7 @@ def test_the_sandboxs_ping_on_install_reaches_the_receiver(
 def test_a_repeated_delivery_is_recorded_and_applied_once(
     services: Services, api: Api, sandbox: RunningSandbox
 ) -> None:
-    run_sync(services, sandbox)
-    store_id = register(services, sandbox)
-    secret = secret_of(services, store_id)
+    store_id, secret = synced(services, sandbox)
     target = sorted(mirror(services, sandbox))[1]
     record = {
         **store_record(sandbox, target),
@@ -295,9 +297,7 @@ def test_a_repeated_delivery_is_recorded_and_applied_once(
 def test_an_invalid_body_is_a_failed_line_with_its_reason(
     services: Services, api: Api, sandbox: RunningSandbox
 ) -> None:
-    run_sync(services, sandbox)
-    store_id = register(services, sandbox)
-    secret = secret_of(services, store_id)
+    store_id, secret = synced(services, sandbox)
     target = sorted(mirror(services, sandbox))[0]
     bad_email = json.dumps({**store_record(sandbox, target), "email": "not an email"}).encode()
     not_json = b"{not json"
@@ -325,9 +325,7 @@ def test_an_invalid_body_is_a_failed_line_with_its_reason(
 def test_a_delivery_older_than_the_mirror_and_a_deletion_of_an_unknown_customer_change_nothing(
     services: Services, api: Api, sandbox: RunningSandbox
 ) -> None:
-    run_sync(services, sandbox)
-    store_id = register(services, sandbox)
-    secret = secret_of(services, store_id)
+    store_id, secret = synced(services, sandbox)
     target = sorted(mirror(services, sandbox))[3]
     current = store_record(sandbox, target)
     modified = datetime.fromisoformat(current["date_modified_gmt"]) - timedelta(minutes=10)
@@ -365,9 +363,7 @@ def test_an_unknown_store_is_404_and_a_server_without_the_key_is_503(
 def test_refusals_are_limited_per_address_and_store_and_never_refuse_a_good_signature(
     services: Services, api: Api, sandbox: RunningSandbox
 ) -> None:
-    run_sync(services, sandbox)
-    store_id = register(services, sandbox)
-    secret = secret_of(services, store_id)
+    store_id, secret = synced(services, sandbox)
     body = b"{}"
     codes = [post(api, store_id, body, signed("wrong", "customer.updated", body))[0] for _ in range(12)]
     assert codes[:10] == [401] * 10 and codes[-1] == 429
@@ -383,9 +379,7 @@ def test_refusals_are_limited_per_address_and_store_and_never_refuse_a_good_sign
 def test_a_body_must_be_what_its_topic_sends_and_odd_headers_are_recorded_safely(
     services: Services, api: Api, sandbox: RunningSandbox
 ) -> None:
-    run_sync(services, sandbox)
-    store_id = register(services, sandbox)
-    secret = secret_of(services, store_id)
+    store_id, secret = synced(services, sandbox)
     target = sorted(mirror(services, sandbox))[5]
     full = json.dumps(store_record(sandbox, target)).encode()
     # A signed customer.updated body replayed as a deletion, and a deletion's body replayed as an update.
