@@ -12,7 +12,6 @@ once, no line finished twice, and no command typed but `serve`."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import selectors
@@ -34,7 +33,7 @@ from infrastructure.sandbox.config import Faults
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.wiring import open_services
 from tests.support.api import Api, OrgTokens
-from tests.support.cli import as_json, spawn_wcsync, wcsync, wcsync_env
+from tests.support.cli import as_json, keyed_env, spawn_wcsync, wcsync
 from tests.support.waiting import wait_until
 from tests.support.workers import check_mirror
 
@@ -48,11 +47,7 @@ QUICK_WORKERS = ("--heartbeat-s", "1", "--stalled-after-s", "4", "--stalled-chec
 
 @pytest.fixture
 def env(sandbox: RunningSandbox, database_url: str) -> dict[str, str]:
-    key = base64.b64encode(os.urandom(32)).decode()
-    environment = wcsync_env(sandbox, database_url, WCSYNC_SECRET_KEY=key)
-    migrated = wcsync("db", "migrate", env=environment)
-    assert migrated.returncode == 0, migrated.stderr
-    return environment
+    return keyed_env(sandbox, database_url)
 
 
 def _register(env: dict[str, str], url: str) -> str:

@@ -4,7 +4,6 @@ started again (with its worker) applies it: the delivery was durable before its 
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import selectors
@@ -20,7 +19,7 @@ from infrastructure.sandbox import RunningSandbox
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.wiring import open_services
 from projections import queries
-from tests.support.cli import as_json, spawn_wcsync, wcsync, wcsync_env
+from tests.support.cli import as_json, keyed_env, spawn_wcsync, wcsync
 from tests.support.sandbox_admin import admin
 from tests.support.waiting import wait_until
 
@@ -29,11 +28,7 @@ ORG = "acme"
 
 @pytest.fixture
 def env(sandbox: RunningSandbox, database_url: str) -> dict[str, str]:
-    key = base64.b64encode(os.urandom(32)).decode()
-    environment = wcsync_env(sandbox, database_url, WCSYNC_SECRET_KEY=key)
-    migrated = wcsync("db", "migrate", env=environment)
-    assert migrated.returncode == 0, migrated.stderr
-    return environment
+    return keyed_env(sandbox, database_url)
 
 
 class Serve:

@@ -3,6 +3,7 @@ test's making (and any other command a test runs there the same way)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -52,3 +53,13 @@ def spawn_wcsync(*args: str, env: dict[str, str], **popen: Any) -> subprocess.Po
 def as_json(result: subprocess.CompletedProcess[str]) -> Any:
     assert result.stdout.strip(), result.stderr
     return json.loads(result.stdout)
+
+
+def keyed_env(sandbox: RunningSandbox, database_url: str) -> dict[str, str]:
+    """The environment of a `wcsync` with a fresh WCSYNC_SECRET_KEY (registered stores, serve's workers) on
+    a migrated database."""
+    key = base64.b64encode(os.urandom(32)).decode()
+    environment = wcsync_env(sandbox, database_url, WCSYNC_SECRET_KEY=key)
+    migrated = wcsync("db", "migrate", env=environment)
+    assert migrated.returncode == 0, migrated.stderr
+    return environment
