@@ -200,6 +200,10 @@ class _Run:
     # only then can they be missing from it or have draft lines (looking costs a line lookup per record
     # of every waiting page, on every page: 8% of an unchanged re-sync).
     reloaded: bool = False
+    # The lost pages _record_unsaved_again has still to record again (page, records, refused records).
+    recording_again: list[tuple[int, list[dict[str, Any]], list[RejectedRecord]]] = field(
+        default_factory=list
+    )
     encodings: _Encodings = field(default_factory=_Encodings)  # of the worker step under way
     # When this run began: what it fetches was read after it, so a customer another writer (a webhook
     # delivery) changed since is not put back by an older copy of it (Customer.sync).
@@ -854,9 +858,13 @@ class SyncEngine:
         ]
         if not lost:
             return
-        run.unsaved_pages = []
-        for page, good, with_id in lost:
+        # Each page leaves the list to record again only once recorded: a save in between that loses a
+        # race too reloads the queue, and _reload puts the rest back beside the ones waiting again.
+        run.unsaved_pages, run.recording_again = [], lost
+        while run.recording_again:
+            page, good, with_id = run.recording_again[0]
             self._record_checked(run, page, good, with_id, [])
+            run.recording_again.pop(0)
 
     def _process_recorded_drafts(self, run: _Run) -> None:
         if not run.queue.lines.count(DRAFT):
@@ -949,6 +957,10 @@ class SyncEngine:
         # (_record_unsaved_again), their customers read again.
         run.unsaved_customers, run.unsaved_lines = [], 0
         run.reloaded = True
+        if run.recording_again:  # a race lost while recording lost pages again: none of them is forgotten
+            waiting = {entry[0]: entry for entry in run.unsaved_pages}
+            waiting.update({entry[0]: entry for entry in run.recording_again})
+            run.unsaved_pages, run.recording_again = [waiting[page] for page in sorted(waiting)], []
         if not run.saved:
             queue: Any = None
             for initial in run.initial_events:
@@ -981,7 +993,22 @@ class SyncEngine:
             "resume continues from there.",
             {"draft": run.queue.lines.count(DRAFT)},
         )
-        self._save_or_fail(run)
+        self._save_or_drop_waiting(run, lambda: self._record_stop(run))
+
+    def _save_or_drop_waiting(self, run: _Run, again: Callable[[], None]) -> None:
+        """The save of a run's last word (a stop, a store failure). When it loses a race while pages wait
+        (a webhook delivery changed one of their customers, say), those pages are dropped (resume fetches
+        them again) and the last word is said again on the reloaded queue; otherwise as _save_or_fail."""
+        if not run.unsaved_pages:
+            self._save_or_fail(run)
+            return
+        try:
+            self._save(run)
+        except ConcurrentWriteError:
+            log.warning("run.waiting_pages_dropped", queue_id=str(run.queue.id), pages=len(run.unsaved_pages))
+            self._reload(run)
+            run.unsaved_pages, run.recording_again, run.reloaded = [], [], False
+            again()
 
     def _record_failure(self, run: _Run, because: str, reason: str) -> None:
         """After a failed step the queue in memory may be ahead of the store (a failed save took its
@@ -1000,13 +1027,18 @@ class SyncEngine:
     def _record_fetch_failure(self, run: _Run, error: StoreError) -> None:
         self._drain_incidents(run)
         run.queue.fail_fetch(str(error))
-        self._save_or_fail(run)
+        self._save_or_drop_waiting(run, lambda: self._record_fetch_failure(run, error))
 
     def _record_fetch_finished(self, run: _Run, pages: int, complete: bool, seen: set[int]) -> None:
         if run.unsaved_pages:
             # Saved first on their own, where a lost race is redone (the fetch's end is not).
             self._until_saved(run, partial(self._save_unsaved, run))
         queue = run.queue
+        if queue.pages_recorded < pages:  # never "done" with a page missing: resume fetches it again
+            raise SyncError(
+                f"queue {queue.id}: {pages - queue.pages_recorded} fetched page(s) were not recorded "
+                f"(another writer won their saves); resume it: `wcsync resume {queue.id}`"
+            )
         self._drain_incidents(run)
         queue.finish_fetch(pages=pages, total=len(seen), complete=complete)
         self._save_or_fail(run)

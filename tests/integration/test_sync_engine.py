@@ -9,13 +9,14 @@ import json
 import threading
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
 
-from domain.customer import Customer
+from domain.customer import Customer, customer_key
 from domain.errors import NothingToRetryError
 from domain.queue import QueueOptions, SyncQueue
 from infrastructure.adapters.transcoder import canonical_bytes
@@ -492,6 +493,94 @@ def test_a_lost_race_while_a_page_s_last_batch_waits_processes_it_again(
     assert outcome.counts["created"] == 600 and outcome.counts["done"] == 600
     assert len(events_of_type(services, Customer.Registered)) == 600
     assert sorted(mirror) == sorted(sandbox.store.customer_ids())
+
+
+def test_two_lost_races_in_a_row_while_pages_are_recorded_again_lose_no_page(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A race lost while pages wait, then another during their recording again (a save the 1 s timer made
+    part-way through): the pages not yet recorded again were in neither the queue nor the waiting list,
+    and the re-sync ended done with 1000 of its 1200 lines missing."""
+    with SandboxThread(SandboxConfig(customers=1200)) as sandbox, open_services(services.database) as other:
+        run_sync(services, sandbox)
+        real, real_heads = services.app.save_batch, services.app.customer_heads
+        races: list[int] = []
+        heads_after: list[int] = []
+
+        def race(queue: SyncQueue) -> None:
+            theirs = other.app.get_queue(queue.id)
+            theirs.record_incident("note", "info", "another writer", {})
+            other.app.save_batch(theirs)
+            races.append(queue.pages_recorded)
+
+        def save_batch(*aggregates: Any) -> None:
+            queue = aggregates[0]
+            if isinstance(queue, SyncQueue):
+                waiting = sum(isinstance(e, SyncQueue.LinesAdded) for e in queue.pending_events)
+                if (not races and waiting >= 5) or (len(races) == 1 and waiting >= 1):
+                    race(queue)
+            real(*aggregates)
+
+        def customer_heads(keys: Any) -> Any:
+            if len(races) == 1:
+                heads_after.append(1)
+                if len(heads_after) == 2:  # the re-recording's pages outlast the 1 s wait: a save comes
+                    monkeypatch.setattr(sync_service, "PAGES_SAVE_MAX_S", 0.0)
+            return real_heads(keys)
+
+        monkeypatch.setattr(services.app, "save_batch", save_batch)
+        monkeypatch.setattr(services.app, "customer_heads", customer_heads)
+        second = run_sync(services, sandbox)
+
+    assert len(races) == 2, races
+    assert second.state == "done" and second.counts["done"] == second.counts["total"] == 1200, second.counts
+    events = list(services.app.queue_events(second.queue_id))
+    assert sorted(e.page for e in events if isinstance(e, SyncQueue.LinesAdded)) == list(range(1, 13))
+
+
+def test_a_stop_whose_save_loses_a_race_while_pages_wait_still_stops_resumably(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while a page with a changed customer waits, and a webhook delivery changes that customer
+    meanwhile: the stop's save lost its race and the run ended exit 2, "changed by another process",
+    with nothing of the stop recorded. Now the waiting pages are dropped (resume fetches them again) and
+    the stop is recorded: exit 130, resumable, and the resume ends done."""
+    with SandboxThread(SandboxConfig(customers=1200)) as sandbox, open_services(services.database) as other:
+        run_sync(services, sandbox)
+        edited = sandbox.store.customer_ids()[150]  # on page 2
+        sandbox.store.update(edited, {"last_name": "Edited in store"})
+        stop = threading.Event()
+        engine = services.engine("acme", stop=stop)
+        real_wait, real_stop = engine._may_wait, engine._record_stop
+        waiting_at_stop: list[int] = []
+
+        def may_wait(run: Any, page: Any, lines: int) -> bool:
+            waits = real_wait(run, page, lines)
+            if waits and page[0] == 3:
+                stop.set()
+            return waits
+
+        def record_stop(run: Any) -> None:
+            if not waiting_at_stop:
+                waiting_at_stop.extend(entry[0] for entry in run.unsaved_pages)
+                pushed = other.app.repository.get(customer_key("acme", sandbox.url, edited))
+                pushed.sync({**pushed.record, "last_name": "Pushed"}, "p" * 64, str(uuid.uuid4()))
+                other.app.save_batch(pushed)
+            real_stop(run)
+
+        monkeypatch.setattr(engine, "_may_wait", may_wait)
+        monkeypatch.setattr(engine, "_record_stop", record_stop)
+        with pytest.raises(sync_service.RunStopped) as stopped:
+            asyncio.run(engine.start(store_of(sandbox), QueueOptions(), FAST))
+        assert waiting_at_stop == [2, 3]
+        assert stopped.value.exit_code == 130
+        queue_id = stopped.value.queue_id
+        events = list(services.app.queue_events(queue_id))
+        assert [e.activity_type for e in events if isinstance(e, SyncQueue.StoreIncident)][
+            -1
+        ] == "run_stopped"
+        resumed = asyncio.run(services.engine("acme").resume(queue_id, store_of(sandbox), FAST))
+    assert resumed.state == "done" and resumed.counts["done"] == 1200
 
 
 def test_a_resync_checks_only_the_records_that_are_not_exactly_as_last_synced(
