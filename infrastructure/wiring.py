@@ -338,7 +338,7 @@ class Services:
         applier = DeliveryApplier(
             self.app,
             lambda: positions.get(DELIVERIES_POSITION),
-            lambda position: positions.put(DELIVERIES_POSITION, position),
+            lambda position: positions.put_if_holder(DELIVERIES_POSITION, holder, position),
             claim=lambda: positions.claim(
                 DELIVERIES_POSITION, holder, time.time(), APPLIER_STALE_S, _dead_here
             ),

@@ -38,6 +38,18 @@ class LogPositions:
             rows = self._conn.execute(f"SELECT position FROM {POSITIONS_TABLE} WHERE name = %s", (name,))
         return int(rows[0][0]) if rows else 0
 
+    def put_if_holder(self, name: str, holder: str, position: int) -> bool:
+        """Move ``name``'s position while ``holder`` holds it (a reader whose turn was taken over writes
+        nothing: the new holder's position stands); whether it was written."""
+        now = iso(datetime.now(UTC))
+        with self._write_gate, self._lock, storage_errors(self.database):
+            rows = self._conn.execute(
+                f"UPDATE {POSITIONS_TABLE} SET position = %s, updated_at = %s WHERE name = %s AND holder = %s "
+                "RETURNING name",
+                (position, now, name, holder),
+            )
+        return bool(rows)
+
     def put(self, name: str, position: int) -> None:
         now = iso(datetime.now(UTC))
         with self._write_gate, self._lock, storage_errors(self.database):

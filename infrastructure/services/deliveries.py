@@ -112,6 +112,10 @@ class DeliveryConflict(WcsyncError):
         )
 
 
+# Failures no delivery is to blame for: never counted towards MAX_DELIVERY_ERRORS.
+NOT_THE_DELIVERYS: tuple[type[BaseException], ...] = (*STORAGE_ERRORS, DeliveryConflict)
+
+
 @dataclass(frozen=True)
 class Receipt:
     """What the receiver did: ``outcome`` recorded | duplicate | ping; the delivery's id when recorded."""
@@ -294,7 +298,7 @@ class DeliveryApplier:
         self,
         app: SyncApplication,
         load_position: Callable[[], int],
-        save_position: Callable[[int], None],
+        save_position: Callable[[int], object],
         on_applied: Callable[[], None] | None = None,
         batch: int = 100,
         claim: Callable[[], bool] | None = None,
@@ -328,6 +332,14 @@ class DeliveryApplier:
         self._position = None  # another applier moves the position meanwhile: read it again on our turn
         self._turn_until = float("-inf")
         return False
+
+    def _still_my_turn(self) -> bool:
+        """Between two batches of one step: the turn's heartbeat renewed (a step longer than
+        APPLIER_STALE_S would look stale to the others); False when another applier took it."""
+        if self.claim is None:
+            return True
+        self._turn_until = float("-inf")
+        return self._my_turn()
 
     def close(self) -> None:
         """Give the turn up (a worker stopping): another applier takes it at its next look."""
@@ -364,6 +376,8 @@ class DeliveryApplier:
                         start = notification.id
                 if len(found) < self.batch:
                     start = head
+                elif not self._still_my_turn():  # a long backlog: the turn renewed between batches
+                    break
         finally:
             # Saved when a delivery was applied, else at most every POSITION_EVERY_S: a busy log moves it
             # every step, and a position a little behind only means a few notifications read again.
@@ -430,7 +444,7 @@ class DeliveryApplier:
         failed with the error after MAX_DELIVERY_ERRORS attempts, so it holds up no later delivery."""
         try:
             applied = self._apply(delivery_id)
-        except STORAGE_ERRORS:
+        except NOT_THE_DELIVERYS:  # the database's, or other writers': tried again next step
             raise
         except Exception as error:
             count = self._failures[delivery_id] = self._failures.get(delivery_id, 0) + 1

@@ -472,8 +472,11 @@ class SyncEngine:
     async def _steps(self, run: _Run, client: WooCommerceClient, mode: str) -> None:
         if mode == "retry":
             await self._refetch_drafts(run, client)
-        # Lines recorded but not finished before a crash: their records are in the log.
-        await self._in_worker(self._process_recorded_drafts, run)
+            # Every draft's record was fetched again just now, by this run.
+            await self._in_worker(self._process_recorded_drafts, run, run.started_at)
+        else:
+            # Lines recorded but not finished before a crash: their records are in the log.
+            await self._in_worker(self._process_recorded_drafts, run)
         if not run.queue.fetch_finished:
             await self._fetch(run, client)
 
@@ -866,11 +869,12 @@ class SyncEngine:
             self._record_checked(run, page, good, with_id, [])
             run.recording_again.pop(0)
 
-    def _process_recorded_drafts(self, run: _Run) -> None:
+    def _process_recorded_drafts(self, run: _Run, read_after: datetime | None = None) -> None:
+        """The draft lines' latest records from the log, processed. ``read_after``: when they were fetched
+        at the earliest (default: the queue's creation; an earlier run of the queue fetched them)."""
         if not run.queue.lines.count(DRAFT):
             return
-        # Fetched by an earlier run of the queue: read after the queue was created, at the earliest.
-        read_after = run.queue.created_on
+        read_after = read_after or run.queue.created_on
         for batch in chunks(self._draft_records(run.queue), 1000):
             if self.stop.is_set():
                 raise RunStopped(run.queue.id, run.saved)

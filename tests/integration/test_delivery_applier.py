@@ -13,10 +13,11 @@ from uuid import UUID
 
 import pytest
 
+from infrastructure.adapters.eventstore import ConcurrentWriteError
 from infrastructure.adapters.positions import LogPositions
 from infrastructure.adapters.secrets import SecretKey
 from infrastructure.sandbox import RunningSandbox
-from infrastructure.services.deliveries import DeliveryApplier
+from infrastructure.services.deliveries import DeliveryApplier, DeliveryConflict
 from infrastructure.wiring import DELIVERIES_POSITION, Services
 from projections import queries
 from tests.integration.test_webhook_receiver import post, register_with, signed
@@ -103,3 +104,51 @@ def test_a_delivery_failing_for_a_reason_of_its_own_is_failed_after_a_few_attemp
     services.catch_up()
     [row] = queries.webhook_deliveries(services.projections, ORG, UUID(str(store_id)))
     assert row["state"] == "failed" and "RuntimeError: a bug of this delivery's" in row["error"]
+
+
+def test_a_position_is_written_only_by_the_turns_holder(positions: LogPositions) -> None:
+    assert positions.claim("p", "a", now=100.0, stale_s=10.0)
+    assert positions.put_if_holder("p", "a", 7) and positions.get("p") == 7
+    assert not positions.put_if_holder("p", "b", 3)  # a taken-over reader finishing late writes nothing
+    assert positions.get("p") == 7
+
+
+def test_a_long_step_renews_its_turn_between_batches_and_conflicts_are_never_poison(
+    services: Services, api: Api, sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_sync(services, sandbox)
+    store_id, secret = register_with(services, sandbox, KEY)
+    for woo_id in sandbox.store.customer_ids()[:3]:
+        body = json.dumps({**sandbox.store.api_object(woo_id), "last_name": f"Long {woo_id}"}).encode()
+        assert post(api, store_id, body, signed(secret, "customer.updated", body))[0] == 200
+    claims: list[int] = []
+
+    def claim() -> bool:
+        claims.append(1)
+        return True
+
+    applier = DeliveryApplier(services.app, lambda: 0, lambda position: None, batch=1, claim=claim)
+    assert applier.step() == 3
+    assert len(claims) >= 3  # the step's first, then between its batches of one
+
+    # Another writer winning every attempt is no fault of the delivery: it is tried again, never failed.
+    body = json.dumps(
+        {**sandbox.store.api_object(sandbox.store.customer_ids()[4]), "last_name": "C"}
+    ).encode()
+    assert post(api, store_id, body, signed(secret, "customer.updated", body))[0] == 200
+    later = services.delivery_applier()
+
+    def conflicted(*_: Any) -> Any:
+        raise ConcurrentWriteError("another writer saved first")
+
+    monkeypatch.setattr(services.app, "save_batch", conflicted)
+    for _ in range(4):
+        with pytest.raises(DeliveryConflict):
+            later.step()
+    monkeypatch.undo()
+    assert later.step() == 1
+    services.catch_up()
+    states = {
+        row["state"] for row in queries.webhook_deliveries(services.projections, ORG, UUID(str(store_id)))
+    }
+    assert states == {"applied"}
