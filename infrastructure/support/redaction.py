@@ -26,16 +26,22 @@ from urllib.parse import quote, quote_plus
 MASK = "***"
 
 # A parameter that is a credential whatever its value; the name stays, the value goes. The separator covers
-# a query (`=`), a URL-encoded query (`%3D`, `%253D`), a header or JSON (`="`, `": "`) and escaped quotes.
-_PARAMETER = re.compile(
-    r"""(?ix)
+# a query (`=`), a URL-encoded query (`%3D`, `%253D`), a header or JSON (`="`, `": "`) and escaped quotes. A
+# value ends where its query's next parameter starts: `&` after a plain separator (there `%26` is a "&" in the
+# value), `%26` after `%3D` (there `%2526` is a "%26" in it), `%2526` after `%253D`.
+_NAME = r"""
     (?:oauth_[a-z_]+|consumer_key|consumer_secret|client_secret|api_key|access_token|password|passwd)
     (?:["']|\\["'])?                                   # the name's closing quote in JSON
-    \s*(?:=|%3D|%253D|:)\s*
-    (?:\\?["'])?                                       # the value's opening quote
-    (?P<value>(?:(?!%26|%2526|\\)[^&\s"',;<>])+)
-    """
-)
+"""
+_VALUE_START = r"""\s*(?:\\?["'])?"""  # the value's opening quote
+
+
+def _parameter(separator: str, end: str) -> re.Pattern[str]:
+    ends = f"(?!{end}|\\\\)" if end else "(?!\\\\)"
+    return re.compile(f"(?ix){_NAME}\\s*(?:{separator}){_VALUE_START}(?P<value>(?:{ends}[^&\\s\"',;<>])+)")
+
+
+_PARAMETERS = (_parameter("=|:", ""), _parameter("%3D", "%26"), _parameter("%253D", "%2526"))
 # Authorization schemes whose value is a credential. Only the scheme's name ignores case: under a global
 # (?i) the value's [A-Za-z] would also match the non-ASCII letters that fold to ASCII ones (U+0130 'İ',
 # U+0131, U+017F, U+212A), so a token with text such as 'İ' right after it became one value that is not
@@ -72,7 +78,7 @@ def _is_token(value: str) -> bool:
 
 
 _CREDENTIALS: tuple[tuple[re.Pattern[str], Callable[[str], bool]], ...] = (
-    (_PARAMETER, lambda value: True),
+    *((parameter, lambda value: True) for parameter in _PARAMETERS),
     (_BASIC, _is_basic_credential),
     (_BEARER, _is_token),
     (_USERINFO, lambda value: True),
