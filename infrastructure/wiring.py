@@ -36,7 +36,7 @@ from infrastructure.adapters.woocommerce import (
     WooCommerceClient,
 )
 from infrastructure.services.deliveries import APPLIER_STALE_S, DeliveryApplier, WebhookReceiver
-from infrastructure.services.jobs import JobWorker, SyncJobRunner, SyncJobs, WorkerSettings
+from infrastructure.services.jobs import JobWorker, SideSteps, SyncJobRunner, SyncJobs, WorkerSettings
 from infrastructure.services.localjobs import LocalJobWorker, LocalSyncJobs, pickup_abandoned
 from infrastructure.services.runs import BackgroundRuns
 from infrastructure.services.schedules import MIN_EVERY_S, ScheduleRunner, Schedules
@@ -320,11 +320,12 @@ class Services:
             stores = await asyncio.to_thread(self._stores_with_webhooks)
             return await hooks.watch(stores, watcher)
 
+        side = SideSteps(due, deliveries, webhooks)
         if self.database.backend == "sqlite":
             jobs = LocalJobs(self.database)
             self._opened.append(jobs)
-            return LocalJobWorker(jobs, runner, settings, due, deliveries, webhooks)
-        return JobWorker(self.database, runner, settings, due, deliveries, webhooks)
+            return LocalJobWorker(jobs, runner, settings, side)
+        return JobWorker(self.database, runner, settings, side)
 
     def _stores_with_webhooks(self) -> list[tuple[str, UUID]]:
         self.catch_up()

@@ -386,28 +386,45 @@ async def run_due_schedules(
         await asyncio.sleep(every_s)
 
 
+@dataclass(frozen=True)
+class SideSteps:
+    """What a worker does beside its jobs, each in a loop of its own (run_due_schedules): start the due
+    schedules (``due``), apply the recorded webhook deliveries (``deliveries``), look at the stores'
+    installed webhooks (``webhooks``). None: not that one."""
+
+    due: DueStep | None = None
+    deliveries: DueStep | None = None
+    webhooks: DueStep | None = None
+
+    def start(self, settings: WorkerSettings, stopping: Callable[[], bool]) -> list[asyncio.Future[None]]:
+        """The three loops started; the caller cancels them when the worker stops."""
+        loops = (
+            (self.due, settings.schedule_check_s, "schedule"),
+            (self.deliveries, settings.delivery_check_s, "webhooks.apply"),
+            (self.webhooks, settings.webhook_check_s, "webhooks.watch"),
+        )
+        return [
+            asyncio.ensure_future(run_due_schedules(step, stopping, every, what))
+            for step, every, what in loops
+        ]
+
+
 class JobWorker:
     """One `wcsync worker`: procrastinate's worker running sync jobs with ``run``, the periodic
-    stalled-job retry, the due schedules (``due``), the webhook deliveries (``deliveries``) and the stores'
-    webhooks (``webhooks``). ``stop()``
-    (the CLI calls it on SIGTERM/SIGINT) stops every run after its batch and the worker after its jobs gave
-    themselves back."""
+    stalled-job retry and its side steps (SideSteps). ``stop()`` (the CLI calls it on SIGTERM/SIGINT) stops
+    every run after its batch and the worker after its jobs gave themselves back."""
 
     def __init__(
         self,
         database: DatabaseConfig,
         run: JobRunner,
         settings: WorkerSettings,
-        due: DueStep | None = None,
-        deliveries: DueStep | None = None,
-        webhooks: DueStep | None = None,
+        side: SideSteps | None = None,
     ) -> None:
         self.database = database
         self.run_job = run
         self.settings = settings
-        self.due = due
-        self.deliveries = deliveries
-        self.webhooks = webhooks
+        self.side = side or SideSteps()
         self._stops: set[threading.Event] = set()
         self._task: asyncio.Future[None] | None = None
         self._stopping = False
@@ -508,30 +525,18 @@ class JobWorker:
                     delete_jobs="successful",
                 )
             )
-            checks = asyncio.ensure_future(self._check_stalled())
-            schedules = asyncio.ensure_future(
-                run_due_schedules(self.due, lambda: self._stopping, settings.schedule_check_s)
-            )
-            deliveries = asyncio.ensure_future(
-                run_due_schedules(
-                    self.deliveries, lambda: self._stopping, settings.delivery_check_s, "webhooks.apply"
-                )
-            )
-            webhooks = asyncio.ensure_future(
-                run_due_schedules(
-                    self.webhooks, lambda: self._stopping, settings.webhook_check_s, "webhooks.watch"
-                )
-            )
+            loops = [
+                asyncio.ensure_future(self._check_stalled()),
+                *self.side.start(settings, lambda: self._stopping),
+            ]
             try:
                 await self._task
             except asyncio.CancelledError:
                 if not self._stopping:
                     raise
             finally:
-                checks.cancel()
-                schedules.cancel()
-                deliveries.cancel()
-                webhooks.cancel()
+                for loop in loops:
+                    loop.cancel()
 
     def stop(self) -> None:
         """Stop after the batches in hand: each run saves and its job is given back; no new job starts.

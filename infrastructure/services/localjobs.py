@@ -33,12 +33,11 @@ from infrastructure.adapters.localjobs import FAILED, RUNNING, WAITING, LocalJob
 from infrastructure.services.jobs import (
     LISTED_STATUSES,
     DetachedStarts,
-    DueStep,
     JobRunner,
+    SideSteps,
     SyncJob,
     WorkerSettings,
     retry_delay,
-    run_due_schedules,
 )
 from infrastructure.services.sync import RunStopped
 from infrastructure.support.config import DatabaseConfig
@@ -120,24 +119,15 @@ class LocalJobWorker:
     """A worker of the local job table: claims a job when it has room (``settings.concurrency``), runs it
     with ``run`` and ends it: deleted when its run ended, given back when the worker stopped it or it is to
     be tried again (retry_delay, as on procrastinate), failed otherwise; beside them, the due schedules
-    (``due``), the webhook deliveries (``deliveries``) and the stores' webhooks (``webhooks``). ``stop()`` on
-    the worker's loop."""
+    and the webhooks' work (SideSteps). ``stop()`` on the worker's loop."""
 
     def __init__(
-        self,
-        jobs: LocalJobs,
-        run: JobRunner,
-        settings: WorkerSettings,
-        due: DueStep | None = None,
-        deliveries: DueStep | None = None,
-        webhooks: DueStep | None = None,
+        self, jobs: LocalJobs, run: JobRunner, settings: WorkerSettings, side: SideSteps | None = None
     ) -> None:
         self.jobs = jobs
         self.run_job = run
         self.settings = settings
-        self.due = due
-        self.deliveries = deliveries
-        self.webhooks = webhooks
+        self.side = side or SideSteps()
         self.holder = local_holder()
         self._stops: set[threading.Event] = set()
         self._stopping = False
@@ -147,19 +137,7 @@ class LocalJobWorker:
         self._wake = asyncio.Event()
         running: set[asyncio.Task[None]] = set()
         next_check = 0.0
-        schedules = asyncio.ensure_future(
-            run_due_schedules(self.due, lambda: self._stopping, self.settings.schedule_check_s)
-        )
-        deliveries = asyncio.ensure_future(
-            run_due_schedules(
-                self.deliveries, lambda: self._stopping, self.settings.delivery_check_s, "webhooks.apply"
-            )
-        )
-        webhooks = asyncio.ensure_future(
-            run_due_schedules(
-                self.webhooks, lambda: self._stopping, self.settings.webhook_check_s, "webhooks.watch"
-            )
-        )
+        loops = self.side.start(self.settings, lambda: self._stopping)
         while not self._stopping:
             if time.monotonic() >= next_check:  # a job of a worker of this host that died: given back
                 await asyncio.to_thread(self.jobs.reset_dead)
@@ -175,9 +153,8 @@ class LocalJobWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), LOCAL_POLL_S)
             self._wake.clear()
-        schedules.cancel()
-        deliveries.cancel()
-        webhooks.cancel()
+        for loop in loops:
+            loop.cancel()
         if running:
             await asyncio.gather(*running, return_exceptions=True)
 
