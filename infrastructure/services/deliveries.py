@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import orjson
@@ -241,54 +241,58 @@ class WebhookReceiver:
 
     def _delivery(self, store: WebhookTarget, headers: Mapping[str, str], body: bytes) -> WebhookDelivery:
         topic = _header(headers, TOPIC_HEADER)
-        record, problem, excerpt = _checked(topic, body)
+        checked = _checked(topic, body)
         return WebhookDelivery(
             org_id=store.org_id,
             store_id=str(store.store_id),
             store_url=store.url,
             topic=topic,
-            woo_id=customer_id_of(record) if record is not None else _id_of(body),
-            record=record,
-            problem=problem,
-            excerpt=excerpt,
+            woo_id=checked.woo_id,
+            record=checked.record,
+            problem=checked.problem,
+            excerpt=checked.excerpt,
             body_digest=hashlib.sha256(body).hexdigest(),
             delivery_id=_header(headers, DELIVERY_ID_HEADER),
             webhook_id=_webhook_id(headers),
         )
 
 
-def _id_of(body: bytes) -> int | None:
-    try:
-        return customer_id_of(orjson.loads(body))
-    except orjson.JSONDecodeError:
-        return None
+class _Checked(NamedTuple):
+    """A delivery's body as checked: its customer's id (None: no usable one), the record as it may be stored,
+    or why it cannot be applied and a bounded excerpt of it."""
+
+    woo_id: int | None
+    record: dict[str, Any] | None
+    problem: str | None = None
+    excerpt: str | None = None
 
 
-def _checked(topic: str, body: bytes) -> tuple[dict[str, Any] | None, str | None, str | None]:
-    """(record, problem, excerpt) of a delivery's body: the record checked as a fetched one is, or why it
-    cannot be applied and a bounded excerpt of it."""
-    if topic not in TOPICS:
-        return None, f"topic {topic!r} is not one of {', '.join(TOPICS)}", None
+def _checked(topic: str, body: bytes) -> _Checked:
+    """A delivery's body parsed once and checked as a fetched record is."""
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None, "the body is not JSON", body[:300].decode("utf-8", "replace")
+        return _Checked(None, None, "the body is not JSON", body[:300].decode("utf-8", "replace"))
     woo_id = customer_id_of(raw)
+    if topic not in TOPICS:
+        return _Checked(woo_id, None, f"topic {topic!r} is not one of {', '.join(TOPICS)}")
     if woo_id is None:
-        return None, f"id: {describe_id(raw)}", None
+        return _Checked(None, None, f"id: {describe_id(raw)}")
     # The signature covers the body, not the topic header: a body must be what its topic sends, so a
     # signed body replayed under another topic does nothing (a deletion's is {"id": N} and only that).
     if topic == DELETED:
         if set(raw) != {"id"}:
-            return None, 'a customer.deleted body is {"id": N} and nothing else', None
-        return {"id": woo_id}, None, None
+            return _Checked(woo_id, None, 'a customer.deleted body is {"id": N} and nothing else')
+        return _Checked(woo_id, {"id": woo_id})
     missing = [name for name in _RECORD_FIELDS if name not in raw]
     if missing:
-        return None, f"a {topic} body is a whole customer record; it has no {', '.join(missing)}", None
+        return _Checked(
+            woo_id, None, f"a {topic} body is a whole customer record; it has no {', '.join(missing)}"
+        )
     checked = check_record(raw, canonical_bytes)
     if isinstance(checked, RejectedRecord):
-        return None, checked.error, checked.excerpt
-    return checked, None, None
+        return _Checked(woo_id, None, checked.error, checked.excerpt)
+    return _Checked(woo_id, checked)
 
 
 class DeliveryApplier:
