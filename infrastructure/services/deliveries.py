@@ -468,29 +468,10 @@ class DeliveryApplier:
         """Apply one delivery (True) unless it was already (False). A customer another writer changed
         meanwhile (a sync's batch) is reloaded and the delivery applied again on top of it."""
         for attempt in range(1, MAX_APPLY_ATTEMPTS + 1):
-            try:
-                delivery: WebhookDelivery = self.app.repository.get(delivery_id)
-            except AggregateNotFoundError:
-                return False
-            if not delivery.pending:
-                return False
-            changed = delivery.apply_to(self._customer(delivery), _digest_of(delivery))
-            try:
-                if changed is not None and changed.pending_events:
-                    self.app.save_batch(delivery, changed)
-                else:
-                    self.app.save_batch(delivery)
-            except ConcurrentWriteError:
-                log.info("webhooks.apply_conflict", delivery=str(delivery_id), attempt=attempt)
-                continue
-            log.info(
-                "webhooks.applied",
-                delivery=str(delivery_id),
-                topic=delivery.topic,
-                customer_id=delivery.woo_id,
-                outcome=delivery.outcome,
-            )
-            return True
+            applied = self._together([delivery_id])
+            if applied is not None:
+                return applied > 0
+            log.info("webhooks.apply_conflict", delivery=str(delivery_id), attempt=attempt)
         raise DeliveryConflict(delivery_id)
 
     @staticmethod
@@ -498,16 +479,6 @@ class DeliveryApplier:
         if delivery.woo_id is None:
             return None
         return customer_key(delivery.org_id, delivery.store_url, delivery.woo_id)
-
-    def _customer(self, delivery: WebhookDelivery) -> Customer | None:
-        key = self._key(delivery)
-        if key is None:
-            return None
-        try:
-            customer: Customer = self.app.repository.get(key)
-        except AggregateNotFoundError:
-            return None
-        return customer
 
 
 def _digest_of(delivery: WebhookDelivery) -> str | None:

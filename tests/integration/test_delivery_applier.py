@@ -95,7 +95,6 @@ def test_a_delivery_failing_for_a_reason_of_its_own_is_failed_after_a_few_attemp
     def broken(*_: Any) -> Any:
         raise RuntimeError("a bug of this delivery's")
 
-    monkeypatch.setattr(applier, "_customer", broken)
     monkeypatch.setattr(services.app, "load_customers", broken)
     for _ in range(2):
         with pytest.raises(RuntimeError):
