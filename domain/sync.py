@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
-from domain.customer import CUSTOMER_NAMESPACE, Customer, canonical_bytes
+from domain.customer import Customer, canonical_bytes, customer_keys_for
 from domain.lines import DRAFT
 from domain.queue import SyncQueue
 from domain.validation import InvalidCustomerRecord, validate_customer
@@ -34,21 +34,10 @@ def customer_keys(queue: SyncQueue, records: Iterable[Mapping[str, Any]]) -> lis
 
 
 def customer_keys_of(queue: SyncQueue, ids: Iterable[int]) -> list[UUID]:
-    """customer_key of each of these customers of the queue's store. The same UUIDs as customer_key gives
-    (a name-based UUID 5, SHA-1 over the namespace and the name), with the hash of the part of the name
-    shared by the whole queue computed once: a re-sync asks this of every customer, and uuid5 hashed it
-    anew each time."""
-    # customer_key's name is f"{org_id}\x1f{store_url}\x1f{woo_id}" (tests/unit/test_sync_batch.py holds
-    # the two equal).
-    shared = hashlib.sha1(  # noqa: S324 - UUID 5 is defined with SHA-1; an identifier, not a protection
-        CUSTOMER_NAMESPACE.bytes + f"{queue.org_id}\x1f{queue.store_url}\x1f".encode()
-    )
-    keys: list[UUID] = []
-    for cid in ids:
-        name = shared.copy()
-        name.update(str(cid).encode())
-        keys.append(UUID(bytes=name.digest()[:16], version=5))
-    return keys
+    """customer_key of each of these customers of the queue's store (customer_keys_for: the hash of the
+    part of the name shared by the whole queue computed once; a re-sync asks this of every customer)."""
+    key = customer_keys_for(queue.org_id, queue.store_url)
+    return [key(cid) for cid in ids]
 
 
 class Mirrored(Protocol):
@@ -90,40 +79,48 @@ def sync_batch(
     customers: Mapping[int, Customer],
     canonical: Callable[[Mapping[str, Any]], bytes] = canonical_bytes,
     read_after: datetime | None = None,
+    *,
+    checked: bool = False,
 ) -> BatchOutcome:
     """Apply fetched records to their lines (only lines still draft) and to the mirrored customers.
 
     Triggers the queue's LinesDone / LinesFailed and the customers' events; returns what changed.
     ``customers``: the mirrored customers of these records, by WooCommerce id. ``read_after``: the earliest
     the records may have been fetched; a customer another writer changed since is left as it is unless the
-    record is newer (Customer.sync).
+    record is newer (Customer.sync). ``checked``: every record is what domain.validation.check_record
+    returned, with ``canonical`` the encoder it was given (its rules, the record's size among them, passed),
+    so they are not validated again; records read back from the log are (rules may have changed since).
     """
     outcome = BatchOutcome()
+    queue_id = str(queue.id)
+    key = customer_keys_for(queue.org_id, queue.store_url)
     for record in records:
         cid = record["id"]
         line = queue.lines.get(cid)
         if line is None or line.state != DRAFT:
             continue
         encoded = canonical(record)
-        try:
-            validate_customer(record, encoded_size=len(encoded))
-        except InvalidCustomerRecord as error:
-            outcome.failures[cid] = f"invalid customer record: {error}"
-            continue
+        if not checked:
+            try:
+                validate_customer(record, encoded_size=len(encoded))
+            except InvalidCustomerRecord as error:
+                outcome.failures[cid] = f"invalid customer record: {error}"
+                continue
         digest = hashlib.sha256(encoded).hexdigest()
         customer = customers.get(cid)
         if customer is None:
-            customer = Customer(
+            customer = Customer.register(
+                key(cid),
                 org_id=queue.org_id,
                 store_url=queue.store_url,
                 woo_id=cid,
                 record=record,
                 digest=digest,
-                queue_id=str(queue.id),
+                queue_id=queue_id,
             )
             result = "created"
         else:
-            result = customer.sync(record, digest, str(queue.id), read_after)
+            result = customer.sync(record, digest, queue_id, read_after)
         outcome.results[result].append(cid)
         if customer.pending_events:
             outcome.changed.append(customer)
