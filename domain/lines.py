@@ -1,13 +1,19 @@
-"""The lines of a queue, kept compact: a queue of 100,000 lines must load (from a snapshot) in well under
-a second and stay small in memory, so a line holds its state and outcome, never the customer record (that
-lives in the ``LinesAdded`` events and is read back only for the lines still to process)."""
+"""The lines of a queue, kept compact: a queue of a million lines must load (from a snapshot) in well under
+a second and stay a few megabytes in memory, so a line holds its state and outcome, never the customer
+record (that lives in the ``LinesAdded`` events and is read back only for the lines still to process).
+Also the compact set of ids a scan has seen (IdSet)."""
 
 from __future__ import annotations
 
 import base64
+import re
+from array import array
+from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, MutableSet
 from datetime import datetime
+from itertools import accumulate, chain, compress, islice
+from operator import lt, sub
 from typing import Any
 
 DRAFT = "draft"
@@ -50,26 +56,42 @@ class Line:
 class LineBook:
     """Lines by WooCommerce customer id, with counts kept as lines change state.
 
-    Compact on purpose: a line that carries nothing but its state and result (nearly all of them) is one
-    small integer in a dict, ~70 bytes; only lines with attempts or an error keep a Line. A 100,000-line
-    queue measured 36 MB as Line objects; ``get`` and the iterators hand out Line views either way.
+    Flat on purpose: a million-line queue lives in one process beside everything else a sync holds, so
+    a line is its id in an ``array('q')`` and one byte of state and result in a ``bytearray`` (9 bytes,
+    where a dict of small ints cost ~75 and a Line each ~360). Only lines with attempts or an error keep
+    a Line (``_details``); ``get`` and the iterators hand out Line views either way.
+
+    Both arrays keep the order lines were added in: iteration is in that order, as the dict's was (a
+    retry's and a forced done's ids are written to events in it). Ids are found by binary search: while
+    the ids were added in ascending order (a first sync adds them page by page, in id order) the ids
+    array is its own index; once not (a re-sync adds a page's changed customers before its unchanged
+    ones), a sorted copy with each id's position (12 more bytes a line) is the index, and ids added since
+    its last merge wait in a small dict merged in batches (usually at its end: pages come in id order).
     """
 
     def __init__(self) -> None:
-        self._codes: dict[int, int] = {}  # id -> state code * 4 + result code
+        self._ids = array("q")  # in the order added
+        self._codes = bytearray()  # state code * 4 + result code, at the same positions
+        # The index of positions [0, _merged): None while those ids ascend (they are their own index),
+        # else the ids sorted (_keys) with their positions (_slots). Positions from _merged on: _pending.
+        self._keys: array[int] | None = None
+        self._slots = array("I")
+        self._merged = 0
+        self._next = 0  # where in the index the next lookup looks first
+        self._pending: dict[int, int] = {}  # id -> position, added since the last merge
         self._details: dict[int, Line] = {}  # lines with attempts or an error: the whole line
         self._states: Counter[str] = Counter()
         self._results: Counter[str] = Counter()
 
     def __iter__(self) -> Iterator[int]:
-        """The line ids."""
-        return iter(self._codes)
+        """The line ids, in the order they were added."""
+        return iter(self._ids)
 
     def __contains__(self, customer_id: object) -> bool:
-        return customer_id in self._codes
+        return isinstance(customer_id, int) and self._find(customer_id) >= 0
 
     def __len__(self) -> int:
-        return len(self._codes)
+        return len(self._ids)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LineBook) and dict(self.items()) == dict(other.items())
@@ -79,7 +101,7 @@ class LineBook:
 
     @property
     def total(self) -> int:
-        return len(self._codes)
+        return len(self._ids)
 
     def count(self, state: str) -> int:
         return self._states[state]
@@ -88,24 +110,39 @@ class LineBook:
         return self._results[result]
 
     def get(self, customer_id: int) -> Line | None:
-        code = self._codes.get(customer_id)
-        return None if code is None else self._line(customer_id, code)
+        position = self._find(customer_id)
+        return None if position < 0 else self._line(customer_id, self._codes[position])
 
     def add(self, customer_id: int) -> None:
-        self._codes[customer_id] = _DRAFT_CODE
+        ids = self._ids
+        if self._keys is None and not self._pending and (not ids or customer_id > ids[-1]):
+            ids.append(customer_id)  # the fast path: ids ascending, the array its own index
+            self._codes.append(_DRAFT_CODE)
+            self._merged += 1
+        else:
+            position = self._find(customer_id)
+            if position >= 0:  # added again: back to draft where it stands, as a dict's key would
+                self._codes[position] = _DRAFT_CODE
+            else:
+                self._pending[customer_id] = len(ids)
+                ids.append(customer_id)
+                self._codes.append(_DRAFT_CODE)
+                if len(self._pending) >= _merge_size(len(ids)):
+                    self._merge()
         self._states[DRAFT] += 1
 
     def finish(
         self, customer_id: int, state: str, result: str | None = None, error: str | None = None
     ) -> None:
-        code = self._codes[customer_id]
+        position = self._position(customer_id)
+        code = self._codes[position]
         self._states[_STATES[code >> 2]] -= 1
         self._states[state] += 1
         if result is not None:
             self._results[result] += 1
         result_code = _RESULT_CODES[result] if result is not None else code & 3
-        self._codes[customer_id] = _STATE_CODES[state] << 2 | result_code
-        detail = self._details.get(customer_id)
+        self._codes[position] = _STATE_CODES[state] << 2 | result_code
+        detail = self._details.get(customer_id) if self._details else None
         if detail is not None or error is not None:
             line = detail or Line()
             line.state, line.result = state, _RESULTS[result_code]
@@ -114,36 +151,96 @@ class LineBook:
             self._details[customer_id] = line
 
     def fail(self, customer_id: int, error: str, attempt: int, at: datetime) -> None:
-        code = self._codes[customer_id]
+        position = self._position(customer_id)
+        code = self._codes[position]
         self._states[_STATES[code >> 2]] -= 1
         self._states[FAILED] += 1
-        self._codes[customer_id] = _STATE_CODES[FAILED] << 2 | (code & 3)
+        self._codes[position] = _STATE_CODES[FAILED] << 2 | (code & 3)
         self._details[customer_id] = Line(FAILED, _RESULTS[code & 3], attempt, error, at)
 
     def reopen(self, customer_id: int) -> None:
-        code = self._codes[customer_id]
+        position = self._position(customer_id)
+        code = self._codes[position]
         self._states[_STATES[code >> 2]] -= 1
         self._states[DRAFT] += 1
-        self._codes[customer_id] = _DRAFT_CODE | (code & 3)
+        self._codes[position] = _DRAFT_CODE | (code & 3)
         detail = self._details.get(customer_id)
         if detail is not None:
             detail.state = DRAFT
 
     def ids_in_state(self, state: str) -> Iterator[int]:
-        wanted = _STATE_CODES[state]
-        return (cid for cid, code in self._codes.items() if code >> 2 == wanted)
+        return compress(self._ids, self._codes.translate(_IN_STATE[_STATE_CODES[state]]))
 
     def items_in_state(self, state: str) -> Iterator[tuple[int, Line]]:
-        return ((cid, self._line(cid, self._codes[cid])) for cid in self.ids_in_state(state))
+        mask = self._codes.translate(_IN_STATE[_STATE_CODES[state]])
+        return self._items(compress(range(len(mask)), mask))
 
     def items(self) -> Iterator[tuple[int, Line]]:
-        return ((cid, self._line(cid, code)) for cid, code in self._codes.items())
+        return self._items(range(len(self._ids)))
+
+    def _items(self, positions: Iterable[int]) -> Iterator[tuple[int, Line]]:
+        ids, codes = self._ids, self._codes
+        for position in positions:
+            customer_id = ids[position]
+            yield customer_id, self._line(customer_id, codes[position])
 
     def _line(self, customer_id: int, code: int) -> Line:
-        detail = self._details.get(customer_id)
+        detail = self._details.get(customer_id) if self._details else None
         if detail is not None:
             return detail
         return Line(_STATES[code >> 2], _RESULTS[code & 3])
+
+    # ----- finding an id ---------------------------------------------------------------------------------
+
+    def _position(self, customer_id: int) -> int:
+        position = self._find(customer_id)
+        if position < 0:
+            raise KeyError(customer_id)
+        return position
+
+    def _find(self, customer_id: int) -> int:
+        """The position of a line, -1 when there is none."""
+        if self._pending:
+            position = self._pending.get(customer_id)
+            if position is not None:
+                return position
+        keys = self._keys
+        index = self._ids if keys is None else keys
+        size = self._merged
+        at = self._next  # lines are mostly looked up in the order added: try the one after the last first
+        if at < size and index[at] == customer_id:
+            self._next = at + 1
+        elif not size or customer_id > index[size - 1]:
+            return -1  # above every indexed id: a new line (the common case of add_lines' check)
+        else:
+            at = bisect_left(index, customer_id, 0, size)
+            if index[at] != customer_id:
+                return -1
+            self._next = at + 1
+        return at if keys is None else self._slots[at]
+
+    def _merge(self) -> None:
+        """Move the pending ids into the index. Pages come in id order, so the pending ids are usually
+        above, or among the last of, the indexed ones: only the index's tail from the lowest pending id on
+        is merged (sorted again), not the whole index."""
+        added = sorted(self._pending.items())
+        self._pending = {}
+        ids, merged = self._ids, self._merged
+        self._merged = len(ids)
+        if self._keys is None:
+            if (not merged or added[0][0] > ids[merged - 1]) and all(
+                position == merged + i for i, (_, position) in enumerate(added)
+            ):
+                return  # still ascending in the order added: the ids stay their own index
+            self._keys = ids[:merged]
+            self._slots = array("I", range(merged))
+        keys, slots = self._keys, self._slots
+        start = bisect_left(keys, added[0][0])
+        if start < len(keys):
+            added = sorted([*zip(keys[start:], slots[start:], strict=True), *added])
+            del keys[start:], slots[start:]
+        keys.extend([key for key, _ in added])
+        slots.extend([slot for _, slot in added])
 
     # Snapshots. Compact form: the ids as one base64 string of zigzag varint deltas (ids arrive mostly in
     # order: a 100,000-line queue is ~150 KB), the codes as one of bytes, and rows only for the lines with
@@ -161,20 +258,18 @@ class LineBook:
             for cid, line in self._details.items()
         ]
         return {
-            "ids": base64.b64encode(_varint_deltas(self._codes.keys())).decode("ascii"),
-            "codes": base64.b64encode(bytes(self._codes.values())).decode("ascii"),
+            "ids": base64.b64encode(_varint_deltas(self._ids)).decode("ascii"),
+            "codes": base64.b64encode(self._codes).decode("ascii"),
             "details": details,
         }
 
     @classmethod
     def from_compact(cls, data: dict[str, Any]) -> LineBook:
-        book = cls()
-        codes = base64.b64decode(data["codes"])
-        book._codes = dict(zip(_from_varint_deltas(base64.b64decode(data["ids"])), codes, strict=True))
-        for code, count in Counter(codes).items():
-            book._states[_STATES[code >> 2]] += count
-            if code & 3:
-                book._results[_RESULTS[code & 3]] += count  # type: ignore[index]
+        ids = _from_varint_deltas(base64.b64decode(data["ids"]))
+        codes = bytearray(base64.b64decode(data["codes"]))
+        if len(ids) != len(codes):
+            raise ValueError(f"a line book of {len(ids)} ids and {len(codes)} codes")
+        book = cls._of(ids, codes)
         for cid, state, result, attempts, error, error_at in data["details"]:
             at = datetime.fromisoformat(error_at) if error_at else None
             book._details[cid] = Line(state, result, attempts, error, at)
@@ -183,42 +278,177 @@ class LineBook:
     # Rows: one list of plain values per line (the first snapshot format; still read, no longer written).
     @classmethod
     def from_rows(cls, rows: list[list[Any]]) -> LineBook:
-        book = cls()
+        book = cls._of(array("q", [row[0] for row in rows]), bytearray())
         for cid, state, result, attempts, error, error_at in rows:
-            book._codes[cid] = _STATE_CODES[state] << 2 | _RESULT_CODES[result]
+            book._codes.append(_STATE_CODES[state] << 2 | _RESULT_CODES[result])
             if attempts or error is not None:
                 at = datetime.fromisoformat(error_at) if error_at else None
                 book._details[cid] = Line(state, result, attempts, error, at)
-            book._states[state] += 1
-            if result is not None:
-                book._results[result] += 1
+        book._count_codes()
         return book
 
+    @classmethod
+    def _of(cls, ids: array[int], codes: bytearray) -> LineBook:
+        """A book of these lines (distinct ids, in the order added), its index and counts made at once."""
+        book = cls()
+        book._ids, book._codes, book._merged = ids, codes, len(ids)
+        if not all(map(lt, ids, islice(ids, 1, None))):
+            order = sorted(range(len(ids)), key=ids.__getitem__)
+            book._keys = array("q", map(ids.__getitem__, order))
+            book._slots = array("I", order)
+        book._count_codes()
+        return book
 
-def _varint_deltas(ids: Iterable[int]) -> bytes:
+    def _count_codes(self) -> None:
+        self._states.clear()
+        self._results.clear()
+        for code in range(len(LINE_STATES) << 2):
+            count = self._codes.count(code)
+            if count:
+                self._states[_STATES[code >> 2]] += count
+                if code & 3:
+                    self._results[_RESULTS[code & 3]] += count  # type: ignore[index]
+
+
+def _merge_size(lines: int) -> int:
+    """How many ids may wait unindexed: a sixteenth of the lines (merges stay rare however the ids come),
+    between 1,024 and 65,536 (a waiting id costs a dict entry, ~100 bytes)."""
+    return min(max(lines >> 4, 1024), 65_536)
+
+
+class IdSet(MutableSet[int]):
+    """A set of customer ids at ~8 bytes an id (a set of ints costs ~30-60): the ids a scan has seen, for
+    a million-customer store. Sorted in an ``array('q')``, ids added since the last merge in a small set;
+    ids come page by page in ascending order, so adding one above all the others is an append. Iterates
+    in ascending order. The operators of a set come from MutableSet (``store_ids - seen`` works with a
+    set on the left: the result is an IdSet)."""
+
+    __slots__ = ("_keys", "_pending")
+
+    def __init__(self, ids: Iterable[int] = ()) -> None:
+        self._keys = array("q")  # sorted, distinct from _pending
+        self._pending: set[int] = set()
+        self.update(ids)
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, int):
+            return False
+        if value in self._pending:
+            return True
+        keys = self._keys
+        at = bisect_left(keys, value)
+        return at < len(keys) and keys[at] == value
+
+    def __len__(self) -> int:
+        return len(self._keys) + len(self._pending)
+
+    def __iter__(self) -> Iterator[int]:
+        self._merge()
+        return iter(self._keys)
+
+    def __repr__(self) -> str:
+        return f"IdSet({len(self)} ids)"
+
+    def add(self, value: int) -> None:
+        keys = self._keys
+        if not self._pending and (not keys or value > keys[-1]):
+            keys.append(value)
+        elif value not in self:
+            self._pending.add(value)
+            if len(self._pending) >= _merge_size(len(keys)):
+                self._merge()
+
+    def discard(self, value: int) -> None:
+        if value in self._pending:
+            self._pending.discard(value)
+            return
+        keys = self._keys
+        at = bisect_left(keys, value)
+        if at < len(keys) and keys[at] == value:
+            del keys[at]
+
+    def update(self, ids: Iterable[int]) -> None:
+        add = self.add
+        for value in ids:
+            add(value)
+
+    def _merge(self) -> None:
+        if not self._pending:
+            return
+        added = sorted(self._pending)
+        self._pending = set()
+        keys = self._keys
+        start = bisect_left(keys, added[0])
+        if start < len(keys):
+            added = sorted([*keys[start:], *added])
+            del keys[start:]
+        keys.extend(added)
+
+
+_MULTI_BYTE = re.compile(rb"[\x80-\xff]+[\x00-\x7f]")  # a varint of two bytes or more
+_CHUNK = 4096  # deltas encoded at C speed together, when each fits in one byte
+
+
+def _zigzag(signed: int) -> int:
+    return signed << 1 if signed >= 0 else (-signed << 1) - 1
+
+
+# One-byte varints in bulk: a delta in [-64, 63] as a signed byte (its two's complement) -> its zigzag
+# byte, and back. bytes.translate runs at C speed; deltas outside the range go one by one.
+_TO_ZIGZAG = bytes(_zigzag(u - 256 if u > 127 else u) if u < 64 or u >= 192 else 0 for u in range(256))
+_FROM_ZIGZAG = bytes(((z >> 1) if not z & 1 else 256 - ((z + 1) >> 1)) if z < 128 else 0 for z in range(256))
+
+
+def _varint_deltas(ids: array[int]) -> bytes:
+    """The ids' zigzag varint deltas. Chunk by chunk: a chunk whose deltas all fit in one byte (ids
+    nearly consecutive, as most of any store's are) is translated at C speed, a snapshot of a million
+    lines in milliseconds; others are written one delta at a time."""
+    deltas = array("q", map(sub, ids, chain((0,), ids)))
     out = bytearray()
-    previous = 0
-    for cid in ids:
-        delta = cid - previous
-        previous = cid
-        value = delta << 1 if delta >= 0 else (-delta << 1) - 1  # zigzag: small either way
-        while value >= 0x80:
-            out.append(value & 0x7F | 0x80)
-            value >>= 7
-        out.append(value)
+    for start in range(0, len(deltas), _CHUNK):
+        chunk = deltas[start : start + _CHUNK]
+        if min(chunk) >= -64 and max(chunk) <= 63:
+            out += array("b", chunk).tobytes().translate(_TO_ZIGZAG)
+            continue
+        for delta in chunk:
+            value = _zigzag(delta)
+            while value >= 0x80:
+                out.append(value & 0x7F | 0x80)
+                value >>= 7
+            out.append(value)
     return bytes(out)
 
 
-def _from_varint_deltas(data: bytes) -> Iterator[int]:
-    previous = value = shift = 0
-    for byte in data:
-        value |= (byte & 0x7F) << shift
-        if byte & 0x80:
-            shift += 7
-            continue
-        previous += value >> 1 if not value & 1 else -((value + 1) >> 1)
-        yield previous
+def _from_varint_deltas(data: bytes) -> array[int]:
+    """The ids back: the runs of one-byte varints between the longer ones at C speed (translate, then
+    accumulate), the longer ones one by one. An unfinished varint at the end is ignored, as before."""
+    ids = array("q")
+    previous = at = 0
+    for match in _MULTI_BYTE.finditer(data):
+        previous = _one_byte_run(data[at : match.start()], previous, ids)
         value = shift = 0
+        for byte in match.group():
+            value |= (byte & 0x7F) << shift
+            shift += 7
+        previous += value >> 1 if not value & 1 else -((value + 1) >> 1)
+        ids.append(previous)
+        at = match.end()
+    _one_byte_run(data[at:].rstrip(_HIGH_BYTES), previous, ids)
+    return ids
+
+
+_HIGH_BYTES = bytes(range(0x80, 0x100))
+
+
+def _one_byte_run(run: bytes, previous: int, ids: array[int]) -> int:
+    if not run:
+        return previous
+    deltas = array("b")
+    deltas.frombytes(run.translate(_FROM_ZIGZAG))
+    sums = accumulate(deltas, initial=previous)
+    next(sums)
+    ids.extend(sums)
+    return ids[-1]
 
 
 _STATES = LINE_STATES  # code -> state
@@ -226,3 +456,5 @@ _STATE_CODES = {state: code for code, state in enumerate(LINE_STATES)}
 _RESULTS: tuple[str | None, ...] = (None, "created", "updated", "unchanged")
 _RESULT_CODES = {result: code for code, result in enumerate(_RESULTS)}
 _DRAFT_CODE = _STATE_CODES[DRAFT] << 2
+# code -> 1 where the code's state is the one wanted (for bytes.translate, then itertools.compress)
+_IN_STATE = tuple(bytes(int(c >> 2 == s) for c in range(256)) for s in range(len(LINE_STATES)))
