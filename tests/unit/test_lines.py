@@ -106,7 +106,7 @@ class DictLineBook:
         for code in self.codes.values():
             again.states[LINE_STATES[code >> 2]] += 1
             if code & 3:
-                again.results[RESULT_NAMES[code & 3]] += 1
+                again.results[RESULTS[(code & 3) - 1]] += 1
         return again
 
 
@@ -285,7 +285,7 @@ def test_id_set_does_what_the_set_did(operations: list[tuple[Any, ...]], merge_s
             for probe in (*model, 0, 61, 2**62, "7"):
                 assert (probe in seen) == (probe in model)
         assert list(seen) == sorted(model)
-        assert seen == model and IdSet(model) == seen
+        assert seen == IdSet(model) and set(seen) == model
         others = {1, 2, 3, 2**63 - 1}
         assert others - seen == others - model  # a set on the left, as a scan's reconciliation has it
         assert set(seen - others) == model - others
