@@ -145,7 +145,9 @@ def _processing_started(event: Any) -> list[Entry]:
 
 @_describes(SyncQueue.LinesAdded, names_lines=True)
 def _lines_added(event: Any) -> list[Entry]:
-    return _added_lines(event.page, _ids(event.records), getattr(event, "unchanged", None) or ())
+    # Lines processed in the same save (version 2) are recorded to process just as ``records``' are.
+    processed = [int(row[0]) for row in getattr(event, "processed", None) or ()]
+    return _added_lines(event.page, _ids(event.records) + processed, getattr(event, "unchanged", None) or ())
 
 
 @_describes(SyncQueue.LinesRefetched, names_lines=True)

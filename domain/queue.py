@@ -109,12 +109,32 @@ class SyncQueue(Aggregate):
             aggregate.last_process_date = self.timestamp
 
     class LinesAdded(Event):
+        """A page's customers as lines. Version 2 added ``processed`` and ``body_digest`` (a version 1
+        event reads as one with none of either)."""
+
+        class_version = 2
+
         page: int | None  # the store's page number; None when lines come from a reconciliation
         records: list[dict[str, Any]]  # the customers as fetched, to be processed
         # [customer id, digest] of customers fetched exactly as last synced: their lines are added done
         # ("unchanged") at once. The record is not stored again: the digest names it in the customer's
         # own history. A re-sync of an unchanged store so writes ids, not whole records.
         unchanged: list[list[Any]]
+        # [customer id, digest] of customers fetched and processed in the same save as this event: their
+        # lines are added draft, as ``records``' are, and the LinesDone/LinesFailed saved with it finish
+        # them. The record is not stored here: it is in the customer's own event of that save (or was not
+        # stored at all, when unchanged or failed). A first sync so writes each record once.
+        processed: list[list[Any]]
+        # SHA-256 (hex) of the store's answer for this page, byte for byte, when every customer on it is a
+        # line of this event: a later scan whose page is the same bytes read the same customers
+        # (SyncEngine's known pages). None otherwise, and for a reconciliation.
+        body_digest: str | None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state.setdefault("unchanged", [])
+            state["processed"] = []
+            state["body_digest"] = None
 
     class LinesRefetched(Event):
         records: list[dict[str, Any]]  # failed lines' customers fetched again for a retry
@@ -231,30 +251,58 @@ class SyncQueue(Aggregate):
         self.trigger_event(self.ProcessingStarted, mode=mode)
 
     def add_lines(
-        self, records: list[dict[str, Any]], page: int | None, unchanged: Iterable[tuple[int, str]] = ()
+        self,
+        records: list[dict[str, Any]],
+        page: int | None,
+        unchanged: Iterable[tuple[int, str]] = (),
+        processed: Iterable[tuple[int, str]] = (),
+        body_digest: str | None = None,
     ) -> None:
-        """Record customers as fetched: ``records`` to process, and ``unchanged`` (id, digest) pairs of
-        customers identical to their last sync. Every id must be a positive integer (see validation)."""
+        """Record customers as fetched: ``records`` to process, ``unchanged`` (id, digest) pairs of
+        customers identical to their last sync, and ``processed`` (id, digest) pairs of customers the
+        caller processes and saves together with this event (their records go in their own events, see
+        LinesAdded). ``body_digest``: the page's answer's digest, when every customer on it is a line
+        here. Every id must be a positive integer (see validation)."""
         self._check_open()
         unchanged_rows = [[cid, digest] for cid, digest in unchanged]
-        seen: set[int] = set()
-        for cid in [record["id"] for record in records] + [row[0] for row in unchanged_rows]:
-            if cid in self.lines or cid in seen:
-                raise DuplicateLineError(self.id, cid)
-            seen.add(cid)
+        processed_rows = [[cid, digest] for cid, digest in processed]
+        lines = self.lines
+        ids = [record["id"] for record in records]
+        ids += [row[0] for row in unchanged_rows]
+        ids += [row[0] for row in processed_rows]
+        if len(set(ids)) != len(ids) or any(cid in lines for cid in ids):
+            seen: set[int] = set()
+            for cid in ids:
+                if cid in lines or cid in seen:
+                    raise DuplicateLineError(self.id, cid)
+                seen.add(cid)
         if page is not None and page != self.pages_recorded + 1:
             raise ValueError(f"page {page} recorded out of order: expected page {self.pages_recorded + 1}")
-        self._lines_added(page=page, records=records, unchanged=unchanged_rows)
+        self._lines_added(
+            page=page,
+            records=records,
+            unchanged=unchanged_rows,
+            processed=processed_rows,
+            body_digest=body_digest,
+        )
 
     @event(LinesAdded)
     def _lines_added(
-        self, page: int | None, records: list[dict[str, Any]], unchanged: list[list[Any]]
+        self,
+        page: int | None,
+        records: list[dict[str, Any]],
+        unchanged: list[list[Any]],
+        processed: list[list[Any]],
+        body_digest: str | None,
     ) -> None:
+        lines = self.lines
         for record in records:
-            self.lines.add(record["id"])
+            lines.add(record["id"])
+        for cid, _digest in processed:
+            lines.add(cid)
         for cid, _digest in unchanged:
-            self.lines.add(cid)
-            self.lines.finish(cid, DONE, result="unchanged")
+            lines.add(cid)
+            lines.finish(cid, DONE, result="unchanged")
         if page is not None:
             self.pages_recorded = page
 

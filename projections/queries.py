@@ -158,6 +158,18 @@ def queues_with_line(source: Source, org_id: str, store_url: str, woo_customer_i
     return [decode(row)[0] for row in rows]
 
 
+def store_queue_ids(source: Source, org_id: str, store_url: str, limit: int = 5) -> list[UUID]:
+    """The ids of the org's latest queues of a store, newest first."""
+    with _database(source) as db:
+        decode = db.decoder([UUID_])
+        rows = db.fetchall(
+            f"SELECT id FROM {QUEUE_TABLE.name} WHERE org_id = %s AND store_url = %s "
+            "ORDER BY created_at DESC, id DESC LIMIT %s",
+            [org_id, store_url, int(limit)],
+        )
+    return [decode(row)[0] for row in rows]
+
+
 def list_queues(source: Source, org_id: str, limit: int = 50) -> list[dict[str, Any]]:
     """The org's queues, newest first, with the same keys as ``queue_status``."""
     with _database(source) as db:

@@ -194,6 +194,10 @@ class QueuesProjection(Projection):
         elif isinstance(event, SyncQueue.LinesAdded):
             for record in event.records:
                 batch.add(queue, record["id"], at)
+            # Customers processed in the same save (their records are in their own events) are added draft
+            # too: the LinesDone saved with this event moves them (version 1 events have none).
+            for cid, _digest in getattr(event, "processed", None) or ():
+                batch.add(queue, cid, at)
             # Customers fetched exactly as last synced are added done at once (events before this field
             # existed have none).
             batch.add_unchanged(queue, [cid for cid, _digest in getattr(event, "unchanged", None) or ()], at)
@@ -266,6 +270,7 @@ class _Batch:
                 ids = added.setdefault(queue_id, set())
                 ids.update(record["id"] for record in event.records)
                 ids.update(cid for cid, _digest in getattr(event, "unchanged", None) or ())
+                ids.update(cid for cid, _digest in getattr(event, "processed", None) or ())
             elif isinstance(event, SyncQueue.LinesRejected):
                 added.setdefault(queue_id, set()).update(entry["id"] for entry in event.rejected)
             else:

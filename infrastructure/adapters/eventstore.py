@@ -237,8 +237,11 @@ class SyncApplication(Application[UUID]):
 
     # ----- reading the log -----------------------------------------------------------------------------
 
-    def queue_events(self, queue_id: UUID) -> Iterator[Any]:
-        """The queue's events in order, read in slices so a big queue never sits in memory whole."""
+    def queue_events(
+        self, queue_id: UUID, keep: Callable[[StoredEvent], bool] | None = None
+    ) -> Iterator[Any]:
+        """The queue's events in order, read in slices so a big queue never sits in memory whole; with
+        ``keep``, only the stored events it keeps are decoded and given."""
         position = 0
         while True:
             stored: Sequence[StoredEvent] = retry_storage(
@@ -247,11 +250,32 @@ class SyncApplication(Application[UUID]):
             if not stored:
                 return
             for item in stored:
-                yield self.mapper.to_domain_event(item)
+                if keep is None or keep(item):
+                    yield self.mapper.to_domain_event(item)
             position = stored[-1].originator_version
+
+    def queue_created(self, queue_id: UUID) -> SyncQueue.Created | None:
+        """A queue's first event (its org, store and options), or None when there is no such queue."""
+        stored = retry_storage(partial(self.recorder.select_events, queue_id, lte=1, limit=1))
+        event = self.mapper.to_domain_event(stored[0]) if stored else None
+        return event if isinstance(event, SyncQueue.Created) else None
+
+    def digested_pages(self, queue_id: UUID) -> Iterator[SyncQueue.LinesAdded]:
+        """The queue's LinesAdded events that carry their page's body digest, in order. The others (a first
+        sync by an older version holds every record in them) are skipped unread where states are plain."""
+        plain = self.mapper.cipher is None and self.mapper.compressor is None
+
+        def keep(stored: StoredEvent) -> bool:
+            return stored.topic == _LINES_ADDED_TOPIC and (not plain or _BODY_DIGEST_KEY in stored.state)
+
+        for event in self.queue_events(queue_id, keep):
+            if isinstance(event, SyncQueue.LinesAdded) and event.body_digest is not None:
+                yield event
 
 
 _DELETED_TOPIC = get_topic(Customer.Deleted)
+_LINES_ADDED_TOPIC = get_topic(SyncQueue.LinesAdded)
+_BODY_DIGEST_KEY = b'"body_digest":"'
 # How much of the end of a customer's latest stored event customer_heads reads: a Registered event's
 # digest starts 127 bytes before its end (`"digest":"<64 hex>","queue_id":"<uuid>"}`), a Changed event's
 # that plus its list of changed field names.

@@ -18,9 +18,10 @@ import re
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from functools import partial
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote, urlencode, urlsplit
@@ -154,6 +155,16 @@ class ClientOptions:
 
 
 @dataclass(frozen=True)
+class KnownPage:
+    """A page an earlier scan of the same listing read: the SHA-256 (hex) of the store's answer, byte for
+    byte, and the ids of the customers on it, in order. An answer with the same digest is the same
+    customers, so it need not be parsed (``Page.known_ids``)."""
+
+    digest: str
+    ids: Sequence[int]
+
+
+@dataclass(frozen=True)
 class Page:
     number: int
     records: list[dict[str, Any]]  # with a usable id each, not yet checked further (the engine does)
@@ -162,6 +173,22 @@ class Page:
     # Records refused before they could be read as customers: no usable id (customer_id None), or too
     # large to fetch (their id known from an id-only listing).
     rejected: list[RejectedRecord] = field(default_factory=list)
+    # SHA-256 (hex) of the answer, when every customer on it is in ``records`` (none refused or seen on an
+    # earlier page): what a later scan compares its answer with (KnownPage).
+    body_digest: str | None = None
+    # The answer matched a KnownPage: ``records`` is empty, these are its customers' ids, and ``parse``
+    # reads the answer when the caller needs the records after all.
+    known_ids: list[int] | None = None
+    parse: Callable[[], tuple[list[dict[str, Any]], list[RejectedRecord]]] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    def parsed(self) -> Page:
+        """This page with its records read (a known page's answer parsed now); itself when it has them."""
+        if self.parse is None:
+            return self
+        records, rejected = self.parse()
+        return Page(self.number, records, self.total, self.total_pages, rejected, self.body_digest)
 
 
 @dataclass
@@ -199,6 +226,8 @@ class _Response:
     total: int | None
     total_pages: int | None
     rejected: tuple[RejectedRecord, ...] = ()
+    digest: str | None = None  # of the answer's bytes, for a page of the customers scan
+    unparsed: bytes | None = None  # the answer, when its digest was a known page's (``body`` is None)
 
 
 @dataclass(frozen=True)
@@ -453,14 +482,20 @@ class WooCommerceClient:
         return len(response.body)
 
     def pages(
-        self, start_page: int = 1, seen_ids: set[int] | None = None, result: ScanResult | None = None
+        self,
+        start_page: int = 1,
+        seen_ids: set[int] | None = None,
+        result: ScanResult | None = None,
+        known: Mapping[int, KnownPage] | None = None,
     ) -> AsyncIterator[Page]:
         """Yields the store's customers page by page, in page order, fetching ahead concurrently; ``result``
-        says afterwards whether the scan reached the store's end."""
+        says afterwards whether the scan reached the store's end. ``known``: pages of an earlier scan of
+        the same listing, by number; an answer that is byte for byte one of them is not parsed (its Page
+        has ``known_ids``)."""
         if start_page < 1:
             raise ValueError(f"start_page is 1-based, got {start_page}")
         seen = seen_ids if seen_ids is not None else set()
-        return self._scan(start_page, seen, {}, self._options.per_page, result or ScanResult())
+        return self._scan(start_page, seen, {}, self._options.per_page, result or ScanResult(), known or {})
 
     async def customers_by_id(
         self, ids: Iterable[int], rejected: list[RejectedRecord] | None = None
@@ -616,7 +651,13 @@ class WooCommerceClient:
         }
 
     async def _scan(
-        self, start_page: int, seen: set[int], extra: dict[str, str], per_page: int, result: ScanResult
+        self,
+        start_page: int,
+        seen: set[int],
+        extra: dict[str, str],
+        per_page: int,
+        result: ScanResult,
+        known: Mapping[int, KnownPage] | None = None,
     ) -> AsyncIterator[Page]:
         concurrency = self._options.concurrency
         last_allowed = start_page + self._options.max_pages - 1
@@ -630,8 +671,15 @@ class WooCommerceClient:
             params = {**self._list_params(page, per_page), **extra}
             if "_fields" in extra:
                 return await self._get("", params, listing=True)
+            seen_before = known.get(page) if known else None
             try:
-                return await self._get("", params, listing=True, oversize_ok=True)
+                return await self._get(
+                    "",
+                    params,
+                    listing=True,
+                    oversize_ok=True,
+                    digest=seen_before.digest if seen_before is not None else "",
+                )
             except _TooLarge as too_large:
                 return await self._page_one_by_one(page, params, too_large)
 
@@ -661,6 +709,27 @@ class WooCommerceClient:
                 response = await in_flight.pop(number)
                 if response.total_pages is not None:
                     known_total_pages = response.total_pages
+                if response.unparsed is not None:
+                    assert known is not None and response.digest is not None
+                    ids = list(known[number].ids)
+                    if not any(cid in seen for cid in ids):
+                        seen.update(ids)
+                        yield Page(
+                            number,
+                            [],
+                            response.total,
+                            response.total_pages,
+                            [],
+                            body_digest=response.digest,
+                            known_ids=ids,
+                            parse=partial(self._read_known, number, response.unparsed),
+                        )
+                        if len(ids) < per_page:
+                            return
+                        number += 1
+                        continue
+                    # Seen already on an earlier page of this scan: read it as any other answer.
+                    response = self._listing_response(response, response.unparsed)
                 raw: list[dict[str, Any]] = response.body
                 if not raw and not response.rejected:
                     return
@@ -688,7 +757,9 @@ class WooCommerceClient:
                     )
                     result.complete = False
                     return
-                yield Page(number, fresh, response.total, response.total_pages, rejected)
+                whole = len(fresh) == len(raw) and not response.rejected
+                digest = response.digest if whole else None
+                yield Page(number, fresh, response.total, response.total_pages, rejected, body_digest=digest)
                 if len(raw) + len(response.rejected) < per_page:
                     return
                 number += 1
@@ -698,19 +769,33 @@ class WooCommerceClient:
     # -- one request, with retries
 
     async def _get(
-        self, path: str, params: dict[str, str], *, listing: bool, oversize_ok: bool = False
+        self,
+        path: str,
+        params: dict[str, str],
+        *,
+        listing: bool,
+        oversize_ok: bool = False,
+        digest: str | None = None,
     ) -> _Response:
         """One request with its retries. An answer over max_response_bytes raises _TooLarge when the
-        caller handles it (``oversize_ok``), else StoreRefused."""
+        caller handles it (``oversize_ok``), else StoreRefused. ``digest`` (a page of the customers scan):
+        the answer's digest is computed, and when it equals a non-empty ``digest`` the answer is not
+        parsed (_Response.unparsed)."""
         try:
-            return await self._get_with_retries(path, params, listing=listing)
+            return await self._get_with_retries(path, params, listing=listing, digest=digest)
         except _TooLarge:
             if oversize_ok:
                 raise
             raise self._too_large(f"{CUSTOMERS_PATH + path}") from None
 
     async def _get_with_retries(
-        self, path: str, params: dict[str, str], *, listing: bool, call: _Call | None = None
+        self,
+        path: str,
+        params: dict[str, str],
+        *,
+        listing: bool,
+        call: _Call | None = None,
+        digest: str | None = None,
     ) -> _Response:
         options = self._options
         attempt = 0
@@ -719,7 +804,9 @@ class WooCommerceClient:
             trial = await self._circuit.before_attempt()
             started = await self._limiter.acquire()
             try:
-                response = await self._attempt(path, params, listing=listing, attempt=attempt, call=call)
+                response = await self._attempt(
+                    path, params, listing=listing, attempt=attempt, call=call, digest=digest
+                )
             except _Transient as failure:
                 rate_limited = failure.status == 429
                 if rate_limited:
@@ -833,7 +920,14 @@ class WooCommerceClient:
         return API_ROOT + path if call is not None else CUSTOMERS_PATH + path
 
     async def _attempt(
-        self, path: str, params: dict[str, str], *, listing: bool, attempt: int, call: _Call | None = None
+        self,
+        path: str,
+        params: dict[str, str],
+        *,
+        listing: bool,
+        attempt: int,
+        call: _Call | None = None,
+        digest: str | None = None,
     ) -> _Response:
         assert self._session is not None, "use the client inside 'async with'"
         method = call.method if call is not None else "GET"
@@ -880,7 +974,7 @@ class WooCommerceClient:
         self._log_outcome(shown, params, status, started, attempt, method)
         if call is not None:
             return self._interpret_call(call, status, headers, body)
-        return self._interpret(status, headers, body, listing=listing)
+        return self._interpret(status, headers, body, listing=listing, digest=digest)
 
     async def _read_capped(self, reply: aiohttp.ClientResponse) -> bytes:
         """The body, read chunk by chunk up to max_response_bytes; raises _TooLarge past it (a store's
@@ -907,31 +1001,26 @@ class WooCommerceClient:
         signed, _, _ = self._oauth.sign(full, http_method=method)  # fresh nonce and timestamp every call
         return str(signed)
 
-    def _interpret(self, status: int, headers: Any, body: bytes, *, listing: bool) -> _Response:
+    def _interpret(
+        self, status: int, headers: Any, body: bytes, *, listing: bool, digest: str | None = None
+    ) -> _Response:
         if status == 200:
-            unreadable: list[RejectedRecord] = []
-            parsed = self._parse_json(body, unreadable if listing else None)
-            rejected: tuple[RejectedRecord, ...] = tuple(unreadable)
+            totals = (_int_header(headers, "X-WP-Total"), _int_header(headers, "X-WP-TotalPages"))
+            if listing and digest is not None:
+                # A page of the customers scan: its digest names it for the next scan, and an answer
+                # that is a page the last scan read is those customers again, with nothing to parse.
+                own = hashlib.sha256(body).hexdigest()
+                if own == digest:
+                    return _Response(status, None, *totals, digest=own, unparsed=body)
+                return self._listing_response(_Response(status, None, *totals, digest=own), body)
             if listing:
-                if not isinstance(parsed, list):
-                    raise _Transient("malformed", "sent something that is not a list of customers")
-                usable = [r for r in parsed if customer_id_of(r) is not None]
-                if len(usable) != len(parsed):
-                    # Records with no usable id cannot be lines: refused here, named in the activity.
-                    refused = [check_record(r) for r in parsed if customer_id_of(r) is None]
-                    rejected += tuple(r for r in refused if isinstance(r, RejectedRecord))
-                    parsed = usable
-            elif customer_id_of(parsed) is None:
+                return self._listing_response(_Response(status, None, *totals), body)
+            parsed = self._parse_json(body)
+            if customer_id_of(parsed) is None:
                 outcome = check_record(parsed)
                 problem = outcome.error if isinstance(outcome, RejectedRecord) else "no usable id"
                 raise _Transient("malformed", f"sent something that is not a customer ({problem})")
-            return _Response(
-                status,
-                parsed,
-                _int_header(headers, "X-WP-Total"),
-                _int_header(headers, "X-WP-TotalPages"),
-                rejected,
-            )
+            return _Response(status, parsed, *totals)
         code, message, data = self._error_fields(body)
         if status == 429:
             raise _Transient(
@@ -990,6 +1079,35 @@ class WooCommerceClient:
                 hint="use the address the store redirects to (often https:// or www.)",
             )
         raise StoreRefused(f"the store answered HTTP {status}: {message}", code=code, status=status)
+
+    def _listing_response(self, response: _Response, body: bytes) -> _Response:
+        """A listing's answer read: ``response`` with its records as ``body`` and the records refused
+        before they could be read as customers (no usable id, unreadable) as ``rejected``."""
+        unreadable: list[RejectedRecord] = []
+        parsed = self._parse_json(body, unreadable)
+        rejected: tuple[RejectedRecord, ...] = tuple(unreadable)
+        if not isinstance(parsed, list):
+            raise _Transient("malformed", "sent something that is not a list of customers")
+        usable = [r for r in parsed if customer_id_of(r) is not None]
+        if len(usable) != len(parsed):
+            # Records with no usable id cannot be lines: refused here, named in the activity.
+            refused = [check_record(r) for r in parsed if customer_id_of(r) is None]
+            rejected += tuple(r for r in refused if isinstance(r, RejectedRecord))
+            parsed = usable
+        return _Response(
+            response.status, parsed, response.total, response.total_pages, rejected, response.digest
+        )
+
+    def _read_known(self, number: int, body: bytes) -> tuple[list[dict[str, Any]], list[RejectedRecord]]:
+        """A known page's answer, read after all (Page.parse): its records and refused records. It is the
+        bytes of a page read before, so it reads; if it does not, the store's answer is named."""
+        try:
+            response = self._listing_response(_Response(200, None, None, None), body)
+        except _Transient as failure:
+            raise StoreUnavailable(
+                f"page {number} of the store {failure.message}", code="wcsync_unreadable_page"
+            ) from None
+        return response.body, list(response.rejected)
 
     def _interpret_call(self, call: _Call, status: int, headers: Any, body: bytes) -> _Response:
         """A webhooks answer: its JSON on success; a webhook that does not exist is None; any 401 or 403 on

@@ -15,6 +15,7 @@ import hashlib
 import random
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -38,6 +39,7 @@ from infrastructure.adapters.transcoder import canonical_bytes
 from infrastructure.adapters.woocommerce import (
     ActivitySink,
     ClientOptions,
+    KnownPage,
     Page,
     ScanResult,
     StoreCredentials,
@@ -70,6 +72,8 @@ PAGES_SAVE_MAX_S = 1.0
 # Pages fetched while the worker thread records earlier ones wait for it, at most this many (then the fetch
 # waits too); they are recorded in its next step, their customers' heads read in one query.
 RECORD_PAGES_AT_ONCE = 10
+# How many of a store's latest queues a scan looks through for one whose pages it can compare with.
+KNOWN_QUEUE_CANDIDATES = 5
 # A batch whose save loses a race with another writer is reloaded and redone at most this many times.
 MAX_CONFLICT_ATTEMPTS = 10
 CONFLICT_BACKOFF_S = 0.05
@@ -141,6 +145,8 @@ class SyncOutcome:
     action_required_reason: str | None
     seconds: float
     store_error: StoreError | None = None
+    # Pages this run recorded from the last scan's digests, without parsing the store's answer.
+    known_pages: int = 0
 
 
 class _Encodings:
@@ -176,6 +182,22 @@ class _Encodings:
         return digest
 
 
+@dataclass(frozen=True)
+class _Known:
+    """A page of an earlier scan of the same listing (SyncQueue.LinesAdded with a body digest): what the
+    client compares its answers with, and the digest of what every customer on it was after that scan
+    (``lines``: SHA-256 over its (id, digest) pairs, in page order): when the mirrored customers' heads still
+    give the same digest, none of them changed since, and the same answer is all of them unchanged."""
+
+    page: KnownPage
+    lines: bytes
+
+
+def lines_digest(pairs: Iterable[tuple[int, str]]) -> bytes:
+    """The digest _Known.lines holds: of a page's (customer id, digest) pairs, in order."""
+    return hashlib.sha256("".join(f"{cid}:{digest};" for cid, digest in pairs).encode()).digest()
+
+
 @dataclass
 class _Run:
     """What one processing run of a queue holds in memory."""
@@ -205,6 +227,11 @@ class _Run:
         default_factory=list
     )
     encodings: _Encodings = field(default_factory=_Encodings)  # of the worker step under way
+    # The pages of the last scan of this listing (by number) whose answers this scan need not parse
+    # (_load_known_pages), and the known pages recorded and not saved yet, to record again after a lost race.
+    known: dict[int, _Known] = field(default_factory=dict)
+    known_waiting: dict[int, Page] = field(default_factory=dict)
+    known_read: int = 0  # pages recorded from a known page's ids, without parsing the answer
     # When this run began: what it fetches was read after it, so a customer another writer (a webhook
     # delivery) changed since is not put back by an older copy of it (Customer.sync).
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -234,6 +261,7 @@ class SyncEngine:
         on_saved: Callable[[bool], None] | None = None,
         known_customer_ids: Callable[[str, str], set[int]] | None = None,
         progress: Progress | None = None,
+        store_queue_ids: Callable[[str, str], list[UUID]] | None = None,
         stop: threading.Event | None = None,
         leases: QueueLeases | None = None,
         holder: str | None = None,
@@ -253,6 +281,9 @@ class SyncEngine:
         self.actor = actor
         self.on_saved = on_saved
         self.known_customer_ids = known_customer_ids
+        # The org's queues of a store, newest first (a read model's answer: only a hint of which queue's
+        # pages a scan may compare its answers with; the customers' heads decide, see _Known).
+        self.store_queue_ids = store_queue_ids
         self.progress: Progress = progress or NoProgress()
         self._last_refresh = 0.0
 
@@ -436,6 +467,7 @@ class SyncEngine:
         await self._in_worker(self._refresh, True)
         outcome = self._outcome(run.queue, started)
         outcome.store_error = store_error
+        outcome.known_pages = run.known_read
         return outcome
 
     async def _process_run(
@@ -562,8 +594,12 @@ class SyncEngine:
         # it is busy wait (RECORD_PAGES_AT_ONCE at most) and are recorded together in its next step.
         waiting: list[Page] = []
         recording: asyncio.Future[None] | None = None
+        run.known = await self._in_worker(self._load_known_pages, run)
+        known = {number: entry.page for number, entry in run.known.items()}
         try:
-            async for page in client.pages(start_page=queue.next_page, seen_ids=seen, result=scan):
+            async for page in client.pages(
+                start_page=queue.next_page, seen_ids=seen, result=scan, known=known
+            ):
                 if page.total is not None:
                     totals.add(page.total)
                     run.progress.set_total(max(page.total, run.queue.lines.total))
@@ -656,20 +692,87 @@ class SyncEngine:
 
     # ----- worker-thread steps (never run two at once for one run) ------------------------------------
 
+    def _load_known_pages(self, run: _Run) -> dict[int, _Known]:
+        """The pages of the latest other queue of this store that listed it the same way (per page, role)
+        and recorded its pages' digests: what this scan compares its answers with (_record_known). Empty
+        when there is none. Only a hint: each known page is checked against the mirror's heads."""
+        queue = run.queue
+        if self.store_queue_ids is None:
+            return {}
+        options = queue.queue_options
+        for queue_id in self.store_queue_ids(queue.org_id, queue.store_url)[:KNOWN_QUEUE_CANDIDATES]:
+            if queue_id == queue.id:
+                continue
+            created = self.app.queue_created(queue_id)
+            if created is None or (created.org_id, created.store_url) != (queue.org_id, queue.store_url):
+                continue
+            other = QueueOptions.from_dict(created.options)
+            if (other.per_page, other.role) != (options.per_page, options.role):
+                continue
+            known: dict[int, _Known] = {}
+            for event in self.app.digested_pages(queue_id):
+                if event.page is None or event.body_digest is None or event.records:
+                    continue
+                pairs = [(int(cid), str(digest)) for cid, digest in [*event.processed, *event.unchanged]]
+                ids = array("q", (cid for cid, _ in pairs))
+                known[event.page] = _Known(KnownPage(event.body_digest, ids), lines_digest(pairs))
+            if known:
+                log.info("queue.known_pages", queue_id=str(queue.id), source=str(queue_id), pages=len(known))
+                return known
+        return {}
+
     def _record_pages(self, run: _Run, pages: list[Page]) -> None:
         """Record pages fetched while the worker was busy with earlier ones, in page order, each as
-        _record_page does; the heads of all their customers are read in one query first."""
+        _record_page does (a known page as _record_known does); the heads of all their customers are read
+        in one query first."""
         run.encodings = _Encodings()
         lines = run.queue.lines
-        ids = (customer_id_of(raw) for page in pages for raw in page.records)
+        ids: list[int | None] = []
+        for page in pages:
+            if page.known_ids is not None:
+                ids += page.known_ids
+            else:
+                ids += (customer_id_of(raw) for raw in page.records)
         heads = self._heads(run.queue, [cid for cid in ids if cid is not None and cid not in lines])
-        checked = [
-            (page.number, *self._checked_page(run, page.number, page.records, page.rejected, heads))
-            for page in pages
-        ]
-        for number, good, with_id in checked:
+        for page in pages:
             hint = [heads]  # for the first attempt only: after a lost race the heads are read again
-            self._until_saved(run, partial(self._record_checked, run, number, good, with_id, hint))
+            if page.known_ids is not None:
+                self._until_saved(run, partial(self._record_known, run, page, hint))
+                continue
+            good, with_id = self._checked_page(run, page.number, page.records, page.rejected, heads)
+            step = partial(self._record_checked, run, page.number, good, with_id, hint, page.body_digest)
+            self._until_saved(run, step)
+
+    def _record_known(self, run: _Run, page: Page, heads_read: list[dict[int, CustomerHead]]) -> None:
+        """The worker step of a page whose answer is byte for byte a page the last scan read (Page.known_ids):
+        when every customer on it is still mirrored as that scan left it (_Known.lines), its lines are
+        added unchanged, with nothing parsed or checked; otherwise the answer is read and recorded as any
+        other page (_record_checked). Run again, whole, after a lost race."""
+        self._record_unsaved_again(run)
+        queue = run.queue
+        assert page.known_ids is not None
+        ids = page.known_ids
+        if page.number <= queue.pages_recorded:
+            return  # recorded already, by another writer that won a save: nothing of it is draft
+        heads = heads_read.pop() if heads_read else self._heads(queue, ids)
+        known = run.known.get(page.number)
+        pairs: list[tuple[int, str]] = []
+        for cid in ids:
+            head = heads.get(cid)
+            if head is None or head.deleted or head.digest is None or cid in queue.lines:
+                break
+            pairs.append((cid, head.digest))
+        if known is None or len(pairs) != len(ids) or lines_digest(pairs) != known.lines:
+            read = page.parsed()
+            good, with_id = self._checked_page(run, read.number, read.records, read.rejected, heads)
+            self._record_checked(run, read.number, good, with_id, [heads], read.body_digest)
+            return
+        queue.add_lines([], page=page.number, unchanged=pairs, body_digest=page.body_digest)
+        run.known_read += 1
+        run.progress.advance(len(pairs))
+        if run.saved:
+            run.known_waiting[page.number] = page
+        self._process(run, [], {}, (page.number, [], []) if run.saved else None)
 
     def _record_page(
         self,
@@ -784,10 +887,16 @@ class SyncEngine:
         good: list[dict[str, Any]],
         with_id: list[RejectedRecord],
         heads_read: list[dict[int, CustomerHead]],
+        body_digest: str | None = None,
     ) -> None:
         """The worker step of _record_page, once its records are checked (``with_id``: the refused ones
         with a customer id; ``heads_read``: the heads of its customers when _record_pages read them, used
-        once). Run again, whole, after a lost race (_until_saved)."""
+        once; ``body_digest``: the page's answer's, when all its customers are in ``good``). Run again,
+        whole, after a lost race (_until_saved).
+
+        Without a batch delay a page is saved whole, in one transaction: its LinesAdded names the lines
+        it processes by id and digest, and their records are stored once, in the customers' events saved
+        with it. With a delay each batch is saved on its own, and the records wait in LinesAdded."""
         self._record_unsaved_again(run)
         queue = run.queue
         if page is not None and page <= queue.pages_recorded:
@@ -808,11 +917,26 @@ class SyncEngine:
         # Only customers that exist and changed need replaying; new ones need nothing loaded.
         changed = [r for r in to_process if r["id"] in heads]
         customers = self._mirrored(queue, changed) if changed else {}
-        queue.add_lines(to_process, page=page, unchanged=unchanged)
+        options = queue.queue_options
+        whole = page is not None and not options.batch_delay_ms
+        if whole and to_process:
+            if run.batches and self.stop.is_set():
+                # Before the page is recorded: resume fetches it again (nothing of it may be saved half).
+                raise RunStopped(queue.id, run.saved)
+            if run.unsaved_lines and run.unsaved_lines + len(to_process) > options.batch_size:
+                self._save_batch(run)  # the waiting pages on their own first: a save holds batch_size lines
+        if fresh_rejected or len(fresh) != len(good):
+            body_digest = None  # the page's customers are not all lines of this LinesAdded
+        if whole:
+            digest = run.encodings.digest
+            processed = [(r["id"], digest(r)) for r in to_process]
+            queue.add_lines([], page=page, unchanged=unchanged, processed=processed, body_digest=body_digest)
+        else:
+            queue.add_lines(to_process, page=page, unchanged=unchanged, body_digest=None)
         queue.reject_lines(fresh_rejected, page=page)
         run.progress.advance(len(unchanged) + len(fresh_rejected))
         later = (page, good, with_id) if page is not None and run.saved else None
-        self._process(run, to_process, customers, later)
+        self._process(run, to_process, customers, later, whole=whole)
 
     def _may_wait(
         self, run: _Run, page: tuple[int, list[dict[str, Any]], list[RejectedRecord]], lines: int
@@ -866,7 +990,11 @@ class SyncEngine:
         run.unsaved_pages, run.recording_again = [], lost
         while run.recording_again:
             page, good, with_id = run.recording_again[0]
-            self._record_checked(run, page, good, with_id, [])
+            known = run.known_waiting.get(page)
+            if known is not None:
+                self._record_known(run, known, [])
+            else:
+                self._record_checked(run, page, good, with_id, [])
             run.recording_again.pop(0)
 
     def _process_recorded_drafts(self, run: _Run, read_after: datetime | None = None) -> None:
@@ -898,24 +1026,31 @@ class SyncEngine:
         customers: Mapping[int, Customer] | None = None,
         later: tuple[int, list[dict[str, Any]], list[RejectedRecord]] | None = None,
         read_after: datetime | None = None,
+        whole: bool = False,
     ) -> None:
-        """Process records whose lines are draft, in batches; each batch is one atomic save. With
-        ``later`` (the page being recorded, as _record_checked has it), its last batch may wait to be saved
-        with the next pages' (_may_wait). Raises ConcurrentWriteError when another writer got there first
-        (the caller reloads and calls again)."""
+        """Process records whose lines are draft, in batches; each batch is one atomic save, or with
+        ``whole`` (a page recorded without its records, _record_checked) all of them one save, with no
+        stop between them. With ``later`` (the page being recorded, as _record_checked has it), its last
+        batch may wait to be saved with the next pages' (_may_wait). Raises ConcurrentWriteError when
+        another writer got there first (the caller reloads and calls again)."""
         options = run.queue.queue_options
         delay_s = options.batch_delay_ms / 1000.0
         # An empty page still saves once: its LinesAdded (and any incidents) must be stored.
         batches = list(chunks(records, options.batch_size)) or [[]]
+        page_lines = 0
         for index, batch in enumerate(batches):
             # The pause comes between any two batches of the run, across pages too (batch_size >= per_page
             # made it no pause at all). A stop before a page's first batch leaves the page's lines recorded
             # and draft (RunStopped's incident saves them): resume processes them.
-            if (index or run.batches) and (self.stop.is_set() or (delay_s and self.stop.wait(delay_s))):
+            if (
+                not whole
+                and (index or run.batches)
+                and (self.stop.is_set() or (delay_s and self.stop.wait(delay_s)))
+            ):
                 raise RunStopped(run.queue.id, run.saved)
             queue = run.queue
             todo = [r for r in batch if _is_draft(queue, r["id"])]
-            if run.unsaved_lines and run.unsaved_lines + len(todo) > options.batch_size:
+            if not whole and run.unsaved_lines and run.unsaved_lines + len(todo) > options.batch_size:
                 self._save_batch(run)  # the waiting pages' lines first: a save holds batch_size at most
             known = customers if customers is not None else self._mirrored(queue, todo)
             outcome = sync_batch(
@@ -923,15 +1058,17 @@ class SyncEngine:
             )
             self._drain_incidents(run)
             run.unsaved_customers.extend(outcome.changed)
-            if (
-                later is not None
-                and index == len(batches) - 1
-                and self._may_wait(run, later, outcome.line_count)
-            ):
-                run.progress.advance(outcome.line_count)
+            lines = outcome.line_count
+            if whole:  # the page's batches are saved together: counted (and shown) once, when saved
+                page_lines += lines
+                if index < len(batches) - 1:
+                    continue
+                lines = page_lines
+            if later is not None and index == len(batches) - 1 and self._may_wait(run, later, lines):
+                run.progress.advance(lines)
                 return
             self._save_batch(run)
-            run.progress.advance(outcome.line_count)
+            run.progress.advance(lines)
 
     def _mirrored(self, queue: SyncQueue, records: list[dict[str, Any]]) -> dict[int, Customer]:
         """The mirrored customers of these records (one query), by WooCommerce id."""
@@ -980,6 +1117,9 @@ class SyncEngine:
         self.app.save_batch(run.queue, *run.unsaved_customers)
         run.saved = True
         run.unsaved_pages, run.unsaved_customers, run.unsaved_lines = [], [], 0
+        if run.known_waiting:  # saved now, but for those still to record again after a lost race
+            again = {entry[0] for entry in run.recording_again}
+            run.known_waiting = {n: p for n, p in run.known_waiting.items() if n in again}
         self._refresh()
 
     def _drain_incidents(self, run: _Run) -> None:

@@ -18,6 +18,7 @@ from uuid import UUID
 
 import pytest
 
+from domain.customer import Customer
 from domain.queue import QueueOptions, SyncQueue
 from domain.validation import EXCERPT_CHARS, MAX_RECORD_BYTES
 from infrastructure.adapters.woocommerce import ClientOptions
@@ -245,17 +246,27 @@ def test_a_50_mb_page_keeps_the_sync_in_bounded_memory(database_url: str, tmp_pa
     assert peak_mb < 150, f"peak RSS {peak_mb:.0f} MB"
 
 
-def test_records_read_back_for_a_resume_are_the_cleaned_ones(services: Services) -> None:
-    """What the log holds is what may be stored: a queue's drafts replay from its events unchanged."""
+@pytest.mark.parametrize("batch_delay_ms", [0, 1])
+def test_records_read_back_for_a_resume_are_the_cleaned_ones(services: Services, batch_delay_ms: int) -> None:
+    """What the log holds is what may be stored: a queue's drafts replay from its events unchanged. A
+    page saved whole (no batch delay) holds the record once, in the customer's event, and names it in
+    LinesAdded by id and digest; with a delay the page's records wait in LinesAdded itself."""
     with HostileStore([[good(40, first_name="x\x00y")]]) as store:
-        outcome = sync(services, store)
+        outcome = sync(services, store, batch_delay_ms=batch_delay_ms)
     events = [
         services.app.mapper.to_domain_event(n)
         for n in services.app.recorder.select_notifications(start=1, limit=1000)
     ]
     added = [e for e in events if isinstance(e, SyncQueue.LinesAdded)]
+    [registered] = [e for e in events if isinstance(e, Customer.Registered)]
     assert outcome.state == "done"
-    assert [r["first_name"] for e in added for r in e.records] == ["x\ufffdy"]
+    assert registered.record["first_name"] == "x\ufffdy"
+    if batch_delay_ms:
+        assert [r["first_name"] for e in added for r in e.records] == ["x\ufffdy"]
+        assert [e.processed for e in added] == [[]]
+    else:
+        assert [e.records for e in added] == [[]]
+        assert [e.processed for e in added] == [[[40, registered.digest]]]
 
 
 @pytest.mark.parametrize("options", [{"per_page": 0}, {"timeout_s": 0}, {"concurrency": 33}, {"role": ""}])
@@ -298,15 +309,17 @@ def test_a_failure_nobody_foresaw_leaves_the_queue_resumable_and_saying_why(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(engine_module, "sync_batch", flaky)
-    with HostileStore([[good(70 + i) for i in range(20)]]) as store:
+    # The second page's batch fails: the first page is saved, the second (saved whole or not at all) is not.
+    with HostileStore([[good(70 + i) for i in range(10)], [good(80 + i) for i in range(10)]]) as store:
         with pytest.raises(
             engine_module.RunFailed, match="unexpected error: RuntimeError: a bug in a batch"
         ) as failed:
-            sync(services, store)
+            sync(services, store, per_page=10)
         assert "wcsync resume" in str(failed.value) and failed.value.exit_code == 70
         services.catch_up()
         [queue] = queries.list_queues(services.projections, "acme")
-        assert queue["state"] == "processing" and queue["doneCount"] == 10 and queue["draftCount"] == 10
+        assert queue["state"] == "processing" and queue["doneCount"] == 10 and queue["draftCount"] == 0
+        assert services.app.get_queue(UUID(queue["queueId"])).pages_recorded == 1
         activity = queries.activity(services.projections, "acme", queue["queueId"])
         stopped = [row for row in activity if row["activityType"] == "run_stopped"]
         assert len(stopped) == 1 and "unexpected error: RuntimeError" in stopped[0]["message"]

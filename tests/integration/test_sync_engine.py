@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import itertools
 import json
 import threading
@@ -609,13 +610,23 @@ def test_a_resync_checks_only_the_records_that_are_not_exactly_as_last_synced(
         monkeypatch.setattr(sync_service, "check_record", counting)
         second = run_sync(services, sandbox)
         assert second.counts == {**second.counts, "updated": 2, "unchanged": 248}
-        assert sorted(checked) == sorted({edited} | with_null)
+        # Pages 2 and 3 are byte for byte those of the first sync: nothing on them is read (known pages).
+        first_page = set(sandbox.store.customer_ids()[:100])
+        assert second.known_pages == 2
+        assert sorted(checked) == sorted({edited} | (with_null & first_page))
 
         checked.clear()
         third = run_sync(services, sandbox)
         assert third.counts == {**third.counts, "unchanged": 250, "done": 250}
-        assert sorted(checked) == sorted(with_null)
+        assert third.known_pages == 3 and checked == []
         assert mirrored(services, sandbox)[edited]["last_name"] == "Changed"
+
+        # Without the last scan's digests (another listing: per page 50), the records are read and only
+        # those that are not exactly as last synced, or hold a null, are checked.
+        checked.clear()
+        fourth = run_sync(services, sandbox, per_page=50)
+        assert fourth.counts == {**fourth.counts, "unchanged": 250, "done": 250}
+        assert fourth.known_pages == 0 and sorted(checked) == sorted(with_null)
 
 
 def _sandbox_post(url: str, body: Any) -> tuple[int, Any]:
@@ -647,3 +658,49 @@ def test_customers_edited_through_the_sandboxs_edit_random_are_what_a_resync_upd
     assert second.counts == {**second.counts, "updated": 7, "unchanged": 293}
     changed = events_of_type(services, Customer.Changed)
     assert sorted(e.record["id"] for e in changed) == sorted(answer["ids"])
+
+
+def test_a_known_page_is_read_again_when_a_customer_on_it_changed_in_the_mirror_since_the_last_scan(
+    services: Services,
+) -> None:
+    """A known page (the store's answer byte for byte the last scan's) is all unchanged only while every
+    customer on it is mirrored as that scan left it: one another writer changed since (a webhook delivery,
+    say) makes the page read and checked as any other, and the store's record wins back."""
+    with SandboxThread(SandboxConfig(customers=250)) as sandbox:
+        first = run_sync(services, sandbox)
+        assert first.known_pages == 0
+        target = sandbox.store.customer_ids()[150]  # on page 2
+        record = sandbox.store.api_object(target)
+        assert record is not None
+        key = customer_key("acme", sandbox.url, target)
+        customer = services.app.load_customers([key])[key]
+        altered = {**record, "first_name": "Changed in the mirror only"}
+        customer.sync(altered, hashlib.sha256(canonical_bytes(altered)).hexdigest(), "another-writer")
+        services.app.save_batch(customer)
+
+        second = run_sync(services, sandbox)
+        assert second.state == "done" and second.known_pages == 2  # pages 1 and 3
+        assert second.counts == {**second.counts, "updated": 1, "unchanged": 249}
+        assert mirrored(services, sandbox)[target]["first_name"] == record["first_name"]
+        # The page read again names its answer's digest too: the next scan takes all three as known.
+        third = run_sync(services, sandbox)
+        assert third.known_pages == 3 and third.counts == {**third.counts, "unchanged": 250}
+
+
+def test_a_page_saved_whole_names_its_customers_once_and_its_answer_by_digest(services: Services) -> None:
+    """Without a batch delay a page is one save: its LinesAdded names the lines it processes by id and
+    digest (the records are in the customers' Registered events of the same save) and its answer by
+    SHA-256; every line of it is finished by that save."""
+    with SandboxThread(SandboxConfig(customers=150)) as sandbox:
+        outcome = run_sync(services, sandbox, batch_size=40)
+        assert outcome.state == "done" and outcome.counts["created"] == 150
+    added = events_of_type(services, SyncQueue.LinesAdded)
+    registered = {e.woo_id: e for e in events_of_type(services, Customer.Registered)}
+    assert [e.page for e in added] == [1, 2]
+    assert all(e.records == [] and e.unchanged == [] for e in added)
+    assert all(e.body_digest is not None and len(e.body_digest) == 64 for e in added)
+    assert [cid for e in added for cid, _ in e.processed] == sorted(registered)
+    assert all(digest == registered[cid].digest for e in added for cid, digest in e.processed)
+    # One transaction a page: each page's LinesAdded and its batches' LinesDone share a save.
+    done = events_of_type(services, SyncQueue.LinesDone)
+    assert len(done) == 3 + 2  # page 1: 100 lines in batches of 40; page 2: 50 lines
