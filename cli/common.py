@@ -11,16 +11,18 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from cli.arguments import UsageError
 from domain import bounds
-from infrastructure.adapters.woocommerce import ClientOptions
 from infrastructure.support.config import DatabaseConfig, check_ca_file
 from infrastructure.support.errors import ConfigurationError, QueueNotFoundError
 from infrastructure.wiring import Services, open_services
 from projections import queries
+
+if TYPE_CHECKING:  # the HTTP client (aiohttp) is loaded by the commands that talk to a store, when they do
+    from infrastructure.adapters.woocommerce import ClientOptions
 
 
 def setting(args: argparse.Namespace, name: str, env: str, default: str | None = None) -> str | None:
@@ -56,6 +58,8 @@ def fields_from(args: argparse.Namespace, kind: Any) -> dict[str, Any]:
 
 
 def client_options(args: argparse.Namespace) -> ClientOptions:
+    from infrastructure.adapters.woocommerce import ClientOptions
+
     # Checked before any work: a missing or garbled CA file would otherwise fail the first request.
     ca_file = check_ca_file(args.ca_file) if args.ca_file is not None else None
     try:

@@ -20,13 +20,10 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import cast
 
-import structlog
-
 from cli.output import error, redacted, remember_database_url
 from cli.parser import HANDLERS, build_parser
 from domain.errors import EXIT_DATABASE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, WcsyncError
 from infrastructure.support.errors import first_line, storage_error
-from infrastructure.support.logging import configure_logging
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -36,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     remember_database_url(getattr(args, "database_url", None))
     verbose = getattr(args, "verbose", 0) or 0
+    # Imported once the arguments are parsed: `--help` and a usage error end without structlog (0.03 s).
+    from infrastructure.support.logging import configure_logging
+
     try:
         configure_logging(
             level={0: None, 1: "info"}.get(verbose, "debug"),
@@ -71,6 +71,8 @@ def _handler(command: str) -> Handler:
 
 def _unforeseen(problem: Exception) -> int:
     """A failure nobody foresaw: one line (redacted), the traceback in the log only (-vv shows it)."""
+    import structlog  # loaded already: logging was configured before the handler ran
+
     if _is_database_error(problem):
         # A database library's error that no adapter converted: still the database's class of failure.
         error(redacted(str(storage_error(problem))))

@@ -1,4 +1,10 @@
-"""Wires the adapters together: event store, projections, sync engine. The one place that does."""
+"""Wires the adapters together: event store, projections, sync engine. The one place that does.
+
+Every command opens its services here, so this module imports at its top only what every command needs
+(the event store, the projections, wcsync's own small tables); each service, and the WooCommerce client
+(aiohttp: a tenth of a second), is imported by the method that builds it. `wcsync status` on SQLite then
+loads no HTTP client, job queue, cron parser or cipher (tests/e2e/test_startup_imports.py checks it).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import structlog
@@ -29,20 +35,7 @@ from infrastructure.adapters.positions import LogPositions
 from infrastructure.adapters.schedules import ScheduleTable
 from infrastructure.adapters.secrets import SecretKey, StoreSecrets
 from infrastructure.adapters.tokens import ApiTokens
-from infrastructure.adapters.woocommerce import (
-    ActivitySink,
-    ClientOptions,
-    StoreCredentials,
-    WooCommerceClient,
-)
-from infrastructure.services.deliveries import APPLIER_STALE_S, DeliveryApplier, WebhookReceiver
-from infrastructure.services.jobs import JobWorker, SideSteps, SyncJobRunner, SyncJobs, WorkerSettings
-from infrastructure.services.localjobs import LocalJobWorker, LocalSyncJobs, pickup_abandoned
-from infrastructure.services.runs import BackgroundRuns
-from infrastructure.services.schedules import MIN_EVERY_S, ScheduleRunner, Schedules
-from infrastructure.services.stores import StoreRegistry
-from infrastructure.services.sync import Progress, SyncEngine
-from infrastructure.services.webhooks import StoreWebhooks
+from infrastructure.services.schedules import MIN_EVERY_S
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.errors import StorageError, storage_error
 from projections import queries as projection_queries
@@ -55,6 +48,22 @@ from projections.runner import (
     ProjectionRunner,
     Reconnecting,
 )
+
+if TYPE_CHECKING:  # imported where they are built (see the module's docstring)
+    from infrastructure.adapters.woocommerce import (
+        ActivitySink,
+        ClientOptions,
+        StoreCredentials,
+        WooCommerceClient,
+    )
+    from infrastructure.services.deliveries import DeliveryApplier, WebhookReceiver
+    from infrastructure.services.jobs import JobWorker, SyncJobRunner, SyncJobs, WorkerSettings
+    from infrastructure.services.localjobs import LocalJobWorker, LocalSyncJobs
+    from infrastructure.services.runs import BackgroundRuns
+    from infrastructure.services.schedules import ScheduleRunner, Schedules
+    from infrastructure.services.stores import StoreRegistry
+    from infrastructure.services.sync import Progress, SyncEngine
+    from infrastructure.services.webhooks import StoreWebhooks
 
 # The longest a caller that needs the read models current (a status request, the end of a run) waits for
 # the live follower to apply what was saved before it asked; then it reads what is there.
@@ -217,6 +226,8 @@ class Services:
         holder: str | None = None,
     ) -> SyncEngine:
         """An engine for ``org_id``; its runs hold their queue's lease as ``holder`` (default pid@host)."""
+        from infrastructure.services.sync import SyncEngine
+
         return SyncEngine(
             self.app,
             org_id,
@@ -246,11 +257,15 @@ class Services:
     ) -> BackgroundRuns:
         """The runs a long-lived process (`wcsync serve`) keeps in flight, each on an engine of these
         services; ``executor`` runs their short database reads (see BackgroundRuns)."""
+        from infrastructure.services.runs import BackgroundRuns
+
         return BackgroundRuns(self.engine, executor, client_options, start_confirm_s)
 
     def store_registry(self, key: SecretKey | None, client_options: ClientOptions | None) -> StoreRegistry:
         """The org stores' registry over these services: its secrets under ``key`` (None: a command that
         only lists), a store checked with one request of the WooCommerce client (None: none checked)."""
+        from infrastructure.services.stores import StoreRegistry
+
         # Without a key the secrets can still be deleted (a store removed), never read or written.
         secrets = StoreSecrets(self.database, key)
         self._opened.append(secrets)  # closed with the services
@@ -260,6 +275,9 @@ class Services:
     def store_webhooks(self, key: SecretKey, client_options: ClientOptions) -> StoreWebhooks:
         """`wcsync webhooks install | status | uninstall`: a registered store's webhooks, through the
         WooCommerce client with its credentials (and its webhook secret) from the registry under ``key``."""
+        from infrastructure.adapters.woocommerce import WooCommerceClient
+        from infrastructure.services.webhooks import StoreWebhooks
+
         return StoreWebhooks(
             self.store_registry(key, None),
             lambda url, credentials: WooCommerceClient(url, credentials, client_options),
@@ -273,6 +291,9 @@ class Services:
     def sync_jobs(self) -> SyncJobs | LocalSyncJobs:
         """Durable sync jobs on this database: defer a start, retry or resume for the workers, list the jobs
         and the workers. procrastinate's on PostgreSQL; on SQLite the one-machine table's."""
+        from infrastructure.services.jobs import SyncJobs
+        from infrastructure.services.localjobs import LocalSyncJobs
+
         if self.database.backend == "sqlite":
             return LocalSyncJobs(self.database)
         return SyncJobs(self.database)
@@ -281,6 +302,8 @@ class Services:
         """What a `wcsync worker` runs each job with: an engine of these services per job (the job's stop
         event; the worker's name as the queue lease's holder) and the store's credentials from the registry
         under ``key``."""
+        from infrastructure.services.jobs import SyncJobRunner
+
         return SyncJobRunner(
             lambda org, actor, stop, holder: self.engine(org, actor=actor, stop=stop, holder=holder),
             self.store_registry(key, None),
@@ -296,6 +319,9 @@ class Services:
     ) -> JobWorker | LocalJobWorker:
         """A `wcsync worker`: procrastinate's worker on this database (SQLite: the local job table's)
         running each job with ``job_runner``, and the due schedules by ``clock``."""
+        from infrastructure.services.jobs import JobWorker, SideSteps
+        from infrastructure.services.localjobs import LocalJobWorker
+
         runner = self.job_runner(key, client_options)
         due = self.schedule_runner(clock).run_due
         applier = self.delivery_applier()
@@ -335,6 +361,8 @@ class Services:
     def delivery_applier(self) -> DeliveryApplier:
         """The step that applies the recorded webhook deliveries to their customers (every worker runs it
         beside its jobs), its position in the log kept in the database."""
+        from infrastructure.services.deliveries import APPLIER_STALE_S, DeliveryApplier
+
         positions = LogPositions(self.database, write_gate=self.write_gate)
         holder = f"{os.getpid()}@{this_machine()}"
         applier = DeliveryApplier(
@@ -352,6 +380,8 @@ class Services:
 
     def webhook_receiver(self, key: SecretKey) -> WebhookReceiver:
         """`wcsync serve`'s webhook receiver: a store's webhook secret from the registry under ``key``."""
+        from infrastructure.services.deliveries import WebhookReceiver
+
         return WebhookReceiver(self.app, self.store_registry(key, None).webhook_target)
 
     def _schedule_table(self) -> ScheduleTable:
@@ -365,10 +395,15 @@ class Services:
 
     def schedules(self, clock: Callable[[], float] = time.time, min_every_s: int = MIN_EVERY_S) -> Schedules:
         """`wcsync schedule add | list | remove` on this database (a store must be registered in the org)."""
+        from infrastructure.services.schedules import Schedules
+
         return Schedules(self._schedule_table(), self._registered, clock, min_every_s)
 
     def schedule_runner(self, clock: Callable[[], float] = time.time) -> ScheduleRunner:
         """A worker's look at the due schedules: each period's sync started once, as `start --detach`."""
+        from infrastructure.services.localjobs import LocalSyncJobs
+        from infrastructure.services.schedules import ScheduleRunner
+
         jobs = self.sync_jobs()
         if isinstance(jobs, LocalSyncJobs):
             self._opened.append(jobs.table)
@@ -385,6 +420,8 @@ class Services:
         """Give each queue a process that died left processing (stale lease, no job, a registered store) a
         resume job (infrastructure.services.localjobs.pickup_abandoned); the queues picked up. Called again
         and again by a server: its registry and job queue are made once and closed with the services."""
+        from infrastructure.services.localjobs import LocalSyncJobs, pickup_abandoned
+
         if self._pickup is None:
             jobs = self.sync_jobs()
             if isinstance(jobs, LocalSyncJobs):
@@ -524,11 +561,15 @@ def _store_client(
     url: str, credentials: StoreCredentials, options: ClientOptions, on_activity: ActivitySink
 ) -> WooCommerceClient:
     """The engine's store client: the WooCommerce REST client."""
+    from infrastructure.adapters.woocommerce import WooCommerceClient
+
     return WooCommerceClient(url, credentials, options, on_activity=on_activity)
 
 
 async def _check_store(options: ClientOptions, url: str, credentials: StoreCredentials) -> None:
     """One request to the store with these credentials (read access), before they are registered."""
+    from infrastructure.adapters.woocommerce import WooCommerceClient
+
     async with WooCommerceClient(url, credentials, options) as client:
         await client.probe()
 

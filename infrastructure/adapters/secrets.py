@@ -19,9 +19,6 @@ import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from infrastructure.adapters.migrations import STORE_SECRETS_TABLE, Connection, storage_errors
 from infrastructure.adapters.schema import iso
 from infrastructure.support.config import CIPHER_KEY_VARIABLE, DatabaseConfig
@@ -123,12 +120,18 @@ def _associated_data(org_id: str, store_id: str) -> bytes:
 def seal(key: SecretKey, org_id: str, store_id: str, plaintext: bytes) -> tuple[bytes, bytes]:
     """``plaintext`` encrypted for this org's store: (nonce, ciphertext), a fresh random 12-byte nonce each
     time, the org and store id as associated data."""
+    # cryptography is loaded by the first seal or unseal: most commands open the services and never do.
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     nonce = os.urandom(NONCE_BYTES)
     return nonce, AESGCM(key._key).encrypt(nonce, plaintext, _associated_data(org_id, store_id))
 
 
 def unseal(key: SecretKey, org_id: str, store_id: str, nonce: bytes, ciphertext: bytes) -> bytes:
     """What ``seal`` sealed. A wrong key, a changed row or a row of another store or org: SecretKeyError."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     try:
         return AESGCM(key._key).decrypt(nonce, ciphertext, _associated_data(org_id, store_id))
     except (InvalidTag, ValueError):  # ValueError: a nonce of the wrong length

@@ -27,19 +27,20 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import structlog
-from croniter import croniter  # type: ignore[import-untyped]
 
 from domain.errors import EXIT_USAGE, StoreNotFoundError, WcsyncError
 from domain.queue import Q_DRAFT, Q_PROCESSING, QueueOptions, SyncQueue
 from infrastructure.adapters.schedules import Schedule, ScheduleTable
 from infrastructure.adapters.schema import iso
-from infrastructure.services.jobs import DetachedStarts
-from infrastructure.services.sync import SyncEngine
 from infrastructure.support.errors import ConfigurationError
+
+if TYPE_CHECKING:  # types only: every command that opens the services imports this module (MIN_EVERY_S)
+    from infrastructure.services.jobs import DetachedStarts
+    from infrastructure.services.sync import SyncEngine
 
 log = structlog.get_logger("wcsync.schedules")
 
@@ -85,7 +86,7 @@ def parse_every(text: str, min_every_s: int = MIN_EVERY_S) -> int:
 def check_cron(expression: str) -> str:
     """``--cron``: five fields (minute hour day-of-month month day-of-week, UTC), as croniter reads them."""
     text = " ".join(expression.split())
-    if len(text.split(" ")) != 5 or not croniter.is_valid(text):
+    if len(text.split(" ")) != 5 or not _croniter().is_valid(text):
         raise ConfigurationError(
             f"--cron takes five fields (minute hour day month weekday, UTC), e.g. '0 3 * * *'; got {expression[:60]!r}"
         )
@@ -96,7 +97,7 @@ def next_due(schedule_every_s: int | None, cron: str | None, due_at: float, now:
     """The first time of the schedule after ``now`` (``due_at``: the time that was due): so a schedule
     whose periods were missed runs once, then keeps its rhythm."""
     if cron is not None:
-        return float(croniter(cron, now).get_next(float))
+        return float(_croniter()(cron, now).get_next(float))
     assert schedule_every_s is not None
     if due_at > now:
         return due_at
@@ -107,9 +108,17 @@ def next_due(schedule_every_s: int | None, cron: str | None, due_at: float, now:
 def first_due(every_s: int | None, cron: str | None, now: float) -> float:
     """When a new schedule runs first: one period from now (a cron expression: its next time)."""
     if cron is not None:
-        return float(croniter(cron, now).get_next(float))
+        return float(_croniter()(cron, now).get_next(float))
     assert every_s is not None
     return now + every_s
+
+
+def _croniter() -> Any:
+    """croniter's class, imported at its first use: its import starts a process (`file` on the interpreter,
+    for platform.architecture), which every command that opens the services would otherwise pay."""
+    from croniter import croniter  # type: ignore[import-untyped]
+
+    return croniter
 
 
 def _shown(seconds: int) -> str:
@@ -203,7 +212,7 @@ class Schedules:
 
 
 # An engine for a scheduled start: (org, actor) -> SyncEngine.
-ScheduleEngines = Callable[[str, str], SyncEngine]
+ScheduleEngines = Callable[[str, str], "SyncEngine"]
 
 
 @dataclass(frozen=True)

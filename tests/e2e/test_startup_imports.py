@@ -1,0 +1,106 @@
+"""A command loads only the libraries its work needs (issue 13, start-up): `wcsync --help` and a usage error
+load no database, HTTP or logging library, the read-only commands on SQLite no HTTP client, job queue,
+metrics, cipher or cron parser, and a sync of a store given in the environment no job queue, metrics,
+cipher or cron parser either.
+
+What a process imported is read from ``python -X importtime`` (one stderr line per module), so nothing here
+is timed: a module that comes back at the top of a command's path fails the test by name, on any machine.
+(The importing module shows in ``-X importtime -m cli.main ARGS``.)
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infrastructure.sandbox import RunningSandbox
+from tests.support.cli import run_in_repo, wcsync, wcsync_env
+
+# What each library costs a command's start, roughly (this machine, warm caches): aiohttp 0.1 s, psycopg
+# 0.08 s, structlog 0.03 s, procrastinate 0.1 s, the others a few ms each (croniter also starts a process).
+HTTP = {"aiohttp", "yarl", "multidict", "oauthlib"}
+JOBS = {"procrastinate"}
+METRICS = {"prometheus_client"}
+CIPHER = {"cryptography"}
+CRON = {"croniter"}
+DATABASE = {"psycopg", "eventsourcing", "orjson"}
+LOGGING = {"structlog"}
+
+NO_QUEUE = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+_IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)\s*$")
+
+
+def imported_by(argv: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """`wcsync ARGV` run under ``-X importtime``: its result and the top-level packages it imported."""
+    result = run_in_repo([sys.executable, "-X", "importtime", "-m", "cli.main", *argv], env=env)
+    names = {m.group(1).split(".")[0] for m in map(_IMPORT_LINE.match, result.stderr.splitlines()) if m}
+    assert "cli" in names, result.stderr[-2000:]  # the lines were read: the command's own package shows
+    return result, names
+
+
+def _errors(result: subprocess.CompletedProcess[str]) -> str:
+    return "\n".join(line for line in result.stderr.splitlines() if not line.startswith("import time:"))
+
+
+@pytest.fixture(scope="module")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An empty, migrated SQLite database (the state `wcsync status` reports "no queues yet" in)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('startup') / 'wcsync.db'}"
+    migrated = wcsync("db", "migrate", env=wcsync_env(None, url))
+    assert migrated.returncode == 0, migrated.stderr
+    return url
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["status", "--help"], ["status", "not-a-queue-id"], ["no-such-command"]],
+    ids=["help", "command-help", "usage-error", "unknown-command"],
+)
+def test_help_and_usage_errors_load_no_database_http_or_logging_library(
+    argv: list[str], tmp_path: Path
+) -> None:
+    result, names = imported_by(argv, wcsync_env(None, f"sqlite:///{tmp_path / 'never.db'}"))
+    assert result.returncode in (0, 2), _errors(result)
+    heavy = HTTP | JOBS | METRICS | CIPHER | CRON | DATABASE | LOGGING
+    assert not names & heavy, sorted(names & heavy)
+    assert not (tmp_path / "never.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["status"], "org 'default' has no queues yet"),
+        (["status", NO_QUEUE], f"no queue {NO_QUEUE}"),
+        (["queues"], "org 'default' has no queues yet"),
+        (["activity", NO_QUEUE], f"no queue {NO_QUEUE}"),
+        (["failed", NO_QUEUE], f"no queue {NO_QUEUE}"),
+        (["projections", "status"], "customers"),
+        (["tokens", "list"], ""),
+        (["schedule", "list"], ""),
+    ],
+    ids=lambda value: "-".join(value) if isinstance(value, list) else None,
+)
+def test_read_only_commands_on_sqlite_load_no_http_client_job_queue_metrics_cipher_or_cron(
+    argv: list[str], expected: str, migrated_sqlite: str
+) -> None:
+    result, names = imported_by(argv, wcsync_env(None, migrated_sqlite))
+    assert result.returncode in (0, 2), _errors(result)
+    assert expected in result.stdout + _errors(result)
+    assert not names & (HTTP | JOBS | METRICS | CIPHER | CRON), sorted(
+        names & (HTTP | JOBS | METRICS | CIPHER | CRON)
+    )
+
+
+@pytest.mark.sandbox(customers=30)
+def test_a_sync_of_a_store_in_the_environment_loads_no_job_queue_metrics_cipher_or_cron(
+    sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    result, names = imported_by(["start", "--json"], wcsync_env(sandbox, f"sqlite:///{tmp_path / 'run.db'}"))
+    assert result.returncode == 0, _errors(result)
+    assert '"totalCount": 30' in result.stdout
+    assert "aiohttp" in names  # it did talk to the store: the test reads the imports of a real sync
+    assert not names & (JOBS | METRICS | CIPHER | CRON), sorted(names & (JOBS | METRICS | CIPHER | CRON))
