@@ -40,6 +40,14 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _TEXT_FIELDS = ("first_name", "last_name", "username", "role")
 _DATE_FIELDS = ("date_created", "date_created_gmt", "date_modified", "date_modified_gmt")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$")
+# All four dates of a record, joined by a separator no date can hold, in ASCII digits: what a store writes.
+# A record whose dates match this together has dates _DATE matches one by one (half the time: the four
+# matches were a third of validate_customer); any other is looked at date by date.
+_ASCII_DATE = "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
+_DATES_SEPARATOR = "\x1f"
+_PLAIN_DATES = re.compile(
+    f"(?:{_ASCII_DATE}{_DATES_SEPARATOR}){{{len(_DATE_FIELDS) - 1}}}{_ASCII_DATE}", re.ASCII
+)
 # The fields of a WooCommerce address, in the order the REST API writes them (a shipping address has no email).
 ADDRESS_FIELDS = (
     "first_name",
@@ -328,11 +336,13 @@ def validate_customer(record: Any, encoded_size: int | None = None) -> None:
     if not _plain_text(map(get, _TEXT_FIELDS)):
         for name in _TEXT_FIELDS:
             _check_text(record, name, name)
-    for name, value in zip(_DATE_FIELDS, map(get, _DATE_FIELDS), strict=True):
-        if value is not None and (not isinstance(value, str) or not _DATE.match(value)):
-            raise InvalidCustomerRecord(
-                name, f"expected YYYY-MM-DDTHH:MM:SS or null, got {_shorten(value)!r}"
-            )
+    if not _plain_dates(record):
+        for name in _DATE_FIELDS:
+            value = get(name)
+            if value is not None and (not isinstance(value, str) or not _DATE.match(value)):
+                raise InvalidCustomerRecord(
+                    name, f"expected YYYY-MM-DDTHH:MM:SS or null, got {_shorten(value)!r}"
+                )
     for section in ("billing", "shipping"):
         address = get(section, {})
         if address is None:
@@ -353,6 +363,16 @@ def validate_customer(record: Any, encoded_size: int | None = None) -> None:
     for index, entry in enumerate(meta):
         if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
             raise InvalidCustomerRecord(f"meta_data[{index}]", "expected an object with a string key")
+
+
+def _plain_dates(record: dict[str, Any]) -> bool:
+    """Whether the record's four dates are there and pass for sure (see _PLAIN_DATES; False says only
+    that they must be looked at one by one)."""
+    try:
+        dates = _DATES_SEPARATOR.join(map(record.get, _DATE_FIELDS))  # type: ignore[arg-type]
+    except TypeError:  # one is missing or null, or not text: what the join refuses
+        return False
+    return _PLAIN_DATES.fullmatch(dates) is not None
 
 
 def _plain_text(values: Iterable[Any]) -> bool:

@@ -229,6 +229,33 @@ def test_the_boundary_gives_the_same_record_or_refusal(record: Any) -> None:
         assert new == old
 
 
+DATE_FIELDS = ("date_created", "date_created_gmt", "date_modified", "date_modified_gmt")
+ODD_DATES = [
+    "2026-01-02T03:04:05\n",
+    "2026-01-02T03:04:05\x1f2026-01-02T03:04:05",
+    "\u0662\u0660\u0662\u0666-01-02T03:04:05",
+    "2026-01-02T03:04:0",
+    "",
+    None,
+    Text("2026-01-02T03:04:05"),
+    Text("2026-01-02"),
+    20260102,
+    ["2026-01-02T03:04:05"],
+]
+
+
+@pytest.mark.parametrize("odd", ODD_DATES)
+@pytest.mark.parametrize("position", range(4))
+def test_each_date_is_checked_as_before_among_good_ones(odd: Any, position: int) -> None:
+    """The four dates are matched together first: an odd one at any place gives the same answer."""
+    record: dict[str, Any] = {"id": 1, "email": "a@b.co"}
+    record.update(dict.fromkeys(DATE_FIELDS, "2026-01-02T03:04:05"))
+    record[DATE_FIELDS[position]] = odd
+    assert _outcome(validate_customer, record) == _outcome(oracle.validate_customer, record)
+    del record[DATE_FIELDS[position]]
+    assert _outcome(validate_customer, record) == _outcome(oracle.validate_customer, record)
+
+
 def test_the_boundary_gives_the_same_on_realistic_pages() -> None:
     for record in _realistic():
         for encoder in (None, canonical_bytes):
