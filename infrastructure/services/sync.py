@@ -63,12 +63,15 @@ log = structlog.get_logger("wcsync.engine")
 PROJECTION_REFRESH_S = 0.5
 # A page's last batch waits in memory (its LinesAdded, its lines' outcomes, its customers' events) and is
 # saved with the pages after it, in one transaction, until this many pages wait, or the oldest has waited
-# this long, or the lines processed (created, updated, failed: not unchanged) would pass the queue's
-# batch_size; or with the run's next save of any kind. A re-sync of an unchanged store so commits a few
-# dozen times, not once a page, and one where 1% changed not much more; a process killed meanwhile loses
-# only pages that resume fetches again. With a batch delay every page is saved at once, as before.
+# this long, or the lines processed (created, updated, failed: not unchanged) would pass SAVE_LINES (or
+# the queue's batch_size, if larger); or with the run's next save of any kind. A re-sync of an unchanged
+# store so commits a few dozen times, not once a page, one where 1% changed not much more, and a first sync
+# once every 5 pages of 100: each commit is a few round trips and a WAL flush the recording thread waits
+# for (measured: 60% of its time with a commit a page). A process killed meanwhile loses only pages that
+# resume fetches again. With a batch delay every batch is saved at once, as before.
 PAGES_PER_SAVE = 50
 PAGES_SAVE_MAX_S = 1.0
+SAVE_LINES = 500
 # Pages fetched while the worker thread records earlier ones wait for it, at most this many (then the fetch
 # waits too); they are recorded in its next step, their customers' heads read in one query.
 RECORD_PAGES_AT_ONCE = 10
@@ -903,7 +906,7 @@ class SyncEngine:
             # Recorded already (by us before a lost race, or by another process): finish its drafts.
             drafts, late = self._late_checked(run, [r for r in good if _is_draft(queue, r["id"])])
             queue.fail_lines({r.customer_id: r.error for r in late if r.customer_id is not None})
-            self._process(run, drafts)
+            self._process(run, drafts, checked=True)
             return
         fresh = [r for r in good if r["id"] not in queue.lines]
         fresh_rejected = [r.as_entry() for r in with_id if r.customer_id not in queue.lines]
@@ -923,8 +926,8 @@ class SyncEngine:
             if run.batches and self.stop.is_set():
                 # Before the page is recorded: resume fetches it again (nothing of it may be saved half).
                 raise RunStopped(queue.id, run.saved)
-            if run.unsaved_lines and run.unsaved_lines + len(to_process) > options.batch_size:
-                self._save_batch(run)  # the waiting pages on their own first: a save holds batch_size lines
+            if run.unsaved_lines and run.unsaved_lines + len(to_process) > _save_lines(options):
+                self._save_batch(run)  # the waiting pages on their own first: a save's lines are bounded
         if fresh_rejected or len(fresh) != len(good):
             body_digest = None  # the page's customers are not all lines of this LinesAdded
         if whole:
@@ -936,7 +939,7 @@ class SyncEngine:
         queue.reject_lines(fresh_rejected, page=page)
         run.progress.advance(len(unchanged) + len(fresh_rejected))
         later = (page, good, with_id) if page is not None and run.saved else None
-        self._process(run, to_process, customers, later, whole=whole)
+        self._process(run, to_process, customers, later, whole=whole, checked=True)
 
     def _may_wait(
         self, run: _Run, page: tuple[int, list[dict[str, Any]], list[RejectedRecord]], lines: int
@@ -951,7 +954,7 @@ class SyncEngine:
             options.batch_delay_ms
             or len(run.unsaved_pages) + 1 >= PAGES_PER_SAVE
             or now - run.unsaved_since >= PAGES_SAVE_MAX_S
-            or run.unsaved_lines + lines >= options.batch_size
+            or run.unsaved_lines + lines >= _save_lines(options)
         ):
             return False
         run.unsaved_pages.append(page)
@@ -1027,12 +1030,15 @@ class SyncEngine:
         later: tuple[int, list[dict[str, Any]], list[RejectedRecord]] | None = None,
         read_after: datetime | None = None,
         whole: bool = False,
+        checked: bool = False,
     ) -> None:
         """Process records whose lines are draft, in batches; each batch is one atomic save, or with
         ``whole`` (a page recorded without its records, _record_checked) all of them one save, with no
         stop between them. With ``later`` (the page being recorded, as _record_checked has it), its last
         batch may wait to be saved with the next pages' (_may_wait). Raises ConcurrentWriteError when
-        another writer got there first (the caller reloads and calls again)."""
+        another writer got there first (the caller reloads and calls again). ``checked``: every record
+        passed the boundary's checks in this step (check_record or _late_checked), so sync_batch need not
+        validate them again; not so for records read back from the log (older rules may have stored them)."""
         options = run.queue.queue_options
         delay_s = options.batch_delay_ms / 1000.0
         # An empty page still saves once: its LinesAdded (and any incidents) must be stored.
@@ -1050,11 +1056,16 @@ class SyncEngine:
                 raise RunStopped(run.queue.id, run.saved)
             queue = run.queue
             todo = [r for r in batch if _is_draft(queue, r["id"])]
-            if not whole and run.unsaved_lines and run.unsaved_lines + len(todo) > options.batch_size:
-                self._save_batch(run)  # the waiting pages' lines first: a save holds batch_size at most
+            if not whole and run.unsaved_lines and run.unsaved_lines + len(todo) > _save_lines(options):
+                self._save_batch(run)  # the waiting pages' lines first: a save's lines are bounded
             known = customers if customers is not None else self._mirrored(queue, todo)
             outcome = sync_batch(
-                queue, todo, known, canonical=run.encodings.again, read_after=read_after or run.started_at
+                queue,
+                todo,
+                known,
+                canonical=run.encodings.again,
+                read_after=read_after or run.started_at,
+                checked=checked,
             )
             self._drain_incidents(run)
             run.unsaved_customers.extend(outcome.changed)
@@ -1261,6 +1272,11 @@ async def _until_done(future: asyncio.Future[Any]) -> None:
     while not future.done():
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait({future})
+
+
+def _save_lines(options: QueueOptions) -> int:
+    """How many processed lines the pages waiting to be saved together may hold (PAGES_PER_SAVE)."""
+    return max(SAVE_LINES, options.batch_size)
 
 
 def _is_draft(queue: SyncQueue, customer_id: int) -> bool:

@@ -220,7 +220,9 @@ KILL_POINTS = [
 def test_a_sync_killed_at_any_instant_is_resumed_to_exactly_the_stores_customers(
     database_url: str, kill_at: str
 ) -> None:
-    with SandboxThread(SandboxConfig(customers=450, faults=Faults(latency_ms=2))) as store:
+    # 2,000 customers: pages are saved together, up to 500 processed lines a save, so the kill points at the
+    # 4th and 5th save fall mid-run.
+    with SandboxThread(SandboxConfig(customers=2000, faults=Faults(latency_ms=2))) as store:
         env = wcsync_env(store, database_url)
         if database_url.startswith("postgres"):
             assert wcsync("db", "migrate", env=env).returncode == 0
@@ -236,8 +238,8 @@ def test_a_sync_killed_at_any_instant_is_resumed_to_exactly_the_stores_customers
         assert resumed.returncode == 0, resumed.stderr
         status = as_json(resumed)
         assert status["state"] == "done"
-        assert status["totalCount"] == status["doneCount"] == 450
-        assert status["createdCount"] + status["unchangedCount"] == 450
+        assert status["totalCount"] == status["doneCount"] == 2000
+        assert status["createdCount"] + status["unchangedCount"] == 2000
         assert status["processCount"] == 2
         assert_mirror_equals_store(env, store)
 
@@ -335,7 +337,7 @@ def _processes_with(entry: bytes) -> list[int]:
 
 
 def test_the_live_follower_of_a_killed_sync_stops_too(postgres_url: str) -> None:
-    with SandboxThread(SandboxConfig(customers=450, faults=Faults(latency_ms=2))) as store:
+    with SandboxThread(SandboxConfig(customers=2000, faults=Faults(latency_ms=2))) as store:
         env = wcsync_env(store, postgres_url)
         assert wcsync("db", "migrate", env=env).returncode == 0
         # A mark in the environment the follower inherits: this sync's follower, not another test's.
