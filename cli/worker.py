@@ -16,17 +16,19 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cli import common
 from cli.output import print_json
 from domain.errors import EXIT_INTERRUPTED, EXIT_OK
 from infrastructure.adapters import jobqueue
 from infrastructure.adapters.secrets import SecretKey
-from infrastructure.adapters.woocommerce import ClientOptions
 from infrastructure.services.jobs import JobWorker, SyncJobs, WorkerSettings
 from infrastructure.services.localjobs import LocalJobWorker, LocalSyncJobs
 from infrastructure.support.config import check_ca_file
+
+if TYPE_CHECKING:  # the HTTP client is loaded by `wcsync worker`, not by `wcsync jobs` or `workers`
+    from infrastructure.adapters.woocommerce import ClientOptions
 
 # Set by `wcsync serve` for the workers it starts: the server's pid; the worker stops when its parent changes.
 PARENT_PID_VARIABLE = "WCSYNC_SERVE_PID"
@@ -60,6 +62,8 @@ def worker(args: argparse.Namespace) -> int:
 def _client_options(args: argparse.Namespace) -> ClientOptions:
     """The store client of every job: the worker's flags (the fetch concurrency stays the client's own:
     `--concurrency` here is the jobs run at once). A garbled --ca-file is exit 2 before any job."""
+    from infrastructure.adapters.woocommerce import ClientOptions
+
     ca_file = check_ca_file(args.ca_file) if args.ca_file is not None else None
     return ClientOptions(
         rate=args.rate,

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import structlog
@@ -35,11 +35,13 @@ import structlog
 from domain.errors import WcsyncError
 from domain.queue import Q_DONE, Q_DRAFT, Q_PROCESSING, QueueOptions
 from infrastructure.adapters import jobqueue
-from infrastructure.adapters.woocommerce import ClientOptions
-from infrastructure.services.stores import StoreRegistry
-from infrastructure.services.sync import RunStopped, SyncEngine, SyncOutcome
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.errors import ConfigurationError, StorageError
+
+if TYPE_CHECKING:  # types only: `wcsync jobs` and `wcsync workers` list the jobs without the HTTP client
+    from infrastructure.adapters.woocommerce import ClientOptions
+    from infrastructure.services.stores import StoreRegistry
+    from infrastructure.services.sync import SyncEngine, SyncOutcome
 
 log = structlog.get_logger("wcsync.jobs")
 
@@ -298,7 +300,7 @@ class StorageErrors:
 # ----- running ---------------------------------------------------------------------------------------------
 
 # An engine for one job: (org, actor, stop event, holder name) -> SyncEngine.
-EngineFactory = Callable[[str, str, threading.Event, str], SyncEngine]
+EngineFactory = Callable[[str, str, threading.Event, str], "SyncEngine"]
 
 
 class SyncJobRunner:
@@ -357,6 +359,8 @@ def holder_name(worker_id: int | None) -> str:
 
 def retry_delay(error: BaseException, attempts: int) -> float | None:
     """When a failed job runs again (seconds), or None: it ends failed (see the module docstring)."""
+    from infrastructure.services.sync import RunStopped  # loaded already: a job's engine raised the error
+
     if isinstance(error, RunStopped | asyncio.CancelledError):
         return 0.0  # the worker stopped: give the job back at once
     # The lease's QueueBusyError (infrastructure.support.errors), by its code.
@@ -446,6 +450,8 @@ class JobWorker:
         del sync, settings
 
     async def _sync(self, context: Any, args: dict[str, Any]) -> str:
+        from infrastructure.services.sync import RunStopped  # loaded already: the worker's engines are its
+
         job = SyncJob.from_args(args)
         stop = threading.Event()
         if self._stopping:

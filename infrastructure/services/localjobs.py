@@ -39,7 +39,6 @@ from infrastructure.services.jobs import (
     WorkerSettings,
     retry_delay,
 )
-from infrastructure.services.sync import RunStopped
 from infrastructure.support.config import DatabaseConfig
 
 log = structlog.get_logger("wcsync.jobs")
@@ -159,6 +158,9 @@ class LocalJobWorker:
             await asyncio.gather(*running, return_exceptions=True)
 
     async def _run_one(self, job: LocalJob) -> None:
+        # Imported here, not at the top: `wcsync jobs` lists the jobs without the engine's HTTP client.
+        from infrastructure.services.sync import RunStopped  # loaded already: the worker's engines are its
+
         sync = SyncJob(job.action, job.org_id, job.queue_id, job.actor, job.store_id)
         stop = threading.Event()
         if self._stopping:
