@@ -737,13 +737,29 @@ class SyncEngine:
             else:
                 ids += (customer_id_of(raw) for raw in page.records)
         heads = self._heads(run.queue, [cid for cid in ids if cid is not None and cid not in lines])
+        checked = {
+            page.number: self._checked_page(run, page.number, page.records, page.rejected, heads)
+            for page in pages
+            if page.known_ids is None
+        }
+        # The mirrored customers whose records changed, of every page at once (one query, not one a page).
+        unchecked = run.encodings.unchecked
+        changed = [
+            record
+            for good, _ in checked.values()
+            for record in good
+            if record["id"] in heads and unchecked.get(id(record)) is not record
+        ]
+        customers = self._mirrored(run.queue, changed) if changed else {}
         for page in pages:
             hint = [heads]  # for the first attempt only: after a lost race the heads are read again
             if page.known_ids is not None:
                 self._until_saved(run, partial(self._record_known, run, page, hint))
                 continue
-            good, with_id = self._checked_page(run, page.number, page.records, page.rejected, heads)
-            step = partial(self._record_checked, run, page.number, good, with_id, hint, page.body_digest)
+            good, with_id = checked[page.number]
+            step = partial(
+                self._record_checked, run, page.number, good, with_id, hint, page.body_digest, [customers]
+            )
             self._until_saved(run, step)
 
     def _record_known(self, run: _Run, page: Page, heads_read: list[dict[int, CustomerHead]]) -> None:
@@ -891,11 +907,13 @@ class SyncEngine:
         with_id: list[RejectedRecord],
         heads_read: list[dict[int, CustomerHead]],
         body_digest: str | None = None,
+        customers_read: list[dict[int, Customer]] | None = None,
     ) -> None:
         """The worker step of _record_page, once its records are checked (``with_id``: the refused ones
         with a customer id; ``heads_read``: the heads of its customers when _record_pages read them, used
-        once; ``body_digest``: the page's answer's, when all its customers are in ``good``). Run again,
-        whole, after a lost race (_until_saved).
+        once; ``body_digest``: the page's answer's, when all its customers are in ``good``;
+        ``customers_read``: the mirrored customers of its changed records, loaded by _record_pages, used
+        once). Run again, whole, after a lost race (_until_saved).
 
         Without a batch delay a page is saved whole, in one transaction: its LinesAdded names the lines
         it processes by id and digest, and their records are stored once, in the customers' events saved
@@ -919,7 +937,11 @@ class SyncEngine:
         fresh_rejected += [r.as_entry() for r in late]
         # Only customers that exist and changed need replaying; new ones need nothing loaded.
         changed = [r for r in to_process if r["id"] in heads]
-        customers = self._mirrored(queue, changed) if changed else {}
+        loaded = customers_read.pop() if customers_read else None
+        if loaded is not None and all(r["id"] in loaded for r in changed):
+            customers = loaded
+        else:
+            customers = self._mirrored(queue, changed) if changed else {}
         options = queue.queue_options
         whole = page is not None and not options.batch_delay_ms
         if whole and to_process:
