@@ -2,38 +2,75 @@
 
 The library sends the array of composite rows as text, which escapes every byte of every event's state in
 Python: measured as a fifth of a 100k-customer sync (and more for the multi-megabyte snapshots of a big
-queue). Binary sends the bytes as they are. Selected with
+queue). Binary sends the bytes as they are, one array per column. Selected with
 ``PERSISTENCE_MODULE=infrastructure.adapters.pgstore:BinaryPostgresFactory``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresAggregateRecorder, PostgresApplicationRecorder, PostgresFactory
-from psycopg.sql import SQL, Composed
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Composed, Identifier
 
 
-def _binary(statement: Any) -> Composed:
-    assert isinstance(statement, Composed)
-    return Composed(
-        [
-            SQL(part.as_string(None).replace("%s", "%b")) if isinstance(part, SQL) else part
-            for part in statement
-        ]
+def _columns_statement(recorder: PostgresAggregateRecorder, returning: bool) -> Composed:
+    """The same INSERT as the library's, from one array per column instead of an array of composite rows:
+    psycopg dumps a list of uuids, integers, texts or bytes with its C dumpers, but a composite row by row
+    in Python (measured: 5.0 against 3.7 us of client CPU an event, and less server time, over 20,000)."""
+    statement = SQL(
+        "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
+        "SELECT * FROM unnest(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[])"
+    ).format(
+        schema=Identifier(recorder.datastore.schema),
+        table=Identifier(recorder.events_table_name),
+        id_type=SQL(recorder.datastore.originator_id_type),
+    )
+    return statement + SQL(" RETURNING notification_id") if returning else statement
+
+
+def _insert_columns(
+    recorder: PostgresAggregateRecorder, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent]
+) -> None:
+    curs.execute(
+        recorder.insert_events_statement,
+        (
+            [e.originator_id for e in stored_events],
+            [e.originator_version for e in stored_events],
+            [e.topic for e in stored_events],
+            [e.state for e in stored_events],
+        ),
     )
 
 
 class BinaryAggregateRecorder(PostgresAggregateRecorder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.insert_events_statement = _binary(self.insert_events_statement)
+        self.insert_events_statement = _columns_statement(self, returning=False)
+
+    def _insert_stored_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **_: Any
+    ) -> None:
+        _insert_columns(self, curs, stored_events)
 
 
 class BinaryApplicationRecorder(PostgresApplicationRecorder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.insert_events_statement = _binary(self.insert_events_statement)
+        self.insert_events_statement = _columns_statement(self, returning=True)
+
+    def _insert_stored_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **_: Any
+    ) -> None:
+        # What the library's does (the table lock that keeps notification ids in commit order, the
+        # notification), then the insert from column arrays.
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        _insert_columns(self, curs, stored_events)
 
 
 class BinaryPostgresFactory(PostgresFactory):
