@@ -9,6 +9,7 @@ which live inside lists or are plain data, are left exactly as the store sent th
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -27,10 +28,17 @@ class FastJSONTranscoder(JSONTranscoder):
         # A copy, as canonical_bytes returns: an event's state is kept until it is saved, and orjson's own
         # bytes kept cost two brk system calls each (5.5 us a customer's event instead of 0.8 us).
         try:
-            return bytes(memoryview(orjson.dumps(obj, default=self._encode_obj, option=_OPTIONS)))
+            return bytes(memoryview(orjson.dumps(obj, default=self._typed, option=_OPTIONS)))
         except orjson.JSONEncodeError:
             # What orjson refuses (integers beyond 64 bits in a store's meta data) the stdlib writes.
             return super().encode(obj)
+
+    def _typed(self, value: Any) -> dict[str, Any]:
+        """A typed value as the library writes it; an event's timestamp (every event has one) without
+        the library's lookup (a tenth of saving a customer's event)."""
+        if type(value) is datetime:
+            return {"_type_": "datetime_iso", "_data_": value.isoformat()}
+        return self._encode_obj(value)
 
     def decode(self, data: bytes) -> Any:
         return self._revive(orjson.loads(data), _REVIVE_DEPTH)
