@@ -328,15 +328,17 @@ class LineBook:
 
 
 def _packed(data: bytes | bytearray) -> str:
-    """Bytes of a snapshot compressed, as "z" + base64. Base64 alone is a multiple of 4 characters long:
-    the "z" tells the two apart, and a version of wcsync that wrote base64 only refuses this one
-    ("cannot be 1 more than a multiple of 4") instead of reading it as wrong ids."""
-    return "z" + base64.b64encode(zlib.compress(data, 1)).decode("ascii")
+    """Bytes of a snapshot compressed, as "z" + base64. The compressed bytes are padded with zeros to a
+    multiple of 3, so their base64 has no "=" and is a multiple of 4 characters long: the "z" tells the
+    two forms apart, and a version of wcsync that wrote base64 only refuses this one ("cannot be 1 more
+    than a multiple of 4") instead of reading it as wrong ids."""
+    packed = zlib.compress(data, 1)
+    return "z" + base64.b64encode(packed + bytes(-len(packed) % 3)).decode("ascii")
 
 
 def _unpacked(text: str) -> bytes:
     if len(text) % 4 == 1 and text.startswith("z"):
-        return zlib.decompress(base64.b64decode(text[1:]))
+        return zlib.decompressobj().decompress(base64.b64decode(text[1:]))  # the padding: unused_data
     return base64.b64decode(text)  # written before snapshots were compressed
 
 
