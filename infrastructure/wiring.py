@@ -237,7 +237,9 @@ class Services:
             known_customer_ids=lambda org, store: projection_queries.known_customer_ids(
                 self.projections, org, store
             ),
-            store_queue_ids=lambda org, store: projection_queries.store_queue_ids(self.projections, org, store),
+            store_queue_ids=lambda org, store: projection_queries.store_queue_ids(
+                self.projections, org, store
+            ),
             progress=progress,
             stop=stop,
             leases=self.queue_leases(),
