@@ -234,7 +234,7 @@ class Services:
             client_factory=_store_client,
             actor=actor,
             on_saved=self._saved,
-            known_customer_ids=lambda org, store: projection_queries.known_customer_ids(
+            known_customer_ids=lambda org, store: projection_queries.iter_known_customer_ids(
                 self.projections, org, store
             ),
             store_queue_ids=lambda org, store: projection_queries.store_queue_ids(

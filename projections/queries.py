@@ -258,13 +258,26 @@ def _quarantined_entry(row: quarantine.Quarantined) -> dict[str, Any]:
 
 def known_customer_ids(source: Source, org_id: str, store_url: str) -> set[int]:
     """WooCommerce ids of the store's mirrored customers that are not deleted."""
-    with _database(source) as db:
-        rows = db.fetchall(
-            f"SELECT woo_customer_id FROM {CUSTOMER_TABLE.name} "
-            "WHERE org_id = %s AND store_url = %s AND is_deleted = %s",
-            [org_id, store_url, db.value(BOOL, False)],
-        )
-    return {int(row[0]) for row in rows}
+    return set(iter_known_customer_ids(source, org_id, store_url))
+
+
+def iter_known_customer_ids(source: Source, org_id: str, store_url: str, page: int = 10_000) -> Iterator[int]:
+    """known_customer_ids in ascending order, read ``page`` at a time (a million ids never sit in memory
+    as one result)."""
+    after = 0
+    while True:
+        with _database(source) as db:
+            rows = db.fetchall(
+                f"SELECT woo_customer_id FROM {CUSTOMER_TABLE.name} "
+                "WHERE org_id = %s AND store_url = %s AND is_deleted = %s AND woo_customer_id > %s "
+                "ORDER BY woo_customer_id LIMIT %s",
+                [org_id, store_url, db.value(BOOL, False), after, page],
+            )
+        for row in rows:
+            yield int(row[0])
+        if len(rows) < page:
+            return
+        after = int(rows[-1][0])
 
 
 def customers(source: Source, org_id: str, store_url: str | None = None) -> list[dict[str, Any]]:
@@ -455,6 +468,7 @@ __all__ = [
     "customers",
     "draft_status",
     "failed_lines",
+    "iter_known_customer_ids",
     "known_customer_ids",
     "list_queues",
     "list_stores",

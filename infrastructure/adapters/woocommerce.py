@@ -18,7 +18,7 @@ import re
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableSet, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from functools import partial
@@ -484,7 +484,7 @@ class WooCommerceClient:
     def pages(
         self,
         start_page: int = 1,
-        seen_ids: set[int] | None = None,
+        seen_ids: MutableSet[int] | None = None,
         result: ScanResult | None = None,
         known: Mapping[int, KnownPage] | None = None,
     ) -> AsyncIterator[Page]:
@@ -653,7 +653,7 @@ class WooCommerceClient:
     async def _scan(
         self,
         start_page: int,
-        seen: set[int],
+        seen: MutableSet[int],
         extra: dict[str, str],
         per_page: int,
         result: ScanResult,
@@ -713,7 +713,8 @@ class WooCommerceClient:
                     assert known is not None and response.digest is not None
                     ids = list(known[number].ids)
                     if not any(cid in seen for cid in ids):
-                        seen.update(ids)
+                        for cid in ids:
+                            seen.add(cid)
                         yield Page(
                             number,
                             [],

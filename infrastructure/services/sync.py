@@ -29,7 +29,7 @@ import structlog
 
 from domain.customer import Customer, CustomerHead, customer_key
 from domain.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, SyncError, WcsyncError
-from domain.lines import DRAFT
+from domain.lines import DRAFT, IdSet
 from domain.queue import Q_DONE, Q_DRAFT, QueueOptions, SyncQueue
 from domain.sync import customer_keys, customer_keys_of, split_unchanged, sync_batch
 from domain.validation import RejectedRecord, check_record, check_records, customer_id_of
@@ -262,7 +262,7 @@ class SyncEngine:
         client_factory: StoreClientFactory,
         actor: str = "wcsync",
         on_saved: Callable[[bool], None] | None = None,
-        known_customer_ids: Callable[[str, str], set[int]] | None = None,
+        known_customer_ids: Callable[[str, str], Iterable[int]] | None = None,
         progress: Progress | None = None,
         store_queue_ids: Callable[[str, str], list[UUID]] | None = None,
         stop: threading.Event | None = None,
@@ -589,7 +589,8 @@ class SyncEngine:
 
     async def _fetch(self, run: _Run, client: WooCommerceClient) -> None:
         queue = run.queue
-        seen: set[int] = set(queue.lines)
+        # Every id of this scan (and of the queue's earlier runs): compact, a million of them is 8 MB.
+        seen = IdSet(queue.lines)
         totals: set[int] = set()
         pages = queue.pages_recorded
         scan = ScanResult()
@@ -644,7 +645,7 @@ class SyncEngine:
         # Only a scan that reached the store's end may mark customers missing from it as deleted.
         await self._in_worker(self._record_fetch_finished, run, pages, scan.complete, seen)
 
-    async def _reconcile(self, run: _Run, client: WooCommerceClient, seen: set[int]) -> None:
+    async def _reconcile(self, run: _Run, client: WooCommerceClient, seen: IdSet) -> None:
         store_ids = await client.all_ids()
         missing = sorted(store_ids - seen)
         run.incidents.append(
@@ -1206,7 +1207,7 @@ class SyncEngine:
         run.queue.fail_fetch(str(error))
         self._save_or_drop_waiting(run, lambda: self._record_fetch_failure(run, error))
 
-    def _record_fetch_finished(self, run: _Run, pages: int, complete: bool, seen: set[int]) -> None:
+    def _record_fetch_finished(self, run: _Run, pages: int, complete: bool, seen: IdSet) -> None:
         if run.unsaved_pages:
             # Saved first on their own, where a lost race is redone (the fetch's end is not).
             self._until_saved(run, partial(self._save_unsaved, run))
@@ -1222,12 +1223,14 @@ class SyncEngine:
         if complete and self.known_customer_ids is not None:
             self._mark_deleted(run, seen)
 
-    def _mark_deleted(self, run: _Run, seen: set[int]) -> None:
+    def _mark_deleted(self, run: _Run, seen: IdSet) -> None:
         """Customers mirrored earlier but absent from a complete scan were deleted in WooCommerce."""
         assert self.known_customer_ids is not None
         self._refresh(force=True)
         queue = run.queue
-        gone = sorted(self.known_customer_ids(queue.org_id, queue.store_url) - seen)
+        gone = sorted(
+            cid for cid in self.known_customer_ids(queue.org_id, queue.store_url) if cid not in seen
+        )
         for chunk in chunks(gone, 500):
             keys = [customer_key(queue.org_id, queue.store_url, cid) for cid in chunk]
             customers = self.app.load_customers(keys)
