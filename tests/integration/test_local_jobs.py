@@ -269,7 +269,11 @@ def test_a_stopped_worker_gives_its_job_back_and_the_next_finishes_it(
     lite: Services, key: SecretKey, sandbox: RunningSandbox
 ) -> None:
     store_id = register(lite, key, sandbox)
-    queue_id, job_id = detached_start(lite, store_id, sandbox.url, per_page=20, batch_size=10)
+    # A batch delay: each batch is saved on its own (pages are otherwise saved together, 500 lines at a
+    # time), so the worker is stopped mid-run.
+    queue_id, job_id = detached_start(
+        lite, store_id, sandbox.url, per_page=20, batch_size=10, batch_delay_ms=30
+    )
     with worker_running(lite, key) as first:
         wait_until(lambda: lite.app.get_queue(queue_id).lines.count("done") >= 30)
         [job] = listed(lite, queue_id)
