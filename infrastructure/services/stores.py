@@ -14,7 +14,7 @@ import hashlib
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import orjson
@@ -25,16 +25,18 @@ from domain.errors import StoreNotFoundError
 from domain.store import Store, store_key
 from infrastructure.adapters.eventstore import ConcurrentWriteError, SyncApplication
 from infrastructure.adapters.secrets import SecretKey, StoreSecrets
-from infrastructure.adapters.woocommerce import StoreCredentials
 from infrastructure.support.config import StoreSettings, check_store_url
 from infrastructure.support.errors import ConfigurationError
 from projections import queries
 from projections.runner import ProjectionRunner
 
+if TYPE_CHECKING:
+    from infrastructure.adapters.woocommerce import StoreCredentials
+
 log = structlog.get_logger("wcsync.stores")
 
 # One request to the store with the given credentials (read access), raising StoreError when refused.
-StoreCheck = Callable[[str, StoreCredentials], Awaitable[None]]
+StoreCheck = Callable[[str, "StoreCredentials"], Awaitable[None]]
 
 
 def key_fingerprint(consumer_key: str) -> str:
@@ -83,6 +85,10 @@ class StoreRegistry:
             )
         if self.check_store is None:
             raise ConfigurationError("this command cannot check a store (no store client)")
+        from infrastructure.adapters.woocommerce import (
+            StoreCredentials,  # the HTTP client: only to add a store
+        )
+
         await self.check_store(url, StoreCredentials(consumer_key, consumer_secret))
         store_id = store_key(org_id, url)
         fingerprint = key_fingerprint(consumer_key)

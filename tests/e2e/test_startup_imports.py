@@ -83,6 +83,7 @@ def test_help_and_usage_errors_load_no_database_http_or_logging_library(
         (["schedule", "list"], ""),
         (["jobs"], "no sync job is waiting, running or failed"),
         (["workers"], "no worker is running"),
+        (["stores", "list"], ""),
     ],
     ids=lambda value: "-".join(value) if isinstance(value, list) else None,
 )
