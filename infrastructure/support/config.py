@@ -168,7 +168,8 @@ class DatabaseConfig:
             "user": self.pg_user,
             "password": self.pg_password or None,
             "connect_timeout": 10,
-            "options": f"-c search_path={self.pg_schema} -c timezone=UTC",
+            # jit=off: see infrastructure/adapters/pgstore.py SESSION_OPTIONS (the event store's sessions).
+            "options": f"-c search_path={self.pg_schema} -c timezone=UTC -c jit=off",
         }
 
     @property
