@@ -17,7 +17,6 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
-
 # PostgreSQL's JIT compiles a query whose estimated cost passes jit_above_cost, in 4-20 ms: longer than
 # any of wcsync's queries take. The event store's tables have no statistics during a first big sync, so
 # the planner's guesses pass that cost for a lookup of ten customers (measured: 19.9 ms, 3.9 of it
