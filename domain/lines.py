@@ -11,7 +11,7 @@ import zlib
 from array import array
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable, Iterator, MutableSet
+from collections.abc import Iterable, Iterator, MutableSequence, MutableSet
 from datetime import datetime
 from itertools import accumulate, chain, compress, islice
 from operator import lt, sub
@@ -72,11 +72,12 @@ class LineBook:
     """
 
     def __init__(self) -> None:
-        self._ids = array("q")  # in the order added
+        # In the order added; a list once an id does not fit in 64 bits (_widen).
+        self._ids: MutableSequence[int] = array("q")
         self._codes = bytearray()  # state code * 4 + result code, at the same positions
         # The index of positions [0, _merged): None while those ids ascend (they are their own index),
         # else the ids sorted (_keys) with their positions (_slots). Positions from _merged on: _pending.
-        self._keys: array[int] | None = None
+        self._keys: MutableSequence[int] | None = None
         self._slots = array("I")
         self._merged = 0
         self._next = 0  # where in the index the next lookup looks first
@@ -120,6 +121,8 @@ class LineBook:
         return None if position < 0 else self._line(customer_id, self._codes[position])
 
     def add(self, customer_id: int) -> None:
+        if not _INT64_MIN <= customer_id <= _INT64_MAX and isinstance(self._ids, array):
+            self._widen()
         ids = self._ids
         if self._keys is None and not self._pending and (not ids or customer_id > ids[-1]):
             ids.append(customer_id)  # the fast path: ids ascending, the array its own index
@@ -195,6 +198,13 @@ class LineBook:
         if detail is not None:
             return detail
         return Line(_STATES[code >> 2], _RESULTS[code & 3])
+
+    def _widen(self) -> None:
+        """Hold the ids in lists from now on: an id outside 64 bits (one an older wcsync could store, which
+        validation now refuses) does not fit an ``array('q')``. Slower and ~8x larger, for such a log only."""
+        self._ids = list(self._ids)
+        if self._keys is not None:
+            self._keys = list(self._keys)
 
     # ----- finding an id ---------------------------------------------------------------------------------
 
@@ -295,7 +305,7 @@ class LineBook:
     # Rows: one list of plain values per line (the first snapshot format; still read, no longer written).
     @classmethod
     def from_rows(cls, rows: list[list[Any]]) -> LineBook:
-        book = cls._of(array("q", [row[0] for row in rows]), bytearray())
+        book = cls._of(_id_array([row[0] for row in rows]), bytearray())
         for cid, state, result, attempts, error, error_at in rows:
             book._codes.append(_STATE_CODES[state] << 2 | _RESULT_CODES[result])
             if attempts or error is not None:
@@ -311,7 +321,7 @@ class LineBook:
         book._ids, book._codes, book._merged = ids, codes, len(ids)
         if not all(map(lt, ids, islice(ids, 1, None))):
             order = sorted(range(len(ids)), key=ids.__getitem__)
-            book._keys = array("q", map(ids.__getitem__, order))
+            book._keys = _id_array(list(map(ids.__getitem__, order)))
             book._slots = array("I", order)
         book._count_codes()
         return book
@@ -325,6 +335,17 @@ class LineBook:
                 self._states[_STATES[code >> 2]] += count
                 if code & 3:
                     self._results[_RESULTS[code & 3]] += count  # type: ignore[index]
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _id_array(ids: list[int]) -> Any:
+    """Ids as an ``array('q')``, or the list itself when one does not fit in 64 bits (LineBook._widen)."""
+    try:
+        return array("q", ids)
+    except OverflowError:
+        return ids
 
 
 def _packed(data: bytes | bytearray) -> str:
@@ -355,33 +376,41 @@ class IdSet(MutableSet[int]):
     in ascending order. The operators of a set come from MutableSet (``store_ids - seen`` works with a
     set on the left: the result is an IdSet)."""
 
-    __slots__ = ("_keys", "_pending")
+    __slots__ = ("_keys", "_pending", "_wide")
 
     def __init__(self, ids: Iterable[int] = ()) -> None:
         self._keys = array("q")  # sorted, distinct from _pending
         self._pending: set[int] = set()
+        self._wide: set[int] = set()  # ids outside 64 bits (an older wcsync's log may hold them)
         self.update(ids)
 
     def __contains__(self, value: object) -> bool:
         if not isinstance(value, int):
             return False
-        if value in self._pending:
+        if value in self._pending or value in self._wide:
             return True
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            return False
         keys = self._keys
         at = bisect_left(keys, value)
         return at < len(keys) and keys[at] == value
 
     def __len__(self) -> int:
-        return len(self._keys) + len(self._pending)
+        return len(self._keys) + len(self._pending) + len(self._wide)
 
     def __iter__(self) -> Iterator[int]:
         self._merge()
+        if self._wide:
+            return iter(sorted([*self._keys, *self._wide]))
         return iter(self._keys)
 
     def __repr__(self) -> str:
         return f"IdSet({len(self)} ids)"
 
     def add(self, value: int) -> None:
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            self._wide.add(value)
+            return
         keys = self._keys
         if not self._pending and (not keys or value > keys[-1]):
             keys.append(value)
@@ -391,8 +420,11 @@ class IdSet(MutableSet[int]):
                 self._merge()
 
     def discard(self, value: int) -> None:
-        if value in self._pending:
+        if value in self._pending or value in self._wide:
             self._pending.discard(value)
+            self._wide.discard(value)
+            return
+        if not _INT64_MIN <= value <= _INT64_MAX:
             return
         keys = self._keys
         at = bisect_left(keys, value)
@@ -431,7 +463,24 @@ _TO_ZIGZAG = bytes(_zigzag(u - 256 if u > 127 else u) if u < 64 or u >= 192 else
 _FROM_ZIGZAG = bytes(((z >> 1) if not z & 1 else 256 - ((z + 1) >> 1)) if z < 128 else 0 for z in range(256))
 
 
-def _varint_deltas(ids: array[int], previous: int = 0) -> bytearray:
+def _varint_deltas(ids: Any, previous: int = 0) -> bytearray:
+    """The ids' zigzag varint deltas (_fast_varint_deltas; one by one when an id or a delta passes 64
+    bits, as only a widened book's can)."""
+    try:
+        return _fast_varint_deltas(ids, previous)
+    except OverflowError:
+        out = bytearray()
+        for cid in ids:
+            value = _zigzag(cid - previous)
+            previous = cid
+            while value >= 0x80:
+                out.append(value & 0x7F | 0x80)
+                value >>= 7
+            out.append(value)
+        return out
+
+
+def _fast_varint_deltas(ids: Any, previous: int = 0) -> bytearray:
     """The ids' zigzag varint deltas. Chunk by chunk: a chunk whose deltas all fit in one byte (ids
     nearly consecutive, as most of any store's are) is translated at C speed, a snapshot of a million
     lines in milliseconds; others are written one delta at a time. Only a chunk's deltas are made at a
@@ -454,7 +503,24 @@ def _varint_deltas(ids: array[int], previous: int = 0) -> bytearray:
     return out
 
 
-def _from_varint_deltas(data: bytes) -> array[int]:
+def _from_varint_deltas(data: bytes) -> Any:
+    """The ids back (_fast_from_varint_deltas; as a list, one by one, when one passes 64 bits)."""
+    try:
+        return _fast_from_varint_deltas(data)
+    except OverflowError:
+        ids: list[int] = []
+        previous = value = shift = 0
+        for byte in data:
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                previous += value >> 1 if not value & 1 else -((value + 1) >> 1)
+                ids.append(previous)
+                value = shift = 0
+        return ids  # an unfinished varint at the end is ignored, as before
+
+
+def _fast_from_varint_deltas(data: bytes) -> array[int]:
     """The ids back: the runs of one-byte varints between the longer ones at C speed (translate, then
     accumulate), the longer ones one by one. An unfinished varint at the end is ignored, as before."""
     ids = array("q")

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from domain import lines
-from domain.lines import LINE_STATES, IdSet, Line, LineBook
+from domain.lines import DONE, DRAFT, FAILED, LINE_STATES, IdSet, Line, LineBook
 
 RESULTS = ("created", "updated", "unchanged")
 AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -340,3 +340,23 @@ def test_snapshot_ids_every_delta_width_and_chunk_boundary() -> None:
         model.add(cid)
     assert unpacked(book.to_compact(), "ids") == base64.b64decode(model.to_compact()["ids"])
     assert [cid for cid, _ in LineBook.from_compact(book.to_compact()).items()] == list(model.codes)
+
+
+def test_ids_beyond_64_bits_an_older_log_may_hold_still_replay() -> None:
+    """Validation refuses ids past 2^63-1, but a log an older wcsync wrote may hold one: the book and the
+    id set then keep their ids in lists (LineBook._widen), with the same answers and snapshots."""
+    big = 2**64 + 5
+    book = LineBook()
+    for cid in (3, 7, big, 5):
+        book.add(cid)
+    book.finish(7, DONE, result="created")
+    book.fail(big, "too big", 1, datetime(2026, 1, 1, tzinfo=UTC))
+    assert list(book) == [3, 7, big, 5] and big in book and 2**70 not in book
+    assert book.get(big) == Line(FAILED, None, 1, "too big", datetime(2026, 1, 1, tzinfo=UTC))
+    assert (book.count(DRAFT), book.count(DONE), book.count(FAILED)) == (2, 1, 1)
+    again = LineBook.from_compact(book.to_compact())
+    assert again == book and list(again) == [3, 7, big, 5]
+    seen = IdSet([1, big, 2])
+    assert big in seen and 2**70 not in seen and len(seen) == 3 and list(seen) == [1, 2, big]
+    seen.discard(big)
+    assert big not in seen and list(seen) == [1, 2]
