@@ -19,6 +19,7 @@ import pytest
 import structlog
 
 import cli.main
+import infrastructure.support.logging
 from domain.customer import Customer
 from domain.queue import SyncQueue
 from infrastructure.adapters.eventstore import SyncApplication
@@ -63,7 +64,9 @@ def save_bad_customer(app: SyncApplication, sync: Sync) -> tuple[int, UUID]:
 def save_bad_page(app: SyncApplication, sync: Sync) -> int:
     """A page of one customer whose id is past 2^63 (bypassing add_lines' checks); its position."""
     sync.pages += 1
-    sync.queue._lines_added(page=sync.pages, records=[make_record(BIG)], unchanged=[])
+    sync.queue._lines_added(
+        page=sync.pages, records=[make_record(BIG)], unchanged=[], processed=[], body_digest=None
+    )
     app.save_batch(sync.queue)
     return head(app)
 
@@ -418,9 +421,8 @@ def test_projections_status_counts_and_lists_the_quarantined_events(
     sync = Sync(app)
     bad_position, bad_customer = save_bad_customer(app, sync)
     runner.catch_up()
-    monkeypatch.setattr(
-        cli.main, "configure_logging", lambda **_: None
-    )  # leave structlog as the tests have it
+    # Leave structlog as the tests have it (cli.main imports configure_logging once the arguments parse).
+    monkeypatch.setattr(infrastructure.support.logging, "configure_logging", lambda **_: None)
 
     assert cli.main.main(["projections", "status", "--database-url", database_url]) == 0
     text = capsys.readouterr().out
