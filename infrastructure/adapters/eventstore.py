@@ -237,11 +237,8 @@ class SyncApplication(Application[UUID]):
 
     # ----- reading the log -----------------------------------------------------------------------------
 
-    def queue_events(
-        self, queue_id: UUID, keep: Callable[[StoredEvent], bool] | None = None
-    ) -> Iterator[Any]:
-        """The queue's events in order, read in slices so a big queue never sits in memory whole; with
-        ``keep``, only the stored events it keeps are decoded and given."""
+    def queue_events(self, queue_id: UUID) -> Iterator[Any]:
+        """The queue's events in order, read in slices so a big queue never sits in memory whole."""
         position = 0
         while True:
             stored: Sequence[StoredEvent] = retry_storage(
@@ -250,8 +247,7 @@ class SyncApplication(Application[UUID]):
             if not stored:
                 return
             for item in stored:
-                if keep is None or keep(item):
-                    yield self.mapper.to_domain_event(item)
+                yield self.mapper.to_domain_event(item)
             position = stored[-1].originator_version
 
     def queue_created(self, queue_id: UUID) -> SyncQueue.Created | None:
@@ -260,17 +256,34 @@ class SyncApplication(Application[UUID]):
         event = self.mapper.to_domain_event(stored[0]) if stored else None
         return event if isinstance(event, SyncQueue.Created) else None
 
-    def digested_pages(self, queue_id: UUID) -> Iterator[SyncQueue.LinesAdded]:
-        """The queue's LinesAdded events that carry their page's body digest, in order. The others (a first
-        sync by an older version holds every record in them) are skipped unread where states are plain."""
+    def digested_pages(self, queue_id: UUID, give_up_after: int = 3) -> Iterator[SyncQueue.LinesAdded]:
+        """The queue's LinesAdded events that carry their page's body digest, in order. The others are
+        skipped unread where states are plain; a queue whose first ``give_up_after`` pages carry none (run
+        with a batch delay, or by an older version, whose first sync holds every record in them) is given
+        up at once: read in small slices first, so that costs a few events, not the whole queue."""
         plain = self.mapper.cipher is None and self.mapper.compressor is None
-
-        def keep(stored: StoredEvent) -> bool:
-            return stored.topic == _LINES_ADDED_TOPIC and (not plain or _BODY_DIGEST_KEY in stored.state)
-
-        for event in self.queue_events(queue_id, keep):
-            if isinstance(event, SyncQueue.LinesAdded) and event.body_digest is not None:
-                yield event
+        position, undigested, digested, limit = 0, 0, 0, 8
+        while True:
+            stored: Sequence[StoredEvent] = retry_storage(
+                partial(self.recorder.select_events, queue_id, gt=position, limit=limit)
+            )
+            if not stored:
+                return
+            for item in stored:
+                if item.topic != _LINES_ADDED_TOPIC:
+                    continue
+                if plain and _BODY_DIGEST_KEY not in item.state:
+                    event = None
+                else:
+                    event = self.mapper.to_domain_event(item)
+                if isinstance(event, SyncQueue.LinesAdded) and event.body_digest is not None:
+                    digested += 1
+                    yield event
+                else:
+                    undigested += 1
+                    if not digested and undigested >= give_up_after:
+                        return
+            position, limit = stored[-1].originator_version, 200
 
 
 _DELETED_TOPIC = get_topic(Customer.Deleted)

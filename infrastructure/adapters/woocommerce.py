@@ -188,7 +188,8 @@ class Page:
         if self.parse is None:
             return self
         records, rejected = self.parse()
-        return Page(self.number, records, self.total, self.total_pages, rejected, self.body_digest)
+        digest = self.body_digest if not rejected else None  # every record on it a line, or no digest
+        return Page(self.number, records, self.total, self.total_pages, rejected, digest)
 
 
 @dataclass
@@ -712,7 +713,9 @@ class WooCommerceClient:
                 if response.unparsed is not None:
                     assert known is not None and response.digest is not None
                     ids = list(known[number].ids)
-                    if not any(cid in seen for cid in ids):
+                    # A short page ends the scan, so it is always read (the last page, usually): a known
+                    # page's ids are the last scan's word, and a wrong count must not end a scan early.
+                    if len(ids) >= per_page and not any(cid in seen for cid in ids):
                         for cid in ids:
                             seen.add(cid)
                         yield Page(
@@ -725,11 +728,9 @@ class WooCommerceClient:
                             known_ids=ids,
                             parse=partial(self._read_known, number, response.unparsed),
                         )
-                        if len(ids) < per_page:
-                            return
                         number += 1
                         continue
-                    # Seen already on an earlier page of this scan: read it as any other answer.
+                    # Short, or seen already on an earlier page of this scan: read it as any other answer.
                     response = self._listing_response(response, response.unparsed)
                 raw: list[dict[str, Any]] = response.body
                 if not raw and not response.rejected:

@@ -234,7 +234,7 @@ class _Run:
     # (_load_known_pages), and the known pages recorded and not saved yet, to record again after a lost race.
     known: dict[int, _Known] = field(default_factory=dict)
     known_waiting: dict[int, Page] = field(default_factory=dict)
-    known_read: int = 0  # pages recorded from a known page's ids, without parsing the answer
+    known_read: set[int] = field(default_factory=set)  # pages recorded from known ids, nothing parsed
     # When this run began: what it fetches was read after it, so a customer another writer (a webhook
     # delivery) changed since is not put back by an older copy of it (Customer.sync).
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -470,7 +470,7 @@ class SyncEngine:
         await self._in_worker(self._refresh, True)
         outcome = self._outcome(run.queue, started)
         outcome.store_error = store_error
-        outcome.known_pages = run.known_read
+        outcome.known_pages = len(run.known_read)
         return outcome
 
     async def _process_run(
@@ -703,8 +703,13 @@ class SyncEngine:
         queue = run.queue
         if self.store_queue_ids is None:
             return {}
+        try:
+            candidates = self.store_queue_ids(queue.org_id, queue.store_url)[:KNOWN_QUEUE_CANDIDATES]
+        except DATABASE_FAILURES as error:  # a hint only: the scan reads every page instead
+            log.warning("queue.known_pages_unavailable", queue_id=str(queue.id), error=first_line(error))
+            return {}
         options = queue.queue_options
-        for queue_id in self.store_queue_ids(queue.org_id, queue.store_url)[:KNOWN_QUEUE_CANDIDATES]:
+        for queue_id in candidates:
             if queue_id == queue.id:
                 continue
             created = self.app.queue_created(queue_id)
@@ -785,10 +790,11 @@ class SyncEngine:
         if known is None or len(pairs) != len(ids) or lines_digest(pairs) != known.lines:
             read = page.parsed()
             good, with_id = self._checked_page(run, read.number, read.records, read.rejected, heads)
-            self._record_checked(run, read.number, good, with_id, [heads], read.body_digest)
+            # The heads of the records as parsed (read again: the known ids are only the last scan's word).
+            self._record_checked(run, read.number, good, with_id, [], read.body_digest)
             return
         queue.add_lines([], page=page.number, unchanged=pairs, body_digest=page.body_digest)
-        run.known_read += 1
+        run.known_read.add(page.number)
         run.progress.advance(len(pairs))
         if run.saved:
             run.known_waiting[page.number] = page
@@ -951,7 +957,7 @@ class SyncEngine:
                 raise RunStopped(queue.id, run.saved)
             if run.unsaved_lines and run.unsaved_lines + len(to_process) > _save_lines(options):
                 self._save_batch(run)  # the waiting pages on their own first: a save's lines are bounded
-        if fresh_rejected or len(fresh) != len(good):
+        if with_id or late or len(fresh) != len(good):
             body_digest = None  # the page's customers are not all lines of this LinesAdded
         if whole:
             digest = run.encodings.digest

@@ -20,6 +20,7 @@ import pytest
 from domain.customer import Customer, customer_key
 from domain.errors import NothingToRetryError
 from domain.queue import QueueOptions, SyncQueue
+from domain.validation import RejectedRecord, check_record
 from infrastructure.adapters.transcoder import canonical_bytes
 from infrastructure.adapters.woocommerce import ClientOptions, StoreRefused
 from infrastructure.sandbox import Faults, RunningSandbox, SandboxConfig, SandboxThread
@@ -610,15 +611,17 @@ def test_a_resync_checks_only_the_records_that_are_not_exactly_as_last_synced(
         monkeypatch.setattr(sync_service, "check_record", counting)
         second = run_sync(services, sandbox)
         assert second.counts == {**second.counts, "updated": 2, "unchanged": 248}
-        # Pages 2 and 3 are byte for byte those of the first sync: nothing on them is read (known pages).
-        first_page = set(sandbox.store.customer_ids()[:100])
-        assert second.known_pages == 2
-        assert sorted(checked) == sorted({edited} | (with_null & first_page))
+        # Page 2 is byte for byte the first sync's: nothing on it is read (a known page). Page 3, short,
+        # is read whatever it holds (a short page ends the scan: a known one's ids must not).
+        read_pages = set(sandbox.store.customer_ids()[:100] + sandbox.store.customer_ids()[200:])
+        assert second.known_pages == 1
+        assert sorted(checked) == sorted({edited} | (with_null & read_pages))
 
         checked.clear()
         third = run_sync(services, sandbox)
         assert third.counts == {**third.counts, "unchanged": 250, "done": 250}
-        assert third.known_pages == 3 and checked == []
+        last_page = set(sandbox.store.customer_ids()[200:])
+        assert third.known_pages == 2 and sorted(checked) == sorted(with_null & last_page)
         assert mirrored(services, sandbox)[edited]["last_name"] == "Changed"
 
         # Without the last scan's digests (another listing: per page 50), the records are read and only
@@ -679,12 +682,12 @@ def test_a_known_page_is_read_again_when_a_customer_on_it_changed_in_the_mirror_
         services.app.save_batch(customer)
 
         second = run_sync(services, sandbox)
-        assert second.state == "done" and second.known_pages == 2  # pages 1 and 3
+        assert second.state == "done" and second.known_pages == 1  # page 1 (3 is short: always read)
         assert second.counts == {**second.counts, "updated": 1, "unchanged": 249}
         assert mirrored(services, sandbox)[target]["first_name"] == record["first_name"]
         # The page read again names its answer's digest too: the next scan takes all three as known.
         third = run_sync(services, sandbox)
-        assert third.known_pages == 3 and third.counts == {**third.counts, "unchanged": 250}
+        assert third.known_pages == 2 and third.counts == {**third.counts, "unchanged": 250}
 
 
 def test_a_page_saved_whole_names_its_customers_once_and_its_answer_by_digest(services: Services) -> None:
@@ -704,3 +707,77 @@ def test_a_page_saved_whole_names_its_customers_once_and_its_answer_by_digest(se
     # One transaction a page: each page's LinesAdded and its batches' LinesDone share a save.
     done = events_of_type(services, SyncQueue.LinesDone)
     assert len(done) == 3 + 2  # page 1: 100 lines in batches of 40; page 2: 50 lines
+
+
+def test_a_page_with_a_refused_record_that_is_a_line_already_names_no_answer_digest(
+    services: Services,
+) -> None:
+    """body_digest says every record of that answer is a line of the event (what lets the next scan skip
+    reading it): a refused record, even one whose id is a line already, means the event names no digest."""
+    engine = services.engine("acme")
+    queue = engine.new_queue("https://store.example", QueueOptions())
+    queue.start_processing("start")
+    good = [{"id": i, "email": f"c{i}@example.com", "first_name": "A"} for i in range(1, 4)]
+    queue.add_lines([{"id": 9, "email": "x@example.com"}], page=1)  # id 9 a line already
+    refused = check_record({"id": 9, "email": "x" * 10_000_000})
+    assert isinstance(refused, RejectedRecord)
+    run = sync_service._Run(queue=queue, progress=sync_service.NoProgress(), saved=False)
+    checked = [check_record(r) for r in good]
+    engine._record_checked(run, 2, checked, [refused], [{}], "d" * 64)  # type: ignore[arg-type]
+    [added] = [
+        e for e in services.app.queue_events(queue.id) if isinstance(e, SyncQueue.LinesAdded) and e.page == 2
+    ]
+    assert [cid for cid, _ in added.processed] == [1, 2, 3] and added.body_digest is None
+
+
+def test_a_known_page_that_names_fewer_customers_than_a_page_never_ends_the_scan(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A short page ends a scan (and a complete scan marks the customers it did not see deleted), so a
+    short answer is always read, never taken from a known page's ids: even were those ids wrong (here one
+    is dropped on purpose, with the store's totals headers gone too), no customer is marked deleted."""
+    from infrastructure.adapters import woocommerce
+
+    with SandboxThread(SandboxConfig(customers=250)) as sandbox:
+        assert run_sync(services, sandbox).state == "done"
+        original = sync_service.SyncEngine._load_known_pages
+
+        def short_by_one(self: Any, run: Any) -> Any:
+            known = original(self, run)
+            first = known[1]
+            ids = list(first.page.ids[:-1])
+            heads = self._heads(run.queue, ids)
+            pairs = [(cid, heads[cid].digest) for cid in ids]
+            known[1] = sync_service._Known(
+                woocommerce.KnownPage(first.page.digest, ids), sync_service.lines_digest(pairs)
+            )
+            return known
+
+        monkeypatch.setattr(sync_service.SyncEngine, "_load_known_pages", short_by_one)
+        monkeypatch.setattr(woocommerce, "_int_header", lambda headers, name: None)
+        second = run_sync(services, sandbox)
+        assert second.state == "done" and second.counts["unchanged"] == 250
+        assert len(mirrored(services, sandbox)) == 250  # none marked deleted
+
+
+def test_queues_without_answer_digests_are_given_up_after_a_few_events(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queue run with a batch delay digests no page (its records wait in LinesAdded): a re-sync looking
+    for known pages gives each such earlier queue up after its first pages, instead of reading it whole."""
+    with SandboxThread(SandboxConfig(customers=500)) as sandbox:
+        for _ in range(3):
+            assert run_sync(services, sandbox, batch_delay_ms=1, batch_size=100, per_page=20).state == "done"
+        read: list[int] = []
+        original = services.app.recorder.select_events
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            found = original(*args, **kwargs)
+            read.extend(len(e.state) for e in found)
+            return found
+
+        monkeypatch.setattr(services.app.recorder, "select_events", counting)
+        fourth = run_sync(services, sandbox, batch_delay_ms=1, batch_size=100, per_page=20)
+        assert fourth.state == "done" and fourth.known_pages == 0
+        # Each of the three earlier queues (25 pages of 20 records each) read a first slice of 8 events.
+        assert len(read) <= 3 * 8 + 10, len(read)
