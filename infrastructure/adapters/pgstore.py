@@ -8,6 +8,7 @@ queue). Binary sends the bytes as they are, one array per column. Selected with
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,4 +91,5 @@ class BinaryPostgresFactory(PostgresFactory):
         # pool opens its connections later, with these arguments.
         pool_kwargs = self.datastore.pool.kwargs
         assert isinstance(pool_kwargs, dict)  # the library passes a dict (not a callable)
-        pool_kwargs["options"] = SESSION_OPTIONS
+        # After the environment's PGOPTIONS (libpq ignores it once options are given), which it keeps.
+        pool_kwargs["options"] = f"{os.environ.get('PGOPTIONS', '')} {SESSION_OPTIONS}".strip()
