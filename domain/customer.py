@@ -158,29 +158,25 @@ class Customer(Aggregate):
         fields for __base_init__ and __init__, for every customer of a first sync; here the event is made
         from the fields, and the aggregate from the event as CanInitAggregate.mutate makes it (a replay
         still goes through the library)."""
+        fields: dict[str, Any] = {
+            "org_id": org_id,
+            "store_url": store_url,
+            "woo_id": woo_id,
+            "record": record,
+            "digest": digest,
+            "queue_id": queue_id,
+        }
         # The library's metaclass makes the event a dataclass of these fields, which mypy does not see.
-        registered = cls.Registered(  # type: ignore[call-arg]
+        registered = cls.Registered(
             originator_topic=get_topic(cls),
             originator_id=key,
             originator_version=cls.INITIAL_VERSION,
             timestamp=cls.Registered.create_timestamp(),
-            org_id=org_id,
-            store_url=store_url,
-            woo_id=woo_id,
-            record=record,
-            digest=digest,
-            queue_id=queue_id,
+            **fields,
         )
         customer = cls.__new__(cls)
         customer.__base_init__(key, cls.INITIAL_VERSION, registered.timestamp)
-        customer.__init__(  # type: ignore[misc]
-            org_id=org_id,
-            store_url=store_url,
-            woo_id=woo_id,
-            record=record,
-            digest=digest,
-            queue_id=queue_id,
-        )
+        customer.__init__(**fields)  # type: ignore[misc]
         registered.apply(customer)
         customer.pending_events.append(registered)
         return customer
