@@ -17,7 +17,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,28 +28,12 @@ from bench._common import script_parser  # noqa: E402
 from domain.queue import QueueOptions, SyncQueue  # noqa: E402
 from domain.sync import sync_batch  # noqa: E402
 from domain.validation import RejectedRecord, check_record  # noqa: E402
-from infrastructure.adapters.transcoder import canonical_bytes  # noqa: E402
 from infrastructure.sandbox.data import generate_customers  # noqa: E402
 
+# The engine's own encoder of a worker step (it remembers each record's canonical bytes, by object).
+from infrastructure.services.sync import _Encodings  # noqa: E402
+
 STAGES = ("check_record", "add_lines", "sync_batch")
-
-
-class Remembering:
-    """canonical_bytes that keeps what it encoded, by object, as the engine's step does (_Encodings)."""
-
-    def __init__(self) -> None:
-        self._encoded: dict[int, tuple[Mapping[str, Any], bytes]] = {}
-
-    def __call__(self, record: Mapping[str, Any]) -> bytes:
-        encoded = canonical_bytes(record)
-        self._encoded[id(record)] = (record, encoded)
-        return encoded
-
-    def again(self, record: Mapping[str, Any]) -> bytes:
-        known = self._encoded.get(id(record))
-        if known is not None and known[0] is record:
-            return known[1]
-        return canonical_bytes(record)
 
 
 def one_run(raw: list[dict[str, Any]], page: int, validate_again: bool = False) -> dict[str, float]:
@@ -65,7 +49,7 @@ def one_run(raw: list[dict[str, Any]], page: int, validate_again: bool = False) 
     queue.start_processing("bench")
     kwargs = {} if validate_again else _sync_kwargs()
     for number, start in enumerate(range(0, len(raw), page), start=1):
-        encodings = Remembering()
+        encodings = _Encodings()
         chunk = raw[start : start + page]
         began = time.process_time()
         good = [
