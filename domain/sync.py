@@ -81,6 +81,7 @@ def sync_batch(
     read_after: datetime | None = None,
     *,
     checked: bool = False,
+    digest_of: Callable[[Mapping[str, Any]], str] | None = None,
 ) -> BatchOutcome:
     """Apply fetched records to their lines (only lines still draft) and to the mirrored customers.
 
@@ -90,6 +91,7 @@ def sync_batch(
     record is newer (Customer.sync). ``checked``: every record is what domain.validation.check_record
     returned, with ``canonical`` the encoder it was given (its rules, the record's size among them, passed),
     so they are not validated again; records read back from the log are (rules may have changed since).
+    ``digest_of``: a record's digest (SHA-256 of ``canonical``'s bytes) when the caller has it already.
     """
     outcome = BatchOutcome()
     queue_id = str(queue.id)
@@ -106,7 +108,7 @@ def sync_batch(
             except InvalidCustomerRecord as error:
                 outcome.failures[cid] = f"invalid customer record: {error}"
                 continue
-        digest = hashlib.sha256(encoded).hexdigest()
+        digest = digest_of(record) if digest_of else hashlib.sha256(encoded).hexdigest()
         customer = customers.get(cid)
         if customer is None:
             customer = Customer.register(

@@ -830,12 +830,8 @@ class SyncEngine:
         for raw in records:
             if heads and self._as_synced(run, raw, heads):
                 good.append(raw)
-                continue
-            outcome = check_record(raw, run.encodings)
-            if isinstance(outcome, RejectedRecord):
-                checked_rejected.append(outcome)
             else:
-                good.append(outcome)
+                _check_into(run, raw, good, checked_rejected)
         rejected = [*checked_rejected, *refused]
         without_id = [r for r in rejected if r.customer_id is None]
         with_id = [r for r in rejected if r.customer_id is not None]
@@ -898,12 +894,8 @@ class SyncEngine:
         for record in records:
             if unchecked.get(id(record)) is not record:
                 good.append(record)
-                continue
-            outcome = check_record(record, run.encodings)
-            if isinstance(outcome, RejectedRecord):
-                rejected.append(outcome)
             else:
-                good.append(outcome)
+                _check_into(run, record, good, rejected)
         return good, rejected
 
     def _record_checked(
@@ -1095,6 +1087,7 @@ class SyncEngine:
                 canonical=run.encodings.again,
                 read_after=read_after or run.started_at,
                 checked=checked,
+                digest_of=run.encodings.digest,  # computed once a step (a page saved whole names it too)
             )
             self._drain_incidents(run)
             run.unsaved_customers.extend(outcome.changed)
@@ -1303,6 +1296,16 @@ async def _until_done(future: asyncio.Future[Any]) -> None:
     while not future.done():
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait({future})
+
+
+def _check_into(run: _Run, record: Any, good: list[dict[str, Any]], rejected: list[RejectedRecord]) -> None:
+    """A record through the boundary's checks (with the step's encoder): the checked record to ``good``, or
+    the refusal to ``rejected``."""
+    outcome = check_record(record, run.encodings)
+    if isinstance(outcome, RejectedRecord):
+        rejected.append(outcome)
+    else:
+        good.append(outcome)
 
 
 def _save_lines(options: QueueOptions) -> int:
