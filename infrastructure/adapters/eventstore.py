@@ -239,16 +239,20 @@ class SyncApplication(Application[UUID]):
 
     def queue_events(self, queue_id: UUID) -> Iterator[Any]:
         """The queue's events in order, read in slices so a big queue never sits in memory whole."""
-        position = 0
+        for item in self._stored_queue_events(queue_id):
+            yield self.mapper.to_domain_event(item)
+
+    def _stored_queue_events(self, queue_id: UUID, first: int = 200) -> Iterator[StoredEvent]:
+        """The queue's stored events in order, ``first`` then 200 at a time."""
+        position, limit = 0, first
         while True:
             stored: Sequence[StoredEvent] = retry_storage(
-                partial(self.recorder.select_events, queue_id, gt=position, limit=200)
+                partial(self.recorder.select_events, queue_id, gt=position, limit=limit)
             )
             if not stored:
                 return
-            for item in stored:
-                yield self.mapper.to_domain_event(item)
-            position = stored[-1].originator_version
+            yield from stored
+            position, limit = stored[-1].originator_version, 200
 
     def queue_created(self, queue_id: UUID) -> SyncQueue.Created | None:
         """A queue's first event (its org, store and options), or None when there is no such queue."""
@@ -262,28 +266,20 @@ class SyncApplication(Application[UUID]):
         with a batch delay, or by an older version, whose first sync holds every record in them) is given
         up at once: read in small slices first, so that costs a few events, not the whole queue."""
         plain = self.mapper.cipher is None and self.mapper.compressor is None
-        position, undigested, digested, limit = 0, 0, 0, 8
-        while True:
-            stored: Sequence[StoredEvent] = retry_storage(
-                partial(self.recorder.select_events, queue_id, gt=position, limit=limit)
+        undigested = digested = 0
+        for item in self._stored_queue_events(queue_id, first=8):
+            if item.topic != _LINES_ADDED_TOPIC:
+                continue
+            event = (
+                None if plain and _BODY_DIGEST_KEY not in item.state else self.mapper.to_domain_event(item)
             )
-            if not stored:
-                return
-            for item in stored:
-                if item.topic != _LINES_ADDED_TOPIC:
-                    continue
-                if plain and _BODY_DIGEST_KEY not in item.state:
-                    event = None
-                else:
-                    event = self.mapper.to_domain_event(item)
-                if isinstance(event, SyncQueue.LinesAdded) and event.body_digest is not None:
-                    digested += 1
-                    yield event
-                else:
-                    undigested += 1
-                    if not digested and undigested >= give_up_after:
-                        return
-            position, limit = stored[-1].originator_version, 200
+            if isinstance(event, SyncQueue.LinesAdded) and event.body_digest is not None:
+                digested += 1
+                yield event
+            else:
+                undigested += 1
+                if not digested and undigested >= give_up_after:
+                    return
 
 
 _DELETED_TOPIC = get_topic(Customer.Deleted)
