@@ -5,11 +5,18 @@ then "fixes them in WooCommerce", and `retry` fetches those customers again and 
 the mirror stays in sync by itself (issue 12): the sandbox is registered, wcsync's receiver listens on
 loopback, the store's three customer webhooks are installed, and customers changed, created and deleted
 through the sandbox's admin routes (as an edit in wp-admin would) reach `woo_customers` through signed
-deliveries, each printed as the mirror follows it."""
+deliveries, each printed as the mirror follows it.
+
+With `--serve` (issue 14) it then stays up: the sandbox, wcsync's HTTP API with the dashboard on loopback
+and a worker of its own (as `wcsync serve` runs them), the demo's store still registered so the dashboard's
+retry and resume reach it, and a fresh operator token of the demo's org printed beside the address: the one
+place wcsync prints a token it did not just create on request. Ctrl-C (or SIGTERM) stops it all: the token
+is revoked, the store removed, the worker stopped, exit 130."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -27,13 +34,15 @@ import structlog
 
 from cli.output import print_json, render_status, status_exit
 from cli.progress import ProgressBar
-from domain.errors import EXIT_OK, EXIT_STORE, EXIT_UNFINISHED, WcsyncError
+from cli.serve import Pickup, WorkerProcesses
+from domain.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_STORE, EXIT_UNFINISHED, WcsyncError
 from domain.queue import QueueOptions
-from infrastructure.adapters.secrets import SECRET_KEY_VARIABLE, SecretKey
+from infrastructure.adapters.secrets import KEY_BYTES, SECRET_KEY_VARIABLE, SecretKey
+from infrastructure.adapters.tokens import Role
 from infrastructure.adapters.woocommerce import ClientOptions
-from infrastructure.api.http import ApiSettings, running_api
+from infrastructure.api.http import ApiSettings, running_api, serve
 from infrastructure.sandbox import Faults, RunningSandbox, SandboxConfig, SandboxThread
-from infrastructure.support.config import DatabaseConfig, StoreSettings
+from infrastructure.support.config import DatabaseConfig, StoreSettings, check_listen_address, listen_error
 from infrastructure.support.loop_thread import LoopThread
 from infrastructure.wiring import Services, open_services
 from projections import queries
@@ -48,6 +57,9 @@ POLL_S = 0.05
 # A worker applies recorded deliveries every 0.25 s; the demo's own loop a little more often.
 APPLY_EVERY_S = 0.1
 STOP_S = 10.0  # the receiver's and the applier's stop, at the end
+# `--serve`: the dashboard listens on loopback only (the sandbox's admin routes have no auth either).
+SERVE_HOST = "127.0.0.1"
+SERVE_PORT = 8000  # as `wcsync serve`'s
 
 
 class DemoStoreError(WcsyncError):
@@ -62,7 +74,11 @@ def run_demo(
     customers: int,
     invalid: int,
     json_out: bool,
+    serve_port: int | None = None,
 ) -> int:
+    if serve_port is not None:
+        check_listen_address(SERVE_HOST, serve_port)  # before any work: exit 2, one line
+        keep_key_for_workers()
     key = demo_secret_key()  # a key in the environment that cannot be used: exit 2 before any work
     say = (lambda text: None) if json_out else (lambda text: sys.stderr.write(text + "\n"))
     # Light faults, as a real host has: a little latency, the odd 5xx and maintenance page.
@@ -100,25 +116,42 @@ def run_demo(
         loop = None
         if first.store_error is None:
             show = (lambda text: None) if json_out else _show
-            loop = WebhookLoop(services, sandbox, org, client_options, show, key).run()
-        if json_out:
-            document: dict[str, Any] = {
-                "firstRun": first_status,
-                "afterRetry": retried_status,
-                "seconds": round(first.seconds, 3),
-            }
-            if loop is not None:
-                document["webhooks"] = loop.as_json()
-            print_json(document)
-        else:
+            loop = WebhookLoop(
+                services, sandbox, org, client_options, show, key, keep_store=serve_port is not None
+            ).run()
+        document: dict[str, Any] = {
+            "firstRun": first_status,
+            "afterRetry": retried_status,
+            "seconds": round(first.seconds, 3),
+        }
+        if loop is not None:
+            document["webhooks"] = loop.as_json()
+        if not json_out:
             print(f"\nnext: wcsync activity {first.queue_id}   ·   wcsync queues")
         if first.store_error is not None:
             sys.stderr.write(f"wcsync: {first.store_error}\n")
+        elif loop is not None and loop.exit_code != EXIT_OK:
+            sys.stderr.write(f"wcsync: {loop.problem()}\n")
+        if serve_port is not None:
+            dashboard = DemoDashboard(services, sandbox, org, key, client_options, serve_port)
+            if loop is not None and loop.store_id is not None:
+                dashboard.store_id = loop.store_id
+            return dashboard.run(document if json_out else None)
+        if json_out:
+            print_json(document)
+        if first.store_error is not None:
             return EXIT_STORE
         if loop is not None and loop.exit_code != EXIT_OK:
-            sys.stderr.write(f"wcsync: {loop.problem()}\n")
             return loop.exit_code
         return status_exit(final)
+
+
+def keep_key_for_workers() -> None:
+    """`--serve`'s worker processes read the stores' key from their environment, as `wcsync worker` does:
+    without one of the user's, the demo makes one for this run and puts it in its own environment, which
+    they inherit (its store is removed at the end, so nothing is left sealed with a key nobody has)."""
+    if not os.environ.get(SECRET_KEY_VARIABLE):
+        os.environ[SECRET_KEY_VARIABLE] = base64.b64encode(os.urandom(KEY_BYTES)).decode()
 
 
 def demo_secret_key() -> SecretKey:
@@ -235,6 +268,8 @@ class WebhookLoop:
     show: Callable[[str], None]
     key: SecretKey = field(repr=False)
     wait_s: float = WEBHOOK_WAIT_S
+    # `--serve`: the store stays registered once the loop ran (the dashboard's retry and resume need it).
+    keep_store: bool = False
     store_id: UUID | None = None
     delivery_url: str | None = None
     installed: dict[str, str] = field(default_factory=dict)
@@ -253,6 +288,7 @@ class WebhookLoop:
             )
         )
         self.store_id = UUID(added["storeId"])
+        kept = False
         try:
             settings = ApiSettings(
                 client_options=self.client_options, secret_key=self.key, default_actor=ACTOR
@@ -263,8 +299,10 @@ class WebhookLoop:
                 for change in self.changes:
                     self._make(change)
                 self._follow(applier)
+            kept = self.keep_store
         finally:
-            registry.remove(self.org, self.store_id, ACTOR)
+            if not kept:
+                registry.remove(self.org, self.store_id, ACTOR)
         return self
 
     def _install(self, receiver_url: str) -> None:
@@ -364,6 +402,85 @@ class WebhookLoop:
             "changes": [change.as_json() for change in self.changes],
             "mirrored": len(self.mirrored),
         }
+
+
+# ----- --serve: the dashboard, left running --------------------------------------------------------------
+
+
+@dataclass
+class DemoDashboard:
+    """`wcsync demo --serve`'s last part: `wcsync serve`'s app (API and dashboard) on loopback with a worker
+    process of its own (cli.serve's WorkerProcesses and Pickup, as `wcsync serve` runs them), over the
+    demo's database and sandbox, until Ctrl-C or SIGTERM. The operator token it prints is revoked and the
+    demo's store removed when it stops."""
+
+    services: Services
+    sandbox: RunningSandbox
+    org: str
+    key: SecretKey = field(repr=False)
+    client_options: ClientOptions
+    port: int
+    store_id: UUID | None = None
+    token_name: str = ""
+
+    def run(self, document: dict[str, Any] | None) -> int:
+        """Serve until a signal; EXIT_INTERRUPTED then. ``document``: `--json`'s, printed once listening
+        with the dashboard's part added (else two lines of text)."""
+        registry = self.services.store_registry(self.key, self.client_options)
+        if self.store_id is None:  # the webhook loop did not run: the first sync could not reach the store
+            added = asyncio.run(
+                registry.add(
+                    self.org,
+                    self.sandbox.url,
+                    self.sandbox.consumer_key,
+                    self.sandbox.consumer_secret,
+                    "demo sandbox",
+                    ACTOR,
+                )
+            )
+            self.store_id = UUID(added["storeId"])
+        tokens = self.services.api_tokens()
+        self.token_name = f"demo dashboard {time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())} {os.getpid()}"
+        token, _ = tokens.create(self.org, self.token_name, Role.OPERATOR)
+        settings = ApiSettings(client_options=self.client_options, secret_key=self.key)
+        listened = False
+
+        def listening(url: str) -> None:
+            nonlocal listened
+            listened = True
+            self._announce(url + "/", token, document)
+
+        try:
+            with WorkerProcesses(self.services.database, 1), Pickup(self.services, self.key):
+                try:
+                    asyncio.run(serve(self.services, SERVE_HOST, self.port, listening, settings))
+                except OSError as error:
+                    if listened:
+                        raise
+                    raise listen_error(error, SERVE_HOST, self.port) from None
+        finally:
+            tokens.revoke(self.token_name, self.org)
+            registry.remove(self.org, self.store_id, ACTOR)
+        sys.stderr.write(
+            "wcsync: stopped: the dashboard, its worker and the sandbox store are down; "
+            "the demo's token is revoked (the mirror and its queues stay in the database)\n"
+        )
+        return EXIT_INTERRUPTED
+
+    def _announce(self, url: str, token: str, document: dict[str, Any] | None) -> None:
+        if document is not None:
+            document["dashboard"] = {
+                "url": url,
+                "token": token,
+                "org": self.org,
+                "role": Role.OPERATOR.value,
+                "storeId": str(self.store_id),
+            }
+            print_json(document)
+        else:
+            print(f"\ndashboard  {url}   (sign in with the token below; Ctrl-C stops it all)")
+            print(f"token      {token}   (operator of org {self.org!r}; revoked when the demo stops)")
+        sys.stdout.flush()
 
 
 def _late(change: Change, attempt: dict[str, Any] | None) -> str:

@@ -251,6 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--invalid", type=positive_int, default=5, help="records that fail validation, fixed and retried"
     )
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="then keep the sandbox, the API and the dashboard running on 127.0.0.1 (printing its address "
+        "and an operator token) until Ctrl-C",
+    )
+    demo.add_argument(
+        "--port",
+        type=bounded(bounds.PORT),
+        default=None,
+        help="with --serve: the dashboard's port (default 8000; 0 picks a free one)",
+    )
     _add_json(demo)
     _add_audit_parser(commands, common)
     _add_serve_parser(commands, common)

@@ -7,7 +7,7 @@ import argparse
 
 from cli import common
 from cli.arguments import UsageError
-from cli.demo import run_demo
+from cli.demo import SERVE_PORT, run_demo
 from domain.errors import EXIT_OK
 from infrastructure.sandbox import (
     READ_ONLY_CONSUMER_KEY,
@@ -56,10 +56,13 @@ def demo(args: argparse.Namespace) -> int:
         SandboxConfig(customers=args.customers, invalid=min(args.invalid, args.customers))
     except ValueError as error:
         raise _option_error(error) from None
+    if args.port is not None and not args.serve:
+        raise UsageError("--port is the dashboard's, with --serve: add --serve, or drop --port")
     return run_demo(
         common.database(args),
         common.org(args),
         customers=args.customers,
         invalid=args.invalid,
         json_out=args.json,
+        serve_port=(SERVE_PORT if args.port is None else args.port) if args.serve else None,
     )
