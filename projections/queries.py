@@ -463,8 +463,10 @@ def _camel(name: str) -> str:
 
 
 __all__ = [
+    "PROGRESS_ACTIVITY_TYPES",
     "Source",
     "activity",
+    "activity_types",
     "customers",
     "draft_status",
     "failed_lines",
@@ -473,11 +475,95 @@ __all__ = [
     "list_queues",
     "list_stores",
     "org_stores",
+    "progress_activity",
     "queue_status",
     "queues_with_line",
+    "recent_activity",
     "store",
     "store_by_url",
+    "store_webhook_states",
     "stores_with_webhooks",
     "webhook_deliveries",
     "webhook_summary",
 ]
+
+
+# ----- the dashboard's reads (infrastructure/api/dashboard) ---------------------------------------------
+
+# The activity rows that say how many lines a moment finished, and how (the queue page's chart).
+PROGRESS_ACTIVITY_TYPES = ("batch_processed", "page_fetched", "lines_added", "line_failed")
+
+
+def progress_activity(
+    source: Source, org_id: str, queue_id: UUID, limit: int = 50_000
+) -> list[dict[str, Any]]:
+    """The queue's activity rows that finished lines, oldest first (at most ``limit``): each with its time,
+    type and details (a batch's counts by result, a page's unchanged lines, a failed line)."""
+    with _database(source) as db:
+        rows = _select(
+            db,
+            ACTIVITY_TABLE,
+            ("created_at", "activity_type", "details"),
+            f"org_id = %s AND queue_id = %s AND activity_type IN ({', '.join(['%s'] * len(PROGRESS_ACTIVITY_TYPES))})",
+            [org_id, db.value(UUID_, queue_id), *PROGRESS_ACTIVITY_TYPES, int(limit)],
+            "ORDER BY created_at, id LIMIT %s",
+        )
+    return [
+        {
+            "createdAt": row["created_at"],
+            "activityType": row["activity_type"],
+            "details": row["details"] or {},
+        }
+        for row in rows
+    ]
+
+
+def recent_activity(
+    source: Source, org_id: str, queue_id: UUID, limit: int = 200, activity_type: str | None = None
+) -> list[dict[str, Any]]:
+    """The queue's latest activity rows, newest first (of one type when ``activity_type`` is given), as
+    ``activity`` shapes them."""
+    where, params = "org_id = %s AND queue_id = %s", [org_id]
+    with _database(source) as db:
+        params.append(db.value(UUID_, queue_id))
+        if activity_type is not None:
+            where += " AND activity_type = %s"
+            params.append(activity_type)
+        rows = _select(
+            db,
+            ACTIVITY_TABLE,
+            ("created_at", "activity_type", "status", "message"),
+            where,
+            [*params, int(limit)],
+            "ORDER BY created_at DESC, id DESC LIMIT %s",
+        )
+    return [
+        {
+            "createdAt": row["created_at"],
+            "activityType": row["activity_type"],
+            "status": row["status"],
+            "message": row["message"],
+        }
+        for row in rows
+    ]
+
+
+def activity_types(source: Source, org_id: str, queue_id: UUID) -> list[str]:
+    """The activity types the queue's log holds, sorted (the dashboard's filter offers these)."""
+    with _database(source) as db:
+        rows = db.fetchall(
+            f"SELECT DISTINCT activity_type FROM {ACTIVITY_TABLE.name} WHERE org_id = %s AND queue_id = %s "
+            "ORDER BY activity_type",
+            [org_id, db.value(UUID_, queue_id)],
+        )
+    return [str(row[0]) for row in rows]
+
+
+def store_webhook_states(source: Source, org_id: str) -> dict[str, dict[str, str]]:
+    """The org's stores' installed webhooks not active in the store, as last seen: {store id: {topic:
+    status}} (a store whose webhooks are all active, or not installed, has none)."""
+    with _database(source) as db:
+        rows = _select(
+            db, STORE_TABLE, ("store_id", "webhooks_not_active"), "org_id = %s", [org_id], "ORDER BY store_id"
+        )
+    return {str(row["store_id"]): dict(row["webhooks_not_active"] or {}) for row in rows}

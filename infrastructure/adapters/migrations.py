@@ -42,6 +42,7 @@ QUEUE_LEASES_TABLE = "wcsync_queue_leases"
 LOCAL_JOBS_TABLE = "wcsync_local_jobs"
 SCHEDULES_TABLE = "wcsync_schedules"
 POSITIONS_TABLE = "wcsync_positions"
+DASHBOARD_SESSIONS_TABLE = "wcsync_dashboard_sessions"
 
 # The advisory lock that serialises migrations on PostgreSQL: (this constant, the schema's hash), so runs on
 # different schemas of one database do not wait for each other.
@@ -179,6 +180,27 @@ def _positions(seconds: str) -> tuple[str, ...]:
     )
 
 
+# The dashboard's sign-in sessions (infrastructure/api/sessions.py): the SHA-256 of the random session id the
+# cookie holds (never the id itself), the token it was opened with (its SHA-256, the tokens table's key; NULL
+# for a no-auth server's session), the org and role it acts for, and its times as epoch seconds (compared as
+# numbers). A signed-out session's row is deleted.
+def _dashboard_sessions(seconds: str) -> tuple[str, ...]:
+    return (
+        f"CREATE TABLE {DASHBOARD_SESSIONS_TABLE} (\n"
+        "  session_hash TEXT NOT NULL,\n"
+        "  token_hash TEXT,\n"
+        "  org_id TEXT NOT NULL,\n"
+        "  role TEXT NOT NULL,\n"
+        "  name TEXT NOT NULL,\n"
+        f"  created_at {seconds} NOT NULL,\n"
+        f"  last_seen_at {seconds} NOT NULL,\n"
+        f"  expires_at {seconds} NOT NULL,\n"
+        f"  CONSTRAINT {DASHBOARD_SESSIONS_TABLE}_pkey PRIMARY KEY (session_hash)\n"
+        ")",
+        f"CREATE INDEX {DASHBOARD_SESSIONS_TABLE}_expires ON {DASHBOARD_SESSIONS_TABLE} (expires_at)",
+    )
+
+
 def _procrastinate_schema() -> str:
     """procrastinate's own schema (its tables, types, functions and triggers, unqualified: they land in the
     URL's schema through the search_path), as the pinned release ships it (pyproject: >=3.10,<3.11). A
@@ -225,6 +247,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         7,
         "log positions: how far the webhook deliveries' applier has applied the event log",
         {POSTGRES: _positions("DOUBLE PRECISION"), SQLITE: _positions("REAL")},
+    ),
+    Migration(
+        8,
+        "dashboard sessions: each signed-in browser's session (its id's SHA-256), token, org, role and expiry",
+        {POSTGRES: _dashboard_sessions("DOUBLE PRECISION"), SQLITE: _dashboard_sessions("REAL")},
     ),
 )
 

@@ -71,6 +71,7 @@ __all__ = [
     "bearer_challenge",
     "bearer_token",
     "client_address",
+    "local_host",
     "local_request",
     "loopback_host",
     "request_org",
@@ -319,13 +320,20 @@ def loopback_host(value: str) -> bool:
         return False
 
 
-def local_request(request: web.Request) -> None:
-    """No-auth mode's refusals of what a web page could send: a Host that is not loopback (ForbiddenHost,
-    403; exactly one Host header), then a body not sent as application/json (UnsupportedMediaType, 415)."""
+def local_host(request: web.Request) -> None:
+    """No-auth mode's refusal of a request whose Host is not loopback (ForbiddenHost, 403; exactly one Host
+    header): a DNS-rebound page's. The dashboard's pages get this check alone (their forms are CSRF-checked,
+    so they may be sent as forms)."""
     hosts = request.headers.getall("Host", [])
     if len(hosts) != 1 or not loopback_host(hosts[0]):
         log.info("api.host_refused", remote=request.remote, path=request.path)
         raise ForbiddenHost()
+
+
+def local_request(request: web.Request) -> None:
+    """No-auth mode's refusals of what a web page could send: a Host that is not loopback (ForbiddenHost,
+    403; exactly one Host header), then a body not sent as application/json (UnsupportedMediaType, 415)."""
+    local_host(request)
     if (
         request.method not in _BODYLESS_METHODS
         and request.body_exists
@@ -344,6 +352,7 @@ def auth_middleware(
     limiter: FailureLimiter | None = None,
     executor: Executor | None = None,
     signed_prefixes: tuple[str, ...] = (),
+    page_path: Callable[[str], bool] | None = None,
 ) -> Middleware:
     """The middleware that authenticates every request but those to ``public_paths`` (exact paths) and
     under ``signed_prefixes`` (the webhook receivers, whose handler checks each request's signature: no
@@ -353,13 +362,22 @@ def auth_middleware(
     its own by default; ``client_address``), TooManyAttempts (429); either is counted. A valid token passes
     whatever its address's failures. ``authenticate`` runs in ``executor`` (None: the loop's default). Put
     it inside the envelope middleware, and ``bearer_challenge`` in on_response_prepare. With ``no_auth``
-    every request, to a public path too, first passes ``local_request`` (403 / 415)."""
+    every request, to a public path too, first passes ``local_request`` (403 / 415).
+
+    ``page_path``: the dashboard's paths (infrastructure/api/dashboard), which ask no bearer token: their
+    handlers take the browser's session cookie instead. The cookie is read there only, so it never
+    authorises anything else (with no_auth these paths pass ``local_host`` alone: their forms are
+    CSRF-checked)."""
     failures = limiter if limiter is not None else FailureLimiter()
 
     @web.middleware
     async def authenticated(request: web.Request, handler: Handler) -> web.StreamResponse:
         if signed_prefixes and request.path.startswith(signed_prefixes):
             request[SIGNED_KEY] = True
+            return await handler(request)
+        if page_path is not None and page_path(request.path):
+            if no_auth:
+                local_host(request)
             return await handler(request)
         if no_auth:
             local_request(request)

@@ -55,6 +55,8 @@ from infrastructure.adapters.secrets import SECRET_KEY_VARIABLE, SecretKey
 from infrastructure.adapters.woocommerce import ClientOptions, StoreCredentials
 from infrastructure.api import auth, operations
 from infrastructure.api.auth import PRINCIPAL_KEY, Principal, Role
+from infrastructure.api.dashboard import guard as dashboard_guard
+from infrastructure.api.dashboard.pages import Dashboard
 from infrastructure.services.deliveries import (
     MAX_DELIVERY_BYTES,
     SignatureRefused,
@@ -513,13 +515,20 @@ class SyncApi:
         auth.require_role(request, Role.VIEWER if sync.action == "status" else Role.OPERATOR)
         org_id = auth.request_org(request, sync.org_id)
         actor = _actor(request, sync.actor, self.settings.default_actor)
+        status, data = await self.act(sync, org_id, actor)
+        return _ok(data, status=status)
+
+    async def act(self, sync: SyncRequest, org_id: str, actor: str) -> tuple[int, dict[str, Any]]:
+        """Carry out a checked sync request for the org and actor it was authenticated as (the role already
+        checked): the one path of every action, for the JSON route and the dashboard's forms alike. Returns
+        the answer's HTTP status and data; refusals are raised (WcsyncError, ApiError)."""
         if sync.action == "status":
             assert sync.queue_id is not None
-            return _ok(await self._status(org_id, sync.queue_id))
+            return 200, await self._status(org_id, sync.queue_id)
         if sync.action == "force-done":
             assert sync.queue_id is not None and sync.reason is not None
             await self.runs.force_done(org_id, actor, sync.queue_id, sync.reason)
-            return _ok(await self._status(org_id, sync.queue_id))
+            return 200, await self._status(org_id, sync.queue_id)
         if sync.consumer_key is None and sync.store_id is None and self.settings.secret_key is None:
             # Without the stores' key the queue's registered store is out of reach: the request must bring one.
             raise _bad_request(
@@ -530,9 +539,26 @@ class SyncApi:
         if sync.consumer_key is None:
             # A registered store (store_id, or a retry/resume of a queue whose store is registered): a durable
             # job, run by a worker; inline credentials are never stored, so their runs stay in this process.
-            return _ok(await self._defer(sync, org_id, actor), status=202)
+            return 202, await self._defer(sync, org_id, actor)
         queue_id = await self.runs.launch(sync.run_request(org_id, actor))
-        return _ok({"queueId": str(queue_id), "action": sync.action}, status=202)
+        return 202, {"queueId": str(queue_id), "action": sync.action}
+
+    async def queue_action(
+        self, org_id: str, actor: str, body: Mapping[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        """A sync request's body as the dashboard's forms send it (``action``, ``queue_id``, ``reason``) for
+        an org and actor authenticated by a session: through the JSON route's own parser and ``act``, so a
+        form is checked and carried out exactly as the API's body would be."""
+        return await self.act(parse_sync_request(dict(body)), org_id, actor)
+
+    async def queue_status(self, org_id: str, queue_id: UUID) -> dict[str, Any]:
+        """The queue's status with ``isRunning``, as the status action answers it (QueueNotFoundError for
+        an unknown queue or another org's)."""
+        return await self._status(org_id, queue_id)
+
+    async def in_thread(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` on the handlers' own threads (database work never runs on the loop)."""
+        return await self._in_thread(func, *args)
 
     async def _defer(self, sync: SyncRequest, org_id: str, actor: str) -> dict[str, Any]:
         """A start, retry or resume of a registered store, deferred as a job: the queue exists (a new one as
@@ -654,6 +680,10 @@ class SyncApi:
         rows = await self._in_thread(self._store_list, org_id)
         return _ok(rows)
 
+    def store_rows(self, org_id: str) -> list[dict[str, Any]]:
+        """The org's registered stores, the read models caught up first (blocking: on a handler's thread)."""
+        return self._store_list(org_id)
+
     def _store_list(self, org_id: str) -> list[dict[str, Any]]:
         self.services.catch_up(READ_CATCH_UP_S)
         return queries.list_stores(self.services.projections, org_id)
@@ -731,17 +761,18 @@ class SyncApi:
 
     async def list_queues(self, request: web.Request) -> web.Response:
         auth.require_role(request, Role.VIEWER)
-        org_id = _query_org(request)
-        limit = _query_limit(request, 50)
+        return _ok(await self.queue_rows(_query_org(request), _query_limit(request, 50)))
+
+    async def queue_rows(self, org_id: str, limit: int) -> list[dict[str, Any]]:
+        """The org's queues, newest first, each with ``isRunning`` as status says it: this server's run, or
+        anyone's live lease (a worker's, a CLI's), the page's leases read in one query."""
         await self._in_thread(self.services.catch_up, READ_CATCH_UP_S)
         rows = await self._in_thread(queries.list_queues, self.services.projections, org_id, limit)
-        # Running as status says it: this server's run, or anyone's live lease (a worker's, a CLI's), the
-        # page's leases read in one query.
         queue_ids = [UUID(row["queueId"]) for row in rows]
         leased = await self._in_thread(self.services.queue_leases().live, queue_ids)
         for row, queue_id in zip(rows, queue_ids, strict=True):
             row["isRunning"] = queue_id in leased or self.runs.in_flight(org_id, queue_id) is not None
-        return _ok(rows)
+        return rows
 
     async def queue(self, request: web.Request) -> web.Response:
         auth.require_role(request, Role.VIEWER)
@@ -897,17 +928,25 @@ def create_app(services: Services, settings: ApiSettings | None = None) -> web.A
     """The aiohttp application. ``services`` stay the caller's to close (after the app's cleanup)."""
     settings = settings or ApiSettings()
     api = SyncApi(services, settings)
-    # The envelope outermost, so the authentication's refusals are answered like every other error. The
-    # token lookups run on the handlers' threads, never on the loop.
+    # One count of failed attempts per address for the API's tokens and the dashboard's sign-ins alike: a
+    # guesser gets no second allowance by switching from one to the other.
+    failures = auth.FailureLimiter()
+    # The envelope outermost, so the authentication's refusals are answered like every other error; the
+    # dashboard's middleware inside it answers its own paths' errors as pages. The token lookups run on the
+    # handlers' threads, never on the loop.
     authenticate = auth.auth_middleware(
         services.api_tokens().authenticate,
         PUBLIC_PATHS,
         no_auth=settings.no_auth,
+        limiter=failures,
         executor=api._reads,
         signed_prefixes=SIGNED_PREFIXES,
+        page_path=dashboard_guard.is_page_path,
     )
-    app = web.Application(middlewares=[_envelope, authenticate])
+    dashboard = Dashboard(api, services, settings.no_auth, failures)
+    app = web.Application(middlewares=[_envelope, dashboard.middleware, authenticate])
     app.on_response_prepare.append(auth.bearer_challenge)
+    dashboard.add_routes(app)
     app.router.add_post(SYNC_PATH, api.sync_customers)
     app.router.add_get("/api/v1/queues", api.list_queues)
     app.router.add_get("/api/v1/queues/{queue_id}", api.queue)

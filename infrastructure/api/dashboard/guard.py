@@ -1,0 +1,195 @@
+"""The dashboard's defences, request by request: its paths, security headers, cookies, the checks of a
+posted form (size, encoding, CSRF, Origin / Sec-Fetch-Site), strict query strings, safe redirects, and
+the errors a page answers with (WcsyncError subclasses, so a page and the API word the same refusal alike).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from aiohttp import web
+
+from domain.errors import WcsyncError
+
+SESSION_COOKIE = "wcsync_session"
+LOGIN_COOKIE = "wcsync_login"
+LOGIN_COOKIE_MAX_AGE_S = 600
+
+LOGIN_PATH = "/login"
+LOGOUT_PATH = "/logout"
+QUEUES_PATH = "/"
+STORES_PATH = "/stores"
+HEALTH_PAGE_PATH = "/health"
+STATIC_ROOT = "/static/"
+LIVE_ROOT = "/live/"
+QUEUE_ROOT = "/queues/"
+_PAGES = frozenset({QUEUES_PATH, LOGIN_PATH, LOGOUT_PATH, STORES_PATH, HEALTH_PAGE_PATH})
+_PREFIXES = (QUEUE_ROOT, STATIC_ROOT, LIVE_ROOT)
+
+# A form is a few hundred bytes (a reason is at most 1,000 characters).
+MAX_FORM_BYTES = 16 * 1024
+FORM_TYPE = "application/x-www-form-urlencoded"
+# Sec-Fetch-Site values of a request this server's own page made (or the user typed).
+_OWN_SITES = frozenset({"same-origin", "none"})
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+# Where a sign-in may send the browser next: a path of this server, nothing that leaves it.
+_NEXT = re.compile(r"/(?:[A-Za-z0-9_-][A-Za-z0-9/_.-]{0,199})?")
+
+
+def is_page_path(path: str) -> bool:
+    """Whether ``path`` is the dashboard's (its pages, their live JSON and static assets): these take the
+    browser's session cookie, never a bearer token."""
+    return path in _PAGES or path.startswith(_PREFIXES)
+
+
+def is_live_path(path: str) -> bool:
+    """The dashboard's JSON endpoints: their refusals are JSON (401, 404), not pages."""
+    return path.startswith(LIVE_ROOT)
+
+
+def wants_page(request: web.Request) -> bool:
+    """Whether an unknown path was asked for by a browser (HTML accepted), outside the JSON API."""
+    return "text/html" in request.headers.get("Accept", "") and not request.path.startswith("/api/")
+
+
+def secure(response: web.StreamResponse, cache: bool = False) -> web.StreamResponse:
+    """The headers of every answer of the dashboard's (an asset may be cached; a page never)."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    response.headers["Cache-Control"] = "no-cache" if cache else "no-store"
+    return response
+
+
+def set_cookie(
+    response: web.StreamResponse, request: web.Request, name: str, value: str, max_age: int | None = None
+) -> None:
+    """An HttpOnly, SameSite=Strict cookie for the whole server, Secure when the request came over TLS."""
+    response.set_cookie(
+        name, value, path="/", httponly=True, samesite="Strict", secure=request.secure, max_age=max_age
+    )
+
+
+def drop_cookie(response: web.StreamResponse, request: web.Request, name: str) -> None:
+    response.set_cookie(
+        name, "", path="/", httponly=True, samesite="Strict", secure=request.secure, max_age=0
+    )
+
+
+def cookie(request: web.Request, name: str) -> str | None:
+    """A cookie's value when it is printable ASCII of a sane size (anything else is no cookie)."""
+    value = request.cookies.get(name)
+    if value is None or len(value) > 128 or not value.isascii() or not value.isprintable():
+        return None
+    return value
+
+
+def query_value(request: web.Request, name: str) -> str | None:
+    """A query parameter decoded strictly (bytes that are not UTF-8 are no value, never U+FFFD)."""
+    try:
+        values = parse_qs(request.rel_url.raw_query_string, errors="strict").get(name)
+    except UnicodeDecodeError:
+        return None
+    return values[0] if values else None
+
+
+def safe_next(value: str | None) -> str:
+    """Where to go after signing in: a relative path of this server (``/queues/ID``), else ``/``."""
+    if value and _NEXT.fullmatch(value) and "//" not in value and ".." not in value:
+        return value
+    return QUEUES_PATH
+
+
+def from_own_page(request: web.Request) -> bool:
+    """Whether the browser says the request came from this server's own pages: an Origin, when sent, that
+    is this server's (scheme, host and port), and a Sec-Fetch-Site, when sent, of same-origin or none."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in _OWN_SITES:
+        return False
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    parts = urlsplit(origin)
+    return parts.scheme == request.scheme and parts.netloc == request.host and not parts.path
+
+
+async def read_form(request: web.Request) -> dict[str, str]:
+    """A posted form's fields (each at most once), checked before anything reads them: its size, its type
+    and its encoding. A BadForm (400) otherwise."""
+    if (request.content_length or 0) > MAX_FORM_BYTES:
+        raise BadForm(f"the form is larger than {MAX_FORM_BYTES} bytes")
+    if request.content_type != FORM_TYPE:
+        raise BadForm("the form must be sent as application/x-www-form-urlencoded (reload the page)")
+    raw = await request.content.read(MAX_FORM_BYTES + 1)
+    if len(raw) > MAX_FORM_BYTES:
+        raise BadForm(f"the form is larger than {MAX_FORM_BYTES} bytes")
+    try:
+        fields = parse_qs(raw.decode("ascii"), keep_blank_values=True, errors="strict", max_num_fields=20)
+    except (UnicodeDecodeError, ValueError):
+        raise BadForm("the form is not valid (URL-encoded UTF-8, at most 20 fields)") from None
+    form: dict[str, str] = {}
+    for name, values in fields.items():
+        if len(values) != 1:
+            raise BadForm("a field of the form was sent more than once")
+        form[name] = values[0]
+    return form
+
+
+# ----- the errors of a page ------------------------------------------------------------------------------
+
+
+class LoginRequired(WcsyncError):
+    """No live session: a page redirects to the sign-in, a live JSON endpoint answers 401."""
+
+    http_status = 401
+    error_code = "unauthorized"
+
+    def __init__(self) -> None:
+        super().__init__("your session has ended (or you have not signed in): sign in again")
+
+
+class CsrfRefused(WcsyncError):
+    """A form without this page's CSRF value, or posted from another site."""
+
+    http_status = 403
+    error_code = "csrf_refused"
+    MESSAGE = "the form has expired or was not sent by this page; reload it"
+
+    def __init__(self) -> None:
+        super().__init__(self.MESSAGE)
+
+
+class BadForm(WcsyncError):
+    """A form that cannot be read (too big, wrong type, not UTF-8, a field twice)."""
+
+    http_status = 400
+    error_code = "invalid_form"
+
+
+class PageNotFound(WcsyncError):
+    """No such page, or a queue that is not the org's: the same page either way."""
+
+    http_status = 404
+    error_code = "not_found"
+
+    def __init__(self) -> None:
+        super().__init__("there is no such page here (or it is not your organisation's)")
+
+
+def error_words(error: BaseException) -> tuple[int, str, str, dict[str, Any]]:
+    """(HTTP status, code, message, details) of an error a page shows."""
+    if isinstance(error, WcsyncError):
+        return error.http_status, error.error_code, error.http_message(), error.http_details()
+    return 500, "internal_error", "internal error; the server log has the details", {}

@@ -1,0 +1,822 @@
+"""The dashboard's routes (issue 14, server side) through the real server (running_api, as `wcsync serve`
+runs it) over a socket, on SQLite and PostgreSQL, as a hostile browser tries them: signing in with good,
+bad and too many tokens; the cookie's flags; signing out and revoking a token ending the session; CSRF
+missing, wrong, another session's or from another site; a viewer forging a POST; another org's queue by
+URL; the live JSON without a session; a cookie on the JSON API; the security headers; no secret in any
+page or log line; and retry / resume / force-done through the pages changing the queue as the API does.
+
+Pages are parsed with the stdlib's html.parser (``Dom``), never with regexes on the layout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from html.parser import HTMLParser
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+from uuid import UUID
+
+import pytest
+import structlog
+
+from domain.queue import QueueOptions
+from infrastructure.adapters.leases import QueueLeases
+from infrastructure.adapters.migrations import DASHBOARD_SESSIONS_TABLE, Connection
+from infrastructure.adapters.secrets import SecretKey
+from infrastructure.adapters.tokens import Role
+from infrastructure.api.auth import MAX_FAILURES
+from infrastructure.api.dashboard.guard import CsrfRefused
+from infrastructure.api.sessions import DashboardSessions
+from infrastructure.sandbox import RunningSandbox
+from infrastructure.wiring import Services
+from projections import queries
+from tests.support.api import SETTINGS, ApiThread
+from tests.support.services import FAST, run_sync
+from tests.support.waiting import wait_until
+from tests.support.workers import worker_running
+
+pytestmark = pytest.mark.sandbox(customers=12, invalid=2)
+
+KEY = SecretKey.generate()
+WITH_KEY = replace(SETTINGS, secret_key=KEY)
+PAGES = ("/", "/stores", "/health")
+SESSION = "wcsync_session"
+
+
+# ----- a page, parsed -----------------------------------------------------------------------------------
+
+VOID = frozenset(
+    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"}
+)
+
+
+@dataclass
+class Element:
+    tag: str
+    attrs: dict[str, str]
+    children: list[Element | str] = field(default_factory=list)
+
+    def text(self) -> str:
+        return " ".join(
+            " ".join((child if isinstance(child, str) else child.text()).split()) for child in self.children
+        ).strip()
+
+    def iter(self) -> Iterator[Element]:
+        for child in self.children:
+            if isinstance(child, Element):
+                yield child
+                yield from child.iter()
+
+    def all(self, tag: str | None = None, **attrs: str | None) -> list[Element]:
+        """Descendants with this tag and these attributes (``data_field`` is ``data-field``; None: present)."""
+        wanted = {name.replace("_", "-"): value for name, value in attrs.items()}
+        return [
+            element
+            for element in self.iter()
+            if (tag is None or element.tag == tag)
+            and all(
+                name in element.attrs and (value is None or element.attrs[name] == value)
+                for name, value in wanted.items()
+            )
+        ]
+
+    def one(self, tag: str | None = None, **attrs: str | None) -> Element:
+        found = self.all(tag, **attrs)
+        assert len(found) == 1, (tag, attrs, len(found))
+        return found[0]
+
+    def by_id(self, element_id: str) -> Element:
+        return self.one(id=element_id)
+
+    def field(self, name: str) -> str:
+        return self.one(data_field=name).text()
+
+
+class Dom(HTMLParser):
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.root = Element("#document", {})
+        self._open = [self.root]
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        element = Element(tag, {name: value or "" for name, value in attrs})
+        self._open[-1].children.append(element)
+        if tag not in VOID:
+            self._open.append(element)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._open[-1].children.append(Element(tag, {name: value or "" for name, value in attrs}))
+
+    def handle_endtag(self, tag: str) -> None:
+        for depth in range(len(self._open) - 1, 0, -1):
+            if self._open[depth].tag == tag:
+                del self._open[depth:]
+                return
+
+    def handle_data(self, data: str) -> None:
+        self._open[-1].children.append(data)
+
+
+# ----- a browser without a browser: cookies kept, forms posted --------------------------------------------
+
+
+@dataclass
+class Page:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return None
+
+    def cookies_set(self) -> dict[str, str]:
+        """Each Set-Cookie of the answer by cookie name: the whole header (its flags)."""
+        found = {}
+        for key, value in self.headers:
+            if key.lower() == "set-cookie":
+                found[value.split("=", 1)[0].strip()] = value
+        return found
+
+    @cached_property
+    def dom(self) -> Element:
+        return Dom(self.body.decode()).root
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def alert(self) -> str:
+        return self.dom.one(role="alert").text()
+
+
+@dataclass
+class Browser:
+    url: str
+    cookies: dict[str, str] = field(default_factory=dict)
+    pages: list[Page] = field(default_factory=list)
+
+    def go(
+        self,
+        method: str,
+        path: str,
+        form: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Page:
+        address = urlsplit(self.url)
+        sent = {"Accept": "text/html"}
+        body = None
+        if form is not None:
+            body = urlencode(form).encode()
+            sent["Content-Type"] = "application/x-www-form-urlencoded"
+        if self.cookies:
+            sent["Cookie"] = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
+        sent.update(headers or {})
+        connection = http.client.HTTPConnection(address.hostname or "", address.port, timeout=30)
+        try:
+            connection.request(method, path, body=body, headers=sent)
+            response = connection.getresponse()
+            page = Page(response.status, response.getheaders(), response.read())
+        finally:
+            connection.close()
+        for name, header in page.cookies_set().items():
+            morsel = SimpleCookie(header)[name]
+            if morsel["max-age"] == "0" or not morsel.value:
+                self.cookies.pop(name, None)
+            else:
+                self.cookies[name] = morsel.value
+        self.pages.append(page)
+        return page
+
+    def get(self, path: str, **headers: str) -> Page:
+        return self.go("GET", path, headers=headers)
+
+    def post(self, path: str, form: dict[str, str], **headers: str) -> Page:
+        return self.go("POST", path, form, headers)
+
+    def sign_in(self, token: str, next_path: str = "") -> Page:
+        login = self.get("/login" + (f"?next={next_path}" if next_path else ""))
+        assert login.status == 200, login.body
+        csrf = login.dom.by_id("login-form").one("input", name="csrf").attrs["value"]
+        return self.post(
+            "/login" + (f"?next={next_path}" if next_path else ""), {"csrf": csrf, "token": token}
+        )
+
+    def csrf(self) -> str:
+        page = self.get("/")
+        assert page.status == 200, page.body
+        return page.dom.by_id("logout-form").one("input", name="csrf").attrs["value"]
+
+    def everything(self) -> bytes:
+        return b"\n".join(b"".join(f"{k}: {v}\n".encode() for k, v in p.headers) + p.body for p in self.pages)
+
+
+@dataclass
+class Server:
+    url: str
+    services: Services
+
+    def token(self, org: str = "acme", role: Role = Role.OPERATOR, name: str | None = None) -> str:
+        secret, _ = self.services.api_tokens().create(
+            org, name or f"{role.value}-{uuid.uuid4().hex[:6]}", role
+        )
+        return secret
+
+    def browser(self) -> Browser:
+        return Browser(self.url)
+
+    def signed_in(self, org: str = "acme", role: Role = Role.OPERATOR, name: str | None = None) -> Browser:
+        browser = self.browser()
+        page = browser.sign_in(self.token(org, role, name))
+        assert page.status == 303 and page.header("Location") == "/", page.body
+        return browser
+
+    def status(self, org: str, queue_id: str) -> dict[str, Any]:
+        self.services.catch_up()
+        found = queries.queue_status(self.services.projections, org, UUID(queue_id))
+        assert found is not None
+        return found
+
+
+@pytest.fixture
+def server(services: Services) -> Iterator[Server]:
+    with ApiThread(services, WITH_KEY) as api:
+        yield Server(api.url, services)
+
+
+def _queue(services: Services, sandbox: RunningSandbox, org: str = "acme") -> str:
+    return str(run_sync(services, sandbox, org, catch_up=True).queue_id)
+
+
+def _register(services: Services, store: RunningSandbox, org: str = "acme") -> str:
+    registry = services.store_registry(KEY, FAST)
+    added = asyncio.run(registry.add(org, store.url, store.consumer_key, store.consumer_secret, None, "ops"))
+    return str(added["storeId"])
+
+
+# ----- signing in ---------------------------------------------------------------------------------------
+
+
+def test_sign_in_sets_a_strict_http_only_cookie_and_a_wrong_token_is_401_never_echoed(server: Server) -> None:
+    browser = server.browser()
+    form_page = browser.get("/login")
+    assert form_page.status == 200
+    form = form_page.dom.by_id("login-form")
+    token_input = form.one("input", name="token")
+    assert token_input.attrs["type"] == "password"
+    assert form.one("label", **{"for": token_input.attrs["id"]}).text() == "API token"
+    assert form.one("button", type="submit")
+    pre = form_page.cookies_set()["wcsync_login"]
+    assert "HttpOnly" in pre and "SameSite=Strict" in pre and "Path=/" in pre
+
+    wrong = "wcs_" + "A" * 43
+    refused = browser.post("/login", {"csrf": form.one("input", name="csrf").attrs["value"], "token": wrong})
+    assert refused.status == 401 and SESSION not in browser.cookies
+    assert "not accepted" in refused.alert()
+    assert wrong.encode() not in refused.body and b"AAAAAAAA" not in refused.body
+    assert refused.dom.by_id("login-form")  # the form again
+
+    answer = browser.sign_in(server.token())
+    assert answer.status == 303 and answer.header("Location") == "/"
+    cookie = answer.cookies_set()[SESSION]
+    flags = [part.strip().lower() for part in cookie.split(";")[1:]]
+    assert {"httponly", "samesite=strict", "path=/"} <= set(flags) and "secure" not in flags, cookie
+    assert "wcsync_login" not in browser.cookies  # the pre-session cookie is dropped
+    queues = browser.get("/")
+    assert queues.status == 200 and queues.dom.one("h1").text() == "Queues"
+    assert queues.dom.one("title").text() == "wcsync · Queues"
+    assert queues.dom.one("nav").one(data_field="org").text() == "acme"
+
+
+def test_sign_in_needs_the_login_forms_csrf_and_this_servers_origin(server: Server) -> None:
+    token = server.token()
+    browser = server.browser()
+    csrf = browser.get("/login").dom.one("input", name="csrf").attrs["value"]
+    attempts = {
+        "no csrf": ({"token": token}, {}),
+        "a wrong csrf": ({"token": token, "csrf": csrf[::-1]}, {}),
+        "another origin": ({"token": token, "csrf": csrf}, {"Origin": "https://evil.example"}),
+        "a cross-site fetch": ({"token": token, "csrf": csrf}, {"Sec-Fetch-Site": "cross-site"}),
+    }
+    for what, (form, headers) in attempts.items():
+        page = browser.post("/login", form, **headers)
+        assert page.status == 403, (what, page.body)
+        assert page.alert() == CsrfRefused.MESSAGE, what
+        assert SESSION not in browser.cookies, what
+    # A forged form from another site sends no SameSite=Strict cookie at all: the form's csrf is then nobody's.
+    stranger = server.browser()
+    page = stranger.post("/login", {"token": token, "csrf": csrf})
+    assert page.status == 403 and SESSION not in stranger.cookies
+    # This server's own origin, and a same-origin fetch, pass.
+    host = urlsplit(server.url).netloc
+    page = browser.post(
+        "/login", {"token": token, "csrf": csrf}, Origin=f"http://{host}", **{"Sec-Fetch-Site": "same-origin"}
+    )
+    assert page.status == 303 and SESSION in browser.cookies
+
+
+def test_failed_sign_ins_are_throttled_with_the_apis_failed_tokens_and_a_good_token_still_passes(
+    server: Server,
+) -> None:
+    browser = server.browser()
+    csrf = browser.get("/login").dom.one("input", name="csrf").attrs["value"]
+    # The API's failures and the sign-ins' count together: half of each.
+    for _ in range(MAX_FAILURES // 2):
+        connection = http.client.HTTPConnection(
+            urlsplit(server.url).hostname or "", urlsplit(server.url).port
+        )
+        connection.request("GET", "/api/v1/queues", headers={"Authorization": "Bearer nope"})
+        assert connection.getresponse().status == 401
+        connection.close()
+    for _ in range(MAX_FAILURES + 1 - MAX_FAILURES // 2):  # as the API's: the 12th failure is the first 429
+        assert browser.post("/login", {"csrf": csrf, "token": "wrong"}).status == 401
+    throttled = browser.post("/login", {"csrf": csrf, "token": "wrong"})
+    assert throttled.status == 429
+    assert int(throttled.header("Retry-After") or "0") >= 1
+    assert "try again in" in throttled.alert()
+    page = browser.post("/login", {"csrf": csrf, "token": server.token()})
+    assert page.status == 303 and SESSION in browser.cookies
+
+
+def test_a_sign_in_goes_back_to_the_page_asked_for_and_nowhere_else(
+    server: Server, sandbox: RunningSandbox
+) -> None:
+    queue_id = _queue(server.services, sandbox)
+    browser = server.browser()
+    asked = browser.get(f"/queues/{queue_id}")
+    assert asked.status == 303 and asked.header("Location") == f"/login?next=/queues/{queue_id}"
+    assert browser.sign_in(server.token(), f"/queues/{queue_id}").header("Location") == f"/queues/{queue_id}"
+    for elsewhere in ("//evil.example/", "https://evil.example/", "/\\evil.example", "/../etc"):
+        other = server.browser()
+        assert other.sign_in(server.token(), elsewhere).header("Location") == "/", elsewhere
+
+
+# ----- sessions end ----------------------------------------------------------------------------------------
+
+
+def test_signing_out_ends_the_session_on_the_server(server: Server) -> None:
+    browser = server.signed_in()
+    old = dict(browser.cookies)
+    csrf = browser.csrf()
+    out = browser.post("/logout", {"csrf": csrf})
+    assert out.status == 303 and out.header("Location") == "/login"
+    assert SESSION not in browser.cookies
+    assert server.services.api_tokens() and server_sessions(server) == 0
+    replayed = Browser(server.url, cookies=old)  # the old cookie, kept by someone
+    page = replayed.get("/")
+    assert page.status == 303 and page.header("Location") == "/login"
+    live = replayed.get("/live/queues", Accept="application/json")
+    assert live.status == 401 and live.json["error"]["code"] == "unauthorized"
+
+
+def server_sessions(server: Server, org: str = "acme") -> int:
+    sessions = DashboardSessions(server.services.database)
+    try:
+        return sessions.count(org)
+    finally:
+        sessions.shutdown()
+
+
+def test_revoking_the_token_ends_the_sessions_opened_with_it(server: Server) -> None:
+    browser = server.signed_in(name="night-shift")
+    assert browser.get("/").status == 200
+    server.services.api_tokens().revoke("night-shift", "acme")
+    page = browser.get("/")
+    assert page.status == 303 and page.header("Location") == "/login"
+    assert browser.get("/live/queues").status == 401
+    assert server_sessions(server) == 0  # the row went with it
+
+
+def test_every_page_and_live_endpoint_needs_a_session_but_the_assets_do_not(
+    server: Server, sandbox: RunningSandbox
+) -> None:
+    queue_id = _queue(server.services, sandbox)
+    browser = server.browser()
+    for path in (*PAGES, f"/queues/{queue_id}"):
+        page = browser.get(path)
+        assert page.status == 303 and page.header(
+            "Location",
+        ).startswith("/login"), path  # type: ignore[union-attr]
+    for path in ("/live/queues", f"/live/queues/{queue_id}"):
+        page = browser.get(path)
+        assert page.status == 401 and page.json["error"]["code"] == "unauthorized", path
+    for action in ("retry", "resume", "force-done"):
+        page = browser.post(f"/queues/{queue_id}/{action}", {"reason": "x", "csrf": "x"})
+        assert page.status == 303 and page.header("Location") == "/login", action
+    assert server.status("acme", queue_id)["state"] == "failed"  # nothing happened to it
+    for asset, kind in (("/static/dashboard.css", "text/css"), ("/static/dashboard.js", "javascript")):
+        page = browser.get(asset)
+        assert page.status == 200 and kind in (page.header("Content-Type") or ""), asset
+    assert browser.get("/static/../pyproject.toml").status == 404
+    assert browser.get("/static/nothing.js").status == 404
+
+
+def test_a_session_cookie_never_authorises_the_json_api(server: Server, sandbox: RunningSandbox) -> None:
+    queue_id = _queue(server.services, sandbox)
+    browser = server.signed_in(role=Role.ADMIN)
+    for method, path in (
+        ("GET", "/api/v1/queues"),
+        ("GET", f"/api/v1/queues/{queue_id}"),
+        ("GET", "/metrics"),
+    ):
+        page = browser.go(method, path, headers={"Accept": "application/json"})
+        assert page.status == 401 and page.json["error"]["code"] == "unauthorized", path
+    body = json.dumps({"action": "force-done", "queue_id": queue_id, "reason": "csrf"}).encode()
+    address = urlsplit(server.url)
+    connection = http.client.HTTPConnection(address.hostname or "", address.port)
+    cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.items())
+    connection.request(
+        "POST",
+        "/api/v1/integrations/woocommerce/sync/customers",
+        body=body,
+        headers={"Cookie": cookie, "Content-Type": "text/plain"},
+    )
+    assert connection.getresponse().status == 401
+    connection.close()
+    assert server.status("acme", queue_id)["state"] == "failed"
+
+
+# ----- CSRF and roles on the actions -----------------------------------------------------------------------
+
+
+def test_an_action_without_its_sessions_csrf_is_refused_and_changes_nothing(
+    server: Server, sandbox: RunningSandbox
+) -> None:
+    queue_id = _queue(server.services, sandbox)
+    mine = server.signed_in()
+    theirs = server.signed_in()  # another session of the same org
+    other_csrf = theirs.csrf()
+    host = urlsplit(server.url).netloc
+    with structlog.testing.capture_logs() as logs:
+        for what, form, headers in (
+            ("missing", {"reason": "r"}, {}),
+            ("wrong", {"reason": "r", "csrf": "x" * 43}, {}),
+            ("another session's", {"reason": "r", "csrf": other_csrf}, {}),
+            ("another origin", {"reason": "r", "csrf": mine.csrf()}, {"Origin": "http://evil.example"}),
+            ("a null origin", {"reason": "r", "csrf": mine.csrf()}, {"Origin": "null"}),
+            ("cross-site", {"reason": "r", "csrf": mine.csrf()}, {"Sec-Fetch-Site": "same-site"}),
+        ):
+            page = mine.post(f"/queues/{queue_id}/force-done", form, **headers)
+            assert page.status == 403, (what, page.body)
+            assert page.alert() == CsrfRefused.MESSAGE, what
+            assert server.status("acme", queue_id)["state"] == "failed", what
+        page = mine.post("/logout", {"csrf": other_csrf})
+        assert page.status == 403 and mine.get("/").status == 200  # still signed in
+    refusals = [entry for entry in logs if entry["event"] == "dashboard.csrf_refused"]
+    assert len(refusals) == 7 and all(entry["org"] == "acme" for entry in refusals)
+    assert all(mine.cookies[SESSION] not in str(entry) for entry in logs)
+    page = mine.post(
+        f"/queues/{queue_id}/force-done", {"reason": "ok", "csrf": mine.csrf()}, Origin=f"http://{host}"
+    )
+    assert page.status == 200 and server.status("acme", queue_id)["state"] == "done"
+
+
+def test_a_viewer_sees_no_action_forms_and_a_forged_post_is_403(
+    server: Server, sandbox: RunningSandbox
+) -> None:
+    queue_id = _queue(server.services, sandbox)
+    viewer = server.signed_in(role=Role.VIEWER)
+    page = viewer.get(f"/queues/{queue_id}")
+    assert page.status == 200
+    assert page.dom.all("form", data_action=None) == []
+    assert page.dom.all("input", name="reason") == []
+    csrf = viewer.csrf()  # the viewer's own, right csrf: the role refuses it
+    for action in ("retry", "resume", "force-done"):
+        forged = viewer.post(f"/queues/{queue_id}/{action}", {"csrf": csrf, "reason": "forged"})
+        assert forged.status == 403, (action, forged.body)
+        assert "operator" in forged.alert(), action
+    assert server.status("acme", queue_id)["state"] == "failed"
+    operator = server.signed_in(role=Role.OPERATOR)
+    forms = operator.get(f"/queues/{queue_id}").dom.all("form", data_action=None)
+    assert sorted(form.attrs["data-action"] for form in forms) == ["force-done", "resume", "retry"]
+    for form in forms:
+        assert form.one("input", type="hidden", name="csrf").attrs["value"]
+        assert form.one("button", type="submit")
+    reason = (
+        operator.get(f"/queues/{queue_id}")
+        .dom.one("form", data_action="force-done")
+        .one("input", name="reason")
+    )
+    assert "required" in reason.attrs
+
+
+# ----- org isolation ---------------------------------------------------------------------------------------
+
+
+def test_another_orgs_queue_is_the_same_404_as_one_that_does_not_exist(
+    server: Server, sandbox: RunningSandbox
+) -> None:
+    theirs = _queue(server.services, sandbox, org="other")
+    nowhere = str(uuid.uuid4())
+    browser = server.signed_in(org="acme")
+    answers = {}
+    for queue_id in (theirs, nowhere, "not-a-uuid"):
+        page = browser.get(f"/queues/{queue_id}")
+        assert page.status == 404, queue_id
+        answers[queue_id] = page.body.replace(queue_id.encode(), b"ID")
+        live = browser.get(f"/live/queues/{queue_id}")
+        assert live.status == 404 and live.json["error"]["code"] == "not_found", queue_id
+    assert answers[theirs] == answers[nowhere] == answers["not-a-uuid"]
+    assert theirs.encode() not in b"".join(answers.values())
+    csrf = browser.csrf()
+    for action in ("retry", "resume", "force-done"):
+        page = browser.post(f"/queues/{theirs}/{action}", {"csrf": csrf, "reason": "not mine"})
+        assert page.status == 404, action
+    assert server.status("other", theirs)["state"] == "failed"
+    queues = browser.get("/")
+    assert queues.dom.by_id("queues").all("tr", data_queue_id=None) == []
+    assert theirs not in browser.get("/live/queues").json["queues"].__repr__()
+
+
+# ----- what the pages show ----------------------------------------------------------------------------------
+
+
+def test_the_queues_page_and_its_live_json_show_the_orgs_queues_newest_first(
+    server: Server, sandbox: RunningSandbox
+) -> None:
+    first = _queue(server.services, sandbox)
+    second = _queue(server.services, sandbox)
+    _queue(server.services, sandbox, org="other")
+    browser = server.signed_in()
+    page = browser.get("/")
+    table = page.dom.by_id("queues")
+    assert table.attrs["data-updated-at"].endswith("Z")
+    rows = table.all("tr", data_queue_id=None)
+    assert [row.attrs["data-queue-id"] for row in rows] == [second, first]
+    status = server.status("acme", second)
+    row = rows[0]
+    assert row.field("state") == status["state"] == row.attrs["data-state"]
+    assert row.field("store") == sandbox.url
+    bar = row.one("progress", data_field="progress")
+    processed = status["doneCount"] + status["failedCount"] + status["cancelledCount"]
+    assert (int(bar.attrs["value"]), int(bar.attrs["max"])) == (processed, status["totalCount"]) == (12, 12)
+    assert (
+        (int(row.field("done")), int(row.field("failed")))
+        == (status["doneCount"], status["failedCount"])
+        == (10, 2)
+    )
+    assert row.field("rate") and row.field("eta")
+    assert row.one("a", href=f"/queues/{second}")
+    live = browser.get("/live/queues")
+    assert live.status == 200 and live.header("Cache-Control") == "no-store"
+    assert [q["queueId"] for q in live.json["queues"]] == [second, first]
+    assert live.json["queues"][0]["done"] == 10 and live.json["updatedAt"].endswith("Z")
+
+
+def test_the_queue_page_shows_counts_chart_activity_and_failed_lines(
+    server: Server, sandbox: RunningSandbox
+) -> None:
+    queue_id = _queue(server.services, sandbox)
+    browser = server.signed_in()
+    page = browser.get(f"/queues/{queue_id}")
+    dom = page.dom
+    assert queue_id in dom.one("h1").text()
+    assert dom.one("head").one("title").text() == f"wcsync · Queue {queue_id}"
+    counts = dom.by_id("counts")
+    status = server.status("acme", queue_id)
+    for name in ("created", "updated", "unchanged", "failed", "done", "total"):
+        assert int(counts.field(name)) == status[f"{name}Count"], name
+    assert counts.attrs["data-updated-at"].endswith("Z")
+    assert dom.one(data_field="state").text() == "failed"
+    svg = dom.by_id("chart").one("svg")
+    outcomes = {path.attrs["data-outcome"]: path.attrs["d"] for path in svg.all("path", data_outcome=None)}
+    assert set(outcomes) == {"created", "updated", "unchanged", "failed"}
+    assert int(svg.attrs["data-points"]) > 0 and "10 created" in svg.one("desc").text()
+    failed = dom.by_id("failed-lines").all("tr", data_line_id=None)
+    assert len(failed) == 2
+    for row in failed:
+        assert row.field("error") and int(row.field("attempts")) >= 1
+    items = dom.by_id("activity").all("li", data_type=None)
+    types = [item.attrs["data-type"] for item in items]
+    assert types[0] in ("queue_failed", "action_required") and types[-1] == "queue_created", (
+        types
+    )  # newest first
+    assert all(item.one("time").attrs["title"].endswith(" UTC") for item in items)
+    select = dom.one("select", id="activity-type")
+    assert dom.one("label", **{"for": "activity-type"}).text() == "Activity type"
+    assert "line_failed" in [option.attrs["value"] for option in select.all("option")]
+    filtered = (
+        browser.get(f"/queues/{queue_id}?type=line_failed").dom.by_id("activity").all("li", data_type=None)
+    )
+    assert {item.attrs["data-type"] for item in filtered} == {"line_failed"} and len(filtered) == 2
+    unknown = browser.get(f"/queues/{queue_id}?type=%ff%fe").dom.by_id("activity").all("li", data_type=None)
+    assert len(unknown) == len(items)  # not a type: all
+    live = browser.get(f"/live/queues/{queue_id}").json
+    assert live["counts"]["done"] == 10 and live["state"] == "failed" and live["chart"].startswith("<svg")
+    assert [entry["type"] for entry in live["activity"]][: len(types[:3])] == types[:3]
+
+
+@pytest.mark.sandbox(customers=6)
+def test_the_stores_and_health_pages(server: Server, sandbox: RunningSandbox) -> None:
+    store_id = _register(server.services, sandbox)
+    server.services.schedules().add("acme", UUID(store_id), "1h", None, "ops")
+    queue_id = _queue(server.services, sandbox)
+    _register(server.services, sandbox, org="other")
+    browser = server.signed_in()
+    page = browser.get("/stores")
+    assert page.status == 200 and page.dom.one("title").text() == "wcsync · Stores"
+    [row] = page.dom.by_id("stores").all("tr", data_store_id=None)
+    assert row.attrs["data-store-id"] == store_id
+    assert row.field("url") == sandbox.url
+    assert row.field("webhooks") == "not installed"
+    assert row.field("last-delivery") == "—"
+    assert row.field("schedules").startswith("every 1h, next ")
+    assert row.one(data_field="last-sync").one("a", href=f"/queues/{queue_id}")
+    assert row.field("outcome") == "done"
+    health = browser.get("/health")
+    assert health.status == 200
+    dom = health.dom
+    assert dom.by_id("workers") and dom.by_id("jobs").attrs["data-waiting"] == "0"
+    lag = dom.by_id("projection-lag").all("tr", data_projection=None)
+    assert {"queues", "activity"} <= {row.attrs["data-projection"] for row in lag}
+    assert all(int(row.field("lag")) >= 0 for row in lag)
+
+
+# ----- actions through the pages ------------------------------------------------------------------------------
+
+
+def test_retry_resume_and_force_done_through_the_pages_change_the_queue_as_the_api_would(
+    server: Server, sandbox: RunningSandbox
+) -> None:
+    _register(server.services, sandbox)
+    queue_id = _queue(server.services, sandbox)
+    browser = server.signed_in(name="night-shift")
+    csrf = browser.csrf()
+
+    # A queue another process holds: queue_busy, the API's code and message.
+    elsewhere = QueueLeases(server.services.database, host="host-b", pid=4321)
+    try:
+        lease = elsewhere.acquire(UUID(queue_id), "acme", "worker 9 (pid 4321@host-b)")
+        busy = browser.post(f"/queues/{queue_id}/force-done", {"csrf": csrf, "reason": "now"})
+        assert busy.status == 409
+        error = busy.dom.by_id("action-error")
+        assert error.attrs["role"] == "alert" and error.attrs["data-code"] == "queue_busy"
+        assert "worker 9" in error.text()
+        lease.release()
+    finally:
+        elsewhere.close()
+
+    # A reason the API's bounds refuse: its words.
+    empty = browser.post(f"/queues/{queue_id}/force-done", {"csrf": csrf, "reason": ""})
+    assert empty.status == 400 and "reason" in empty.dom.by_id("action-error").text()
+
+    # The store fixes its customers; retry: a job for a worker, which takes the queue to done.
+    sandbox.store.fix_invalid()
+    retried = browser.post(f"/queues/{queue_id}/retry", {"csrf": csrf})
+    assert retried.status == 200, retried.body
+    result = retried.dom.by_id("action-result")
+    assert result.attrs["role"] == "status" and result.attrs["data-action"] == "retry"
+    assert "queued as job" in result.text()
+    with worker_running(server.services, KEY):
+        wait_until(lambda: server.status("acme", queue_id)["state"] == "done")
+    final = server.status("acme", queue_id)
+    assert (final["doneCount"], final["failedCount"]) == (12, 0)
+    page = browser.get(f"/queues/{queue_id}")
+    assert page.dom.one(data_field="state").text() == "done"
+    retry_requested = page.dom.by_id("activity").all("li", data_type="retry_requested")
+    assert (
+        retry_requested and "night-shift" in retry_requested[0].text()
+    )  # the token's name, as the API records
+
+    # Nothing left to retry or resume: the API's invalid_state, its message.
+    for action in ("retry", "resume"):
+        again = browser.post(f"/queues/{queue_id}/{action}", {"csrf": csrf})
+        assert again.status == 409, action
+        assert again.dom.by_id("action-error").attrs["data-code"] == "invalid_state", action
+
+    # force-done another queue, with a reason.
+    sandbox.store.fix_invalid()
+    other = _queue(server.services, sandbox)
+    assert server.status("acme", other)["state"] == "done"  # nothing failed now: make one that is not done
+    draft = str(server.services.engine("acme", actor="ops").create_draft(sandbox.url, QueueOptions()))
+    forced = browser.post(f"/queues/{draft}/force-done", {"csrf": csrf, "reason": "store retired"})
+    assert forced.status == 200, forced.body
+    result = forced.dom.by_id("action-result")
+    assert result.attrs["data-state"] == "done" and result.attrs["data-action"] == "force-done"
+    assert server.status("acme", draft)["state"] == "done"
+    assert "store retired" in browser.get(f"/queues/{draft}").dom.by_id("activity").text()
+
+
+# ----- headers, errors, secrets -------------------------------------------------------------------------------
+
+
+def test_every_page_has_the_security_headers_and_no_cache(server: Server, sandbox: RunningSandbox) -> None:
+    queue_id = _queue(server.services, sandbox)
+    browser = server.signed_in()
+    pages = [browser.get(path) for path in (*PAGES, f"/queues/{queue_id}", "/login", "/nowhere")]
+    pages.append(server.browser().get("/login"))
+    for page in pages:
+        csp = page.header("Content-Security-Policy") or ""
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+        assert page.header("X-Frame-Options") == "DENY"
+        assert page.header("Referrer-Policy") == "same-origin"
+        assert page.header("Cache-Control") == "no-store"
+        assert page.header("X-Content-Type-Options") == "nosniff"
+        if page.status == 303:  # /login, signed in already: to the queues
+            continue
+        assert page.dom.one("html").attrs["lang"] == "en"
+        # No inline script: every script is a file of /static/.
+        for script in page.dom.all("script"):
+            assert script.attrs["src"].startswith("/static/") and not script.text()
+    nowhere = pages[-2]
+    assert nowhere.status == 404 and nowhere.dom.one("h1").text() == "Not found"
+    # The JSON API's unknown path stays the API's answer.
+    api = browser.get("/nowhere", Accept="application/json")
+    assert api.status in (401, 404) and api.json["success"] is False
+
+
+def test_no_secret_reaches_a_page_or_a_log_line(server: Server, sandbox: RunningSandbox) -> None:
+    _register(server.services, sandbox)
+    queue_id = _queue(server.services, sandbox)
+    token = server.token(name="secret-keeper")
+    browser = server.browser()
+    with structlog.testing.capture_logs() as logs:
+        browser.sign_in("wcs_" + "B" * 43)  # a wrong one
+        browser.sign_in(token)
+        session_id = browser.cookies[SESSION]
+        csrf = browser.csrf()
+        for path in (*PAGES, f"/queues/{queue_id}", "/live/queues", f"/live/queues/{queue_id}"):
+            assert browser.get(path).status == 200, path
+        browser.post(f"/queues/{queue_id}/force-done", {"csrf": csrf, "reason": "done here"})
+        browser.post("/logout", {"csrf": csrf})
+    seen = browser.everything() + json.dumps([str(entry) for entry in logs]).encode()
+    secrets = [token, session_id, csrf, "B" * 43, sandbox.consumer_key, sandbox.consumer_secret]
+    sign_in_page = browser.pages[1]  # the form carries the pre-session csrf, its own page's: fine
+    for secret in secrets:
+        shown = seen.replace(sign_in_page.body, b"")
+        if secret == csrf:
+            # The session's csrf is in its own pages' forms (that is its point); never in a log line.
+            assert secret not in json.dumps([str(entry) for entry in logs]), "csrf logged"
+            continue
+        if secret == session_id:
+            # Its one appearance: the Set-Cookie of the sign-in's answer.
+            assert seen.count(secret.encode()) == 1, "the session id is shown beyond its cookie"
+            continue
+        assert secret.encode() not in shown, secret[:6]
+    events = {entry["event"] for entry in logs}
+    assert {
+        "dashboard.signed_in",
+        "dashboard.sign_in_refused",
+        "dashboard.signed_out",
+        "dashboard.action",
+    } <= events
+    # The database keeps the session id's hash only, never the id nor the token.
+    conn = Connection(server.services.database)
+    try:
+        assert conn.execute(f"SELECT * FROM {DASHBOARD_SESSIONS_TABLE}") == []  # signed out: gone
+    finally:
+        conn.close()
+    assert server_sessions(server) == 0
+
+
+def test_a_stored_session_row_holds_hashes_only(server: Server) -> None:
+    token = server.token()
+    browser = server.browser()
+    browser.sign_in(token)
+    conn = Connection(server.services.database)
+    try:
+        rows = conn.execute(f"SELECT * FROM {DASHBOARD_SESSIONS_TABLE}")
+    finally:
+        conn.close()
+    assert len(rows) == 1
+    stored = repr(rows)
+    assert token not in stored and browser.cookies[SESSION] not in stored
+
+
+# ----- wcsync serve --no-auth ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_auth_server(services: Services) -> Iterator[Server]:
+    with ApiThread(services, replace(SETTINGS, no_auth=True)) as api:
+        yield Server(api.url, services)
+
+
+def test_a_no_auth_server_signs_in_by_org_and_refuses_another_host(
+    no_auth_server: Server, sandbox: RunningSandbox
+) -> None:
+    queue_id = _queue(no_auth_server.services, sandbox, org="lab")
+    browser = no_auth_server.browser()
+    login = browser.get("/login")
+    form = login.dom.by_id("login-form")
+    assert form.all("input", name="token") == []
+    org = form.one("input", name="org")
+    assert form.one("label", **{"for": org.attrs["id"]}).text() == "Organisation"
+    csrf = form.one("input", name="csrf").attrs["value"]
+    assert browser.post("/login", {"csrf": csrf, "org": ""}).status == 400
+    assert browser.post("/login", {"csrf": csrf, "org": "lab"}).status == 303
+    rows = browser.get("/").dom.by_id("queues").all("tr", data_queue_id=None)
+    assert [row.attrs["data-queue-id"] for row in rows] == [queue_id]
+    rebound = browser.get("/", Host="evil.example")
+    assert rebound.status == 403
