@@ -10,6 +10,7 @@ import queue
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -134,6 +135,16 @@ def postgres_url(
     pg_server: str, pg_admin: AdminConnection, pg_template: str, pg_dropper: DatabaseDropper
 ) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for this test only, dropped afterwards."""
+    with cloned_database(pg_server, pg_admin, pg_template, pg_dropper) as url:
+        yield url
+
+
+@contextmanager
+def cloned_database(
+    pg_server: str, pg_admin: AdminConnection, pg_template: str, pg_dropper: DatabaseDropper
+) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database cloned from the session's template, dropped at the end (for a
+    fixture of a wider scope than ``postgres_url``'s: a module's server, say)."""
     name = f"t_{uuid.uuid4().hex}"
     create = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
         sql.Identifier(name), sql.Identifier(pg_template)
