@@ -763,10 +763,13 @@ class SyncApi:
         auth.require_role(request, Role.VIEWER)
         return _ok(await self.queue_rows(_query_org(request), _query_limit(request, 50)))
 
-    async def queue_rows(self, org_id: str, limit: int) -> list[dict[str, Any]]:
+    async def queue_rows(self, org_id: str, limit: int, caught_up: bool = True) -> list[dict[str, Any]]:
         """The org's queues, newest first, each with ``isRunning`` as status says it: this server's run, or
-        anyone's live lease (a worker's, a CLI's), the page's leases read in one query."""
-        await self._in_thread(self.services.catch_up, READ_CATCH_UP_S)
+        anyone's live lease (a worker's, a CLI's), the page's leases read in one query. ``caught_up``: the
+        read models first reach what was saved before (a poll every second or two does without: waiting
+        for them to reach a log the runs keep extending would make each poll as slow as the write load)."""
+        if caught_up:
+            await self._in_thread(self.services.catch_up, READ_CATCH_UP_S)
         rows = await self._in_thread(queries.list_queues, self.services.projections, org_id, limit)
         queue_ids = [UUID(row["queueId"]) for row in rows]
         leased = await self._in_thread(self.services.queue_leases().live, queue_ids)

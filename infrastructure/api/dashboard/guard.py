@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from aiohttp import web
 
@@ -113,8 +113,10 @@ def safe_next(value: str | None) -> str:
 
 
 def from_own_page(request: web.Request) -> bool:
-    """Whether the browser says the request came from this server's own pages: an Origin, when sent, that
-    is this server's (scheme, host and port), and a Sec-Fetch-Site, when sent, of same-origin or none."""
+    """Whether the browser says the request came from this server's own pages: an Origin, when sent, whose
+    host and port are the request's Host, and a Sec-Fetch-Site, when sent, of same-origin or none. The
+    scheme is not compared: behind a proxy that ends TLS the page is https and the request here http, and
+    a page of another site cannot send this server's host as its Origin anyway."""
     site = request.headers.get("Sec-Fetch-Site")
     if site is not None and site not in _OWN_SITES:
         return False
@@ -122,7 +124,14 @@ def from_own_page(request: web.Request) -> bool:
     if origin is None:
         return True
     parts = urlsplit(origin)
-    return parts.scheme == request.scheme and parts.netloc == request.host and not parts.path
+    return parts.scheme in ("http", "https") and parts.netloc == request.host and not parts.path
+
+
+def login_redirect(request: web.Request) -> str:
+    """The sign-in page, with the page asked for as ``next`` when it is one a sign-in may go back to."""
+    if request.method == "GET" and request.path != QUEUES_PATH and safe_next(request.path) == request.path:
+        return f"{LOGIN_PATH}?next={quote(request.path, safe='/')}"
+    return LOGIN_PATH
 
 
 async def read_form(request: web.Request) -> dict[str, str]:

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,6 +69,9 @@ QUEUES_SHOWN = 100
 ACTIVITY_SHOWN = 200
 LIVE_ACTIVITY_SHOWN = 50
 FAILED_SHOWN = 500
+# The live refresh draws a queue's chart again at most this often; this many queues' charts are kept.
+CHART_REFRESH_S = 5.0
+CHARTS_KEPT = 256
 ACTIONS = ("retry", "resume", "force-done")
 # A no-auth session's name (the recorded actor of its actions).
 NO_AUTH_NAME = "dashboard"
@@ -83,7 +89,7 @@ class DashboardApi(Protocol):
 
     async def queue_status(self, org_id: str, queue_id: UUID) -> dict[str, Any]: ...
 
-    async def queue_rows(self, org_id: str, limit: int) -> list[dict[str, Any]]: ...
+    async def queue_rows(self, org_id: str, limit: int, caught_up: bool = True) -> list[dict[str, Any]]: ...
 
     def store_rows(self, org_id: str) -> list[dict[str, Any]]: ...
 
@@ -119,6 +125,10 @@ class Dashboard:
         )
         self._jobs: Any = None
         self._schedules: Any = None
+        # (org, queue) -> (monotonic time drawn, SVG), the least recently drawn first.
+        self._charts: OrderedDict[tuple[str, UUID], tuple[float, str]] = OrderedDict()
+        self._charts_lock = threading.Lock()
+        self._rates = views.Rates()
 
     # ----- the application --------------------------------------------------------------------------
 
@@ -144,6 +154,8 @@ class Dashboard:
 
     async def _close(self, _: web.Application) -> None:
         self.sessions.shutdown()
+        if self._jobs is not None:
+            await self._jobs.close_async()
 
     async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
         """app.on_response_prepare: every answer of the dashboard's, and every HTML page, with the security
@@ -171,10 +183,7 @@ class Dashboard:
         except LoginRequired as error:
             if guard.is_live_path(request.path):
                 return _json_error(error)
-            target = guard.LOGIN_PATH
-            if request.method == "GET" and request.path != guard.QUEUES_PATH:
-                target += "?next=" + request.path
-            raise web.HTTPSeeOther(target) from None
+            raise web.HTTPSeeOther(guard.login_redirect(request)) from None
         except WcsyncError as error:
             return self._error_page(request, error)
         except Exception as error:
@@ -305,7 +314,7 @@ class Dashboard:
 
     async def queues(self, request: web.Request) -> web.StreamResponse:
         session = await self._signed_in(request)
-        rows = [views.queue_row(row) for row in await self.api.queue_rows(session.org_id, QUEUES_SHOWN)]
+        rows = [self._row(row) for row in await self.api.queue_rows(session.org_id, QUEUES_SHOWN)]
         return self._render(
             request,
             "queues.html",
@@ -318,8 +327,13 @@ class Dashboard:
 
     async def live_queues(self, request: web.Request) -> web.StreamResponse:
         session = await self._signed_in(request)
-        rows = [views.queue_row(row) for row in await self.api.queue_rows(session.org_id, QUEUES_SHOWN)]
-        return _json({"updatedAt": _now_iso(), "queues": rows})
+        queues = await self.api.queue_rows(session.org_id, QUEUES_SHOWN, caught_up=False)
+        return _json({"updatedAt": _now_iso(), "queues": [self._row(row) for row in queues]})
+
+    def _row(self, status: Mapping[str, Any]) -> dict[str, Any]:
+        """A queue's row, its rate from the samples this server has seen of it (on the loop's thread)."""
+        rate = self._rates.observe(str(status["queueId"]), views.finished_lines(status), time.monotonic())
+        return views.queue_row(status, rate)
 
     async def queue(self, request: web.Request) -> web.StreamResponse:
         session = await self._signed_in(request)
@@ -333,26 +347,25 @@ class Dashboard:
         except QueueNotFoundError:
             raise PageNotFound() from None
         chosen = await self._chosen_type(request, session, queue_id)
-        activity, points = await self.api.in_thread(self._live_reads, session.org_id, queue_id, chosen)
+        activity, chart = await self.api.in_thread(self._live_reads, session.org_id, queue_id, chosen)
         return _json(
             {
                 "updatedAt": _now_iso(),
-                "row": views.queue_row(status),
+                "row": self._row(status),
                 "state": status["state"],
                 "isRunning": bool(status.get("isRunning")),
                 "counts": views.queue_counts(status),
-                "chart": views.chart_svg(points),
+                "chart": chart,
                 "activity": activity,
             }
         )
 
     def _live_reads(
         self, org_id: str, queue_id: UUID, chosen: str | None
-    ) -> tuple[list[dict[str, Any]], list[views.Point]]:
+    ) -> tuple[list[dict[str, Any]], str]:
         source = self.services.projections
         activity = queries.recent_activity(source, org_id, queue_id, LIVE_ACTIVITY_SHOWN, chosen)
-        points = views.progress_points(queries.progress_activity(source, org_id, queue_id))
-        return [views.activity_entry(row) for row in activity], points
+        return [views.activity_entry(row) for row in activity], self._chart(org_id, queue_id)
 
     async def _chosen_type(self, request: web.Request, session: Session, queue_id: UUID) -> str | None:
         """The activity filter of the query string, when it is one of the queue's types (else: all)."""
@@ -386,7 +399,7 @@ class Dashboard:
             page="queue",
             session=session,
             status=status_code,
-            row=views.queue_row(status),
+            row=self._row(status),
             counts=views.queue_counts(status),
             can_act=session.principal.role.allows(Role.OPERATOR),
             result=result,
@@ -401,13 +414,31 @@ class Dashboard:
         source = self.services.projections
         failed = queries.failed_lines(source, org_id, queue_id)[:FAILED_SHOWN]
         activity = queries.recent_activity(source, org_id, queue_id, ACTIVITY_SHOWN, chosen)
-        points = views.progress_points(queries.progress_activity(source, org_id, queue_id))
         return {
             "failed": [views.failed_line(row) for row in failed],
             "activity": [views.activity_entry(row) for row in activity],
             "activity_types": queries.activity_types(source, org_id, queue_id),
-            "chart": views.chart_svg(points),
+            "chart": self._chart(org_id, queue_id, fresh=True),
         }
+
+    def _chart(self, org_id: str, queue_id: UUID, fresh: bool = False) -> str:
+        """The queue's chart, drawn again at most every CHART_REFRESH_S for the live refresh (a big queue's
+        chart reads tens of thousands of activity rows; a poll every 1.5 s per viewer need not); ``fresh``:
+        drawn now (a page's first render)."""
+        key = (org_id, queue_id)
+        now = time.monotonic()
+        with self._charts_lock:
+            cached = self._charts.get(key)
+        if cached is not None and not fresh and now - cached[0] < CHART_REFRESH_S:
+            return cached[1]
+        rows = queries.progress_activity(self.services.projections, org_id, queue_id)
+        svg = views.chart_svg(views.progress_points(rows))
+        with self._charts_lock:
+            self._charts[key] = (now, svg)
+            self._charts.move_to_end(key)
+            while len(self._charts) > CHARTS_KEPT:
+                self._charts.popitem(last=False)
+        return svg
 
     async def queue_post(self, request: web.Request) -> web.StreamResponse:
         """retry / resume / force-done from the queue page's forms: CSRF, then the role, then the API's own

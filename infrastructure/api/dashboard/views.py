@@ -8,6 +8,7 @@ these shapes, so a row refreshed by the page's script says exactly what the firs
 from __future__ import annotations
 
 import math
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -77,15 +78,51 @@ def finished_lines(status: Mapping[str, Any]) -> int:
     return int(status["doneCount"]) + int(status["cancelledCount"]) + int(status["failedCount"])
 
 
-def rate_per_s(status: Mapping[str, Any]) -> float | None:
-    """Lines processed per second, averaged from the queue's creation to its last processed batch (a
-    stateless figure: every server and every refresh says the same); None before two moments are known."""
-    created, last = parse_time(status.get("createdAt")), parse_time(status.get("lastProcessDate"))
+def average_rate(status: Mapping[str, Any], now: datetime) -> float | None:
+    """Lines per second of a queue in its first run, averaged since that run began (``lastProcessDate`` is
+    when the latest run began): the figure before the live samples (``Rates``) span enough time. None for
+    a later run (the lines finished before it would count) or a queue not moving."""
+    started = parse_time(status.get("lastProcessDate"))
     processed = finished_lines(status)
-    if created is None or last is None or processed <= 0:
+    if status.get("state") not in ACTIVE_STATES or started is None or processed <= 0:
         return None
-    seconds = (last - created).total_seconds()
+    if int(status.get("processCount") or 0) != 1:
+        return None
+    seconds = (now - started).total_seconds()
     return processed / seconds if seconds >= 1 else None
+
+
+class Rates:
+    """The queues' recent rates, from the finished-line counts each read of them sees (every page and every
+    poll of every viewer): lines per second over the last ``window_s``, once the samples span
+    ``min_span_s``. Memory is bounded (``max_queues``, the least recently seen forgotten first). Not
+    thread-safe: the loop's thread calls it. Times are the caller's monotonic seconds."""
+
+    def __init__(self, window_s: float = 30.0, min_span_s: float = 3.0, max_queues: int = 1000) -> None:
+        self.window_s = window_s
+        self.min_span_s = min_span_s
+        self.max_queues = max_queues
+        self._samples: OrderedDict[str, deque[tuple[float, int]]] = OrderedDict()
+
+    def observe(self, queue_id: str, processed: int, now: float) -> float | None:
+        """Record a read of the queue; its rate over the window, or None while the samples span too little
+        (or the count went back: a rebuilt read model)."""
+        samples = self._samples.get(queue_id)
+        if samples is None:
+            samples = self._samples[queue_id] = deque()
+            while len(self._samples) > self.max_queues:
+                self._samples.popitem(last=False)
+        else:
+            self._samples.move_to_end(queue_id)
+        if samples and processed < samples[-1][1]:
+            samples.clear()
+        samples.append((now, processed))
+        while len(samples) > 2 and now - samples[1][0] >= self.window_s:
+            samples.popleft()
+        span = now - samples[0][0]
+        if span < self.min_span_s:
+            return None
+        return (processed - samples[0][1]) / span
 
 
 def rate_text(rate: float | None) -> str:
@@ -106,9 +143,13 @@ def eta_text(status: Mapping[str, Any], rate: float | None) -> str:
     return duration(left / rate)
 
 
-def queue_row(status: Mapping[str, Any]) -> dict[str, Any]:
-    """A queue as the Queues table (and its live refresh) shows it."""
-    rate = rate_per_s(status)
+def queue_row(status: Mapping[str, Any], rate: float | None = None) -> dict[str, Any]:
+    """A queue as the Queues table (and its live refresh) shows it; ``rate``: its recent lines per second
+    (``Rates``), else the average of its run (a queue not moving has none)."""
+    if status.get("state") not in ACTIVE_STATES:
+        rate = None
+    elif rate is None:
+        rate = average_rate(status, datetime.now(UTC))
     total = int(status["totalCount"])
     return {
         "queueId": str(status["queueId"]),
@@ -215,7 +256,7 @@ def chart_svg(points: Sequence[Point]) -> str:
     summary = ", ".join(f"{count} {name}" for (name, _, _), count in zip(OUTCOMES, final, strict=True))
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}" role="img" '
-        f'aria-labelledby="chart-title chart-desc" data-points="{len(points)}" preserveAspectRatio="none">',
+        f'aria-labelledby="chart-title chart-desc" data-points="{len(points)}">',
         '<title id="chart-title">Lines done over time, by outcome</title>',
         f'<desc id="chart-desc">{escape(summary)}</desc>',
     ]
