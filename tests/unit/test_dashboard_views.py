@@ -1,0 +1,184 @@
+"""What the dashboard's pages show, shaped from read-model rows (infrastructure/api/dashboard/views.py): pure
+functions, so plain unit tests: rates and ETA, the chart's points and SVG, durations, the stores' words;
+and the sign-in's ``next`` (guard.safe_next), which must never leave the server."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from typing import Any
+
+import pytest
+
+from infrastructure.api.dashboard import guard, views
+
+T0 = datetime(2026, 12, 1, 14, 0, tzinfo=UTC)
+
+
+def status(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "queueId": "q",
+        "state": "processing",
+        "storeUrl": "https://shop.example",
+        "totalCount": 100,
+        "doneCount": 40,
+        "failedCount": 5,
+        "cancelledCount": 5,
+        "createdCount": 30,
+        "updatedCount": 5,
+        "unchangedCount": 5,
+        "draftCount": 50,
+        "processCount": 1,
+        "isActionRequired": False,
+        "actionRequiredReason": None,
+        "lastProcessDate": T0.isoformat(),
+        "createdAt": T0.isoformat(),
+        "progress": 45.0,
+    }
+    base.update(overrides)
+    return base
+
+
+def test_rates_need_samples_spanning_a_few_seconds_and_forget_the_oldest_queues() -> None:
+    rates = views.Rates(window_s=30, min_span_s=3, max_queues=2)
+    assert rates.observe("a", 10, 0.0) is None
+    assert rates.observe("a", 20, 2.0) is None  # 2 s of samples: too little
+    assert rates.observe("a", 40, 4.0) == pytest.approx(7.5)  # 30 lines in 4 s
+    # Only the last window counts: a burst long ago does not inflate it.
+    for second in range(5, 60):
+        rates.observe("a", 40 + second, float(second))
+    assert rates.observe("a", 100, 60.0) == pytest.approx(1.0, rel=0.1)
+    # A count that goes back (a rebuilt read model) starts again rather than answer a negative rate.
+    assert rates.observe("a", 3, 61.0) is None
+    rates.observe("b", 1, 0.0)
+    rates.observe("c", 1, 0.0)
+    assert rates.observe("a", 5, 70.0) is None  # "a" was forgotten: the least recently seen of three
+
+
+def test_a_row_shows_rate_and_eta_only_for_a_queue_that_moves() -> None:
+    moving = views.queue_row(status(), rate=10.0)
+    assert (moving["processed"], moving["total"], moving["done"], moving["failed"]) == (50, 100, 40, 5)
+    assert moving["rate"] == "10.0 lines/s" and moving["eta"] == "5 s"
+    slow = views.queue_row(status(), rate=0.01)
+    assert slow["eta"] == "1 h 23 min"
+    done = views.queue_row(status(state="done"), rate=10.0)
+    assert (done["rate"], done["eta"]) == (views.NOTHING, "done")
+    failed = views.queue_row(status(state="failed", isActionRequired=True, actionRequiredReason="3 lines"))
+    assert (failed["rate"], failed["eta"], failed["reason"]) == (views.NOTHING, views.NOTHING, "3 lines")
+    assert views.queue_row(status(actionRequiredReason="stale"))["reason"] == ""  # not required: not shown
+    assert views.queue_row(status(), rate=0.0)["eta"] == views.NOTHING
+
+
+def test_the_average_rate_is_the_first_runs_only() -> None:
+    now = T0 + timedelta(seconds=10)
+    assert views.average_rate(status(), now) == pytest.approx(5.0)  # 50 lines in 10 s
+    assert views.average_rate(status(processCount=2), now) is None  # a retry: earlier lines would count
+    assert views.average_rate(status(state="done"), now) is None
+    assert views.average_rate(status(lastProcessDate=None), now) is None
+
+
+def test_durations_read_as_people_say_them() -> None:
+    assert [views.duration(s) for s in (0, 59.6, 61, 3600, 3 * 86400 + 7200)] == [
+        "0 s",
+        "1 min 00 s",
+        "1 min 01 s",
+        "1 h 00 min",
+        "3 d 2 h",
+    ]
+
+
+def _row(seconds: int, kind: str, **details: Any) -> dict[str, Any]:
+    return {
+        "createdAt": (T0 + timedelta(seconds=seconds)).isoformat(),
+        "activityType": kind,
+        "details": details,
+    }
+
+
+def test_progress_points_add_up_each_outcome_over_time() -> None:
+    rows = [
+        _row(0, "queue_created"),
+        _row(1, "page_fetched", page=1, count=20, unchanged=5),
+        _row(2, "batch_processed", created=7, updated=3, unchanged=1),
+        _row(3, "line_failed", woo_customer_id=4, attempt=1),
+        _row(4, "batch_processed", created=2, updated=True, unchanged=-4),  # not counts: ignored
+    ]
+    points = views.progress_points(rows)
+    assert [point.counts for point in points] == [(0, 0, 5, 0), (7, 3, 6, 0), (7, 3, 6, 1), (9, 3, 6, 1)]
+    many = [_row(i, "batch_processed", created=1) for i in range(1000)]
+    thinned = views.progress_points(many)
+    assert len(thinned) == views.CHART_POINTS and thinned[-1].counts[0] == 1000
+    assert thinned[0].counts[0] == 1
+
+
+class _Svg(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: dict[str, str] = {}
+        self.texts: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        found = dict(attrs)
+        if tag == "path" and found.get("data-outcome"):
+            self.paths[str(found["data-outcome"])] = str(found["d"])
+
+    def handle_data(self, data: str) -> None:
+        self.texts.append(data)
+
+
+def test_the_chart_is_an_svg_with_a_line_per_outcome_and_its_counts_for_screen_readers() -> None:
+    svg = views.chart_svg(
+        views.progress_points([_row(0, "batch_processed", created=4), _row(60, "line_failed")])
+    )
+    parsed = _Svg()
+    parsed.feed(svg)
+    assert parsed.tags[0] == "svg" and "script" not in parsed.tags
+    assert set(parsed.paths) == {"created", "updated", "unchanged", "failed"}
+    assert parsed.paths["created"].startswith("M56.0,") and " L624.0," in parsed.paths["created"]
+    assert "4 created, 0 updated, 0 unchanged, 1 failed" in parsed.texts
+    assert "2026-12-01 14:00:00 UTC" in parsed.texts and "2026-12-01 14:01:00 UTC" in parsed.texts
+    empty = _Svg()
+    empty.feed(views.chart_svg([]))
+    assert set(empty.paths) == {"created", "updated", "unchanged", "failed"}
+
+
+def test_times_are_shown_in_utc_with_a_z_and_unreadable_ones_are_none() -> None:
+    assert views.utc_iso("2026-12-01T15:00:00+01:00") == "2026-12-01T14:00:00Z"
+    assert views.utc_title("2026-12-01T15:00:00+01:00") == "2026-12-01 14:00:00 UTC"
+    assert views.utc_iso("yesterday") is None and views.utc_title(None) == ""
+
+
+def test_the_stores_words() -> None:
+    topics = ("customer.created", "customer.updated", "customer.deleted")
+    assert views.webhook_states({"webhooksInstalled": False}, {}, topics) == "not installed"
+    assert views.webhook_states({"webhooksInstalled": True}, {"customer.updated": "disabled"}, topics) == (
+        "customer.created active, customer.updated disabled, customer.deleted active"
+    )
+    assert views.schedule_text([]) == "none"
+    assert views.schedule_text([{"every": "1h", "nextDueAt": "2026-12-01T15:00:00+00:00"}]) == (
+        "every 1h, next 2026-12-01 15:00:00 UTC"
+    )
+    assert views.outcome_text(None) == "never synced"
+    assert views.outcome_text(status(state="failed", failedCount=2)) == "failed, 2 failed"
+
+
+@pytest.mark.parametrize(
+    ("asked", "goes"),
+    [
+        ("/queues/0b9f", "/queues/0b9f"),
+        ("/stores", "/stores"),
+        (None, "/"),
+        ("", "/"),
+        ("//evil.example", "/"),
+        ("https://evil.example/", "/"),
+        ("/\\evil.example", "/"),
+        ("/queues/../../etc", "/"),
+        ("/queues/\r\nSet-Cookie:x", "/"),
+        ("/" + "a" * 300, "/"),
+        ("javascript:alert(1)", "/"),
+    ],
+)
+def test_a_sign_in_only_goes_on_to_a_path_of_this_server(asked: str | None, goes: str) -> None:
+    assert guard.safe_next(asked) == goes
