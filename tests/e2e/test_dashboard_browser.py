@@ -79,12 +79,10 @@ def _ended(dashboard: Dashboard, queue_id: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def queues(dashboard: Dashboard) -> Queues:
-    made = []
-    for _ in range(3):
-        queue_id = _start(dashboard)
+    made = [_start(dashboard) for _ in range(3)]  # deferred at once, in this order; the worker runs them
+    for queue_id in made:
         ended = _ended(dashboard, queue_id)
         assert (ended["state"], ended["failedCount"]) == ("failed", INVALID), ended
-        made.append(queue_id)
     return Queues(*made)
 
 
@@ -211,54 +209,6 @@ def _progress(page: Page, queue_id: str) -> dict[str, Any]:
     return progress
 
 
-def test_a_running_syncs_progress_bar_advances_without_a_reload(
-    watched: Watched, operator: Page, dashboard: Dashboard, queues: Queues
-) -> None:
-    page = operator
-    navigations: list[str] = []
-    page.on(
-        "framenavigated", lambda frame: navigations.append(frame.url) if frame == page.main_frame else None
-    )
-    page.evaluate("window.wcsyncTestMark = 'no reload'")
-
-    queue_id = _start(dashboard, **SLOW)
-    row = _row(page, queue_id)
-    expect(row).to_have_count(1)  # a new queue appears at the top by itself
-    first_row = page.locator("#queues tr[data-queue-id]").first
-    expect(first_row).to_have_attribute("data-queue-id", queue_id)
-    expect(row.locator("a[href]").first).to_have_attribute("href", f"/queues/{queue_id}")
-
-    seen: list[dict[str, Any]] = []
-
-    def advanced() -> bool:
-        now = _progress(page, queue_id)
-        if now["value"] is not None and (not seen or now["updatedAt"] != seen[-1]["updatedAt"]):
-            seen.append(now)
-        running = [s for s in seen if s["state"] == "processing" and s["value"] > 0]
-        return len(running) >= 2 and running[-1]["value"] > running[0]["value"]
-
-    wait_until(advanced, deadline_s=30, interval_s=0.1)
-    watched.screenshot("queues-running")
-    running = [s for s in seen if s["state"] == "processing"]
-    assert running[-1]["max"] >= running[-1]["value"] > running[0]["value"] > 0, seen
-    for cell in ("state", "store", "done", "failed", "rate", "eta", "reason"):
-        expect(row.locator(f"[data-field={cell}]")).to_have_count(1)
-    expect(row.locator("[data-field=store]")).to_contain_text("127.0.0.1")
-
-    # To the end, live, with no reload: the row shows the state and counts the API ends with (`failed`
-    # for the store's invalid customers, unless a test fixed them before).
-    ended = _ended(dashboard, queue_id)
-    expect(row).to_have_attribute("data-state", ended["state"])
-    expect(row.locator("[data-field=state]")).to_have_text(re.compile(ended["state"]))
-    expect(row.locator("[data-field=failed]")).to_have_text(re.compile(rf"\b{ended['failedCount']}\b"))
-    expect(row.locator("[data-field=done]")).to_have_text(re.compile(rf"\b{ended['doneCount']}\b"))
-    wait_until(lambda: _progress(page, queue_id)["value"] == CUSTOMERS)
-    assert _progress(page, queue_id)["max"] == CUSTOMERS
-    assert page.evaluate("window.wcsyncTestMark") == "no reload"
-    assert navigations == [], navigations
-    watched.screenshot("queues-ended")
-
-
 def _counts(page: Page) -> dict[str, Any]:
     counts: dict[str, Any] = page.evaluate(
         """() => {
@@ -280,37 +230,90 @@ def _counts(page: Page) -> dict[str, Any]:
     return counts
 
 
-def test_a_queue_page_follows_its_run_live(
+class Samples:
+    """What a page showed at each of its refreshes (a new ``updatedAt``), sampled by the test."""
+
+    def __init__(self, read: Any) -> None:
+        self.read = read
+        self.seen: list[dict[str, Any]] = []
+
+    def sample(self) -> None:
+        now = self.read()
+        if now["updatedAt"] and (not self.seen or now["updatedAt"] != self.seen[-1]["updatedAt"]):
+            self.seen.append(now)
+
+    def advanced(self, field: str) -> bool:
+        """Two refreshes while the queue was processing, the second showing more lines than the first."""
+        running = [s for s in self.seen if "processing" in (s["state"] or "") and s[field]]
+        return len(running) >= 2 and running[-1][field] > running[0][field]
+
+
+def _no_reload(page: Page) -> list[str]:
+    """Marks the page; the list fills with its main frame's navigations (a reload is one)."""
+    navigations: list[str] = []
+    page.on(
+        "framenavigated", lambda frame: navigations.append(frame.url) if frame == page.main_frame else None
+    )
+    page.evaluate("window.wcsyncTestMark = 'no reload'")
+    return navigations
+
+
+def test_a_running_sync_advances_live_on_the_queues_page_and_its_own(
     watched: Watched, operator: Page, dashboard: Dashboard, queues: Queues
 ) -> None:
     page = operator
+    navigations = _no_reload(page)
     queue_id = _start(dashboard, **SLOW)
-    page.goto(f"/queues/{queue_id}")
-    page.evaluate("window.wcsyncTestMark = 'no reload'")
-    expect(page.locator("h1")).to_contain_text(queue_id)
-    seen: list[dict[str, Any]] = []
+    # The queue's own page, beside the list (the same session, another tab), opened while it is young.
+    queue_page = page.context.new_page()
+    queue_page.goto(f"/queues/{queue_id}")
+    expect(queue_page.locator("h1")).to_contain_text(queue_id)
+    queue_navigations = _no_reload(queue_page)
 
-    def advanced() -> bool:
-        now = _counts(page)
-        if not seen or now["updatedAt"] != seen[-1]["updatedAt"]:
-            seen.append(now)
-        running = [s for s in seen if "processing" in (s["state"] or "") and s["done"]]
-        return len(running) >= 2 and running[-1]["done"] > running[0]["done"]
+    row = _row(page, queue_id)
+    expect(row).to_have_count(1)  # a new queue appears at the top by itself
+    expect(page.locator("#queues tr[data-queue-id]").first).to_have_attribute("data-queue-id", queue_id)
+    expect(row.locator("a[href]").first).to_have_attribute("href", f"/queues/{queue_id}")
+    listed = Samples(lambda: _progress(page, queue_id))
+    own = Samples(lambda: _counts(queue_page))
 
-    wait_until(advanced, deadline_s=30, interval_s=0.1)
-    watched.screenshot("queue-running")
+    def both_advanced() -> bool:
+        listed.sample()
+        own.sample()
+        return listed.advanced("value") and own.advanced("done")
+
+    wait_until(both_advanced, deadline_s=30, interval_s=0.1)
+    watched.screenshot("queues-running")
+    watched.screenshot("queue-running", queue_page)
+    running = [s for s in listed.seen if s["state"] == "processing" and s["value"]]
+    assert running[-1]["max"] >= running[-1]["value"] > running[0]["value"] > 0, listed.seen
+    for cell in ("state", "store", "done", "failed", "rate", "eta", "reason"):
+        expect(row.locator(f"[data-field={cell}]")).to_have_count(1)
+    expect(row.locator("[data-field=store]")).to_contain_text("127.0.0.1")
+
+    # To the end, live, with no reload: both show the state and counts the API ends with (`failed` for
+    # the store's invalid customers, unless a test fixed them before).
     ended = _ended(dashboard, queue_id)
-    expect(page.locator("[data-field=state]").first).to_have_text(re.compile(ended["state"]))
-    counts = page.locator("#counts")
+    expect(row).to_have_attribute("data-state", ended["state"])
+    expect(row.locator("[data-field=state]")).to_have_text(re.compile(ended["state"]))
+    expect(row.locator("[data-field=failed]")).to_have_text(re.compile(rf"\b{ended['failedCount']}\b"))
+    expect(row.locator("[data-field=done]")).to_have_text(re.compile(rf"\b{ended['doneCount']}\b"))
+    wait_until(lambda: _progress(page, queue_id)["value"] == CUSTOMERS)
+    assert _progress(page, queue_id)["max"] == CUSTOMERS
+    expect(queue_page.locator("[data-field=state]").first).to_have_text(re.compile(ended["state"]))
+    counts = queue_page.locator("#counts")
     expect(counts.locator("[data-field=done]")).to_have_text(re.compile(rf"\b{ended['doneCount']}\b"))
     expect(counts.locator("[data-field=failed]")).to_have_text(re.compile(rf"\b{ended['failedCount']}\b"))
-    expect(page.locator("#chart svg")).to_have_count(1)
-    assert page.evaluate("window.wcsyncTestMark") == "no reload"
-    watched.screenshot("queue-ended")
+    expect(queue_page.locator("#chart svg")).to_have_count(1)
+    for shown in (page, queue_page):
+        assert shown.evaluate("window.wcsyncTestMark") == "no reload"
+    assert navigations == [] and queue_navigations == [], (navigations, queue_navigations)
+    watched.screenshot("queues-ended")
+    watched.screenshot("queue-ended", queue_page)
     # The failed lines are the page's as loaded (the contract refreshes the state, counts, chart and
     # activity live): a reload shows the run's.
-    page.reload()
-    expect(page.locator("#failed-lines tr[data-line-id]")).to_have_count(ended["failedCount"])
+    queue_page.reload()
+    expect(queue_page.locator("#failed-lines tr[data-line-id]")).to_have_count(ended["failedCount"])
 
 
 # ----- a queue: failed lines, retry, force-done ----------------------------------------------------------
@@ -543,6 +546,11 @@ def test_the_stores_and_health_pages(
     watched.screenshot("health")
 
 
+def _shot_name(path: str) -> str:
+    """A screenshot's name for a page: queues, stores, health, queue."""
+    return {"": "queues", "queues": "queue"}.get(path.strip("/").split("/")[0], path.strip("/"))
+
+
 def _overflow(page: Page) -> dict[str, Any]:
     """How far the page is wider than the viewport, and the widest element outside a table doing it."""
     found: dict[str, Any] = page.evaluate(
@@ -575,7 +583,7 @@ def test_a_phone_has_no_horizontal_scroll_outside_tables(
             page.goto(path)
             expect(page.locator("main h1")).to_be_visible()
             found = _overflow(page)
-            watched.screenshot("phone-" + (path.strip("/").split("/")[0] or "queues"), page)
+            watched.screenshot("phone-" + _shot_name(path), page)
             assert found["scroll"] <= found["width"] and not found["wide"], (path, found)
     finally:
         context.close()
@@ -597,7 +605,7 @@ def test_times_are_shown_in_the_viewers_zone_with_the_utc_value_in_their_title(
             times = page.locator("main time")
             if path in ("/", f"/queues/{queues.to_retry}"):  # a queue's creation, its activity: times
                 expect(times.first).to_be_visible()
-            watched.screenshot("times-" + (path.strip("/").split("/")[0] or "queues"), page)
+            watched.screenshot("times-" + _shot_name(path), page)
             for shown in times.evaluate_all(
                 "ts => ts.map(t => ({datetime: t.dateTime, title: t.title, text: t.textContent.trim()}))"
             ):
