@@ -101,7 +101,20 @@ class SyncQueue(Aggregate):
         started_by: str
 
     class ProcessingStarted(Event):
+        """A run began. Version 2 added ``log_position`` (a version 1 event reads as one with None)."""
+
+        class_version = 2
+
         mode: str  # start | resume | retry
+        # The event log's position (its last notification id) when the run began, before it read any
+        # customer: a customer with no event after it is, after the run, as the run left it. A later scan
+        # whose answer for a page is this run's byte for byte checks only the customers with an event past
+        # it (SyncEngine's known pages). None when not known (version 1 events).
+        log_position: int | None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["log_position"] = None
 
         def apply(self, aggregate: Any) -> None:
             aggregate.state = Q_PROCESSING
@@ -246,9 +259,9 @@ class SyncQueue(Aggregate):
 
     # ----- commands ------------------------------------------------------------------------------------
 
-    def start_processing(self, mode: str) -> None:
+    def start_processing(self, mode: str, log_position: int | None = None) -> None:
         self._check_open()
-        self.trigger_event(self.ProcessingStarted, mode=mode)
+        self.trigger_event(self.ProcessingStarted, mode=mode, log_position=log_position)
 
     def add_lines(
         self,

@@ -5,7 +5,8 @@ Everything else reads the log through the library (``app.recorder``, ``app.repos
 here:
 
 - the event store's bulk reads of many customers (``select_events_of``: SyncApplication.load_customers;
-  ``select_heads_of``: the tails of their latest events, SyncApplication.customer_heads);
+  ``select_heads_of``: the tails of their latest events, SyncApplication.customer_heads;
+  ``select_positions_after``: which aggregates have events past a position, SyncApplication.changed_after);
 - the projections' catch-up and rebuild reads: notifications in binary (``select_notifications``), the raw
   rows the ledger chains (``select_for_ledger``, ``head_position``; ``postgres_head_position`` on a bare
   connection, for bench/lag_bench.py), and the stored states PostgreSQL turns
@@ -146,6 +147,32 @@ def select_heads_of(
     with recorder.datastore.get_connection() as conn, conn.cursor(binary=True, row_factory=tuple_row) as curs:
         curs.execute(statement_pg, (tail_bytes, list(ids)), prepare=True)
         return [(ids[n - 1], version, topic, bytes(tail)) for n, version, topic, tail in curs.fetchall()]
+
+
+def select_positions_after(
+    recorder: Any, backend: str, position: int, limit: int
+) -> list[tuple[UUID, int, str]]:
+    """(aggregate id, position, topic) of the events stored after ``position`` (a notification id), in
+    order, ``limit`` at most, without their states: one range of the notification id index. What a re-sync
+    asks to learn which customers changed since an earlier scan began (SyncApplication.changed_after). The
+    log's positions become visible in order (PostgreSQL: pgstore inserts under the table lock; SQLite: one
+    writer), so nothing stored later can take a position at or below one already seen."""
+    table = recorder.events_table_name
+    if backend == SQLITE:
+        with recorder.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                f"SELECT originator_id, rowid AS position, topic FROM {table} WHERE rowid > ? "
+                "ORDER BY rowid LIMIT ?",
+                [position, limit],
+            )
+            return [(UUID(row["originator_id"]), row["position"], row["topic"]) for row in curs.fetchall()]
+    statement_pg = SQL(
+        "SELECT originator_id, notification_id, topic FROM {schema}.{table} WHERE notification_id > %s "
+        "ORDER BY notification_id LIMIT %s"
+    ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(table))
+    with recorder.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
+        curs.execute(statement_pg, (position, limit), prepare=True)
+        return [(oid, n, topic) for oid, n, topic in curs.fetchall()]
 
 
 # ----- the projections' reads ----------------------------------------------------------------------------

@@ -218,6 +218,24 @@ class SyncApplication(Application[UUID]):
             heads.update(self._decoded_heads(unread))
         return heads
 
+    def log_position(self) -> int:
+        """The event log's position now: the notification id of the last event stored (0: none yet)."""
+        return int(retry_storage(self.recorder.max_notification_id) or 0)
+
+    def changed_after(self, position: int, limit: int) -> tuple[set[UUID], int] | None:
+        """The customers (aggregate ids) with an event stored after ``position``, and the position of the
+        last event looked at (``position`` when there is none): every customer outside that set is, in the
+        log, as it was at ``position``. None when more than ``limit`` events of any kind were stored since:
+        too many to read for a hint, the caller reads the customers' heads instead. Reads positions and
+        topics only (eventlog.select_positions_after), never a state."""
+        rows = retry_storage(
+            lambda: eventlog.select_positions_after(self.recorder, self.database.backend, position, limit + 1)
+        )
+        if len(rows) > limit:
+            return None
+        changed = {oid for oid, _, topic in rows if topic in _CUSTOMER_TOPICS}
+        return changed, (rows[-1][1] if rows else position)
+
     def _decoded_heads(self, ids: Sequence[UUID]) -> dict[UUID, CustomerHead]:
         """customer_heads the long way: each latest event read whole and decoded."""
         heads: dict[UUID, CustomerHead] = {}
@@ -260,14 +278,24 @@ class SyncApplication(Application[UUID]):
         event = self.mapper.to_domain_event(stored[0]) if stored else None
         return event if isinstance(event, SyncQueue.Created) else None
 
-    def digested_pages(self, queue_id: UUID, give_up_after: int = 3) -> Iterator[SyncQueue.LinesAdded]:
+    def digested_pages(
+        self, queue_id: UUID, give_up_after: int = 3, runs: list[int | None] | None = None
+    ) -> Iterator[SyncQueue.LinesAdded]:
         """The queue's LinesAdded events that carry their page's body digest, in order. The others are
         skipped unread where states are plain; a queue whose first ``give_up_after`` pages carry none (run
         with a batch delay, or by an older version, whose first sync holds every record in them) is given
-        up at once: read in small slices first, so that costs a few events, not the whole queue."""
+        up at once: read in small slices first, so that costs a few events, not the whole queue. ``runs``
+        gets the log position of each run met on the way (ProcessingStarted.log_position, None when it has
+        none)."""
         plain = self.mapper.cipher is None and self.mapper.compressor is None
         undigested = digested = 0
         for item in self._stored_queue_events(queue_id, first=8):
+            if item.topic == _PROCESSING_STARTED_TOPIC:
+                started = self.mapper.to_domain_event(item) if runs is not None else None
+                if isinstance(started, SyncQueue.ProcessingStarted):
+                    assert runs is not None
+                    runs.append(started.log_position)
+                continue
             if item.topic != _LINES_ADDED_TOPIC:
                 continue
             event = (
@@ -283,6 +311,13 @@ class SyncApplication(Application[UUID]):
 
 
 _DELETED_TOPIC = get_topic(Customer.Deleted)
+# Every event class of a customer (what SyncApplication.changed_after counts as a change).
+_CUSTOMER_TOPICS = frozenset(
+    get_topic(cls)
+    for cls in vars(Customer).values()
+    if isinstance(cls, type) and issubclass(cls, Customer.Event)
+)
+_PROCESSING_STARTED_TOPIC = get_topic(SyncQueue.ProcessingStarted)
 _LINES_ADDED_TOPIC = get_topic(SyncQueue.LinesAdded)
 _BODY_DIGEST_KEY = b'"body_digest":"'
 # How much of the end of a customer's latest stored event customer_heads reads: a Registered event's

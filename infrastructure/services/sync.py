@@ -17,7 +17,7 @@ import threading
 import time
 from array import array
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -77,6 +77,11 @@ SAVE_LINES = 500
 RECORD_PAGES_AT_ONCE = 10
 # How many of a store's latest queues a scan looks through for one whose pages it can compare with.
 KNOWN_QUEUE_CANDIDATES = 5
+# Known pages are vouched for by the log (SyncApplication.changed_after) while at most this many events, plus
+# one in KNOWN_CHANGED_SHARE of the known pages' lines, were stored since the earlier scan began; past that
+# every known customer's head is read instead.
+KNOWN_CHANGED_EVENTS = 10_000
+KNOWN_CHANGED_SHARE = 5
 # A batch whose save loses a race with another writer is reloaded and redone at most this many times.
 MAX_CONFLICT_ATTEMPTS = 10
 CONFLICT_BACKOFF_S = 0.05
@@ -188,17 +193,36 @@ class _Encodings:
 @dataclass(frozen=True)
 class _Known:
     """A page of an earlier scan of the same listing (SyncQueue.LinesAdded with a body digest): what the
-    client compares its answers with, and the digest of what every customer on it was after that scan
-    (``lines``: SHA-256 over its (id, digest) pairs, in page order): when the mirrored customers' heads still
-    give the same digest, none of them changed since, and the same answer is all of them unchanged."""
+    client compares its answers with (``page``: the answer's digest and the ids on it), and the digest of
+    every customer on it as that scan left it (``digests``: 32 bytes each, in page order, 4x smaller than
+    the hex). When the customers are still mirrored so, the same answer is all of them unchanged."""
 
     page: KnownPage
-    lines: bytes
+    digests: bytes
+
+    @classmethod
+    def of(cls, body_digest: str, pairs: Sequence[tuple[int, str]]) -> _Known:
+        """From a page's (customer id, digest) pairs; ValueError when a digest is not 64 hex digits."""
+        digests = b"".join(bytes.fromhex(digest) for _, digest in pairs)
+        if len(digests) != 32 * len(pairs):
+            raise ValueError("a line's digest is not a SHA-256")
+        return cls(KnownPage(body_digest, array("q", (cid for cid, _ in pairs))), digests)
+
+    def digest(self, index: int) -> str:
+        """The digest (hex) of the customer at ``index`` on the page."""
+        return self.digests[32 * index : 32 * index + 32].hex()
 
 
-def lines_digest(pairs: Iterable[tuple[int, str]]) -> bytes:
-    """The digest _Known.lines holds: of a page's (customer id, digest) pairs, in order."""
-    return hashlib.sha256("".join(f"{cid}:{digest};" for cid, digest in pairs).encode()).digest()
+@dataclass
+class _Vouched:
+    """The log's word on the customers of known pages (SyncApplication.changed_after): every customer not in
+    ``changed`` has no event since ``since``, when the earlier scan whose pages these are began, so it is
+    still exactly as that scan left it and its line's digest is that scan's. ``position``: how far the log
+    was read; ``budget``: how many more events it may read before reading the heads instead is cheaper."""
+
+    changed: set[UUID]
+    position: int
+    budget: int
 
 
 @dataclass
@@ -235,6 +259,8 @@ class _Run:
     known: dict[int, _Known] = field(default_factory=dict)
     known_waiting: dict[int, Page] = field(default_factory=dict)
     known_read: set[int] = field(default_factory=set)  # pages recorded from known ids, nothing parsed
+    # The customers of known pages that the log cannot vouch for (None: none it can, read every head).
+    vouched: _Vouched | None = None
     # When this run began: what it fetches was read after it, so a customer another writer (a webhook
     # delivery) changed since is not put back by an older copy of it (Customer.sync).
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -450,7 +476,7 @@ class SyncEngine:
         options = queue.queue_options
         client_options = _with_queue_options(client_options, options)
         saved = mode != "start" or not queue.pending_events  # a draft's start (start_draft) is saved already
-        queue.start_processing(mode)
+        queue.start_processing(mode, await self._log_position())
         run = _Run(
             queue=queue,
             progress=self.progress,
@@ -472,6 +498,16 @@ class SyncEngine:
         outcome.store_error = store_error
         outcome.known_pages = len(run.known_read)
         return outcome
+
+    async def _log_position(self) -> int | None:
+        """The log's position as a run begins, before it reads any customer (ProcessingStarted.log_position);
+        None when the database does not answer (only a hint for later scans: the run's own saves report a
+        database that is gone)."""
+        try:
+            return await self._in_worker(self.app.log_position)
+        except DATABASE_FAILURES as error:
+            log.info("queue.log_position_unavailable", error=first_line(error))
+            return None
 
     async def _process_run(
         self, run: _Run, store: StoreSettings, client_options: ClientOptions, mode: str
@@ -719,16 +755,55 @@ class SyncEngine:
             if (other.per_page, other.role) != (options.per_page, options.role):
                 continue
             known: dict[int, _Known] = {}
-            for event in self.app.digested_pages(queue_id):
+            runs: list[int | None] = []
+            for event in self.app.digested_pages(queue_id, runs=runs):
                 if event.page is None or event.body_digest is None or event.records:
                     continue
                 pairs = [(int(cid), str(digest)) for cid, digest in [*event.processed, *event.unchanged]]
-                ids = array("q", (cid for cid, _ in pairs))
-                known[event.page] = _Known(KnownPage(event.body_digest, ids), lines_digest(pairs))
+                try:
+                    known[event.page] = _Known.of(event.body_digest, pairs)
+                except ValueError:  # not a digest this version writes: the page is read as any other
+                    continue
             if known:
-                log.info("queue.known_pages", queue_id=str(queue.id), source=str(queue_id), pages=len(known))
+                run.vouched = self._vouched(runs, sum(len(k.page.ids) for k in known.values()))
+                log.info(
+                    "queue.known_pages",
+                    queue_id=str(queue.id),
+                    source=str(queue_id),
+                    pages=len(known),
+                    vouched=None if run.vouched is None else len(run.vouched.changed),
+                )
                 return known
         return {}
+
+    def _vouched(self, runs: list[int | None], lines: int) -> _Vouched | None:
+        """What the log says of the known pages' customers: those with an event since the earliest run of
+        the earlier scan began (``runs``: its runs' log positions) are the ones whose heads must be read.
+        None (read every head) when a run has no position (an older version's) or too much happened since."""
+        if not runs or None in runs:
+            return None
+        since = min(position for position in runs if position is not None)
+        budget = KNOWN_CHANGED_EVENTS + lines // KNOWN_CHANGED_SHARE
+        found = self.app.changed_after(since, budget)
+        if found is None:
+            return None
+        changed, position = found
+        return _Vouched(changed, position, budget - (position - since))
+
+    def _refresh_vouched(self, run: _Run) -> None:
+        """Add what was stored since the log was last read (another writer's changes during this run, a
+        webhook delivery's, are so seen before the pages they touch are recorded)."""
+        vouched = run.vouched
+        if vouched is None:
+            return
+        found = self.app.changed_after(vouched.position, max(vouched.budget, 0))
+        if found is None:
+            run.vouched = None
+            return
+        changed, position = found
+        vouched.changed |= changed
+        vouched.budget -= position - vouched.position
+        vouched.position = position
 
     def _record_pages(self, run: _Run, pages: list[Page]) -> None:
         """Record pages fetched while the worker was busy with earlier ones, in page order, each as
@@ -737,11 +812,14 @@ class SyncEngine:
         run.encodings = _Encodings()
         lines = run.queue.lines
         ids: list[int | None] = []
+        known_ids: list[int] = []
         for page in pages:
             if page.known_ids is not None:
-                ids += page.known_ids
+                known_ids += page.known_ids
             else:
                 ids += (customer_id_of(raw) for raw in page.records)
+        unvouched = self._unvouched(run, known_ids)
+        ids += known_ids if unvouched is None else unvouched
         heads = self._heads(run.queue, [cid for cid in ids if cid is not None and cid not in lines])
         checked = {
             page.number: self._checked_page(run, page.number, page.records, page.rejected, heads)
@@ -760,7 +838,8 @@ class SyncEngine:
         for page in pages:
             hint = [heads]  # for the first attempt only: after a lost race the heads are read again
             if page.known_ids is not None:
-                self._until_saved(run, partial(self._record_known, run, page, hint))
+                known_hint = [(heads, None if unvouched is None else set(unvouched))]
+                self._until_saved(run, partial(self._record_known, run, page, known_hint))
                 continue
             good, with_id = checked[page.number]
             step = partial(
@@ -768,26 +847,53 @@ class SyncEngine:
             )
             self._until_saved(run, step)
 
-    def _record_known(self, run: _Run, page: Page, heads_read: list[dict[int, CustomerHead]]) -> None:
+    def _unvouched(self, run: _Run, ids: list[int]) -> list[int] | None:
+        """Of these customers of known pages, those whose heads must be read: the ones with an event since
+        the earlier scan began (_Vouched), after reading the log up to now. None: the log vouches for none of
+        them (every head is read)."""
+        if not ids:
+            return []
+        self._refresh_vouched(run)
+        vouched = run.vouched
+        if vouched is None:
+            return None
+        if not vouched.changed:
+            return []
+        keys = customer_keys_of(run.queue, ids)
+        return [cid for cid, key in zip(ids, keys, strict=True) if key in vouched.changed]
+
+    def _record_known(
+        self, run: _Run, page: Page, heads_read: list[tuple[dict[int, CustomerHead], set[int] | None]]
+    ) -> None:
         """The worker step of a page whose answer is byte for byte a page the last scan read (Page.known_ids):
-        when every customer on it is still mirrored as that scan left it (_Known.lines), its lines are
+        when every customer on it is still mirrored as that scan left it (_Known.digests), its lines are
         added unchanged, with nothing parsed or checked; otherwise the answer is read and recorded as any
-        other page (_record_checked). Run again, whole, after a lost race."""
+        other page (_record_checked). ``heads_read``: the step's heads of the page's customers, and those the
+        log does not vouch for (_unvouched; None: not one, every head was read): a customer it vouches for
+        has had no event since that scan began, so it is as that scan left it. Run again, whole, after a lost
+        race (every head read again then)."""
         self._record_unsaved_again(run)
         queue = run.queue
         assert page.known_ids is not None
         ids = page.known_ids
         if page.number <= queue.pages_recorded:
             return  # recorded already, by another writer that won a save: nothing of it is draft
-        heads = heads_read.pop() if heads_read else self._heads(queue, ids)
+        heads, unvouched = heads_read.pop() if heads_read else (self._heads(queue, ids), None)
         known = run.known.get(page.number)
         pairs: list[tuple[int, str]] = []
-        for cid in ids:
-            head = heads.get(cid)
-            if head is None or head.deleted or head.digest is None or cid in queue.lines:
-                break
-            pairs.append((cid, head.digest))
-        if known is None or len(pairs) != len(ids) or lines_digest(pairs) != known.lines:
+        if known is not None and len(known.page.ids) == len(ids):
+            for index, cid in enumerate(ids):
+                if cid in queue.lines or known.page.ids[index] != cid:
+                    break
+                digest = known.digest(index)
+                if unvouched is not None and cid not in unvouched:
+                    pairs.append((cid, digest))  # no event since that scan began: as it left it
+                    continue
+                head = heads.get(cid)
+                if head is None or head.deleted or head.digest != digest:
+                    break
+                pairs.append((cid, digest))
+        if known is None or len(pairs) != len(ids):
             read = page.parsed()
             good, with_id = self._checked_page(run, read.number, read.records, read.rejected, heads)
             # The heads of the records as parsed (read again: the known ids are only the last scan's word).

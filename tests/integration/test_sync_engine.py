@@ -748,9 +748,7 @@ def test_a_known_page_that_names_fewer_customers_than_a_page_never_ends_the_scan
             ids = list(first.page.ids[:-1])
             heads = self._heads(run.queue, ids)
             pairs = [(cid, heads[cid].digest) for cid in ids]
-            known[1] = sync_service._Known(
-                woocommerce.KnownPage(first.page.digest, ids), sync_service.lines_digest(pairs)
-            )
+            known[1] = sync_service._Known.of(first.page.digest, pairs)
             return known
 
         monkeypatch.setattr(sync_service.SyncEngine, "_load_known_pages", short_by_one)
@@ -781,3 +779,113 @@ def test_queues_without_answer_digests_are_given_up_after_a_few_events(
         assert fourth.state == "done" and fourth.known_pages == 0
         # Each of the three earlier queues (25 pages of 20 records each) read a first slice of 8 events.
         assert len(read) <= 3 * 8 + 10, len(read)
+
+
+def _counting_heads(services: Services, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many customers each customer_heads call asked for, from now on."""
+    asked: list[int] = []
+    original = services.app.customer_heads
+
+    def counting(ids: Any) -> Any:
+        asked.append(len(ids))
+        return original(ids)
+
+    monkeypatch.setattr(services.app, "customer_heads", counting)
+    return asked
+
+
+def _change_in_mirror_only(services: Services, sandbox: RunningSandbox, target: int) -> dict[str, Any]:
+    """Another writer (a webhook delivery, say) changes a customer in the mirror, not in the store;
+    returns the store's record, which a reconciling scan must bring back."""
+    record = sandbox.store.api_object(target)
+    assert record is not None
+    key = customer_key("acme", sandbox.url, target)
+    customer = services.app.load_customers([key])[key]
+    altered = {**record, "first_name": "Changed in the mirror only"}
+    customer.sync(altered, hashlib.sha256(canonical_bytes(altered)).hexdigest(), str(uuid.uuid4()))
+    services.app.save_batch(customer)
+    return record
+
+
+def test_an_unchanged_resync_takes_known_pages_on_the_logs_word_without_reading_their_heads(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the earlier scan wrote no customer event (the log has nothing for them since it began), a
+    known page's customers are as it left them: no head of theirs is read, only the short last page's."""
+    with SandboxThread(SandboxConfig(customers=250)) as sandbox:
+        run_sync(services, sandbox)  # its Registered events are after its own start: the next reads heads
+        second = run_sync(services, sandbox)
+        assert second.known_pages == 2
+        asked = _counting_heads(services, monkeypatch)
+        third = run_sync(services, sandbox)
+    assert third.state == "done" and third.known_pages == 2
+    assert third.counts == {**third.counts, "unchanged": 250}
+    assert sum(asked) == 50, asked  # the last page (50 customers, short: always read), nothing else
+    started = events_of_type(services, SyncQueue.ProcessingStarted)
+    assert len(started) == 3 and all(isinstance(e.log_position, int) for e in started)
+    assert [e.log_position for e in started] == sorted(e.log_position for e in started)
+
+
+def test_a_customer_another_writer_changes_during_the_scan_is_read_before_its_known_page_is_taken(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log is read again before each step's known pages: a change stored after the scan looked at the
+    log (here, right after it loaded the known pages) still sends its page to be read. The change came
+    after the scan began, so the mirror keeps it (Customer.sync's read_after rule: a delivery beats an older
+    copy); the next scan, which began after it, brings the store's record back."""
+    with SandboxThread(SandboxConfig(customers=250)) as sandbox:
+        run_sync(services, sandbox)
+        run_sync(services, sandbox)
+        target = sandbox.store.customer_ids()[120]  # on page 2
+        original = sync_service.SyncEngine._load_known_pages
+        store_record: list[dict[str, Any]] = []
+
+        def then_changed(self: Any, run: Any) -> Any:
+            known = original(self, run)
+            assert run.vouched is not None and not run.vouched.changed
+            store_record.append(_change_in_mirror_only(services, sandbox, target))
+            return known
+
+        monkeypatch.setattr(sync_service.SyncEngine, "_load_known_pages", then_changed)
+        asked = _counting_heads(services, monkeypatch)
+        third = run_sync(services, sandbox)
+        assert third.state == "done" and third.known_pages == 1  # page 1; page 2 read (3 is short)
+        assert 1 in asked  # the one customer the log could not vouch for, then the pages read
+        assert mirrored(services, sandbox)[target]["first_name"] == "Changed in the mirror only"
+        monkeypatch.setattr(sync_service.SyncEngine, "_load_known_pages", original)
+        fourth = run_sync(services, sandbox)
+        assert fourth.state == "done" and fourth.known_pages == 1
+        assert fourth.counts == {**fourth.counts, "updated": 1, "unchanged": 249}
+        assert mirrored(services, sandbox)[target]["first_name"] == store_record[0]["first_name"]
+
+
+@pytest.mark.parametrize("why", ["an older version's scan", "too much stored since"])
+def test_known_pages_the_log_cannot_vouch_for_have_every_head_read(
+    services: Services, monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    """An earlier scan with no log position (an older version wrote it), or more events stored since it
+    began than worth reading: every known customer's head is read, as before, and a customer changed in
+    the mirror still sends its page to be read."""
+    with SandboxThread(SandboxConfig(customers=250)) as sandbox:
+        run_sync(services, sandbox)
+        if why == "an older version's scan":
+            positions = monkeypatch.context()
+            with positions as patch:
+                patch.setattr(sync_service.SyncEngine, "_log_position", _no_position)
+                run_sync(services, sandbox)
+        else:
+            run_sync(services, sandbox)
+            monkeypatch.setattr(sync_service, "KNOWN_CHANGED_EVENTS", 0)
+            monkeypatch.setattr(sync_service, "KNOWN_CHANGED_SHARE", 10**9)
+        target = sandbox.store.customer_ids()[30]  # on page 1
+        record = _change_in_mirror_only(services, sandbox, target)
+        asked = _counting_heads(services, monkeypatch)
+        outcome = run_sync(services, sandbox)
+        assert outcome.state == "done" and outcome.known_pages == 1  # page 2; page 1 read (3 is short)
+        assert outcome.counts == {**outcome.counts, "updated": 1, "unchanged": 249}
+        assert mirrored(services, sandbox)[target]["first_name"] == record["first_name"]
+    assert sum(asked) >= 250, asked  # every known customer's head (and the pages read again)
+
+
+async def _no_position(self: Any) -> None:
+    return None
