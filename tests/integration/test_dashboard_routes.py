@@ -283,6 +283,7 @@ def test_sign_in_sets_a_strict_http_only_cookie_and_a_wrong_token_is_401_never_e
     wrong = "wcs_" + "A" * 43
     refused = browser.post("/login", {"csrf": form.one("input", name="csrf").attrs["value"], "token": wrong})
     assert refused.status == 401 and SESSION not in browser.cookies
+    assert refused.header("WWW-Authenticate") is None  # a page asks for no bearer token
     assert "not accepted" in refused.alert()
     assert wrong.encode() not in refused.body and b"AAAAAAAA" not in refused.body
     assert refused.dom.by_id("login-form")  # the form again

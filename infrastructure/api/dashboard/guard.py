@@ -141,9 +141,11 @@ async def read_form(request: web.Request) -> dict[str, str]:
         raise BadForm(f"the form is larger than {MAX_FORM_BYTES} bytes")
     if request.content_type != FORM_TYPE:
         raise BadForm("the form must be sent as application/x-www-form-urlencoded (reload the page)")
-    raw = await request.content.read(MAX_FORM_BYTES + 1)
-    if len(raw) > MAX_FORM_BYTES:
-        raise BadForm(f"the form is larger than {MAX_FORM_BYTES} bytes")
+    raw = b""
+    while chunk := await request.content.read(MAX_FORM_BYTES + 1 - len(raw)):  # a chunk as it arrives
+        raw += chunk
+        if len(raw) > MAX_FORM_BYTES:
+            raise BadForm(f"the form is larger than {MAX_FORM_BYTES} bytes")
     try:
         fields = parse_qs(raw.decode("ascii"), keep_blank_values=True, errors="strict", max_num_fields=20)
     except (UnicodeDecodeError, ValueError):

@@ -162,6 +162,8 @@ class Dashboard:
         headers (assets may be cached, revalidated; nothing else is)."""
         if guard.is_page_path(request.path) or response.content_type == "text/html":
             guard.secure(response, cache=request.path.startswith(guard.STATIC_ROOT))
+            # A page's 401 (a wrong token at sign-in, the live JSON's ended session) asks for no bearer token.
+            response.headers.popall("WWW-Authenticate", None)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -314,7 +316,8 @@ class Dashboard:
 
     async def queues(self, request: web.Request) -> web.StreamResponse:
         session = await self._signed_in(request)
-        rows = [self._row(row) for row in await self.api.queue_rows(session.org_id, QUEUES_SHOWN)]
+        queues = await self.api.queue_rows(session.org_id, QUEUES_SHOWN, caught_up=False)
+        rows = [self._row(row) for row in queues]
         return self._render(
             request,
             "queues.html",
