@@ -38,6 +38,7 @@ from infrastructure.sandbox import RunningSandbox
 from infrastructure.wiring import Services
 from projections import queries
 from tests.support.api import SETTINGS, ApiThread
+from tests.support.sandbox_admin import admin
 from tests.support.services import FAST, run_sync
 from tests.support.waiting import wait_until
 from tests.support.workers import worker_running
@@ -642,6 +643,26 @@ def test_the_stores_and_health_pages(server: Server, sandbox: RunningSandbox) ->
     lag = dom.by_id("projection-lag").all("tr", data_projection=None)
     assert {"queues", "activity"} <= {row.attrs["data-projection"] for row in lag}
     assert all(int(row.field("lag")) >= 0 for row in lag)
+
+
+@pytest.mark.sandbox(customers=3)
+def test_what_a_store_sends_is_shown_as_text_never_as_markup(server: Server, sandbox: RunningSandbox) -> None:
+    hostile = '"><img src=x onerror=alert(1)><script>alert(2)</script>'
+    admin(sandbox, "POST", "/_sandbox/customers", {"first_name": hostile, "email": hostile})
+    queue_id = _queue(server.services, sandbox)
+    browser = server.signed_in()
+    page = browser.get(f"/queues/{queue_id}")
+    [line] = page.dom.by_id("failed-lines").all("tr", data_line_id=None)
+    assert "<img src=x" in line.field("error")  # the store's words, as text
+    assert page.dom.all("img") == [] and all(
+        s.attrs.get("src", "").startswith("/static/") for s in page.dom.all("script")
+    )
+    assert b"<img src=x" not in page.body and b"<script>alert" not in page.body
+    live = browser.get(f"/live/queues/{queue_id}").json
+    assert any(
+        "<img src=x" in entry["message"] for entry in live["activity"]
+    )  # JSON: the page's JS sets text
+    assert "<img" not in live["chart"]
 
 
 # ----- actions through the pages ------------------------------------------------------------------------------
