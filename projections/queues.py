@@ -149,6 +149,7 @@ class QueuesProjection(Projection):
 
         db.upsert(QUEUE_TABLE, suffix, queues.values())
         db.insert_dicts(LINE_TABLE, suffix, batch.new_lines.values())
+        batch.write_unchanged()
         batch.write_changed()
 
     @staticmethod
@@ -256,6 +257,10 @@ class _Batch:
         self.db = db
         self.suffix = suffix
         self.new_lines: dict[tuple[UUID, int], dict[str, Any]] = {}
+        # Lines added done and unchanged (add_unchanged), by queue: (org id, ids, their events' timestamps).
+        # They never move again (every move is from draft or failed), so they are written by column.
+        self.unchanged: dict[UUID, tuple[str, list[int], list[datetime]]] = {}
+        self.unchanged_keys: set[tuple[UUID, int]] = set()
         # The stored lines' states, and then the columns each move set: {"state": ..., column: value}.
         self.stored_lines: dict[tuple[UUID, int], dict[str, Any]] = {}
         self.changed: set[tuple[UUID, int]] = set()
@@ -297,9 +302,25 @@ class _Batch:
         for columns, rows in by_columns.items():
             self.db.update(LINE_TABLE, self.suffix, columns, rows)
 
+    def write_unchanged(self) -> None:
+        """Append the unchanged lines, a statement per queue (Database.insert_columns)."""
+        for queue_id, (org_id, ids, ats) in self.unchanged.items():
+            same = {
+                "queue_id": queue_id,
+                "org_id": org_id,
+                "state": DONE,
+                "result": "unchanged",
+                "error_message": None,
+                "process_count": 0,
+                "last_error_timestamp": None,
+            }
+            self.db.insert_columns(
+                LINE_TABLE, self.suffix, same, {"woo_customer_id": ids, "created_at": ats, "updated_at": ats}
+            )
+
     def add(self, queue: dict[str, Any], cid: int, at: datetime, result: str | None = None) -> None:
         key = (queue["id"], cid)
-        if key in self.new_lines:
+        if key in self.new_lines or key in self.unchanged_keys:
             return
         self.new_lines[key] = {
             "queue_id": queue["id"],
@@ -322,26 +343,18 @@ class _Batch:
         """Lines added done with the result "unchanged" at once: what ``add`` then ``move`` leave, in one
         step and with the counts moved once for all (an unchanged re-sync adds a line per customer this way,
         100,000 for a 100,000-customer store)."""
-        queue_id, org_id = queue["id"], queue["org_id"]
-        new_lines = self.new_lines
+        queue_id = queue["id"]
+        new_lines, keys = self.new_lines, self.unchanged_keys
+        _org, added_ids, ats = self.unchanged.setdefault(queue_id, (queue["org_id"], [], []))
         added = 0
         for cid in ids:
             key = (queue_id, cid)
-            if key in new_lines:
+            if key in new_lines or key in keys:
                 continue
-            new_lines[key] = {
-                "queue_id": queue_id,
-                "woo_customer_id": cid,
-                "org_id": org_id,
-                "state": DONE,
-                "result": "unchanged",
-                "error_message": None,
-                "process_count": 0,
-                "last_error_timestamp": None,
-                "created_at": at,
-                "updated_at": at,
-            }
+            keys.add(key)
+            added_ids.append(cid)
             added += 1
+        ats.extend([at] * added)
         queue["total_count"] += added
         queue[_STATE_COUNT[DONE]] += added
         queue[_RESULT_COUNT["unchanged"]] += added

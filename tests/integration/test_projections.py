@@ -694,3 +694,60 @@ def test_a_nul_character_from_the_store_does_not_stop_the_projections(
     billing = json.loads(billing) if isinstance(billing, str) else billing
     assert billing["company"] == f"A{nul}B"
     assert_matches_aggregate(runner, app, sync.id)
+
+
+def test_rows_written_by_column_equal_rows_written_one_by_one(runner: ProjectionRunner) -> None:
+    """Database.insert_columns (the queues projection's unchanged lines) writes exactly the rows that
+    insert_dicts writes for the same values, NUL-free text included, and refuses a column given twice or
+    not at all and varying columns of different lengths."""
+    from projections.queues import LINE_TABLE
+
+    queue_a, queue_b = UUID(int=1), UUID(int=2)
+    at = [datetime(2026, 1, 2, 3, 4, 5, i * 1000, tzinfo=UTC) for i in range(3)]
+    same = {
+        "org_id": ORG,
+        "state": "done",
+        "result": "unchanged",
+        "error_message": "no\x00nul",
+        "process_count": 0,
+        "last_error_timestamp": None,
+    }
+    runner.catch_up()
+    with runner.db.transaction() as db:
+        db.insert_columns(
+            LINE_TABLE,
+            "",
+            {**same, "queue_id": queue_a},
+            {"woo_customer_id": [7, 8, 9], "created_at": at, "updated_at": at},
+        )
+        db.insert_dicts(
+            LINE_TABLE,
+            "",
+            [
+                {**same, "queue_id": queue_b, "woo_customer_id": 7 + i, "created_at": t, "updated_at": t}
+                for i, t in enumerate(at)
+            ],
+        )
+        with pytest.raises(ValueError, match="exactly one"):
+            db.insert_columns(LINE_TABLE, "", same, {"woo_customer_id": [1]})
+        with pytest.raises(ValueError, match="length"):
+            db.insert_columns(
+                LINE_TABLE,
+                "",
+                {**same, "queue_id": queue_a},
+                {"woo_customer_id": [1, 2], "created_at": at, "updated_at": at},
+            )
+    with runner.db.reading() as db:
+        rows = db.fetchall(
+            "SELECT queue_id, woo_customer_id, org_id, state, result, error_message, process_count, "
+            "last_error_timestamp, created_at, updated_at FROM woo_customer_sync_queue_line "
+            "WHERE queue_id IN (%s, %s) ORDER BY woo_customer_id, queue_id",
+            [db.value("uuid", queue_a), db.value("uuid", queue_b)],
+        )
+    by_queue: dict[str, list[tuple[Any, ...]]] = {}
+    for row in rows:
+        by_queue.setdefault(str(row[0]), []).append(tuple(row[1:]))
+    assert len(by_queue) == 2
+    written_by_column, written_by_row = by_queue.values()
+    assert written_by_column == written_by_row and len(written_by_column) == 3
+    assert [r[0] for r in written_by_column] == [7, 8, 9]
