@@ -21,6 +21,10 @@ recorded in the queue by the engine and ``status`` shows it ``failed``.
 The store's key and secret live in the request's StoreSettings only (or, for a registered store, sealed in
 the registry): never logged, never echoed, never stored in an event (the engine records the store URL, not
 credentials). The access log names method, path, status, size and time, never a body or a header.
+
+The same application serves the operator's dashboard (infrastructure/api/dashboard, docs/DASHBOARD.md):
+its pages take a browser's session cookie instead of a bearer token, and their forms act through
+``SyncApi.queue_action`` / ``act``, this module's own path for every action.
 """
 
 from __future__ import annotations

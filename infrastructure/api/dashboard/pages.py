@@ -136,18 +136,26 @@ class Dashboard:
         """The pages' routes on the server's application, each resource named ``dashboard.*`` (they are not
         the JSON API's: the OpenAPI document leaves them out)."""
         router = app.router
-        router.add_get(guard.LOGIN_PATH, self.login_form, name="dashboard.login")
-        router.add_post(guard.LOGIN_PATH, self.login, name="dashboard.login")
-        router.add_post(guard.LOGOUT_PATH, self.logout, name="dashboard.logout")
-        router.add_get(guard.QUEUES_PATH, self.queues, name="dashboard.queues")
-        router.add_get(guard.QUEUE_ROOT + "{queue_id}", self.queue, name="dashboard.queue")
-        router.add_post(guard.QUEUE_ROOT + "{queue_id}/{action}", self.queue_post, name="dashboard.action")
-        router.add_get(guard.STORES_PATH, self.stores, name="dashboard.stores")
-        router.add_get(guard.HEALTH_PAGE_PATH, self.health, name="dashboard.health")
-        router.add_get(guard.LIVE_ROOT + "queues", self.live_queues, name="dashboard.live_queues")
-        router.add_get(guard.LIVE_ROOT + "queues/{queue_id}", self.live_queue, name="dashboard.live_queue")
+        router.add_get(guard.LOGIN_PATH, self.login_form, name=ROUTE_PREFIX + "login")
+        router.add_post(guard.LOGIN_PATH, self.login, name=ROUTE_PREFIX + "login")
+        router.add_post(guard.LOGOUT_PATH, self.logout, name=ROUTE_PREFIX + "logout")
+        router.add_get(guard.QUEUES_PATH, self.queues, name=ROUTE_PREFIX + "queues")
+        router.add_get(guard.QUEUE_ROOT + "{queue_id}", self.queue, name=ROUTE_PREFIX + "queue")
+        router.add_post(
+            guard.QUEUE_ROOT + "{queue_id}/{action}", self.queue_post, name=ROUTE_PREFIX + "action"
+        )
+        router.add_get(guard.STORES_PATH, self.stores, name=ROUTE_PREFIX + "stores")
+        router.add_get(guard.HEALTH_PAGE_PATH, self.health, name=ROUTE_PREFIX + "health")
+        router.add_get(guard.LIVE_ROOT + "queues", self.live_queues, name=ROUTE_PREFIX + "live_queues")
+        router.add_get(
+            guard.LIVE_ROOT + "queues/{queue_id}", self.live_queue, name=ROUTE_PREFIX + "live_queue"
+        )
         router.add_static(
-            guard.STATIC_ROOT, STATIC, name="dashboard.static", append_version=False, follow_symlinks=False
+            guard.STATIC_ROOT,
+            STATIC,
+            name=ROUTE_PREFIX + "static",
+            append_version=False,
+            follow_symlinks=False,
         )
         app.on_response_prepare.append(self._headers)
         app.on_cleanup.append(self._close)
