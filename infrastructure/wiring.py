@@ -39,6 +39,7 @@ from infrastructure.services.schedules import MIN_EVERY_S
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.errors import StorageError, storage_error
 from projections import queries as projection_queries
+from projections.names import CUSTOMERS
 from projections.runner import (
     DATABASE_URL_VARIABLE,
     FOLLOW_COMMAND,
@@ -239,6 +240,9 @@ class Services:
             ),
             store_queue_ids=lambda org, store: projection_queries.store_queue_ids(
                 self.projections, org, store
+            ),
+            customers_projected_through=lambda position: self.projections.applied_through(
+                CUSTOMERS, position
             ),
             progress=progress,
             stop=stop,

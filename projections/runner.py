@@ -327,6 +327,13 @@ class ProjectionRunner:
             tracked = self._tracking_rows([name])
         return tracked.get(name, (0, 0))[0] >= last
 
+    def applied_through(self, name: str, position: int) -> bool:
+        """Whether projection ``name`` has applied every event up to log ``position`` (its tracked position
+        is at or past it): one probe of the tracking table."""
+        with self.db.reading():
+            tracked = self._tracking_rows([name])
+        return tracked.get(name, (0, 0))[0] >= position
+
     def quarantined(self, names: Sequence[str] | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The events the projections (all, or those named) have set aside and walked past, by projection
         and position: the first ``limit`` of them (``status()`` counts them all)."""

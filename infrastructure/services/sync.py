@@ -261,6 +261,7 @@ class _Run:
     known_read: set[int] = field(default_factory=set)  # pages recorded from known ids, nothing parsed
     # The customers of known pages that the log cannot vouch for (None: none it can, read every head).
     vouched: _Vouched | None = None
+    log_position: int | None = None  # the log's position as the run began (ProcessingStarted's)
     # When this run began: what it fetches was read after it, so a customer another writer (a webhook
     # delivery) changed since is not put back by an older copy of it (Customer.sync).
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -294,6 +295,7 @@ class SyncEngine:
         stop: threading.Event | None = None,
         leases: QueueLeases | None = None,
         holder: str | None = None,
+        customers_projected_through: Callable[[int], bool] | None = None,
     ) -> None:
         self.app = app
         # Whoever runs a queue holds its lease (None: no lease is taken); ``holder`` names this run to
@@ -313,6 +315,9 @@ class SyncEngine:
         # The org's queues of a store, newest first (a read model's answer: only a hint of which queue's
         # pages a scan may compare its answers with; the customers' heads decide, see _Known).
         self.store_queue_ids = store_queue_ids
+        # Whether the customers read model has applied every event up to a log position (known_customer_ids
+        # then names every customer mirrored before it: the deletion check need not wait for a catch-up).
+        self.customers_projected_through = customers_projected_through
         self.progress: Progress = progress or NoProgress()
         self._last_refresh = 0.0
 
@@ -476,12 +481,14 @@ class SyncEngine:
         options = queue.queue_options
         client_options = _with_queue_options(client_options, options)
         saved = mode != "start" or not queue.pending_events  # a draft's start (start_draft) is saved already
-        queue.start_processing(mode, await self._log_position())
+        position = await self._log_position()
+        queue.start_processing(mode, position)
         run = _Run(
             queue=queue,
             progress=self.progress,
             saved=saved,
             initial_events=list(queue.pending_events),
+            log_position=position,
         )
         try:
             if run.saved:
@@ -1329,9 +1336,19 @@ class SyncEngine:
             self._mark_deleted(run, seen)
 
     def _mark_deleted(self, run: _Run, seen: IdSet) -> None:
-        """Customers mirrored earlier but absent from a complete scan were deleted in WooCommerce."""
+        """Customers mirrored earlier but absent from a complete scan were deleted in WooCommerce. "Earlier" is
+        before the run began: a customer the run itself wrote is one it saw, and a concurrent writer's
+        (a delivery) is never marked deleted for being missing from the read model. So the read model need
+        only have applied the log up to the run's start (a re-sync's follower has, long since), not the
+        run's own events: waiting for those was half a second of an unchanged 100k re-sync."""
         assert self.known_customer_ids is not None
-        self._refresh(force=True)
+        position = run.log_position
+        if (
+            position is None
+            or self.customers_projected_through is None
+            or not self.customers_projected_through(position)
+        ):
+            self._refresh(force=True)
         queue = run.queue
         gone = sorted(
             cid for cid in self.known_customer_ids(queue.org_id, queue.store_url) if cid not in seen

@@ -889,3 +889,45 @@ def test_known_pages_the_log_cannot_vouch_for_have_every_head_read(
 
 async def _no_position(self: Any) -> None:
     return None
+
+
+def test_the_deletion_check_reads_a_mirror_current_to_the_runs_start_without_catching_up(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A complete scan marks deleted the customers mirrored before it began that it did not see. When the
+    customers read model has applied the log up to the run's start, the check reads it at once instead of
+    waiting for the run's own events to be projected; the customers gone from the store are still marked
+    deleted."""
+    with SandboxThread(SandboxConfig(customers=250)) as sandbox:
+        run_sync(services, sandbox, catch_up=True)
+        gone = sandbox.store.customer_ids()[:3]
+        for cid in gone:
+            sandbox.store.delete(cid)
+        forced: list[bool] = []  # the catch-ups forced during the deletion check
+        checking: list[bool] = []
+        original_saved, original_check = services._saved, sync_service.SyncEngine._mark_deleted
+
+        def saved(force: bool) -> None:
+            if checking:
+                forced.append(force)
+            original_saved(force)
+
+        def mark_deleted(self: Any, run: Any, seen: Any) -> None:
+            checking.append(True)
+            try:
+                original_check(self, run, seen)
+            finally:
+                checking.clear()
+
+        monkeypatch.setattr(services, "_saved", saved)
+        monkeypatch.setattr(sync_service.SyncEngine, "_mark_deleted", mark_deleted)
+        second = run_sync(services, sandbox)
+        assert second.state == "done" and second.counts["total"] == 247
+        assert True not in forced
+        services.catch_up()
+        rows = {
+            row["woo_customer_id"]: row
+            for row in queries.customers(services.projections, "acme", sandbox.url)
+        }
+    assert sorted(cid for cid, row in rows.items() if row["is_deleted"]) == sorted(gone)
+    assert len(rows) == 250
