@@ -9,6 +9,8 @@ from html.parser import HTMLParser
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from infrastructure.api.dashboard import guard, views
 
@@ -182,3 +184,40 @@ def test_the_stores_words() -> None:
 )
 def test_a_sign_in_only_goes_on_to_a_path_of_this_server(asked: str | None, goes: str) -> None:
     assert guard.safe_next(asked) == goes
+
+
+def _request(headers: dict[str, str], scheme: str = "http") -> web.Request:
+    return make_mocked_request("POST", "/logout", headers={"Host": "dash.example:8000", **headers}).clone(
+        scheme=scheme
+    )
+
+
+@pytest.mark.parametrize(
+    ("headers", "own"),
+    [
+        ({}, True),  # an older browser sends neither: the CSRF value alone decides
+        ({"Origin": "http://dash.example:8000"}, True),
+        ({"Origin": "https://dash.example:8000"}, True),  # behind a proxy that ends TLS
+        ({"Origin": "http://dash.example:8000", "Sec-Fetch-Site": "same-origin"}, True),
+        ({"Origin": "http://evil.example"}, False),
+        ({"Origin": "http://dash.example:8001"}, False),
+        ({"Origin": "http://dash.example"}, False),
+        ({"Origin": "null"}, False),
+        ({"Origin": "ftp://dash.example:8000"}, False),
+        ({"Sec-Fetch-Site": "cross-site"}, False),
+        ({"Sec-Fetch-Site": "same-site"}, False),
+    ],
+)
+def test_a_form_counts_as_this_servers_own_by_its_origin_and_fetch_site(
+    headers: dict[str, str], own: bool
+) -> None:
+    assert guard.from_own_page(_request(headers)) is own
+
+
+def test_the_cookies_are_http_only_strict_and_secure_over_tls() -> None:
+    for scheme, secure in (("http", False), ("https", True)):
+        response = web.Response()
+        guard.set_cookie(response, _request({}, scheme), guard.SESSION_COOKIE, "value")
+        morsel = response.cookies[guard.SESSION_COOKIE]
+        assert (morsel["httponly"], morsel["samesite"], morsel["path"]) == (True, "Strict", "/")
+        assert bool(morsel["secure"]) is secure, scheme

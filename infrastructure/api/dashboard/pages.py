@@ -66,8 +66,8 @@ TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 # The queues page lists this many (the newest); the queue page this much activity and this many failures.
 QUEUES_SHOWN = 100
-ACTIVITY_SHOWN = 200
-LIVE_ACTIVITY_SHOWN = 50
+ACTIVITY_SHOWN = 100
+LIVE_ACTIVITY_SHOWN = ACTIVITY_SHOWN  # the live list replaces the first render's: the same length
 FAILED_SHOWN = 500
 # The live refresh draws a queue's chart again at most this often; this many queues' charts are kept.
 CHART_REFRESH_S = 5.0
