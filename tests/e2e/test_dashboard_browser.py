@@ -13,6 +13,7 @@ to anywhere but the server fails the test (a CSP violation is a console error).
 
 from __future__ import annotations
 
+import itertools
 import re
 import uuid
 from collections.abc import Iterator
@@ -35,8 +36,9 @@ pytestmark = [
     pytest.mark.sandbox(shared=True, customers=CUSTOMERS, invalid=INVALID),
     pytest.mark.slow,
 ]
-# A sync that runs for several seconds (30 batches, 250 ms apart): long enough to watch, short for a test.
-SLOW = {"perPage": 20, "batchSize": 10, "batchDelayMs": 250}
+# A sync that runs for several seconds (30 batches, 200 ms apart): long enough to watch, short for a test.
+SLOW = {"perPage": 20, "batchSize": 10, "batchDelayMs": 200}
+_EDIT_SEEDS = itertools.count(1)
 ACTIONS = ("retry", "resume", "force-done")
 UTC_ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d+)?)?Z$")
 PAGES = ("/", "/stores", "/health")
@@ -66,6 +68,17 @@ def _start(dashboard: Dashboard, **options: Any) -> str:
     code, answer = _api(dashboard).sync(org_id=ACME, store_id=dashboard.store_id, options=options)
     assert code == 202, answer
     return str(answer["data"]["queueId"])
+
+
+def _start_slow(dashboard: Dashboard, store: RunningSandbox) -> str:
+    """A sync that runs for several seconds: every customer edited in the store first (a mirrored store's
+    unchanged customers are no batches at all), then processed 10 at a time, 200 ms apart."""
+    seed = next(_EDIT_SEEDS)  # a new seed, new phone numbers: each edit is a change
+    assert (
+        admin(store, "POST", "/_sandbox/customers/edit-random", {"count": CUSTOMERS, "seed": seed})["edited"]
+        == CUSTOMERS
+    )
+    return _start(dashboard, **SLOW)
 
 
 def _ended(dashboard: Dashboard, queue_id: str) -> dict[str, Any]:
@@ -115,12 +128,39 @@ def _csrf(page: Page) -> str:
 # ----- signing in ------------------------------------------------------------------------------------------
 
 
-def test_a_page_without_a_session_sends_the_browser_to_sign_in(watched: Watched, queues: Queues) -> None:
+def test_a_page_without_a_session_sends_the_browser_to_sign_in_and_back(
+    watched: Watched, dashboard: Dashboard, queues: Queues
+) -> None:
     page = watched.page
     page.goto(f"/queues/{queues.to_retry}")
     expect(page).to_have_url(re.compile(r"/login(\?|$)"))
     expect(page.locator("form#login-form")).to_be_visible()
+    expect(page).to_have_title(re.compile(r"^wcsync · "))
     watched.screenshot("login")
+    # Signed in from there, the browser is back on the page it asked for.
+    page.get_by_label("API token").fill(dashboard.token(ACME, "viewer"))
+    page.locator("form#login-form button[type=submit]").click()
+    expect(page).to_have_url(re.compile(rf"/queues/{queues.to_retry}$"))
+    expect(page.locator("h1")).to_contain_text(queues.to_retry)
+
+
+def test_the_session_cookie_is_http_only_strict_and_not_the_token(
+    watched: Watched, operator: Page, dashboard: Dashboard
+) -> None:
+    token = dashboard.token(ACME, "operator")
+    cookies = {cookie["name"]: cookie for cookie in operator.context.cookies()}
+    session = cookies["wcsync_session"]
+    assert (session["httpOnly"], session["sameSite"], session["path"]) == (True, "Strict", "/"), session
+    assert session["secure"] is False  # plain HTTP on loopback; Secure comes with TLS
+    assert token not in session["value"] and all(token not in c["value"] for c in cookies.values())
+    assert "wcsync_session" not in operator.evaluate("document.cookie")  # no script can read it
+    for path in PAGES:
+        answer = operator.goto(path)
+        assert answer is not None and answer.status == 200
+        assert token not in operator.content()
+        headers = answer.headers
+        assert "default-src 'self'" in headers.get("content-security-policy", ""), (path, headers)
+        assert "no-store" in headers.get("cache-control", ""), (path, headers)
 
 
 def test_a_wrong_token_is_refused_without_echo_then_the_right_one_signs_in(
@@ -259,11 +299,11 @@ def _no_reload(page: Page) -> list[str]:
 
 
 def test_a_running_sync_advances_live_on_the_queues_page_and_its_own(
-    watched: Watched, operator: Page, dashboard: Dashboard, queues: Queues
+    watched: Watched, operator: Page, dashboard: Dashboard, queues: Queues, shared_sandbox: RunningSandbox
 ) -> None:
     page = operator
     navigations = _no_reload(page)
-    queue_id = _start(dashboard, **SLOW)
+    queue_id = _start_slow(dashboard, shared_sandbox)
     # The queue's own page, beside the list (the same session, another tab), opened while it is young.
     queue_page = page.context.new_page()
     queue_page.goto(f"/queues/{queue_id}")
@@ -285,6 +325,16 @@ def test_a_running_sync_advances_live_on_the_queues_page_and_its_own(
     wait_until(both_advanced, deadline_s=30, interval_s=0.1)
     watched.screenshot("queues-running")
     watched.screenshot("queue-running", queue_page)
+    # Retry clicked while the run holds the queue (a third tab): the API's queue_busy, in the page.
+    busy_page = page.context.new_page()
+    busy_page.goto(f"/queues/{queue_id}")
+    watched.allow_console("status of 409")
+    assert _status(dashboard, queue_id)["isRunning"]
+    busy_page.locator("form[data-action=retry] button[type=submit]").click()
+    busy = busy_page.locator("#action-error[role=alert]")
+    expect(busy).to_have_attribute("data-code", "queue_busy")
+    watched.screenshot("queue-busy", busy_page)
+    busy_page.close()
     running = [s for s in listed.seen if s["state"] == "processing" and s["value"]]
     assert running[-1]["max"] >= running[-1]["value"] > running[0]["value"] > 0, listed.seen
     for cell in ("state", "store", "done", "failed", "rate", "eta", "reason"):
@@ -377,7 +427,8 @@ def test_a_queues_failed_lines_are_retried_once_the_store_fixed_them(
     # The store fixes them (as an edit in wp-admin would); the operator clicks retry.
     assert admin(shared_sandbox, "POST", "/_sandbox/fix-invalid")["fixed"] >= INVALID
     forms = {action: page.locator(f"form[data-action={action}]") for action in ACTIONS}
-    expect(forms["retry"]).to_have_count(1)
+    for form in forms.values():  # an operator has every action on a failed queue
+        expect(form.locator("button[type=submit]")).to_have_count(1)
     forms["retry"].locator("button[type=submit]").click()
     result = page.locator("#action-result[role=status]")
     expect(result).to_be_visible()
@@ -392,15 +443,19 @@ def test_a_queues_failed_lines_are_retried_once_the_store_fixed_them(
     expect(page.locator("#counts [data-field=done]")).to_have_text(re.compile(rf"\b{CUSTOMERS}\b"))
     watched.screenshot("queue-done")
 
-    # Nothing left to retry: where the page still offers retry, the API's error is shown, not a traceback.
-    if page.locator("form[data-action=retry]").count():
-        watched.allow_console("status of 400")
-        watched.allow_console("status of 409")
-        page.locator("form[data-action=retry] button[type=submit]").click()
-        error = page.locator("#action-error[role=alert]")
-        expect(error).to_have_attribute("data-code", "invalid_state")
-        expect(error).to_contain_text("already done")
-        watched.screenshot("queue-nothing-to-retry")
+    # Nothing left to retry or resume: where the page still offers them, each answers with the API's
+    # error, in the page (never a traceback), and changes nothing.
+    watched.allow_console("status of 400")
+    watched.allow_console("status of 409")
+    before = _status(dashboard, queue_id)
+    for action in ("retry", "resume"):
+        if page.locator(f"form[data-action={action}]").count():
+            page.locator(f"form[data-action={action}] button[type=submit]").click()
+            error = page.locator("#action-error[role=alert]")
+            expect(error).to_have_attribute("data-code", "invalid_state")
+            expect(error).to_contain_text("already done")
+            watched.screenshot(f"queue-nothing-to-{action}")
+    assert _unchanged(before, _status(dashboard, queue_id))
 
 
 def test_force_done_needs_a_reason_and_records_it(
