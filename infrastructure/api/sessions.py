@@ -9,7 +9,8 @@ name the session acts for.
 ``IDLE_S``, signed out, or its token revoked or gone since, and it is over (its row deleted). So revoking
 a token ends the browsers signed in with it at their next request, and signing out really ends the
 session: the old cookie is refused afterwards. ``last_seen_at`` is written at most once a minute per
-session (SQLite has one writer: a page polling every 1.5 s must not queue a write each time).
+session (SQLite has one writer: a page polling every 1.5 s must not queue a write each time), so the idle
+timeout is kept to that minute.
 
 The CSRF value of a session is the HMAC-SHA256 of its id (``csrf_of``): it needs no storage, and nobody
 without the cookie can compute it. The sign-in form gets the same protection from a pre-session id (the
@@ -50,7 +51,7 @@ SESSION_BYTES = 32
 LIFETIME_S = 12 * 3600.0
 # ... or after this long without a request (a tab left polling keeps it alive).
 IDLE_S = 2 * 3600.0
-# last_seen_at is written at most this often per session.
+# last_seen_at is written at most this often per session (and at least every tenth of the idle timeout).
 TOUCH_EVERY_S = 60.0
 # An id is the URL-safe base64 of SESSION_BYTES bytes without padding: 43 characters.
 _ID_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}")
@@ -114,6 +115,8 @@ class DashboardSessions:
         self.database = database
         self.lifetime_s = lifetime_s
         self.idle_s = idle_s
+        # The idle clock is as precise as the last use is written: to a tenth of the timeout at least.
+        self.touch_every_s = min(TOUCH_EVERY_S, idle_s / 10)
         self._conn = Connection(database)
         self._lock = threading.Lock()
         self._gate = write_gate
@@ -179,7 +182,7 @@ class DashboardSessions:
             log.info("dashboard.session_ended", org=org_id, name=name, reason=why)
             self._delete(digest)
             return None
-        if now - float(last_seen) >= TOUCH_EVERY_S:
+        if now - float(last_seen) >= self.touch_every_s:
             self._touch(digest, now)
         principal = Principal(str(org_id), str(name), Role.parse(role_name))
         return Session(principal, csrf_of(session_id), float(expires), no_auth=session_token is None)
