@@ -314,6 +314,16 @@ def test_a_running_sync_advances_live_on_the_queues_page_and_its_own(
     expect(row).to_have_count(1)  # a new queue appears at the top by itself
     expect(page.locator("#queues tr[data-queue-id]").first).to_have_attribute("data-queue-id", queue_id)
     expect(row.locator("a[href]").first).to_have_attribute("href", f"/queues/{queue_id}")
+    # Retry clicked while the run holds the queue (a third tab, early in the run): the API's queue_busy.
+    busy_page = page.context.new_page()
+    busy_page.goto(f"/queues/{queue_id}")
+    watched.allow_console("status of 409")
+    wait_until(lambda: _status(dashboard, queue_id)["isRunning"])
+    busy_page.locator("form[data-action=retry] button[type=submit]").click()
+    busy = busy_page.locator("#action-error[role=alert]")
+    expect(busy).to_have_attribute("data-code", "queue_busy")
+    watched.screenshot("queue-busy", busy_page)
+    busy_page.close()
     listed = Samples(lambda: _progress(page, queue_id))
     own = Samples(lambda: _counts(queue_page))
 
@@ -325,16 +335,6 @@ def test_a_running_sync_advances_live_on_the_queues_page_and_its_own(
     wait_until(both_advanced, deadline_s=30, interval_s=0.1)
     watched.screenshot("queues-running")
     watched.screenshot("queue-running", queue_page)
-    # Retry clicked while the run holds the queue (a third tab): the API's queue_busy, in the page.
-    busy_page = page.context.new_page()
-    busy_page.goto(f"/queues/{queue_id}")
-    watched.allow_console("status of 409")
-    assert _status(dashboard, queue_id)["isRunning"]
-    busy_page.locator("form[data-action=retry] button[type=submit]").click()
-    busy = busy_page.locator("#action-error[role=alert]")
-    expect(busy).to_have_attribute("data-code", "queue_busy")
-    watched.screenshot("queue-busy", busy_page)
-    busy_page.close()
     running = [s for s in listed.seen if s["state"] == "processing" and s["value"]]
     assert running[-1]["max"] >= running[-1]["value"] > running[0]["value"] > 0, listed.seen
     for cell in ("state", "store", "done", "failed", "rate", "eta", "reason"):
