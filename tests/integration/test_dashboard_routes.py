@@ -665,6 +665,22 @@ def test_what_a_store_sends_is_shown_as_text_never_as_markup(server: Server, san
     assert "<img" not in live["chart"]
 
 
+def test_the_health_page_lists_the_orgs_own_jobs_only(server: Server, sandbox: RunningSandbox) -> None:
+    queues = {}
+    for org in ("acme", "other"):
+        _register(server.services, sandbox, org=org)
+        queues[org] = _queue(server.services, sandbox, org=org)
+        browser = server.signed_in(org=org)
+        deferred = browser.post(f"/queues/{queues[org]}/retry", {"csrf": browser.csrf()})
+        assert "queued as job" in deferred.dom.by_id("action-result").text(), deferred.body
+    page = server.signed_in(org="acme").get("/health")
+    jobs = page.dom.by_id("jobs")
+    [row] = jobs.all("tr", data_job_id=None)
+    assert jobs.attrs["data-waiting"] == "1" and row.attrs["data-status"] == "waiting"
+    assert row.field("action") == "retry" and row.one("a", href=f"/queues/{queues['acme']}")
+    assert queues["other"] not in page.body.decode()
+
+
 # ----- actions through the pages ------------------------------------------------------------------------------
 
 
