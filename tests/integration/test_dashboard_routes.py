@@ -364,6 +364,32 @@ def test_a_sign_in_goes_back_to_the_page_asked_for_and_nowhere_else(
         assert other.sign_in(server.token(), elsewhere).header("Location") == "/", elsewhere
 
 
+def test_a_form_that_cannot_be_read_is_a_400_page_naming_why(server: Server, sandbox: RunningSandbox) -> None:
+    queue_id = _queue(server.services, sandbox)
+    browser = server.signed_in()
+    csrf = browser.csrf()
+    path = f"/queues/{queue_id}/force-done"
+    too_big = browser.post(path, {"csrf": csrf, "reason": "x" * 20_000})
+    assert too_big.status == 400 and "larger than" in too_big.alert()
+    twice = browser.go("POST", path, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert twice.status == 403  # no body at all: no csrf
+    raw = f"csrf={csrf}&reason=a&reason=b".encode()
+    address = urlsplit(server.url)
+    for body, kind, words in (
+        (raw, "application/x-www-form-urlencoded", "more than once"),
+        (b'{"csrf": "x"}', "application/json", "x-www-form-urlencoded"),
+        (f"csrf={csrf}&reason=%ff".encode(), "application/x-www-form-urlencoded", "not valid"),
+    ):
+        connection = http.client.HTTPConnection(address.hostname or "", address.port)
+        cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.items())
+        connection.request("POST", path, body=body, headers={"Content-Type": kind, "Cookie": cookie})
+        answer = connection.getresponse()
+        page = Page(answer.status, answer.getheaders(), answer.read())
+        connection.close()
+        assert page.status == 400 and words in page.alert(), (body, page.body)
+    assert server.status("acme", queue_id)["state"] == "failed"
+
+
 # ----- sessions end ----------------------------------------------------------------------------------------
 
 
