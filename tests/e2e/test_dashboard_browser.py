@@ -677,3 +677,75 @@ def test_times_are_shown_in_the_viewers_zone_with_the_utc_value_in_their_title(
         assert checked >= 2, checked
     finally:
         context.close()
+
+
+# What a page offers a screen reader and a reader with weak sight: its language, one h1, a name for every
+# control, and text whose contrast with its background meets WCAG AA (4.5:1, 3:1 for large text).
+ACCESSIBILITY = """() => {
+    const problems = [];
+    if (!document.documentElement.lang) problems.push("no lang on <html>");
+    const h1s = document.querySelectorAll("main h1");
+    if (h1s.length !== 1) problems.push(`${h1s.length} h1 in main`);
+    const shown = e => e.getClientRects().length > 0 && getComputedStyle(e).visibility !== "hidden";
+    for (const control of document.querySelectorAll("input, select, textarea")) {
+        if (control.type === "hidden" || !shown(control)) continue;
+        const named = control.labels.length || control.getAttribute("aria-label")
+            || control.getAttribute("aria-labelledby");
+        if (!named) problems.push(`unlabelled ${control.tagName.toLowerCase()}[name=${control.name}]`);
+    }
+    for (const button of document.querySelectorAll("button, a[href]")) {
+        if (shown(button) && !(button.textContent.trim() || button.getAttribute("aria-label")))
+            problems.push(`a ${button.tagName.toLowerCase()} without a name`);
+    }
+    const rgb = text => (text.match(/[\\d.]+/g) || []).map(Number);
+    const luminance = ([r, g, b]) => {
+        const linear = c => (c /= 255) <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+        return 0.2126 * linear(r) + 0.7152 * linear(g) + 0.0722 * linear(b);
+    };
+    const background = e => {
+        for (; e; e = e.parentElement) {
+            const color = rgb(getComputedStyle(e).backgroundColor);
+            if (color.length === 3 || color[3] > 0.5) return color.slice(0, 3);
+        }
+        return [255, 255, 255];
+    };
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+        const e = node.parentElement;
+        if (!node.textContent.trim() || !e || !shown(e) || e.closest("svg")) continue;
+        const style = getComputedStyle(e);
+        const fg = luminance(rgb(style.color).slice(0, 3)), bg = luminance(background(e));
+        const ratio = (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
+        const size = parseFloat(style.fontSize), bold = Number(style.fontWeight) >= 700;
+        const needed = size >= 24 || (bold && size >= 18.66) ? 3 : 4.5;
+        if (ratio < needed)
+            problems.push(`contrast ${ratio.toFixed(2)} < ${needed}: "${node.textContent.trim().slice(0, 40)}"`);
+    }
+    return problems;
+}"""
+# "wcsync · Queues", "wcsync · Queue 0b6c…": the product and the page (a queue's id at most), nothing else.
+TITLE = re.compile(r"^wcsync · [A-Z][a-z]+( [a-z]+)*( [0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12})?$")
+
+
+def test_every_page_is_accessible_and_has_no_personal_data_in_its_title_or_links(
+    watched: Watched, dashboard: Dashboard, queues: Queues
+) -> None:
+    page = watched.page
+    page.goto("/login")
+    assert page.evaluate(ACCESSIBILITY) == [], "/login"
+    sign_in(page, dashboard.token(ACME, "operator"))
+    code, answer = _api(dashboard).get(f"/api/v1/queues/{queues.untouched}/failed?org_id={ACME}")
+    assert code == 200 and answer["data"], answer
+    customers = {str(line["wooCustomerId"]) for line in answer["data"]}
+    for path in (*PAGES, f"/queues/{queues.untouched}"):
+        page.goto(path)
+        expect(page.locator("main h1")).to_be_visible()
+        assert page.evaluate(ACCESSIBILITY) == [], path
+        title = page.title()
+        assert TITLE.match(title) and "@" not in title, title
+        links = page.locator("a[href], form[action]").evaluate_all(
+            "es => es.map(e => e.getAttribute('href') || e.getAttribute('action'))"
+        )
+        segments = {segment for link in links for segment in re.split(r"[/?=&#]", link)}
+        assert not any("@" in link for link in links), links
+        assert not customers & segments, (path, customers & segments)
