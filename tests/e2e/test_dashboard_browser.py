@@ -132,6 +132,7 @@ def test_a_page_without_a_session_sends_the_browser_to_sign_in_and_back(
     watched: Watched, dashboard: Dashboard, queues: Queues
 ) -> None:
     page = watched.page
+    assert page.request.get("/live/queues").status == 401  # the live JSON: 401, not a redirect
     page.goto(f"/queues/{queues.to_retry}")
     expect(page).to_have_url(re.compile(r"/login(\?|$)"))
     expect(page.locator("form#login-form")).to_be_visible()
@@ -222,11 +223,26 @@ def test_sign_in_by_keyboard_alone(watched: Watched, dashboard: Dashboard) -> No
     watched.screenshot("keyboard-focus")
 
 
-def test_signing_out_ends_the_session(watched: Watched, operator: Page) -> None:
+def test_signing_out_ends_the_session_on_the_server(
+    watched: Watched, operator: Page, browser: Browser, dashboard: Dashboard
+) -> None:
+    watched.allow_console("status of 401")
+    assert operator.request.get("/live/queues").status == 200
+    kept = operator.context.cookies()  # what a thief of the cookie would hold
     operator.locator("form#logout-form button[type=submit]").click()
     expect(operator).to_have_url(re.compile(r"/login(\?|$)"))
     operator.goto("/")
     expect(operator).to_have_url(re.compile(r"/login(\?|$)"))
+    # The old cookie, replayed from another browser, opens nothing: the session is gone, not just forgotten.
+    replay = browser.new_context(base_url=dashboard.url)
+    try:
+        replay.add_cookies(kept)
+        assert replay.request.get("/live/queues").status == 401
+        again = replay.new_page()
+        again.goto("/")
+        expect(again).to_have_url(re.compile(r"/login(\?|$)"))
+    finally:
+        replay.close()
 
 
 # ----- live progress -------------------------------------------------------------------------------------
