@@ -235,8 +235,8 @@ class Services:
             client_factory=_store_client,
             actor=actor,
             on_saved=self._saved,
-            known_customer_ids=lambda org, store: projection_queries.iter_known_customer_ids(
-                self.projections, org, store
+            absent_customer_ids=lambda org, store, seen: projection_queries.absent_customer_ids(
+                self.projections, org, store, seen
             ),
             store_queue_ids=lambda org, store: projection_queries.store_queue_ids(
                 self.projections, org, store

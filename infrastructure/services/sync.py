@@ -289,7 +289,7 @@ class SyncEngine:
         client_factory: StoreClientFactory,
         actor: str = "wcsync",
         on_saved: Callable[[bool], None] | None = None,
-        known_customer_ids: Callable[[str, str], Iterable[int]] | None = None,
+        absent_customer_ids: Callable[[str, str, IdSet], Iterable[int]] | None = None,
         progress: Progress | None = None,
         store_queue_ids: Callable[[str, str], list[UUID]] | None = None,
         stop: threading.Event | None = None,
@@ -311,7 +311,8 @@ class SyncEngine:
         self.org_id = org_id
         self.actor = actor
         self.on_saved = on_saved
-        self.known_customer_ids = known_customer_ids
+        # The store's mirrored customers not among a scan's ids (a read model's answer, ascending).
+        self.absent_customer_ids = absent_customer_ids
         # The org's queues of a store, newest first (a read model's answer: only a hint of which queue's
         # pages a scan may compare its answers with; the customers' heads decide, see _Known).
         self.store_queue_ids = store_queue_ids
@@ -1332,7 +1333,7 @@ class SyncEngine:
         self._drain_incidents(run)
         queue.finish_fetch(pages=pages, total=len(seen), complete=complete)
         self._save_or_fail(run)
-        if complete and self.known_customer_ids is not None:
+        if complete and self.absent_customer_ids is not None:
             self._mark_deleted(run, seen)
 
     def _mark_deleted(self, run: _Run, seen: IdSet) -> None:
@@ -1341,7 +1342,7 @@ class SyncEngine:
         (a delivery) is never marked deleted for being missing from the read model. So the read model need
         only have applied the log up to the run's start (a re-sync's follower has, long since), not the
         run's own events: waiting for those was half a second of an unchanged 100k re-sync."""
-        assert self.known_customer_ids is not None
+        assert self.absent_customer_ids is not None
         position = run.log_position
         if (
             position is None
@@ -1350,9 +1351,7 @@ class SyncEngine:
         ):
             self._refresh(force=True)
         queue = run.queue
-        gone = sorted(
-            cid for cid in self.known_customer_ids(queue.org_id, queue.store_url) if cid not in seen
-        )
+        gone = sorted(self.absent_customer_ids(queue.org_id, queue.store_url, seen))
         for chunk in chunks(gone, 500):
             keys = [customer_key(queue.org_id, queue.store_url, cid) for cid in chunk]
             customers = self.app.load_customers(keys)

@@ -24,6 +24,7 @@ import pytest
 import structlog
 
 from domain.customer import customer_key
+from domain.lines import IdSet
 from domain.queue import SyncQueue
 from infrastructure.adapters.eventstore import SyncApplication, chunks
 from infrastructure.adapters.projection_db import Database
@@ -273,6 +274,12 @@ def test_queries_answer_for_the_cli(app: SyncApplication, runner: ProjectionRunn
 
     # 5 and 77 failed in the first sync and were created by the second; 3 was deleted.
     assert queries.known_customer_ids(runner, ORG, STORE) == set(range(1, 121)) - {3}
+    # What a complete scan that saw these ids would mark deleted: the mirrored ones it did not see, in order
+    # (the deleted 3 is not mirrored; 500 was never a customer).
+    seen = IdSet([*range(1, 100), 500])
+    assert list(queries.absent_customer_ids(runner, ORG, STORE, seen)) == list(range(100, 121))
+    assert list(queries.absent_customer_ids(runner, ORG, STORE, IdSet())) == sorted(set(range(1, 121)) - {3})
+    assert list(queries.absent_customer_ids(runner, OTHER_ORG, STORE, IdSet())) == []
     mirrored = {c["woo_customer_id"]: c for c in queries.customers(runner, ORG, STORE)}
     assert mirrored[10]["last_name"] == "Changed10-1" and mirrored[11]["last_name"] == "Last11"
     assert mirrored[3]["is_deleted"] is True
