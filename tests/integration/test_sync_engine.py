@@ -811,7 +811,8 @@ def test_an_unchanged_resync_takes_known_pages_on_the_logs_word_without_reading_
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Once the earlier scan wrote no customer event (the log has nothing for them since it began), a
-    known page's customers are as it left them: no head of theirs is read, only the short last page's."""
+    known page's customers are as it left them: no head of theirs is read. Nor of the short last page's,
+    which is always read: its customers were on the earlier scan's last page too."""
     with SandboxThread(SandboxConfig(customers=250)) as sandbox:
         run_sync(services, sandbox)  # its Registered events are after its own start: the next reads heads
         second = run_sync(services, sandbox)
@@ -820,7 +821,7 @@ def test_an_unchanged_resync_takes_known_pages_on_the_logs_word_without_reading_
         third = run_sync(services, sandbox)
     assert third.state == "done" and third.known_pages == 2
     assert third.counts == {**third.counts, "unchanged": 250}
-    assert sum(asked) == 50, asked  # the last page (50 customers, short: always read), nothing else
+    assert sum(asked) == 0, asked
     started = events_of_type(services, SyncQueue.ProcessingStarted)
     assert len(started) == 3 and all(isinstance(e.log_position, int) for e in started)
     assert [e.log_position for e in started] == sorted(e.log_position for e in started)
@@ -931,3 +932,27 @@ def test_the_deletion_check_reads_a_mirror_current_to_the_runs_start_without_cat
         }
     assert sorted(cid for cid, row in rows.items() if row["is_deleted"]) == sorted(gone)
     assert len(rows) == 250
+
+
+def test_a_page_whose_answer_changed_reads_no_head_the_log_vouches_for(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A customer edited in the store changes its page's answer, so the page is read; its other customers,
+    with no event since the earlier scan began, take that scan's digests as their heads (none is read),
+    and the edited one is updated from its mirrored history as any other."""
+    with SandboxThread(SandboxConfig(customers=250)) as sandbox:
+        run_sync(services, sandbox)
+        run_sync(services, sandbox)
+        target = sandbox.store.customer_ids()[130]  # on page 2
+        sandbox.store.update(target, {"first_name": "Edited in the store"})
+        asked = _counting_heads(services, monkeypatch)
+        third = run_sync(services, sandbox)
+        assert third.state == "done" and third.known_pages == 1  # page 1 (2 changed, 3 is short)
+        assert third.counts == {**third.counts, "updated": 1, "unchanged": 249}
+        assert mirrored(services, sandbox)[target]["first_name"] == "Edited in the store"
+        assert sum(asked) == 0, asked
+        # The edit is an event since the third scan began: the fourth reads that one customer's head only.
+        asked.clear()
+        fourth = run_sync(services, sandbox)
+    assert fourth.state == "done" and fourth.counts == {**fourth.counts, "unchanged": 250}
+    assert sum(asked) == 1, asked
