@@ -7,7 +7,6 @@ console errors and foreign requests failing the test)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,11 @@ from playwright.sync_api import Browser, expect
 
 from infrastructure.sandbox import RunningSandbox
 from tests.support.browser import (
+    ACME,
     ARTIFACTS,
     EXPECT_TIMEOUT_MS,
+    GLOBEX,
+    Dashboard,
     DashboardServer,
     Watched,
     artifact_prefix,
@@ -33,26 +35,6 @@ __all__ = ["browser", "dashboard", "dashboard_database", "sandbox", "shared_sand
 
 # Set by ``watched``: this run drove the browser, so the summary says where its screenshots are.
 SCREENSHOTS_TAKEN = pytest.StashKey[bool]()
-# The dashboard's orgs: ACME has the module's store and its queues; GLOBEX must never see them.
-ACME = "acme"
-GLOBEX = "globex"
-
-
-@dataclass
-class Dashboard:
-    """A running `wcsync serve` over the module's sandbox store (registered in ACME), and its tokens."""
-
-    server: DashboardServer
-    env: dict[str, str]
-    store_id: str
-    tokens: dict[tuple[str, str], str] = field(repr=False)
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def token(self, org: str, role: str) -> str:
-        return self.tokens[(org, role)]
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,10 @@ is refused; another org reaches none of these queues by URL. A phone's viewport 
 horizontal scroll, and every time shown carries its UTC value. Every page visited is a screenshot under
 tests/artifacts/dashboard/; any console error the test did not provoke, uncaught script error or request
 to anywhere but the server fails the test (a CSP violation is a console error).
+
+The module shares one server (on PostgreSQL, procrastinate's worker), one store and three queues made
+before the tests (``queues``); a test that changes the store or a queue says so, and the others read the
+end state from the JSON API rather than assume the order they run in.
 """
 
 from __future__ import annotations
@@ -24,9 +28,8 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from infrastructure.sandbox import RunningSandbox
-from tests.e2e.conftest import ACME, GLOBEX, Dashboard
 from tests.support.api import Api
-from tests.support.browser import EXPECT_TIMEOUT_MS, Watched, sign_in
+from tests.support.browser import ACME, EXPECT_TIMEOUT_MS, GLOBEX, Dashboard, Watched, sign_in
 from tests.support.sandbox_admin import admin
 from tests.support.waiting import wait_until
 

@@ -191,6 +191,28 @@ def _first_line(process: subprocess.Popen[str], timeout: float = 60) -> str:
     return line
 
 
+# The dashboard's orgs: ACME has the module's store and its queues; GLOBEX must never see them.
+ACME = "acme"
+GLOBEX = "globex"
+
+
+@dataclass
+class Dashboard:
+    """A running `wcsync serve` over the module's sandbox store (registered in ACME), and its tokens."""
+
+    server: DashboardServer
+    env: dict[str, str]
+    store_id: str
+    tokens: dict[tuple[str, str], str] = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def token(self, org: str, role: str) -> str:
+        return self.tokens[(org, role)]
+
+
 def create_token(env: dict[str, str], org: str, name: str, role: str) -> str:
     """An API token made as an operator makes one: `wcsync tokens create`."""
     made = wcsync("--org", org, "tokens", "create", "--name", name, "--role", role, "--json", env=env)
