@@ -113,6 +113,45 @@ def select_events_of(
         ]
 
 
+def select_first_events_of(recorder: Any, backend: str, ids: Sequence[UUID]) -> list[StoredEvent]:
+    """The first stored event (version 1) of each of these aggregates, in one query: what names a customer
+    (its Registered event's org, store and WooCommerce id; SyncApplication.customers_named)."""
+    table = recorder.events_table_name
+    if backend == SQLITE:
+        placeholders = ",".join("?" * len(ids))
+        with recorder.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                f"SELECT originator_id, originator_version, topic, state FROM {table} "
+                f"WHERE originator_id IN ({placeholders}) AND originator_version = 1",
+                [i.hex for i in ids],
+            )
+            return [
+                StoredEvent(
+                    originator_id=UUID(row["originator_id"]),
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=row["state"],
+                )
+                for row in curs.fetchall()
+            ]
+    statement_pg = SQL(
+        "SELECT e.originator_id, e.originator_version, e.topic, e.state "
+        "FROM unnest(%s::uuid[]) AS k(id) JOIN {schema}.{table} AS e "
+        "ON e.originator_id = k.id AND e.originator_version = 1"
+    ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(table))
+    with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+        curs.execute(statement_pg, (list(ids),))
+        return [
+            StoredEvent(
+                originator_id=row["originator_id"],
+                originator_version=row["originator_version"],
+                topic=row["topic"],
+                state=bytes(row["state"]),
+            )
+            for row in curs.fetchall()
+        ]
+
+
 def select_heads_of(
     recorder: Any, backend: str, ids: Sequence[UUID], tail_bytes: int
 ) -> list[tuple[UUID, int, str, bytes]]:

@@ -236,6 +236,23 @@ class SyncApplication(Application[UUID]):
         changed = {oid for oid, _, topic in rows if topic in _CUSTOMER_TOPICS}
         return changed, (rows[-1][1] if rows else position)
 
+    def customers_named(self, ids: Sequence[UUID]) -> dict[UUID, tuple[str, str, int]]:
+        """The (org, store URL, WooCommerce id) of each of these aggregates that is a customer, from its
+        Registered event, in one query; others (queues, stores, unknown ids) are left out."""
+        if not ids:
+            return {}
+        rows = retry_storage(
+            lambda: eventlog.select_first_events_of(self.recorder, self.database.backend, ids)
+        )
+        named: dict[UUID, tuple[str, str, int]] = {}
+        for stored in rows:
+            if stored.topic != _REGISTERED_TOPIC:
+                continue
+            event = self.mapper.to_domain_event(stored)
+            if isinstance(event, Customer.Registered):
+                named[event.originator_id] = (event.org_id, event.store_url, int(event.woo_id))
+        return named
+
     def _decoded_heads(self, ids: Sequence[UUID]) -> dict[UUID, CustomerHead]:
         """customer_heads the long way: each latest event read whole and decoded."""
         heads: dict[UUID, CustomerHead] = {}
@@ -311,6 +328,7 @@ class SyncApplication(Application[UUID]):
 
 
 _DELETED_TOPIC = get_topic(Customer.Deleted)
+_REGISTERED_TOPIC = get_topic(Customer.Registered)
 # Every event class of a customer (what SyncApplication.changed_after counts as a change).
 _CUSTOMER_TOPICS = frozenset(
     get_topic(cls)

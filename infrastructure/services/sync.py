@@ -219,14 +219,16 @@ class _Known:
 
 @dataclass
 class _Vouched:
-    """The log's word on the customers of known pages (SyncApplication.changed_after): every customer not in
-    ``changed`` has no event since ``since``, when the earlier scan whose pages these are began, so it is
-    still exactly as that scan left it and its line's digest is that scan's. ``position``: how far the log
-    was read; ``budget``: how many more events it may read before reading the heads instead is cheaper."""
+    """The log's word on the customers of known pages (SyncApplication.changed_after): every customer of the
+    store not in ``changed`` (WooCommerce ids) has had no event since the earlier scan whose pages these are
+    began, so it is still exactly as that scan left it and its line's digest is that scan's. ``looked_at``:
+    the aggregates with such an event already named (SyncApplication.customers_named); ``position``: how
+    far the log was read; ``budget``: how many more events it may read before reading heads is cheaper."""
 
-    changed: set[UUID]
-    position: int
-    budget: int
+    changed: set[int] = field(default_factory=set)
+    looked_at: set[UUID] = field(default_factory=set)
+    position: int = 0
+    budget: int = 0
 
 
 @dataclass
@@ -266,6 +268,7 @@ class _Run:
     # The customers of known pages that the log cannot vouch for (None: none it can, read every head).
     vouched: _Vouched | None = None
     log_position: int | None = None  # the log's position as the run began (ProcessingStarted's)
+    own_customers: set[UUID] = field(default_factory=set)  # the customers this run saved changes of
     # When this run began: what it fetches was read after it, so a customer another writer (a webhook
     # delivery) changed since is not put back by an older copy of it (Customer.sync).
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -777,7 +780,7 @@ class SyncEngine:
                 except ValueError:  # not a digest this version writes: the page is read as any other
                     continue
             if known:
-                run.vouched = self._vouched(runs, sum(len(k.page.ids) for k in known.values()))
+                run.vouched = self._vouched(run, runs, sum(len(k.page.ids) for k in known.values()))
                 log.info(
                     "queue.known_pages",
                     queue_id=str(queue.id),
@@ -788,7 +791,7 @@ class SyncEngine:
                 return known
         return {}
 
-    def _vouched(self, runs: list[int | None], lines: int) -> _Vouched | None:
+    def _vouched(self, run: _Run, runs: list[int | None], lines: int) -> _Vouched | None:
         """What the log says of the known pages' customers: those with an event since the earliest run of
         the earlier scan began (``runs``: its runs' log positions) are the ones whose heads must be read.
         None (read every head) when a run has no position (an older version's) or too much happened since."""
@@ -800,7 +803,24 @@ class SyncEngine:
         if found is None:
             return None
         changed, position = found
-        return _Vouched(changed, position, budget - (position - since))
+        vouched = _Vouched(position=position, budget=budget - (position - since))
+        self._name_changed(run, vouched, changed)
+        return vouched
+
+    def _name_changed(self, run: _Run, vouched: _Vouched, changed: set[UUID]) -> None:
+        """Add to ``vouched.changed`` the WooCommerce ids of the store's customers among these aggregates
+        with events since (their Registered events name them: no UUID is computed for the customers of the
+        pages, the cost was a SHA-1 each). The run's own saves are left out: their customers are its lines
+        already, which nothing of this run records twice."""
+        new = changed - vouched.looked_at - run.own_customers
+        if not new:
+            return
+        queue = run.queue
+        store = (queue.org_id, queue.store_url)
+        for org_id, store_url, woo_id in self.app.customers_named(list(new)).values():
+            if (org_id, store_url) == store:
+                vouched.changed.add(woo_id)
+        vouched.looked_at |= new
 
     def _refresh_vouched(self, run: _Run) -> None:
         """Add what was stored since the log was last read (another writer's changes during this run, a
@@ -813,9 +833,9 @@ class SyncEngine:
             run.vouched = None
             return
         changed, position = found
-        vouched.changed |= changed
         vouched.budget -= position - vouched.position
         vouched.position = position
+        self._name_changed(run, vouched, changed)
 
     def _record_pages(self, run: _Run, pages: list[Page]) -> None:
         """Record pages fetched while the worker was busy with earlier ones, in page order, each as
@@ -902,10 +922,8 @@ class SyncEngine:
         vouched = run.vouched
         if vouched is None:
             return None
-        if not vouched.changed:
-            return []
-        keys = customer_keys_of(run.queue, ids)
-        return [cid for cid, key in zip(ids, keys, strict=True) if key in vouched.changed]
+        changed = vouched.changed
+        return [cid for cid in ids if cid in changed] if changed else []
 
     def _record_known(
         self, run: _Run, page: Page, heads_read: list[tuple[dict[int, CustomerHead], set[int] | None]]
@@ -1299,6 +1317,7 @@ class SyncEngine:
         # Every save stores all of the queue's pending events and the customers' changed with them: the
         # unsaved pages' too.
         self.app.save_batch(run.queue, *run.unsaved_customers)
+        run.own_customers.update(customer.id for customer in run.unsaved_customers)
         run.saved = True
         run.unsaved_pages, run.unsaved_customers, run.unsaved_lines = [], [], 0
         if run.known_waiting:  # saved now, but for those still to record again after a lost race
