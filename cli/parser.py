@@ -480,6 +480,13 @@ def _add_serve_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         help="local development only: no token asked for, each request names its org_id (refused unless "
         "--host is a loopback address)",
     )
+    serve.add_argument(
+        "--public-origin",
+        metavar="URL",
+        help="the dashboard's origin as browsers see it behind a reverse proxy (https://ops.example.com; "
+        "env WCSYNC_PUBLIC_ORIGIN): its forms are accepted although the proxy rewrites Host, and https "
+        "makes the cookies Secure",
+    )
 
 
 def _sandbox_arguments(parser: argparse.ArgumentParser) -> None:

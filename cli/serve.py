@@ -28,6 +28,7 @@ from cli import common
 from cli.worker import PARENT_PID_VARIABLE
 from domain.errors import EXIT_OK, WcsyncError
 from infrastructure.adapters.secrets import SECRET_KEY_VARIABLE, SecretKey
+from infrastructure.api.dashboard.guard import PUBLIC_ORIGIN_VARIABLE, parse_public_origin
 from infrastructure.api.http import ApiSettings, serve
 from infrastructure.services.jobs import WorkerSettings
 from infrastructure.support.config import DatabaseConfig, check_listen_address, is_loopback, listen_error
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     )
     # The stores' secrets (store_id in a sync, POST /api/v1/stores): a key that is set must be valid.
     secret_key = SecretKey.from_environment() if os.environ.get(SECRET_KEY_VARIABLE) else None
-    settings = ApiSettings(no_auth=args.no_auth, secret_key=secret_key)
+    settings = ApiSettings(no_auth=args.no_auth, secret_key=secret_key, public_origin=_public_origin(args))
     if secret_key is None:
         sys.stderr.write(
             f"wcsync serve: no {SECRET_KEY_VARIABLE}: registered stores cannot run and no worker is started; "
@@ -79,6 +80,14 @@ def run(args: argparse.Namespace) -> int:
                     raise
                 raise listen_error(error, args.host, args.port) from None  # the port taken meanwhile
     return EXIT_OK
+
+
+def _public_origin(args: argparse.Namespace) -> str | None:
+    """--public-origin, else WCSYNC_PUBLIC_ORIGIN (set empty: unset), checked (exit 2, one line)."""
+    given = args.public_origin if args.public_origin is not None else os.environ.get(PUBLIC_ORIGIN_VARIABLE)
+    if args.public_origin is None and not given:
+        return None
+    return parse_public_origin(given or "")
 
 
 class Pickup:

@@ -258,7 +258,7 @@ def _quarantined_entry(row: quarantine.Quarantined) -> dict[str, Any]:
 
 def absent_customer_ids(source: Source, org_id: str, store_url: str, seen: Collection[int]) -> Iterator[int]:
     """The store's mirrored customers (not deleted) whose ids are not in ``seen``, in ascending order: what a
-    complete scan that saw ``seen`` marks deleted. PostgreSQL answers it in one anti-join against the ids
+    complete scan that saw ``seen`` marks deleted. PostgreSQL answers it in one query against the ids
     sent as one parameter (a re-sync of 100,000 customers read all 100,000 back to find none absent);
     SQLite, local, streams the mirrored ids and leaves out the seen ones."""
     with _database(source) as db:
@@ -266,13 +266,14 @@ def absent_customer_ids(source: Source, org_id: str, store_url: str, seen: Colle
     if not postgres:
         yield from (cid for cid in iter_known_customer_ids(source, org_id, store_url) if cid not in seen)
         return
+    # EXCEPT (a hashed or sorted set operation), not an anti-join: on a table without statistics yet (a
+    # first sync's) the planner took the join for a nested loop, 100,000 x 100,000 comparisons (274 s).
     with _database(source) as db:
         rows = db.fetchall(
-            f"SELECT c.woo_customer_id FROM {CUSTOMER_TABLE.name} AS c "
-            "LEFT JOIN unnest(string_to_array(%s, ',')::int8[]) AS s(id) ON s.id = c.woo_customer_id "
-            "WHERE c.org_id = %s AND c.store_url = %s AND c.is_deleted = %s AND s.id IS NULL "
-            "ORDER BY c.woo_customer_id",
-            [",".join(map(str, seen)), org_id, store_url, db.value(BOOL, False)],
+            f"SELECT id FROM (SELECT woo_customer_id AS id FROM {CUSTOMER_TABLE.name} "
+            "WHERE org_id = %s AND store_url = %s AND is_deleted = %s "
+            "EXCEPT SELECT unnest(string_to_array(%s, ',')::int8[])) AS absent ORDER BY id",
+            [org_id, store_url, db.value(BOOL, False), ",".join(map(str, seen))],
         )
     for row in rows:
         yield int(row[0])

@@ -123,6 +123,9 @@ class ApiSettings:
     # The key of the registered stores' secrets (WCSYNC_SECRET_KEY): None, the routes that need a stored
     # secret (store_id in a sync, POST /api/v1/stores) answer 503 not_configured.
     secret_key: SecretKey | None = field(default=None, repr=False)
+    # Where browsers see the dashboard behind a reverse proxy that rewrites Host (`--public-origin`,
+    # dashboard.guard.parse_public_origin): its forms' Origin is accepted, and https makes cookies Secure.
+    public_origin: str | None = None
 
 
 class ApiError(WcsyncError):
@@ -950,7 +953,8 @@ def create_app(services: Services, settings: ApiSettings | None = None) -> web.A
         signed_prefixes=SIGNED_PREFIXES,
         page_path=dashboard_guard.is_page_path,
     )
-    dashboard = Dashboard(api, services, settings.no_auth, failures)
+    site = dashboard_guard.Site(settings.public_origin)
+    dashboard = Dashboard(api, services, settings.no_auth, failures, site=site)
     app = web.Application(middlewares=[_envelope, dashboard.middleware, authenticate])
     app.on_response_prepare.append(auth.bearer_challenge)
     dashboard.add_routes(app)

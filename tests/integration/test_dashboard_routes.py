@@ -206,12 +206,14 @@ class Browser:
     def post(self, path: str, form: dict[str, str], **headers: str) -> Page:
         return self.go("POST", path, form, headers)
 
-    def sign_in(self, token: str, next_path: str = "") -> Page:
+    def sign_in(self, token: str, next_path: str = "", headers: dict[str, str] | None = None) -> Page:
         login = self.get("/login" + (f"?next={next_path}" if next_path else ""))
         assert login.status == 200, login.body
         csrf = login.dom.by_id("login-form").one("input", name="csrf").attrs["value"]
         return self.post(
-            "/login" + (f"?next={next_path}" if next_path else ""), {"csrf": csrf, "token": token}
+            "/login" + (f"?next={next_path}" if next_path else ""),
+            {"csrf": csrf, "token": token},
+            **(headers or {}),
         )
 
     def csrf(self) -> str:
@@ -309,13 +311,25 @@ def test_sign_in_needs_the_login_forms_csrf_and_this_servers_origin(server: Serv
         "no csrf": ({"token": token}, {}),
         "a wrong csrf": ({"token": token, "csrf": csrf[::-1]}, {}),
         "another origin": ({"token": token, "csrf": csrf}, {"Origin": "https://evil.example"}),
+        "a malformed origin": ({"token": token, "csrf": csrf}, {"Origin": "http://["}),
         "a cross-site fetch": ({"token": token, "csrf": csrf}, {"Sec-Fetch-Site": "cross-site"}),
     }
+    reasons = {
+        "no csrf": "token",
+        "a wrong csrf": "token",
+        "another origin": "origin",
+        "a malformed origin": "origin",
+        "a cross-site fetch": "fetch-site",
+    }
     for what, (form, headers) in attempts.items():
-        page = browser.post("/login", form, **headers)
+        with structlog.testing.capture_logs() as logs:
+            page = browser.post("/login", form, **headers)
         assert page.status == 403, (what, page.body)
         assert page.alert() == CsrfRefused.MESSAGE, what
         assert SESSION not in browser.cookies, what
+        # The log says which check refused it (an operator behind a proxy can tell Origin from a stale form).
+        [refused] = [line for line in logs if line["event"] == "dashboard.csrf_refused"]
+        assert refused["reason"] == reasons[what], what
     # A forged form from another site sends no SameSite=Strict cookie at all: the form's csrf is then nobody's.
     stranger = server.browser()
     page = stranger.post("/login", {"token": token, "csrf": csrf})
@@ -326,6 +340,46 @@ def test_sign_in_needs_the_login_forms_csrf_and_this_servers_origin(server: Serv
         "/login", {"token": token, "csrf": csrf}, Origin=f"http://{host}", **{"Sec-Fetch-Site": "same-origin"}
     )
     assert page.status == 303 and SESSION in browser.cookies
+
+
+@pytest.fixture
+def proxied_server(services: Services) -> Iterator[Server]:
+    """`wcsync serve --public-origin https://ops.example.com` behind a proxy that rewrites Host to the
+    server's own address (nginx's default `proxy_set_header Host $proxy_host`) and ends TLS."""
+    with ApiThread(services, replace(WITH_KEY, public_origin=PUBLIC_ORIGIN)) as api:
+        yield Server(api.url, services)
+
+
+PUBLIC_ORIGIN = "https://ops.example.com"
+SECURE_SESSION = "__Host-" + SESSION
+
+
+def test_behind_a_proxy_rewriting_host_the_public_origins_forms_work_and_cookies_are_secure(
+    proxied_server: Server, sandbox: RunningSandbox
+) -> None:
+    queue_id = _queue(proxied_server.services, sandbox)
+    own = {"Origin": PUBLIC_ORIGIN, "Sec-Fetch-Site": "same-origin"}
+    browser = proxied_server.browser()
+    login = browser.get("/login")
+    assert "Secure" in login.cookies_set()["__Host-wcsync_login"]
+    signed = browser.sign_in(proxied_server.token(), headers=own)
+    assert signed.status == 303 and signed.header("Location") == "/", signed.body
+    cookie = signed.cookies_set()[SECURE_SESSION]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "Path=/" in cookie and "Domain" not in cookie
+    assert SESSION not in browser.cookies and SECURE_SESSION in browser.cookies
+    assert browser.get("/").status == 200
+    csrf = browser.csrf()
+    # Another site's Origin is still refused; the public origin's forms work: an action, then the sign-out.
+    forged = browser.post(
+        f"/queues/{queue_id}/force-done", {"csrf": csrf, "reason": "x"}, Origin="https://evil.example"
+    )
+    assert forged.status == 403 and forged.alert() == CsrfRefused.MESSAGE
+    assert proxied_server.status("acme", queue_id)["state"] == "failed"
+    forced = browser.post(f"/queues/{queue_id}/force-done", {"csrf": csrf, "reason": "behind nginx"}, **own)
+    assert forced.status == 200, forced.body
+    assert forced.dom.by_id("action-result").attrs["data-state"] == "done"
+    out = browser.post("/logout", {"csrf": csrf}, **own)
+    assert out.status == 303 and SECURE_SESSION not in browser.cookies
 
 
 def test_failed_sign_ins_are_throttled_with_the_apis_failed_tokens_and_a_good_token_still_passes(

@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from infrastructure.api.dashboard import guard, views
+from infrastructure.support.errors import ConfigurationError
 
 T0 = datetime(2026, 12, 1, 14, 0, tzinfo=UTC)
 
@@ -193,31 +194,94 @@ def _request(headers: dict[str, str], scheme: str = "http") -> web.Request:
 
 
 @pytest.mark.parametrize(
-    ("headers", "own"),
+    ("headers", "why"),
     [
-        ({}, True),  # an older browser sends neither: the CSRF value alone decides
-        ({"Origin": "http://dash.example:8000"}, True),
-        ({"Origin": "https://dash.example:8000"}, True),  # behind a proxy that ends TLS
-        ({"Origin": "http://dash.example:8000", "Sec-Fetch-Site": "same-origin"}, True),
-        ({"Origin": "http://evil.example"}, False),
-        ({"Origin": "http://dash.example:8001"}, False),
-        ({"Origin": "http://dash.example"}, False),
-        ({"Origin": "null"}, False),
-        ({"Origin": "ftp://dash.example:8000"}, False),
-        ({"Sec-Fetch-Site": "cross-site"}, False),
-        ({"Sec-Fetch-Site": "same-site"}, False),
+        ({}, None),  # an older browser sends neither: the CSRF value alone decides
+        ({"Origin": "http://dash.example:8000"}, None),
+        ({"Origin": "https://dash.example:8000"}, None),  # behind a proxy that ends TLS and keeps Host
+        ({"Origin": "http://dash.example:8000", "Sec-Fetch-Site": "same-origin"}, None),
+        ({"Origin": "http://evil.example"}, "origin"),
+        ({"Origin": "http://dash.example:8001"}, "origin"),
+        ({"Origin": "http://dash.example"}, "origin"),
+        ({"Origin": "null"}, "origin"),
+        ({"Origin": "ftp://dash.example:8000"}, "origin"),
+        ({"Origin": "http://["}, "origin"),  # urlsplit raises on it: refused, never a 500
+        ({"Origin": "http://dash.example:port"}, "origin"),
+        ({"Origin": "http://dash.example:8000/path"}, "origin"),
+        ({"Sec-Fetch-Site": "cross-site"}, "fetch-site"),
+        ({"Sec-Fetch-Site": "same-site"}, "fetch-site"),
     ],
 )
 def test_a_form_counts_as_this_servers_own_by_its_origin_and_fetch_site(
-    headers: dict[str, str], own: bool
+    headers: dict[str, str], why: str | None
 ) -> None:
-    assert guard.from_own_page(_request(headers)) is own
+    assert guard.Site().refusal(_request(headers)) == why
+
+
+@pytest.mark.parametrize(
+    ("public", "origin", "why"),
+    [
+        ("https://ops.example.com", "https://ops.example.com", None),
+        ("https://ops.example.com", "https://OPS.example.com:443", None),
+        ("https://ops.example.com", "http://ops.example.com", "origin"),  # another origin: the scheme counts
+        ("https://ops.example.com", "https://ops.example.com:8443", "origin"),
+        ("https://ops.example.com", "https://evil.example", "origin"),
+        (None, "https://ops.example.com", "origin"),  # the Host a proxy rewrote, and no --public-origin
+    ],
+)
+def test_behind_a_proxy_that_rewrites_host_the_public_origin_is_accepted(
+    public: str | None, origin: str, why: str | None
+) -> None:
+    site = guard.Site(None if public is None else guard.parse_public_origin(public))
+    request = make_mocked_request("POST", "/logout", headers={"Host": "127.0.0.1:8000", "Origin": origin})
+    assert site.refusal(request) == why
+
+
+@pytest.mark.parametrize(
+    ("given", "origin"),
+    [
+        ("https://Ops.Example.com/", "https://ops.example.com"),
+        ("https://ops.example.com:443", "https://ops.example.com"),
+        ("http://ops.example.com:8080", "http://ops.example.com:8080"),
+        ("https://[::1]:8443", "https://[::1]:8443"),
+    ],
+)
+def test_a_public_origin_is_normalised(given: str, origin: str) -> None:
+    assert guard.parse_public_origin(given) == origin
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "ops.example.com",
+        "ftp://ops.example.com",
+        "https://ops.example.com/dash",
+        "https://u:p@ops.example.com",
+        "https://ops.example.com?x=1",
+        "https://[",
+        "https://ops.example.com:99999",
+        "",
+    ],
+)
+def test_a_public_origin_that_is_no_origin_is_a_configuration_error(given: str) -> None:
+    with pytest.raises(ConfigurationError, match="--public-origin"):
+        guard.parse_public_origin(given)
 
 
 def test_the_cookies_are_http_only_strict_and_secure_over_tls() -> None:
-    for scheme, secure in (("http", False), ("https", True)):
+    cases = (
+        (guard.Site(), "http", False),
+        (guard.Site(), "https", True),
+        (guard.Site("https://ops.example.com"), "http", True),  # a TLS proxy in front: the browser uses TLS
+        (guard.Site("http://ops.example.com"), "http", False),
+    )
+    for site, scheme, secure in cases:
         response = web.Response()
-        guard.set_cookie(response, _request({}, scheme), guard.SESSION_COOKIE, "value")
-        morsel = response.cookies[guard.SESSION_COOKIE]
+        request = _request({}, scheme)
+        site.set_cookie(response, request, guard.SESSION_COOKIE, "value")
+        # Secure cookies carry the __Host- prefix: a browser keeps them only Secure, Path=/, without Domain.
+        name = "__Host-" + guard.SESSION_COOKIE if secure else guard.SESSION_COOKIE
+        morsel = response.cookies[name]
         assert (morsel["httponly"], morsel["samesite"], morsel["path"]) == (True, "Strict", "/")
-        assert bool(morsel["secure"]) is secure, scheme
+        assert bool(morsel["secure"]) is secure, (site, scheme)
+        assert site.cookie_name(request, guard.SESSION_COOKIE) == name

@@ -6,15 +6,21 @@ the errors a page answers with (WcsyncError subclasses, so a page and the API wo
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import SplitResult, parse_qs, quote, urlsplit
 
 from aiohttp import web
 
 from domain.errors import WcsyncError
+from infrastructure.support.errors import ConfigurationError
 
 SESSION_COOKIE = "wcsync_session"
 LOGIN_COOKIE = "wcsync_login"
+# Over TLS the cookies' names carry this prefix: a browser then keeps them only if they are Secure, Path=/
+# and have no Domain, so a sibling subdomain (or a plain-HTTP page of the same host) cannot plant one.
+HOST_PREFIX = "__Host-"
+PUBLIC_ORIGIN_VARIABLE = "WCSYNC_PUBLIC_ORIGIN"
 LOGIN_COOKIE_MAX_AGE_S = 600
 
 LOGIN_PATH = "/login"
@@ -73,29 +79,6 @@ def secure(response: web.StreamResponse, cache: bool = False) -> web.StreamRespo
     return response
 
 
-def set_cookie(
-    response: web.StreamResponse, request: web.Request, name: str, value: str, max_age: int | None = None
-) -> None:
-    """An HttpOnly, SameSite=Strict cookie for the whole server, Secure when the request came over TLS."""
-    response.set_cookie(
-        name, value, path="/", httponly=True, samesite="Strict", secure=request.secure, max_age=max_age
-    )
-
-
-def drop_cookie(response: web.StreamResponse, request: web.Request, name: str) -> None:
-    response.set_cookie(
-        name, "", path="/", httponly=True, samesite="Strict", secure=request.secure, max_age=0
-    )
-
-
-def cookie(request: web.Request, name: str) -> str | None:
-    """A cookie's value when it is printable ASCII of a sane size (anything else is no cookie)."""
-    value = request.cookies.get(name)
-    if value is None or len(value) > 128 or not value.isascii() or not value.isprintable():
-        return None
-    return value
-
-
 def query_value(request: web.Request, name: str) -> str | None:
     """A query parameter decoded strictly (bytes that are not UTF-8 are no value, never U+FFFD)."""
     try:
@@ -112,19 +95,100 @@ def safe_next(value: str | None) -> str:
     return QUEUES_PATH
 
 
-def from_own_page(request: web.Request) -> bool:
-    """Whether the browser says the request came from this server's own pages: an Origin, when sent, whose
-    host and port are the request's Host, and a Sec-Fetch-Site, when sent, of same-origin or none. The
-    scheme is not compared: behind a proxy that ends TLS the page is https and the request here http, and
-    a page of another site cannot send this server's host as its Origin anyway."""
-    site = request.headers.get("Sec-Fetch-Site")
-    if site is not None and site not in _OWN_SITES:
-        return False
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    parts = urlsplit(origin)
-    return parts.scheme in ("http", "https") and parts.netloc == request.host and not parts.path
+def parse_public_origin(text: str) -> str:
+    """``wcsync serve --public-origin``: the origin browsers see the dashboard at behind a reverse proxy
+    (``https://ops.example.com``), normalised (lower-case scheme and host, no default port). Anything with a
+    path, query, fragment or credentials is a ConfigurationError (exit 2) saying what to give."""
+    hint = "give the scheme and host the browser's address bar shows, e.g. https://ops.example.com"
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError:
+        raise ConfigurationError(f"--public-origin {text!r} is not a URL; {hint}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"--public-origin {text!r} needs http:// or https:// and a host; {hint}")
+    if parts.username or parts.password or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"--public-origin {text!r} must be an origin only (no path, query, credentials); {hint}"
+        )
+    return _origin(parts, port)
+
+
+def _origin(parts: SplitResult, port: int | None) -> str:
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = 443 if parts.scheme == "https" else 80
+    return f"{parts.scheme}://{host}" + ("" if port in (None, default) else f":{port}")
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where browsers see the dashboard. Without ``public_origin`` that is the request's own Host (any
+    scheme: a proxy that ends TLS but keeps Host still works). With it (``--public-origin``, for a proxy
+    that rewrites Host, such as nginx's default ``proxy_set_header Host $proxy_host``), that origin is
+    accepted too, and an https one makes the cookies Secure although the proxy speaks plain HTTP here."""
+
+    public_origin: str | None = None
+
+    def secure(self, request: web.Request) -> bool:
+        """Whether the browser reached the dashboard over TLS (so its cookies are Secure)."""
+        return request.secure or (self.public_origin or "").startswith("https://")
+
+    def cookie_name(self, request: web.Request, name: str) -> str:
+        """The cookie's name: ``__Host-`` prefixed when it is Secure."""
+        return HOST_PREFIX + name if self.secure(request) else name
+
+    def set_cookie(
+        self,
+        response: web.StreamResponse,
+        request: web.Request,
+        name: str,
+        value: str,
+        max_age: int | None = None,
+    ) -> None:
+        """An HttpOnly, SameSite=Strict cookie for the whole server, Secure when the browser uses TLS."""
+        response.set_cookie(
+            self.cookie_name(request, name),
+            value,
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=self.secure(request),
+            max_age=max_age,
+        )
+
+    def drop_cookie(self, response: web.StreamResponse, request: web.Request, name: str) -> None:
+        self.set_cookie(response, request, name, "", max_age=0)
+
+    def cookie(self, request: web.Request, name: str) -> str | None:
+        """A cookie's value when it is printable ASCII of a sane size (anything else is no cookie)."""
+        value = request.cookies.get(self.cookie_name(request, name))
+        if value is None or len(value) > 128 or not value.isascii() or not value.isprintable():
+            return None
+        return value
+
+    def refusal(self, request: web.Request) -> str | None:
+        """Why the browser says the request did not come from this server's own pages (``fetch-site``,
+        ``origin``), or None: a Sec-Fetch-Site, when sent, of same-origin or none, and an Origin, when sent,
+        whose host and port are the request's Host or which is the public origin. The scheme is not
+        compared with the Host: a page of another site cannot send this server's host as its Origin."""
+        site = request.headers.get("Sec-Fetch-Site")
+        if site is not None and site not in _OWN_SITES:
+            return "fetch-site"
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return None
+        try:
+            parts = urlsplit(origin)
+            port = parts.port
+        except ValueError:  # "http://[", a port that is not a number: no origin of ours
+            return "origin"
+        if parts.scheme not in ("http", "https") or parts.path or not parts.hostname:
+            return "origin"
+        if parts.netloc == request.host or _origin(parts, port) == self.public_origin:
+            return None
+        return "origin"
 
 
 def login_redirect(request: web.Request) -> str:

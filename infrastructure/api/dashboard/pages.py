@@ -110,11 +110,13 @@ class Dashboard:
         no_auth: bool,
         limiter: auth.FailureLimiter,
         sessions: DashboardSessions | None = None,
+        site: guard.Site | None = None,
     ) -> None:
         self.api = api
         self.services = services
         self.no_auth = no_auth
         self.limiter = limiter
+        self.site = site or guard.Site()
         self.sessions = sessions or DashboardSessions(services.database, services.write_gate)
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -204,7 +206,7 @@ class Dashboard:
 
     async def _session(self, request: web.Request) -> Session | None:
         if SESSION_KEY not in request:
-            value = guard.cookie(request, guard.SESSION_COOKIE)
+            value = self.site.cookie(request, guard.SESSION_COOKIE)
             request[SESSION_KEY] = (
                 None if value is None else await self.api.in_thread(self.sessions.find, value, self.no_auth)
             )
@@ -220,9 +222,18 @@ class Dashboard:
         """A state-changing form of the session's: from this server's page, with its CSRF value."""
         form = await guard.read_form(request)
         sent = form.get("csrf", "")
-        if not guard.from_own_page(request) or not hmac.compare_digest(sent.encode(), session.csrf.encode()):
+        why = self.site.refusal(request)
+        if why is None and not hmac.compare_digest(sent.encode(), session.csrf.encode()):
+            why = "token"
+        if why is not None:
             log.warning(
-                "dashboard.csrf_refused", org=session.org_id, name=session.principal.name, path=request.path
+                "dashboard.csrf_refused",
+                org=session.org_id,
+                name=session.principal.name,
+                path=request.path,
+                reason=why,
+                origin=_header_shown(request, "Origin"),
+                host=_header_shown(request, "Host"),
             )
             raise CsrfRefused()
         return form
@@ -237,7 +248,7 @@ class Dashboard:
     def _login_page(self, request: web.Request, alert: str | None = None, status: int = 200) -> web.Response:
         """The sign-in form, with the pre-session cookie its CSRF value is tied to (kept when the browser
         has one: two tabs of the form both stay valid)."""
-        pre = guard.cookie(request, guard.LOGIN_COOKIE)
+        pre = self.site.cookie(request, guard.LOGIN_COOKIE)
         if pre is None or not well_formed(pre):
             pre = new_session_id()
         response = self._render(
@@ -251,14 +262,24 @@ class Dashboard:
             no_auth=self.no_auth,
             next_path=guard.safe_next(guard.query_value(request, "next")),
         )
-        guard.set_cookie(response, request, guard.LOGIN_COOKIE, pre, max_age=guard.LOGIN_COOKIE_MAX_AGE_S)
+        self.site.set_cookie(response, request, guard.LOGIN_COOKIE, pre, max_age=guard.LOGIN_COOKIE_MAX_AGE_S)
         return response
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         form = await guard.read_form(request)
-        pre = guard.cookie(request, guard.LOGIN_COOKIE)
-        if pre is None or not guard.from_own_page(request) or not csrf_matches(pre, form.get("csrf")):
-            log.warning("dashboard.csrf_refused", path=request.path, remote=request.remote)
+        pre = self.site.cookie(request, guard.LOGIN_COOKIE)
+        why = self.site.refusal(request)
+        if why is None and (pre is None or not csrf_matches(pre, form.get("csrf"))):
+            why = "token"
+        if why is not None:
+            log.warning(
+                "dashboard.csrf_refused",
+                path=request.path,
+                remote=request.remote,
+                reason=why,
+                origin=_header_shown(request, "Origin"),
+                host=_header_shown(request, "Host"),
+            )
             raise CsrfRefused()
         if self.no_auth:
             principal: Principal | None = self._no_auth_principal(form.get("org"))
@@ -271,8 +292,8 @@ class Dashboard:
         session_id = await self.api.in_thread(self.sessions.open, principal, token)
         log.info("dashboard.signed_in", org=principal.org_id, name=principal.name, role=principal.role.value)
         response = web.HTTPSeeOther(guard.safe_next(guard.query_value(request, "next")))
-        guard.set_cookie(response, request, guard.SESSION_COOKIE, session_id)
-        guard.drop_cookie(response, request, guard.LOGIN_COOKIE)
+        self.site.set_cookie(response, request, guard.SESSION_COOKIE, session_id)
+        self.site.drop_cookie(response, request, guard.LOGIN_COOKIE)
         raise response
 
     async def _authenticate(self, token: str) -> Principal | None:
@@ -312,12 +333,12 @@ class Dashboard:
     async def logout(self, request: web.Request) -> web.StreamResponse:
         session = await self._signed_in(request)
         await self._posted(request, session)
-        value = guard.cookie(request, guard.SESSION_COOKIE)
+        value = self.site.cookie(request, guard.SESSION_COOKIE)
         if value is not None:
             await self.api.in_thread(self.sessions.close, value)
         log.info("dashboard.signed_out", org=session.org_id, name=session.principal.name)
         response = web.HTTPSeeOther(guard.LOGIN_PATH)
-        guard.drop_cookie(response, request, guard.SESSION_COOKIE)
+        self.site.drop_cookie(response, request, guard.SESSION_COOKIE)
         raise response
 
     # ----- queues -------------------------------------------------------------------------------------
@@ -632,6 +653,15 @@ class _HttpRefusal(WcsyncError):
         super().__init__(reason)
         self.http_status = status
         self.error_code = {405: "method_not_allowed", 413: "payload_too_large"}.get(status, "http_error")
+
+
+def _header_shown(request: web.Request, name: str) -> str | None:
+    """A request header as a log line may show it (an Origin or Host says where the form came from and is
+    no secret): printable ASCII, cut at 200 characters."""
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    return "".join(c if c.isascii() and c.isprintable() else "?" for c in value[:200])
 
 
 def _queue_id(request: web.Request) -> UUID:
