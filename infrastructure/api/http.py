@@ -558,6 +558,26 @@ class SyncApi:
         form is checked and carried out exactly as the API's body would be."""
         return await self.act(parse_sync_request(dict(body)), org_id, actor)
 
+    def rerun_refusal(self, org_id: str, store_url: str) -> str | None:
+        """Why a retry or resume that brings no credentials (the dashboard's forms) cannot run for a queue of
+        the org's store at ``store_url``, in words for a person; None when it can: the server has the
+        stores' key and the store is registered (``act`` then defers it as a job, as ``_defer`` does).
+        Blocking (a handler's thread)."""
+        if self.settings.secret_key is None:
+            return (
+                f"Retry and resume run the queue's registered store as a job, and this server has no "
+                f"{SECRET_KEY_VARIABLE} to open its secrets: start `wcsync serve` with it, or run "
+                "`wcsync retry QUEUE_ID` / `wcsync resume QUEUE_ID` with the store's key in the environment."
+            )
+        wanted = str(store_key(org_id, store_url))
+        if not any(str(row["storeId"]) == wanted for row in self._store_list(org_id)):
+            return (
+                "Retry and resume need the queue's store registered in this organisation "
+                f"(`wcsync stores add --url {store_url}`), or run `wcsync retry QUEUE_ID` with the store's key "
+                "in the environment."
+            )
+        return None
+
     async def queue_status(self, org_id: str, queue_id: UUID) -> dict[str, Any]:
         """The queue's status with ``isRunning``, as the status action answers it (QueueNotFoundError for
         an unknown queue or another org's)."""

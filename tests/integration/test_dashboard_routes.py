@@ -577,6 +577,7 @@ def test_a_viewer_sees_no_action_forms_and_a_forged_post_is_403(
         assert forged.status == 403, (action, forged.body)
         assert "operator" in forged.alert(), action
     assert server.status("acme", queue_id)["state"] == "failed"
+    _register(server.services, sandbox)  # retry and resume are offered for a registered store only
     operator = server.signed_in(role=Role.OPERATOR)
     forms = operator.get(f"/queues/{queue_id}").dom.all("form", data_action=None)
     assert sorted(form.attrs["data-action"] for form in forms) == ["force-done", "resume", "retry"]
@@ -822,6 +823,55 @@ def test_retry_resume_and_force_done_through_the_pages_change_the_queue_as_the_a
     assert result.attrs["data-state"] == "done" and result.attrs["data-action"] == "force-done"
     assert server.status("acme", draft)["state"] == "done"
     assert "store retired" in browser.get(f"/queues/{draft}").dom.by_id("activity").text()
+
+
+@pytest.fixture
+def keyless_server(services: Services) -> Iterator[Server]:
+    """`wcsync serve` without WCSYNC_SECRET_KEY: registered stores' secrets are out of its reach."""
+    with ApiThread(services, SETTINGS) as api:
+        yield Server(api.url, services)
+
+
+def _rerun_offer(browser: Browser, queue_id: str) -> tuple[list[str], str]:
+    """The actions the queue page offers, and its words on why retry and resume are not offered."""
+    dom = browser.get(f"/queues/{queue_id}").dom
+    words = [p.text() for p in dom.all(id="rerun-unavailable")]
+    return sorted(form.attrs["data-action"] for form in dom.all("form", data_action=None)), " ".join(words)
+
+
+def test_without_the_stores_key_retry_and_resume_are_not_offered_and_a_forged_one_says_why(
+    keyless_server: Server, sandbox: RunningSandbox
+) -> None:
+    queue_id = _queue(keyless_server.services, sandbox)
+    browser = keyless_server.signed_in()
+    offered, words = _rerun_offer(browser, queue_id)
+    assert offered == ["force-done"]
+    assert "WCSYNC_SECRET_KEY" in words and "wcsync retry" in words
+    csrf = browser.csrf()
+    for action in ("retry", "resume"):
+        page = browser.post(f"/queues/{queue_id}/{action}", {"csrf": csrf})
+        assert page.status == 409, (action, page.body)
+        error = page.dom.by_id("action-error")
+        assert error.attrs["data-code"] == "unavailable" and "WCSYNC_SECRET_KEY" in error.text(), action
+        assert "consumerKey" not in page.body.decode(), action  # never the JSON API's body wording
+    assert keyless_server.status("acme", queue_id)["state"] == "failed"
+
+
+def test_a_queue_whose_store_is_not_registered_is_not_offered_retry_or_resume(
+    server: Server, sandbox: RunningSandbox
+) -> None:
+    queue_id = _queue(server.services, sandbox)
+    browser = server.signed_in()
+    offered, words = _rerun_offer(browser, queue_id)
+    assert offered == ["force-done"] and f"wcsync stores add --url {sandbox.url}" in words
+    page = browser.post(f"/queues/{queue_id}/retry", {"csrf": browser.csrf()})
+    assert page.status == 409 and page.dom.by_id("action-error").attrs["data-code"] == "unavailable"
+    assert "consumerKey" not in page.body.decode()
+    # Registered, it is offered (and another org's registration of the same URL is not this org's).
+    _register(server.services, sandbox, org="other")
+    assert _rerun_offer(browser, queue_id)[0] == ["force-done"]
+    _register(server.services, sandbox)
+    assert _rerun_offer(browser, queue_id) == (["force-done", "resume", "retry"], "")
 
 
 # ----- headers, errors, secrets -------------------------------------------------------------------------------

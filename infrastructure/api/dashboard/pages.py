@@ -93,6 +93,8 @@ class DashboardApi(Protocol):
 
     def store_rows(self, org_id: str) -> list[dict[str, Any]]: ...
 
+    def rerun_refusal(self, org_id: str, store_url: str) -> str | None: ...
+
     async def in_thread(self, func: Callable[..., T], *args: Any) -> T: ...
 
 
@@ -424,6 +426,12 @@ class Dashboard:
             raise PageNotFound() from None
         chosen = await self._chosen_type(request, session, queue_id)
         reads = await self.api.in_thread(self._queue_reads, session.org_id, queue_id, chosen)
+        can_act = session.principal.role.allows(Role.OPERATOR)
+        rerun_refusal = None
+        if can_act:
+            rerun_refusal = await self.api.in_thread(
+                self.api.rerun_refusal, session.org_id, str(status.get("storeUrl") or "")
+            )
         return self._render(
             request,
             "queue.html",
@@ -433,7 +441,8 @@ class Dashboard:
             status=status_code,
             row=self._row(status),
             counts=views.queue_counts(status),
-            can_act=session.principal.role.allows(Role.OPERATOR),
+            can_act=can_act,
+            rerun_refusal=rerun_refusal,
             result=result,
             error=error,
             outcomes=views.OUTCOMES,
@@ -490,6 +499,8 @@ class Dashboard:
         if action == "force-done":
             body["reason"] = form.get("reason")
         try:
+            if action != "force-done":
+                await self._refuse_rerun(session, queue_id)
             _, data = await self.api.queue_action(session.org_id, session.principal.name, body)
         except QueueNotFoundError:
             raise PageNotFound() from None
@@ -516,6 +527,16 @@ class Dashboard:
         )
         result = await self._action_result(session, queue_id, action, data)
         return await self._queue_page(request, session, queue_id, result=result)
+
+    async def _refuse_rerun(self, session: Session, queue_id: UUID) -> None:
+        """A retry or resume the page would not offer (a stale page, a forged form): refused in the page's
+        words (RerunUnavailable), not the API's request-body wording."""
+        status = await self.api.queue_status(session.org_id, queue_id)
+        why = await self.api.in_thread(
+            self.api.rerun_refusal, session.org_id, str(status.get("storeUrl") or "")
+        )
+        if why is not None:
+            raise RerunUnavailable(why)
 
     async def _action_result(
         self, session: Session, queue_id: UUID, action: str, data: Mapping[str, Any]
@@ -644,6 +665,13 @@ _HEADINGS = {
     429: "Too many attempts",
     503: "Unavailable",
 }
+
+
+class RerunUnavailable(WcsyncError):
+    """A retry or resume this server cannot run from a page (no stores' key, the store not registered)."""
+
+    http_status = 409
+    error_code = "unavailable"
 
 
 class _HttpRefusal(WcsyncError):
