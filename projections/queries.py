@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -184,16 +184,24 @@ def list_queues(source: Source, org_id: str, limit: int = 50) -> list[dict[str, 
     return [_queue_dict(row) for row in rows]
 
 
-def failed_lines(source: Source, org_id: str, queue_id: UUID) -> list[dict[str, Any]]:
-    """The queue's failed lines, most recent error first."""
+def failed_lines(
+    source: Source, org_id: str, queue_id: UUID, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """The queue's failed lines, most recent error first (the first ``limit`` only, when given: the
+    dashboard shows a page of them; the JSON API and the CLI every one)."""
     with _database(source) as db:
+        params: list[Any] = [org_id, db.value(UUID_, queue_id)]
+        tail = "ORDER BY last_error_timestamp DESC, woo_customer_id"
+        if limit is not None:
+            tail += " LIMIT %s"
+            params.append(int(limit))
         rows = _select(
             db,
             LINE_TABLE,
             ("woo_customer_id", "error_message", "process_count", "last_error_timestamp"),
             "org_id = %s AND queue_id = %s AND state = 'failed'",
-            [org_id, db.value(UUID_, queue_id)],
-            "ORDER BY last_error_timestamp DESC, woo_customer_id",
+            params,
+            tail,
         )
     return [
         {
@@ -499,7 +507,7 @@ __all__ = [
     "list_queues",
     "list_stores",
     "org_stores",
-    "progress_activity",
+    "progress_buckets",
     "queue_status",
     "queues_with_line",
     "recent_activity",
@@ -518,28 +526,87 @@ __all__ = [
 PROGRESS_ACTIVITY_TYPES = ("batch_processed", "page_fetched", "lines_added", "line_failed")
 
 
-def progress_activity(
-    source: Source, org_id: str, queue_id: UUID, limit: int = 50_000
-) -> list[dict[str, Any]]:
-    """The queue's activity rows that finished lines, oldest first (at most ``limit``): each with its time,
-    type and details (a batch's counts by result, a page's unchanged lines, a failed line)."""
+def progress_buckets(source: Source, org_id: str, queue_id: UUID, buckets: int = 120) -> list[dict[str, Any]]:
+    """Lines the queue finished by outcome in each of at most ``buckets`` equal slices of time between its
+    first and last progress row, oldest first: ``{"at": the slice's last row's time, "created",
+    "updated", "unchanged", "failed"}`` (a batch's counts by result, a page's lines added unchanged, one
+    per failed attempt). Summed by the database (two aggregates over the queue's index), so it reads the
+    same few rows for a queue of any size."""
     with _database(source) as db:
-        rows = _select(
-            db,
-            ACTIVITY_TABLE,
-            ("created_at", "activity_type", "details"),
-            f"org_id = %s AND queue_id = %s AND activity_type IN ({', '.join(['%s'] * len(PROGRESS_ACTIVITY_TYPES))})",
-            [org_id, db.value(UUID_, queue_id), *PROGRESS_ACTIVITY_TYPES, int(limit)],
-            "ORDER BY created_at, id LIMIT %s",
+        epoch = _epoch_seconds(db)
+        kinds = ", ".join(["%s"] * len(PROGRESS_ACTIVITY_TYPES))
+        where = f"org_id = %s AND queue_id = %s AND activity_type IN ({kinds})"
+        params = [org_id, db.value(UUID_, queue_id), *PROGRESS_ACTIVITY_TYPES]
+        [(low, high)] = db.fetchall(
+            f"SELECT min({epoch}), max({epoch}) FROM {ACTIVITY_TABLE.name} WHERE {where}", params
         )
+        if low is None:
+            return []
+        low, high = float(low), float(high)
+        width = max((high - low) / max(int(buckets), 1), 1e-6)
+        # A slice's number (never negative: CAST truncates toward zero, as floor does here).
+        slot = (
+            f"floor(({epoch} - %s) / %s)"
+            if db.dialect == POSTGRES
+            else f"CAST(({epoch} - %s) / %s AS INTEGER)"
+        )
+        sums = ", ".join(f"sum({_progress_count(db, name)})" for name in PROGRESS_OUTCOMES)
+        rows = db.fetchall(
+            f"SELECT {slot} AS slot, max({epoch}), {sums} FROM {ACTIVITY_TABLE.name} WHERE {where} "
+            "GROUP BY slot ORDER BY slot",
+            [low, width, *params],
+        )
+    merged: dict[int, list[float]] = {}
+    for slot_number, at, *counts in rows:
+        # The last row's slot is ``buckets`` exactly: it belongs to the last slice.
+        key = min(int(slot_number), max(int(buckets), 1) - 1)
+        found = merged.setdefault(key, [float(at), *(0.0 for _ in PROGRESS_OUTCOMES)])
+        found[0] = max(found[0], float(at))
+        for index, count in enumerate(counts, start=1):
+            found[index] += float(count or 0)
     return [
         {
-            "createdAt": row["created_at"],
-            "activityType": row["activity_type"],
-            "details": row["details"] or {},
+            "at": iso(datetime.fromtimestamp(values[0], UTC)),
+            **{name: int(value) for name, value in zip(PROGRESS_OUTCOMES, values[1:], strict=True)},
         }
-        for row in rows
+        for _, values in sorted(merged.items())
     ]
+
+
+# The chart's outcomes, and which progress rows count toward each (the details key counted, or None: 1).
+PROGRESS_OUTCOMES = ("created", "updated", "unchanged", "failed")
+_PROGRESS_SOURCES: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "created": (("batch_processed",), "created"),
+    "updated": (("batch_processed",), "updated"),
+    "unchanged": (("batch_processed", "page_fetched", "lines_added"), "unchanged"),
+    "failed": (("line_failed",), None),
+}
+
+
+def _epoch_seconds(db: Database) -> str:
+    """created_at as seconds since the epoch (SQLite keeps ISO-8601 text with an offset)."""
+    if db.dialect == POSTGRES:
+        return "extract(epoch FROM created_at)::float8"
+    return "((julianday(created_at) - 2440587.5) * 86400.0)"
+
+
+def _progress_count(db: Database, outcome: str) -> str:
+    """What one activity row adds to ``outcome``: its details' whole positive count (anything else is 0)."""
+    types, key = _PROGRESS_SOURCES[outcome]
+    kinds = ", ".join(f"'{kind}'" for kind in types)  # constants of this module, never input
+    if key is None:
+        return f"CASE WHEN activity_type IN ({kinds}) THEN 1 ELSE 0 END"
+    if db.dialect == POSTGRES:
+        value = (
+            f"CASE WHEN jsonb_typeof(details -> '{key}') = 'number' "
+            f"THEN greatest(floor((details ->> '{key}')::numeric), 0) ELSE 0 END"
+        )
+    else:
+        value = (
+            f"CASE WHEN json_type(details, '$.{key}') = 'integer' "
+            f"THEN max(json_extract(details, '$.{key}'), 0) ELSE 0 END"
+        )
+    return f"CASE WHEN activity_type IN ({kinds}) THEN {value} ELSE 0 END"
 
 
 def recent_activity(

@@ -32,6 +32,7 @@ from infrastructure.adapters.migrations import DASHBOARD_SESSIONS_TABLE, Connect
 from infrastructure.adapters.secrets import SecretKey
 from infrastructure.adapters.tokens import Role
 from infrastructure.api.auth import MAX_FAILURES
+from infrastructure.api.dashboard import pages
 from infrastructure.api.dashboard.guard import CsrfRefused
 from infrastructure.api.sessions import DashboardSessions
 from infrastructure.sandbox import RunningSandbox
@@ -696,6 +697,21 @@ def test_the_queue_page_shows_counts_chart_activity_and_failed_lines(
     live = browser.get(f"/live/queues/{queue_id}").json
     assert live["counts"]["done"] == 10 and live["state"] == "failed" and live["chart"].startswith("<svg")
     assert [entry["type"] for entry in live["activity"]][: len(types[:3])] == types[:3]
+
+
+def test_a_queue_page_shows_a_limited_page_of_failed_lines_and_says_of_how_many(
+    server: Server, sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue_id = _queue(server.services, sandbox)
+    monkeypatch.setattr(pages, "FAILED_SHOWN", 1)  # the server runs in this process: a page of one line
+    dom = server.signed_in().get(f"/queues/{queue_id}").dom
+    assert len(dom.by_id("failed-lines").all("tr", data_line_id=None)) == 1
+    shown = dom.by_id("failed-shown")
+    assert (shown.attrs["data-shown"], shown.attrs["data-total"]) == ("1", "2")
+    assert "1 most recent of 2" in shown.text() and f"wcsync failed {queue_id}" in shown.text()
+    monkeypatch.setattr(pages, "FAILED_SHOWN", 500)
+    dom = server.signed_in().get(f"/queues/{queue_id}").dom
+    assert len(dom.by_id("failed-lines").all("tr", data_line_id=None)) == 2 and not dom.all(id="failed-shown")
 
 
 @pytest.mark.sandbox(customers=6)

@@ -90,28 +90,21 @@ def test_durations_read_as_people_say_them() -> None:
     ]
 
 
-def _row(seconds: int, kind: str, **details: Any) -> dict[str, Any]:
-    return {
-        "createdAt": (T0 + timedelta(seconds=seconds)).isoformat(),
-        "activityType": kind,
-        "details": details,
-    }
+def _bucket(seconds: int, **counts: Any) -> dict[str, Any]:
+    return {"at": (T0 + timedelta(seconds=seconds)).isoformat(), **counts}
 
 
 def test_progress_points_add_up_each_outcome_over_time() -> None:
-    rows = [
-        _row(0, "queue_created"),
-        _row(1, "page_fetched", page=1, count=20, unchanged=5),
-        _row(2, "batch_processed", created=7, updated=3, unchanged=1),
-        _row(3, "line_failed", woo_customer_id=4, attempt=1),
-        _row(4, "batch_processed", created=2, updated=True, unchanged=-4),  # not counts: ignored
+    buckets = [
+        _bucket(1, created=0, updated=0, unchanged=5, failed=0),
+        _bucket(2, created=7, updated=3, unchanged=1, failed=0),
+        _bucket(3, failed=1),
+        _bucket(4, created=2, updated=True, unchanged=-4),  # not counts: ignored
+        {"at": "not a time", "created": 50},
     ]
-    points = views.progress_points(rows)
+    points = views.progress_points(buckets)
     assert [point.counts for point in points] == [(0, 0, 5, 0), (7, 3, 6, 0), (7, 3, 6, 1), (9, 3, 6, 1)]
-    many = [_row(i, "batch_processed", created=1) for i in range(1000)]
-    thinned = views.progress_points(many)
-    assert len(thinned) == views.CHART_POINTS and thinned[-1].counts[0] == 1000
-    assert thinned[0].counts[0] == 1
+    assert [point.at for point in points] == [T0 + timedelta(seconds=s) for s in (1, 2, 3, 4)]
 
 
 class _Svg(HTMLParser):
@@ -132,9 +125,7 @@ class _Svg(HTMLParser):
 
 
 def test_the_chart_is_an_svg_with_a_line_per_outcome_and_its_counts_for_screen_readers() -> None:
-    svg = views.chart_svg(
-        views.progress_points([_row(0, "batch_processed", created=4), _row(60, "line_failed")])
-    )
+    svg = views.chart_svg(views.progress_points([_bucket(0, created=4), _bucket(60, failed=1)]))
     parsed = _Svg()
     parsed.feed(svg)
     assert parsed.tags[0] == "svg" and "script" not in parsed.tags

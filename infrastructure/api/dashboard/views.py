@@ -7,7 +7,6 @@ these shapes, so a row refreshed by the page's script says exactly what the firs
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -209,44 +208,24 @@ class Point:
     counts: tuple[int, ...]  # cumulative, in OUTCOMES' order
 
 
-def progress_points(rows: Iterable[Mapping[str, Any]]) -> list[Point]:
-    """Cumulative lines by outcome over time, from the activity rows that finish lines: a batch's counts by
-    result, a page's lines added unchanged, each failed attempt (``failed`` counts failures recorded, so a
-    line retried and failed again counts twice)."""
-    totals = dict.fromkeys((name for name, _, _ in OUTCOMES), 0)
+def progress_points(buckets: Iterable[Mapping[str, Any]]) -> list[Point]:
+    """Cumulative lines by outcome over time from the database's per-slice sums (queries.progress_buckets:
+    a batch's counts by result, a page's lines added unchanged, each failed attempt, so a line retried and
+    failed again counts twice): one point per slice, at most CHART_POINTS."""
+    totals = [0 for _ in OUTCOMES]
     points: list[Point] = []
-    for row in rows:
-        at = parse_time(row.get("createdAt"))
+    for bucket in buckets:
+        at = parse_time(bucket.get("at"))
         if at is None:
             continue
-        details = row.get("details") or {}
-        kind = row.get("activityType")
-        if kind == "batch_processed":
-            for name in ("created", "updated", "unchanged"):
-                totals[name] += _count(details.get(name))
-        elif kind in ("page_fetched", "lines_added"):
-            added = _count(details.get("unchanged"))
-            if not added:
-                continue
-            totals["unchanged"] += added
-        elif kind == "line_failed":
-            totals["failed"] += 1
-        else:
-            continue
-        points.append(Point(at, tuple(totals[name] for name, _, _ in OUTCOMES)))
-    return _thin(points)
+        for index, (name, _, _) in enumerate(OUTCOMES):
+            totals[index] += _count(bucket.get(name))
+        points.append(Point(at, tuple(totals)))
+    return points
 
 
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def _thin(points: list[Point]) -> list[Point]:
-    if len(points) <= CHART_POINTS:
-        return points
-    step = len(points) / (CHART_POINTS - 1)
-    kept = [points[min(len(points) - 1, math.floor(i * step))] for i in range(CHART_POINTS - 1)]
-    return [*kept, points[-1]]
 
 
 def chart_svg(points: Sequence[Point]) -> str:
