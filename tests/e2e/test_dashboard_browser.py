@@ -388,6 +388,52 @@ def test_a_running_sync_advances_live_on_the_queues_page_and_its_own(
 # ----- a queue: failed lines, retry, force-done ----------------------------------------------------------
 
 
+def test_the_live_queues_table_follows_the_answers_order_and_drops_queues_it_no_longer_lists(
+    operator: Page, watched: Watched, queues: Queues
+) -> None:
+    """The live refresh reconciles the rows to /live/queues: a row out of order is moved back (the same
+    element, not a copy), a queue the answer no longer lists (past the newest 100, say) is removed."""
+    page = operator
+    page.goto("/")
+    expect(_row(page, queues.untouched)).to_have_count(1)
+    before = page.evaluate(
+        """() => {
+            const body = document.querySelector("#queues tbody");
+            const rows = [...body.rows];
+            const last = rows[rows.length - 1];
+            last.dataset.marker = "kept";
+            body.prepend(last);  // out of the answer's order
+            const stale = rows[0].cloneNode(true);
+            stale.dataset.queueId = "00000000-0000-4000-8000-000000000000";  // a queue no answer lists
+            body.append(stale);
+            return {updatedAt: document.querySelector("#queues").dataset.updatedAt, moved: last.dataset.queueId};
+        }"""
+    )
+
+    def reconciled() -> bool:
+        state: dict[str, Any] = page.evaluate(
+            """async () => {
+                const answer = await (await fetch("/live/queues", {cache: "no-store"})).json();
+                const table = document.querySelector("#queues");
+                return {
+                    updatedAt: table.dataset.updatedAt,
+                    shown: [...table.tBodies[0].rows].map((tr) => tr.dataset.queueId),
+                    answer: answer.queues.map((q) => q.queueId),
+                    marked: [...table.querySelectorAll("tr[data-marker=kept]")].map((tr) => tr.dataset.queueId),
+                };
+            }"""
+        )
+        return (
+            state["updatedAt"] != before["updatedAt"]
+            and state["shown"] == state["answer"]
+            and state["marked"] == [before["moved"]]
+        )
+
+    wait_until(reconciled, interval_s=0.3)
+    expect(page.locator('#queues tr[data-queue-id="00000000-0000-4000-8000-000000000000"]')).to_have_count(0)
+    watched.screenshot("queues-reconciled")
+
+
 def test_a_queues_failed_lines_are_retried_once_the_store_fixed_them(
     watched: Watched,
     operator: Page,

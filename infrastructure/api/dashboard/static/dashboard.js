@@ -84,6 +84,8 @@ function fillQueueRow(tr, row) {
   for (const field of ["done", "failed", "rate", "eta", "reason"]) setText(tr, field, row[field]);
 }
 
+// The table becomes the answer's rows, in its order: a known queue keeps its element (moved if the order
+// changed), a new one is made, and a queue no longer in the answer (past the newest 100) is removed.
 function showQueues(data) {
   const table = document.getElementById("queues");
   const body = table.tBodies[0];
@@ -91,13 +93,16 @@ function showQueues(data) {
   let previous = null;
   for (const row of data.queues) {
     let tr = known.get(row.queueId);
-    if (!tr) {
-      tr = newQueueRow(row);
+    known.delete(row.queueId);
+    if (!tr) tr = newQueueRow(row);
+    const expected = previous ? previous.nextElementSibling : body.firstElementChild;
+    if (tr !== expected) {
       if (previous) previous.after(tr); else body.prepend(tr);
     }
     fillQueueRow(tr, row);
     previous = tr;
   }
+  for (const gone of known.values()) gone.remove();
   table.dataset.count = String(data.queues.length);
   const empty = document.getElementById("no-queues");
   if (empty) empty.hidden = data.queues.length > 0;
