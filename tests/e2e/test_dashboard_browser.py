@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
+from infrastructure.api.dashboard.guard import CsrfRefused
 from infrastructure.sandbox import RunningSandbox
 from tests.support.api import Api
 from tests.support.browser import ACME, EXPECT_TIMEOUT_MS, GLOBEX, Dashboard, Watched, sign_in
@@ -544,6 +545,10 @@ def test_force_done_needs_a_reason_and_records_it(
     result = page.locator("#action-result[role=status]")
     expect(result).to_have_attribute("data-state", "done")
     expect(result).to_have_attribute("data-action", "force-done")
+    # The answer's address is the queue's page (history.replaceState): a reload does not post again.
+    expect(page).to_have_url(re.compile(rf"/queues/{queue_id}$"))
+    page.reload()
+    expect(page.locator("#action-result")).to_have_count(0)
     expect(page.locator("[data-field=state]").first).to_have_text(re.compile(r"done"))
     status = _status(dashboard, queue_id)
     assert status["state"] == "done" and status["cancelledCount"] == INVALID, status
@@ -596,16 +601,21 @@ def test_a_viewer_sees_no_action_and_a_forged_post_is_refused(
     )
     assert forced.status == 403
     # A form POSTed from the viewer's page itself (as a forged form would be): the 403 page, with its alert.
-    page.evaluate(
-        """([url, csrf]) => {
-            const form = Object.assign(document.createElement("form"), {method: "post", action: url});
-            form.append(Object.assign(document.createElement("input"), {type: "hidden", name: "csrf", value: csrf}));
-            document.body.append(form);
-            form.submit();
-        }""",
-        [action_url, stolen],
-    )
-    expect(page.locator("[role=alert]").first).to_be_visible()
+    with page.expect_response(
+        lambda response: response.request.method == "POST" and response.url.endswith(action_url)
+    ) as posted:
+        page.evaluate(
+            """([url, csrf]) => {
+                const form = Object.assign(document.createElement("form"), {method: "post", action: url});
+                form.append(Object.assign(document.createElement("input"), {type: "hidden", name: "csrf", value: csrf}));
+                document.body.append(form);
+                form.submit();
+            }""",
+            [action_url, stolen],
+        )
+    assert posted.value.status == 403
+    # The CSRF refusal in the page's words (the stolen value is another session's), not any alert.
+    expect(page.locator("[role=alert]").first).to_contain_text(CsrfRefused.MESSAGE)
     watched.screenshot("forged-post-refused")
     assert _unchanged(before, _status(dashboard, target))
 

@@ -463,6 +463,63 @@ def test_signing_out_ends_the_session_on_the_server(server: Server) -> None:
     assert live.status == 401 and live.json["error"]["code"] == "unauthorized"
 
 
+def test_signing_in_again_ends_the_old_session_and_signing_out_of_an_ended_one_drops_its_cookie(
+    server: Server,
+) -> None:
+    browser = server.signed_in(name="first")
+    first = dict(browser.cookies)
+    # A sign-in form loaded before (its pre-session cookie still held), posted while signed in.
+    form_tab = server.browser()
+    csrf = form_tab.get("/login").dom.one("input", name="csrf").attrs["value"]
+    browser.cookies["wcsync_login"] = form_tab.cookies["wcsync_login"]
+    again = browser.post("/login", {"csrf": csrf, "token": server.token(name="second")})
+    assert again.status == 303 and browser.cookies[SESSION] != first[SESSION]
+    assert server_sessions(server) == 1  # the first session's row is gone: one browser, one session
+    assert Browser(server.url, cookies=first).get("/").status == 303
+    assert browser.get("/").dom.one("nav").one(data_field="org").text() == "acme"
+    # The token revoked: the session is over, but sign-out still drops the browser's cookie.
+    csrf = browser.csrf()
+    server.services.api_tokens().revoke("second", "acme")
+    out = browser.post("/logout", {"csrf": csrf})
+    assert out.status == 303 and out.header("Location") == "/login"
+    assert "Max-Age=0" in out.cookies_set()[SESSION] and SESSION not in browser.cookies
+
+
+def test_an_action_posted_after_the_session_ended_signs_in_back_to_the_queues_page(
+    server: Server, sandbox: RunningSandbox
+) -> None:
+    queue_id = _queue(server.services, sandbox)
+    browser = server.signed_in(name="late")
+    csrf = browser.csrf()
+    server.services.api_tokens().revoke("late", "acme")
+    for action in ("retry", "force-done"):
+        page = browser.post(f"/queues/{queue_id}/{action}", {"csrf": csrf, "reason": "late"})
+        # Back to the queue's page (a GET), never to the POST-only action (a 405 after signing in).
+        assert page.status == 303 and page.header("Location") == f"/login?next=/queues/{queue_id}", action
+    assert server.status("acme", queue_id)["state"] == "failed"
+    form = server.browser().get(f"/login?next=/queues/{queue_id}").dom.by_id("login-form")
+    assert form.attrs["action"].startswith("/login?next=") and form.attrs["action"].endswith(queue_id)
+
+
+def test_an_unforeseen_error_is_a_500_page_and_its_traceback_is_logged(
+    server: Server, sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue_id = _queue(server.services, sandbox)
+    browser = server.signed_in()
+
+    def broken(status: Any) -> dict[str, int]:
+        raise RuntimeError("a bug in the counts")
+
+    monkeypatch.setattr(pages.views, "queue_counts", broken)
+    with structlog.testing.capture_logs() as logs:
+        page = browser.get(f"/queues/{queue_id}")
+    assert page.status == 500 and "a bug in the counts" not in page.body.decode()
+    assert page.alert().endswith("internal error; the server log has the details")
+    [line] = [line for line in logs if line["event"] == "dashboard.internal_error"]
+    assert isinstance(line["exc_info"], RuntimeError) and line["path"] == f"/queues/{queue_id}"
+    assert browser.cookies[SESSION] not in repr(line)  # never the cookies
+
+
 def server_sessions(server: Server, org: str = "acme") -> int:
     sessions = DashboardSessions(server.services.database)
     try:
@@ -494,7 +551,7 @@ def test_every_page_and_live_endpoint_needs_a_session_but_the_assets_do_not(
         assert page.status == 401 and page.json["error"]["code"] == "unauthorized", path
     for action in ("retry", "resume", "force-done"):
         page = browser.post(f"/queues/{queue_id}/{action}", {"reason": "x", "csrf": "x"})
-        assert page.status == 303 and page.header("Location") == "/login", action
+        assert page.status == 303 and page.header("Location") == f"/login?next=/queues/{queue_id}", action
     assert server.status("acme", queue_id)["state"] == "failed"  # nothing happened to it
     for asset, kind in (("/static/dashboard.css", "text/css"), ("/static/dashboard.js", "javascript")):
         page = browser.get(asset)

@@ -191,10 +191,23 @@ class Site:
         return "origin"
 
 
+def page_of(path: str) -> str:
+    """The page a path shows: a queue's action (``/queues/ID/retry``, POST only) is its queue's page."""
+    if path.startswith(QUEUE_ROOT):
+        parts = path[len(QUEUE_ROOT) :].split("/")
+        if len(parts) == 2 and parts[0]:
+            return QUEUE_ROOT + parts[0]
+    return path
+
+
 def login_redirect(request: web.Request) -> str:
-    """The sign-in page, with the page asked for as ``next`` when it is one a sign-in may go back to."""
-    if request.method == "GET" and request.path != QUEUES_PATH and safe_next(request.path) == request.path:
-        return f"{LOGIN_PATH}?next={quote(request.path, safe='/')}"
+    """The sign-in page, with the page asked for as ``next`` when it is one a sign-in may go back to: a
+    queue's action goes back to its queue's page (a GET), never to the POST-only action."""
+    if request.method not in ("GET", "POST"):
+        return LOGIN_PATH
+    page = page_of(request.path)
+    if page != QUEUES_PATH and page != LOGOUT_PATH and safe_next(page) == page:
+        return f"{LOGIN_PATH}?next={quote(page, safe='/')}"
     return LOGIN_PATH
 
 

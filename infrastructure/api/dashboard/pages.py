@@ -201,7 +201,14 @@ class Dashboard:
         except WcsyncError as error:
             return self._error_page(request, error)
         except Exception as error:
-            log.error("dashboard.internal_error", error=type(error).__name__, path=request.path)
+            # The traceback, for whoever runs the server (never the form, the cookies or other headers).
+            log.error(
+                "dashboard.internal_error",
+                error=type(error).__name__,
+                method=request.method,
+                path=request.path,
+                exc_info=error,
+            )
             return self._error_page(request, error)
 
     # ----- sessions ---------------------------------------------------------------------------------
@@ -291,6 +298,9 @@ class Dashboard:
             principal = await self._authenticate(token)
         if principal is None:
             return self._refused_sign_in(request)
+        previous = self.site.cookie(request, guard.SESSION_COOKIE)
+        if previous is not None:  # signing in again (another token, say): the old session ends here
+            await self.api.in_thread(self.sessions.close, previous)
         session_id = await self.api.in_thread(self.sessions.open, principal, token)
         log.info("dashboard.signed_in", org=principal.org_id, name=principal.name, role=principal.role.value)
         response = web.HTTPSeeOther(guard.safe_next(guard.query_value(request, "next")))
@@ -333,14 +343,18 @@ class Dashboard:
         )
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
-        session = await self._signed_in(request)
+        """Sign-out: the session's row deleted, the cookie dropped. A session already over (expired, its
+        token revoked) has nothing to end, but its cookie is dropped all the same."""
+        session = await self._session(request)
+        response = web.HTTPSeeOther(guard.LOGIN_PATH)
+        self.site.drop_cookie(response, request, guard.SESSION_COOKIE)
+        if session is None:
+            raise response
         await self._posted(request, session)
         value = self.site.cookie(request, guard.SESSION_COOKIE)
         if value is not None:
             await self.api.in_thread(self.sessions.close, value)
         log.info("dashboard.signed_out", org=session.org_id, name=session.principal.name)
-        response = web.HTTPSeeOther(guard.LOGIN_PATH)
-        self.site.drop_cookie(response, request, guard.SESSION_COOKIE)
         raise response
 
     # ----- queues -------------------------------------------------------------------------------------

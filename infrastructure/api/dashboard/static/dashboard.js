@@ -201,9 +201,17 @@ function poll(url, show) {
   schedule();
 }
 
+// An action's answer is served at /queues/QID/retry (POST only): the address becomes the queue's own page,
+// so a reload does not post the form again and a sign-in comes back to the page, not to the action.
+function canonicalAddress(main) {
+  const path = main ? main.dataset.path : undefined;
+  if (path && window.location.pathname !== path) window.history.replaceState(null, "", path);
+}
+
 function start() {
   localTimes(document);
   const main = document.getElementById("main");
+  canonicalAddress(main);
   const live = main ? main.dataset.live : undefined;
   if (document.getElementById("queues") && live) poll(live, showQueues);
   if (document.getElementById("counts") && live) poll(live, showQueue);
