@@ -51,6 +51,9 @@ SESSION_BYTES = 32
 LIFETIME_S = 12 * 3600.0
 # ... or after this long without a request (a tab left polling keeps it alive).
 IDLE_S = 2 * 3600.0
+# A token (a no-auth server's org) keeps at most this many live sessions: a sign-in past it ends the oldest,
+# so successful sign-ins (never throttled) cannot grow the table without bound.
+MAX_SESSIONS_PER_TOKEN = 20
 # last_seen_at is written at most this often per session (and at least every tenth of the idle timeout).
 TOUCH_EVERY_S = 60.0
 # An id is the URL-safe base64 of SESSION_BYTES bytes without padding: 43 characters.
@@ -111,10 +114,12 @@ class DashboardSessions:
         clock: Callable[[], float] = time.time,
         lifetime_s: float = LIFETIME_S,
         idle_s: float = IDLE_S,
+        max_per_token: int = MAX_SESSIONS_PER_TOKEN,
     ) -> None:
         self.database = database
         self.lifetime_s = lifetime_s
         self.idle_s = idle_s
+        self.max_per_token = max_per_token
         # The idle clock is as precise as the last use is written: to a tenth of the timeout at least.
         self.touch_every_s = min(TOUCH_EVERY_S, idle_s / 10)
         self._conn = Connection(database)
@@ -149,7 +154,21 @@ class DashboardSessions:
                     now + self.lifetime_s,
                 ),
             )
+            self._keep_newest(token, principal.org_id)
         return session_id
+
+    def _keep_newest(self, token: str | None, org_id: str) -> None:
+        """The token's sessions past ``max_per_token`` deleted, the oldest first (inside open's write)."""
+        if token is None:
+            owner, params = "token_hash IS NULL AND org_id = %s", [org_id]
+        else:
+            owner, params = "token_hash = %s", [token_hash(token)]
+        self._conn.execute(
+            f"DELETE FROM {DASHBOARD_SESSIONS_TABLE} WHERE {owner} AND session_hash NOT IN ("
+            f"SELECT session_hash FROM {DASHBOARD_SESSIONS_TABLE} WHERE {owner} "
+            "ORDER BY created_at DESC, session_hash LIMIT %s)",
+            (*params, *params, self.max_per_token),
+        )
 
     def find(self, session_id: str | None, no_auth: bool) -> Session | None:
         """The live session of this cookie value, or None (malformed, unknown, expired, idle, or its token

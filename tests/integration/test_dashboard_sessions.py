@@ -143,3 +143,28 @@ def test_the_table_keeps_hashes_only(services: Services, sessions: DashboardSess
         conn.close()
     assert len(rows) == 1
     assert token not in repr(rows) and session_id not in repr(rows) and csrf_of(session_id) not in repr(rows)
+
+
+def test_a_token_keeps_its_newest_sessions_only_and_another_tokens_are_untouched(
+    services: Services, clock: Clock
+) -> None:
+    capped = DashboardSessions(services.database, services.write_gate, clock=clock, max_per_token=3)
+    try:
+        token, principal = _signed_in(services, "alice")
+        other_token, other = _signed_in(services, "bob")
+        bobs = capped.open(other, other_token)
+        opened = []
+        for _ in range(5):  # successful sign-ins are never throttled: each one a session
+            clock.now += 1
+            opened.append(capped.open(principal, token))
+        live = [session_id for session_id in opened if capped.find(session_id, no_auth=False) is not None]
+        assert live == opened[-3:]  # the two oldest ended
+        assert capped.find(bobs, no_auth=False) is not None
+        assert capped.count("acme") == 4
+        lab = Principal("lab", "dashboard", Role.ADMIN)  # a no-auth server's sessions: per org
+        for _ in range(4):
+            clock.now += 1
+            capped.open(lab, None)
+        assert capped.count("lab") == 3 and capped.count("acme") == 4
+    finally:
+        capped.shutdown()
