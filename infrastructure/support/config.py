@@ -83,6 +83,14 @@ def default_database_path() -> Path:
     return Path(base) / "wcsync" / "wcsync.db"
 
 
+# The passwords a database address can carry (DatabaseConfig._redact): user:password@ in a URL, a query's
+# libpq parameter, and a keyword DSN's (quoted with '...' or up to the next space).
+_SECRET_NAMES = r"(?:password|passwd|pwd|sslpassword)"  # noqa: S105 - the names, no password
+_URL_PASSWORD = re.compile(r"(//[^:/@\s]*:)\S*@")
+_QUERY_PASSWORD = re.compile(rf"([?&]{_SECRET_NAMES}=)[^&#\s]*", re.IGNORECASE)
+_KEYWORD_PASSWORD = re.compile(rf"((?<![?&\w]){_SECRET_NAMES}\s*=\s*)('(?:[^'\\]|\\.)*'?|\S+)", re.IGNORECASE)
+
+
 @dataclass(frozen=True)
 class DatabaseConfig:
     """Where events and projections live. ``url`` never leaves this object unredacted."""
@@ -179,7 +187,12 @@ class DatabaseConfig:
 
     @staticmethod
     def _redact(url: str) -> str:
-        return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+        """Every password a database address can carry, hidden: a URL's ``user:password@`` (to the last
+        ``@``: a password may hold ``@`` or ``/``), a query's ``password=`` (libpq's parameters), and a
+        keyword DSN's ``password=...`` (``host=db password='s e c'``)."""
+        hidden = _URL_PASSWORD.sub(r"\1***@", url)
+        hidden = _QUERY_PASSWORD.sub(r"\1***", hidden)
+        return _KEYWORD_PASSWORD.sub(r"\1***", hidden)
 
     def eventsourcing_env(self, create_tables: bool = True) -> dict[str, str]:
         env = {"CREATE_TABLE": "y" if create_tables else "n"}

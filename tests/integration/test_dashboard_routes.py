@@ -33,9 +33,10 @@ from infrastructure.adapters.secrets import SecretKey
 from infrastructure.adapters.tokens import Role
 from infrastructure.api.auth import MAX_FAILURES
 from infrastructure.api.dashboard import pages
-from infrastructure.api.dashboard.guard import CsrfRefused
+from infrastructure.api.dashboard.guard import STORAGE_WORDS, CsrfRefused
 from infrastructure.api.sessions import DashboardSessions
 from infrastructure.sandbox import RunningSandbox
+from infrastructure.support.errors import StorageError
 from infrastructure.wiring import Services
 from projections import queries
 from tests.support.api import SETTINGS, ApiThread
@@ -795,6 +796,35 @@ def test_the_stores_and_health_pages(server: Server, sandbox: RunningSandbox) ->
     lag = dom.by_id("projection-lag").all("tr", data_projection=None)
     assert {"queues", "activity"} <= {row.attrs["data-projection"] for row in lag}
     assert all(int(row.field("lag")) >= 0 for row in lag)
+    # Every org's figures are not this org's: no log position, head or set-aside count, only the lag.
+    assert all(
+        row.all(data_field="position") == [] and row.all(data_field="quarantined") == [] for row in lag
+    )
+    assert [th.text() for th in dom.by_id("projection-lag").all("th")] == ["Read model", "Events behind"]
+
+
+def test_a_database_failure_is_a_page_in_words_of_its_own_never_the_errors_text(
+    server: Server, sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue_id = _queue(server.services, sandbox)
+    browser = server.signed_in()
+    address = "postgresql://wcsync:hunter2@db.internal:5432/wcsync"
+
+    def unreachable(*_: Any, **__: Any) -> Any:
+        raise StorageError(f"the database {address} is unreachable: connection refused")
+
+    monkeypatch.setattr(pages.queries, "recent_activity", unreachable)
+    with structlog.testing.capture_logs() as logs:
+        page = browser.get(f"/queues/{queue_id}")
+        live = browser.get(f"/live/queues/{queue_id}", Accept="application/json")
+    assert page.status == 503 and page.alert().endswith(STORAGE_WORDS)
+    assert live.status == 503 and live.json["error"] == {
+        "code": "storage_unavailable",
+        "message": STORAGE_WORDS,
+    }
+    for answer in (page, live):
+        assert "db.internal" not in answer.body.decode() and "hunter2" not in answer.body.decode()
+    assert any(line["event"] == "dashboard.storage_error" for line in logs)  # the server log keeps the text
 
 
 @pytest.mark.sandbox(customers=3)

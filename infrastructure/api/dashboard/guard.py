@@ -13,7 +13,7 @@ from urllib.parse import SplitResult, parse_qs, quote, urlsplit
 from aiohttp import web
 
 from domain.errors import WcsyncError
-from infrastructure.support.errors import ConfigurationError
+from infrastructure.support.errors import ConfigurationError, StorageError
 
 SESSION_COOKIE = "wcsync_session"
 LOGIN_COOKIE = "wcsync_login"
@@ -34,6 +34,8 @@ QUEUE_ROOT = "/queues/"
 _PAGES = frozenset({QUEUES_PATH, LOGIN_PATH, LOGOUT_PATH, STORES_PATH, HEALTH_PAGE_PATH})
 _PREFIXES = (QUEUE_ROOT, STATIC_ROOT, LIVE_ROOT)
 
+# What a page says of a database that failed.
+STORAGE_WORDS = "the database did not answer; try again in a moment (the server log has the details)"
 # A form is a few hundred bytes (a reason is at most 1,000 characters).
 MAX_FORM_BYTES = 16 * 1024
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -277,7 +279,10 @@ class PageNotFound(WcsyncError):
 
 
 def error_words(error: BaseException) -> tuple[int, str, str, dict[str, Any]]:
-    """(HTTP status, code, message, details) of an error a page shows."""
+    """(HTTP status, code, message, details) of an error a page shows; a database's failure in words of
+    its own (a StorageError's text may name the database's address)."""
+    if isinstance(error, StorageError):
+        return error.http_status, error.error_code, STORAGE_WORDS, {}
     if isinstance(error, WcsyncError):
         return error.http_status, error.error_code, error.http_message(), error.http_details()
     return 500, "internal_error", "internal error; the server log has the details", {}

@@ -52,7 +52,7 @@ from infrastructure.api.sessions import (
     well_formed,
 )
 from infrastructure.services.webhooks import TOPICS
-from infrastructure.support.errors import QueueNotFoundError
+from infrastructure.support.errors import QueueNotFoundError, StorageError
 from infrastructure.wiring import Services
 from projections import queries
 
@@ -198,6 +198,9 @@ class Dashboard:
             if guard.is_live_path(request.path):
                 return _json_error(error)
             raise web.HTTPSeeOther(guard.login_redirect(request)) from None
+        except StorageError as error:
+            log.warning("dashboard.storage_error", path=request.path, error=str(error))
+            return self._error_page(request, error)
         except WcsyncError as error:
             return self._error_page(request, error)
         except Exception as error:
@@ -633,11 +636,16 @@ class Dashboard:
             reads["waiting"] = sum(1 for job in jobs if job.get("status") == "waiting")
             reads["workers"] = [_worker_row(worker, mine) for worker in self._jobs.workers()]
         except WcsyncError as error:
-            reads["workers_error"] = f"the job tables cannot be read: {error}"
+            log.warning("dashboard.health_unreadable", part="jobs", error=type(error).__name__)
+            reads["workers_error"] = f"the job tables cannot be read just now: {guard.STORAGE_WORDS}"
         try:
-            reads["lag"] = self.services.projections.status()
+            # Each read model's lag, a number: positions, head and set-aside counts are every org's.
+            reads["lag"] = [
+                {"name": row["name"], "lag": row["lag"]} for row in self.services.projections.status()
+            ]
         except WcsyncError as error:
-            reads["lag_error"] = f"the read models' positions cannot be read: {error}"
+            log.warning("dashboard.health_unreadable", part="projections", error=type(error).__name__)
+            reads["lag_error"] = f"the read models' positions cannot be read just now: {guard.STORAGE_WORDS}"
         return reads
 
     # ----- rendering ------------------------------------------------------------------------------------
@@ -730,6 +738,8 @@ def _job_row(job: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _worker_row(worker: Mapping[str, Any], mine: set[Any]) -> dict[str, Any]:
+    """A worker as an org's page shows it: the job queue's number for it, its heartbeat (the service's
+    health, which every org's syncs share), and how many of the org's jobs it runs (never another's)."""
     age = worker.get("secondsSinceHeartbeat")
     return {
         "workerId": worker["workerId"],
