@@ -715,6 +715,9 @@ def test_a_phone_has_no_horizontal_scroll_outside_tables(
             found = _overflow(page)
             watched.screenshot("phone-" + _shot_name(path), page)
             assert found["scroll"] <= found["width"] and not found["wide"], (path, found)
+            if path == "/":  # the table's caption is whole on the phone's screen, not cut by its scroll box
+                box = page.locator("#queues-caption").bounding_box()
+                assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, box
     finally:
         context.close()
 
@@ -750,8 +753,40 @@ def test_times_are_shown_in_the_viewers_zone_with_the_utc_value_in_their_title(
                 assert relative or local in shown["text"], (path, shown, local)
                 checked += 1
         assert checked >= 2, checked
+        # The chart's time labels too (SVG text): the viewer's zone shown, the UTC value in their <title>.
+        labels = page.locator("#chart svg text[data-time]")
+        expect(labels.first).to_be_attached()
+        for label in labels.evaluate_all(
+            """ls => ls.map(l => ({iso: l.dataset.time, title: l.querySelector("title").textContent,
+                                   text: l.lastChild.textContent.trim()}))"""
+        ):
+            assert UTC_ISO.match(label["iso"]) and label["title"].endswith(" UTC"), label
+            hours, minutes = int(label["iso"][11:13]), int(label["iso"][14:16])
+            total = (hours * 60 + minutes + 330) % (24 * 60)
+            assert f"{total // 60:02d}:{total % 60:02d}" in label["text"] and "UTC" not in label["text"], (
+                label
+            )
     finally:
         context.close()
+
+
+def test_the_charts_legend_tells_the_lines_apart_without_colour(operator: Page, queues: Queues) -> None:
+    """WCAG 1.4.1: each legend swatch carries its line's dash pattern, not its colour alone."""
+    page = operator
+    page.goto(f"/queues/{queues.to_retry}")
+    pairs = page.evaluate(
+        """() => [...document.querySelectorAll(".legend li[data-outcome]")].map(li => {
+            const outcome = li.dataset.outcome;
+            const line = document.querySelector(`#chart path[data-outcome="${outcome}"]`);
+            const swatch = li.querySelector("svg line");
+            return {outcome, chart: line.getAttribute("stroke-dasharray") || "",
+                    legend: swatch ? swatch.getAttribute("stroke-dasharray") || "" : null,
+                    same: swatch ? swatch.getAttribute("stroke") === line.getAttribute("stroke") : false};
+        })"""
+    )
+    assert [pair["outcome"] for pair in pairs] == ["created", "updated", "unchanged", "failed"]
+    assert all(pair["legend"] == pair["chart"] and pair["same"] for pair in pairs), pairs
+    assert len({pair["legend"] for pair in pairs}) == 4, pairs  # four patterns: told apart without colour
 
 
 # What a page offers a screen reader and a reader with weak sight: its language, one h1, a name for every

@@ -72,6 +72,13 @@ def test_a_row_shows_rate_and_eta_only_for_a_queue_that_moves() -> None:
     assert views.queue_row(status(), rate=0.0)["eta"] == views.NOTHING
 
 
+def test_lines_left_are_never_zero_seconds_away() -> None:
+    almost = status(doneCount=89, failedCount=5, cancelledCount=5)  # 1 line of 100 left
+    assert views.eta_text(almost, 1000.0) == "1 s"
+    assert views.eta_text(almost, 0.4) == "3 s"
+    assert views.eta_text(status(doneCount=90, failedCount=5, cancelledCount=5), 1000.0) == views.NOTHING
+
+
 def test_the_average_rate_is_the_first_runs_only() -> None:
     now = T0 + timedelta(seconds=10)
     assert views.average_rate(status(), now) == pytest.approx(5.0)  # 50 lines in 10 s
@@ -133,6 +140,8 @@ def test_the_chart_is_an_svg_with_a_line_per_outcome_and_its_counts_for_screen_r
     assert parsed.paths["created"].startswith("M56.0,") and " L624.0," in parsed.paths["created"]
     assert "4 created, 0 updated, 0 unchanged, 1 failed" in parsed.texts
     assert "2026-12-01 14:00:00 UTC" in parsed.texts and "2026-12-01 14:01:00 UTC" in parsed.texts
+    # Each time label says its UTC instant for the page's script to show in the viewer's zone.
+    assert 'data-time="2026-12-01T14:00:00Z"' in svg and 'data-time="2026-12-01T14:01:00Z"' in svg
     empty = _Svg()
     empty.feed(views.chart_svg([]))
     assert set(empty.paths) == {"created", "updated", "unchanged", "failed"}

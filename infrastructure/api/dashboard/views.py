@@ -7,6 +7,7 @@ these shapes, so a row refreshed by the page's script says exactly what the firs
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -139,7 +140,7 @@ def eta_text(status: Mapping[str, Any], rate: float | None) -> str:
     left = total - finished_lines(status)
     if state not in ACTIVE_STATES or rate is None or rate <= 0 or total <= 0 or left <= 0:
         return NOTHING
-    return duration(left / rate)
+    return duration(math.ceil(left / rate))  # lines left are never "0 s" away
 
 
 def queue_row(status: Mapping[str, Any], rate: float | None = None) -> dict[str, Any]:
@@ -256,15 +257,22 @@ def chart_svg(points: Sequence[Point]) -> str:
     parts.append(f'<text x="{left - 6}" y="{top + 4}" text-anchor="end" font-size="12">{peak}</text>')
     parts.append(f'<text x="{left - 6}" y="{bottom}" text-anchor="end" font-size="12">0</text>')
     if points:
-        first, last = utc_title(points[0].at.isoformat()), utc_title(points[-1].at.isoformat())
-        parts.append(f'<text x="{left}" y="{CHART_HEIGHT - 10}" font-size="12">{escape(first)}</text>')
+        parts.append(_time_label(points[0].at, left, ""))
         if span:
-            parts.append(
-                f'<text x="{right}" y="{CHART_HEIGHT - 10}" text-anchor="end" font-size="12">'
-                f"{escape(last)}</text>"
-            )
+            parts.append(_time_label(points[-1].at, right, ' text-anchor="end"'))
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _time_label(moment: datetime, x: int, anchor: str) -> str:
+    """A time under the chart, in UTC; the page's script shows it in the viewer's zone (``data-time``), the
+    UTC value kept as its tooltip (``title``)."""
+    utc = utc_title(moment.isoformat())
+    iso = utc_iso(moment.isoformat()) or ""
+    return (
+        f'<text x="{x}" y="{CHART_HEIGHT - 10}"{anchor} font-size="12" data-time="{escape(iso)}">'
+        f"<title>{escape(utc)}</title>{escape(utc)}</text>"
+    )
 
 
 def _line(

@@ -11,6 +11,14 @@ function localTimes(root) {
     const moment = new Date(node.getAttribute("datetime"));
     if (!Number.isNaN(moment.getTime())) node.textContent = timeFormat.format(moment);
   }
+  // The chart's time labels (SVG text): the viewer's zone, the UTC value left in their <title>.
+  for (const label of root.querySelectorAll("text[data-time]")) {
+    const moment = new Date(label.getAttribute("data-time") || "");
+    const shown = label.lastChild;
+    if (!Number.isNaN(moment.getTime()) && shown && shown.nodeType === Node.TEXT_NODE) {
+      shown.textContent = timeFormat.format(moment);
+    }
+  }
 }
 
 function timeNode(iso, title) {
@@ -19,7 +27,8 @@ function timeNode(iso, title) {
   node.setAttribute("datetime", iso);
   node.setAttribute("title", title);
   node.textContent = title;
-  localTimes({ querySelectorAll: () => [node] });
+  const moment = new Date(iso);
+  if (!Number.isNaN(moment.getTime())) node.textContent = timeFormat.format(moment);
   return node;
 }
 
@@ -152,6 +161,7 @@ function showQueue(data) {
     // The server's own SVG: numbers and escaped text only (views.chart_svg).
     chart.innerHTML = data.chart;
     chart.dataset.svg = data.chart;
+    localTimes(chart);
   }
   showActivity(data.activity);
   counts.dataset.updatedAt = data.updatedAt;
