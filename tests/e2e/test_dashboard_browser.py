@@ -501,8 +501,14 @@ def test_a_queues_failed_lines_are_retried_once_the_store_fixed_them(
     expect(result).to_have_attribute("data-action", "retry")
     watched.screenshot("queue-retried")
     # The worker runs the retry; the page, live, shows the queue done and no failed line left.
+    navigations = _no_reload(page)
     expect(page.locator("[data-field=state]").first).to_have_text(re.compile(r"done"), timeout=30_000)
     assert _ended(dashboard, queue_id)["state"] == "done"
+    # The failed lines and the filter's types follow live, without a reload.
+    expect(page.locator("#failed-lines tr[data-line-id]")).to_have_count(0)
+    expect(page.locator("#no-failed-lines")).to_be_visible()
+    expect(page.locator("#activity-type option[value=retry_requested]")).to_have_count(1)
+    assert navigations == [] and page.evaluate("window.wcsyncTestMark") == "no reload"
     page.reload()
     expect(page.locator("#failed-lines tr[data-line-id]")).to_have_count(0)
     expect(page.locator("#counts [data-field=failed]")).to_have_text(re.compile(r"\b0\b"))

@@ -770,7 +770,23 @@ def test_a_queue_page_shows_a_limited_page_of_failed_lines_and_says_of_how_many(
     assert "1 most recent of 2" in shown.text() and f"wcsync failed {queue_id}" in shown.text()
     monkeypatch.setattr(pages, "FAILED_SHOWN", 500)
     dom = server.signed_in().get(f"/queues/{queue_id}").dom
-    assert len(dom.by_id("failed-lines").all("tr", data_line_id=None)) == 2 and not dom.all(id="failed-shown")
+    assert len(dom.by_id("failed-lines").all("tr", data_line_id=None)) == 2
+    assert "hidden" in dom.by_id("failed-shown").attrs and "hidden" in dom.by_id("no-failed-lines").attrs
+
+
+def test_the_live_json_of_a_queue_has_its_failed_lines_and_activity_types_as_the_page(
+    server: Server, sandbox: RunningSandbox
+) -> None:
+    queue_id = _queue(server.services, sandbox)
+    browser = server.signed_in()
+    dom = browser.get(f"/queues/{queue_id}").dom
+    live = browser.get(f"/live/queues/{queue_id}", Accept="application/json").json
+    rows = dom.by_id("failed-lines").all("tr", data_line_id=None)
+    assert [line["lineId"] for line in live["failed"]] == [int(row.attrs["data-line-id"]) for row in rows]
+    assert [line["attempts"] for line in live["failed"]] == [int(row.field("attempts")) for row in rows]
+    assert live["failedTotal"] == 2 and all(line["error"] for line in live["failed"])
+    options = [option.attrs["value"] for option in dom.by_id("activity-type").all("option")][1:]
+    assert live["activityTypes"] == options and "line_failed" in options
 
 
 @pytest.mark.sandbox(customers=6)

@@ -24,6 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -129,8 +130,8 @@ class Dashboard:
         )
         self._jobs: Any = None
         self._schedules: Any = None
-        # (org, queue) -> (monotonic time drawn, SVG), the least recently drawn first.
-        self._charts: OrderedDict[tuple[str, UUID], tuple[float, str]] = OrderedDict()
+        # (org, queue) -> its chart, activity types and failed lines as last read, the least recent first.
+        self._charts: OrderedDict[tuple[str, UUID], _SlowReads] = OrderedDict()
         self._charts_lock = threading.Lock()
         self._rates = views.Rates()
 
@@ -398,7 +399,7 @@ class Dashboard:
         except QueueNotFoundError:
             raise PageNotFound() from None
         chosen = await self._chosen_type(request, session, queue_id)
-        activity, chart = await self.api.in_thread(self._live_reads, session.org_id, queue_id, chosen)
+        activity, slow = await self.api.in_thread(self._live_reads, session.org_id, queue_id, chosen)
         return _json(
             {
                 "updatedAt": _now_iso(),
@@ -406,17 +407,20 @@ class Dashboard:
                 "state": status["state"],
                 "isRunning": bool(status.get("isRunning")),
                 "counts": views.queue_counts(status),
-                "chart": chart,
+                "chart": slow.chart,
                 "activity": activity,
+                "activityTypes": slow.activity_types,
+                "failed": slow.failed,
+                "failedTotal": int(status["failedCount"]),
             }
         )
 
     def _live_reads(
         self, org_id: str, queue_id: UUID, chosen: str | None
-    ) -> tuple[list[dict[str, Any]], str]:
+    ) -> tuple[list[dict[str, Any]], _SlowReads]:
         source = self.services.projections
         activity = queries.recent_activity(source, org_id, queue_id, LIVE_ACTIVITY_SHOWN, chosen)
-        return [views.activity_entry(row) for row in activity], self._chart(org_id, queue_id)
+        return [views.activity_entry(row) for row in activity], self._slow_reads(org_id, queue_id)
 
     async def _chosen_type(self, request: web.Request, session: Session, queue_id: UUID) -> str | None:
         """The activity filter of the query string, when it is one of the queue's types (else: all)."""
@@ -480,22 +484,35 @@ class Dashboard:
         }
 
     def _chart(self, org_id: str, queue_id: UUID) -> str:
-        """The queue's chart, from the database's sums over at most CHART_POINTS slices of time (cheap for any
-        size), drawn again at most every CHART_REFRESH_S per queue: every viewer's page and poll share it."""
+        return self._slow_reads(org_id, queue_id).chart
+
+    def _slow_reads(self, org_id: str, queue_id: UUID) -> _SlowReads:
+        """The queue's chart (the database's sums over at most CHART_POINTS slices of time), its activity
+        types and its first FAILED_SHOWN failed lines: read again at most every CHART_REFRESH_S per queue,
+        every viewer's page and poll sharing them (a first render reads its failed lines and types fresh)."""
         key = (org_id, queue_id)
         now = time.monotonic()
         with self._charts_lock:
             cached = self._charts.get(key)
-        if cached is not None and now - cached[0] < CHART_REFRESH_S:
-            return cached[1]
-        buckets = queries.progress_buckets(self.services.projections, org_id, queue_id, views.CHART_POINTS)
-        svg = views.chart_svg(views.progress_points(buckets))
+        if cached is not None and now - cached.read_at < CHART_REFRESH_S:
+            return cached
+        source = self.services.projections
+        buckets = queries.progress_buckets(source, org_id, queue_id, views.CHART_POINTS)
+        reads = _SlowReads(
+            read_at=now,
+            chart=views.chart_svg(views.progress_points(buckets)),
+            activity_types=queries.activity_types(source, org_id, queue_id),
+            failed=[
+                views.failed_line(row)
+                for row in queries.failed_lines(source, org_id, queue_id, limit=FAILED_SHOWN)
+            ],
+        )
         with self._charts_lock:
-            self._charts[key] = (now, svg)
+            self._charts[key] = reads
             self._charts.move_to_end(key)
             while len(self._charts) > CHARTS_KEPT:
                 self._charts.popitem(last=False)
-        return svg
+        return reads
 
     async def queue_post(self, request: web.Request) -> web.StreamResponse:
         """retry / resume / force-done from the queue page's forms: CSRF, then the role, then the API's own
@@ -686,6 +703,16 @@ _HEADINGS = {
     429: "Too many attempts",
     503: "Unavailable",
 }
+
+
+@dataclass(frozen=True)
+class _SlowReads:
+    """What a queue's live refresh reads at most every CHART_REFRESH_S (Dashboard._slow_reads)."""
+
+    read_at: float
+    chart: str
+    activity_types: list[str]
+    failed: list[dict[str, Any]]
 
 
 class RerunUnavailable(WcsyncError):

@@ -147,6 +147,50 @@ function showActivity(entries) {
   filterActivity();
 }
 
+// The filter's options: the queue's activity types as the server last read them (the choice kept).
+function showActivityTypes(types) {
+  const select = document.getElementById("activity-type");
+  if (!select || !types) return;
+  const offered = [...select.options].slice(1).map((option) => option.value);
+  if (offered.join("\n") === types.join("\n")) return;
+  const chosen = select.value;
+  const options = types.map((type) => new Option(type, type, false, type === chosen));
+  select.replaceChildren(new Option("all", "", false, chosen === ""), ...options);
+  if (chosen && !types.includes(chosen)) select.value = "";
+}
+
+// The failed lines as the server last read them (a retry that fixed them empties the table).
+function showFailed(lines, total) {
+  const table = document.getElementById("failed-lines");
+  if (!table || !lines) return;
+  const rows = lines.map((line) => {
+    const tr = document.createElement("tr");
+    tr.dataset.lineId = String(line.lineId);
+    const cell = (field, value) => {
+      const td = tr.appendChild(document.createElement("td"));
+      if (field) td.dataset.field = field;
+      if (value !== undefined) td.textContent = String(value);
+      return td;
+    };
+    cell(null, line.lineId);
+    cell("error", line.error);
+    cell("attempts", line.attempts);
+    cell(null).appendChild(timeNode(line.at, line.title));
+    return tr;
+  });
+  table.tBodies[0].replaceChildren(...rows);
+  const none = document.getElementById("no-failed-lines");
+  if (none) none.hidden = lines.length > 0;
+  const shown = document.getElementById("failed-shown");
+  if (shown) {
+    shown.hidden = lines.length === 0 || lines.length >= total;
+    shown.dataset.shown = String(lines.length);
+    shown.dataset.total = String(total);
+    setText(shown, "failed-shown", lines.length);
+    setText(shown, "failed-total", total);
+  }
+}
+
 function showQueue(data) {
   const main = document.getElementById("main");
   const counts = document.getElementById("counts");
@@ -163,7 +207,9 @@ function showQueue(data) {
     chart.dataset.svg = data.chart;
     localTimes(chart);
   }
+  showActivityTypes(data.activityTypes);
   showActivity(data.activity);
+  showFailed(data.failed, data.failedTotal);
   counts.dataset.updatedAt = data.updatedAt;
 }
 
