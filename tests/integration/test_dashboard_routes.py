@@ -26,6 +26,8 @@ from uuid import UUID
 import pytest
 import structlog
 
+from cli.parser import build_parser
+from cli.serve import _public_origin
 from domain.queue import QueueOptions
 from infrastructure.adapters.leases import QueueLeases
 from infrastructure.adapters.migrations import DASHBOARD_SESSIONS_TABLE, Connection
@@ -33,10 +35,10 @@ from infrastructure.adapters.secrets import SecretKey
 from infrastructure.adapters.tokens import Role
 from infrastructure.api.auth import MAX_FAILURES
 from infrastructure.api.dashboard import pages
-from infrastructure.api.dashboard.guard import STORAGE_WORDS, CsrfRefused
+from infrastructure.api.dashboard.guard import PUBLIC_ORIGIN_VARIABLE, STORAGE_WORDS, CsrfRefused
 from infrastructure.api.sessions import DashboardSessions
 from infrastructure.sandbox import RunningSandbox
-from infrastructure.support.errors import StorageError
+from infrastructure.support.errors import ConfigurationError, StorageError
 from infrastructure.wiring import Services
 from projections import queries
 from tests.support.api import SETTINGS, ApiThread
@@ -382,6 +384,26 @@ def test_behind_a_proxy_rewriting_host_the_public_origins_forms_work_and_cookies
     assert forced.dom.by_id("action-result").attrs["data-state"] == "done"
     out = browser.post("/logout", {"csrf": csrf}, **own)
     assert out.status == 303 and SECURE_SESSION not in browser.cookies
+
+
+def test_serve_takes_the_public_origin_from_its_flag_else_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def origin(*argv: str) -> str | None:
+        return _public_origin(build_parser().parse_args(["serve", *argv]))
+
+    monkeypatch.delenv(PUBLIC_ORIGIN_VARIABLE, raising=False)
+    assert origin() is None
+    assert origin("--public-origin", "https://Ops.Example.com/") == "https://ops.example.com"
+    monkeypatch.setenv(PUBLIC_ORIGIN_VARIABLE, "https://env.example.com")
+    assert origin() == "https://env.example.com"
+    assert origin("--public-origin", "https://flag.example.com") == "https://flag.example.com"
+    monkeypatch.setenv(PUBLIC_ORIGIN_VARIABLE, "")  # set empty: unset
+    assert origin() is None
+    with pytest.raises(ConfigurationError, match="--public-origin"):
+        origin("--public-origin", "")  # a flag given empty is an error, never the default
+    with pytest.raises(ConfigurationError, match="no path"):
+        origin("--public-origin", "https://ops.example.com/wcsync")
 
 
 def test_failed_sign_ins_are_throttled_with_the_apis_failed_tokens_and_a_good_token_still_passes(
