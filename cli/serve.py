@@ -84,10 +84,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _public_origin(args: argparse.Namespace) -> str | None:
     """--public-origin, else WCSYNC_PUBLIC_ORIGIN (set empty: unset), checked (exit 2, one line)."""
-    given = args.public_origin if args.public_origin is not None else os.environ.get(PUBLIC_ORIGIN_VARIABLE)
-    if args.public_origin is None and not given:
-        return None
-    return parse_public_origin(given or "")
+    if args.public_origin is not None:
+        return parse_public_origin(args.public_origin)
+    given = os.environ.get(PUBLIC_ORIGIN_VARIABLE)
+    return parse_public_origin(given, PUBLIC_ORIGIN_VARIABLE) if given else None
 
 
 class Pickup:

@@ -400,6 +400,9 @@ def test_serve_takes_the_public_origin_from_its_flag_else_the_environment(
     assert origin("--public-origin", "https://flag.example.com") == "https://flag.example.com"
     monkeypatch.setenv(PUBLIC_ORIGIN_VARIABLE, "")  # set empty: unset
     assert origin() is None
+    monkeypatch.setenv(PUBLIC_ORIGIN_VARIABLE, "ftp://env.example.com")  # the error names where it came from
+    with pytest.raises(ConfigurationError, match=PUBLIC_ORIGIN_VARIABLE):
+        origin()
     with pytest.raises(ConfigurationError, match="--public-origin"):
         origin("--public-origin", "")  # a flag given empty is an error, never the default
     with pytest.raises(ConfigurationError, match="no path"):

@@ -97,21 +97,22 @@ def safe_next(value: str | None) -> str:
     return QUEUES_PATH
 
 
-def parse_public_origin(text: str) -> str:
+def parse_public_origin(text: str, name: str = "--public-origin") -> str:
     """``wcsync serve --public-origin``: the origin browsers see the dashboard at behind a reverse proxy
     (``https://ops.example.com``), normalised (lower-case scheme and host, no default port). Anything with a
-    path, query, fragment or credentials is a ConfigurationError (exit 2) saying what to give."""
+    path, query, fragment or credentials is a ConfigurationError (exit 2) naming ``name`` (the flag, or
+    the environment variable it came from) and saying what to give."""
     hint = "give the scheme and host the browser's address bar shows, e.g. https://ops.example.com"
     try:
         parts = urlsplit(text.strip())
         port = parts.port
     except ValueError:
-        raise ConfigurationError(f"--public-origin {text!r} is not a URL; {hint}") from None
+        raise ConfigurationError(f"{name} {text!r} is not a URL; {hint}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(f"--public-origin {text!r} needs http:// or https:// and a host; {hint}")
+        raise ConfigurationError(f"{name} {text!r} needs http:// or https:// and a host; {hint}")
     if parts.username or parts.password or parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ConfigurationError(
-            f"--public-origin {text!r} must be an origin only (no path, query, credentials); {hint}"
+            f"{name} {text!r} must be an origin only (no path, query, credentials); {hint}"
         )
     return _origin(parts, port)
 
