@@ -264,6 +264,9 @@ def _quarantined_entry(row: quarantine.Quarantined) -> dict[str, Any]:
     }
 
 
+_INT8_END = 2**63
+
+
 def absent_customer_ids(source: Source, org_id: str, store_url: str, seen: Collection[int]) -> Iterator[int]:
     """The store's mirrored customers (not deleted) whose ids are not in ``seen``, in ascending order: what a
     complete scan that saw ``seen`` marks deleted. PostgreSQL answers it in one query against the ids
@@ -281,7 +284,8 @@ def absent_customer_ids(source: Source, org_id: str, store_url: str, seen: Colle
             f"SELECT id FROM (SELECT woo_customer_id AS id FROM {CUSTOMER_TABLE.name} "
             "WHERE org_id = %s AND store_url = %s AND is_deleted = %s "
             "EXCEPT SELECT unnest(string_to_array(%s, ',')::int8[])) AS absent ORDER BY id",
-            [org_id, store_url, db.value(BOOL, False), ",".join(map(str, seen))],
+            # Only ids a BIGINT column can hold (an older log's wider ids can match no row anyway).
+            [org_id, store_url, db.value(BOOL, False), ",".join(str(i) for i in seen if 0 < i < _INT8_END)],
         )
     for row in rows:
         yield int(row[0])

@@ -238,12 +238,13 @@ class SyncApplication(Application[UUID]):
 
     def customers_named(self, ids: Sequence[UUID]) -> dict[UUID, tuple[str, str, int]]:
         """The (org, store URL, WooCommerce id) of each of these aggregates that is a customer, from its
-        Registered event, in one query; others (queues, stores, unknown ids) are left out."""
-        if not ids:
-            return {}
-        rows = retry_storage(
-            lambda: eventlog.select_first_events_of(self.recorder, self.database.backend, ids)
-        )
+        Registered event, a query per 500 (SQLite takes a bounded number of variables a statement); others
+        (queues, stores, unknown ids) are left out."""
+        rows: list[StoredEvent] = []
+        for chunk in chunks(ids, 500):
+            rows += retry_storage(
+                partial(eventlog.select_first_events_of, self.recorder, self.database.backend, chunk)
+            )
         named: dict[UUID, tuple[str, str, int]] = {}
         for stored in rows:
             if stored.topic != _REGISTERED_TOPIC:

@@ -799,12 +799,16 @@ class SyncEngine:
             return None
         since = min(position for position in runs if position is not None)
         budget = KNOWN_CHANGED_EVENTS + lines // KNOWN_CHANGED_SHARE
-        found = self.app.changed_after(since, budget)
-        if found is None:
+        try:
+            found = self.app.changed_after(since, budget)
+            if found is None:
+                return None
+            changed, position = found
+            vouched = _Vouched(position=position, budget=budget - (position - since))
+            self._name_changed(run, vouched, changed)
+        except DATABASE_FAILURES as error:  # a hint only: every head is read instead
+            log.warning("queue.vouching_unavailable", queue_id=str(run.queue.id), error=first_line(error))
             return None
-        changed, position = found
-        vouched = _Vouched(position=position, budget=budget - (position - since))
-        self._name_changed(run, vouched, changed)
         return vouched
 
     def _name_changed(self, run: _Run, vouched: _Vouched, changed: set[UUID]) -> None:
@@ -828,14 +832,18 @@ class SyncEngine:
         vouched = run.vouched
         if vouched is None:
             return
-        found = self.app.changed_after(vouched.position, max(vouched.budget, 0))
+        try:
+            found = self.app.changed_after(vouched.position, max(vouched.budget, 0))
+            if found is not None:
+                changed, position = found
+                self._name_changed(run, vouched, changed)  # before the position moves: all or nothing
+                vouched.budget -= position - vouched.position
+                vouched.position = position
+        except DATABASE_FAILURES as error:  # a hint only: every head is read from now on
+            log.warning("queue.vouching_unavailable", queue_id=str(run.queue.id), error=first_line(error))
+            found = None
         if found is None:
             run.vouched = None
-            return
-        changed, position = found
-        vouched.budget -= position - vouched.position
-        vouched.position = position
-        self._name_changed(run, vouched, changed)
 
     def _record_pages(self, run: _Run, pages: list[Page]) -> None:
         """Record pages fetched while the worker was busy with earlier ones, in page order, each as
@@ -1394,10 +1402,11 @@ class SyncEngine:
 
     def _mark_deleted(self, run: _Run, seen: IdSet) -> None:
         """Customers mirrored earlier but absent from a complete scan were deleted in WooCommerce. "Earlier" is
-        before the run began: a customer the run itself wrote is one it saw, and a concurrent writer's
-        (a delivery) is never marked deleted for being missing from the read model. So the read model need
-        only have applied the log up to the run's start (a re-sync's follower has, long since), not the
-        run's own events: waiting for those was half a second of an unchanged 100k re-sync."""
+        before the queue began: a customer another writer (a delivery, another sync) created or changed
+        since may be one the scan passed before it existed, so it is left for the next scan; a customer the
+        queue itself wrote is one it saw. So the read model need only have applied the log up to the run's
+        start (a re-sync's follower has, long since), not the run's own events: waiting for those was half a
+        second of an unchanged 100k re-sync."""
         assert self.absent_customer_ids is not None
         position = run.log_position
         if (
@@ -1407,21 +1416,27 @@ class SyncEngine:
         ):
             self._refresh(force=True)
         queue = run.queue
+        began = queue.created_on
         gone = sorted(self.absent_customer_ids(queue.org_id, queue.store_url, seen))
+        deleted: list[int] = []
         for chunk in chunks(gone, 500):
             keys = [customer_key(queue.org_id, queue.store_url, cid) for cid in chunk]
             customers = self.app.load_customers(keys)
             for customer in customers.values():
+                if customer.last_queue_id != str(queue.id) and customer.modified_on > began:
+                    continue  # another writer's since the queue began: the next complete scan decides
                 customer.delete("absent from a complete scan of the store", str(queue.id))
             changed = [c for c in customers.values() if c.pending_events]
             if changed:
                 self.app.save_batch(*changed)
-        if gone:
+                deleted += (c.woo_id for c in changed)
+        if deleted:
+            deleted.sort()
             queue.record_incident(
                 "customers_deleted",
                 "info",
-                f"{len(gone)} customer(s) synced earlier are no longer in the store and were marked deleted",
-                {"count": len(gone), "ids": gone[:100]},
+                f"{len(deleted)} customer(s) synced earlier are no longer in the store and were marked deleted",
+                {"count": len(deleted), "ids": deleted[:100]},
             )
             self._save_or_fail(run)
 

@@ -956,3 +956,68 @@ def test_a_page_whose_answer_changed_reads_no_head_the_log_vouches_for(
         fourth = run_sync(services, sandbox)
     assert fourth.state == "done" and fourth.counts == {**fourth.counts, "unchanged": 250}
     assert sum(asked) == 1, asked
+
+
+def test_a_customer_another_writer_created_during_a_complete_scan_is_not_marked_deleted(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A customer created by another writer (a delivery) after the queue began may be one the scan passed
+    before it existed: the complete scan that did not list it leaves it for the next scan instead of
+    marking it deleted, even once the read model shows it; a customer gone from the store still is."""
+    with SandboxThread(SandboxConfig(customers=250)) as sandbox:
+        run_sync(services, sandbox, catch_up=True)
+        gone = sandbox.store.customer_ids()[5]
+        sandbox.store.delete(gone)
+        original = sync_service.SyncEngine._load_known_pages
+
+        def then_created(self: Any, run: Any) -> Any:
+            known = original(self, run)
+            record = {"id": 987_654, "email": "new@example.com", "first_name": "Webhook", "last_name": "Made"}
+            key = customer_key("acme", sandbox.url, 987_654)
+            created = Customer.register(
+                key,
+                org_id="acme",
+                store_url=sandbox.url,
+                woo_id=987_654,
+                record=record,
+                digest=hashlib.sha256(canonical_bytes(record)).hexdigest(),
+                queue_id=str(uuid.uuid4()),
+            )
+            services.app.save_batch(created)
+            services.catch_up()  # the read model shows it before the scan's end
+            return known
+
+        monkeypatch.setattr(sync_service.SyncEngine, "_load_known_pages", then_created)
+        second = run_sync(services, sandbox)
+        assert second.state == "done"
+        services.catch_up()
+        rows = {
+            row["woo_customer_id"]: row
+            for row in queries.customers(services.projections, "acme", sandbox.url)
+        }
+    assert rows[987_654]["is_deleted"] is False
+    assert rows[gone]["is_deleted"] is True
+
+
+def test_a_log_that_cannot_be_read_for_vouching_means_every_head_is_read(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log's word is a hint: when reading it fails, the scan reads every known customer's head
+    instead, and a customer changed in the mirror still sends its page to be read."""
+    from infrastructure.support.errors import StorageError
+
+    with SandboxThread(SandboxConfig(customers=250)) as sandbox:
+        run_sync(services, sandbox)
+        run_sync(services, sandbox)
+        target = sandbox.store.customer_ids()[30]
+        record = _change_in_mirror_only(services, sandbox, target)
+
+        def failing(*_: Any) -> Any:
+            raise StorageError("the database went away for a moment")
+
+        monkeypatch.setattr(services.app, "changed_after", failing)
+        asked = _counting_heads(services, monkeypatch)
+        third = run_sync(services, sandbox)
+        assert third.state == "done" and third.counts == {**third.counts, "updated": 1, "unchanged": 249}
+        assert mirrored(services, sandbox)[target]["first_name"] == record["first_name"]
+    assert sum(asked) >= 250, asked
