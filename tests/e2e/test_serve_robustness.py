@@ -125,8 +125,11 @@ def test_ten_concurrent_starts_on_sqlite_finish_or_are_refused_clearly(sqlite_ur
                 accepted.append((f"org{n}", answer["data"]["queueId"]))
             assert len(accepted) >= 8
             for org, queue_id in accepted:
+                # The loop answers while ten syncs run (a step on the loop would hold it for their whole
+                # runs). A bound, not a speed goal: 1 s failed once in a full suite with the browser tests
+                # beside it on two cores (1.4 s).
                 health = time.monotonic()
-                assert api.get("/healthz")[0] == 200 and time.monotonic() - health < 1.0
+                assert api.get("/healthz")[0] == 200 and time.monotonic() - health < 5.0
 
                 def ended(o: str = org, q: str = queue_id) -> dict[str, Any] | None:
                     return _ended(api.status(o, q))
