@@ -42,6 +42,7 @@ from infrastructure.adapters.tokens import Role
 from infrastructure.adapters.woocommerce import ClientOptions
 from infrastructure.api.http import ApiSettings, running_api, serve
 from infrastructure.sandbox import Faults, RunningSandbox, SandboxConfig, SandboxThread
+from infrastructure.services.stores import StoreRegistry
 from infrastructure.support.config import DatabaseConfig, StoreSettings, check_listen_address, listen_error
 from infrastructure.support.loop_thread import LoopThread
 from infrastructure.wiring import Services, open_services
@@ -277,17 +278,7 @@ class WebhookLoop:
 
     def run(self) -> WebhookLoop:
         registry = self.services.store_registry(self.key, self.client_options)
-        added = asyncio.run(
-            registry.add(
-                self.org,
-                self.sandbox.url,
-                self.sandbox.consumer_key,
-                self.sandbox.consumer_secret,
-                "demo sandbox",
-                ACTOR,
-            )
-        )
-        self.store_id = UUID(added["storeId"])
+        self.store_id = _register_sandbox(registry, self.org, self.sandbox)
         kept = False
         try:
             settings = ApiSettings(
@@ -428,17 +419,7 @@ class DemoDashboard:
         with the dashboard's part added (else two lines of text)."""
         registry = self.services.store_registry(self.key, self.client_options)
         if self.store_id is None:  # the webhook loop did not run: the first sync could not reach the store
-            added = asyncio.run(
-                registry.add(
-                    self.org,
-                    self.sandbox.url,
-                    self.sandbox.consumer_key,
-                    self.sandbox.consumer_secret,
-                    "demo sandbox",
-                    ACTOR,
-                )
-            )
-            self.store_id = UUID(added["storeId"])
+            self.store_id = _register_sandbox(registry, self.org, self.sandbox)
         tokens = self.services.api_tokens()
         self.token_name = f"demo dashboard {time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())} {os.getpid()}"
         token, _ = tokens.create(self.org, self.token_name, Role.OPERATOR)
@@ -481,6 +462,14 @@ class DemoDashboard:
             print(f"\ndashboard  {url}   (sign in with the token below; Ctrl-C stops it all)")
             print(f"token      {token}   (operator of org {self.org!r}; revoked when the demo stops)")
         sys.stdout.flush()
+
+
+def _register_sandbox(registry: StoreRegistry, org: str, sandbox: RunningSandbox) -> UUID:
+    """Register the demo's sandbox store in ``org``; its id."""
+    added = asyncio.run(
+        registry.add(org, sandbox.url, sandbox.consumer_key, sandbox.consumer_secret, "demo sandbox", ACTOR)
+    )
+    return UUID(added["storeId"])
 
 
 def _late(change: Change, attempt: dict[str, Any] | None) -> str:

@@ -62,10 +62,11 @@ class Reads(Protocol):
 
 
 def select_events_of(
-    recorder: Any, backend: str, ids: Sequence[UUID], latest_only: bool = False
+    recorder: Any, backend: str, ids: Sequence[UUID], latest_only: bool = False, first_only: bool = False
 ) -> list[StoredEvent]:
-    """The stored events of these aggregates (only the latest of each with ``latest_only``), in one query,
-    on the application's own connection (``recorder``: its ApplicationRecorder)."""
+    """The stored events of these aggregates (only the latest of each with ``latest_only``, only the first
+    with ``first_only``: what names a customer, SyncApplication.customers_named), in one query, on the
+    application's own connection (``recorder``: its ApplicationRecorder)."""
     table = recorder.events_table_name
     if backend == SQLITE:
         placeholders = ",".join("?" * len(ids))
@@ -73,6 +74,8 @@ def select_events_of(
             f"SELECT originator_id, originator_version, topic, state FROM {table} AS e "
             f"WHERE originator_id IN ({placeholders})"
         )
+        if first_only:
+            statement += " AND originator_version = 1"
         if latest_only:
             statement += (
                 f" AND originator_version = (SELECT MAX(originator_version) FROM {table} "
@@ -96,48 +99,11 @@ def select_events_of(
         "SELECT e.originator_id, e.originator_version, e.topic, e.state "
         "FROM unnest(%s::uuid[]) AS k(id) CROSS JOIN LATERAL ("
         "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
-        "WHERE originator_id = k.id ORDER BY originator_version DESC"
+        "WHERE originator_id = k.id"
+        + (" AND originator_version = 1" if first_only else "")
+        + " ORDER BY originator_version DESC"
         + (" LIMIT 1" if latest_only else "")
         + ") AS e"
-    ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(table))
-    with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
-        curs.execute(statement_pg, (list(ids),))
-        return [
-            StoredEvent(
-                originator_id=row["originator_id"],
-                originator_version=row["originator_version"],
-                topic=row["topic"],
-                state=bytes(row["state"]),
-            )
-            for row in curs.fetchall()
-        ]
-
-
-def select_first_events_of(recorder: Any, backend: str, ids: Sequence[UUID]) -> list[StoredEvent]:
-    """The first stored event (version 1) of each of these aggregates, in one query: what names a customer
-    (its Registered event's org, store and WooCommerce id; SyncApplication.customers_named)."""
-    table = recorder.events_table_name
-    if backend == SQLITE:
-        placeholders = ",".join("?" * len(ids))
-        with recorder.datastore.transaction(commit=False) as curs:
-            curs.execute(
-                f"SELECT originator_id, originator_version, topic, state FROM {table} "
-                f"WHERE originator_id IN ({placeholders}) AND originator_version = 1",
-                [i.hex for i in ids],
-            )
-            return [
-                StoredEvent(
-                    originator_id=UUID(row["originator_id"]),
-                    originator_version=row["originator_version"],
-                    topic=row["topic"],
-                    state=row["state"],
-                )
-                for row in curs.fetchall()
-            ]
-    statement_pg = SQL(
-        "SELECT e.originator_id, e.originator_version, e.topic, e.state "
-        "FROM unnest(%s::uuid[]) AS k(id) JOIN {schema}.{table} AS e "
-        "ON e.originator_id = k.id AND e.originator_version = 1"
     ).format(schema=Identifier(recorder.datastore.schema), table=Identifier(table))
     with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
         curs.execute(statement_pg, (list(ids),))

@@ -243,7 +243,9 @@ class SyncApplication(Application[UUID]):
         rows: list[StoredEvent] = []
         for chunk in chunks(ids, 500):
             rows += retry_storage(
-                partial(eventlog.select_first_events_of, self.recorder, self.database.backend, chunk)
+                partial(
+                    eventlog.select_events_of, self.recorder, self.database.backend, chunk, first_only=True
+                )
             )
         named: dict[UUID, tuple[str, str, int]] = {}
         for stored in rows:
