@@ -539,25 +539,11 @@ class Dashboard:
             raise PageNotFound() from None
         except WcsyncError as error:
             status, code, message, _ = guard.error_words(error)
-            log.info(
-                "dashboard.action",
-                org=session.org_id,
-                name=session.principal.name,
-                action=action,
-                queue_id=str(queue_id),
-                outcome=code,
-            )
+            _log_action(session, action, queue_id, code)
             return await self._queue_page(
                 request, session, queue_id, error={"code": code, "message": message}, status_code=status
             )
-        log.info(
-            "dashboard.action",
-            org=session.org_id,
-            name=session.principal.name,
-            action=action,
-            queue_id=str(queue_id),
-            outcome="ok",
-        )
+        _log_action(session, action, queue_id, "ok")
         result = await self._action_result(session, queue_id, action, data)
         return await self._queue_page(request, session, queue_id, result=result)
 
@@ -784,3 +770,15 @@ def _json(document: dict[str, Any], status: int = 200) -> web.Response:
 def _json_error(error: BaseException) -> web.Response:
     status, code, message, _ = guard.error_words(error)
     return _json({"success": False, "error": {"code": code, "message": message}}, status=status)
+
+
+def _log_action(session: Session, action: str, queue_id: UUID, outcome: str) -> None:
+    """The structured line of an action taken from a page (never the form's reason or any secret)."""
+    log.info(
+        "dashboard.action",
+        org=session.org_id,
+        name=session.principal.name,
+        action=action,
+        queue_id=str(queue_id),
+        outcome=outcome,
+    )
