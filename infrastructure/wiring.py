@@ -244,6 +244,9 @@ class Services:
             customers_projected_through=lambda position: self.projections.applied_through(
                 CUSTOMERS, position
             ),
+            store_has_customers=lambda org, store: projection_queries.store_has_customers(
+                self.projections, org, store
+            ),
             progress=progress,
             stop=stop,
             leases=self.queue_leases(),

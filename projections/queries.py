@@ -291,6 +291,17 @@ def absent_customer_ids(source: Source, org_id: str, store_url: str, seen: Colle
         yield int(row[0])
 
 
+def store_has_customers(source: Source, org_id: str, store_url: str) -> bool:
+    """Whether the read model holds any customer of the store, deleted ones included (one index probe)."""
+    with _database(source) as db:
+        return bool(
+            db.fetchall(
+                f"SELECT 1 FROM {CUSTOMER_TABLE.name} WHERE org_id = %s AND store_url = %s LIMIT 1",
+                [org_id, store_url],
+            )
+        )
+
+
 def known_customer_ids(source: Source, org_id: str, store_url: str) -> set[int]:
     """WooCommerce ids of the store's mirrored customers that are not deleted."""
     return set(iter_known_customer_ids(source, org_id, store_url))
@@ -517,6 +528,7 @@ __all__ = [
     "recent_activity",
     "store",
     "store_by_url",
+    "store_has_customers",
     "store_webhook_states",
     "stores_with_webhooks",
     "webhook_deliveries",

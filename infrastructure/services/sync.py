@@ -269,6 +269,10 @@ class _Run:
     vouched: _Vouched | None = None
     log_position: int | None = None  # the log's position as the run began (ProcessingStarted's)
     own_customers: set[UUID] = field(default_factory=set)  # the customers this run saved changes of
+    # The store had no customer when the run began (_is_new_store): its pages' customers are new, no head
+    # is read. Only a hint: a customer another writer registered meanwhile makes a save conflict (its first
+    # event exists), and the step is redone with heads read; the hint is dropped then.
+    new_store: bool = False
     # When this run began: what it fetches was read after it, so a customer another writer (a webhook
     # delivery) changed since is not put back by an older copy of it (Customer.sync).
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -303,6 +307,7 @@ class SyncEngine:
         leases: QueueLeases | None = None,
         holder: str | None = None,
         customers_projected_through: Callable[[int], bool] | None = None,
+        store_has_customers: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.app = app
         # Whoever runs a queue holds its lease (None: no lease is taken); ``holder`` names this run to
@@ -326,6 +331,8 @@ class SyncEngine:
         # Whether the customers read model has applied every event up to a log position (known_customer_ids
         # then names every customer mirrored before it: the deletion check need not wait for a catch-up).
         self.customers_projected_through = customers_projected_through
+        # Whether the read model holds any customer of a store (a first sync's scan then reads no heads).
+        self.store_has_customers = store_has_customers
         self.progress: Progress = progress or NoProgress()
         self._last_refresh = 0.0
 
@@ -650,6 +657,8 @@ class SyncEngine:
         waiting: list[Page] = []
         recording: asyncio.Future[None] | None = None
         run.known = await self._in_worker(self._load_known_pages, run)
+        if not run.known:
+            run.new_store = await self._in_worker(self._is_new_store, run)
         known = {number: entry.page for number, entry in run.known.items()}
         try:
             async for page in client.pages(
@@ -791,6 +800,21 @@ class SyncEngine:
                 return known
         return {}
 
+    def _is_new_store(self, run: _Run) -> bool:
+        """Whether the store had no customer when the run began: the customers read model, current to the
+        run's start, holds none of it (a first sync). Anything unknown: False (heads are read)."""
+        position = run.log_position
+        if position is None or self.store_has_customers is None or self.customers_projected_through is None:
+            return False
+        queue = run.queue
+        try:
+            return self.customers_projected_through(position) and not self.store_has_customers(
+                queue.org_id, queue.store_url
+            )
+        except DATABASE_FAILURES as error:  # a hint only
+            log.info("queue.new_store_unknown", queue_id=str(queue.id), error=first_line(error))
+            return False
+
     def _vouched(self, run: _Run, runs: list[int | None], lines: int) -> _Vouched | None:
         """What the log says of the known pages' customers: those with an event since the earliest run of
         the earlier scan began (``runs``: its runs' log positions) are the ones whose heads must be read.
@@ -904,6 +928,8 @@ class SyncEngine:
                     if index is not None:
                         earlier[cid] = known.digest(index)
         unvouched = self._unvouched(run, [*known_ids, *earlier])
+        if run.new_store:  # no customer of the store existed as the run began (known_ids is empty too)
+            return {}, unvouched
         if unvouched is None:
             read = [*parsed_ids, *known_ids]
             vouched_heads: dict[int, CustomerHead] = {}
@@ -1294,6 +1320,7 @@ class SyncEngine:
                 return
             except ConcurrentWriteError:
                 log.warning("batch.conflict", queue_id=str(run.queue.id), attempt=attempt)
+                run.new_store = False  # another writer is at work on this store: read heads from now on
                 self._reload(run)
                 # Two writers on the same customers move in lockstep; a random pause lets one get ahead.
                 time.sleep(random.uniform(0, CONFLICT_BACKOFF_S * attempt))

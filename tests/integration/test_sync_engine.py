@@ -1021,3 +1021,47 @@ def test_a_log_that_cannot_be_read_for_vouching_means_every_head_is_read(
         assert third.state == "done" and third.counts == {**third.counts, "updated": 1, "unchanged": 249}
         assert mirrored(services, sandbox)[target]["first_name"] == record["first_name"]
     assert sum(asked) >= 250, asked
+
+
+def test_a_first_sync_of_a_store_with_no_customer_reads_no_head(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the read model, current to the run's start, holds no customer of the store, its pages'
+    customers are new: no head is read. Another writer registering one of them meanwhile makes that save
+    conflict; the step is redone with heads read, and every customer is still created once."""
+    with SandboxThread(SandboxConfig(customers=250)) as sandbox:
+        asked = _counting_heads(services, monkeypatch)
+        first = run_sync(services, sandbox)
+        assert first.state == "done" and first.counts == {**first.counts, "created": 250}
+        assert sum(asked) == 0, asked
+
+    with SandboxThread(SandboxConfig(customers=250)) as other:
+        target = other.store.customer_ids()[10]  # on page 1
+        original = sync_service.SyncEngine._is_new_store
+
+        def then_registered(self: Any, run: Any) -> bool:
+            new = original(self, run)
+            record = other.store.api_object(target)
+            assert record is not None
+            key = customer_key("acme", other.url, target)
+            customer = Customer.register(
+                key,
+                org_id="acme",
+                store_url=other.url,
+                woo_id=target,
+                record=record,
+                digest=hashlib.sha256(canonical_bytes(record)).hexdigest(),
+                queue_id=str(uuid.uuid4()),
+            )
+            services.app.save_batch(customer)
+            return new
+
+        monkeypatch.setattr(sync_service.SyncEngine, "_is_new_store", then_registered)
+        asked.clear()
+        second = run_sync(services, other)
+        assert second.state == "done"
+        assert second.counts == {**second.counts, "created": 249, "unchanged": 1}
+        assert len(mirrored(services, other)) == 250
+    assert sum(asked) > 0  # after the conflict, heads were read
+    registered = [e for e in events_of_type(services, Customer.Registered) if e.store_url == other.url]
+    assert sorted(e.woo_id for e in registered) == sorted(other.store.customer_ids())
