@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import signal
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -33,7 +31,7 @@ from infrastructure.sandbox.config import Faults
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.wiring import open_services
 from tests.support.api import Api, OrgTokens
-from tests.support.cli import as_json, keyed_env, spawn_wcsync, wcsync
+from tests.support.cli import as_json, first_line, keyed_env, spawn_wcsync, wcsync
 from tests.support.waiting import wait_until
 from tests.support.workers import check_mirror
 
@@ -64,7 +62,7 @@ class Server:
         self.process = spawn_wcsync(
             "serve", "--port", "0", *QUICK_WORKERS, env=env, stderr=log.open("w"), start_new_session=True
         )
-        self.url = json.loads(_first_line(self.process))["url"]
+        self.url = json.loads(first_line(self.process))["url"]
 
     def stderr(self) -> str:
         return self.log.read_text()
@@ -87,14 +85,6 @@ class Server:
             self.process.wait(timeout=10)
         with suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-
-
-def _first_line(process: subprocess.Popen[str], timeout: float = 60) -> str:
-    assert process.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        assert selector.select(timeout=timeout), "wcsync serve printed nothing"
-    return process.stdout.readline()
 
 
 @contextmanager

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import selectors
 import signal
 import subprocess
 import threading
@@ -24,7 +23,7 @@ from infrastructure.support.errors import StorageError
 from infrastructure.wiring import migrate, open_services
 from projections import queries
 from tests.support.api import Api, OrgTokens, config_of, error_of
-from tests.support.cli import spawn_wcsync, wcsync, wcsync_env
+from tests.support.cli import first_line, spawn_wcsync, wcsync, wcsync_env
 from tests.support.services import FAST, store_of
 from tests.support.waiting import wait_until
 
@@ -40,17 +39,9 @@ def _reaped(process: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
             process.wait()
 
 
-def _first_line(process: subprocess.Popen[str], timeout: float = 60) -> str:
-    assert process.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        assert selector.select(timeout=timeout), "the process printed nothing"
-    return process.stdout.readline()
-
-
 def _serve(database_url: str) -> tuple[subprocess.Popen[str], Api]:
     process = spawn_wcsync("serve", "--port", "0", env=wcsync_env(None, database_url))
-    return process, Api(json.loads(_first_line(process))["url"], tokens=OrgTokens.of(database_url))
+    return process, Api(json.loads(first_line(process))["url"], tokens=OrgTokens.of(database_url))
 
 
 def test_slow_runs_never_block_healthz_and_sigterm_stops_the_server_within_10_s(database_url: str) -> None:

@@ -16,10 +16,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import selectors
 import shutil
 import signal
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -28,7 +26,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_playwright
 
-from tests.support.cli import as_json, spawn_wcsync, wcsync
+from tests.support.cli import as_json, first_line, spawn_wcsync, wcsync
 from tests.support.paths import ROOT
 
 # Where every test's screenshots go (gitignored); scripts/test prints the path after the run.
@@ -155,7 +153,7 @@ class DashboardServer:
             "serve", "--port", "0", *QUICK_WORKERS, env=env, stderr=log.open("w"), start_new_session=True
         )
         try:
-            self.url: str = json.loads(_first_line(self.process))["url"]
+            self.url: str = json.loads(first_line(self.process))["url"]
         except BaseException:
             self.reap()
             raise
@@ -179,16 +177,6 @@ class DashboardServer:
             self.process.wait(timeout=10)
         with suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-
-
-def _first_line(process: subprocess.Popen[str], timeout: float = 60) -> str:
-    assert process.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        assert selector.select(timeout=timeout), "wcsync serve printed nothing"
-    line = process.stdout.readline()
-    assert line, f"wcsync serve ended (exit {process.poll()}) before it listened"
-    return line
 
 
 # The dashboard's orgs: ACME has the module's store and its queues; GLOBEX must never see them.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import selectors
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -63,3 +64,15 @@ def keyed_env(sandbox: RunningSandbox, database_url: str) -> dict[str, str]:
     migrated = wcsync("db", "migrate", env=environment)
     assert migrated.returncode == 0, migrated.stderr
     return environment
+
+
+def first_line(process: subprocess.Popen[str], timeout: float = 60) -> str:
+    """The first line a started process prints (`wcsync serve`'s address), waited for ``timeout`` at most;
+    fails the test when it prints nothing or ends first."""
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        assert selector.select(timeout=timeout), "the process printed nothing"
+    line = process.stdout.readline()
+    assert line, f"the process ended (exit {process.poll()}) before it printed a line"
+    return line
