@@ -232,16 +232,7 @@ def activity(source: Source, org_id: str, queue_id: UUID, limit: int = 1000) -> 
             if quarantine.exists(db)
             else []
         )
-    entries = [
-        {
-            "createdAt": row["created_at"],
-            "activityType": row["activity_type"],
-            "status": row["status"],
-            "message": row["message"],
-            "details": row["details"],
-        }
-        for row in rows
-    ]
+    entries = [{**_activity_entry(row), "details": row["details"]} for row in rows]
     if not set_aside:
         return entries
     entries += [_quarantined_entry(row) for row in set_aside]
@@ -644,15 +635,17 @@ def recent_activity(
             [*params, int(limit)],
             "ORDER BY created_at DESC, id DESC LIMIT %s",
         )
-    return [
-        {
-            "createdAt": row["created_at"],
-            "activityType": row["activity_type"],
-            "status": row["status"],
-            "message": row["message"],
-        }
-        for row in rows
-    ]
+    return [_activity_entry(row) for row in rows]
+
+
+def _activity_entry(row: dict[str, Any]) -> dict[str, Any]:
+    """An activity row as the queries answer it (``activity`` adds its details)."""
+    return {
+        "createdAt": row["created_at"],
+        "activityType": row["activity_type"],
+        "status": row["status"],
+        "message": row["message"],
+    }
 
 
 def activity_types(source: Source, org_id: str, queue_id: UUID) -> list[str]:

@@ -889,10 +889,11 @@ class SyncEngine:
             if record["id"] in heads and unchecked.get(id(record)) is not record
         ]
         customers = self._mirrored(run.queue, changed) if changed else {}
+        not_vouched = None if unvouched is None else set(unvouched)
         for page in pages:
             hint = [heads]  # for the first attempt only: after a lost race the heads are read again
             if page.known_ids is not None:
-                known_hint = [(heads, None if unvouched is None else set(unvouched))]
+                known_hint = [(heads, not_vouched)]
                 self._until_saved(run, partial(self._record_known, run, page, known_hint))
                 continue
             good, with_id = checked[page.number]
