@@ -34,8 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     remember_database_url(getattr(args, "database_url", None))
     verbose = getattr(args, "verbose", 0) or 0
     # Imported once the arguments are parsed: `--help` and a usage error end without structlog (0.03 s).
+    from infrastructure.support.collector import tune_for_bulk_work
     from infrastructure.support.logging import configure_logging
 
+    tune_for_bulk_work()  # a sync's pages are garbage freed by reference counting: collect less often
     try:
         configure_logging(
             level={0: None, 1: "info"}.get(verbose, "debug"),
