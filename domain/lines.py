@@ -140,6 +140,48 @@ class LineBook:
                     self._merge()
         self._states[DRAFT] += 1
 
+    def add_ascending(self, customer_ids: list[int], state: str = DRAFT, result: str | None = None) -> bool:
+        """Add these lines in ``state`` (with ``result``) at C speed when they ascend, strictly, above
+        every line so far and the book is its own index (a page of a first sync, or of an unchanged
+        re-sync): True. Otherwise nothing is added and False (the caller adds them one by one)."""
+        ids = self._ids
+        if (
+            not customer_ids
+            or self._keys is not None
+            or self._pending
+            or not isinstance(ids, array)
+            or (ids and customer_ids[0] <= ids[-1])
+            or not _strictly_ascending(customer_ids)
+        ):
+            return False
+        try:
+            added = array("q", customer_ids)
+        except (OverflowError, TypeError):
+            return False
+        count = len(added)
+        ids.extend(added)
+        result_code = _RESULT_CODES[result] if result is not None else 0
+        self._codes.extend(bytes([_STATE_CODES[state] << 2 | result_code]) * count)
+        self._merged += count
+        self._states[state] += count
+        if result is not None:
+            self._results[result] += count
+        return True
+
+    def has_any(self, customer_ids: list[int]) -> bool:
+        """Whether any of these ids is a line: at once when all are above every line of an ascending book,
+        else one lookup each."""
+        ids = self._ids
+        if not customer_ids or not ids:
+            return False
+        if self._keys is None and not self._pending and isinstance(ids, array):
+            try:
+                if min(customer_ids) > ids[-1]:
+                    return False
+            except TypeError:
+                pass
+        return any(cid in self for cid in customer_ids)
+
     def finish(
         self, customer_id: int, state: str, result: str | None = None, error: str | None = None
     ) -> None:
@@ -363,6 +405,14 @@ def _unpacked(text: str) -> bytes:
     return base64.b64decode(text)  # written before snapshots were compressed
 
 
+def _strictly_ascending(values: list[int]) -> bool:
+    """Whether the ids ascend with no repeat (at C speed: sorted and set, not a loop)."""
+    try:
+        return values == sorted(values) and len(set(values)) == len(values)
+    except TypeError:
+        return False
+
+
 def _merge_size(lines: int) -> int:
     """How many ids may wait unindexed: a sixteenth of the lines (merges stay rare however the ids come),
     between 1,024 and 65,536 (a waiting id costs a dict entry, ~100 bytes)."""
@@ -432,9 +482,35 @@ class IdSet(MutableSet[int]):
             del keys[at]
 
     def update(self, ids: Iterable[int]) -> None:
+        values = ids if isinstance(ids, list) else list(ids)
+        keys = self._keys
+        # A page of a scan: ascending ids above all the others, appended at C speed.
+        if (
+            values
+            and not self._pending
+            and (not keys or values[0] > keys[-1])
+            and _strictly_ascending(values)
+        ):
+            try:
+                keys.extend(array("q", values))
+                return
+            except (OverflowError, TypeError):
+                pass  # an id outside 64 bits: one by one
         add = self.add
-        for value in ids:
+        for value in values:
             add(value)
+
+    def isdisjoint(self, other: Iterable[Any]) -> bool:
+        """No id of ``other`` is in the set: at once when all are above every id of it (a page of a scan)."""
+        values = other if isinstance(other, list) else list(other)
+        keys = self._keys
+        if not self._pending and not self._wide and values:
+            try:
+                if not keys or min(values) > keys[-1]:
+                    return True
+            except TypeError:
+                pass
+        return not any(value in self for value in values)
 
     def _merge(self) -> None:
         if not self._pending:

@@ -283,7 +283,7 @@ class SyncQueue(Aggregate):
         ids = [record["id"] for record in records]
         ids += [row[0] for row in unchanged_rows]
         ids += [row[0] for row in processed_rows]
-        if len(set(ids)) != len(ids) or any(cid in lines for cid in ids):
+        if len(set(ids)) != len(ids) or lines.has_any(ids):
             seen: set[int] = set()
             for cid in ids:
                 if cid in lines or cid in seen:
@@ -309,13 +309,16 @@ class SyncQueue(Aggregate):
         body_digest: str | None,
     ) -> None:
         lines = self.lines
-        for record in records:
-            lines.add(record["id"])
-        for cid, _digest in processed:
-            lines.add(cid)
-        for cid, _digest in unchanged:
-            lines.add(cid)
-            lines.finish(cid, DONE, result="unchanged")
+        drafts = [record["id"] for record in records]
+        drafts += [cid for cid, _digest in processed]
+        if not lines.add_ascending(drafts):  # a page in id order above the lines so far: at C speed
+            for cid in drafts:
+                lines.add(cid)
+        done = [cid for cid, _digest in unchanged]
+        if not lines.add_ascending(done, DONE, "unchanged"):
+            for cid in done:
+                lines.add(cid)
+                lines.finish(cid, DONE, result="unchanged")
         if page is not None:
             self.pages_recorded = page
 

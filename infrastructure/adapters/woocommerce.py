@@ -35,6 +35,7 @@ from oauthlib.oauth1 import Client as OAuth1Client
 
 from domain import bounds
 from domain.errors import EXIT_STORE, WcsyncError
+from domain.lines import IdSet
 from domain.validation import (
     EXCERPT_CHARS,
     MAX_CUSTOMER_ID,
@@ -214,6 +215,15 @@ class ClientStats:
 
 
 # ----------------------------------------------------------------------------------- small internals
+
+
+def _add_ids(seen: MutableSet[int], ids: list[int]) -> None:
+    """Add a page's ids to a scan's seen set (IdSet.update appends a page in id order at C speed)."""
+    if isinstance(seen, IdSet | set):
+        seen.update(ids)
+    else:
+        for cid in ids:
+            seen.add(cid)
 
 
 def _one_line(text: str) -> str:
@@ -715,9 +725,8 @@ class WooCommerceClient:
                     ids = list(known[number].ids)
                     # A short page ends the scan, so it is always read (the last page, usually): a known
                     # page's ids are the last scan's word, and a wrong count must not end a scan early.
-                    if len(ids) >= per_page and not any(cid in seen for cid in ids):
-                        for cid in ids:
-                            seen.add(cid)
+                    if len(ids) >= per_page and seen.isdisjoint(ids):
+                        _add_ids(seen, ids)
                         yield Page(
                             number,
                             [],
@@ -735,11 +744,16 @@ class WooCommerceClient:
                 raw: list[dict[str, Any]] = response.body
                 if not raw and not response.rejected:
                     return
+                page_ids = [record["id"] for record in raw]
                 fresh: list[dict[str, Any]] = []
-                for record in raw:
-                    if record["id"] not in seen:
-                        seen.add(record["id"])
-                        fresh.append(record)
+                if len(set(page_ids)) == len(page_ids) and seen.isdisjoint(page_ids):
+                    _add_ids(seen, page_ids)  # the usual page: none seen before, added at once
+                    fresh = raw
+                else:
+                    for record in raw:
+                        if record["id"] not in seen:
+                            seen.add(record["id"])
+                            fresh.append(record)
                 rejected: list[RejectedRecord] = []
                 for refusal in response.rejected:
                     if refusal.customer_id is None:

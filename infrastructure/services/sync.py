@@ -216,6 +216,11 @@ class _Known:
         """The digest (hex) of the customer at ``index`` on the page."""
         return self.digests[32 * index : 32 * index + 32].hex()
 
+    def pairs(self) -> list[tuple[int, str]]:
+        """(customer id, digest in hex) of every customer on the page, in page order."""
+        text = self.digests.hex()
+        return [(cid, text[64 * index : 64 * index + 64]) for index, cid in enumerate(self.page.ids)]
+
 
 @dataclass
 class _Vouched:
@@ -783,7 +788,11 @@ class SyncEngine:
             for event in self.app.digested_pages(queue_id, runs=runs):
                 if event.page is None or event.body_digest is None or event.records:
                     continue
-                pairs = [(int(cid), str(digest)) for cid, digest in [*event.processed, *event.unchanged]]
+                # In id order (the page's order in an id-ordered listing): a page with changed customers
+                # names them first, and lines added out of order cost the queue's line book its fast path.
+                pairs = sorted(
+                    (int(cid), str(digest)) for cid, digest in [*event.processed, *event.unchanged]
+                )
                 try:
                     known[event.page] = _Known.of(event.body_digest, pairs)
                 except ValueError:  # not a digest this version writes: the page is read as any other
@@ -979,10 +988,12 @@ class SyncEngine:
         heads, unvouched = heads_read.pop() if heads_read else (self._heads(queue, ids), None)
         known = run.known.get(page.number)
         pairs: list[tuple[int, str]] = []
-        if known is not None and len(known.page.ids) == len(ids):
+        if known is None or list(known.page.ids) != ids or queue.lines.has_any(ids):
+            pass  # not the earlier scan's page as known, or lines already: read as any other page
+        elif unvouched is not None and unvouched.isdisjoint(ids):
+            pairs = known.pairs()  # no event since that scan began for any of them: as it left them
+        else:
             for index, cid in enumerate(ids):
-                if cid in queue.lines or known.page.ids[index] != cid:
-                    break
                 digest = known.digest(index)
                 if unvouched is not None and cid not in unvouched:
                     pairs.append((cid, digest))  # no event since that scan began: as it left it

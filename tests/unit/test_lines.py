@@ -159,6 +159,14 @@ operations = st.lists(
         st.tuples(st.just("add"), ids),
         # a page: ascending ids from a base, as a scan adds them (the fast path, then merges)
         st.tuples(st.just("page"), st.integers(1, 5_000), st.integers(1, 40), st.integers(1, 3)),
+        # a page added at once (add_ascending, as LinesAdded applies one), draft or done unchanged
+        st.tuples(
+            st.just("bulk"),
+            st.integers(1, 5_000),
+            st.integers(0, 40),
+            st.integers(1, 3),
+            st.sampled_from([("draft", None), ("done", "unchanged")]),
+        ),
         st.tuples(
             st.just("finish"),
             ids,
@@ -185,6 +193,21 @@ def apply(book: LineBook, model: DictLineBook, operation: tuple[Any, ...], known
             book.add(cid)
             model.add(cid)
             known.append(cid)
+        return book
+    if kind == "bulk":
+        base, size, step, (state, result) = args
+        page = list(range(base, base + size * step, step))
+        assert book.has_any(page) == any(cid in model.codes for cid in page)
+        if not book.add_ascending(page, state, result):
+            for cid in page:
+                book.add(cid)
+                if state != "draft":
+                    book.finish(cid, state, result=result)
+        for cid in page:
+            model.add(cid)
+            if state != "draft":
+                model.finish(cid, state, result, None)
+        known.extend(page)
         return book
     cid = args[0]
     known.append(cid)
@@ -309,6 +332,8 @@ def test_id_set_does_what_the_set_did(operations: list[tuple[Any, ...]], merge_s
             assert len(seen) == len(model)
             for probe in (*model, 0, 61, 2**62, "7"):
                 assert (probe in seen) == (probe in model)
+            for probes in ([0, 61], [2**62, 2**63 - 1], list(model)[:3], [max(model, default=0) + 1]):
+                assert seen.isdisjoint(probes) == model.isdisjoint(probes)
         assert list(seen) == sorted(model)
         assert seen == IdSet(model) and set(seen) == model
         others = {1, 2, 3, 2**63 - 1}
