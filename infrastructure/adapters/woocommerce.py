@@ -183,6 +183,9 @@ class Page:
     parse: Callable[[], tuple[list[dict[str, Any]], list[RejectedRecord]]] | None = field(
         default=None, repr=False, compare=False
     )
+    # The records were read by orjson: JSON's own types only, string keys, finite floats, integers within
+    # 64 bits (check_record's ``strict_json``). False when the answer needed the lenient reader.
+    strict_json: bool = False
 
     def parsed(self) -> Page:
         """This page with its records read (a known page's answer parsed now); itself when it has them."""
@@ -239,6 +242,7 @@ class _Response:
     rejected: tuple[RejectedRecord, ...] = ()
     digest: str | None = None  # of the answer's bytes, for a page of the customers scan
     unparsed: bytes | None = None  # the answer, when its digest was a known page's (``body`` is None)
+    strict_json: bool = False  # ``body`` was read by orjson (Page.strict_json)
 
 
 @dataclass(frozen=True)
@@ -775,7 +779,15 @@ class WooCommerceClient:
                     return
                 whole = len(fresh) == len(raw) and not response.rejected
                 digest = response.digest if whole else None
-                yield Page(number, fresh, response.total, response.total_pages, rejected, body_digest=digest)
+                yield Page(
+                    number,
+                    fresh,
+                    response.total,
+                    response.total_pages,
+                    rejected,
+                    body_digest=digest,
+                    strict_json=response.strict_json,
+                )
                 if len(raw) + len(response.rejected) < per_page:
                     return
                 number += 1
@@ -1100,7 +1112,10 @@ class WooCommerceClient:
         """A listing's answer read: ``response`` with its records as ``body`` and the records refused
         before they could be read as customers (no usable id, unreadable) as ``rejected``."""
         unreadable: list[RejectedRecord] = []
-        parsed = self._parse_json(body, unreadable)
+        try:
+            parsed, strict = orjson.loads(body), True
+        except orjson.JSONDecodeError:  # the lenient reader then, element by element if need be
+            parsed, strict = self._parse_json(body, unreadable), False
         rejected: tuple[RejectedRecord, ...] = tuple(unreadable)
         if not isinstance(parsed, list):
             raise _Transient("malformed", "sent something that is not a list of customers")
@@ -1111,7 +1126,13 @@ class WooCommerceClient:
             rejected += tuple(r for r in refused if isinstance(r, RejectedRecord))
             parsed = usable
         return _Response(
-            response.status, parsed, response.total, response.total_pages, rejected, response.digest
+            response.status,
+            parsed,
+            response.total,
+            response.total_pages,
+            rejected,
+            response.digest,
+            strict_json=strict,
         )
 
     def _read_known(self, number: int, body: bytes) -> tuple[list[dict[str, Any]], list[RejectedRecord]]:

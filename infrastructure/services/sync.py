@@ -885,7 +885,9 @@ class SyncEngine:
         run.encodings = _Encodings()
         heads, unvouched = self._step_heads(run, pages)
         checked = {
-            page.number: self._checked_page(run, page.number, page.records, page.rejected, heads)
+            page.number: self._checked_page(
+                run, page.number, page.records, page.rejected, heads, strict_json=page.strict_json
+            )
             for page in pages
             if page.known_ids is None
         }
@@ -1036,17 +1038,19 @@ class SyncEngine:
         records: list[dict[str, Any]],
         refused: Iterable[RejectedRecord],
         heads: Mapping[int, CustomerHead] | None = None,
+        strict_json: bool = False,
     ) -> tuple[list[dict[str, Any]], list[RejectedRecord]]:
         """A page's records through the boundary: (the good ones, the refused ones with a customer id);
         the refused ones without an id become an incident of the run. With ``heads`` (the mirrored
-        customers'), a record exactly as its customer was last synced skips the checks (_as_synced)."""
+        customers'), a record exactly as its customer was last synced skips the checks (_as_synced).
+        ``strict_json``: the records were read by orjson (Page.strict_json, check_record's)."""
         good: list[dict[str, Any]] = []
         checked_rejected: list[RejectedRecord] = []
         for raw in records:
             if heads and self._as_synced(run, raw, heads):
                 good.append(raw)
             else:
-                _check_into(run, raw, good, checked_rejected)
+                _check_into(run, raw, good, checked_rejected, strict_json)
         rejected = [*checked_rejected, *refused]
         without_id = [r for r in rejected if r.customer_id is None]
         with_id = [r for r in rejected if r.customer_id is not None]
@@ -1530,10 +1534,16 @@ async def _until_done(future: asyncio.Future[Any]) -> None:
             await asyncio.wait({future})
 
 
-def _check_into(run: _Run, record: Any, good: list[dict[str, Any]], rejected: list[RejectedRecord]) -> None:
+def _check_into(
+    run: _Run,
+    record: Any,
+    good: list[dict[str, Any]],
+    rejected: list[RejectedRecord],
+    strict_json: bool = False,
+) -> None:
     """A record through the boundary's checks (with the step's encoder): the checked record to ``good``, or
-    the refusal to ``rejected``."""
-    outcome = check_record(record, run.encodings)
+    the refusal to ``rejected``. ``strict_json``: as check_record's."""
+    outcome = check_record(record, run.encodings, strict_json=strict_json)
     if isinstance(outcome, RejectedRecord):
         rejected.append(outcome)
     else:

@@ -146,6 +146,36 @@ def test_a_record_no_json_parser_reads_fails_its_own_line_and_the_page_syncs(ser
     assert_projections_caught_up(services)
 
 
+def _nested(levels: int) -> bytes:
+    return b'{"k": ' * levels + b'"leaf"' + b"}" * levels
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        # orjson reads these pages (Page.strict_json): only the nesting is left to check, volatile fields too
+        Raw(b'{"id": 61, "email": "x@y.co", "_links": ' + _nested(70) + b"}"),
+        Raw(b'{"id": 61, "email": "x@y.co", "meta_data": [{"key": "k", "value": ' + _nested(70) + b"}]}"),
+        # orjson refuses these (not JSON's, or past 64 bits): the lenient reader's records get the whole walk
+        Raw(b'{"id": 61, "email": "x@y.co", "score": NaN}'),
+        Raw(b'{"id": 61, "email": "x@y.co", "score": Infinity}'),
+    ],
+    ids=["deep-links", "deep-meta", "nan", "infinity"],
+)
+def test_what_either_reader_lets_through_is_still_refused_at_the_boundary(
+    services: Services, odd: Raw
+) -> None:
+    with HostileStore([[good(60), odd, good(62)]]) as store:
+        outcome = sync(services, store)
+
+    assert outcome.counts["created"] == 2 and outcome.counts["failed"] == 1
+    failed = {
+        r["wooCustomerId"]: r["errorMessage"]
+        for r in queries.failed_lines(services.projections, "acme", outcome.queue_id)
+    }
+    assert list(failed) == [61] and failed[61].startswith("invalid customer record: "), failed
+
+
 def test_nul_and_lone_surrogates_are_stored_the_same_way_on_both_backends(services: Services) -> None:
     # orjson refuses a page with an escaped lone surrogate; the page must still be read.
     odd = good(
