@@ -593,9 +593,9 @@ def test_a_resync_checks_only_the_records_that_are_not_exactly_as_last_synced(
     checked: list[int] = []
     real = sync_service.check_record
 
-    def counting(raw: Any, canonical: Any = None) -> Any:
+    def counting(raw: Any, canonical: Any = None, *, strict_json: bool = False) -> Any:
         checked.append(raw["id"])
-        return real(raw, canonical)
+        return real(raw, canonical, strict_json=strict_json)
 
     with SandboxThread(SandboxConfig(customers=250)) as sandbox:
         run_sync(services, sandbox)
