@@ -123,9 +123,9 @@ class SyncQueue(Aggregate):
 
     class LinesAdded(Event):
         """A page's customers as lines. Version 2 added ``processed`` and ``body_digest`` (a version 1
-        event reads as one with none of either)."""
+        event reads as one with none of either); version 3 ``answers`` (None in an older event)."""
 
-        class_version = 2
+        class_version = 3
 
         page: int | None  # the store's page number; None when lines come from a reconciliation
         records: list[dict[str, Any]]  # the customers as fetched, to be processed
@@ -142,12 +142,21 @@ class SyncQueue(Aggregate):
         # line of this event: a later scan whose page is the same bytes read the same customers
         # (SyncEngine's known pages). None otherwise, and for a reconciliation.
         body_digest: str | None
+        # With ``body_digest``: base64 of each line's answer digest, the first 16 bytes of the SHA-256 of
+        # its customer's bytes in that answer, in the order of ``processed`` then ``unchanged``. A later
+        # scan whose answer changed reads only the customers whose bytes did (SyncEngine's partly known
+        # pages). None when the answer could not be cut into its customers, and in older events.
+        answers: str | None
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, Any]) -> None:
             state.setdefault("unchanged", [])
             state["processed"] = []
             state["body_digest"] = None
+
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            state["answers"] = None
 
     class LinesRefetched(Event):
         records: list[dict[str, Any]]  # failed lines' customers fetched again for a retry
@@ -270,12 +279,14 @@ class SyncQueue(Aggregate):
         unchanged: Iterable[tuple[int, str]] = (),
         processed: Iterable[tuple[int, str]] = (),
         body_digest: str | None = None,
+        answers: str | None = None,
     ) -> None:
         """Record customers as fetched: ``records`` to process, ``unchanged`` (id, digest) pairs of
         customers identical to their last sync, and ``processed`` (id, digest) pairs of customers the
         caller processes and saves together with this event (their records go in their own events, see
         LinesAdded). ``body_digest``: the page's answer's digest, when every customer on it is a line
-        here. Every id must be a positive integer (see validation)."""
+        here; ``answers``: its customers' answer digests (LinesAdded.answers), with it only. Every id must
+        be a positive integer (see validation)."""
         self._check_open()
         unchanged_rows = [[cid, digest] for cid, digest in unchanged]
         processed_rows = [[cid, digest] for cid, digest in processed]
@@ -297,6 +308,7 @@ class SyncQueue(Aggregate):
             unchanged=unchanged_rows,
             processed=processed_rows,
             body_digest=body_digest,
+            answers=answers if body_digest is not None else None,
         )
 
     @event(LinesAdded)
@@ -307,6 +319,7 @@ class SyncQueue(Aggregate):
         unchanged: list[list[Any]],
         processed: list[list[Any]],
         body_digest: str | None,
+        answers: str | None,
     ) -> None:
         lines = self.lines
         drafts = [record["id"] for record in records]

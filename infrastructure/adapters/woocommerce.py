@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import random
@@ -163,6 +164,10 @@ class KnownPage:
 
     digest: str
     ids: Sequence[int]
+    # The answer digest (ANSWER_DIGEST_BYTES: the head of the SHA-256 of its bytes as the store sent them)
+    # of each customer, in the order of ``ids``; None when that scan could not cut its answer into them.
+    # A changed answer's customers whose bytes are the same need not be parsed (Page.same_ids).
+    answers: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,12 @@ class Page:
     # The records were read by orjson: JSON's own types only, string keys, finite floats, integers within
     # 64 bits (check_record's ``strict_json``). False when the answer needed the lenient reader.
     strict_json: bool = False
+    # The answer was not the known page's, but these customers on it are, byte for byte, as that page had
+    # them (KnownPage.answers): not parsed, not in ``records``; ``parse`` reads them all after all.
+    same_ids: list[int] = field(default_factory=list)
+    # Each customer's answer digest on this page, by id (every customer on it), when the answer could be
+    # cut into its customers: what the page's LinesAdded records for the next scan.
+    answers: dict[int, bytes] | None = field(default=None, repr=False, compare=False)
 
     def parsed(self) -> Page:
         """This page with its records read (a known page's answer parsed now); itself when it has them."""
@@ -193,7 +204,8 @@ class Page:
             return self
         records, rejected = self.parse()
         digest = self.body_digest if not rejected else None  # every record on it a line, or no digest
-        return Page(self.number, records, self.total, self.total_pages, rejected, digest)
+        answers = self.answers if not rejected else None
+        return Page(self.number, records, self.total, self.total_pages, rejected, digest, answers=answers)
 
 
 @dataclass
@@ -220,6 +232,91 @@ class ClientStats:
 # ----------------------------------------------------------------------------------- small internals
 
 
+# A customer object begins each piece: WooCommerce writes "id" then "date_created" first, and a
+# meta_data entry's object ("id", "key") is so not taken for one.
+_CUSTOMER_START = re.compile(rb'\{"id":([1-9][0-9]{0,18}),"date_created"')
+_CUSTOMER_BOUNDARY = re.compile(rb'\},(?=\{"id":[1-9][0-9]{0,18},"date_created")')
+ANSWER_DIGEST_BYTES = 16  # of a customer's bytes in an answer: the head of their SHA-256
+
+
+def _answer_pieces(body: bytes) -> list[tuple[int, bytes]] | None:
+    """An answer cut into its customers' bytes, each with the id it starts with, when it is a compact
+    JSON array of customer objects as WooCommerce writes it; None otherwise (or for an empty one). Which
+    piece is a customer object is only checked by the caller (WooCommerceClient._cut_answer)."""
+    if len(body) < 2 or body[:1] != b"[" or body[-1:] != b"]" or not _CUSTOMER_START.match(body, 1):
+        return None
+    pieces: list[tuple[int, bytes]] = []
+    start = 1
+    end = len(body) - 1
+    while True:
+        head = _CUSTOMER_START.match(body, start)
+        if head is None:
+            return None
+        boundary = body.find(b'},{"id":', start)
+        while boundary != -1 and boundary < end and not _CUSTOMER_BOUNDARY.match(body, boundary):
+            boundary = body.find(b'},{"id":', boundary + 1)
+        if boundary == -1 or boundary >= end:
+            pieces.append((int(head.group(1)), body[start:end]))
+            return pieces
+        pieces.append((int(head.group(1)), body[start : boundary + 1]))
+        start = boundary + 2
+
+
+def _cut_answer(response: _Response, body: bytes, earlier: KnownPage | None) -> _Response | None:
+    """A page's answer read customer by customer (_answer_pieces): each one's answer digest taken, and
+    parsed only when the earlier scan's page (``earlier``) did not have it byte for byte. None when
+    the answer cannot be read so (any piece orjson does not read as a customer object with the id it
+    starts with): it is then read whole, as any answer.
+
+    Why this is the answer, exactly: the pieces are cut at `},{"id":N,"date_created"` and the answer is
+    `[` + the pieces joined by `,` + `]`; each piece is a JSON object on its own (parsed now, or the
+    same bytes as one the earlier scan parsed so), so the answer is the array of exactly those
+    objects, whatever the bytes inside them hold."""
+    pieces = _answer_pieces(body)
+    if pieces is None:
+        return None
+    known: dict[int, bytes] = {}
+    if (
+        earlier is not None
+        and earlier.answers is not None
+        and len(earlier.answers) == ANSWER_DIGEST_BYTES * len(earlier.ids)
+    ):
+        size = ANSWER_DIGEST_BYTES
+        known = {cid: earlier.answers[size * i : size * i + size] for i, cid in enumerate(earlier.ids)}
+    ids: list[int] = []
+    answers: dict[int, bytes] = {}
+    records: list[dict[str, Any]] = []
+    same: list[int] = []
+    for cid, piece in pieces:
+        answer = hashlib.sha256(piece).digest()[:ANSWER_DIGEST_BYTES]
+        if cid in answers:
+            return None  # a customer twice on one page: read whole, as any answer
+        ids.append(cid)
+        answers[cid] = answer
+        if known.get(cid) == answer:
+            same.append(cid)
+            continue
+        try:
+            record = orjson.loads(piece)
+        except orjson.JSONDecodeError:
+            return None
+        if type(record) is not dict or record.get("id") != cid or customer_id_of(record) != cid:
+            return None
+        records.append(record)
+    return _Response(
+        response.status,
+        records,
+        response.total,
+        response.total_pages,
+        digest=response.digest,
+        unparsed=body,
+        strict_json=True,
+        ids=ids,
+        answers=answers,
+        same_ids=same,
+    )
+
+
 def _add_ids(seen: MutableSet[int], ids: list[int]) -> None:
     """Add a page's ids to a scan's seen set (IdSet.update appends a page in id order at C speed)."""
     if isinstance(seen, IdSet | set):
@@ -241,8 +338,13 @@ class _Response:
     total_pages: int | None
     rejected: tuple[RejectedRecord, ...] = ()
     digest: str | None = None  # of the answer's bytes, for a page of the customers scan
-    unparsed: bytes | None = None  # the answer, when its digest was a known page's (``body`` is None)
+    unparsed: bytes | None = None  # the answer: a known page's (``body`` None, ``ids`` None), or cut (ids)
     strict_json: bool = False  # ``body`` was read by orjson (Page.strict_json)
+    # An answer cut into its customers (_cut_answer): every id on it in order, the answer digest of each,
+    # and those not parsed because the known page had them byte for byte (Page.same_ids).
+    ids: list[int] | None = None
+    answers: dict[int, bytes] | None = None
+    same_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -694,6 +796,7 @@ class WooCommerceClient:
                     listing=True,
                     oversize_ok=True,
                     digest=seen_before.digest if seen_before is not None else "",
+                    earlier=seen_before,
                 )
             except _TooLarge as too_large:
                 return await self._page_one_by_one(page, params, too_large)
@@ -724,7 +827,7 @@ class WooCommerceClient:
                 response = await in_flight.pop(number)
                 if response.total_pages is not None:
                     known_total_pages = response.total_pages
-                if response.unparsed is not None:
+                if response.unparsed is not None and response.ids is None:  # the known page itself
                     assert known is not None and response.digest is not None
                     ids = list(known[number].ids)
                     # A short page ends the scan, so it is always read (the last page, usually): a known
@@ -745,10 +848,17 @@ class WooCommerceClient:
                         continue
                     # Short, or seen already on an earlier page of this scan: read it as any other answer.
                     response = self._listing_response(response, response.unparsed)
+                if response.same_ids and not seen.isdisjoint(response.ids or ()):
+                    # A customer of it was on an earlier page (the store shifted): read whole, as any answer.
+                    assert response.unparsed is not None
+                    response = self._listing_response(
+                        dataclasses.replace(response, ids=None, answers=None, same_ids=[]), response.unparsed
+                    )
                 raw: list[dict[str, Any]] = response.body
-                if not raw and not response.rejected:
+                same = response.same_ids
+                if not raw and not response.rejected and not same:
                     return
-                page_ids = [record["id"] for record in raw]
+                page_ids = response.ids if response.ids is not None else [record["id"] for record in raw]
                 fresh: list[dict[str, Any]] = []
                 if len(set(page_ids)) == len(page_ids) and seen.isdisjoint(page_ids):
                     _add_ids(seen, page_ids)  # the usual page: none seen before, added at once
@@ -767,7 +877,7 @@ class WooCommerceClient:
                     elif refusal.customer_id not in seen:
                         seen.add(refusal.customer_id)
                         rejected.append(refusal)
-                if not fresh and not rejected:
+                if not fresh and not rejected and not same:
                     self._activity(
                         "store_repeating_pages",
                         "warning",
@@ -787,8 +897,13 @@ class WooCommerceClient:
                     rejected,
                     body_digest=digest,
                     strict_json=response.strict_json,
+                    same_ids=same,
+                    answers=response.answers if whole else None,
+                    parse=partial(self._read_known, number, response.unparsed)
+                    if same and response.unparsed is not None
+                    else None,
                 )
-                if len(raw) + len(response.rejected) < per_page:
+                if len(raw) + len(same) + len(response.rejected) < per_page:
                     return
                 number += 1
         finally:
@@ -804,13 +919,14 @@ class WooCommerceClient:
         listing: bool,
         oversize_ok: bool = False,
         digest: str | None = None,
+        earlier: KnownPage | None = None,
     ) -> _Response:
         """One request with its retries. An answer over max_response_bytes raises _TooLarge when the
         caller handles it (``oversize_ok``), else StoreRefused. ``digest`` (a page of the customers scan):
         the answer's digest is computed, and when it equals a non-empty ``digest`` the answer is not
         parsed (_Response.unparsed)."""
         try:
-            return await self._get_with_retries(path, params, listing=listing, digest=digest)
+            return await self._get_with_retries(path, params, listing=listing, digest=digest, earlier=earlier)
         except _TooLarge:
             if oversize_ok:
                 raise
@@ -824,6 +940,7 @@ class WooCommerceClient:
         listing: bool,
         call: _Call | None = None,
         digest: str | None = None,
+        earlier: KnownPage | None = None,
     ) -> _Response:
         options = self._options
         attempt = 0
@@ -833,7 +950,7 @@ class WooCommerceClient:
             started = await self._limiter.acquire()
             try:
                 response = await self._attempt(
-                    path, params, listing=listing, attempt=attempt, call=call, digest=digest
+                    path, params, listing=listing, attempt=attempt, call=call, digest=digest, earlier=earlier
                 )
             except _Transient as failure:
                 rate_limited = failure.status == 429
@@ -956,6 +1073,7 @@ class WooCommerceClient:
         attempt: int,
         call: _Call | None = None,
         digest: str | None = None,
+        earlier: KnownPage | None = None,
     ) -> _Response:
         assert self._session is not None, "use the client inside 'async with'"
         method = call.method if call is not None else "GET"
@@ -1002,7 +1120,7 @@ class WooCommerceClient:
         self._log_outcome(shown, params, status, started, attempt, method)
         if call is not None:
             return self._interpret_call(call, status, headers, body)
-        return self._interpret(status, headers, body, listing=listing, digest=digest)
+        return self._interpret(status, headers, body, listing=listing, digest=digest, earlier=earlier)
 
     async def _read_capped(self, reply: aiohttp.ClientResponse) -> bytes:
         """The body, read chunk by chunk up to max_response_bytes; raises _TooLarge past it (a store's
@@ -1030,7 +1148,14 @@ class WooCommerceClient:
         return str(signed)
 
     def _interpret(
-        self, status: int, headers: Any, body: bytes, *, listing: bool, digest: str | None = None
+        self,
+        status: int,
+        headers: Any,
+        body: bytes,
+        *,
+        listing: bool,
+        digest: str | None = None,
+        earlier: KnownPage | None = None,
     ) -> _Response:
         if status == 200:
             totals = (_int_header(headers, "X-WP-Total"), _int_header(headers, "X-WP-TotalPages"))
@@ -1040,6 +1165,9 @@ class WooCommerceClient:
                 own = hashlib.sha256(body).hexdigest()
                 if own == digest:
                     return _Response(status, None, *totals, digest=own, unparsed=body)
+                cut = _cut_answer(_Response(status, None, *totals, digest=own), body, earlier)
+                if cut is not None:
+                    return cut
                 return self._listing_response(_Response(status, None, *totals, digest=own), body)
             if listing:
                 return self._listing_response(_Response(status, None, *totals), body)

@@ -10,6 +10,8 @@ or finished; `resume` continues from there.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hashlib
 import random
@@ -37,6 +39,7 @@ from infrastructure.adapters.eventstore import DATABASE_ERRORS, ConcurrentWriteE
 from infrastructure.adapters.leases import Lease, QueueLeases, default_holder
 from infrastructure.adapters.transcoder import canonical_bytes
 from infrastructure.adapters.woocommerce import (
+    ANSWER_DIGEST_BYTES,
     ActivitySink,
     ClientOptions,
     KnownPage,
@@ -155,6 +158,7 @@ class SyncOutcome:
     store_error: StoreError | None = None
     # Pages this run recorded from the last scan's digests, without parsing the store's answer.
     known_pages: int = 0
+    partly_known_pages: int = 0  # pages whose answer changed, recorded with only the changed customers read
 
 
 class _Encodings:
@@ -201,8 +205,10 @@ class _Known:
     digests: bytes
 
     @classmethod
-    def of(cls, body_digest: str, pairs: Sequence[tuple[int, str]]) -> _Known:
-        """From a page's (customer id, digest) pairs; ValueError when a digest is not 64 hex digits."""
+    def of(cls, body_digest: str, pairs: Sequence[tuple[int, str]], answers: bytes | None = None) -> _Known:
+        """From a page's (customer id, digest) pairs, in id order, and its customers' answer digests in the
+        same order (KnownPage.answers; None: none, or not one for each pair); ValueError when a digest is
+        not 64 hex digits."""
         # One conversion a page, not one a line (100,000 lines to load for a 100k re-sync); a digest of
         # another length, or with spaces (which fromhex skips), leaves the total short.
         if any(len(digest) != 64 for _, digest in pairs):
@@ -210,7 +216,14 @@ class _Known:
         digests = bytes.fromhex("".join(digest for _, digest in pairs))
         if len(digests) != 32 * len(pairs):
             raise ValueError("a line's digest is not a SHA-256")
-        return cls(KnownPage(body_digest, array("q", (cid for cid, _ in pairs))), digests)
+        if answers is not None and len(answers) != ANSWER_DIGEST_BYTES * len(pairs):
+            answers = None
+        return cls(KnownPage(body_digest, array("q", (cid for cid, _ in pairs)), answers), digests)
+
+    def answers_text(self) -> str | None:
+        """The page's answer digests as LinesAdded.answers has them (for lines in page order)."""
+        answers = self.page.answers
+        return None if answers is None else base64.b64encode(answers).decode("ascii")
 
     def digest(self, index: int) -> str:
         """The digest (hex) of the customer at ``index`` on the page."""
@@ -270,6 +283,7 @@ class _Run:
     known: dict[int, _Known] = field(default_factory=dict)
     known_waiting: dict[int, Page] = field(default_factory=dict)
     known_read: set[int] = field(default_factory=set)  # pages recorded from known ids, nothing parsed
+    partly_read: set[int] = field(default_factory=set)  # pages recorded with Page.same_ids not parsed
     # The customers of known pages that the log cannot vouch for (None: none it can, read every head).
     vouched: _Vouched | None = None
     log_position: int | None = None  # the log's position as the run began (ProcessingStarted's)
@@ -524,6 +538,7 @@ class SyncEngine:
         outcome = self._outcome(run.queue, started)
         outcome.store_error = store_error
         outcome.known_pages = len(run.known_read)
+        outcome.partly_known_pages = len(run.partly_read)
         return outcome
 
     async def _log_position(self) -> int | None:
@@ -790,11 +805,20 @@ class SyncEngine:
                     continue
                 # In id order (the page's order in an id-ordered listing): a page with changed customers
                 # names them first, and lines added out of order cost the queue's line book its fast path.
-                pairs = sorted(
-                    (int(cid), str(digest)) for cid, digest in [*event.processed, *event.unchanged]
-                )
+                named = [(int(cid), str(digest)) for cid, digest in [*event.processed, *event.unchanged]]
+                answers = _answer_digests(event.answers, len(named))
+                if answers is None:
+                    pairs, ordered = sorted(named), None
+                else:
+                    size = ANSWER_DIGEST_BYTES
+                    triples = sorted(
+                        (cid, digest, answers[size * i : size * i + size])
+                        for i, (cid, digest) in enumerate(named)
+                    )
+                    pairs = [(cid, digest) for cid, digest, _ in triples]
+                    ordered = b"".join(answer for _, _, answer in triples)
                 try:
-                    known[event.page] = _Known.of(event.body_digest, pairs)
+                    known[event.page] = _Known.of(event.body_digest, pairs, ordered)
                 except ValueError:  # not a digest this version writes: the page is read as any other
                     continue
             if known:
@@ -908,8 +932,20 @@ class SyncEngine:
                 self._until_saved(run, partial(self._record_known, run, page, known_hint))
                 continue
             good, with_id = checked[page.number]
+            if page.same_ids:
+                partly = [(heads, not_vouched, good, with_id, customers)]
+                self._until_saved(run, partial(self._record_partly_known, run, page, partly))
+                continue
             step = partial(
-                self._record_checked, run, page.number, good, with_id, hint, page.body_digest, [customers]
+                self._record_checked,
+                run,
+                page.number,
+                good,
+                with_id,
+                hint,
+                page.body_digest,
+                [customers],
+                answers=page.answers,
             )
             self._until_saved(run, step)
 
@@ -930,6 +966,7 @@ class SyncEngine:
             if page.known_ids is not None:
                 known_ids += page.known_ids
                 continue
+            known_ids += page.same_ids  # as they were on the known page: heads only for those not vouched
             page_ids = [cid for cid in map(customer_id_of, page.records) if cid is not None]
             parsed_ids += page_ids
             known = run.known.get(page.number)
@@ -1010,12 +1047,65 @@ class SyncEngine:
             # The heads of the records as parsed (read again: the known ids are only the last scan's word).
             self._record_checked(run, read.number, good, with_id, [], read.body_digest)
             return
-        queue.add_lines([], page=page.number, unchanged=pairs, body_digest=page.body_digest)
+        queue.add_lines(
+            [], page=page.number, unchanged=pairs, body_digest=page.body_digest, answers=known.answers_text()
+        )
         run.known_read.add(page.number)
         run.progress.advance(len(pairs))
         if run.saved:
             run.known_waiting[page.number] = page
         self._process(run, [], {}, (page.number, [], []) if run.saved else None)
+
+    def _record_partly_known(
+        self,
+        run: _Run,
+        page: Page,
+        read: list[
+            tuple[
+                dict[int, CustomerHead],
+                set[int] | None,
+                list[dict[str, Any]],
+                list[RejectedRecord],
+                dict[int, Customer],
+            ]
+        ],
+    ) -> None:
+        """The worker step of a page whose answer changed but holds customers byte for byte as the known
+        page had them (Page.same_ids, not parsed): those are as the earlier scan left them when the log
+        vouches for them or their heads say so, and their lines are added unchanged with that scan's
+        digests; the parsed records are recorded as on any page. ``read``: what _record_pages read for
+        the first attempt (heads, the customers the log does not vouch for, the parsed records checked
+        and refused, the mirrored customers of the changed ones). When one of the others is not as that
+        scan left it, and after a lost race, the answer is read whole and recorded as any other page."""
+        self._record_unsaved_again(run)
+        queue = run.queue
+        known = run.known.get(page.number)
+        pairs: list[tuple[int, str]] | None = None
+        if read and known is not None and not queue.lines.has_any(page.same_ids):
+            heads, unvouched, good, with_id, customers = read.pop()
+            pairs = _same_as_known(known, page.same_ids, heads, unvouched)
+        if pairs is None:
+            run.partly_read.discard(page.number)
+            whole = page.parsed()
+            good, with_id = self._checked_page(run, whole.number, whole.records, whole.rejected)
+            self._record_checked(
+                run, whole.number, good, with_id, [], whole.body_digest, answers=whole.answers
+            )
+            return
+        run.partly_read.add(page.number)
+        if run.saved:
+            run.known_waiting[page.number] = page  # recorded again from its answer after a lost race
+        self._record_checked(
+            run,
+            page.number,
+            good,
+            with_id,
+            [heads],
+            page.body_digest,
+            [customers],
+            known_unchanged=pairs,
+            answers=page.answers,
+        )
 
     def _record_page(
         self,
@@ -1126,12 +1216,16 @@ class SyncEngine:
         heads_read: list[dict[int, CustomerHead]],
         body_digest: str | None = None,
         customers_read: list[dict[int, Customer]] | None = None,
+        known_unchanged: Sequence[tuple[int, str]] = (),
+        answers: Mapping[int, bytes] | None = None,
     ) -> None:
         """The worker step of _record_page, once its records are checked (``with_id``: the refused ones
         with a customer id; ``heads_read``: the heads of its customers when _record_pages read them, used
         once; ``body_digest``: the page's answer's, when all its customers are in ``good``;
         ``customers_read``: the mirrored customers of its changed records, loaded by _record_pages, used
-        once). Run again, whole, after a lost race (_until_saved).
+        once; ``known_unchanged``: (id, digest) of customers on the page that are lines unchanged without
+        a record, _record_partly_known's; ``answers``: the page's answer digests, LinesAdded.answers). Run
+        again, whole, after a lost race (_until_saved).
 
         Without a batch delay a page is saved whole, in one transaction: its LinesAdded names the lines
         it processes by id and digest, and their records are stored once, in the customers' events saved
@@ -1151,6 +1245,7 @@ class SyncEngine:
         # Heads read by _record_pages cover every record of the page: one missing is a customer not mirrored.
         heads = heads_read.pop() if heads_read else self._heads(queue, [r["id"] for r in fresh])
         to_process, unchanged = split_unchanged(fresh, heads, digest_of=run.encodings.digest)
+        unchanged += known_unchanged
         to_process, late = self._late_checked(run, to_process)
         fresh_rejected += [r.as_entry() for r in late]
         # Only customers that exist and changed need replaying; new ones need nothing loaded.
@@ -1173,7 +1268,15 @@ class SyncEngine:
         if whole:
             digest = run.encodings.digest
             processed = [(r["id"], digest(r)) for r in to_process]
-            queue.add_lines([], page=page, unchanged=unchanged, processed=processed, body_digest=body_digest)
+            answer_text = _answers_text(answers, processed, unchanged) if body_digest is not None else None
+            queue.add_lines(
+                [],
+                page=page,
+                unchanged=unchanged,
+                processed=processed,
+                body_digest=body_digest,
+                answers=answer_text,
+            )
         else:
             queue.add_lines(to_process, page=page, unchanged=unchanged, body_digest=None)
         queue.reject_lines(fresh_rejected, page=page)
@@ -1234,8 +1337,10 @@ class SyncEngine:
         while run.recording_again:
             page, good, with_id = run.recording_again[0]
             known = run.known_waiting.get(page)
-            if known is not None:
+            if known is not None and known.known_ids is not None:
                 self._record_known(run, known, [])
+            elif known is not None:
+                self._record_partly_known(run, known, [])
             else:
                 self._record_checked(run, page, good, with_id, [])
             run.recording_again.pop(0)
@@ -1548,6 +1653,53 @@ def _check_into(
         rejected.append(outcome)
     else:
         good.append(outcome)
+
+
+def _answer_digests(text: str | None, lines: int) -> bytes | None:
+    """LinesAdded.answers as bytes, when it holds one answer digest for each of its ``lines``."""
+    if text is None:
+        return None
+    try:
+        answers = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return answers if len(answers) == ANSWER_DIGEST_BYTES * lines else None
+
+
+def _answers_text(
+    answers: Mapping[int, bytes] | None,
+    processed: Sequence[tuple[int, str]],
+    unchanged: Sequence[tuple[int, str]],
+) -> str | None:
+    """LinesAdded.answers for these lines (processed, then unchanged): None unless each has one."""
+    if answers is None:
+        return None
+    try:
+        joined = b"".join(answers[cid] for cid, _ in [*processed, *unchanged])
+    except KeyError:
+        return None
+    return base64.b64encode(joined).decode("ascii")
+
+
+def _same_as_known(
+    known: _Known, ids: Sequence[int], heads: Mapping[int, CustomerHead], unvouched: set[int] | None
+) -> list[tuple[int, str]] | None:
+    """(id, the earlier scan's digest) of customers whose bytes are as the known page had them, when each
+    is still mirrored as that scan left it: the log vouches for it, or its head has that digest. None when
+    one is not (or is not on the known page)."""
+    places = {cid: index for index, cid in enumerate(known.page.ids)}
+    pairs: list[tuple[int, str]] = []
+    for cid in ids:
+        index = places.get(cid)
+        if index is None:
+            return None
+        digest = known.digest(index)
+        if unvouched is None or cid in unvouched:
+            head = heads.get(cid)
+            if head is None or head.deleted or head.digest != digest:
+                return None
+        pairs.append((cid, digest))
+    return pairs
 
 
 def _save_lines(options: QueueOptions) -> int:

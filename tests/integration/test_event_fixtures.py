@@ -28,7 +28,8 @@ FIXTURES = sorted((FIXTURE_DIR / "events").glob("*.json"))
 # What an upcaster adds to an event stored at an earlier version (class name, stored version): the fields
 # and their values. Anything else that differs from a fixture's record fails.
 UPCAST_FIELDS: dict[tuple[str, int], dict[str, Any]] = {
-    ("SyncQueue.LinesAdded", 1): {"processed": [], "body_digest": None},
+    ("SyncQueue.LinesAdded", 1): {"processed": [], "body_digest": None, "answers": None},
+    ("SyncQueue.LinesAdded", 2): {"answers": None},
     ("SyncQueue.ProcessingStarted", 1): {"log_position": None},
 }
 

@@ -958,6 +958,72 @@ def test_a_page_whose_answer_changed_reads_no_head_the_log_vouches_for(
     assert sum(asked) == 1, asked
 
 
+def _counting_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ids of the records put through the boundary's checks from now on."""
+    checked: list[int] = []
+    real = sync_service.check_record
+
+    def counting(raw: Any, canonical: Any = None, *, strict_json: bool = False) -> Any:
+        checked.append(raw["id"])
+        return real(raw, canonical, strict_json=strict_json)
+
+    monkeypatch.setattr(sync_service, "check_record", counting)
+    return checked
+
+
+def test_a_changed_answer_reads_only_the_customers_whose_bytes_changed(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A customer edited in the store changes its page's answer. The answer is cut into its customers and
+    only the edited one is parsed and checked: the others are byte for byte as the known page had them,
+    with no event since (the log's word), so their lines are unchanged with no head read. The page's
+    LinesAdded names each customer's answer digest again, so the next edit on it is read the same way."""
+    with SandboxThread(SandboxConfig(customers=250)) as sandbox:
+        run_sync(services, sandbox)
+        run_sync(services, sandbox)
+        ids = sandbox.store.customer_ids()
+        last_page = set(ids[200:])  # short: read whole whatever it holds
+        sandbox.store.update(ids[130], {"first_name": "Edited in the store"})
+        checked = _counting_checks(monkeypatch)
+        asked = _counting_heads(services, monkeypatch)
+        third = run_sync(services, sandbox)
+        assert third.state == "done" and third.known_pages == 1 and third.partly_known_pages == 1
+        assert third.counts == {**third.counts, "updated": 1, "unchanged": 249}
+        assert set(checked) - last_page == {ids[130]} and sum(asked) == 0
+        assert mirrored(services, sandbox)[ids[130]]["first_name"] == "Edited in the store"
+
+        checked.clear()
+        sandbox.store.update(ids[170], {"last_name": "Edited too"})
+        fourth = run_sync(services, sandbox)
+    assert fourth.state == "done" and fourth.partly_known_pages == 1
+    assert fourth.counts == {**fourth.counts, "updated": 1, "unchanged": 249}
+    assert set(checked) - last_page == {ids[170]}
+    assert sum(asked) == 1  # the third scan's edit is an event since it began: that one head is read
+    assert mirrored(services, sandbox)[ids[170]]["last_name"] == "Edited too"
+
+
+def test_a_customer_whose_bytes_are_the_known_pages_but_whose_mirror_changed_is_read_after_all(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer changed a customer in the mirror only: its bytes in the store's answer are the known
+    page's, but the log does not vouch for it and its head is not that page's digest, so the page is read
+    whole and the customer brought back to the store's record, as any reconciling scan does."""
+    with SandboxThread(SandboxConfig(customers=250)) as sandbox:
+        run_sync(services, sandbox)
+        run_sync(services, sandbox)
+        ids = sandbox.store.customer_ids()
+        record = _change_in_mirror_only(services, sandbox, ids[120])
+        sandbox.store.update(ids[140], {"first_name": "Edited in the store"})
+        checked = _counting_checks(monkeypatch)
+        third = run_sync(services, sandbox)
+    assert third.state == "done" and third.partly_known_pages == 0 and third.known_pages == 1
+    assert third.counts == {**third.counts, "updated": 2, "unchanged": 248}
+    assert {ids[120], ids[140]} <= set(checked)
+    rows = mirrored(services, sandbox)
+    assert rows[ids[120]]["first_name"] == record["first_name"]
+    assert rows[ids[140]]["first_name"] == "Edited in the store"
+
+
 def test_a_customer_another_writer_created_during_a_complete_scan_is_not_marked_deleted(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
