@@ -168,6 +168,31 @@ class LineBook:
             self._results[result] += count
         return True
 
+    def add_page(self, drafts: list[int], done: list[int], result: str | None = None) -> bool:
+        """Add a page's lines, ``drafts`` draft and ``done`` done with ``result``, in id order (a re-sync's
+        page names its changed customers before its unchanged ones), at C speed when together they ascend
+        above every line so far (add_ascending): True. Otherwise nothing is added and False."""
+        if not done:
+            return self.add_ascending(drafts)
+        if not drafts:
+            return self.add_ascending(done, DONE, result)
+        merged = sorted([*drafts, *done])
+        if not self.add_ascending(merged):
+            return False
+        # Added draft: the done ones' codes, states and results set as finish() would have.
+        done_code = _STATE_CODES[DONE] << 2 | (_RESULT_CODES[result] if result is not None else 0)
+        first = len(self._ids) - len(merged)
+        codes = self._codes
+        draft = set(drafts)
+        for offset, cid in enumerate(merged):
+            if cid not in draft:
+                codes[first + offset] = done_code
+        self._states[DRAFT] -= len(done)
+        self._states[DONE] += len(done)
+        if result is not None:
+            self._results[result] += len(done)
+        return True
+
     def has_any(self, customer_ids: list[int]) -> bool:
         """Whether any of these ids is a line: at once when all are above every line of an ascending book,
         else one lookup each."""

@@ -324,11 +324,11 @@ class SyncQueue(Aggregate):
         lines = self.lines
         drafts = [record["id"] for record in records]
         drafts += [cid for cid, _digest in processed]
-        if not lines.add_ascending(drafts):  # a page in id order above the lines so far: at C speed
+        done = [cid for cid, _digest in unchanged]
+        # A page above the lines so far goes in at C speed, in id order; any other one line by one.
+        if not lines.add_page(drafts, done, "unchanged"):
             for cid in drafts:
                 lines.add(cid)
-        done = [cid for cid, _digest in unchanged]
-        if not lines.add_ascending(done, DONE, "unchanged"):
             for cid in done:
                 lines.add(cid)
                 lines.finish(cid, DONE, result="unchanged")

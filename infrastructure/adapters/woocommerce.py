@@ -234,32 +234,28 @@ class ClientStats:
 
 # A customer object begins each piece: WooCommerce writes "id" then "date_created" first, and a
 # meta_data entry's object ("id", "key") is so not taken for one.
-_CUSTOMER_START = re.compile(rb'\{"id":([1-9][0-9]{0,18}),"date_created"')
-_CUSTOMER_BOUNDARY = re.compile(rb'\},(?=\{"id":[1-9][0-9]{0,18},"date_created")')
+# Where a customer object begins in an answer: WooCommerce writes "id" then "date_created" first, and a
+# meta_data entry's object ("id", "key") is so not taken for one.
+_FIRST_CUSTOMER = re.compile(rb'\[\{"id":([1-9][0-9]{0,18}),"date_created"')
+_NEXT_CUSTOMER = re.compile(rb'\},\{"id":([1-9][0-9]{0,18}),"date_created"')
 ANSWER_DIGEST_BYTES = 16  # of a customer's bytes in an answer: the head of their SHA-256
 
 
 def _answer_pieces(body: bytes) -> list[tuple[int, bytes]] | None:
     """An answer cut into its customers' bytes, each with the id it starts with, when it is a compact
     JSON array of customer objects as WooCommerce writes it; None otherwise (or for an empty one). Which
-    piece is a customer object is only checked by the caller (WooCommerceClient._cut_answer)."""
-    if len(body) < 2 or body[:1] != b"[" or body[-1:] != b"]" or not _CUSTOMER_START.match(body, 1):
+    piece is a customer object is only checked by the caller (_cut_answer)."""
+    head = _FIRST_CUSTOMER.match(body)
+    if head is None or body[-1:] != b"]":
         return None
     pieces: list[tuple[int, bytes]] = []
-    start = 1
-    end = len(body) - 1
-    while True:
-        head = _CUSTOMER_START.match(body, start)
-        if head is None:
-            return None
-        boundary = body.find(b'},{"id":', start)
-        while boundary != -1 and boundary < end and not _CUSTOMER_BOUNDARY.match(body, boundary):
-            boundary = body.find(b'},{"id":', boundary + 1)
-        if boundary == -1 or boundary >= end:
-            pieces.append((int(head.group(1)), body[start:end]))
-            return pieces
-        pieces.append((int(head.group(1)), body[start : boundary + 1]))
-        start = boundary + 2
+    start, cid = 1, int(head.group(1))
+    for boundary in _NEXT_CUSTOMER.finditer(body):  # the pattern's own scan, at C speed
+        end = boundary.start() + 1
+        pieces.append((cid, body[start:end]))
+        start, cid = end + 1, int(boundary.group(1))
+    pieces.append((cid, body[start:-1]))
+    return pieces
 
 
 def _cut_answer(response: _Response, body: bytes, earlier: KnownPage | None) -> _Response | None:
@@ -289,8 +285,6 @@ def _cut_answer(response: _Response, body: bytes, earlier: KnownPage | None) -> 
     same: list[int] = []
     for cid, piece in pieces:
         answer = hashlib.sha256(piece).digest()[:ANSWER_DIGEST_BYTES]
-        if cid in answers:
-            return None  # a customer twice on one page: read whole, as any answer
         ids.append(cid)
         answers[cid] = answer
         if known.get(cid) == answer:
@@ -300,9 +294,12 @@ def _cut_answer(response: _Response, body: bytes, earlier: KnownPage | None) -> 
             record = orjson.loads(piece)
         except orjson.JSONDecodeError:
             return None
-        if type(record) is not dict or record.get("id") != cid or customer_id_of(record) != cid:
+        # The id it starts with is the one JSON readers take (not a later "id" key), a usable one.
+        if type(record) is not dict or type(record.get("id")) is not int or record["id"] != cid:
             return None
         records.append(record)
+    if len(answers) != len(ids) or max(ids) > MAX_CUSTOMER_ID:
+        return None  # a customer twice on one page, or an id past 64 bits: read whole, as any answer
     return _Response(
         response.status,
         records,

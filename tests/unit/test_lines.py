@@ -159,6 +159,8 @@ operations = st.lists(
         st.tuples(st.just("add"), ids),
         # a page: ascending ids from a base, as a scan adds them (the fast path, then merges)
         st.tuples(st.just("page"), st.integers(1, 5_000), st.integers(1, 40), st.integers(1, 3)),
+        # a re-sync's page: its changed customers draft, the rest done unchanged (add_page, in id order)
+        st.tuples(st.just("mixed"), st.integers(1, 5_000), st.lists(st.booleans(), max_size=30)),
         # a page added at once (add_ascending, as LinesAdded applies one), draft or done unchanged
         st.tuples(
             st.just("bulk"),
@@ -193,6 +195,22 @@ def apply(book: LineBook, model: DictLineBook, operation: tuple[Any, ...], known
             book.add(cid)
             model.add(cid)
             known.append(cid)
+        return book
+    if kind == "mixed":
+        base, drafted = args
+        page = [base + 2 * i for i in range(len(drafted))]
+        drafts = [cid for cid, is_draft in zip(page, drafted, strict=True) if is_draft]
+        done = [cid for cid, is_draft in zip(page, drafted, strict=True) if not is_draft]
+        at_once = book.add_page(drafts, done, "unchanged")
+        for cid in sorted(page) if at_once else [*drafts, *done]:
+            if not at_once:
+                book.add(cid)
+            model.add(cid)
+            if cid in done:
+                if not at_once:
+                    book.finish(cid, "done", result="unchanged")
+                model.finish(cid, "done", "unchanged", None)
+        known.extend(page)
         return book
     if kind == "bulk":
         base, size, step, (state, result) = args
