@@ -18,10 +18,11 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.utils import get_topic
 
+from domain.validation import VOLATILE_FIELDS
+
 CUSTOMER_NAMESPACE = UUID("0b7e7f0e-7c4a-4d0e-8a7e-3a1f2d9c6b51")
 
 # Parts of a record that change without the customer changing (hypermedia links).
-VOLATILE_FIELDS = frozenset({"_links"})
 
 
 # The bits a name-based UUID 5 sets over the first 16 bytes of its SHA-1: the variant (RFC 4122) and version.

@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from domain.customer import VOLATILE_FIELDS
 from domain.errors import WcsyncError
 
+# Fields of a customer's answer that change without the customer changing (links carry the store's URL):
+# left out of its canonical bytes, and so of its digest (domain/customer.py canonical_bytes).
+VOLATILE_FIELDS = frozenset({"_links"})
 MAX_TEXT_LENGTH = 1_000
 MAX_EMAIL_LENGTH = 254
 MAX_META_ENTRIES = 500

@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 from eventsourcing.persistence import JSONTranscoder
 
-from domain.customer import VOLATILE_FIELDS
 from domain.customer import canonical_bytes as domain_canonical_bytes
+from domain.validation import VOLATILE_FIELDS
 
 _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
 # How deep (in nested objects, never into lists) a typed value can sit: snapshot -> state -> field.

@@ -65,7 +65,12 @@ def save_bad_page(app: SyncApplication, sync: Sync) -> int:
     """A page of one customer whose id is past 2^63 (bypassing add_lines' checks); its position."""
     sync.pages += 1
     sync.queue._lines_added(
-        page=sync.pages, records=[make_record(BIG)], unchanged=[], processed=[], body_digest=None
+        page=sync.pages,
+        records=[make_record(BIG)],
+        unchanged=[],
+        processed=[],
+        body_digest=None,
+        answers=None,
     )
     app.save_batch(sync.queue)
     return head(app)

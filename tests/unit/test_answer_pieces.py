@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 import orjson
@@ -128,6 +129,7 @@ def test_an_answer_that_cannot_be_cut_is_left_to_be_read_whole(body: bytes) -> N
     assert cut(body) is None
 
 
+CUSTOMER_LIKE = re.compile(rb'\{"id":[1-9][0-9]*,"date_created"')
 text = st.text(alphabet=st.sampled_from(['"', "\\", "}", "{", ",", ":", "[", "]", "i", "d", "1", "é", " "]))
 values = st.recursive(
     st.none() | st.booleans() | st.integers(-10, 10**6) | text,
@@ -147,7 +149,11 @@ def test_any_cut_is_exactly_the_answers_elements(customers: list[tuple[int, Any]
     ]
     body = answer(records)
     response = cut(body)
-    assert response is not None  # a WooCommerce-shaped answer is always cut
+    # Cut unless a value nested in one looks like a customer's start (then it is read whole instead).
+    nested = any(CUSTOMER_LIKE.search(compact(value)) for _, value in customers)
+    assert response is not None or nested
+    if response is None:
+        return
     assert response.body == orjson.loads(body)
     # And against a known page of the same records: nothing is parsed, each is the same.
     again = cut(body, known_page(records))
