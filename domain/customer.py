@@ -22,9 +22,6 @@ from domain.validation import VOLATILE_FIELDS
 
 CUSTOMER_NAMESPACE = UUID("0b7e7f0e-7c4a-4d0e-8a7e-3a1f2d9c6b51")
 
-# Parts of a record that change without the customer changing (hypermedia links).
-
-
 # The bits a name-based UUID 5 sets over the first 16 bytes of its SHA-1: the variant (RFC 4122) and version.
 _UUID5_CLEAR = ~((0xC000 << 48) | (0xF000 << 64)) & ((1 << 128) - 1)
 _UUID5_SET = (0x8000 << 48) | (5 << 76)

@@ -66,8 +66,8 @@ class LineBook:
     Both arrays keep the order lines were added in: iteration is in that order, as the dict's was (a
     retry's and a forced done's ids are written to events in it). Ids are found by binary search: while
     the ids were added in ascending order (a first sync adds them page by page, in id order) the ids
-    array is its own index; once not (a re-sync adds a page's changed customers before its unchanged
-    ones), a sorted copy with each id's position (12 more bytes a line) is the index, and ids added since
+    array is its own index (a page's lines go in in id order, add_page); once not (a page out of order, a
+    retry's), a sorted copy with each id's position (12 more bytes a line) is the index, and ids added since
     its last merge wait in a small dict merged in batches (usually at its end: pages come in id order).
     """
 

@@ -232,8 +232,6 @@ class ClientStats:
 # ----------------------------------------------------------------------------------- small internals
 
 
-# A customer object begins each piece: WooCommerce writes "id" then "date_created" first, and a
-# meta_data entry's object ("id", "key") is so not taken for one.
 # Where a customer object begins in an answer: WooCommerce writes "id" then "date_created" first, and a
 # meta_data entry's object ("id", "key") is so not taken for one.
 _FIRST_CUSTOMER = re.compile(rb'\[\{"id":([1-9][0-9]{0,18}),"date_created"')
@@ -843,8 +841,12 @@ class WooCommerceClient:
                         )
                         number += 1
                         continue
-                    # Short, or seen already on an earlier page of this scan: read it as any other answer.
-                    response = self._listing_response(response, response.unparsed)
+                    # Short, or seen already on an earlier page of this scan: read it as any other answer,
+                    # its customers' bytes the known page's (all of them, usually) left unparsed.
+                    body = response.unparsed
+                    response = _cut_answer(response, body, known[number]) or self._listing_response(
+                        response, body
+                    )
                 if response.same_ids and not seen.isdisjoint(response.ids or ()):
                     # A customer of it was on an earlier page (the store shifted): read whole, as any answer.
                     assert response.unparsed is not None

@@ -220,6 +220,13 @@ class _Known:
             answers = None
         return cls(KnownPage(body_digest, array("q", (cid for cid, _ in pairs)), answers), digests)
 
+    def answers_by_id(self) -> dict[int, bytes] | None:
+        """The page's answer digests by customer id (for an answer byte for byte this page's)."""
+        answers, size = self.page.answers, ANSWER_DIGEST_BYTES
+        if answers is None:
+            return None
+        return {cid: answers[size * index : size * index + size] for index, cid in enumerate(self.page.ids)}
+
     def answers_text(self) -> str | None:
         """The page's answer digests as LinesAdded.answers has them (for lines in page order)."""
         answers = self.page.answers
@@ -1045,7 +1052,8 @@ class SyncEngine:
             read = page.parsed()
             good, with_id = self._checked_page(run, read.number, read.records, read.rejected, heads)
             # The heads of the records as parsed (read again: the known ids are only the last scan's word).
-            self._record_checked(run, read.number, good, with_id, [], read.body_digest)
+            answers = known.answers_by_id() if known is not None else None  # the same answer's
+            self._record_checked(run, read.number, good, with_id, [], read.body_digest, answers=answers)
             return
         queue.add_lines(
             [], page=page.number, unchanged=pairs, body_digest=page.body_digest, answers=known.answers_text()
@@ -1092,9 +1100,6 @@ class SyncEngine:
                 run, whole.number, good, with_id, [], whole.body_digest, answers=whole.answers
             )
             return
-        run.partly_read.add(page.number)
-        if run.saved:
-            run.known_waiting[page.number] = page  # recorded again from its answer after a lost race
         self._record_checked(
             run,
             page.number,
@@ -1106,6 +1111,12 @@ class SyncEngine:
             known_unchanged=pairs,
             answers=page.answers,
         )
+        run.partly_read.add(page.number)
+        if run.saved:
+            # Recorded again from its answer after a lost race (its ``good`` are only the parsed records).
+            # Set once its lines are: a save of the pages before it, which _record_checked may make first,
+            # keeps only the entries of pages it records again.
+            run.known_waiting[page.number] = page
 
     def _record_page(
         self,

@@ -466,6 +466,51 @@ def test_a_lost_race_while_pages_wait_records_them_again(
     assert all(mirror[cid]["last_name"] == f"Edited {cid}" for cid in edited)
 
 
+def test_a_lost_race_after_a_partly_known_page_waited_records_all_its_customers_again(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages whose answers changed hold customers recorded unparsed (their bytes the earlier scan's); one of
+    them, recorded after the pages before it were saved to bound a save's lines, waits; then another writer
+    wins a save. Recorded again, the page must name all its customers, not only the parsed ones."""
+    monkeypatch.setattr(sync_service, "_save_lines", lambda _options: 3)
+    with SandboxThread(SandboxConfig(customers=1200)) as sandbox, open_services(services.database) as other:
+        run_sync(services, sandbox)
+        ids = sandbox.store.customer_ids()
+        # Two on each of pages 2 to 11: a page's two processed lines and the waiting page's pass the bound.
+        edited = [ids[page * 100 + at] for page in range(1, 11) for at in (7, 57)]
+        for cid in edited:
+            sandbox.store.update(cid, {"last_name": f"Edited {cid}"})
+        real = services.app.save_batch
+        raced: list[int] = []
+
+        def save_batch(*aggregates: Any) -> None:
+            queue = aggregates[0]
+            if isinstance(queue, SyncQueue) and queue.pages_recorded >= 6 and not raced:
+                theirs = other.app.get_queue(queue.id)
+                theirs.record_incident("note", "info", "another writer", {})
+                other.app.save_batch(theirs)
+                raced.append(queue.pages_recorded)
+            real(*aggregates)
+
+        monkeypatch.setattr(services.app, "save_batch", save_batch)
+        second = run_sync(services, sandbox)
+        mirror = mirrored(services, sandbox)
+
+    assert raced, "the race was not run"
+    assert second.state == "done" and second.counts == {
+        **second.counts,
+        "total": 1200,
+        "done": 1200,
+        "updated": len(edited),
+        "unchanged": 1200 - len(edited),
+    }, second.counts
+    events = list(services.app.queue_events(second.queue_id))
+    added = [e for e in events if isinstance(e, SyncQueue.LinesAdded)]
+    assert [e.page for e in added] == list(range(1, 13))
+    assert sum(len(e.processed) + len(e.unchanged) + len(e.records) for e in added) == 1200
+    assert all(mirror[cid]["last_name"] == f"Edited {cid}" for cid in edited)
+
+
 def test_a_lost_race_while_a_page_s_last_batch_waits_processes_it_again(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -611,17 +656,17 @@ def test_a_resync_checks_only_the_records_that_are_not_exactly_as_last_synced(
         monkeypatch.setattr(sync_service, "check_record", counting)
         second = run_sync(services, sandbox)
         assert second.counts == {**second.counts, "updated": 2, "unchanged": 248}
-        # Page 2 is byte for byte the first sync's: nothing on it is read (a known page). Page 3, short,
-        # is read whatever it holds (a short page ends the scan: a known one's ids must not).
-        read_pages = set(sandbox.store.customer_ids()[:100] + sandbox.store.customer_ids()[200:])
-        assert second.known_pages == 1
-        assert sorted(checked) == sorted({edited} | (with_null & read_pages))
+        # Page 2 is byte for byte the first sync's: nothing on it is read (a known page). On page 1 only
+        # the two edited customers' bytes changed: only they are parsed and checked. Page 3, short, is cut
+        # into its customers (a short page ends the scan: a known one's ids must not), each one's bytes
+        # the first sync's: none is parsed.
+        assert second.known_pages == 1 and second.partly_known_pages == 2
+        assert sorted(checked) == sorted({edited, nulled})
 
         checked.clear()
         third = run_sync(services, sandbox)
         assert third.counts == {**third.counts, "unchanged": 250, "done": 250}
-        last_page = set(sandbox.store.customer_ids()[200:])
-        assert third.known_pages == 2 and sorted(checked) == sorted(with_null & last_page)
+        assert third.known_pages == 2 and third.partly_known_pages == 1 and checked == []
         assert mirrored(services, sandbox)[edited]["last_name"] == "Changed"
 
         # Without the last scan's digests (another listing: per page 50), the records are read and only
@@ -982,22 +1027,22 @@ def test_a_changed_answer_reads_only_the_customers_whose_bytes_changed(
         run_sync(services, sandbox)
         run_sync(services, sandbox)
         ids = sandbox.store.customer_ids()
-        last_page = set(ids[200:])  # short: read whole whatever it holds
         sandbox.store.update(ids[130], {"first_name": "Edited in the store"})
         checked = _counting_checks(monkeypatch)
         asked = _counting_heads(services, monkeypatch)
         third = run_sync(services, sandbox)
-        assert third.state == "done" and third.known_pages == 1 and third.partly_known_pages == 1
+        # Page 1 is known; page 2 holds the edit; page 3, short, is cut too (its bytes the same).
+        assert third.state == "done" and third.known_pages == 1 and third.partly_known_pages == 2
         assert third.counts == {**third.counts, "updated": 1, "unchanged": 249}
-        assert set(checked) - last_page == {ids[130]} and sum(asked) == 0
+        assert checked == [ids[130]] and sum(asked) == 0
         assert mirrored(services, sandbox)[ids[130]]["first_name"] == "Edited in the store"
 
         checked.clear()
         sandbox.store.update(ids[170], {"last_name": "Edited too"})
         fourth = run_sync(services, sandbox)
-    assert fourth.state == "done" and fourth.partly_known_pages == 1
+    assert fourth.state == "done" and fourth.partly_known_pages == 2
     assert fourth.counts == {**fourth.counts, "updated": 1, "unchanged": 249}
-    assert set(checked) - last_page == {ids[170]}
+    assert checked == [ids[170]]
     assert sum(asked) == 1  # the third scan's edit is an event since it began: that one head is read
     assert mirrored(services, sandbox)[ids[170]]["last_name"] == "Edited too"
 
@@ -1016,7 +1061,8 @@ def test_a_customer_whose_bytes_are_the_known_pages_but_whose_mirror_changed_is_
         sandbox.store.update(ids[140], {"first_name": "Edited in the store"})
         checked = _counting_checks(monkeypatch)
         third = run_sync(services, sandbox)
-    assert third.state == "done" and third.partly_known_pages == 0 and third.known_pages == 1
+    # Page 2 read whole; page 1 known; page 3, short, cut with its bytes the same.
+    assert third.state == "done" and third.partly_known_pages == 1 and third.known_pages == 1
     assert third.counts == {**third.counts, "updated": 2, "unchanged": 248}
     assert {ids[120], ids[140]} <= set(checked)
     rows = mirrored(services, sandbox)
