@@ -466,6 +466,27 @@ def test_a_lost_race_while_pages_wait_records_them_again(
     assert all(mirror[cid]["last_name"] == f"Edited {cid}" for cid in edited)
 
 
+def _lose_a_race_once(
+    services: Services, other: Services, monkeypatch: pytest.MonkeyPatch, from_page: int
+) -> list[int]:
+    """Once, at the first save of a queue with ``from_page`` pages recorded or more: another writer saves to
+    it first, so this save loses the race. Returns the pages recorded then (empty until it happened)."""
+    real = services.app.save_batch
+    raced: list[int] = []
+
+    def save_batch(*aggregates: Any) -> None:
+        queue = aggregates[0]
+        if isinstance(queue, SyncQueue) and queue.pages_recorded >= from_page and not raced:
+            theirs = other.app.get_queue(queue.id)
+            theirs.record_incident("note", "info", "another writer", {})
+            other.app.save_batch(theirs)
+            raced.append(queue.pages_recorded)
+        real(*aggregates)
+
+    monkeypatch.setattr(services.app, "save_batch", save_batch)
+    return raced
+
+
 def test_a_lost_race_after_a_partly_known_page_waited_records_all_its_customers_again(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -480,19 +501,7 @@ def test_a_lost_race_after_a_partly_known_page_waited_records_all_its_customers_
         edited = [ids[page * 100 + at] for page in range(1, 11) for at in (7, 57)]
         for cid in edited:
             sandbox.store.update(cid, {"last_name": f"Edited {cid}"})
-        real = services.app.save_batch
-        raced: list[int] = []
-
-        def save_batch(*aggregates: Any) -> None:
-            queue = aggregates[0]
-            if isinstance(queue, SyncQueue) and queue.pages_recorded >= 6 and not raced:
-                theirs = other.app.get_queue(queue.id)
-                theirs.record_incident("note", "info", "another writer", {})
-                other.app.save_batch(theirs)
-                raced.append(queue.pages_recorded)
-            real(*aggregates)
-
-        monkeypatch.setattr(services.app, "save_batch", save_batch)
+        raced = _lose_a_race_once(services, other, monkeypatch, from_page=6)
         second = run_sync(services, sandbox)
         mirror = mirrored(services, sandbox)
 
@@ -519,19 +528,7 @@ def test_a_lost_race_while_a_page_s_last_batch_waits_processes_it_again(
     meanwhile. The reloaded queue has that page recorded and its last batch's lines draft: they are
     processed again, and the queue ends done (it failed with "lines are still draft")."""
     with SandboxThread(SandboxConfig(customers=600)) as sandbox, open_services(services.database) as other:
-        real = services.app.save_batch
-        raced: list[int] = []
-
-        def save_batch(*aggregates: Any) -> None:
-            queue = aggregates[0]
-            if isinstance(queue, SyncQueue) and queue.pages_recorded >= 3 and not raced:
-                theirs = other.app.get_queue(queue.id)
-                theirs.record_incident("note", "info", "another writer", {})
-                other.app.save_batch(theirs)
-                raced.append(queue.pages_recorded)
-            real(*aggregates)
-
-        monkeypatch.setattr(services.app, "save_batch", save_batch)
+        raced = _lose_a_race_once(services, other, monkeypatch, from_page=3)
         outcome = run_sync(services, sandbox, batch_size=40)
         mirror = mirrored(services, sandbox)
 
