@@ -294,7 +294,9 @@ class _Run:
     # The customers of known pages that the log cannot vouch for (None: none it can, read every head).
     vouched: _Vouched | None = None
     log_position: int | None = None  # the log's position as the run began (ProcessingStarted's)
-    own_customers: set[UUID] = field(default_factory=set)  # the customers this run saved changes of
+    # The customers this run saved changes of, while the log vouches for known pages' customers (_Vouched):
+    # kept for nothing else (a million-customer first sync held a million UUIDs, 240 bytes each).
+    own_customers: set[UUID] = field(default_factory=set)
     # The store had no customer when the run began (_is_new_store): its pages' customers are new, no head
     # is read. Only a hint: a customer another writer registered meanwhile makes a save conflict (its first
     # event exists), and the step is redone with heads read; the hint is dropped then.
@@ -908,6 +910,7 @@ class SyncEngine:
             found = None
         if found is None:
             run.vouched = None
+            run.own_customers = set()
 
     def _record_pages(self, run: _Run, pages: list[Page]) -> None:
         """Record pages fetched while the worker was busy with earlier ones, in page order, each as
@@ -1484,7 +1487,8 @@ class SyncEngine:
         # Every save stores all of the queue's pending events and the customers' changed with them: the
         # unsaved pages' too.
         self.app.save_batch(run.queue, *run.unsaved_customers)
-        run.own_customers.update(customer.id for customer in run.unsaved_customers)
+        if run.vouched is not None:  # only the log's word needs them (_name_changed): a first sync's are many
+            run.own_customers.update(customer.id for customer in run.unsaved_customers)
         run.saved = True
         run.unsaved_pages, run.unsaved_customers, run.unsaved_lines = [], [], 0
         if run.known_waiting:  # saved now, but for those still to record again after a lost race

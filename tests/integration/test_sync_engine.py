@@ -1044,6 +1044,32 @@ def test_a_changed_answer_reads_only_the_customers_whose_bytes_changed(
     assert mirrored(services, sandbox)[ids[170]]["last_name"] == "Edited too"
 
 
+def test_a_first_sync_keeps_no_set_of_the_customers_it_saved(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The customers a run saved are kept only while the log vouches for known pages' customers (to leave
+    the run's own saves out): a first sync has none to vouch for, and kept a UUID for every customer (240
+    bytes each: a million-customer sync's peak RSS 101 -> 312 MB). A re-sync keeps the ones it changed."""
+    runs: list[Any] = []
+    real = sync_service.SyncEngine._save
+
+    def saving(self: Any, run: Any) -> None:
+        real(self, run)
+        runs.append(run)
+
+    monkeypatch.setattr(sync_service.SyncEngine, "_save", saving)
+    with SandboxThread(SandboxConfig(customers=250)) as sandbox:
+        run_sync(services, sandbox)
+        first = runs[-1]
+        assert first.vouched is None and first.own_customers == set()
+        target = sandbox.store.customer_ids()[130]
+        sandbox.store.update(target, {"first_name": "Edited in the store"})
+        run_sync(services, sandbox)
+    again = runs[-1]
+    assert again is not first and again.vouched is not None
+    assert again.own_customers == {customer_key("acme", sandbox.url, target)}
+
+
 def test_a_customer_whose_bytes_are_the_known_pages_but_whose_mirror_changed_is_read_after_all(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
