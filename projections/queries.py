@@ -7,9 +7,10 @@ projections have applied so far; call ``runner.catch_up()`` first for read-your-
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 from uuid import UUID
 
@@ -276,10 +277,23 @@ def absent_customer_ids(source: Source, org_id: str, store_url: str, seen: Colle
             "WHERE org_id = %s AND store_url = %s AND is_deleted = %s "
             "EXCEPT SELECT unnest(string_to_array(%s, ',')::int8[])) AS absent ORDER BY id",
             # Only ids a BIGINT column can hold (an older log's wider ids can match no row anyway).
-            [org_id, store_url, db.value(BOOL, False), ",".join(str(i) for i in seen if 0 < i < _INT8_END)],
+            [org_id, store_url, db.value(BOOL, False), _joined_ids(seen)],
         )
     for row in rows:
         yield int(row[0])
+
+
+def _joined_ids(ids: Iterable[int], chunk: int = 10_000) -> str:
+    """The ids a BIGINT column can hold (an older log's wider ids can match no row anyway) as one text,
+    comma-separated, built ``chunk`` ids at a time: joined at once, a million ids' str objects were ~70 MB
+    of a million-customer sync's peak."""
+    parts: list[str] = []
+    source = iter(ids)
+    while block := list(islice(source, chunk)):
+        part = ",".join([str(cid) for cid in block if 0 < cid < _INT8_END])
+        if part:
+            parts.append(part)
+    return ",".join(parts)
 
 
 def store_has_customers(source: Source, org_id: str, store_url: str) -> bool:

@@ -280,6 +280,8 @@ def test_queries_answer_for_the_cli(app: SyncApplication, runner: ProjectionRunn
     assert list(queries.absent_customer_ids(runner, ORG, STORE, seen)) == list(range(100, 121))
     assert list(queries.absent_customer_ids(runner, ORG, STORE, IdSet())) == sorted(set(range(1, 121)) - {3})
     assert list(queries.absent_customer_ids(runner, OTHER_ORG, STORE, IdSet())) == []
+    # The seen ids go as one text, built in chunks (of 2 here: a chunk of wide ids only, one of both).
+    assert queries._joined_ids(IdSet([1, 2**63, 2**64, 5, 9]), chunk=2) == "1,5,9"
     # An older log's id past 64 bits among the seen ones matches no row, and breaks nothing.
     assert list(queries.absent_customer_ids(runner, ORG, STORE, IdSet([*range(1, 100), 2**70]))) == list(
         range(100, 121)
