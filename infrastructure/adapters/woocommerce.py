@@ -169,6 +169,13 @@ class KnownPage:
     # A changed answer's customers whose bytes are the same need not be parsed (Page.same_ids).
     answers: bytes | None = None
 
+    def answers_by_id(self) -> dict[int, bytes]:
+        """The answer digest of each customer on it, by id (none when it has no answer digest for each)."""
+        answers, size = self.answers, ANSWER_DIGEST_BYTES
+        if answers is None or len(answers) != size * len(self.ids):
+            return {}
+        return {cid: answers[size * index : size * index + size] for index, cid in enumerate(self.ids)}
+
 
 @dataclass(frozen=True)
 class Page:
@@ -269,14 +276,7 @@ def _cut_answer(response: _Response, body: bytes, earlier: KnownPage | None) -> 
     pieces = _answer_pieces(body)
     if pieces is None:
         return None
-    known: dict[int, bytes] = {}
-    if (
-        earlier is not None
-        and earlier.answers is not None
-        and len(earlier.answers) == ANSWER_DIGEST_BYTES * len(earlier.ids)
-    ):
-        size = ANSWER_DIGEST_BYTES
-        known = {cid: earlier.answers[size * i : size * i + size] for i, cid in enumerate(earlier.ids)}
+    known = earlier.answers_by_id() if earlier is not None else {}
     ids: list[int] = []
     answers: dict[int, bytes] = {}
     records: list[dict[str, Any]] = []

@@ -220,13 +220,6 @@ class _Known:
             answers = None
         return cls(KnownPage(body_digest, array("q", (cid for cid, _ in pairs)), answers), digests)
 
-    def answers_by_id(self) -> dict[int, bytes] | None:
-        """The page's answer digests by customer id (for an answer byte for byte this page's)."""
-        answers, size = self.page.answers, ANSWER_DIGEST_BYTES
-        if answers is None:
-            return None
-        return {cid: answers[size * index : size * index + size] for index, cid in enumerate(self.page.ids)}
-
     def answers_text(self) -> str | None:
         """The page's answer digests as LinesAdded.answers has them (for lines in page order)."""
         answers = self.page.answers
@@ -1036,26 +1029,18 @@ class SyncEngine:
             return  # recorded already, by another writer that won a save: nothing of it is draft
         heads, unvouched = heads_read.pop() if heads_read else (self._heads(queue, ids), None)
         known = run.known.get(page.number)
-        pairs: list[tuple[int, str]] = []
+        pairs: list[tuple[int, str]] | None = None
         if known is None or list(known.page.ids) != ids or queue.lines.has_any(ids):
             pass  # not the earlier scan's page as known, or lines already: read as any other page
         elif unvouched is not None and unvouched.isdisjoint(ids):
             pairs = known.pairs()  # no event since that scan began for any of them: as it left them
         else:
-            for index, cid in enumerate(ids):
-                digest = known.digest(index)
-                if unvouched is not None and cid not in unvouched:
-                    pairs.append((cid, digest))  # no event since that scan began: as it left it
-                    continue
-                head = heads.get(cid)
-                if head is None or head.deleted or head.digest != digest:
-                    break
-                pairs.append((cid, digest))
-        if known is None or len(pairs) != len(ids):
+            pairs = _same_as_known(known, ids, heads, unvouched)
+        if known is None or pairs is None:
             read = page.parsed()
             good, with_id = self._checked_page(run, read.number, read.records, read.rejected, heads)
             # The heads of the records as parsed (read again: the known ids are only the last scan's word).
-            answers = known.answers_by_id() if known is not None else None  # the same answer's
+            answers = known.page.answers_by_id() if known is not None else None  # the same answer's
             self._record_checked(run, read.number, good, with_id, [], read.body_digest, answers=answers)
             return
         queue.add_lines(
