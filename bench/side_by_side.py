@@ -24,7 +24,9 @@ child it waited for, so `wcsync start`'s live projection follower is counted), p
 process and of the whole tree (sampled every 50 ms from /proc: wait4's maxrss counts the forking
 bench's own size). The figures are medians over the rounds, and
 ratios to the fetch-only floor of the same run. PostgreSQL keeps its durable defaults (fsync,
-synchronous_commit) unlike the test suite's.
+synchronous_commit) unlike the test suite's. The store's database is vacuumed and analysed once after its
+first sync, and each fresh database is dropped once measured, so that autovacuum working through one
+measurement's 100,000 rows does not run into the next.
 """
 
 from __future__ import annotations
@@ -47,10 +49,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench._common import (  # noqa: E402
     WCSYNC,
+    drop_database,
     fresh_database,
     postgres_server,
     sandbox_process,
     script_parser,
+    settle,
     wcsync_env,
 )
 
@@ -219,6 +223,7 @@ def main() -> None:
         print(f"setting up: a first sync of {args.customers} customers ...", flush=True)
         setup = wcsync_start(env)
         print(f"  {setup}", flush=True)
+        settle(database)
         for number in range(1, args.runs + 1):
             fetch, out = measure([sys.executable, str(BENCH / "fetch_only.py")], env)
             fetch.update(json.loads(out))
@@ -242,11 +247,13 @@ def main() -> None:
                 fresh = fresh_database(admin, "sbs_first")
                 migrate(fresh)
                 first = wcsync_start(wcsync_env(fresh, store_url))
+                drop_database(admin, fresh)
                 results["first"].append(first)
                 print(f"round {number}: first   {first}", flush=True)
             if args.plain_loop:
                 plain_env = {**env, "PLAIN_DATABASE_URL": fresh_database(admin, "sbs_plain")}
                 plain, out = measure([sys.executable, str(BENCH / "plain_loop.py")], plain_env)
+                drop_database(admin, plain_env["PLAIN_DATABASE_URL"])
                 plain.update(json.loads(out))
                 results["plain"].append(plain)
                 print(f"round {number}: plain   {plain}", flush=True)
