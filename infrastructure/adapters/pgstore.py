@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import ProgrammingError, StoredEvent
 from eventsourcing.postgres import PostgresAggregateRecorder, PostgresApplicationRecorder, PostgresFactory
 from psycopg import Cursor
 from psycopg.rows import DictRow
@@ -67,9 +67,22 @@ class BinaryAggregateRecorder(PostgresAggregateRecorder):
 
 
 class BinaryApplicationRecorder(PostgresApplicationRecorder):
+    """The library's application recorder, inserting from column arrays, and returning no notification
+    ids: nothing in wcsync reads the ids of what it saved (its applications' ``_notify`` does nothing; the
+    followers read the log), and the library turned each save's ids into a dict row, a Notification and a
+    Recording an event (500 a save, 100,000 in a first sync of as many customers)."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.insert_events_statement = _columns_statement(self, returning=True)
+        self.insert_events_statement = _columns_statement(self, returning=False)
+
+    def _fetch_ids_after_insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **_: Any
+    ) -> Sequence[int] | None:
+        # The insert is synced (the library's insert_events syncs the pipeline first): every row is in.
+        if curs.rowcount != len(stored_events):
+            raise ProgrammingError(f"inserted {curs.rowcount} of {len(stored_events)} events")
+        return None
 
     def _insert_stored_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **_: Any
