@@ -277,7 +277,7 @@ def _cut_answer(response: _Response, body: bytes, earlier: KnownPage | None) -> 
     if pieces is None:
         return None
     known = earlier.answers_by_id() if earlier is not None else {}
-    # Whole-page passes, each a comprehension (a first sync cuts every page: 0.57 -> 0.45 ms a page of 100).
+    # Whole-page passes, each a comprehension (a first sync cuts every page: 574 -> ~515 us a page of 100).
     ids = [cid for cid, _ in pieces]
     answer_list = [hashlib.sha256(piece).digest()[:ANSWER_DIGEST_BYTES] for _, piece in pieces]
     answers = dict(zip(ids, answer_list, strict=True))

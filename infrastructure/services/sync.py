@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterat
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from functools import partial
+from functools import cached_property, partial
 from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
@@ -224,6 +224,11 @@ class _Known:
         """The page's answer digests as LinesAdded.answers has them (for lines in page order)."""
         answers = self.page.answers
         return None if answers is None else base64.b64encode(answers).decode("ascii")
+
+    @cached_property
+    def places(self) -> dict[int, int]:
+        """Where each customer is on the page, by id (read by a step's heads and by _same_as_known)."""
+        return {cid: index for index, cid in enumerate(self.page.ids)}
 
     def digest(self, index: int) -> str:
         """The digest (hex) of the customer at ``index`` on the page."""
@@ -974,7 +979,7 @@ class SyncEngine:
             parsed_ids += page_ids
             known = run.known.get(page.number)
             if known is not None and run.vouched is not None:
-                places = {cid: index for index, cid in enumerate(known.page.ids)}
+                places = known.places
                 for cid in page_ids:
                     index = places.get(cid)
                     if index is not None:
@@ -1029,13 +1034,12 @@ class SyncEngine:
             return  # recorded already, by another writer that won a save: nothing of it is draft
         heads, unvouched = heads_read.pop() if heads_read else (self._heads(queue, ids), None)
         known = run.known.get(page.number)
-        pairs: list[tuple[int, str]] | None = None
-        if known is None or list(known.page.ids) != ids or queue.lines.has_any(ids):
-            pass  # not the earlier scan's page as known, or lines already: read as any other page
-        elif unvouched is not None and unvouched.isdisjoint(ids):
-            pairs = known.pairs()  # no event since that scan began for any of them: as it left them
-        else:
-            pairs = _same_as_known(known, ids, heads, unvouched)
+        pairs: list[tuple[int, str]] | None = None  # None: read as any other page
+        if known is not None and list(known.page.ids) == ids and not queue.lines.has_any(ids):
+            if unvouched is not None and unvouched.isdisjoint(ids):
+                pairs = known.pairs()  # no event since that scan began for any of them: as it left them
+            else:
+                pairs = _same_as_known(known, ids, heads, unvouched)
         if known is None or pairs is None:
             read = page.parsed()
             good, with_id = self._checked_page(run, read.number, read.records, read.rejected, heads)
@@ -1687,7 +1691,7 @@ def _same_as_known(
     """(id, the earlier scan's digest) of customers whose bytes are as the known page had them, when each
     is still mirrored as that scan left it: the log vouches for it, or its head has that digest. None when
     one is not (or is not on the known page)."""
-    places = {cid: index for index, cid in enumerate(known.page.ids)}
+    places = known.places
     pairs: list[tuple[int, str]] = []
     for cid in ids:
         index = places.get(cid)
