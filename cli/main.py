@@ -23,7 +23,7 @@ from typing import cast
 from cli.output import error, redacted, remember_database_url
 from cli.parser import HANDLERS, build_parser
 from domain.errors import EXIT_DATABASE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, WcsyncError
-from infrastructure.support.errors import first_line, storage_error
+from infrastructure.support.errors import first_line, loaded_errors, storage_error
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -89,13 +89,11 @@ def _unforeseen(problem: Exception) -> int:
 
 
 def _is_database_error(problem: BaseException) -> bool:
-    kinds: list[type[BaseException]] = [sqlite3.Error]
     # Only libraries already loaded can have raised: no import for the check.
-    for module, name in (("psycopg", "Error"), ("eventsourcing.persistence", "PersistenceError")):
-        loaded = sys.modules.get(module)
-        if loaded is not None:
-            kinds.append(getattr(loaded, name))
-    return isinstance(problem, tuple(kinds))
+    return isinstance(
+        problem,
+        (sqlite3.Error, *loaded_errors("psycopg:Error", "eventsourcing.persistence:PersistenceError")),
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,7 +27,7 @@ from uuid import UUID
 import structlog
 
 from infrastructure.adapters.eventlog import postgres_has_events_table, sqlite_has_events_table
-from infrastructure.adapters.eventstore import DATABASE_ERRORS, SyncApplication, require_database
+from infrastructure.adapters.eventstore import SyncApplication, database_errors, require_database
 from infrastructure.adapters.leases import QueueLeases, default_holder, pid_exists, this_machine
 from infrastructure.adapters.localjobs import LocalJobs
 from infrastructure.adapters.migrations import apply_migrations
@@ -466,7 +466,7 @@ class Services:
             return
         try:
             self.projections.catch_up()
-        except DATABASE_ERRORS as error:
+        except database_errors() as error:
             # e.g. a full disk: the read models cannot take the new events (the events are safe).
             raise storage_error(error, f"the database {self.database.display}") from None
         finally:
@@ -594,7 +594,7 @@ def migrate(database: DatabaseConfig) -> None:
         finally:
             runner.close()
         apply_migrations(database)
-    except DATABASE_ERRORS as error:
+    except database_errors() as error:
         raise storage_error(error, f"the database {database.display}") from None
     finally:
         app.close()
@@ -619,7 +619,7 @@ def open_services(database: DatabaseConfig, read_only: bool = False) -> Services
         if create:
             runner.migrate()
             apply_migrations(database)  # a no-op (one read) when current
-    except DATABASE_ERRORS as error:
+    except database_errors() as error:
         app.close()
         raise storage_error(error, f"the database {database.display}") from None
     except BaseException:

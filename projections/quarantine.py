@@ -21,14 +21,15 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 from uuid import UUID
-
-import psycopg
 
 from infrastructure.adapters.projection_db import Database, iso
 from infrastructure.adapters.schema import QUARANTINE, QUARANTINE_TABLE, TEXT, UUID_
-from infrastructure.support.errors import first_line
+from infrastructure.support.errors import first_line, loaded_errors
+
+if TYPE_CHECKING:
+    import psycopg
 
 ACTIVITY_TYPE = "projection_quarantined"
 MAX_REASON_CHARS = 200
@@ -98,12 +99,17 @@ def _uuid(text: str | None) -> UUID | None:
     return None if text is None else UUID(text)
 
 
+def _is_psycopg_error(error: BaseException) -> TypeGuard[psycopg.Error]:
+    """Only once psycopg is loaded (PostgreSQL): a command on SQLite never imports it."""
+    return isinstance(error, loaded_errors("psycopg:Error"))
+
+
 def quarantinable(error: BaseException) -> bool:
     """Is this error the event's (quarantine it) rather than the database's or the connection's (raise)?
-    The caller has already let TRANSIENT_ERRORS through (projections/runner.py)."""
+    The caller has already let transient_errors() through (projections/runner.py)."""
     if not isinstance(error, Exception) or isinstance(error, MemoryError):
         return False
-    if isinstance(error, psycopg.Error):
+    if _is_psycopg_error(error):
         # No SQLSTATE: refused on this side, while adapting a value ("cannot adapt type").
         return error.sqlstate is None or error.sqlstate[:2] in _DATA_SQLSTATE_CLASSES
     if isinstance(error, sqlite3.Error):
@@ -119,7 +125,7 @@ def quarantinable(error: BaseException) -> bool:
 def reason(error: BaseException) -> str:
     """Why, in one bounded line: the exception's type and first line, quoted values elided."""
     message = first_line(error)
-    if isinstance(error, psycopg.Error) and error.diag.message_primary:
+    if _is_psycopg_error(error) and error.diag.message_primary:
         message = error.diag.message_primary  # without DETAIL / CONTEXT, which quote the row
     message = _QUOTED.sub(lambda match: f"{match.group(1)}…{match.group(1)}", message)
     name = type(error).__name__

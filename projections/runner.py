@@ -44,7 +44,7 @@ from domain.errors import WcsyncError
 from domain.queue import SyncQueue
 from infrastructure.adapters import eventlog
 from infrastructure.adapters.eventstore import SyncApplication
-from infrastructure.adapters.projection_db import CONNECTION_ERRORS, ConcurrentUpdate, Database
+from infrastructure.adapters.projection_db import ConcurrentUpdate, Database, connection_errors
 from infrastructure.adapters.schema import (
     POSTGRES,
     QUARANTINE,
@@ -83,13 +83,6 @@ PROJECTION_CLASSES: tuple[type[Projection], ...] = (
 
 DEFAULT_BATCH_SIZE = 1000
 REBUILD_BATCH_SIZE = 2000
-# Errors after which follow() reconnects and tries again rather than stopping.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    *CONNECTION_ERRORS,
-    OperationalError,
-    InterfaceError,
-    StorageError,
-)
 _MIGRATE_LOCK_KEY = 0x77637379  # "wcsy": serialises concurrent migrations on PostgreSQL
 MAX_BACKOFF_S = 30.0
 PERSISTENT_FAILURE_S = 2.0  # follow() warns of a database failure once its backoff has grown this long
@@ -252,7 +245,7 @@ class ProjectionRunner:
         while not stop.is_set():
             try:
                 applied = self.catch_up()
-            except TRANSIENT_ERRORS as error:
+            except transient_errors() as error:
                 if stop.wait(backoff.failed(error)):
                     break
                 continue
@@ -895,10 +888,15 @@ def _uuid_or_none(value: Any) -> UUID | None:
         return None
 
 
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """Errors after which follow() reconnects and tries again rather than stopping (for an except clause)."""
+    return (*connection_errors(), OperationalError, InterfaceError, StorageError)
+
+
 def _data_error(error: BaseException) -> bool:
     """Whether an apply failed on the data (quarantine it) rather than on the database (let it through: a
     follower reconnects and tries again)."""
-    return not isinstance(error, TRANSIENT_ERRORS) and quarantine.quarantinable(error)
+    return not isinstance(error, transient_errors()) and quarantine.quarantinable(error)
 
 
 def _trimmed_topics(targets: Sequence[_Target]) -> frozenset[str]:

@@ -25,14 +25,11 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 from uuid import UUID
 
-import psycopg
 from eventsourcing.persistence import Notification, StoredEvent
-from psycopg.rows import tuple_row
-from psycopg.sql import SQL, Identifier
 
 from infrastructure.adapters.schema import (
     CHECKPOINT_TABLE_NAME,
@@ -45,7 +42,13 @@ from infrastructure.adapters.schema import (
     as_uuid,
 )
 from infrastructure.support.config import DatabaseConfig
-from infrastructure.support.errors import StorageError, first_line
+from infrastructure.support.errors import StorageError, driver_errors, first_line
+
+if TYPE_CHECKING:
+    import psycopg
+
+# psycopg is imported where a PostgreSQL branch needs it, not here: a command on SQLite never loads it
+# (~50 ms of `wcsync status`).
 
 
 class Reads(Protocol):
@@ -92,6 +95,8 @@ def select_events_of(
                 )
                 for row in curs.fetchall()
             ]
+    from psycopg.sql import SQL, Identifier
+
     # One index probe per id (LATERAL ... LIMIT), whatever the planner believes: during a first big
     # sync the events table has no statistics yet, and `= ANY(...)` was planned as a bitmap scan
     # (plus JIT) at ~100 ms a page instead of ~1 ms.
@@ -140,6 +145,9 @@ def select_heads_of(
                 (by_hex[row["originator_id"]], row["originator_version"], row["topic"], bytes(row["tail"]))
                 for row in curs.fetchall()
             ]
+    from psycopg.rows import tuple_row
+    from psycopg.sql import SQL, Identifier
+
     # As select_events_of: one index probe per id. Each row names its id by its place in the list sent
     # (WITH ORDINALITY): the caller's UUIDs are reused instead of a new one loaded from every row.
     statement_pg = SQL(
@@ -171,6 +179,9 @@ def select_positions_after(
                 [position, limit],
             )
             return [(UUID(row["originator_id"]), row["position"], row["topic"]) for row in curs.fetchall()]
+    from psycopg.rows import tuple_row
+    from psycopg.sql import SQL, Identifier
+
     statement_pg = SQL(
         "SELECT originator_id, notification_id, topic FROM {schema}.{table} WHERE notification_id > %s "
         "ORDER BY notification_id LIMIT %s"
@@ -332,6 +343,8 @@ class LogReader:
     def snapshot(self) -> Iterator[LogReader]:
         try:
             if self.dialect == POSTGRES:
+                import psycopg
+
                 self._pg = psycopg.connect(**self.database.pg_connect_kwargs())
                 self._pg.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             else:
@@ -342,14 +355,14 @@ class LogReader:
                     f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=30
                 )
                 self._sqlite.execute("BEGIN")
-        except (psycopg.Error, sqlite3.Error) as error:
+        except driver_errors() as error:
             self.close()
             raise StorageError(
                 f"cannot read the database {self.database.display}: {first_line(error)}"
             ) from None
         try:
             yield self
-        except (psycopg.Error, sqlite3.Error) as error:
+        except driver_errors() as error:
             raise StorageError(f"reading {self.database.display} failed: {first_line(error)}") from None
         finally:
             self.close()

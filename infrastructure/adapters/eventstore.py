@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
-import psycopg
 import structlog
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate, Snapshot
@@ -43,6 +41,7 @@ from infrastructure.support.config import APP_NAME, DatabaseConfig
 from infrastructure.support.errors import (
     QueueNotFoundError,
     StorageError,
+    driver_errors,
     first_line,
     is_permanent,
     storage_error,
@@ -52,9 +51,14 @@ log = structlog.get_logger("wcsync.eventstore")
 
 T = TypeVar("T")
 
-# What the database libraries under the event store raise; the composition root and the services turn
-# each into one StorageError (infrastructure.support.errors.storage_error).
-DATABASE_ERRORS: tuple[type[BaseException], ...] = (PersistenceError, sqlite3.Error, psycopg.Error)
+
+def database_errors() -> tuple[type[BaseException], ...]:
+    """What the database libraries under the event store raise, for an except clause (``except
+    database_errors() as error:``); the composition root and the services turn each into one StorageError
+    (infrastructure.support.errors.storage_error). psycopg's are among them once it is loaded: a command on
+    SQLite never imports it."""
+    return (PersistenceError, *driver_errors())
+
 
 # A queue is snapshotted every this many events, from the aggregate in memory (the library's own
 # snapshotting re-reads the aggregate from the store: for a big queue that costs more than the save).
@@ -441,6 +445,8 @@ def _in_memory(path: Path) -> bool:
 def probe_postgres(database: DatabaseConfig) -> None:
     """One direct connection before the pool is made: a refused login or an unreachable server fails now,
     in the server's own words, instead of after the pool's 10 s wait as "couldn't get a connection"."""
+    import psycopg  # PostgreSQL only: a command on SQLite never pays for its import
+
     try:
         psycopg.connect(**database.pg_connect_kwargs()).close()
     except psycopg.Error as error:

@@ -22,14 +22,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 import structlog
 
 from infrastructure.adapters.schema import POSTGRES, SQLITE, iso
 from infrastructure.support.config import DatabaseConfig
-from infrastructure.support.errors import StorageError, storage_error
+from infrastructure.support.errors import StorageError, driver_errors, storage_error
+
+if TYPE_CHECKING:
+    import psycopg
 
 Row = tuple[Any, ...]
 
@@ -47,8 +49,6 @@ DASHBOARD_SESSIONS_TABLE = "wcsync_dashboard_sessions"
 # The advisory lock that serialises migrations on PostgreSQL: (this constant, the schema's hash), so runs on
 # different schemas of one database do not wait for each other.
 _LOCK_KEY = zlib.crc32(MIGRATIONS_TABLE.encode()) & 0x7FFFFFFF
-
-DATABASE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, psycopg.Error)
 
 
 @dataclass(frozen=True)
@@ -271,7 +271,7 @@ def storage_errors(database: DatabaseConfig) -> Iterator[None]:
     there yet as the advice to migrate."""
     try:
         yield
-    except DATABASE_ERRORS as error:
+    except driver_errors() as error:
         if _missing_table(error):
             raise StorageError(
                 f"the database {database.display} lacks wcsync's tables: run `wcsync db migrate` once"
@@ -319,6 +319,8 @@ class Connection:
 
     def _pg_connection(self) -> psycopg.Connection[Row]:
         if self._pg is None or self._pg.closed or self._pg.broken:
+            import psycopg  # PostgreSQL only: a command on SQLite never pays for its import
+
             self._pg = psycopg.connect(**self.database.pg_connect_kwargs(), autocommit=True)
         return self._pg
 

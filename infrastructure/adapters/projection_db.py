@@ -14,13 +14,11 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import orjson
-import psycopg
 import structlog
-from psycopg.types.json import Jsonb, set_json_dumps
 
 from domain.errors import WcsyncError
 from infrastructure.adapters.schema import (
@@ -39,17 +37,27 @@ from infrastructure.adapters.schema import (
 )
 from infrastructure.adapters.schema import iso as iso  # the projections' form of a time (queries, quarantine)
 from infrastructure.support.config import DatabaseConfig
+from infrastructure.support.errors import loaded_errors
+
+if TYPE_CHECKING:
+    import psycopg
+
+# psycopg is imported by the PostgreSQL branches that use it: a command on SQLite never loads it.
 
 Row = tuple[Any, ...]
 
 log = structlog.get_logger("wcsync.projections")
 
+
 # Errors after which the connection is thrown away and opened again (follow() backs off and retries).
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-    sqlite3.OperationalError,
-)
+def connection_errors() -> tuple[type[BaseException], ...]:
+    """For an except clause or isinstance: psycopg's once it is loaded, and SQLite's."""
+    return (*_pg_connection_errors(), sqlite3.OperationalError)
+
+
+def _pg_connection_errors() -> tuple[type[BaseException], ...]:
+    return loaded_errors("psycopg:OperationalError", "psycopg:InterfaceError")
+
 
 SQLITE_MAX_VARIABLES = 900  # well under every SQLite build's limit
 
@@ -89,7 +97,14 @@ _SQLITE_DECODE: dict[str, Callable[[Any], Any]] = {
     JSON: _opt(json.loads),
     BOOL: _opt(bool),
 }
-_PG_ENCODE: dict[str, Callable[[Any], Any]] = {JSON: _opt(Jsonb)}
+
+
+def _pg_encode() -> dict[str, Callable[[Any], Any]]:
+    from psycopg.types.json import Jsonb
+
+    return {JSON: _opt(Jsonb)}
+
+
 _PG_DECODE: dict[str, Callable[[Any], Any]] = {}
 
 # Rows are written to PostgreSQL with COPY in binary format, typed per column: psycopg's C dumpers format
@@ -168,7 +183,7 @@ class Database:
         self._pg: psycopg.Connection[Row] | None = None
         self._stages: set[str] = set()
         self._in_transaction = False
-        encode = _PG_ENCODE if self.dialect == POSTGRES else _SQLITE_ENCODE
+        encode = _pg_encode() if self.dialect == POSTGRES else _SQLITE_ENCODE
         decode = _PG_DECODE if self.dialect == POSTGRES else _SQLITE_DECODE
         self._encode = encode
         self._decode = decode
@@ -189,6 +204,9 @@ class Database:
 
     def _connect_pg(self) -> psycopg.Connection[Row]:
         if self._pg is None or self._pg.closed or self._pg.broken:
+            import psycopg
+            from psycopg.types.json import set_json_dumps
+
             self._stages.clear()  # temporary tables die with their connection
             self._pg = psycopg.connect(**self.config.pg_connect_kwargs(), autocommit=True)
             set_json_dumps(_json_bytes, context=self._pg)
@@ -288,7 +306,7 @@ class Database:
                 with conn.cursor(binary=True) as cur:
                     return cur.execute(statement, params).fetchall()
             return conn.execute(statement, params).fetchall()
-        except (psycopg.OperationalError, psycopg.InterfaceError):
+        except _pg_connection_errors():
             # A read outside a transaction on a connection that went away (server restart, terminated
             # session) is simply tried once more on a new connection.
             if not conn.broken or self._in_transaction:
@@ -579,7 +597,9 @@ class Database:
     def _copy_out(self, query: str, params: Sequence[Any], kinds: Sequence[str]) -> list[list[Any]]:
         parsers = [_COPY_PARSE[kind] for kind in kinds]
         conn = self._connect_pg()
-        statement = psycopg.ClientCursor(conn).mogrify(query, params)
+        from psycopg import ClientCursor
+
+        statement = ClientCursor(conn).mogrify(query, params)
         chunks: list[bytes] = []
         with conn.cursor() as cur, cur.copy(f"COPY ({statement}) TO STDOUT") as copy:
             for chunk in copy:

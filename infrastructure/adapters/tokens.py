@@ -32,13 +32,12 @@ from domain import bounds
 from domain.errors import EXIT_USAGE, WcsyncError
 from infrastructure.adapters.migrations import (
     API_TOKENS_TABLE,
-    DATABASE_ERRORS,
     Connection,
     storage_errors,
 )
 from infrastructure.adapters.schema import iso
 from infrastructure.support.config import DatabaseConfig
-from infrastructure.support.errors import StorageError, quoted
+from infrastructure.support.errors import StorageError, driver_errors, quoted
 
 log = structlog.get_logger("wcsync.tokens")
 
@@ -49,7 +48,10 @@ TOKEN_LENGTH = len(TOKEN_PREFIX) + 43
 _TOKEN_SHAPE = re.compile(rf"{TOKEN_PREFIX}[A-Za-z0-9_-]{{43}}")
 # last_used_at is written at most this often per token by one process.
 LAST_USED_INTERVAL_S = 60.0
-_WRITE_ERRORS: tuple[type[BaseException], ...] = (StorageError, *DATABASE_ERRORS)
+
+
+def _write_errors() -> tuple[type[BaseException], ...]:
+    return (StorageError, *driver_errors())
 
 
 class Role(enum.Enum):
@@ -317,7 +319,7 @@ class ApiTokens:
                     f"UPDATE {API_TOKENS_TABLE} SET last_used_at = %s WHERE token_hash = %s",
                     (iso(self._now()), digest),
                 )
-        except _WRITE_ERRORS as error:
+        except _write_errors() as error:
             log.warning("tokens.last_used_not_saved", error=type(error).__name__)
 
 

@@ -34,7 +34,7 @@ import structlog
 from aiohttp import web
 
 from domain.errors import WcsyncError
-from infrastructure.adapters.eventstore import DATABASE_ERRORS
+from infrastructure.adapters.eventstore import database_errors
 from infrastructure.adapters.jobstats import JobStats
 from infrastructure.adapters.migrations import pending_migrations
 from infrastructure.adapters.tokens import Role
@@ -69,8 +69,11 @@ METRICS_CONTENT_TYPE = exposition.CONTENT_TYPE
 READY_TIMEOUT_S = 2.0
 # How long /metrics waits for its reads before it answers without them (wcsync_database_up 0).
 SCRAPE_TIMEOUT_S = 3.0
-# What a scrape's reads may raise when the database fails them: the scrape then answers without them.
-_READ_ERRORS: tuple[type[BaseException], ...] = (WcsyncError, *DATABASE_ERRORS)
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What a scrape's reads may raise when the database fails them: the scrape then answers without them."""
+    return (WcsyncError, *database_errors())
 
 
 # What an unauthenticated probe says of the database: its kind, nothing that locates it.
@@ -184,7 +187,7 @@ class Operations:
         except TimeoutError:
             log.warning("api.metrics_read_timeout", waited_s=self._scrape.timeout_s)
             snapshot = Snapshot(database_up=False, read_s=time.monotonic() - started)
-        except _READ_ERRORS as error:
+        except _read_errors() as error:
             log.warning("api.metrics_read_failed", error=type(error).__name__)
             snapshot = Snapshot(database_up=False, read_s=time.monotonic() - started)
         return web.Response(body=exposition.render(snapshot), headers={"Content-Type": METRICS_CONTENT_TYPE})

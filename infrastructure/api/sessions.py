@@ -36,13 +36,12 @@ import structlog
 from infrastructure.adapters.migrations import (
     API_TOKENS_TABLE,
     DASHBOARD_SESSIONS_TABLE,
-    DATABASE_ERRORS,
     Connection,
     storage_errors,
 )
 from infrastructure.adapters.tokens import Principal, Role, token_hash
 from infrastructure.support.config import DatabaseConfig
-from infrastructure.support.errors import StorageError
+from infrastructure.support.errors import StorageError, driver_errors
 
 log = structlog.get_logger("wcsync.api.sessions")
 
@@ -59,7 +58,10 @@ TOUCH_EVERY_S = 60.0
 # An id is the URL-safe base64 of SESSION_BYTES bytes without padding: 43 characters.
 _ID_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}")
 _CSRF_CONTEXT = b"wcsync dashboard csrf v1"
-_WRITE_ERRORS: tuple[type[BaseException], ...] = (StorageError, *DATABASE_ERRORS)
+
+
+def _write_errors() -> tuple[type[BaseException], ...]:
+    return (StorageError, *driver_errors())
 
 
 def new_session_id() -> str:
@@ -249,5 +251,5 @@ class DashboardSessions:
                     f"UPDATE {DASHBOARD_SESSIONS_TABLE} SET last_seen_at = %s WHERE session_hash = %s",
                     (now, digest),
                 )
-        except _WRITE_ERRORS as error:
+        except _write_errors() as error:
             log.warning("dashboard.session_touch_failed", error=type(error).__name__)

@@ -37,7 +37,7 @@ from domain.customer import Customer, customer_key
 from domain.errors import WcsyncError
 from domain.validation import MAX_RECORD_BYTES, RejectedRecord, check_record, customer_id_of, describe_id
 from domain.webhook import DELETED, TOPICS, RefusedDeliveries, WebhookDelivery
-from infrastructure.adapters.eventstore import DATABASE_ERRORS, ConcurrentWriteError, SyncApplication
+from infrastructure.adapters.eventstore import ConcurrentWriteError, SyncApplication, database_errors
 from infrastructure.adapters.schema import iso
 from infrastructure.adapters.transcoder import canonical_bytes
 from infrastructure.services.stores import WebhookTarget
@@ -71,8 +71,12 @@ MAX_DELIVERY_ERRORS = 3
 # not a customer record: a deletion's body replayed, say).
 _RECORD_FIELDS = ("email", "billing", "shipping")
 _RECEIVED_TOPIC = get_topic(WebhookDelivery.Received)
-# The database's own failures: the step stops and the next tries again (nothing is the delivery's fault).
-STORAGE_ERRORS: tuple[type[BaseException], ...] = (StorageError, *DATABASE_ERRORS)
+
+
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """The database's own failures, for an except clause: the step stops and the next tries again (nothing
+    is the delivery's fault)."""
+    return (StorageError, *database_errors())
 
 
 class UnknownStoreError(WcsyncError):
@@ -112,8 +116,10 @@ class DeliveryConflict(WcsyncError):
         )
 
 
-# Failures no delivery is to blame for: never counted towards MAX_DELIVERY_ERRORS.
-NOT_THE_DELIVERYS: tuple[type[BaseException], ...] = (*STORAGE_ERRORS, DeliveryConflict)
+def not_the_deliverys() -> tuple[type[BaseException], ...]:
+    """Failures no delivery is to blame for, for an except clause: never counted towards
+    MAX_DELIVERY_ERRORS."""
+    return (*storage_errors(), DeliveryConflict)
 
 
 @dataclass(frozen=True)
@@ -401,7 +407,7 @@ class DeliveryApplier:
         at a time)."""
         try:
             return self._together(delivery_ids)
-        except STORAGE_ERRORS:
+        except storage_errors():
             raise
         except Exception as error:  # one delivery that cannot be applied: found one at a time
             log.warning("webhooks.apply_together_failed", error=type(error).__name__)
@@ -448,7 +454,7 @@ class DeliveryApplier:
         failed with the error after MAX_DELIVERY_ERRORS attempts, so it holds up no later delivery."""
         try:
             applied = self._apply(delivery_id)
-        except NOT_THE_DELIVERYS:  # the database's, or other writers': tried again next step
+        except not_the_deliverys():  # the database's, or other writers': tried again next step
             raise
         except Exception as error:
             count = self._failures[delivery_id] = self._failures.get(delivery_id, 0) + 1

@@ -4,6 +4,8 @@ database library errors into them, and how an error line quotes user input."""
 from __future__ import annotations
 
 import re
+import sqlite3
+import sys
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -125,6 +127,27 @@ _UNREACHABLE = (
     "the database system is starting up",
     "the database system is shutting down",
 )
+
+
+def loaded_errors(*names: str) -> tuple[type[BaseException], ...]:
+    """The exception classes named ``"module:Class"`` whose module is already imported, for an except
+    clause or isinstance: ``except (sqlite3.Error, *loaded_errors("psycopg:Error")):``. A library that was
+    never imported cannot have raised, and importing psycopg only to name its errors would cost every
+    SQLite-only command ~50 ms (``wcsync status``). An except clause evaluates its expression when an
+    exception reaches it, so a function call there sees what is loaded by then."""
+    found: list[type[BaseException]] = []
+    for name in names:
+        module, _, attribute = name.partition(":")
+        kind = getattr(sys.modules.get(module), attribute, None)  # None too while the module is half imported
+        if isinstance(kind, type) and issubclass(kind, BaseException):
+            found.append(kind)
+    return tuple(found)
+
+
+def driver_errors() -> tuple[type[BaseException], ...]:
+    """What the database drivers raise, for an except clause (``except driver_errors() as error:``):
+    sqlite3's, and psycopg's once it is loaded (only PostgreSQL loads it)."""
+    return (sqlite3.Error, *loaded_errors("psycopg:Error"))
 
 
 def _chain(error: BaseException) -> list[BaseException]:

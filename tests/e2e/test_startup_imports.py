@@ -1,7 +1,7 @@
 """A command loads only the libraries its work needs (issue 13, start-up): `wcsync --help` and a usage error
-load no database, HTTP or logging library, the read-only commands on SQLite no HTTP client, job queue,
-metrics, cipher or cron parser, and a sync of a store given in the environment no job queue, metrics,
-cipher or cron parser either.
+load no database, HTTP or logging library, the read-only commands on SQLite no PostgreSQL driver, HTTP
+client, job queue, metrics, cipher or cron parser, and a sync of a store given in the environment to a
+SQLite database no PostgreSQL driver, job queue, metrics, cipher or cron parser either.
 
 What a process imported is read from ``python -X importtime`` (one stderr line per module), so nothing here
 is timed: a library that comes back on a command's path fails the test by name, on any machine. Which
@@ -27,7 +27,8 @@ JOBS = {"procrastinate"}
 METRICS = {"prometheus_client"}
 CIPHER = {"cryptography"}
 CRON = {"croniter"}
-DATABASE = {"psycopg", "eventsourcing", "orjson"}
+POSTGRES = {"psycopg", "psycopg_binary", "psycopg_pool"}
+DATABASE = {*POSTGRES, "eventsourcing", "orjson"}
 LOGGING = {"structlog"}
 
 NO_QUEUE = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
@@ -87,23 +88,23 @@ def test_help_and_usage_errors_load_no_database_http_or_logging_library(
     ],
     ids=lambda value: "-".join(value) if isinstance(value, list) else None,
 )
-def test_read_only_commands_on_sqlite_load_no_http_client_job_queue_metrics_cipher_or_cron(
+def test_read_only_commands_on_sqlite_load_no_postgres_driver_http_client_job_queue_metrics_cipher_or_cron(
     argv: list[str], expected: str, migrated_sqlite: str
 ) -> None:
     result, names = imported_by(argv, wcsync_env(None, migrated_sqlite))
     assert result.returncode in (0, 2), _errors(result)
     assert expected in result.stdout + _errors(result)
-    heavy = HTTP | JOBS | METRICS | CIPHER | CRON
+    heavy = POSTGRES | HTTP | JOBS | METRICS | CIPHER | CRON
     assert not names & heavy, sorted(names & heavy)
 
 
 @pytest.mark.sandbox(customers=30)
-def test_a_sync_of_a_store_in_the_environment_loads_no_job_queue_metrics_cipher_or_cron(
+def test_a_sqlite_sync_of_a_store_in_the_environment_loads_no_postgres_driver_job_queue_metrics_cipher_or_cron(
     sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
     result, names = imported_by(["start", "--json"], wcsync_env(sandbox, f"sqlite:///{tmp_path / 'run.db'}"))
     assert result.returncode == 0, _errors(result)
     assert '"totalCount": 30' in result.stdout
     assert "aiohttp" in names  # it did talk to the store: the test reads the imports of a real sync
-    heavy = JOBS | METRICS | CIPHER | CRON
+    heavy = POSTGRES | JOBS | METRICS | CIPHER | CRON
     assert not names & heavy, sorted(names & heavy)
