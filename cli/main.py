@@ -28,6 +28,16 @@ from infrastructure.support.errors import first_line, loaded_errors, storage_err
 Handler = Callable[[argparse.Namespace], int]
 
 
+def entry() -> int:
+    """The `wcsync` command's process (console script, ``python -m cli.main``): main(), then an exit
+    without the collector's last scans (infrastructure.support.collector.spare_the_exit)."""
+    code = main()
+    from infrastructure.support.collector import spare_the_exit
+
+    spare_the_exit()
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -97,4 +107,4 @@ def _is_database_error(problem: BaseException) -> bool:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    raise SystemExit(entry())

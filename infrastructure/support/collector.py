@@ -20,6 +20,17 @@ import gc
 YOUNG_THRESHOLD = 50_000
 
 
+def spare_the_exit() -> None:
+    """Just before the interpreter exits: move every object to the collector's permanent generation, so
+    that the collections the interpreter runs while it tears its modules down skip them. A process that
+    imported the sync's libraries spent ~60 ms there scanning objects that the exit frees anyway (the
+    whole process wall of `wcsync status` is ~0.2 s). What frees itself by reference counting still does:
+    modules, files, connections; only garbage held in cycles is left to the operating system. For the
+    command's process only (``cli.main.entry``), never a long-lived one: it would keep every later
+    cycle's garbage."""
+    gc.freeze()
+
+
 def tune_for_bulk_work() -> None:
     """Raise the collector's first threshold to YOUNG_THRESHOLD, keeping the older generations' own."""
     _, middle, old = gc.get_threshold()

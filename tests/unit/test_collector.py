@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
+from cli.main import entry, main
 from infrastructure.support.collector import YOUNG_THRESHOLD, tune_for_bulk_work
 
 
@@ -34,3 +34,26 @@ def test_a_command_runs_with_the_tuned_collector(default_thresholds: None, tmp_p
     code = main(["status", "--database-url", f"sqlite:///{tmp_path / 'none.db'}"])
     assert code == 4
     assert gc.get_threshold()[0] == YOUNG_THRESHOLD
+
+
+def test_the_command_process_ends_with_its_objects_frozen(
+    default_thresholds: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The console script's entry: main(), then every object moved out of the exit's collections.
+    monkeypatch.setattr(
+        "sys.argv", ["wcsync", "status", "--database-url", f"sqlite:///{tmp_path / 'none.db'}"]
+    )
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    try:
+        assert entry() == 4
+        assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()  # this test process goes on: its later garbage must stay collectable
+
+
+def test_main_alone_freezes_nothing(default_thresholds: None, tmp_path: Path) -> None:
+    # Tests and embedders call main() in a process that goes on: nothing is frozen for them.
+    gc.unfreeze()
+    assert main(["status", "--database-url", f"sqlite:///{tmp_path / 'none.db'}"]) == 4
+    assert gc.get_freeze_count() == 0
