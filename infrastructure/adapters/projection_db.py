@@ -49,9 +49,9 @@ Row = tuple[Any, ...]
 log = structlog.get_logger("wcsync.projections")
 
 
-# Errors after which the connection is thrown away and opened again (follow() backs off and retries).
 def connection_errors() -> tuple[type[BaseException], ...]:
-    """For an except clause or isinstance: psycopg's once it is loaded, and SQLite's."""
+    """Errors after which the connection is thrown away and opened again (follow() backs off and retries),
+    for an except clause or isinstance: SQLite's, and psycopg's once it is loaded."""
     return (*_pg_connection_errors(), sqlite3.OperationalError)
 
 

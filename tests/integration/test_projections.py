@@ -280,12 +280,16 @@ def test_queries_answer_for_the_cli(app: SyncApplication, runner: ProjectionRunn
     assert list(queries.absent_customer_ids(runner, ORG, STORE, seen)) == list(range(100, 121))
     assert list(queries.absent_customer_ids(runner, ORG, STORE, IdSet())) == sorted(set(range(1, 121)) - {3})
     assert list(queries.absent_customer_ids(runner, OTHER_ORG, STORE, IdSet())) == []
-    # The seen ids go as one text, built in chunks (of 2 here: a chunk of wide ids only, one of both).
-    assert queries._joined_ids(IdSet([1, 2**63, 2**64, 5, 9]), chunk=2) == "1,5,9"
-    # An older log's id past 64 bits among the seen ones matches no row, and breaks nothing.
-    assert list(queries.absent_customer_ids(runner, ORG, STORE, IdSet([*range(1, 100), 2**70]))) == list(
-        range(100, 121)
-    )
+    # The seen ids go a range at a time: the same answer whatever the range, holes between and inside
+    # ranges, mirrored ids below the first seen one and past the last, a plain set as well as an IdSet.
+    gappy = [2, 4, 5, 9, 10, 11, 50, 51, 60, 99, 100, 115]
+    expected = sorted(set(range(1, 121)) - {3} - set(gappy))
+    for chunk in (1, 2, 3, 5, 10_000):
+        assert list(queries.absent_customer_ids(runner, ORG, STORE, IdSet(gappy), chunk=chunk)) == expected
+    assert list(queries.absent_customer_ids(runner, ORG, STORE, set(gappy), chunk=2)) == expected
+    # Ids beyond the table's BIGINT (an older log's, 2**63 and past 64 bits) match no row, break nothing.
+    wide = IdSet([*range(1, 100), 2**63, 2**70])
+    assert list(queries.absent_customer_ids(runner, ORG, STORE, wide, chunk=7)) == list(range(100, 121))
     mirrored = {c["woo_customer_id"]: c for c in queries.customers(runner, ORG, STORE)}
     assert mirrored[10]["last_name"] == "Changed10-1" and mirrored[11]["last_name"] == "Last11"
     assert mirrored[3]["is_deleted"] is True
