@@ -25,9 +25,9 @@ def spare_the_exit() -> None:
     that the collections the interpreter runs while it tears its modules down skip them. A process that
     imported the sync's libraries spent ~60 ms there scanning objects that the exit frees anyway (the
     whole process wall of `wcsync status` is ~0.2 s). What frees itself by reference counting still does:
-    modules, files, connections; only garbage held in cycles is left to the operating system. For the
-    command's process only (``cli.main.entry``), never a long-lived one: it would keep every later
-    cycle's garbage."""
+    modules, files, connections; only garbage held in cycles is left to the operating system. Only at a
+    process's end (``cli.main.entry``, and ``cli.processes``, whose live follower's exit a sync waits for),
+    never in a process that goes on: it would keep every later cycle's garbage."""
     gc.freeze()
 
 
