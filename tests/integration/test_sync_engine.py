@@ -1102,6 +1102,38 @@ def test_a_customer_whose_bytes_are_the_known_pages_but_whose_mirror_changed_is_
     assert rows[ids[140]]["first_name"] == "Edited in the store"
 
 
+def test_a_first_sync_of_a_new_store_asks_for_no_absent_customer_and_a_later_one_does(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A complete scan of a store none of whose customers was mirrored as the run began has nothing to
+    mark deleted (what it did not see was mirrored since, by another writer): the read model is not asked.
+    The next complete scan is asked, and marks deleted the customer gone from the store."""
+    import infrastructure.wiring as wiring
+
+    asked: list[int] = []
+    original = wiring.projection_queries.absent_customer_ids
+
+    def absent(source: Any, org_id: str, store_url: str, seen: Any) -> Any:
+        asked.append(len(seen))
+        return original(source, org_id, store_url, seen)
+
+    monkeypatch.setattr(wiring.projection_queries, "absent_customer_ids", absent)
+    with SandboxThread(SandboxConfig(customers=250)) as sandbox:
+        first = run_sync(services, sandbox, catch_up=True)
+        assert first.state == "done" and first.counts["total"] == 250
+        assert asked == []
+        gone = sandbox.store.customer_ids()[7]
+        sandbox.store.delete(gone)
+        second = run_sync(services, sandbox, catch_up=True)
+        assert second.state == "done"
+        assert asked == [249]
+        rows = {
+            row["woo_customer_id"]: row
+            for row in queries.customers(services.projections, "acme", sandbox.url)
+        }
+    assert [cid for cid, row in rows.items() if row["is_deleted"]] == [gone]
+
+
 def test_a_customer_another_writer_created_during_a_complete_scan_is_not_marked_deleted(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
