@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import sqlite3
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -23,7 +22,7 @@ from typing import cast
 from cli.output import error, redacted, remember_database_url
 from cli.parser import HANDLERS, build_parser
 from domain.errors import EXIT_DATABASE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, WcsyncError
-from infrastructure.support.errors import first_line, loaded_errors, storage_error
+from infrastructure.support.errors import database_errors, first_line, storage_error
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -99,11 +98,7 @@ def _unforeseen(problem: Exception) -> int:
 
 
 def _is_database_error(problem: BaseException) -> bool:
-    # Only libraries already loaded can have raised: no import for the check.
-    return isinstance(
-        problem,
-        (sqlite3.Error, *loaded_errors("psycopg:Error", "eventsourcing.persistence:PersistenceError")),
-    )
+    return isinstance(problem, database_errors())  # only libraries already loaded: no import for the check
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,7 +27,7 @@ from uuid import UUID
 import structlog
 
 from infrastructure.adapters.eventlog import postgres_has_events_table, sqlite_has_events_table
-from infrastructure.adapters.eventstore import SyncApplication, database_errors, require_database
+from infrastructure.adapters.eventstore import SyncApplication, require_database
 from infrastructure.adapters.leases import QueueLeases, default_holder, pid_exists, this_machine
 from infrastructure.adapters.localjobs import LocalJobs
 from infrastructure.adapters.migrations import apply_migrations
@@ -37,7 +37,7 @@ from infrastructure.adapters.secrets import SecretKey, StoreSecrets
 from infrastructure.adapters.tokens import ApiTokens
 from infrastructure.services.schedules import MIN_EVERY_S
 from infrastructure.support.config import DatabaseConfig
-from infrastructure.support.errors import StorageError, storage_error
+from infrastructure.support.errors import StorageError, database_errors, storage_error
 from projections import queries as projection_queries
 from projections.names import CUSTOMERS
 from projections.runner import (

@@ -272,46 +272,42 @@ def absent_customer_ids(
     and leaves out the seen ones."""
     with _database(source) as db:
         postgres = db.dialect == POSTGRES
+        not_deleted = db.value(BOOL, False)
     if not postgres:
         yield from (cid for cid in iter_known_customer_ids(source, org_id, store_url) if cid not in seen)
         return
     ordered: Iterable[int] = seen if isinstance(seen, IdSet) else sorted(seen)  # an IdSet iterates in order
     # Only ids a BIGINT column can hold (an older log's wider ids can match no row anyway).
     valid = (cid for cid in ordered if 0 < cid < _INT8_END)
-    mirrored = (
-        f"SELECT woo_customer_id AS id FROM {CUSTOMER_TABLE.name} "
-        "WHERE org_id = %s AND store_url = %s AND is_deleted = %s"
-    )
     after: int | None = None  # the ranges so far covered every id up to this one
-    while block := list(islice(valid, chunk)):
-        upper = block[-1]
-        lower = "" if after is None else " AND woo_customer_id > %s"
-        # EXCEPT (a hashed or sorted set operation), not an anti-join: on a table without statistics yet (a
-        # first sync's) the planner took the join for a nested loop, 100,000 x 100,000 comparisons (274 s).
-        with _database(source) as db:
-            rows = db.fetchall(
-                f"SELECT id FROM ({mirrored}{lower} AND woo_customer_id <= %s "
-                "EXCEPT SELECT unnest(string_to_array(%s, ',')::int8[])) AS absent ORDER BY id",
-                [
-                    org_id,
-                    store_url,
-                    db.value(BOOL, False),
-                    *([] if after is None else [after]),
-                    upper,
-                    ",".join(map(str, block)),
-                ],
+    while True:
+        block = list(islice(valid, chunk))  # none left: the last range is every id past ``after``
+        mirrored = (
+            f"SELECT woo_customer_id AS id FROM {CUSTOMER_TABLE.name} "
+            "WHERE org_id = %s AND store_url = %s AND is_deleted = %s"
+        )
+        params: list[Any] = [org_id, store_url, not_deleted]
+        if after is not None:
+            mirrored += " AND woo_customer_id > %s"
+            params.append(after)
+        if block:
+            # EXCEPT (a hashed or sorted set operation), not an anti-join: on a table without statistics
+            # yet (a first sync's) the planner took the join for a nested loop, 100,000 x 100,000
+            # comparisons (274 s).
+            statement = (
+                f"SELECT id FROM ({mirrored} AND woo_customer_id <= %s "
+                "EXCEPT SELECT unnest(string_to_array(%s, ',')::int8[])) AS absent ORDER BY id"
             )
+            params += [block[-1], ",".join(map(str, block))]
+        else:
+            statement = f"{mirrored} ORDER BY id"
+        with _database(source) as db:
+            rows = db.fetchall(statement, params)
         for row in rows:
             yield int(row[0])
-        after = upper
-    lower = "" if after is None else " AND woo_customer_id > %s"
-    with _database(source) as db:
-        rows = db.fetchall(
-            f"{mirrored}{lower} ORDER BY woo_customer_id",
-            [org_id, store_url, db.value(BOOL, False), *([] if after is None else [after])],
-        )
-    for row in rows:
-        yield int(row[0])
+        if not block:
+            return
+        after = block[-1]
 
 
 def store_has_customers(source: Source, org_id: str, store_url: str) -> bool:

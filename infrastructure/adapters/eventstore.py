@@ -41,7 +41,6 @@ from infrastructure.support.config import APP_NAME, DatabaseConfig
 from infrastructure.support.errors import (
     QueueNotFoundError,
     StorageError,
-    driver_errors,
     first_line,
     is_permanent,
     storage_error,
@@ -50,14 +49,6 @@ from infrastructure.support.errors import (
 log = structlog.get_logger("wcsync.eventstore")
 
 T = TypeVar("T")
-
-
-def database_errors() -> tuple[type[BaseException], ...]:
-    """What the database libraries under the event store raise, for an except clause (``except
-    database_errors() as error:``); the composition root and the services turn each into one StorageError
-    (infrastructure.support.errors.storage_error). psycopg's are among them once it is loaded: a command on
-    SQLite never imports it."""
-    return (PersistenceError, *driver_errors())
 
 
 # A queue is snapshotted every this many events, from the aggregate in memory (the library's own

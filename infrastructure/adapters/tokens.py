@@ -37,7 +37,7 @@ from infrastructure.adapters.migrations import (
 )
 from infrastructure.adapters.schema import iso
 from infrastructure.support.config import DatabaseConfig
-from infrastructure.support.errors import StorageError, driver_errors, quoted
+from infrastructure.support.errors import StorageError, quoted, storage_failures
 
 log = structlog.get_logger("wcsync.tokens")
 
@@ -48,10 +48,6 @@ TOKEN_LENGTH = len(TOKEN_PREFIX) + 43
 _TOKEN_SHAPE = re.compile(rf"{TOKEN_PREFIX}[A-Za-z0-9_-]{{43}}")
 # last_used_at is written at most this often per token by one process.
 LAST_USED_INTERVAL_S = 60.0
-
-
-def _write_errors() -> tuple[type[BaseException], ...]:
-    return (StorageError, *driver_errors())
 
 
 class Role(enum.Enum):
@@ -319,7 +315,7 @@ class ApiTokens:
                     f"UPDATE {API_TOKENS_TABLE} SET last_used_at = %s WHERE token_hash = %s",
                     (iso(self._now()), digest),
                 )
-        except _write_errors() as error:
+        except storage_failures() as error:
             log.warning("tokens.last_used_not_saved", error=type(error).__name__)
 
 

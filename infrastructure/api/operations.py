@@ -34,13 +34,13 @@ import structlog
 from aiohttp import web
 
 from domain.errors import WcsyncError
-from infrastructure.adapters.eventstore import database_errors
 from infrastructure.adapters.jobstats import JobStats
 from infrastructure.adapters.migrations import pending_migrations
 from infrastructure.adapters.tokens import Role
 from infrastructure.api import exposition, openapi
 from infrastructure.api.auth import PRINCIPAL_KEY, require_role
 from infrastructure.support.config import DatabaseConfig
+from infrastructure.support.errors import database_errors
 from infrastructure.support.metrics import ProjectionFigures, Snapshot
 from infrastructure.wiring import Services
 from projections.operations import last_moved, queue_totals, webhook_totals

@@ -41,7 +41,7 @@ from infrastructure.adapters.migrations import (
 )
 from infrastructure.adapters.tokens import Principal, Role, token_hash
 from infrastructure.support.config import DatabaseConfig
-from infrastructure.support.errors import StorageError, driver_errors
+from infrastructure.support.errors import storage_failures
 
 log = structlog.get_logger("wcsync.api.sessions")
 
@@ -58,10 +58,6 @@ TOUCH_EVERY_S = 60.0
 # An id is the URL-safe base64 of SESSION_BYTES bytes without padding: 43 characters.
 _ID_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}")
 _CSRF_CONTEXT = b"wcsync dashboard csrf v1"
-
-
-def _write_errors() -> tuple[type[BaseException], ...]:
-    return (StorageError, *driver_errors())
 
 
 def new_session_id() -> str:
@@ -251,5 +247,5 @@ class DashboardSessions:
                     f"UPDATE {DASHBOARD_SESSIONS_TABLE} SET last_seen_at = %s WHERE session_hash = %s",
                     (now, digest),
                 )
-        except _write_errors() as error:
+        except storage_failures() as error:
             log.warning("dashboard.session_touch_failed", error=type(error).__name__)

@@ -37,11 +37,11 @@ from domain.customer import Customer, customer_key
 from domain.errors import WcsyncError
 from domain.validation import MAX_RECORD_BYTES, RejectedRecord, check_record, customer_id_of, describe_id
 from domain.webhook import DELETED, TOPICS, RefusedDeliveries, WebhookDelivery
-from infrastructure.adapters.eventstore import ConcurrentWriteError, SyncApplication, database_errors
+from infrastructure.adapters.eventstore import ConcurrentWriteError, SyncApplication
 from infrastructure.adapters.schema import iso
 from infrastructure.adapters.transcoder import canonical_bytes
 from infrastructure.services.stores import WebhookTarget
-from infrastructure.support.errors import StorageError
+from infrastructure.support.errors import storage_failures
 from infrastructure.support.metrics import PROCESS
 
 log = structlog.get_logger("wcsync.webhooks")
@@ -71,12 +71,6 @@ MAX_DELIVERY_ERRORS = 3
 # not a customer record: a deletion's body replayed, say).
 _RECORD_FIELDS = ("email", "billing", "shipping")
 _RECEIVED_TOPIC = get_topic(WebhookDelivery.Received)
-
-
-def storage_errors() -> tuple[type[BaseException], ...]:
-    """The database's own failures, for an except clause: the step stops and the next tries again (nothing
-    is the delivery's fault)."""
-    return (StorageError, *database_errors())
 
 
 class UnknownStoreError(WcsyncError):
@@ -119,7 +113,7 @@ class DeliveryConflict(WcsyncError):
 def not_the_deliverys() -> tuple[type[BaseException], ...]:
     """Failures no delivery is to blame for, for an except clause: never counted towards
     MAX_DELIVERY_ERRORS."""
-    return (*storage_errors(), DeliveryConflict)
+    return (*storage_failures(), DeliveryConflict)
 
 
 @dataclass(frozen=True)
@@ -407,7 +401,7 @@ class DeliveryApplier:
         at a time)."""
         try:
             return self._together(delivery_ids)
-        except storage_errors():
+        except storage_failures():  # the database's own: the next step tries again
             raise
         except Exception as error:  # one delivery that cannot be applied: found one at a time
             log.warning("webhooks.apply_together_failed", error=type(error).__name__)

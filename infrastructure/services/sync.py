@@ -35,7 +35,7 @@ from domain.lines import DRAFT, IdSet
 from domain.queue import Q_DONE, Q_DRAFT, QueueOptions, SyncQueue
 from domain.sync import customer_keys, customer_keys_of, split_unchanged, sync_batch
 from domain.validation import RejectedRecord, check_record, check_records, customer_id_of
-from infrastructure.adapters.eventstore import ConcurrentWriteError, SyncApplication, chunks, database_errors
+from infrastructure.adapters.eventstore import ConcurrentWriteError, SyncApplication, chunks
 from infrastructure.adapters.leases import Lease, QueueLeases, default_holder
 from infrastructure.adapters.transcoder import canonical_bytes
 from infrastructure.adapters.woocommerce import (
@@ -57,6 +57,7 @@ from infrastructure.support.errors import (
     StorageError,
     first_line,
     storage_error,
+    storage_failures,
 )
 from infrastructure.support.failpoints import failpoint
 
@@ -90,12 +91,6 @@ MAX_CONFLICT_ATTEMPTS = 10
 CONFLICT_BACKOFF_S = 0.05
 # How often a run awaiting the store looks at its stop event (a stop cancels that wait).
 STOP_POLL_S = 0.1
-
-
-def database_failures() -> tuple[type[BaseException], ...]:
-    """What the database layers raise when they fail under a run (each becomes a StorageError naming the
-    queue), for an except clause."""
-    return (StorageError, *database_errors())
 
 
 T = TypeVar("T")
@@ -540,7 +535,7 @@ class SyncEngine:
             if run.saved:
                 await self._in_worker(self.app.save_batch, queue)
             store_error = await self._process_run(run, store, client_options, mode)
-        except database_failures() as error:
+        except storage_failures() as error:
             raise await self._storage_failure(run, error) from None
         except (WcsyncError, SyncError):
             raise
@@ -559,7 +554,7 @@ class SyncEngine:
         database that is gone)."""
         try:
             return await self._in_worker(self.app.log_position)
-        except database_failures() as error:
+        except storage_failures() as error:
             log.info("queue.log_position_unavailable", error=first_line(error))
             return None
 
@@ -797,7 +792,7 @@ class SyncEngine:
             return {}
         try:
             candidates = self.store_queue_ids(queue.org_id, queue.store_url)[:KNOWN_QUEUE_CANDIDATES]
-        except database_failures() as error:  # a hint only: the scan reads every page instead
+        except storage_failures() as error:  # a hint only: the scan reads every page instead
             log.warning("queue.known_pages_unavailable", queue_id=str(queue.id), error=first_line(error))
             return {}
         options = queue.queue_options
@@ -856,7 +851,7 @@ class SyncEngine:
             return self.customers_projected_through(position) and not self.store_has_customers(
                 queue.org_id, queue.store_url
             )
-        except database_failures() as error:  # a hint only
+        except storage_failures() as error:  # a hint only
             log.info("queue.new_store_unknown", queue_id=str(queue.id), error=first_line(error))
             return False
 
@@ -875,7 +870,7 @@ class SyncEngine:
             changed, position = found
             vouched = _Vouched(position=position, budget=budget - (position - since))
             self._name_changed(run, vouched, changed)
-        except database_failures() as error:  # a hint only: every head is read instead
+        except storage_failures() as error:  # a hint only: every head is read instead
             log.warning("queue.vouching_unavailable", queue_id=str(run.queue.id), error=first_line(error))
             return None
         return vouched
@@ -908,7 +903,7 @@ class SyncEngine:
                 self._name_changed(run, vouched, changed)  # before the position moves: all or nothing
                 vouched.budget -= position - vouched.position
                 vouched.position = position
-        except database_failures() as error:  # a hint only: every head is read from now on
+        except storage_failures() as error:  # a hint only: every head is read from now on
             log.warning("queue.vouching_unavailable", queue_id=str(run.queue.id), error=first_line(error))
             found = None
         if found is None:

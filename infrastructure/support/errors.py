@@ -150,6 +150,19 @@ def driver_errors() -> tuple[type[BaseException], ...]:
     return (sqlite3.Error, *loaded_errors("psycopg:Error"))
 
 
+def database_errors() -> tuple[type[BaseException], ...]:
+    """What the database libraries raise: the drivers', and eventsourcing's persistence errors (under the
+    event store) once loaded. The composition root and the services turn each into one StorageError
+    (storage_error)."""
+    return (*driver_errors(), *loaded_errors("eventsourcing.persistence:PersistenceError"))
+
+
+def storage_failures() -> tuple[type[BaseException], ...]:
+    """A database library's error or one already turned into a StorageError, for an except clause: what a
+    write or a run stops on (the next step, batch or request tries again)."""
+    return (StorageError, *database_errors())
+
+
 def _chain(error: BaseException) -> list[BaseException]:
     """The error and what caused it (eventsourcing wraps the driver's error), outermost first."""
     seen: list[BaseException] = []
