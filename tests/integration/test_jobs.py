@@ -6,11 +6,13 @@ again by the stalled-job retry; a job whose store cannot be opened fails with a 
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 from uuid import UUID
 
 import pytest
 
+import infrastructure.services.sync as sync_service
 from domain.errors import WcsyncError
 from domain.queue import QueueOptions
 from infrastructure.adapters.migrations import Connection, applied_migrations, apply_migrations
@@ -177,14 +179,28 @@ def test_the_async_api_defers_as_the_cli_does(
 
 @pytest.mark.sandbox(customers=600, faults=Faults(latency_ms=40))
 def test_a_stopped_worker_gives_its_job_back_and_another_finishes_the_queue(
-    pg_services: Services, key: SecretKey, sandbox: RunningSandbox
+    pg_services: Services, key: SecretKey, sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store_id = register(pg_services, key, sandbox)
     queue_id, _ = detached_start(pg_services, store_id, per_page=20, batch_size=10)
     first = WorkerThread(pg_services.job_worker(key, FAST, QUICK))
+    # The stop comes as SIGTERM's does (the worker's stop, on its loop), asked for by the run's own save
+    # once 40 lines are done: mid-run however fast the machine (a test that polled for the 40 lines and
+    # then stopped the worker saw the run end first, on a quick machine).
+    asked = threading.Event()
+    save = sync_service.SyncEngine._save
+
+    def save_then_stop(self: sync_service.SyncEngine, run: Any) -> None:
+        save(self, run)
+        if not asked.is_set() and run.queue.lines.count("done") >= 40:
+            asked.set()
+            assert first.loop is not None
+            first.loop.call_soon_threadsafe(first.worker.stop)
+
+    monkeypatch.setattr(sync_service.SyncEngine, "_save", save_then_stop)
     first.thread.start()
-    wait_until(lambda: pg_services.app.get_queue(queue_id).lines.count("done") >= 40)
-    first.stop()
+    wait_until(asked.is_set)
+    first.join()  # not stop(): a second stop while it gives its job back would cut that short
     queue = pg_services.app.get_queue(queue_id)
     assert queue.state == "processing" and queue.lines.count("done") < 600
     [job] = jobs_of(pg_services, queue_id)

@@ -61,12 +61,16 @@ class WorkerThread(Generic[W]):
 
         try:
             asyncio.run(run())
-        except BaseException as error:  # reported by stop()
+        except BaseException as error:  # reported by stop() and join()
             self.error = error
 
     def stop(self) -> None:
         loop = wait_until(lambda: self.loop)
         loop.call_soon_threadsafe(self.worker.stop)
+        self.join()
+
+    def join(self) -> None:
+        """Until the worker has ended (stopped by ``stop`` or from within: a test's hook on its run)."""
         self.thread.join(timeout=30)
         assert not self.thread.is_alive(), "the worker did not stop"
         assert self.error is None, self.error
