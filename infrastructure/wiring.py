@@ -188,6 +188,10 @@ class _Follower:
                 self._cond.wait(min(remaining, LIVE_POLL_S))
         return self._applied_to >= target
 
+    def wake(self) -> None:
+        """Look at the log now rather than at the next poll (something was saved)."""
+        self._wake.set()
+
     def stop(self) -> None:
         with self._cond:
             self._stopped = True
@@ -473,9 +477,13 @@ class Services:
             self._catch_up_lock.release()
 
     def _saved(self, force: bool) -> None:
-        # With a live follower the tables follow by themselves; a caller that needs them now catches up.
+        # With a live follower the tables follow by themselves (the thread is woken instead of waiting for
+        # its next poll); a caller that needs them now catches up.
+        live = self._live  # read once: the main thread clears it when the follower stops
         if force or self._follower is None:
             self.catch_up()
+        elif live is not None:
+            live.wake()
 
     @contextmanager
     def live_projections(self, server: bool = False) -> Iterator[None]:

@@ -65,6 +65,9 @@ log = structlog.get_logger("wcsync.engine")
 
 # How often (at most) the in-process projections are brought up to date while a sync runs.
 PROJECTION_REFRESH_S = 0.5
+# How long the worker waits, its pages recorded, for the store's next page before it saves the pages waiting
+# to be saved with later ones (_record_pages_then_idle). Longer than a fast store's gap between two pages.
+IDLE_SAVE_S = 0.05
 # A page's last batch waits in memory (its LinesAdded, its lines' outcomes, its customers' events) and is
 # saved with the pages after it, in one transaction, until this many pages wait, or the oldest has waited
 # this long, or the lines processed (created, updated, failed: not unchanged) would pass SAVE_LINES (or
@@ -274,6 +277,9 @@ class _Run:
     unsaved_since: float = 0.0
     unsaved_customers: list[Customer] = field(default_factory=list)
     unsaved_lines: int = 0
+    # Set by the scan (event loop) when it has pages for the worker or waits for its step to end: a step
+    # idling before an idle save (_record_pages_then_idle) then returns at once.
+    worker_wanted: threading.Event = field(default_factory=threading.Event)
     # Whether the queue was reloaded after a lost race since the unsaved pages were last recorded again:
     # only then can they be missing from it or have draft lines (looking costs a line lookup per record
     # of every waiting page, on every page: 8% of an unchanged re-sync).
@@ -687,28 +693,49 @@ class SyncEngine:
         if not run.known:
             run.new_store = await self._in_worker(self._is_new_store, run)
         known = {number: entry.page for number, entry in run.known.items()}
+        scanned = client.pages(start_page=queue.next_page, seen_ids=seen, result=scan, known=known)
+        arrival: asyncio.Future[Page | None] | None = None  # the scan's next page, awaited
+
+        async def record_waiting() -> None:
+            """The pages waiting, recorded in a worker step of their own once the last step has ended."""
+            nonlocal recording, waiting
+            if recording is not None:
+                await recording
+            run.worker_wanted.clear()
+            recording = asyncio.ensure_future(self._in_worker(self._record_pages_then_idle, run, waiting))
+            waiting = []
+            if self.stop.is_set() or not run.saved:
+                # A new queue is saved with its first page before the next is taken: from then on it
+                # exists (`status` finds it, a run killed later leaves it to resume).
+                run.worker_wanted.set()
+                await recording
+            if self.stop.is_set():
+                raise RunStopped(queue.id, run.saved)
+
         try:
-            async for page in client.pages(
-                start_page=queue.next_page, seen_ids=seen, result=scan, known=known
-            ):
+            while True:
+                if arrival is None:
+                    arrival = asyncio.ensure_future(anext(scanned, None))
+                if waiting and recording is not None and not recording.done():
+                    # The worker's step may end before the store's next answer: its pages wait no longer.
+                    await asyncio.wait((arrival, recording), return_when=asyncio.FIRST_COMPLETED)
+                if waiting and (recording is None or recording.done()) and not arrival.done():
+                    await record_waiting()
+                    continue
+                page, arrival = await arrival, None
+                if page is None:
+                    break
                 if page.total is not None:
                     totals.add(page.total)
                     run.progress.set_total(max(page.total, run.queue.lines.total))
                 failpoint("page_fetched")
                 waiting.append(page)
+                run.worker_wanted.set()  # a worker step idling for more (_record_pages_then_idle) returns
                 pages = page.number
                 if recording is not None and not recording.done() and len(waiting) < RECORD_PAGES_AT_ONCE:
                     continue
-                if recording is not None:
-                    await recording
-                recording = asyncio.ensure_future(self._in_worker(self._record_pages, run, waiting))
-                waiting = []
-                if self.stop.is_set() or not run.saved:
-                    # A new queue is saved with its first page before the next is taken: from then on
-                    # it exists (`status` finds it, a run killed later leaves it to resume).
-                    await recording
-                if self.stop.is_set():
-                    raise RunStopped(queue.id, run.saved)
+                await record_waiting()
+            run.worker_wanted.set()
             if recording is not None:
                 await recording
             if waiting:
@@ -716,6 +743,10 @@ class SyncEngine:
         except BaseException as error:
             # A step in flight ends before the run moves on (no two threads ever change the queue). A store
             # that failed mid-scan: the pages it did send are recorded first, as they were before.
+            run.worker_wanted.set()
+            if arrival is not None:
+                arrival.cancel()  # the scan's finally cancels its requests in flight
+                await _until_done(arrival)
             if recording is not None:
                 await _until_done(recording)
                 failed = None if recording.cancelled() else recording.exception()
@@ -909,6 +940,17 @@ class SyncEngine:
         if found is None:
             run.vouched = None
             run.own_customers = set()
+
+    def _record_pages_then_idle(self, run: _Run, pages: list[Page]) -> None:
+        """The scan's worker step: record ``pages`` (_record_pages); then, when pages wait to be saved with
+        later ones (_may_wait) and none comes within IDLE_SAVE_S (a slow store, or the end of its pages in
+        flight), save them: they reach the log, `status` and the read models while the run waits for the
+        store anyway, instead of with the pages after them. A store that keeps the worker busy sees no
+        extra save: its next page is there (``worker_wanted``, set by the scan) before the wait ends."""
+        self._record_pages(run, pages)
+        if run.unsaved_pages and not run.worker_wanted.wait(IDLE_SAVE_S):
+            self._last_refresh = 0.0  # the read models hear of this save, however recent the last word
+            self._until_saved(run, partial(self._save_unsaved, run))
 
     def _record_pages(self, run: _Run, pages: list[Page]) -> None:
         """Record pages fetched while the worker was busy with earlier ones, in page order, each as

@@ -30,8 +30,10 @@ from infrastructure.support.config import DatabaseConfig, StoreSettings
 from infrastructure.support.errors import QueueNotFoundError
 from infrastructure.wiring import Services, migrate, open_services
 from projections import queries
+from tests.support.hostile_store import HostileStore, good
 from tests.support.network import free_port
 from tests.support.services import FAST, run_sync, store_of
+from tests.support.waiting import wait_until
 
 
 def mirrored(services: Services, sandbox: RunningSandbox, org: str = "acme") -> dict[int, dict[str, Any]]:
@@ -397,6 +399,30 @@ def _counting_saves(services: Services, monkeypatch: pytest.MonkeyPatch) -> list
 
     monkeypatch.setattr(services.app, "save_batch", save_batch)
     return saves
+
+
+def test_pages_recorded_while_a_slow_store_is_awaited_are_saved_before_its_next_answer(
+    services: Services,
+) -> None:
+    """Pages wait to be saved with later ones (a fast store's commits are few), but not for a store that is
+    slow to send the next: with page 5 held, pages 1-4 reach the log while the run waits for it. Before,
+    pages 2-4 were saved with page 5, and the wait below ran out."""
+    pages = [[good(page * 100 + n + 1) for n in range(100)] for page in range(6)]
+    held = threading.Event()
+    outcome: list[SyncOutcome] = []
+    with HostileStore(pages, held={5: held}) as store:
+        run = threading.Thread(target=lambda: outcome.append(run_sync(services, store)))
+        run.start()
+        try:
+            added = wait_until(
+                lambda: found if len(found := events_of_type(services, SyncQueue.LinesAdded)) >= 4 else None,
+                deadline_s=20,
+            )
+        finally:
+            held.set()
+            run.join(timeout=60)
+    assert [event.page for event in added] == [1, 2, 3, 4]
+    assert outcome and outcome[0].state == "done" and outcome[0].counts["created"] == 600
 
 
 @pytest.mark.parametrize("edited_pages", [0, 6])

@@ -8,8 +8,10 @@ store), no authentication checks: it tests what wcsync does with what comes back
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+import threading
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,14 +66,18 @@ class Running:
 class HostileStore:
     """``pages``: each a list of records (any JSON values) served for ``page=N``; pages past the end are
     ``[]``. A record that is an object with an integer id is also served alone at ``/customers/<id>``,
-    listed by ``_fields=id`` and found by ``include=``."""
+    listed by ``_fields=id`` and found by ``include=``. ``held``: page numbers whose answers wait until the
+    test sets their event (a store slow at those pages)."""
 
     # What a client sends; never checked.
     consumer_key = "ck_hostile"
     consumer_secret = "cs_hostile"
 
-    def __init__(self, pages: Sequence[Sequence[Any]]) -> None:
+    def __init__(
+        self, pages: Sequence[Sequence[Any]], held: Mapping[int, threading.Event] | None = None
+    ) -> None:
         self.pages = [list(page) for page in pages]
+        self.held = dict(held or {})
         self._running: Running | None = None
         self._thread: LoopThread[Running] | None = None
 
@@ -118,6 +124,8 @@ class HostileStore:
                 records = [r for cid, r in self._by_id().items() if cid in wanted]
                 return web.Response(body=encode(records), content_type="application/json")
             page = int(query.get("page", "1"))
+            if page in self.held:
+                await asyncio.to_thread(self.held[page].wait)
             records = self.pages[page - 1] if 1 <= page <= len(self.pages) else []
             if query.get("_fields") == "id":
                 records = [{"id": r["id"]} if isinstance(r, dict) and "id" in r else r for r in records]
