@@ -38,7 +38,8 @@ from eventsourcing.utils import get_topic  # noqa: E402
 
 from bench._common import postgres  # noqa: E402
 from domain.customer import Customer, customer_key  # noqa: E402
-from domain.queue import QueueOptions, SyncQueue  # noqa: E402
+from domain.queue import SyncQueue  # noqa: E402
+from domain.queue_terms import QueueOptions  # noqa: E402
 from infrastructure.adapters.eventstore import SyncApplication  # noqa: E402
 from infrastructure.support.config import DatabaseConfig  # noqa: E402
 

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._common import script_parser  # noqa: E402
-from domain.queue import QueueOptions, SyncQueue  # noqa: E402
+from domain.queue import SyncQueue  # noqa: E402
+from domain.queue_terms import QueueOptions  # noqa: E402
 from domain.sync import sync_batch  # noqa: E402
 from domain.validation import RejectedRecord, check_record  # noqa: E402
 from infrastructure.sandbox.data import generate_customers  # noqa: E402

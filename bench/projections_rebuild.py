@@ -39,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._common import postgres, postgres_server, script_parser  # noqa: E402
-from domain.queue import QueueOptions, SyncQueue  # noqa: E402
+from domain.queue import SyncQueue  # noqa: E402
+from domain.queue_terms import QueueOptions  # noqa: E402
 from domain.sync import customer_keys, sync_batch  # noqa: E402
 from infrastructure.adapters.eventstore import SyncApplication, chunks  # noqa: E402
 from infrastructure.support.config import DatabaseConfig  # noqa: E402

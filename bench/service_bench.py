@@ -65,7 +65,7 @@ from bench._common import (  # noqa: E402
     script_parser,
     wcsync_env,
 )
-from domain.queue import QueueOptions  # noqa: E402
+from domain.queue_terms import QueueOptions  # noqa: E402
 from infrastructure.adapters.secrets import SECRET_KEY_VARIABLE  # noqa: E402
 from infrastructure.support.config import DatabaseConfig  # noqa: E402
 from infrastructure.support.logging import configure_logging  # noqa: E402

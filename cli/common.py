@@ -18,11 +18,13 @@ from cli.arguments import UsageError
 from domain import bounds
 from infrastructure.support.config import DatabaseConfig, check_ca_file
 from infrastructure.support.errors import ConfigurationError, QueueNotFoundError
-from infrastructure.wiring import Services, open_services
-from projections import queries
 
-if TYPE_CHECKING:  # the HTTP client (aiohttp) is loaded by the commands that talk to a store, when they do
+if TYPE_CHECKING:
+    # The HTTP client (aiohttp) is loaded by the commands that talk to a store, when they do; the composition
+    # root (the event store, the projections) when a command opens its services: a `wcsync start` has sent
+    # its first requests by then (cli/sync.py).
     from infrastructure.adapters.woocommerce import ClientOptions
+    from infrastructure.wiring import Services
 
 
 def setting(args: argparse.Namespace, name: str, env: str, default: str | None = None) -> str | None:
@@ -94,10 +96,14 @@ def actor() -> str:
 def services(args: argparse.Namespace, read_only: bool = False) -> Services:
     """The application for a command; ``read_only`` for commands that only read: they create nothing (no
     SQLite file or directory) and say so when the database does not exist."""
+    from infrastructure.wiring import open_services
+
     return open_services(database(args), read_only=read_only)
 
 
 def queue_status_or_fail(services: Services, org: str, queue_id: UUID | None) -> dict[str, Any]:
+    from projections import queries
+
     status = queries.queue_status(services.projections, org, queue_id)
     if status is None:
         if queue_id is None:

@@ -36,7 +36,7 @@ from cli.output import print_json, render_status, status_exit
 from cli.progress import ProgressBar
 from cli.serve import Pickup, WorkerProcesses
 from domain.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_STORE, EXIT_UNFINISHED, WcsyncError
-from domain.queue import QueueOptions
+from domain.queue_terms import QueueOptions
 from infrastructure.adapters.secrets import KEY_BYTES, SECRET_KEY_VARIABLE, SecretKey
 from infrastructure.adapters.tokens import Role
 from infrastructure.adapters.woocommerce import ClientOptions

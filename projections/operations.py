@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from domain.lines import CANCELLED, DONE, DRAFT, FAILED
-from domain.queue import RESULTS
+from domain.queue_terms import RESULTS
 from infrastructure.adapters.schema import TEXT, TRACKING_TABLE, TS
 from projections.queues import QUEUE_TABLE
 from projections.runner import ProjectionRunner

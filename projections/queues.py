@@ -13,7 +13,8 @@ from typing import Any
 from uuid import UUID
 
 from domain.lines import CANCELLED, DONE, DRAFT, FAILED
-from domain.queue import Q_DONE, Q_DRAFT, Q_PROCESSING, RESULTS, SyncQueue
+from domain.queue import SyncQueue
+from domain.queue_terms import Q_DONE, Q_DRAFT, Q_PROCESSING, RESULTS
 from infrastructure.adapters.projection_db import Database
 from infrastructure.adapters.schema import BIGINT, BOOL, INT, JSON, TEXT, TS, UUID_, Column, Index, Table
 from projections.base import (

@@ -37,6 +37,7 @@ from oauthlib.oauth1 import Client as OAuth1Client
 from domain import bounds
 from domain.errors import EXIT_STORE, WcsyncError
 from domain.lines import IdSet
+from domain.queue_terms import QueueOptions
 from domain.validation import (
     EXCERPT_CHARS,
     MAX_CUSTOMER_ID,
@@ -154,6 +155,12 @@ class ClientOptions:
             raise ValueError(f"max_pages must be at least 1, got {self.max_pages}")
         if self.max_response_bytes < 1024:
             raise ValueError(f"max_response_bytes must be at least 1024, got {self.max_response_bytes}")
+
+    def for_queue(self, options: QueueOptions) -> ClientOptions:
+        """These options with a queue's own: its page size, role and retries."""
+        return dataclasses.replace(
+            self, per_page=options.per_page, role=options.role, max_retries=options.max_retries
+        )
 
 
 @dataclass(frozen=True)
@@ -355,6 +362,27 @@ class _Call:
         return self.method != "GET"
 
 
+@dataclass(frozen=True)
+class _Ahead:
+    """A request of a customers scan sent before the scan began (WooCommerceClient.send_ahead), for page
+    ``number``: ``sent`` once its headers are on the wire; its answer is interpreted only once the scan has
+    begun and given its known pages (``known``), as the scan's own requests' are."""
+
+    number: int
+    known: asyncio.Future[Mapping[int, KnownPage]]
+    sent: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def known_page(self) -> KnownPage | None:
+        return (await asyncio.shield(self.known)).get(self.number)
+
+
+async def _on_headers_sent(session: Any, context: Any, params: Any) -> None:
+    """aiohttp's trace signal (a client that sends ahead): a request sent ahead is on the wire."""
+    ahead = (context.trace_request_ctx or {}).get("ahead")
+    if isinstance(ahead, _Ahead):
+        ahead.sent.set()
+
+
 class _TooLarge(Exception):
     """An answer larger than ClientOptions.max_response_bytes: not read further."""
 
@@ -534,7 +562,9 @@ class WooCommerceClient:
         credentials: StoreCredentials,
         options: ClientOptions = ClientOptions(),
         on_activity: ActivitySink | None = None,
+        sends_ahead: bool = False,
     ) -> None:
+        """``sends_ahead``: this client's scan may begin before its caller is ready (send_ahead)."""
         # ``url`` is a store URL as check_store_url returns it (the one rule): trusted, not checked again.
         self._endpoint = store_site_root(url) + CUSTOMERS_PATH
         self._api_root = store_site_root(url) + API_ROOT
@@ -553,6 +583,10 @@ class WooCommerceClient:
         self._limiter = _RateLimiter(options.rate)
         self._circuit = _Circuit(options.circuit_threshold, options.circuit_reset_s, self._activity)
         self.stats = ClientStats()
+        self._sends_ahead = sends_ahead
+        # The requests send_ahead sent, by page, until a scan takes them over (or the client is left).
+        self._ahead: dict[int, asyncio.Task[_Response]] = {}
+        self._ahead_known: asyncio.Future[Mapping[int, KnownPage]] | None = None
 
     # -- lifecycle
 
@@ -566,10 +600,15 @@ class WooCommerceClient:
                 self._credentials.consumer_key, self._credentials.consumer_secret
             )
         connector = aiohttp.TCPConnector(limit=max(8, self._options.concurrency * 2), ssl=ssl_option)
+        traces = []
+        if self._sends_ahead:  # only then: a trace costs every request its signals
+            traces.append(aiohttp.TraceConfig())
+            traces[0].on_request_headers_sent.append(_on_headers_sent)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self._options.timeout_s),
             headers=headers,
+            trace_configs=traces or None,
         )
         return self
 
@@ -579,9 +618,70 @@ class WooCommerceClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        await self._drop_ahead()
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    # -- a scan begun early
+
+    async def send_ahead(self, wait_s: float = 1.0) -> None:
+        """Send the first requests of a customers scan from page 1 now, as many as the concurrency allows,
+        before the caller has what it reads them with (a first `wcsync start` opens its database meanwhile).
+        Returns once they are on the wire (at most ``wait_s``: a slow connection goes on later). The next
+        ``pages()`` from page 1 takes them over: their answers are interpreted only then, with its known
+        pages, as its own requests' are. A scan from elsewhere, or leaving the client, cancels them."""
+        assert self._session is not None, "use the client inside 'async with'"
+        assert self._sends_ahead, "a client that sends ahead is made with sends_ahead=True"
+        if self._ahead_known is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._ahead_known = loop.create_future()
+        per_page, deadline = self._options.per_page, loop.time() + wait_s
+        aheads = [
+            _Ahead(page, self._ahead_known)
+            for page in range(1, min(self._options.concurrency, self._options.max_pages) + 1)
+        ]
+        for ahead in aheads:
+            params = self._list_params(ahead.number, per_page)
+            self._ahead[ahead.number] = asyncio.create_task(self._scan_page(ahead.number, params, ahead))
+        for ahead in aheads:
+            sent = asyncio.ensure_future(ahead.sent.wait())
+            try:
+                await asyncio.wait(
+                    (sent, self._ahead[ahead.number]),
+                    timeout=max(0.0, deadline - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                sent.cancel()
+
+    @property
+    def pages_sent_ahead(self) -> int:
+        """How many requests send_ahead sent that no scan has taken over yet."""
+        return len(self._ahead)
+
+    async def _take_ahead(
+        self, start_page: int, extra: Mapping[str, str], per_page: int, known: Mapping[int, KnownPage]
+    ) -> dict[int, asyncio.Task[_Response]]:
+        """The requests sent ahead, for a scan that begins: its own when it is the one they were sent for
+        (from page 1, the listing of every customer, the client's page size); cancelled otherwise."""
+        if self._ahead_known is None:
+            return {}
+        if start_page == 1 and not extra and per_page == self._options.per_page:
+            ahead, self._ahead = self._ahead, {}
+            self._ahead_known.set_result(known)
+            self._ahead_known = None
+            return ahead
+        await self._drop_ahead()
+        return {}
+
+    async def _drop_ahead(self) -> None:
+        tasks, self._ahead = list(self._ahead.values()), {}
+        if self._ahead_known is not None:
+            self._ahead_known.cancel()
+            self._ahead_known = None
+        await _cancel_and_wait(tasks)
 
     # -- public operations
 
@@ -772,8 +872,8 @@ class WooCommerceClient:
     ) -> AsyncIterator[Page]:
         concurrency = self._options.concurrency
         last_allowed = start_page + self._options.max_pages - 1
-        in_flight: dict[int, asyncio.Task[_Response]] = {}
-        next_launch = start_page
+        in_flight = await self._take_ahead(start_page, extra, per_page, known or {})
+        next_launch = start_page + len(in_flight)
         known_total_pages: int | None = None
         number = start_page
         refused_seen: set[str] = set()  # digests of records without a usable id, to see a page repeat
@@ -782,18 +882,7 @@ class WooCommerceClient:
             params = {**self._list_params(page, per_page), **extra}
             if "_fields" in extra:
                 return await self._get("", params, listing=True)
-            seen_before = known.get(page) if known else None
-            try:
-                return await self._get(
-                    "",
-                    params,
-                    listing=True,
-                    oversize_ok=True,
-                    digest=seen_before.digest if seen_before is not None else "",
-                    earlier=seen_before,
-                )
-            except _TooLarge as too_large:
-                return await self._page_one_by_one(page, params, too_large)
+            return await self._scan_page(page, params, known.get(page) if known else None)
 
         def launch_ahead() -> None:
             nonlocal next_launch
@@ -907,6 +996,17 @@ class WooCommerceClient:
         finally:
             await _cancel_and_wait(list(in_flight.values()))
 
+    async def _scan_page(
+        self, page: int, params: dict[str, str], earlier: KnownPage | _Ahead | None
+    ) -> _Response:
+        """A page of the customers scan: its answer's digest computed and, when it is ``earlier``'s (the
+        known page, learnt only when its scan begins for a request sent ahead), not parsed; a page too
+        large to read whole fetched customer by customer."""
+        try:
+            return await self._get("", params, listing=True, oversize_ok=True, digest="", earlier=earlier)
+        except _TooLarge as too_large:
+            return await self._page_one_by_one(page, params, too_large)
+
     # -- one request, with retries
 
     async def _get(
@@ -917,12 +1017,12 @@ class WooCommerceClient:
         listing: bool,
         oversize_ok: bool = False,
         digest: str | None = None,
-        earlier: KnownPage | None = None,
+        earlier: KnownPage | _Ahead | None = None,
     ) -> _Response:
         """One request with its retries. An answer over max_response_bytes raises _TooLarge when the
         caller handles it (``oversize_ok``), else StoreRefused. ``digest`` (a page of the customers scan):
-        the answer's digest is computed, and when it equals a non-empty ``digest`` the answer is not
-        parsed (_Response.unparsed)."""
+        the answer's digest is computed, and when it equals ``earlier``'s (the page an earlier scan read)
+        the answer is not parsed (_Response.unparsed)."""
         try:
             return await self._get_with_retries(path, params, listing=listing, digest=digest, earlier=earlier)
         except _TooLarge:
@@ -938,7 +1038,7 @@ class WooCommerceClient:
         listing: bool,
         call: _Call | None = None,
         digest: str | None = None,
-        earlier: KnownPage | None = None,
+        earlier: KnownPage | _Ahead | None = None,
     ) -> _Response:
         options = self._options
         attempt = 0
@@ -1071,7 +1171,7 @@ class WooCommerceClient:
         attempt: int,
         call: _Call | None = None,
         digest: str | None = None,
-        earlier: KnownPage | None = None,
+        earlier: KnownPage | _Ahead | None = None,
     ) -> _Response:
         assert self._session is not None, "use the client inside 'async with'"
         method = call.method if call is not None else "GET"
@@ -1089,6 +1189,7 @@ class WooCommerceClient:
                 allow_redirects=False,
                 data=payload,
                 headers={"Content-Type": "application/json"} if payload is not None else None,
+                trace_request_ctx={"ahead": earlier} if isinstance(earlier, _Ahead) else None,
             ) as reply:
                 status = reply.status
                 headers = reply.headers
@@ -1118,6 +1219,10 @@ class WooCommerceClient:
         self._log_outcome(shown, params, status, started, attempt, method)
         if call is not None:
             return self._interpret_call(call, status, headers, body)
+        if isinstance(earlier, _Ahead):  # sent ahead of its scan: read once the scan has begun
+            earlier = await earlier.known_page()
+        if digest is not None and earlier is not None:
+            digest = earlier.digest
         return self._interpret(status, headers, body, listing=listing, digest=digest, earlier=earlier)
 
     async def _read_capped(self, reply: aiohttp.ClientResponse) -> bytes:
@@ -1385,6 +1490,34 @@ class WooCommerceClient:
             metrics.PROCESS.circuit_opened()
         if self._on_activity is not None:
             self._on_activity(kind, status, message, details)
+
+
+class ScanAhead:
+    """A store client whose customers scan begins before its run is ready: a first `wcsync start` sends the
+    scan's first requests (WooCommerceClient.send_ahead), then opens its database and prepares its queue
+    while the store answers. The run takes the client over (SyncEngine.start's ``ahead``); what the client
+    reported meanwhile (a retry, say) waits in ``incidents`` for the run's log. Closed by whoever began it,
+    taken over or not."""
+
+    def __init__(self, url: str, credentials: StoreCredentials, options: ClientOptions) -> None:
+        self._key = (url, credentials, options)
+        self.incidents: deque[tuple[str, str, str, dict[str, Any]]] = deque()
+        self.client = WooCommerceClient(url, credentials, options, on_activity=self._report, sends_ahead=True)
+
+    def serves(self, url: str, credentials: StoreCredentials, options: ClientOptions) -> bool:
+        """Whether this is the scan a run of that store, with those credentials and options, would begin."""
+        return self._key == (url, credentials, options)
+
+    def _report(self, kind: str, status: str, message: str, details: dict[str, Any]) -> None:
+        self.incidents.append((kind, status, message, details))
+
+    async def begin(self) -> None:
+        await self.client.__aenter__()
+        await self.client.send_ahead()
+        log.debug("scan.sent_ahead", pages=self.client.pages_sent_ahead)
+
+    async def close(self) -> None:
+        await self.client.__aexit__(None, None, None)
 
 
 # ---------------------------------------------------------------------------------------- helpers

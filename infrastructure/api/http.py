@@ -53,7 +53,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from domain import bounds
 from domain.errors import StoreNotFoundError, WcsyncError
-from domain.queue import QueueOptions
+from domain.queue_terms import QueueOptions
 from domain.store import store_key
 from infrastructure.adapters.secrets import SECRET_KEY_VARIABLE, SecretKey
 from infrastructure.adapters.woocommerce import ClientOptions, StoreCredentials

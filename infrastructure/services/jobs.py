@@ -33,7 +33,7 @@ from uuid import UUID
 import structlog
 
 from domain.errors import WcsyncError
-from domain.queue import Q_DONE, Q_DRAFT, Q_PROCESSING, QueueOptions
+from domain.queue_terms import Q_DONE, Q_DRAFT, Q_PROCESSING, QueueOptions
 from infrastructure.adapters import jobqueue
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.errors import ConfigurationError, StorageError

@@ -27,7 +27,8 @@ from uuid import UUID
 import structlog
 
 from domain.errors import WcsyncError
-from domain.queue import Q_DONE, SyncQueue
+from domain.queue import SyncQueue
+from domain.queue_terms import Q_DONE
 from infrastructure.adapters.leases import StaleLease
 from infrastructure.adapters.localjobs import FAILED, RUNNING, WAITING, LocalJob, LocalJobs
 from infrastructure.services.jobs import (

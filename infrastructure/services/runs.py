@@ -28,7 +28,7 @@ from uuid import UUID
 import structlog
 
 from domain.errors import EXIT_INTERNAL, EXIT_USAGE, WcsyncError
-from domain.queue import QueueOptions
+from domain.queue_terms import QueueOptions
 from infrastructure.adapters.leases import LEASE_STALE_S
 from infrastructure.adapters.woocommerce import ClientOptions, StoreCredentials, StoreError
 from infrastructure.services.sync import RunStopped, SyncEngine, SyncOutcome

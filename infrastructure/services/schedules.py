@@ -33,7 +33,8 @@ from uuid import UUID
 import structlog
 
 from domain.errors import EXIT_USAGE, StoreNotFoundError, WcsyncError
-from domain.queue import Q_DRAFT, Q_PROCESSING, QueueOptions, SyncQueue
+from domain.queue import SyncQueue
+from domain.queue_terms import Q_DRAFT, Q_PROCESSING, QueueOptions
 from infrastructure.adapters.schedules import Schedule, ScheduleTable
 from infrastructure.adapters.schema import iso
 from infrastructure.support.errors import ConfigurationError

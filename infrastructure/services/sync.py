@@ -21,7 +21,7 @@ from array import array
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property, partial
 from typing import Any, Protocol, TypeVar
@@ -32,7 +32,8 @@ import structlog
 from domain.customer import Customer, CustomerHead, customer_key
 from domain.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, SyncError, WcsyncError
 from domain.lines import DRAFT, IdSet
-from domain.queue import Q_DONE, Q_DRAFT, QueueOptions, SyncQueue
+from domain.queue import SyncQueue
+from domain.queue_terms import Q_DONE, Q_DRAFT, QueueOptions
 from domain.sync import customer_keys, customer_keys_of, split_unchanged, sync_batch
 from domain.validation import RejectedRecord, check_record, check_records, customer_id_of
 from infrastructure.adapters.eventstore import ConcurrentWriteError, SyncApplication, chunks
@@ -44,6 +45,7 @@ from infrastructure.adapters.woocommerce import (
     ClientOptions,
     KnownPage,
     Page,
+    ScanAhead,
     ScanResult,
     StoreCredentials,
     StoreError,
@@ -388,12 +390,15 @@ class SyncEngine:
         client_options: ClientOptions,
         queue_name: str | None = None,
         on_created: Callable[[UUID], None] | None = None,
+        ahead: ScanAhead | None = None,
     ) -> SyncOutcome:
+        """A new queue's first run. ``ahead``: its scan begun already (a first `wcsync start`): its client
+        is taken over when it is the one this run would make (same store, credentials and options)."""
         queue = self.new_queue(store.url, options, queue_name)
         if on_created is not None:
             on_created(queue.id)
         async with self._leased(queue.id):
-            return await self._run(queue, store, client_options, mode="start")
+            return await self._run(queue, store, client_options, mode="start", ahead=ahead)
 
     def create_draft(self, store_url: str, options: QueueOptions, queue_name: str | None = None) -> UUID:
         """A new queue saved at once as a draft, nothing fetched (a detached start): its id is answered
@@ -522,11 +527,19 @@ class SyncEngine:
     # ----- one processing run --------------------------------------------------------------------------
 
     async def _run(
-        self, queue: SyncQueue, store: StoreSettings, client_options: ClientOptions, mode: str
+        self,
+        queue: SyncQueue,
+        store: StoreSettings,
+        client_options: ClientOptions,
+        mode: str,
+        ahead: ScanAhead | None = None,
     ) -> SyncOutcome:
         started = time.monotonic()
         options = queue.queue_options
-        client_options = _with_queue_options(client_options, options)
+        client_options = client_options.for_queue(options)
+        credentials = StoreCredentials(store.consumer_key, store.consumer_secret)
+        if ahead is not None and not ahead.serves(store.url, credentials, client_options):
+            ahead = None  # begun for another store or other options: its beginner closes it
         saved = mode != "start" or not queue.pending_events  # a draft's start (start_draft) is saved already
         position = await self._log_position()
         queue.start_processing(mode, position)
@@ -537,10 +550,12 @@ class SyncEngine:
             initial_events=list(queue.pending_events),
             log_position=position,
         )
+        if ahead is not None:
+            run.incidents = ahead.incidents  # what its client reported before this run began, and from now
         try:
             if run.saved:
                 await self._in_worker(self.app.save_batch, queue)
-            store_error = await self._process_run(run, store, client_options, mode)
+            store_error = await self._process_run(run, store, client_options, mode, ahead)
         except storage_failures() as error:
             raise await self._storage_failure(run, error) from None
         except (WcsyncError, SyncError):
@@ -565,7 +580,12 @@ class SyncEngine:
             return None
 
     async def _process_run(
-        self, run: _Run, store: StoreSettings, client_options: ClientOptions, mode: str
+        self,
+        run: _Run,
+        store: StoreSettings,
+        client_options: ClientOptions,
+        mode: str,
+        ahead: ScanAhead | None = None,
     ) -> StoreError | None:
         queue = run.queue
         run.progress.set_total(queue.lines.total)
@@ -573,10 +593,15 @@ class SyncEngine:
         log.info("queue.run", queue_id=str(queue.id), mode=mode, store=store.url, lines=queue.lines.total)
         credentials = StoreCredentials(store.consumer_key, store.consumer_secret)
         store_error: StoreError | None = None
-        try:
-            async with self.client_factory(
+        opened: AbstractAsyncContextManager[WooCommerceClient] = (
+            contextlib.nullcontext(ahead.client)
+            if ahead is not None
+            else self.client_factory(
                 store.url, credentials, client_options, lambda *a: run.incidents.append(a)
-            ) as client:
+            )
+        )
+        try:
+            async with opened as client:
                 await self._until_stopped(run, self._steps(run, client, mode))
         except StoreError as error:
             store_error = error
@@ -1760,9 +1785,3 @@ def _save_lines(options: QueueOptions) -> int:
 def _is_draft(queue: SyncQueue, customer_id: int) -> bool:
     line = queue.lines.get(customer_id)
     return line is not None and line.state == DRAFT
-
-
-def _with_queue_options(client_options: ClientOptions, options: QueueOptions) -> ClientOptions:
-    return replace(
-        client_options, per_page=options.per_page, role=options.role, max_retries=options.max_retries
-    )

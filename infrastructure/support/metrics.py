@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from domain.lines import CANCELLED, DONE, DRAFT, FAILED
-from domain.queue import Q_DONE, Q_DRAFT, Q_FAILED, Q_PROCESSING, RESULTS
+from domain.queue_terms import Q_DONE, Q_DRAFT, Q_FAILED, Q_PROCESSING, RESULTS
 
 __all__ = [
     "CIRCUIT_STATES",

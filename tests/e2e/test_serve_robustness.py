@@ -16,7 +16,7 @@ from uuid import UUID
 
 import pytest
 
-from domain.queue import QueueOptions
+from domain.queue_terms import QueueOptions
 from infrastructure.sandbox import Faults, SandboxConfig, SandboxThread
 from infrastructure.support.config import DatabaseConfig
 from infrastructure.support.errors import StorageError

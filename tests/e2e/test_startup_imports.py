@@ -10,6 +10,7 @@ module brought it in: ``python -X importtime -m cli.main ARGS`` shows the tree.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -108,3 +109,29 @@ def test_a_sqlite_sync_of_a_store_in_the_environment_loads_no_postgres_driver_jo
     assert "aiohttp" in names  # it did talk to the store: the test reads the imports of a real sync
     heavy = POSTGRES | JOBS | METRICS | CIPHER | CRON
     assert not names & heavy, sorted(names & heavy)
+
+
+@pytest.mark.sandbox(customers=450)
+def test_a_start_sends_its_first_requests_before_it_loads_the_event_store(
+    sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """`wcsync start` of a store in the environment sends its scan's first requests (cli/sync.py, ScanAhead)
+    before it imports the event store and opens the database: its stderr, in order, has the scan's "sent
+    ahead" line before the import lines of eventsourcing and of the composition root."""
+    env = wcsync_env(sandbox, f"sqlite:///{tmp_path / 'run.db'}")
+    result = run_in_repo(
+        [sys.executable, "-X", "importtime", "-m", "cli.main", "-vv", "start", "--json"], env=env
+    )
+    assert result.returncode == 0, _errors(result)
+    assert '"totalCount": 450' in result.stdout
+    lines = result.stderr.splitlines()
+    sent = [n for n, line in enumerate(lines) if "scan.sent_ahead" in line]
+    assert len(sent) == 1 and json.loads(lines[sent[0]])["pages"] == 4, _errors(result)
+    loaded = {
+        name: n
+        for n, line in enumerate(lines)
+        if (m := _IMPORT_LINE.match(line))
+        and (name := m.group(1)) in ("eventsourcing", "infrastructure.wiring")
+    }
+    assert set(loaded) == {"eventsourcing", "infrastructure.wiring"}, sorted(loaded)
+    assert sent[0] < min(loaded.values()), (sent, loaded)

@@ -17,7 +17,7 @@ from uuid import UUID
 
 import pytest
 
-from domain.queue import QueueOptions
+from domain.queue_terms import QueueOptions
 from infrastructure.adapters.leases import QueueLeases
 from infrastructure.adapters.migrations import STORE_SECRETS_TABLE, Connection
 from infrastructure.adapters.secrets import SecretKey

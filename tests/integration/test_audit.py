@@ -19,7 +19,8 @@ from eventsourcing.utils import get_topic
 from freezegun import freeze_time
 
 from domain.customer import Customer
-from domain.queue import QueueOptions, SyncQueue
+from domain.queue import SyncQueue
+from domain.queue_terms import QueueOptions
 from infrastructure.sandbox import RunningSandbox, SandboxConfig, SandboxThread
 from infrastructure.services import audit
 from infrastructure.services.sync import SyncOutcome

@@ -28,7 +28,7 @@ import structlog
 
 from cli.parser import build_parser
 from cli.serve import _public_origin
-from domain.queue import QueueOptions
+from domain.queue_terms import QueueOptions
 from infrastructure.adapters.leases import QueueLeases
 from infrastructure.adapters.migrations import DASHBOARD_SESSIONS_TABLE, Connection
 from infrastructure.adapters.secrets import SecretKey

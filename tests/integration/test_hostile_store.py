@@ -19,7 +19,8 @@ from uuid import UUID
 import pytest
 
 from domain.customer import Customer
-from domain.queue import QueueOptions, SyncQueue
+from domain.queue import SyncQueue
+from domain.queue_terms import QueueOptions
 from domain.validation import EXCERPT_CHARS, MAX_RECORD_BYTES
 from infrastructure.adapters.woocommerce import ClientOptions
 from infrastructure.support.config import DatabaseConfig

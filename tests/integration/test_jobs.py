@@ -14,7 +14,7 @@ import pytest
 
 import infrastructure.services.sync as sync_service
 from domain.errors import WcsyncError
-from domain.queue import QueueOptions
+from domain.queue_terms import QueueOptions
 from infrastructure.adapters.migrations import Connection, applied_migrations, apply_migrations
 from infrastructure.adapters.secrets import SecretKey
 from infrastructure.sandbox import RunningSandbox

@@ -19,7 +19,7 @@ from uuid import UUID, uuid4
 import pytest
 import structlog
 
-from domain.queue import QueueOptions
+from domain.queue_terms import QueueOptions
 from infrastructure.adapters.jobstats import JobStats
 from infrastructure.adapters.leases import QueueLeases
 from infrastructure.adapters.localjobs import FAILED, RUNNING, WAITING, LocalJob, LocalJobs

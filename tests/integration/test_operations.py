@@ -21,7 +21,7 @@ import structlog
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from domain.queue import QueueOptions
+from domain.queue_terms import QueueOptions
 from infrastructure.adapters.migrations import MIGRATIONS_TABLE, Connection
 from infrastructure.adapters.tokens import Role
 from infrastructure.adapters.woocommerce import ClientOptions, StoreCredentials, WooCommerceClient

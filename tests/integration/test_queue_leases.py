@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import pytest
 
 from domain.errors import EXIT_USAGE, SyncError
-from domain.queue import QueueOptions
+from domain.queue_terms import QueueOptions
 from infrastructure.adapters.leases import LEASE_STALE_S, QueueLeases, StaleLease, default_holder
 from infrastructure.adapters.migrations import QUEUE_LEASES_TABLE, Connection, apply_migrations
 from infrastructure.sandbox import RunningSandbox

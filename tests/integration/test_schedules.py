@@ -17,7 +17,7 @@ from uuid import UUID
 import pytest
 from structlog.testing import capture_logs
 
-from domain.queue import Q_DONE, Q_DRAFT, Q_PROCESSING
+from domain.queue_terms import Q_DONE, Q_DRAFT, Q_PROCESSING
 from infrastructure.adapters.schedules import ScheduleTable
 from infrastructure.adapters.secrets import SecretKey
 from infrastructure.adapters.woocommerce import ClientOptions

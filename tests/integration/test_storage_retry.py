@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from eventsourcing.persistence import OperationalError
 
-from domain.queue import QueueOptions, SyncQueue
+from domain.queue import SyncQueue
+from domain.queue_terms import QueueOptions
 from infrastructure.adapters.eventstore import SyncApplication
 from infrastructure.support.config import DatabaseConfig
 

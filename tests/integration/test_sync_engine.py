@@ -19,7 +19,8 @@ import pytest
 
 from domain.customer import Customer, customer_key
 from domain.errors import NothingToRetryError
-from domain.queue import QueueOptions, SyncQueue
+from domain.queue import SyncQueue
+from domain.queue_terms import QueueOptions
 from domain.validation import RejectedRecord, check_record
 from infrastructure.adapters.transcoder import canonical_bytes
 from infrastructure.adapters.woocommerce import ClientOptions, StoreRefused

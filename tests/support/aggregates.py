@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from domain.queue import QueueOptions, SyncQueue
+from domain.queue import SyncQueue
+from domain.queue_terms import QueueOptions
 from domain.sync import customer_keys, split_unchanged, sync_batch
 from infrastructure.adapters.eventstore import SyncApplication, chunks
 

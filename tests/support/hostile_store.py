@@ -67,17 +67,22 @@ class HostileStore:
     """``pages``: each a list of records (any JSON values) served for ``page=N``; pages past the end are
     ``[]``. A record that is an object with an integer id is also served alone at ``/customers/<id>``,
     listed by ``_fields=id`` and found by ``include=``. ``held``: page numbers whose answers wait until the
-    test sets their event (a store slow at those pages)."""
+    test sets their event (a store slow at those pages); ``failing``: how many times a page is answered 503
+    before it is served."""
 
     # What a client sends; never checked.
     consumer_key = "ck_hostile"
     consumer_secret = "cs_hostile"
 
     def __init__(
-        self, pages: Sequence[Sequence[Any]], held: Mapping[int, threading.Event] | None = None
+        self,
+        pages: Sequence[Sequence[Any]],
+        held: Mapping[int, threading.Event] | None = None,
+        failing: Mapping[int, int] | None = None,
     ) -> None:
         self.pages = [list(page) for page in pages]
         self.held = dict(held or {})
+        self.failing = dict(failing or {})
         self._running: Running | None = None
         self._thread: LoopThread[Running] | None = None
 
@@ -126,6 +131,9 @@ class HostileStore:
             page = int(query.get("page", "1"))
             if page in self.held:
                 await asyncio.to_thread(self.held[page].wait)
+            if self.failing.get(page, 0) > 0:
+                self.failing[page] -= 1
+                return web.Response(status=503, text="busy")
             records = self.pages[page - 1] if 1 <= page <= len(self.pages) else []
             if query.get("_fields") == "id":
                 records = [{"id": r["id"]} if isinstance(r, dict) and "id" in r else r for r in records]

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from domain.queue import QueueOptions
+from domain.queue_terms import QueueOptions
 from infrastructure.adapters.eventstore import SyncApplication
 from infrastructure.adapters.woocommerce import ClientOptions
 from infrastructure.services.sync import SyncOutcome

@@ -185,7 +185,7 @@ def test_a_timeout_of_zero_or_nonsense_is_refused(value: Any, problem: str) -> N
 
 
 def test_stored_options_out_of_todays_bounds_are_clamped_not_refused() -> None:
-    from domain.queue import QueueOptions
+    from domain.queue_terms import QueueOptions
 
     options = QueueOptions.from_dict(
         {"batch_size": 10**23, "batch_delay_ms": 3_600_000_000, "max_retries": True, "role": ""}

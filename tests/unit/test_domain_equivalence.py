@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from domain import validation
 from domain.customer import CUSTOMER_NAMESPACE, Customer, customer_key, customer_keys_for
-from domain.queue import QueueOptions, SyncQueue
+from domain.queue import SyncQueue
+from domain.queue_terms import QueueOptions
 from domain.sync import customer_keys_of, sync_batch
 from domain.validation import (
     MAX_DEPTH,

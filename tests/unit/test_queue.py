@@ -15,7 +15,8 @@ from domain.errors import (
     UnknownLineError,
 )
 from domain.lines import LineBook
-from domain.queue import QueueOptions, SyncQueue
+from domain.queue import SyncQueue
+from domain.queue_terms import QueueOptions
 
 
 def new_queue(max_retries: int = 3) -> SyncQueue:

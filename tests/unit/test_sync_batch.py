@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from domain.customer import Customer, customer_key
-from domain.queue import QueueOptions, SyncQueue
+from domain.queue import SyncQueue
+from domain.queue_terms import QueueOptions
 from domain.sync import customer_keys, sync_batch
 from domain.validation import InvalidCustomerRecord, validate_customer
 from tests.support.digests import content_hash

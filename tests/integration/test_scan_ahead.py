@@ -1,0 +1,183 @@
+"""A customers scan begun before its run is ready (WooCommerceClient.send_ahead, ScanAhead): a first
+`wcsync start` sends its first requests, then opens its database while the store answers. Against the
+hostile store over real sockets: the requests are on the wire while the client's loop is paused, the scan
+takes them over without asking twice, known pages still apply, and whatever does not take them over
+cancels them."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections import Counter
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from domain.queue import SyncQueue
+from domain.queue_terms import QueueOptions
+from infrastructure.adapters.woocommerce import (
+    ClientOptions,
+    KnownPage,
+    Page,
+    ScanAhead,
+    StoreCredentials,
+    WooCommerceClient,
+)
+from infrastructure.wiring import Services
+from tests.support.hostile_store import HostileStore, good
+from tests.support.services import FAST, store_of
+from tests.support.waiting import wait_until
+
+
+def pages_of(count: int, last: int = 50) -> list[list[dict[str, Any]]]:
+    """``count`` pages of 100 customers, ids from 1, the last one ``last`` long."""
+    ids = itertools.count(1)
+    return [[good(next(ids)) for _ in range(100 if n < count - 1 else last)] for n in range(count)]
+
+
+def requested_pages(store: HostileStore) -> Counter[int]:
+    """How many times the store was asked for each page of its listing."""
+    return Counter(
+        int(parse_qs(urlsplit(path).query)["page"][0]) for path in store.requests if "page=" in path
+    )
+
+
+def client_for(
+    store: HostileStore, options: ClientOptions = FAST, sends_ahead: bool = False
+) -> WooCommerceClient:
+    credentials = StoreCredentials(store.consumer_key, store.consumer_secret)
+    return WooCommerceClient(store.url, credentials, options, sends_ahead=sends_ahead)
+
+
+async def scan(client: WooCommerceClient, **kwargs: Any) -> tuple[list[int], list[Page]]:
+    ids: list[int] = []
+    pages: list[Page] = []
+    async for page in client.pages(**kwargs):
+        pages.append(page)
+        ids.extend(record["id"] for record in page.records)
+        ids.extend(page.known_ids or ())
+    return ids, pages
+
+
+def test_requests_sent_ahead_reach_the_store_while_the_loop_is_paused_and_the_scan_takes_them_over() -> None:
+    async def scenario() -> None:
+        with HostileStore(pages_of(6)) as store:
+            async with client_for(store, sends_ahead=True) as client:
+                await client.send_ahead()
+                # What `wcsync start` does next: it opens its database, this loop not running meanwhile.
+                wait_until(lambda: sum(requested_pages(store).values()) >= 4, deadline_s=20)
+                assert requested_pages(store) == Counter({1: 1, 2: 1, 3: 1, 4: 1})
+                ids, pages = await scan(client)
+            asked = requested_pages(store)
+        assert ids == list(range(1, 551))
+        assert [page.number for page in pages] == [1, 2, 3, 4, 5, 6]
+        # Each page asked for once: the scan took the four sent ahead over (the 7th, past the end, may
+        # have been asked for before the short 6th ended the scan).
+        assert set(asked) - {7} == {1, 2, 3, 4, 5, 6} and set(asked.values()) == {1}
+
+    asyncio.run(scenario())
+
+
+def test_known_pages_apply_to_the_answers_sent_ahead() -> None:
+    """The scan's known pages are learnt by the requests sent ahead when it begins: their answers, the
+    same bytes as the last scan's, are not parsed, as the scan's own requests' are not."""
+
+    async def scenario() -> None:
+        with HostileStore(pages_of(6)) as store:
+            async with client_for(store) as client:
+                _, first = await scan(client)
+            known = {
+                page.number: KnownPage(page.body_digest, [record["id"] for record in page.records])
+                for page in first
+                if page.body_digest is not None
+            }
+            async with client_for(store, sends_ahead=True) as client:
+                await client.send_ahead()
+                ids, again = await scan(client, known=known)
+        assert ids == list(range(1, 551))
+        # Every full page known (the short last one is always read: it ends the scan).
+        assert [page.number for page in again if page.known_ids is not None] == [1, 2, 3, 4, 5]
+        assert all(not page.records for page in again[:5])
+
+    asyncio.run(scenario())
+
+
+def test_a_scan_from_another_page_cancels_the_requests_sent_ahead() -> None:
+    async def scenario() -> None:
+        with HostileStore(pages_of(6)) as store:
+            async with client_for(store, sends_ahead=True) as client:
+                await client.send_ahead()
+                ids, pages = await scan(client, start_page=3)
+                pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        assert ids == list(range(201, 551))
+        assert [page.number for page in pages] == [3, 4, 5, 6]
+        assert pending == []
+
+    asyncio.run(scenario())
+
+
+def test_leaving_the_client_cancels_requests_sent_ahead_the_store_has_not_answered() -> None:
+    held = threading.Event()
+
+    async def scenario() -> None:
+        with HostileStore(pages_of(6), held={1: held}) as store:
+            try:
+                async with client_for(store, sends_ahead=True) as client:
+                    await client.send_ahead()
+                pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            finally:
+                held.set()
+        assert pending == []
+
+    asyncio.run(scenario())
+
+
+def test_a_run_takes_the_scan_sent_ahead_over_and_logs_what_its_client_reported_before(
+    services: Services,
+) -> None:
+    """A `wcsync start` as the CLI runs it: the scan begun, then the run. The store answered page 1 with a
+    503 first: the retry happened before the run began, and it is in the queue's log all the same."""
+    options = QueueOptions()
+
+    async def scenario(store: HostileStore) -> Any:
+        settings = store_of(store)
+        credentials = StoreCredentials(settings.consumer_key, settings.consumer_secret)
+        ahead = ScanAhead(settings.url, credentials, FAST.for_queue(options))
+        await ahead.begin()
+        try:
+            return await services.engine("acme").start(settings, options, FAST, ahead=ahead)
+        finally:
+            await ahead.close()
+
+    with HostileStore(pages_of(3), failing={1: 1}) as store:
+        outcome = asyncio.run(scenario(store))
+        asked = requested_pages(store)
+    assert outcome.state == "done" and outcome.counts["created"] == 250
+    assert asked[1] == 2 and asked[2] == asked[3] == 1  # page 1's 503 and its retry; the rest once
+    incidents = [
+        event
+        for event in services.app.queue_events(outcome.queue_id)
+        if isinstance(event, SyncQueue.StoreIncident)
+    ]
+    assert [event.activity_type for event in incidents] == ["request_retried"]
+
+
+def test_a_scan_sent_ahead_for_other_options_is_not_taken_over(services: Services) -> None:
+    """A run whose options differ (here the page size) makes its own client; the one begun is left to its
+    beginner to close, and the store sees both."""
+
+    async def scenario(store: HostileStore) -> Any:
+        settings = store_of(store)
+        credentials = StoreCredentials(settings.consumer_key, settings.consumer_secret)
+        ahead = ScanAhead(settings.url, credentials, FAST.for_queue(QueueOptions(per_page=50)))
+        await ahead.begin()
+        try:
+            return await services.engine("acme").start(settings, QueueOptions(), FAST, ahead=ahead)
+        finally:
+            await ahead.close()
+
+    with HostileStore(pages_of(3)) as store:
+        outcome = asyncio.run(scenario(store))
+        per_page = Counter(parse_qs(urlsplit(path).query)["per_page"][0] for path in store.requests)
+    assert outcome.state == "done" and outcome.counts["created"] == 250
+    assert per_page["100"] >= 3 and per_page["50"] >= 1
