@@ -3,7 +3,8 @@
     .venv/bin/python bench/latency_bench.py [--latency-ms 300] [--customers 797] [--rate 0] [--runs 3]
 
 Runs `wcsync start --json` (SQLite, default options) as a separate process against `wcsync sandbox` in
-another, and reports the sync's own time (`seconds` in the JSON: queue creation to the end), the
+another, and reports the sync's own time (`seconds` in the JSON: queue creation to the end; since
+2026-12-02 the start's first requests are sent before it, cli/sync.py's scan ahead), the
 process's wall time (Python start-up and imports included), the difference of the two (what start-up,
 opening the database and the end of the run cost), and the store's busiest second (its
 /_sandbox/stats), so a `--rate` limit can be checked.
