@@ -365,8 +365,9 @@ class _Call:
 @dataclass(frozen=True)
 class _Ahead:
     """A request of a customers scan sent before the scan began (WooCommerceClient.send_ahead), for page
-    ``number``: ``sent`` once its headers are on the wire; its answer is interpreted only once the scan has
-    begun and given its known pages (``known``), as the scan's own requests' are."""
+    ``number``: ``sent`` once its headers are on the wire (or its first attempt failed before); its answer
+    is interpreted only once the scan has begun and given its known pages (``known``), as the scan's own
+    requests' are."""
 
     number: int
     known: asyncio.Future[Mapping[int, KnownPage]]
@@ -1195,9 +1196,11 @@ class WooCommerceClient:
                 headers = reply.headers
                 body = await self._read_capped(reply)
         except TimeoutError:
+            self._ended_ahead(earlier)
             self._log_outcome(shown, params, "timeout", started, attempt, method)
             raise _Transient("timeout", f"did not answer within {self._options.timeout_s:g} s") from None
         except aiohttp.ClientError as error:
+            self._ended_ahead(earlier)
             self._log_outcome(shown, params, "connection_error", started, attempt, method)
             if isinstance(error, aiohttp.ClientConnectorDNSError):
                 raise StoreRefused(
@@ -1224,6 +1227,13 @@ class WooCommerceClient:
         if digest is not None and earlier is not None:
             digest = earlier.digest
         return self._interpret(status, headers, body, listing=listing, digest=digest, earlier=earlier)
+
+    @staticmethod
+    def _ended_ahead(earlier: KnownPage | _Ahead | None) -> None:
+        """A request sent ahead whose attempt failed before it was on the wire (refused, timed out): not
+        sent, but send_ahead has nothing more to wait for (its retry waits its backoff first)."""
+        if isinstance(earlier, _Ahead):
+            earlier.sent.set()
 
     async def _read_capped(self, reply: aiohttp.ClientResponse) -> bytes:
         """The body, read chunk by chunk up to max_response_bytes; raises _TooLarge past it (a store's

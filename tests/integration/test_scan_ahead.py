@@ -25,6 +25,7 @@ from infrastructure.adapters.woocommerce import (
 )
 from infrastructure.wiring import Services
 from tests.support.hostile_store import HostileStore, good
+from tests.support.network import free_port
 from tests.support.services import FAST, store_of
 from tests.support.waiting import wait_until
 
@@ -181,3 +182,23 @@ def test_a_scan_sent_ahead_for_other_options_is_not_taken_over(services: Service
         per_page = Counter(parse_qs(urlsplit(path).query)["per_page"][0] for path in store.requests)
     assert outcome.state == "done" and outcome.counts["created"] == 250
     assert per_page["100"] >= 3 and per_page["50"] >= 1
+
+
+def test_requests_sent_ahead_to_a_store_that_refuses_connections_do_not_hold_the_start_up() -> None:
+    """Nothing listens at the store's port: each first attempt fails at once and waits its backoff (30 s
+    here), so send_ahead returns then, the retries still to come (the database opens during the backoff),
+    not after its whole wait or theirs."""
+    url = f"http://127.0.0.1:{free_port()}"
+    options = ClientOptions(backoff_base_s=30, backoff_max_s=30, max_retries=1)
+
+    async def scenario() -> None:
+        credentials = StoreCredentials("ck_x", "cs_x")
+        async with WooCommerceClient(url, credentials, options, sends_ahead=True) as client:
+            # Bounded so that a regression fails instead of hanging: the waits it must not sit out are longer.
+            await asyncio.wait_for(client.send_ahead(wait_s=600), timeout=20)
+            waiting = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            assert client.pages_sent_ahead == 4
+            assert len(waiting) == 4 and not any(task.done() for task in waiting)
+        assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
+
+    asyncio.run(scenario())
