@@ -44,11 +44,11 @@ def timed(argv: list[str], expected: str, cwd: Path, env: dict[str, str]) -> tup
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    assert process.stderr is not None
+    error = process.stderr.read().decode()  # to its end first: a full pipe would block the command
+    process.stderr.close()
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
-    assert process.stderr is not None
-    error = process.stderr.read().decode()
-    process.stderr.close()
     code = os.waitstatus_to_exitcode(status)
     if not (code == 0 or (code == 2 and expected and expected in error)):
         raise SystemExit(f"wcsync {' '.join(argv)} in {cwd} failed: {error.strip()[-1000:]}")

@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 from cli import common
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     # Loaded once a command opens its services (common.services): a start's first requests are sent by then.
     from infrastructure.services.sync import SyncOutcome
     from infrastructure.wiring import Services
+
+T = TypeVar("T")
 
 
 def start(args: argparse.Namespace) -> int:
@@ -93,39 +96,73 @@ def _run(args: argparse.Namespace, action: str) -> int:
     actor = common.actor()
     org = common.org(args)
     client_options = common.client_options(args)
-    with asyncio.Runner() as loop:
-        ahead = _scan_ahead(loop, args, client_options) if action == "start" else None
+    loop = _Loop()
+    try:
+        if action == "start":
+            _scan_ahead(loop, args, client_options)
+        with common.services(args) as services:
+            try:
+                return _run_on(loop, services, args, action, actor, org, client_options)
+            finally:
+                loop.end()  # its tasks and worker threads ended while the database is open
+    finally:
+        loop.end()
+
+
+class _Loop:
+    """The event loop of a sync command: one loop for the scan sent ahead (``ahead``) and the run. It ends as
+    asyncio.run's did, once: every task cancelled and awaited (an interrupted run's steps wind down, its
+    lease is given back), then the scan sent ahead closed and the loop's worker threads ended; right after
+    an interrupted run (``run``), else before the services close."""
+
+    def __init__(self) -> None:
+        self.runner = asyncio.Runner()
+        self.ahead: ScanAhead | None = None
+        self._ended = False
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         try:
-            return _run_on(loop, args, action, actor, org, client_options, ahead)
+            return self.runner.run(coroutine)
+        except BaseException:
+            self.end()
+            raise
+
+    def end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            self.runner.run(self._wind_down())
         finally:
-            if ahead is not None:
-                loop.run(ahead.close())
+            self.runner.close()
+
+    async def _wind_down(self) -> None:
+        current = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.ahead is not None:
+            await self.ahead.close()
 
 
-def _scan_ahead(
-    loop: asyncio.Runner, args: argparse.Namespace, client_options: ClientOptions
-) -> ScanAhead | None:
-    """A start's scan, begun before the database is opened: its first requests are on the wire while the
-    event store loads, the database opens and the queue is prepared (a store answering in 300 ms costs that
-    much less). Only for a store given with its key and secret (a registered store's are in the database);
-    a setting that does not check out is left for the run to say, where it always has."""
+def _scan_ahead(loop: _Loop, args: argparse.Namespace, client_options: ClientOptions) -> None:
+    """A start's scan, begun before the database is opened (``loop.ahead``): its first requests are on the
+    wire while the event store loads, the database opens and the queue is prepared (a store answering in
+    300 ms costs that much less). Only for a store given with its key and secret (a registered store's are
+    in the database); a setting that does not check out is left for the run to say, where it always has."""
     if getattr(args, "store", None) is not None or not (
         os.environ.get("WOO_CONSUMER_KEY") or os.environ.get("WOO_CONSUMER_SECRET")
     ):
-        return None
+        return
     try:
         options = _queue_options(args)
         store = StoreSettings.load(args.url)
-    except (UsageError, WcsyncError):
-        return None
+    except WcsyncError:
+        return
     credentials = StoreCredentials(store.consumer_key, store.consumer_secret)
-    ahead = ScanAhead(store.url, credentials, client_options.for_queue(options))
-    try:
-        loop.run(ahead.begin())
-    except BaseException:
-        loop.run(ahead.close())
-        raise
-    return ahead
+    loop.ahead = ScanAhead(store.url, credentials, client_options.for_queue(options))
+    loop.run(loop.ahead.begin())
 
 
 def _queue_options(args: argparse.Namespace) -> QueueOptions:
@@ -136,16 +173,16 @@ def _queue_options(args: argparse.Namespace) -> QueueOptions:
 
 
 def _run_on(
-    loop: asyncio.Runner,
+    loop: _Loop,
+    services: Services,
     args: argparse.Namespace,
     action: str,
     actor: str,
     org: str,
     client_options: ClientOptions,
-    ahead: ScanAhead | None,
 ) -> int:
     json_out = bool(getattr(args, "json", False))
-    with common.services(args) as services, common.stop_on_signals() as stop:
+    with common.stop_on_signals() as stop:
         progress = None if json_out else ProgressBar(action)
         engine = services.engine(org, actor=actor, progress=progress, stop=stop)
         outcome: SyncOutcome
@@ -163,7 +200,12 @@ def _run_on(
                 with services.live_projections():
                     outcome = loop.run(
                         engine.start(
-                            store, options, client_options, args.queue_name, on_created=announce, ahead=ahead
+                            store,
+                            options,
+                            client_options,
+                            args.queue_name,
+                            on_created=announce,
+                            ahead=loop.ahead,
                         )
                     )
             except StoreRefused as refused:

@@ -19,7 +19,7 @@ import re
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableSet, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, MutableSet, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from functools import partial
@@ -372,13 +372,20 @@ class _Ahead:
     number: int
     known: asyncio.Future[Mapping[int, KnownPage]]
     sent: asyncio.Event = field(default_factory=asyncio.Event)
+    # The bound of each attempt under way before the scan began: its caller's loop may be paused meanwhile
+    # (the database opens), so the attempt's time is counted from the scan's start (_take_ahead), not from
+    # the request's, or every answer that arrived during the pause would time out on the loop's return.
+    bounds: list[asyncio.Timeout] = field(default_factory=list)
 
     async def known_page(self) -> KnownPage | None:
         return (await asyncio.shield(self.known)).get(self.number)
 
 
 async def _on_headers_sent(session: Any, context: Any, params: Any) -> None:
-    """aiohttp's trace signal (a client that sends ahead): a request sent ahead is on the wire."""
+    """aiohttp's trace signal (a client that sends ahead): a request sent ahead is on the wire. aiohttp
+    sends it as it starts writing the headers, and writes them and the (empty) body without awaiting
+    anything in between: by the time send_ahead runs again they are in the socket.
+    tests/integration/test_scan_ahead.py holds that the store has them while the loop is paused."""
     ahead = (context.trace_request_ctx or {}).get("ahead")
     if isinstance(ahead, _Ahead):
         ahead.sent.set()
@@ -587,7 +594,13 @@ class WooCommerceClient:
         self._sends_ahead = sends_ahead
         # The requests send_ahead sent, by page, until a scan takes them over (or the client is left).
         self._ahead: dict[int, asyncio.Task[_Response]] = {}
+        self._sent_ahead: list[_Ahead] = []
         self._ahead_known: asyncio.Future[Mapping[int, KnownPage]] | None = None
+        # A request sent ahead, until its scan begins: no bound on its whole (that is _Ahead.bounds'), its
+        # connecting and each read bounded as the whole is otherwise (timers a read that arrives resets).
+        self._paused_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=options.timeout_s, sock_read=options.timeout_s
+        )
 
     # -- lifecycle
 
@@ -643,6 +656,7 @@ class WooCommerceClient:
             _Ahead(page, self._ahead_known)
             for page in range(1, min(self._options.concurrency, self._options.max_pages) + 1)
         ]
+        self._sent_ahead = aheads
         for ahead in aheads:
             params = self._list_params(ahead.number, per_page)
             self._ahead[ahead.number] = asyncio.create_task(self._scan_page(ahead.number, params, ahead))
@@ -673,12 +687,18 @@ class WooCommerceClient:
             ahead, self._ahead = self._ahead, {}
             self._ahead_known.set_result(known)
             self._ahead_known = None
+            # Their time is counted from now, as the scan's own requests' is from their start.
+            deadline = asyncio.get_running_loop().time() + self._options.timeout_s
+            for request in self._sent_ahead:
+                for bound in request.bounds:
+                    bound.reschedule(deadline)
+            self._sent_ahead = []
             return ahead
         await self._drop_ahead()
         return {}
 
     async def _drop_ahead(self) -> None:
-        tasks, self._ahead = list(self._ahead.values()), {}
+        tasks, self._ahead, self._sent_ahead = list(self._ahead.values()), {}, []
         if self._ahead_known is not None:
             self._ahead_known.cancel()
             self._ahead_known = None
@@ -699,7 +719,7 @@ class WooCommerceClient:
         seen_ids: MutableSet[int] | None = None,
         result: ScanResult | None = None,
         known: Mapping[int, KnownPage] | None = None,
-    ) -> AsyncIterator[Page]:
+    ) -> AsyncGenerator[Page, None]:
         """Yields the store's customers page by page, in page order, fetching ahead concurrently; ``result``
         says afterwards whether the scan reached the store's end. ``known``: pages of an earlier scan of
         the same listing, by number; an answer that is byte for byte one of them is not parsed (its Page
@@ -870,7 +890,7 @@ class WooCommerceClient:
         per_page: int,
         result: ScanResult,
         known: Mapping[int, KnownPage] | None = None,
-    ) -> AsyncIterator[Page]:
+    ) -> AsyncGenerator[Page, None]:
         concurrency = self._options.concurrency
         last_allowed = start_page + self._options.max_pages - 1
         in_flight = await self._take_ahead(start_page, extra, per_page, known or {})
@@ -1183,18 +1203,27 @@ class WooCommerceClient:
         started = time.monotonic()
         status: int | None = None
         payload = call.payload if call is not None else None
+        ahead = earlier if isinstance(earlier, _Ahead) and not earlier.known.done() else None
         try:
-            async with self._session.request(
-                method,
-                yarl.URL(url, encoded=True),
-                allow_redirects=False,
-                data=payload,
-                headers={"Content-Type": "application/json"} if payload is not None else None,
-                trace_request_ctx={"ahead": earlier} if isinstance(earlier, _Ahead) else None,
-            ) as reply:
-                status = reply.status
-                headers = reply.headers
-                body = await self._read_capped(reply)
+            async with asyncio.timeout(None) as bound:
+                if ahead is not None:  # before its scan: bounded from the scan's start (_Ahead.bounds)
+                    ahead.bounds.append(bound)
+                try:
+                    async with self._session.request(
+                        method,
+                        yarl.URL(url, encoded=True),
+                        allow_redirects=False,
+                        data=payload,
+                        headers={"Content-Type": "application/json"} if payload is not None else None,
+                        trace_request_ctx={"ahead": earlier} if isinstance(earlier, _Ahead) else None,
+                        timeout=self._paused_timeout if ahead is not None else self._session.timeout,
+                    ) as reply:
+                        status = reply.status
+                        headers = reply.headers
+                        body = await self._read_capped(reply)
+                finally:
+                    if ahead is not None:
+                        ahead.bounds.remove(bound)
         except TimeoutError:
             self._ended_ahead(earlier)
             self._log_outcome(shown, params, "timeout", started, attempt, method)

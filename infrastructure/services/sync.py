@@ -741,12 +741,15 @@ class SyncEngine:
             while True:
                 if arrival is None:
                     arrival = asyncio.ensure_future(anext(scanned, None))
-                if waiting and recording is not None and not recording.done():
-                    # The worker's step may end before the store's next answer: its pages wait no longer.
+                if recording is not None and not recording.done():
+                    # The worker's step may end before the store's next answer: the pages that wait are then
+                    # handed over, and a step that failed (a save) fails the run, without waiting for it.
                     await asyncio.wait((arrival, recording), return_when=asyncio.FIRST_COMPLETED)
-                if waiting and (recording is None or recording.done()) and not arrival.done():
-                    await record_waiting()
-                    continue
+                if recording is not None and recording.done() and not arrival.done():
+                    await recording  # a failed step's error, now
+                    if waiting:
+                        await record_waiting()
+                        continue
                 page, arrival = await arrival, None
                 if page is None:
                     break
@@ -772,6 +775,11 @@ class SyncEngine:
             if arrival is not None:
                 arrival.cancel()  # the scan's finally cancels its requests in flight
                 await _until_done(arrival)
+                if not arrival.cancelled():
+                    arrival.exception()  # retrieved (the store's failure is this one, or comes second)
+            # The scan ended now, not when collected: its requests in flight are cancelled before the run ends.
+            with contextlib.suppress(Exception):
+                await scanned.aclose()
             if recording is not None:
                 await _until_done(recording)
                 failed = None if recording.cancelled() else recording.exception()
@@ -973,9 +981,12 @@ class SyncEngine:
         store anyway, instead of with the pages after them. A store that keeps the worker busy sees no
         extra save: its next page is there (``worker_wanted``, set by the scan) before the wait ends."""
         self._record_pages(run, pages)
-        if run.unsaved_pages and not run.worker_wanted.wait(IDLE_SAVE_S):
-            self._last_refresh = 0.0  # the read models hear of this save, however recent the last word
-            self._until_saved(run, partial(self._save_unsaved, run))
+        if not run.unsaved_pages or self.stop.is_set() or run.worker_wanted.wait(IDLE_SAVE_S):
+            return
+        if self.stop.is_set():
+            return  # the stop's own save says what becomes of them (_record_stop)
+        self._last_refresh = 0.0  # the read models hear of this save, however recent the last word
+        self._until_saved(run, partial(self._save_unsaved, run))
 
     def _record_pages(self, run: _Run, pages: list[Page]) -> None:
         """Record pages fetched while the worker was busy with earlier ones, in page order, each as

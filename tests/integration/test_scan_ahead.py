@@ -9,9 +9,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+import pytest
 
 from domain.queue import SyncQueue
 from domain.queue_terms import QueueOptions
@@ -41,6 +45,12 @@ def requested_pages(store: HostileStore) -> Counter[int]:
     return Counter(
         int(parse_qs(urlsplit(path).query)["page"][0]) for path in store.requests if "page=" in path
     )
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Until ``condition`` holds, the loop running meanwhile (the caller bounds the wait)."""
+    while not condition():  # noqa: ASYNC110 - what it waits for sets no event
+        await asyncio.sleep(0.01)
 
 
 def client_for(
@@ -133,28 +143,37 @@ def test_leaving_the_client_cancels_requests_sent_ahead_the_store_has_not_answer
     asyncio.run(scenario())
 
 
-def test_a_run_takes_the_scan_sent_ahead_over_and_logs_what_its_client_reported_before(
-    services: Services,
+@pytest.mark.parametrize("fault", ["503", "dropped"])
+def test_a_run_takes_the_scan_sent_ahead_over_and_logs_what_its_client_reported(
+    services: Services, fault: str
 ) -> None:
-    """A `wcsync start` as the CLI runs it: the scan begun, then the run. The store answered page 1 with a
-    503 first: the retry happened before the run began, and it is in the queue's log all the same."""
+    """A `wcsync start` as the CLI runs it: the scan begun, then the run. Page 1's first attempt fails: a
+    503 is read once the run has begun (answers are interpreted then); a dropped connection fails at once,
+    and the run begins once its retry is reported to the scan ahead's incidents. Either way the queue's log has
+    the retry, and every customer is mirrored."""
     options = QueueOptions()
+    # Dropped twice: aiohttp sends a request again once itself when its connection closes unanswered.
+    faults = {"failing": {1: 1}} if fault == "503" else {"dropping": {1: 2}}
 
     async def scenario(store: HostileStore) -> Any:
         settings = store_of(store)
         credentials = StoreCredentials(settings.consumer_key, settings.consumer_secret)
         ahead = ScanAhead(settings.url, credentials, FAST.for_queue(options))
         await ahead.begin()
+        if fault == "dropped":  # the retry is reported before the run begins
+            await asyncio.wait_for(until(lambda: bool(ahead.incidents)), timeout=20)
+        before = list(ahead.incidents)
         try:
-            return await services.engine("acme").start(settings, options, FAST, ahead=ahead)
+            return await services.engine("acme").start(settings, options, FAST, ahead=ahead), before
         finally:
             await ahead.close()
 
-    with HostileStore(pages_of(3), failing={1: 1}) as store:
-        outcome = asyncio.run(scenario(store))
-        asked = requested_pages(store)
+    with HostileStore(pages_of(3), **faults) as store:
+        (outcome, before), asked = asyncio.run(scenario(store)), requested_pages(store)
+    assert [kind for kind, *_ in before] == ([] if fault == "503" else ["request_retried"])
     assert outcome.state == "done" and outcome.counts["created"] == 250
-    assert asked[1] == 2 and asked[2] == asked[3] == 1  # page 1's 503 and its retry; the rest once
+    # Page 1's failed attempt (twice over when dropped) and its retry; the others once.
+    assert asked[1] == (2 if fault == "503" else 3) and asked[2] == asked[3] == 1
     incidents = [
         event
         for event in services.app.queue_events(outcome.queue_id)
@@ -200,5 +219,30 @@ def test_requests_sent_ahead_to_a_store_that_refuses_connections_do_not_hold_the
             assert client.pages_sent_ahead == 4
             assert len(waiting) == 4 and not any(task.done() for task in waiting)
         assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
+
+    asyncio.run(scenario())
+
+
+def test_answers_that_came_while_the_loop_was_paused_longer_than_the_timeout_do_not_time_out() -> None:
+    """The store answers the requests sent ahead while the caller's loop is paused (the database opens)
+    for longer than their timeout: their time is counted from the scan's start, so none times out on the
+    loop's return (before, each did: a retry, a circuit failure, a warning in the log)."""
+    options = ClientOptions(timeout_s=0.5, backoff_base_s=0.01, backoff_max_s=0.02)
+    answer = threading.Event()
+
+    async def scenario() -> None:
+        with HostileStore(pages_of(6), held=dict.fromkeys(range(1, 5), answer)) as store:
+            try:
+                async with client_for(store, options, sends_ahead=True) as client:
+                    await client.send_ahead()
+                    answer.set()  # the store answers now, the loop paused:
+                    # the scenario, not a synchronisation: a database that takes 1 s to open.
+                    time.sleep(1.0)  # noqa: ASYNC251
+                    ids, _ = await scan(client)
+                    stats = client.stats
+            finally:
+                answer.set()
+        assert ids == list(range(1, 551))
+        assert stats.retries == 0 and stats.failures == {}, stats
 
     asyncio.run(scenario())

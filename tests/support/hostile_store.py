@@ -68,7 +68,7 @@ class HostileStore:
     ``[]``. A record that is an object with an integer id is also served alone at ``/customers/<id>``,
     listed by ``_fields=id`` and found by ``include=``. ``held``: page numbers whose answers wait until the
     test sets their event (a store slow at those pages); ``failing``: how many times a page is answered 503
-    before it is served."""
+    before it is served; ``dropping``: how many times its connection is closed instead of answered."""
 
     # What a client sends; never checked.
     consumer_key = "ck_hostile"
@@ -79,10 +79,12 @@ class HostileStore:
         pages: Sequence[Sequence[Any]],
         held: Mapping[int, threading.Event] | None = None,
         failing: Mapping[int, int] | None = None,
+        dropping: Mapping[int, int] | None = None,
     ) -> None:
         self.pages = [list(page) for page in pages]
         self.held = dict(held or {})
         self.failing = dict(failing or {})
+        self.dropping = dict(dropping or {})
         self._running: Running | None = None
         self._thread: LoopThread[Running] | None = None
 
@@ -131,6 +133,11 @@ class HostileStore:
             page = int(query.get("page", "1"))
             if page in self.held:
                 await asyncio.to_thread(self.held[page].wait)
+            if self.dropping.get(page, 0) > 0:
+                self.dropping[page] -= 1
+                assert request.transport is not None
+                request.transport.close()  # no answer: the client sees the connection end
+                return web.Response(status=503)
             if self.failing.get(page, 0) > 0:
                 self.failing[page] -= 1
                 return web.Response(status=503, text="busy")
