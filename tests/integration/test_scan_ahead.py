@@ -22,7 +22,6 @@ from domain.queue_terms import QueueOptions
 from infrastructure.adapters.woocommerce import (
     ClientOptions,
     KnownPage,
-    Page,
     ScanAhead,
     StoreCredentials,
     WooCommerceClient,
@@ -30,6 +29,7 @@ from infrastructure.adapters.woocommerce import (
 from infrastructure.wiring import Services
 from tests.support.hostile_store import HostileStore, good
 from tests.support.network import free_port
+from tests.support.scanning import scan
 from tests.support.services import FAST, store_of
 from tests.support.waiting import wait_until
 
@@ -58,16 +58,6 @@ def client_for(
 ) -> WooCommerceClient:
     credentials = StoreCredentials(store.consumer_key, store.consumer_secret)
     return WooCommerceClient(store.url, credentials, options, sends_ahead=sends_ahead)
-
-
-async def scan(client: WooCommerceClient, **kwargs: Any) -> tuple[list[int], list[Page]]:
-    ids: list[int] = []
-    pages: list[Page] = []
-    async for page in client.pages(**kwargs):
-        pages.append(page)
-        ids.extend(record["id"] for record in page.records)
-        ids.extend(page.known_ids or ())
-    return ids, pages
 
 
 def test_requests_sent_ahead_reach_the_store_while_the_loop_is_paused_and_the_scan_takes_them_over() -> None:
@@ -153,7 +143,7 @@ def test_a_run_takes_the_scan_sent_ahead_over_and_logs_what_its_client_reported(
     the retry, and every customer is mirrored."""
     options = QueueOptions()
     # Dropped twice: aiohttp sends a request again once itself when its connection closes unanswered.
-    faults = {"failing": {1: 1}} if fault == "503" else {"dropping": {1: 2}}
+    failing, dropping = ({1: 1}, None) if fault == "503" else (None, {1: 2})
 
     async def scenario(store: HostileStore) -> Any:
         settings = store_of(store)
@@ -168,7 +158,7 @@ def test_a_run_takes_the_scan_sent_ahead_over_and_logs_what_its_client_reported(
         finally:
             await ahead.close()
 
-    with HostileStore(pages_of(3), **faults) as store:
+    with HostileStore(pages_of(3), failing=failing, dropping=dropping) as store:
         (outcome, before), asked = asyncio.run(scenario(store)), requested_pages(store)
     assert [kind for kind, *_ in before] == ([] if fault == "503" else ["request_retried"])
     assert outcome.state == "done" and outcome.counts["created"] == 250

@@ -16,13 +16,13 @@ from structlog.testing import capture_logs
 from infrastructure.adapters.woocommerce import (
     ClientOptions,
     ClientStats,
-    Page,
     StoreCredentials,
     StoreRefused,
     StoreUnavailable,
     WooCommerceClient,
 )
 from infrastructure.sandbox import Faults, RunningSandbox, SandboxConfig, start_sandbox
+from tests.support.scanning import scan
 
 # Small backoff so retries cost milliseconds; a generous circuit so random faults alone never open it.
 FAST = ClientOptions(backoff_base_s=0.01, backoff_max_s=0.05, max_retries=8, circuit_threshold=50)
@@ -52,15 +52,6 @@ def client_for(
 ) -> WooCommerceClient:
     credentials = StoreCredentials(key or sb.consumer_key, secret or sb.consumer_secret)
     return WooCommerceClient(url or sb.url, credentials, options, activities)
-
-
-async def scan(client: WooCommerceClient, **kwargs: Any) -> tuple[list[int], list[Page]]:
-    ids: list[int] = []
-    pages: list[Page] = []
-    async for page in client.pages(**kwargs):
-        pages.append(page)
-        ids.extend(record["id"] for record in page.records)
-    return ids, pages
 
 
 def busiest_second(sb: RunningSandbox) -> int:
