@@ -111,37 +111,52 @@ def _run(args: argparse.Namespace, action: str) -> int:
 
 class _Loop:
     """The event loop of a sync command: one loop for the scan sent ahead (``ahead``) and the run. It ends as
-    asyncio.run's did, once: every task cancelled and awaited (an interrupted run's steps wind down, its
-    lease is given back), then the scan sent ahead closed and the loop's worker threads ended; right after
-    an interrupted run (``run``), else before the services close."""
+    asyncio.run's did, once, and more carefully: the interrupted run's task cancelled and awaited first (its
+    steps end, a worker thread's included, and its lease is given back), then every other task, then the
+    scan sent ahead closed and the loop's worker threads ended; right after an interrupted run (``run``),
+    else before the services close."""
 
     def __init__(self) -> None:
         self.runner = asyncio.Runner()
         self.ahead: ScanAhead | None = None
+        self._main: asyncio.Task[Any] | None = None  # the task of the last run
         self._ended = False
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if self._ended:
+            raise RuntimeError("the sync command's loop is closed")
         try:
-            return self.runner.run(coroutine)
+            return self.runner.run(self._tracked(coroutine))
         except BaseException:
             self.end()
             raise
+
+    async def _tracked(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        self._main = asyncio.current_task()
+        return await coroutine
 
     def end(self) -> None:
         if self._ended:
             return
         self._ended = True
         try:
-            self.runner.run(self._wind_down())
+            if self._main is not None or self.ahead is not None:
+                self.runner.run(self._wind_down())
         finally:
             self.runner.close()
 
     async def _wind_down(self) -> None:
+        main = self._main
+        if main is not None and not main.done():
+            # Alone first: cancelling every task at once would cancel the worker steps' own futures too,
+            # and the run would move on while a thread still changes its queue (SyncEngine._in_worker).
+            main.cancel()
+            await asyncio.wait({main})
         current = asyncio.current_task()
-        tasks = [task for task in asyncio.all_tasks() if task is not current]
-        for task in tasks:
+        rest = [task for task in asyncio.all_tasks() if task is not current]
+        for task in rest:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*rest, return_exceptions=True)
         if self.ahead is not None:
             await self.ahead.close()
 

@@ -1536,7 +1536,7 @@ class ScanAhead:
     scan's first requests (WooCommerceClient.send_ahead), then opens its database and prepares its queue
     while the store answers. The run takes the client over (SyncEngine.start's ``ahead``); what the client
     reported meanwhile (a retry, say) waits in ``incidents`` for the run's log. Closed by whoever began it,
-    taken over or not."""
+    taken over or not (a run it does not serve closes it at once); closing it again does nothing."""
 
     def __init__(self, url: str, credentials: StoreCredentials, options: ClientOptions) -> None:
         self._key = (url, credentials, options)

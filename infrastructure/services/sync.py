@@ -539,7 +539,8 @@ class SyncEngine:
         client_options = client_options.for_queue(options)
         credentials = StoreCredentials(store.consumer_key, store.consumer_secret)
         if ahead is not None and not ahead.serves(store.url, credentials, client_options):
-            ahead = None  # begun for another store or other options: its beginner closes it
+            await ahead.close()  # begun for another store or other options: its requests cancelled now
+            ahead = None
         saved = mode != "start" or not queue.pending_events  # a draft's start (start_draft) is saved already
         position = await self._log_position()
         queue.start_processing(mode, position)

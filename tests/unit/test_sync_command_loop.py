@@ -6,6 +6,8 @@ and awaited (their finally clauses give the queue's lease back), then the scan s
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from typing import cast
 
 import pytest
@@ -51,6 +53,50 @@ def test_an_interrupted_run_winds_down_before_run_returns_and_the_scan_ahead_clo
     assert said == ["lease given back", "ahead closed"]
     loop.end()  # once only: nothing again
     assert said == ["lease given back", "ahead closed"]
+
+
+def test_an_interrupted_run_ends_before_the_other_tasks_are_cancelled_so_its_worker_step_ends_first() -> None:
+    """A worker step (SyncEngine._in_worker: a thread's future, shielded) under way when the run is
+    interrupted: the run's task is cancelled alone first and waits for the thread's step to end. Cancelling
+    every task at once, as asyncio.run did, cancelled the thread's future too, and the run moved on (gave
+    its lease back) while the thread still wrote."""
+    said: list[str] = []
+    gate = threading.Event()  # the thread's step takes a while: until the timer opens it
+    timer = threading.Timer(0.3, gate.set)
+
+    def thread_step() -> None:
+        gate.wait()
+        said.append("thread step done")
+
+    async def in_worker() -> None:
+        future = asyncio.ensure_future(asyncio.to_thread(thread_step))
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            while not future.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({future})
+            said.append("run moves on")
+            raise
+
+    def interrupt() -> None:
+        timer.start()
+        raise KeyboardInterrupt
+
+    async def run() -> None:
+        step = asyncio.ensure_future(in_worker())
+        await asyncio.sleep(0)
+        asyncio.get_running_loop().call_soon(interrupt)
+        await step
+
+    loop = _Loop()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loop.run(run())
+    finally:
+        gate.set()
+        timer.cancel()
+    assert said == ["thread step done", "run moves on"]
 
 
 def test_a_run_that_ends_leaves_the_loop_to_the_end_and_the_end_closes_the_scan_ahead() -> None:
