@@ -166,9 +166,7 @@ def _scan_ahead(loop: _Loop, args: argparse.Namespace, client_options: ClientOpt
     wire while the event store loads, the database opens and the queue is prepared (a store answering in
     300 ms costs that much less). Only for a store given with its key and secret (a registered store's are
     in the database); a setting that does not check out is left for the run to say, where it always has."""
-    if getattr(args, "store", None) is not None or not (
-        os.environ.get("WOO_CONSUMER_KEY") or os.environ.get("WOO_CONSUMER_SECRET")
-    ):
+    if getattr(args, "store", None) is not None or not _key_in_environment():
         return
     try:
         options = _queue_options(args)
@@ -274,7 +272,7 @@ def _store(services: Services, org: str, url: str | None, store_id: UUID | None)
         if url is not None:
             raise UsageError("give --store or --url, not both (a registered store has its URL)")
         return services.store_registry(SecretKey.from_environment(), None).settings(org, store_id)
-    if not (os.environ.get("WOO_CONSUMER_KEY") or os.environ.get("WOO_CONSUMER_SECRET")):
+    if not _key_in_environment():
         target = url or os.environ.get("WOO_URL")
         if target and os.environ.get(SECRET_KEY_VARIABLE):
             registered = services.store_registry(SecretKey.from_environment(), None).settings_for_url(
@@ -283,3 +281,9 @@ def _store(services: Services, org: str, url: str | None, store_id: UUID | None)
             if registered is not None:
                 return registered
     return StoreSettings.load(url)
+
+
+def _key_in_environment() -> bool:
+    """Whether the environment gives a store's key or secret: a run then reads the store with them
+    (StoreSettings.load), not with a registered store's."""
+    return bool(os.environ.get("WOO_CONSUMER_KEY") or os.environ.get("WOO_CONSUMER_SECRET"))

@@ -258,6 +258,11 @@ def _quarantined_entry(row: quarantine.Quarantined) -> dict[str, Any]:
 
 
 _INT8_END = 2**63
+# A store's mirrored customers, not deleted (absent_customer_ids adds the range of each query).
+_MIRRORED_IDS = (
+    f"SELECT woo_customer_id AS id FROM {CUSTOMER_TABLE.name} "
+    "WHERE org_id = %s AND store_url = %s AND is_deleted = %s"
+)
 
 
 def absent_customer_ids(
@@ -282,10 +287,7 @@ def absent_customer_ids(
     after: int | None = None  # the ranges so far covered every id up to this one
     while True:
         block = list(islice(valid, chunk))  # none left: the last range is every id past ``after``
-        mirrored = (
-            f"SELECT woo_customer_id AS id FROM {CUSTOMER_TABLE.name} "
-            "WHERE org_id = %s AND store_url = %s AND is_deleted = %s"
-        )
+        mirrored = _MIRRORED_IDS
         params: list[Any] = [org_id, store_url, not_deleted]
         if after is not None:
             mirrored += " AND woo_customer_id > %s"

@@ -19,7 +19,7 @@ import re
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, MutableSet, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, MutableSet, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from functools import partial
@@ -381,6 +381,22 @@ class _Ahead:
         return (await asyncio.shield(self.known)).get(self.number)
 
 
+@contextlib.asynccontextmanager
+async def _bounded_from_scan_start(ahead: _Ahead | None) -> AsyncIterator[None]:
+    """An attempt of a request sent ahead, before its scan began: bounded as a whole from the scan's start
+    (_Ahead.bounds, rescheduled by _take_ahead), not from now. Any other attempt: nothing (the session's
+    timeout bounds it)."""
+    if ahead is None:
+        yield
+        return
+    async with asyncio.timeout(None) as bound:
+        ahead.bounds.append(bound)
+        try:
+            yield
+        finally:
+            ahead.bounds.remove(bound)
+
+
 async def _on_headers_sent(session: Any, context: Any, params: Any) -> None:
     """aiohttp's trace signal (a client that sends ahead): a request sent ahead is on the wire. aiohttp
     sends it as it starts writing the headers, and writes them and the (empty) body without awaiting
@@ -593,8 +609,7 @@ class WooCommerceClient:
         self.stats = ClientStats()
         self._sends_ahead = sends_ahead
         # The requests send_ahead sent, by page, until a scan takes them over (or the client is left).
-        self._ahead: dict[int, asyncio.Task[_Response]] = {}
-        self._sent_ahead: list[_Ahead] = []
+        self._ahead: dict[int, tuple[_Ahead, asyncio.Task[_Response]]] = {}
         self._ahead_known: asyncio.Future[Mapping[int, KnownPage]] | None = None
         # A request sent ahead, until its scan begins: no bound on its whole (that is _Ahead.bounds'), its
         # connecting and each read bounded as the whole is otherwise (timers a read that arrives resets).
@@ -656,15 +671,15 @@ class WooCommerceClient:
             _Ahead(page, self._ahead_known)
             for page in range(1, min(self._options.concurrency, self._options.max_pages) + 1)
         ]
-        self._sent_ahead = aheads
         for ahead in aheads:
             params = self._list_params(ahead.number, per_page)
-            self._ahead[ahead.number] = asyncio.create_task(self._scan_page(ahead.number, params, ahead))
-        for ahead in aheads:
+            task = asyncio.create_task(self._scan_page(ahead.number, params, ahead))
+            self._ahead[ahead.number] = (ahead, task)
+        for ahead, task in list(self._ahead.values()):
             sent = asyncio.ensure_future(ahead.sent.wait())
             try:
                 await asyncio.wait(
-                    (sent, self._ahead[ahead.number]),
+                    (sent, task),
                     timeout=max(0.0, deadline - loop.time()),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
@@ -684,21 +699,20 @@ class WooCommerceClient:
         if self._ahead_known is None:
             return {}
         if start_page == 1 and not extra and per_page == self._options.per_page:
-            ahead, self._ahead = self._ahead, {}
+            taken, self._ahead = self._ahead, {}
             self._ahead_known.set_result(known)
             self._ahead_known = None
             # Their time is counted from now, as the scan's own requests' is from their start.
             deadline = asyncio.get_running_loop().time() + self._options.timeout_s
-            for request in self._sent_ahead:
-                for bound in request.bounds:
+            for ahead, _ in taken.values():
+                for bound in ahead.bounds:
                     bound.reschedule(deadline)
-            self._sent_ahead = []
-            return ahead
+            return {number: task for number, (_, task) in taken.items()}
         await self._drop_ahead()
         return {}
 
     async def _drop_ahead(self) -> None:
-        tasks, self._ahead, self._sent_ahead = list(self._ahead.values()), {}, []
+        tasks, self._ahead = [task for _, task in self._ahead.values()], {}
         if self._ahead_known is not None:
             self._ahead_known.cancel()
             self._ahead_known = None
@@ -1205,25 +1219,21 @@ class WooCommerceClient:
         payload = call.payload if call is not None else None
         ahead = earlier if isinstance(earlier, _Ahead) and not earlier.known.done() else None
         try:
-            async with asyncio.timeout(None) as bound:
-                if ahead is not None:  # before its scan: bounded from the scan's start (_Ahead.bounds)
-                    ahead.bounds.append(bound)
-                try:
-                    async with self._session.request(
-                        method,
-                        yarl.URL(url, encoded=True),
-                        allow_redirects=False,
-                        data=payload,
-                        headers={"Content-Type": "application/json"} if payload is not None else None,
-                        trace_request_ctx={"ahead": earlier} if isinstance(earlier, _Ahead) else None,
-                        timeout=self._paused_timeout if ahead is not None else self._session.timeout,
-                    ) as reply:
-                        status = reply.status
-                        headers = reply.headers
-                        body = await self._read_capped(reply)
-                finally:
-                    if ahead is not None:
-                        ahead.bounds.remove(bound)
+            async with (
+                _bounded_from_scan_start(ahead),
+                self._session.request(
+                    method,
+                    yarl.URL(url, encoded=True),
+                    allow_redirects=False,
+                    data=payload,
+                    headers={"Content-Type": "application/json"} if payload is not None else None,
+                    trace_request_ctx={"ahead": earlier} if isinstance(earlier, _Ahead) else None,
+                    timeout=self._paused_timeout if ahead is not None else self._session.timeout,
+                ) as reply,
+            ):
+                status = reply.status
+                headers = reply.headers
+                body = await self._read_capped(reply)
         except TimeoutError:
             self._ended_ahead(earlier)
             self._log_outcome(shown, params, "timeout", started, attempt, method)

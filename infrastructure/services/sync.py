@@ -537,10 +537,6 @@ class SyncEngine:
         started = time.monotonic()
         options = queue.queue_options
         client_options = client_options.for_queue(options)
-        credentials = StoreCredentials(store.consumer_key, store.consumer_secret)
-        if ahead is not None and not ahead.serves(store.url, credentials, client_options):
-            await ahead.close()  # begun for another store or other options: its requests cancelled now
-            ahead = None
         saved = mode != "start" or not queue.pending_events  # a draft's start (start_draft) is saved already
         position = await self._log_position()
         queue.start_processing(mode, position)
@@ -551,8 +547,6 @@ class SyncEngine:
             initial_events=list(queue.pending_events),
             log_position=position,
         )
-        if ahead is not None:
-            run.incidents = ahead.incidents  # what its client reported before this run began, and from now
         try:
             if run.saved:
                 await self._in_worker(self.app.save_batch, queue)
@@ -594,13 +588,16 @@ class SyncEngine:
         log.info("queue.run", queue_id=str(queue.id), mode=mode, store=store.url, lines=queue.lines.total)
         credentials = StoreCredentials(store.consumer_key, store.consumer_secret)
         store_error: StoreError | None = None
-        opened: AbstractAsyncContextManager[WooCommerceClient] = (
-            contextlib.nullcontext(ahead.client)
-            if ahead is not None
-            else self.client_factory(
+        opened: AbstractAsyncContextManager[WooCommerceClient]
+        if ahead is not None and ahead.serves(store.url, credentials, client_options):
+            run.incidents = ahead.incidents  # what its client reported before this run began, and from now
+            opened = contextlib.nullcontext(ahead.client)
+        else:
+            if ahead is not None:
+                await ahead.close()  # begun for another store or other options: its requests cancelled now
+            opened = self.client_factory(
                 store.url, credentials, client_options, lambda *a: run.incidents.append(a)
             )
-        )
         try:
             async with opened as client:
                 await self._until_stopped(run, self._steps(run, client, mode))
@@ -982,10 +979,10 @@ class SyncEngine:
         store anyway, instead of with the pages after them. A store that keeps the worker busy sees no
         extra save: its next page is there (``worker_wanted``, set by the scan) before the wait ends."""
         self._record_pages(run, pages)
-        if not run.unsaved_pages or self.stop.is_set() or run.worker_wanted.wait(IDLE_SAVE_S):
+        if not run.unsaved_pages or self.stop.is_set():
             return
-        if self.stop.is_set():
-            return  # the stop's own save says what becomes of them (_record_stop)
+        if run.worker_wanted.wait(IDLE_SAVE_S) or self.stop.is_set():
+            return  # more to record; or the stop's own save says what becomes of them (_record_stop)
         self._last_refresh = 0.0  # the read models hear of this save, however recent the last word
         self._until_saved(run, partial(self._save_unsaved, run))
 
